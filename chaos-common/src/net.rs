@@ -1,0 +1,158 @@
+//! Network faults: the config the loader writes, the peer keys it fills, the counters the kernel writes.
+
+/// Index of the egress half in [`NetConfig`]-derived per-direction arrays (counters).
+pub const DIR_EGRESS: u32 = 0;
+/// Index of the ingress half.
+pub const DIR_INGRESS: u32 = 1;
+/// Number of directions (size of the counters array).
+pub const DIR_COUNT: u32 = 2;
+
+/// `PacketFilter::flags`: only packets whose peer address is in the `NET_DST` trie match.
+pub const FILTER_DST: u8 = 1 << 0;
+/// `PacketFilter::flags`: the `NET_PARTITION` trie holds peers to cut off.
+pub const FILTER_PARTITION: u8 = 1 << 1;
+
+/// Protocol numbers as they appear in the IP header.
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// What one direction does to a matching packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectionFault {
+    /// A packet is dropped when `bpf_get_prandom_u32() < drop_threshold`. It is a u64 so that 100 %
+    /// (2^32) is exact; 0 disables the drop without a random draw.
+    pub drop_threshold: u64,
+    /// Added to the packet's departure time (EDT, honoured by sch_fq). Egress only.
+    pub delay_ns: u64,
+    /// The delay varies uniformly in `[delay - jitter, delay + jitter]`.
+    pub jitter_ns: u64,
+}
+
+/// Narrows which packets the drop and delay faults apply to. A partition ignores it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketFilter {
+    /// `PROTO_*`; `PROTO_ICMP` matches ICMPv6 too.
+    pub proto: u8,
+    /// `FILTER_*` bits.
+    pub flags: u8,
+    /// Matches when either the local or the peer port equals it (like tcpdump's `port N`); 0 = any.
+    pub port: u16,
+    /// Set by the loader when any field above needs the packet's headers, so a bare drop or delay
+    /// never parses them.
+    pub needs_headers: u32,
+}
+
+/// The single entry of the `NET_CONFIG` array map. The loader rewrites it whole to change intensity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetConfig {
+    /// CLOCK_MONOTONIC time (ns) after which the programs stop injecting. The loader keeps pushing it
+    /// forward while it is alive (a lease), so a stopped or killed loader can't leave faults behind
+    /// even where an attachment outlives it. 0 means "not armed": nothing is injected.
+    pub deadline_ns: u64,
+    pub egress: DirectionFault,
+    pub ingress: DirectionFault,
+    pub filter: PacketFilter,
+}
+
+/// Bits in an LPM key that precede the address: the peer port, big-endian.
+pub const PEER_KEY_PORT_BITS: u32 = 16;
+/// Bits an IPv4 address is shifted by when mapped into IPv6 (`::ffff:a.b.c.d`).
+pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
+
+/// Data of an LPM-trie key: the peer port then the peer address (IPv4 as `::ffff:a.b.c.d`).
+///
+/// Putting the port first lets one trie hold both "this CIDR, any port" entries (port bytes 0) and
+/// "this CIDR, port P" entries; the prefix length is 16 + the address prefix (IPv4: + 96). The program
+/// looks up once with port 0 and once with the packet's peer port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerKey {
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// Per-direction, per-CPU counters the programs write; the loader sums them over CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Packets of a target cgroup that reached the program while the fault was armed.
+    pub seen: u64,
+    /// Of those, packets that passed the filter (`--dst/--port/--proto`).
+    pub matched: u64,
+    /// Dropped by the random drop.
+    pub dropped: u64,
+    /// Dropped because the peer is partitioned away.
+    pub partitioned: u64,
+    /// Given a later departure time.
+    pub delayed: u64,
+    /// Sum of the delays given, for the mean.
+    pub delay_ns_total: u64,
+}
+
+impl NetCounters {
+    /// Adds another CPU's counters (the loader sums the per-CPU copies).
+    pub fn accumulate(&mut self, other: &NetCounters) {
+        self.seen += other.seen;
+        self.matched += other.matched;
+        self.dropped += other.dropped;
+        self.partitioned += other.partitioned;
+        self.delayed += other.delayed;
+        self.delay_ns_total += other.delay_ns_total;
+    }
+}
+
+/// Converts a probability in percent (0..=100) to the `drop_threshold` scale (2^32 = always).
+pub fn percent_to_threshold(percent: f64) -> u64 {
+    let p = if percent.is_nan() { 0.0 } else { percent.clamp(0.0, 100.0) };
+    // `as` saturates and truncates; adding 0.5 rounds (no_std has no f64::round).
+    ((p / 100.0) * 4_294_967_296.0 + 0.5) as u64
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, made only of integers and byte arrays, with no padding.
+    unsafe impl aya::Pod for super::NetConfig {}
+    unsafe impl aya::Pod for super::NetCounters {}
+    unsafe impl aya::Pod for super::PeerKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<DirectionFault>(), 24);
+        assert_eq!(size_of::<PacketFilter>(), 8);
+        assert_eq!(size_of::<NetConfig>(), 8 + 24 + 24 + 8);
+        assert_eq!(size_of::<PeerKey>(), 18);
+        assert_eq!(size_of::<NetCounters>(), 48);
+    }
+
+    #[test]
+    fn thresholds() {
+        assert_eq!(percent_to_threshold(0.0), 0);
+        assert_eq!(percent_to_threshold(100.0), 1 << 32);
+        assert_eq!(percent_to_threshold(50.0), 1 << 31);
+        assert_eq!(percent_to_threshold(250.0), 1 << 32);
+        assert_eq!(percent_to_threshold(-1.0), 0);
+        assert_eq!(percent_to_threshold(f64::NAN), 0);
+        // 0.001 % is still a non-zero chance.
+        assert!(percent_to_threshold(0.001) > 0);
+    }
+
+    #[test]
+    fn counters_accumulate() {
+        let mut a = NetCounters { seen: 1, matched: 2, dropped: 3, partitioned: 4, delayed: 5, delay_ns_total: 6 };
+        a.accumulate(&a.clone());
+        assert_eq!(a, NetCounters { seen: 2, matched: 4, dropped: 6, partitioned: 8, delayed: 10, delay_ns_total: 12 });
+    }
+}

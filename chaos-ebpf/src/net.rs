@@ -1,0 +1,153 @@
+//! Network faults at the target cgroup's sockets: random drop, EDT delay, partition.
+//!
+//! cgroup_skb runs where the socket (and so the cgroup) is known in both directions, in whatever netns
+//! the socket lives: at egress before the packet reaches any device, at ingress after the socket lookup.
+
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::{cgroup_skb, map},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::SkBuffContext,
+};
+use chaos_common::{
+    DIR_COUNT, DIR_EGRESS, DIR_INGRESS, DirectionFault, FILTER_DST, FILTER_PARTITION, NetConfig,
+    NetCounters, PEER_KEY_PORT_BITS, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PeerKey,
+};
+
+use crate::packet::{self, Peer};
+
+/// Egress verdicts of an egress-typed cgroup_skb program: bit 0 = let it through, bit 1 = congestion
+/// notification. 2 drops it while sendmsg() reports success, as a lossy link would.
+const EGRESS_PASS: i32 = 1;
+const EGRESS_DROP_SILENTLY: i32 = 2;
+const INGRESS_PASS: i32 = 1;
+const INGRESS_DROP: i32 = 0;
+
+/// Peer sets hold at most this many CIDR[:PORT] entries each.
+pub const MAX_PEERS: u32 = 1024;
+
+#[map]
+static NET_CONFIG: Array<NetConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static NET_COUNTERS: PerCpuArray<NetCounters> = PerCpuArray::with_max_entries(DIR_COUNT, 0);
+
+/// Peers that `--dst` narrows matching packets to.
+#[map]
+static NET_DST: LpmTrie<PeerKey, u8> = LpmTrie::with_max_entries(MAX_PEERS, 0);
+
+/// Peers cut off by `--partition`, in both directions.
+#[map]
+static NET_PARTITION: LpmTrie<PeerKey, u8> = LpmTrie::with_max_entries(MAX_PEERS, 0);
+
+#[cgroup_skb(egress)]
+pub fn net_egress(ctx: SkBuffContext) -> i32 {
+    if fault_verdict(&ctx, DIR_EGRESS) {
+        EGRESS_DROP_SILENTLY
+    } else {
+        EGRESS_PASS
+    }
+}
+
+#[cgroup_skb(ingress)]
+pub fn net_ingress(ctx: SkBuffContext) -> i32 {
+    if fault_verdict(&ctx, DIR_INGRESS) {
+        INGRESS_DROP
+    } else {
+        INGRESS_PASS
+    }
+}
+
+/// Returns true when the packet is to be dropped; stamps a later departure time when it is delayed.
+#[inline(always)]
+fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
+    let Some(cfg) = NET_CONFIG.get(0) else {
+        return false;
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now >= cfg.deadline_ns {
+        return false;
+    }
+    let Some(counters) = NET_COUNTERS.get_ptr_mut(dir) else {
+        return false;
+    };
+    // SAFETY: a per-CPU slot of this program's own map; nothing else writes it on this CPU now.
+    let counters = unsafe { &mut *counters };
+    counters.seen += 1;
+    let egress = dir == DIR_EGRESS;
+
+    let filter = &cfg.filter;
+    if filter.needs_headers != 0 {
+        let Some(peer) = packet::parse(ctx, egress) else {
+            return false;
+        };
+        if filter.flags & FILTER_PARTITION != 0 && in_peer_set(&NET_PARTITION, &peer, true) {
+            counters.partitioned += 1;
+            return true;
+        }
+        if !matches(cfg, &peer) {
+            return false;
+        }
+    }
+    counters.matched += 1;
+
+    let fault = if egress { &cfg.egress } else { &cfg.ingress };
+    // SAFETY: a helper without arguments.
+    if fault.drop_threshold != 0 && (unsafe { bpf_get_prandom_u32() } as u64) < fault.drop_threshold {
+        counters.dropped += 1;
+        return true;
+    }
+    if fault.delay_ns != 0 {
+        let delay = delay_ns(fault);
+        // SAFETY: tstamp is writable from cgroup_skb with CAP_BPF; the kernel holds skb for the run.
+        unsafe {
+            let skb = ctx.skb.skb;
+            let base = if (*skb).tstamp > now { (*skb).tstamp } else { now };
+            (*skb).tstamp = base + delay;
+        }
+        counters.delayed += 1;
+        counters.delay_ns_total += delay;
+    }
+    false
+}
+
+/// The configured delay, spread uniformly over ±jitter with a multiply-shift instead of a division.
+#[inline(always)]
+fn delay_ns(fault: &DirectionFault) -> u64 {
+    if fault.jitter_ns == 0 {
+        return fault.delay_ns;
+    }
+    let span = 2 * fault.jitter_ns + 1;
+    // SAFETY: a helper without arguments.
+    let offset = ((unsafe { bpf_get_prandom_u32() } as u64) * span) >> 32;
+    (fault.delay_ns + offset).saturating_sub(fault.jitter_ns)
+}
+
+#[inline(always)]
+fn matches(cfg: &NetConfig, peer: &Peer) -> bool {
+    let f = &cfg.filter;
+    let proto_ok = f.proto == PROTO_ANY
+        || f.proto == peer.proto
+        || (f.proto == PROTO_ICMP && peer.proto == PROTO_ICMPV6);
+    let port_ok = f.port == 0 || f.port == peer.peer_port || f.port == peer.local_port;
+    let dst_ok = f.flags & FILTER_DST == 0 || in_peer_set(&NET_DST, peer, false);
+    proto_ok && port_ok && dst_ok
+}
+
+/// Looks the peer up with its port (entries for CIDR:PORT) and with port 0 (entries for a whole CIDR).
+#[inline(always)]
+fn in_peer_set(set: &LpmTrie<PeerKey, u8>, peer: &Peer, with_port: bool) -> bool {
+    let any_port = Key::new(PEER_KEY_PORT_BITS + 128, PeerKey { port: [0, 0], addr: peer.addr });
+    if set.get(&any_port).is_some() {
+        return true;
+    }
+    if !with_port || peer.peer_port == 0 {
+        return false;
+    }
+    let this_port = Key::new(
+        PEER_KEY_PORT_BITS + 128,
+        PeerKey { port: peer.peer_port.to_be_bytes(), addr: peer.addr },
+    );
+    set.get(&this_port).is_some()
+}

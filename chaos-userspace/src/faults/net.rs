@@ -1,0 +1,458 @@
+//! Network faults on target cgroups: drop, EDT delay, partition (kernel side: chaos-ebpf/src/net.rs).
+
+use std::{os::fd::AsFd as _, time::Duration};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
+};
+use chaos_common::{
+    DIR_EGRESS, DIR_INGRESS, DirectionFault, FILTER_DST, FILTER_PARTITION, NetConfig, NetCounters,
+    PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter, PeerKey, percent_to_threshold,
+};
+
+use super::peers::Peer;
+use crate::{
+    error::BadInput,
+    journal::{Journal, Residue},
+    netns::NetnsRef,
+    qdisc::{self, FqInstall},
+    targets::Target,
+    units,
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// What the target sends (the default, as with netem).
+    #[default]
+    Egress,
+    /// What the target receives.
+    Ingress,
+    /// Both.
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    /// ICMP and ICMPv6.
+    Icmp,
+}
+
+/// `kchaos net` options (also the shape of a net fault in a scenario).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct NetArgs {
+    /// Drop each matching packet with this probability, in percent (0-100, fractions allowed).
+    #[arg(long, value_name = "PCT", value_parser = units::parse_percent)]
+    pub drop: Option<f64>,
+    /// Delay each matching packet the target sends (EDT; needs sch_fq, which kchaos installs).
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    pub delay: Option<Duration>,
+    /// Vary the delay uniformly within ±DUR.
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration, requires = "delay")]
+    pub jitter: Option<Duration>,
+    /// Cut the target off from these peers, both ways: CIDR[:PORT], repeatable
+    /// (10.0.0.0/24, 10.0.0.5:80, [2001:db8::1]:443).
+    #[arg(long = "partition", value_name = "CIDR[:PORT]")]
+    pub partitions: Vec<String>,
+    /// Only packets to/from peers in this CIDR (repeatable).
+    #[arg(long = "dst", value_name = "CIDR")]
+    pub dsts: Vec<String>,
+    /// Only packets with this local or peer port (TCP/UDP).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Only this protocol.
+    #[arg(long, value_enum)]
+    pub proto: Option<Proto>,
+    /// Which way the drop applies (delay is egress only; a partition is always both ways).
+    #[arg(long, value_enum, default_value_t)]
+    pub direction: Direction,
+}
+
+/// A validated network fault.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct NetSpec {
+    pub drop_percent: f64,
+    pub delay: Duration,
+    pub jitter: Duration,
+    pub partitions: Vec<Peer>,
+    pub dsts: Vec<Peer>,
+    pub port: Option<u16>,
+    pub proto: Option<Proto>,
+    pub direction: Direction,
+}
+
+impl NetSpec {
+    pub fn from_args(a: &NetArgs) -> Result<Self, BadInput> {
+        let partitions = a.partitions.iter().map(|p| Peer::parse(p, "--partition", true)).collect::<Result<Vec<_>, _>>()?;
+        let dsts = a.dsts.iter().map(|p| Peer::parse(p, "--dst", false)).collect::<Result<Vec<_>, _>>()?;
+        if a.drop.is_none() && a.delay.is_none() && partitions.is_empty() {
+            return Err(BadInput::new("nothing to inject: give --drop PCT, --delay DUR or --partition CIDR[:PORT]"));
+        }
+        if a.delay.is_some() && a.direction == Direction::Ingress {
+            return Err(BadInput::new(
+                "--delay applies to what the target sends (EDT is honoured by the egress qdisc); \
+                 drop --direction ingress, or use --drop for ingress",
+            ));
+        }
+        let delay = a.delay.unwrap_or_default();
+        let jitter = a.jitter.unwrap_or_default();
+        if delay > Duration::from_secs(5) || jitter > delay {
+            return Err(BadInput::new(format!(
+                "--delay {} --jitter {}: allowed is a delay up to 5s (sch_fq's horizon drops later packets) \
+                 and a jitter no larger than the delay",
+                units::format_duration(delay),
+                units::format_duration(jitter)
+            )));
+        }
+        Ok(Self {
+            drop_percent: a.drop.unwrap_or(0.0),
+            delay,
+            jitter,
+            partitions,
+            dsts,
+            port: a.port,
+            proto: a.proto,
+            direction: a.direction,
+        })
+    }
+
+    /// The kernel's view of this spec, not yet armed (deadline 0).
+    pub fn config(&self) -> NetConfig {
+        let drop = percent_to_threshold(self.drop_percent);
+        let egress_on = self.direction != Direction::Ingress;
+        let ingress_on = self.direction != Direction::Egress;
+        let proto = match self.proto {
+            None => PROTO_ANY,
+            Some(Proto::Tcp) => PROTO_TCP,
+            Some(Proto::Udp) => PROTO_UDP,
+            Some(Proto::Icmp) => PROTO_ICMP,
+        };
+        let mut flags = 0;
+        if !self.dsts.is_empty() {
+            flags |= FILTER_DST;
+        }
+        if !self.partitions.is_empty() {
+            flags |= FILTER_PARTITION;
+        }
+        let port = self.port.unwrap_or(0);
+        NetConfig {
+            deadline_ns: 0,
+            egress: DirectionFault {
+                drop_threshold: if egress_on { drop } else { 0 },
+                delay_ns: self.delay.as_nanos() as u64,
+                jitter_ns: self.jitter.as_nanos() as u64,
+            },
+            ingress: DirectionFault { drop_threshold: if ingress_on { drop } else { 0 }, delay_ns: 0, jitter_ns: 0 },
+            filter: PacketFilter { proto, flags, port, needs_headers: u32::from(flags != 0 || proto != 0 || port != 0) },
+        }
+    }
+
+    fn needs_egress(&self) -> bool {
+        !self.partitions.is_empty() || !self.delay.is_zero() || (self.drop_percent > 0.0 && self.direction != Direction::Ingress)
+    }
+
+    fn needs_ingress(&self) -> bool {
+        !self.partitions.is_empty() || (self.drop_percent > 0.0 && self.direction != Direction::Egress)
+    }
+
+    /// One line saying what this fault does.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.drop_percent > 0.0 {
+            parts.push(format!("drop {}% ({:?})", self.drop_percent, self.direction).to_lowercase());
+        }
+        if !self.delay.is_zero() {
+            let mut d = format!("delay {}", units::format_duration(self.delay));
+            if !self.jitter.is_zero() {
+                d += &format!(" ±{}", units::format_duration(self.jitter));
+            }
+            parts.push(d + " (egress)");
+        }
+        if !self.partitions.is_empty() {
+            let peers: Vec<String> = self.partitions.iter().map(ToString::to_string).collect();
+            parts.push(format!("partition from {}", peers.join(", ")));
+        }
+        let mut filter = Vec::new();
+        if !self.dsts.is_empty() {
+            filter.push(format!("peer in {}", self.dsts.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")));
+        }
+        if let Some(p) = self.port {
+            filter.push(format!("port {p}"));
+        }
+        if let Some(p) = self.proto {
+            filter.push(format!("{p:?}").to_lowercase());
+        }
+        let mut s = parts.join(", ");
+        if !filter.is_empty() {
+            s += &format!(" [only {}]", filter.join(" "));
+        }
+        s
+    }
+}
+
+/// Counters of both directions, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NetTotals {
+    pub egress: Counters,
+    pub ingress: Counters,
+}
+
+/// `NetCounters` with serde (the shared type stays dependency-free).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub seen: u64,
+    pub matched: u64,
+    pub dropped: u64,
+    pub partitioned: u64,
+    pub delayed: u64,
+    pub delay_ns_total: u64,
+}
+
+impl From<NetCounters> for Counters {
+    fn from(c: NetCounters) -> Self {
+        Self {
+            seen: c.seen,
+            matched: c.matched,
+            dropped: c.dropped,
+            partitioned: c.partitioned,
+            delayed: c.delayed,
+            delay_ns_total: c.delay_ns_total,
+        }
+    }
+}
+
+/// An attached network fault. Dropping it detaches every program (fd-owned links) and restores qdiscs.
+pub struct NetFault {
+    spec: NetSpec,
+    config: NetConfig,
+    ebpf: Ebpf,
+    fq: Vec<FqInstall>,
+    /// Human-readable list of what was attached where.
+    pub attachments: Vec<String>,
+}
+
+impl NetFault {
+    /// Checks what the spec needs from the kernel before anything is attached.
+    pub fn preflight(spec: &NetSpec) -> Result<(), BadInput> {
+        if !spec.delay.is_zero() && !qdisc::kernel_has_fq() {
+            return Err(BadInput::new(
+                "--delay needs the sch_fq qdisc (CONFIG_NET_SCH_FQ), which this kernel lacks: EDT \
+                 departure times are honoured only by fq. `kchaos probe` lists what this kernel offers",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads and attaches the programs to every target, unarmed; `arm` starts injecting. On error,
+    /// whatever was attached is detached again (dropping `Ebpf` closes the links) and qdiscs restored.
+    pub fn attach(spec: NetSpec, targets: &[Target], journal: &mut Journal) -> Result<Self> {
+        Self::preflight(&spec)?;
+        let mut ebpf = crate::ebpf::load()?;
+        let config = spec.config();
+        Array::<_, NetConfig>::try_from(ebpf.map_mut("NET_CONFIG").context("map NET_CONFIG")?)?
+            .set(0, config, 0)
+            .context("writing the net config")?;
+        fill_peers(&mut ebpf, "NET_PARTITION", &spec.partitions)?;
+        fill_peers(&mut ebpf, "NET_DST", &spec.dsts)?;
+
+        let mut attachments = Vec::new();
+        let hooks = [
+            ("net_egress", CgroupSkbAttachType::Egress, spec.needs_egress()),
+            ("net_ingress", CgroupSkbAttachType::Ingress, spec.needs_ingress()),
+        ];
+        for (name, attach_type, wanted) in hooks {
+            if !wanted {
+                continue;
+            }
+            let prog: &mut CgroupSkb = ebpf.program_mut(name).context(name)?.try_into()?;
+            prog.load().with_context(|| format!("loading the {name} program"))?;
+            for t in targets {
+                let dir = std::fs::File::open(&t.path).with_context(|| format!("opening {}", t.path.display()))?;
+                // A link (5.7+) always coexists with other programs; it takes no mode flags (the kernel
+                // answers EINVAL to BPF_F_ALLOW_MULTI on link_create).
+                prog.attach(dir.as_fd(), attach_type, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name} to {}", t.path.display()))?;
+                attachments.push(format!("cgroup_skb/{} -> {} (link, fd-owned)", name.trim_start_matches("net_"), t.path.display()));
+            }
+        }
+        let mut fault = Self { spec, config, ebpf, fq: Vec::new(), attachments };
+        if !fault.spec.delay.is_zero() {
+            fault.install_fq(targets, journal)?;
+        }
+        Ok(fault)
+    }
+
+    /// fq on every device of every namespace a target process lives in (the host's if none).
+    fn install_fq(&mut self, targets: &[Target], journal: &mut Journal) -> Result<()> {
+        let mut namespaces: Vec<NetnsRef> = Vec::new();
+        for t in targets {
+            for pid in crate::cgroup::procs_recursive(&t.path).unwrap_or_default() {
+                if let Ok(ns) = NetnsRef::of_pid(pid)
+                    && !namespaces.iter().any(|n| n.inode == ns.inode)
+                {
+                    namespaces.push(ns);
+                }
+            }
+        }
+        if namespaces.is_empty() {
+            namespaces.push(NetnsRef::own()?);
+        }
+        let mut plan = Vec::new();
+        for ns in &namespaces {
+            let path = ns.locate().context("a target's network namespace vanished")?;
+            plan.extend(qdisc::plan(ns, &path)?);
+        }
+        for fq in plan {
+            let residue = Residue::Fq(fq.clone());
+            journal.add(residue.clone())?;
+            if let Err(e) = qdisc::install(&fq) {
+                journal.remove(&residue)?;
+                return Err(e).with_context(|| format!("installing fq on {}", fq.dev));
+            }
+            self.attachments.push(format!("qdisc fq on {} (was {}; restored at the end)", fq.dev, fq.previous));
+            self.fq.push(fq);
+        }
+        Ok(())
+    }
+
+    pub fn spec(&self) -> &NetSpec {
+        &self.spec
+    }
+
+    /// Arms (or re-arms) the fault until `deadline_ns` (CLOCK_MONOTONIC).
+    pub fn arm(&mut self, deadline_ns: u64) -> Result<()> {
+        self.config.deadline_ns = deadline_ns;
+        self.write_config()
+    }
+
+    /// Changes the drop rate while running (ramps).
+    pub fn set_drop_percent(&mut self, percent: f64) -> Result<()> {
+        self.spec.drop_percent = percent;
+        let fresh = self.spec.config();
+        self.config.egress.drop_threshold = fresh.egress.drop_threshold;
+        self.config.ingress.drop_threshold = fresh.ingress.drop_threshold;
+        self.write_config()
+    }
+
+    /// Changes the delay while running (ramps); jitter is kept within the new delay.
+    pub fn set_delay(&mut self, delay: Duration) -> Result<()> {
+        self.config.egress.delay_ns = delay.as_nanos() as u64;
+        self.config.egress.jitter_ns = self.config.egress.jitter_ns.min(self.config.egress.delay_ns);
+        self.spec.delay = delay;
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<()> {
+        Array::<_, NetConfig>::try_from(self.ebpf.map_mut("NET_CONFIG").context("map NET_CONFIG")?)?
+            .set(0, self.config, 0)
+            .context("writing the net config")
+    }
+
+    /// The kernel's counters, summed over CPUs.
+    pub fn totals(&self) -> Result<NetTotals> {
+        let map = PerCpuArray::<_, NetCounters>::try_from(self.ebpf.map("NET_COUNTERS").context("map NET_COUNTERS")?)?;
+        let sum = |dir: u32| -> Result<Counters> {
+            let mut total = NetCounters::default();
+            for c in map.get(&dir, 0)?.iter() {
+                total.accumulate(c);
+            }
+            Ok(total.into())
+        };
+        Ok(NetTotals { egress: sum(DIR_EGRESS)?, ingress: sum(DIR_INGRESS)? })
+    }
+
+    /// Detaches now, reporting errors (Drop does the same silently).
+    pub fn detach(mut self, journal: &mut Journal) -> Result<()> {
+        self.config.deadline_ns = 0;
+        let _ = self.write_config();
+        let fq = std::mem::take(&mut self.fq);
+        drop(self); // closes the links: the programs stop running
+        let mut first_err = None;
+        for f in fq {
+            match qdisc::restore(&f) {
+                Ok(()) => journal.remove(&Residue::Fq(f))?,
+                Err(e) => first_err = first_err.or(Some(anyhow::anyhow!("restoring the qdisc of {}: {e}", f.dev))),
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for NetFault {
+    fn drop(&mut self) {
+        for f in &self.fq {
+            if let Err(e) = qdisc::restore(f) {
+                tracing::error!("restoring the qdisc of {}: {e}; `kchaos stop` will retry", f.dev);
+            }
+        }
+    }
+}
+
+fn fill_peers(ebpf: &mut Ebpf, map: &str, peers: &[Peer]) -> Result<()> {
+    let mut trie = LpmTrie::<_, PeerKey, u8>::try_from(ebpf.map_mut(map).with_context(|| format!("map {map}"))?)?;
+    for p in peers {
+        let (bits, key) = p.key();
+        trie.insert(&Key::new(bits, key), 1, 0).with_context(|| format!("adding {p} to {map}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> NetArgs {
+        NetArgs::default()
+    }
+
+    #[test]
+    fn needs_a_fault() {
+        assert!(NetSpec::from_args(&args()).unwrap_err().to_string().contains("nothing to inject"));
+    }
+
+    #[test]
+    fn drop_follows_direction() {
+        let mut a = args();
+        a.drop = Some(50.0);
+        let c = NetSpec::from_args(&a).unwrap().config();
+        assert_eq!((c.egress.drop_threshold, c.ingress.drop_threshold), (1 << 31, 0));
+        a.direction = Direction::Both;
+        let c = NetSpec::from_args(&a).unwrap().config();
+        assert_eq!((c.egress.drop_threshold, c.ingress.drop_threshold), (1 << 31, 1 << 31));
+        assert_eq!(c.filter.needs_headers, 0, "a bare drop parses no headers");
+        assert_eq!(c.deadline_ns, 0, "not armed until the loader arms it");
+    }
+
+    #[test]
+    fn filters_set_flags() {
+        let mut a = args();
+        a.partitions = vec!["10.0.0.1:80".into()];
+        a.dsts = vec!["10.0.0.0/8".into()];
+        a.proto = Some(Proto::Udp);
+        let s = NetSpec::from_args(&a).unwrap();
+        let c = s.config();
+        assert_eq!(c.filter.flags, FILTER_DST | FILTER_PARTITION);
+        assert_eq!((c.filter.proto, c.filter.needs_headers), (PROTO_UDP, 1));
+        assert!(s.needs_egress() && s.needs_ingress());
+    }
+
+    #[test]
+    fn delay_rules() {
+        let mut a = args();
+        a.delay = Some(Duration::from_millis(10));
+        a.direction = Direction::Ingress;
+        assert!(NetSpec::from_args(&a).unwrap_err().to_string().contains("egress"));
+        a.direction = Direction::Egress;
+        a.jitter = Some(Duration::from_millis(20));
+        assert!(NetSpec::from_args(&a).is_err());
+        a.jitter = Some(Duration::from_millis(2));
+        let c = NetSpec::from_args(&a).unwrap().config();
+        assert_eq!((c.egress.delay_ns, c.egress.jitter_ns, c.ingress.delay_ns), (10_000_000, 2_000_000, 0));
+    }
+}

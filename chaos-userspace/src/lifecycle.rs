@@ -1,0 +1,133 @@
+//! How an experiment ends: its duration, Ctrl-C, SIGTERM, SIGHUP, or a reason its caller decides.
+//!
+//! The loop ticks once a second (the live line, the kernel lease); faults are detached by their owners'
+//! `Drop` after the loop returns, whatever the reason.
+
+use std::{fmt, time::Duration};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior, interval_at},
+};
+
+/// Why an experiment ended.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+pub enum EndReason {
+    /// `--duration` elapsed.
+    Duration,
+    /// SIGINT (Ctrl-C).
+    Interrupted,
+    /// SIGTERM (e.g. `kchaos stop`).
+    Terminated,
+    /// SIGHUP (the terminal went away).
+    HungUp,
+    /// The caller aborted (a failed probe, a budget): the text says why.
+    Aborted(String),
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndReason::Duration => write!(f, "duration elapsed"),
+            EndReason::Interrupted => write!(f, "interrupted (Ctrl-C)"),
+            EndReason::Terminated => write!(f, "terminated (SIGTERM)"),
+            EndReason::HungUp => write!(f, "hung up (SIGHUP)"),
+            EndReason::Aborted(why) => write!(f, "aborted: {why}"),
+        }
+    }
+}
+
+/// What a tick tells the loop.
+pub enum Tick {
+    Continue,
+    End(EndReason),
+}
+
+/// Calls `on_tick(elapsed)` every `period` until `duration` (if any) has passed, a signal arrives, or
+/// `on_tick` ends it. Signals are caught from the start, so a Ctrl-C during setup is not lost.
+pub async fn run_until_end(
+    duration: Option<Duration>,
+    period: Duration,
+    mut on_tick: impl FnMut(Duration) -> anyhow::Result<Tick>,
+) -> anyhow::Result<EndReason> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let start = Instant::now();
+    let mut ticks = interval_at(start + period, period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let end = duration.map(|d| start + d);
+    loop {
+        let until_end = async {
+            match end {
+                Some(end) => tokio::time::sleep_until(end).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigint.recv() => return Ok(EndReason::Interrupted),
+            _ = sigterm.recv() => return Ok(EndReason::Terminated),
+            _ = sighup.recv() => return Ok(EndReason::HungUp),
+            _ = until_end => return Ok(EndReason::Duration),
+            _ = ticks.tick() => {
+                if let Tick::End(reason) = on_tick(start.elapsed())? {
+                    return Ok(reason);
+                }
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// How far ahead the loader arms the kernel's deadline. A loader that stops ticking (SIGSTOP, a hang)
+/// stops the faults within this time even where an attachment outlives it.
+pub const LEASE: Duration = Duration::from_secs(3);
+
+/// The deadline to write now: the lease, but never past the experiment's own end.
+pub fn lease_deadline_ns(now_ns: u64, end_ns: Option<u64>) -> u64 {
+    let lease = now_ns + LEASE.as_nanos() as u64;
+    end_ns.map_or(lease, |end| end.min(lease))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_never_passes_the_end() {
+        assert_eq!(lease_deadline_ns(10, None), 10 + LEASE.as_nanos() as u64);
+        assert_eq!(lease_deadline_ns(10, Some(20)), 20);
+        assert_eq!(lease_deadline_ns(10, Some(u64::MAX)), 10 + LEASE.as_nanos() as u64);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn ends_at_the_duration() {
+        let mut ticks = 0;
+        let reason = run_until_end(Some(Duration::from_millis(3500)), Duration::from_secs(1), |_| {
+            ticks += 1;
+            Ok(Tick::Continue)
+        })
+        .await
+        .unwrap();
+        assert_eq!(reason, EndReason::Duration);
+        assert_eq!(ticks, 3);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_tick_can_end_it() {
+        let reason = run_until_end(None, Duration::from_secs(1), |elapsed| {
+            Ok(if elapsed >= Duration::from_secs(2) { Tick::End(EndReason::Aborted("probe".into())) } else { Tick::Continue })
+        })
+        .await
+        .unwrap();
+        assert_eq!(reason, EndReason::Aborted("probe".into()));
+    }
+}

@@ -1,0 +1,95 @@
+//! `kchaos`: the command line. Parsing and exit codes live here; the work in the library.
+
+use std::process::ExitCode;
+
+use chaos_userspace::{demo, error, net_command, probe, stop, traffic};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kchaos",
+    version,
+    about = "Kernel-level fault injection, held to one cgroup (container)",
+    long_about = "kchaos injects network and system faults with eBPF programs attached to a target \
+cgroup: only processes in that cgroup (and cgroups below it) are hit, everything else runs untouched. \
+Faults end when the run ends, however it ends.\n\n\
+Examples:\n  kchaos probe\n  kchaos net --cgroup system.slice/docker-<id>.scope --drop 5 --duration 1m\n  \
+kchaos net --pid 4242 --partition 10.0.0.7:5432 --duration 30s --json report.json\n  kchaos stop"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drop, delay or partition the network traffic of target cgroups.
+    #[command(after_help = "Examples:\n  kchaos net --cgroup /sys/fs/cgroup/app --drop 30 --duration 10s\n  \
+kchaos net --cgroup app --drop 1.5 --proto udp --port 53 --direction both\n  \
+kchaos net --cgroup app --delay 50ms --jitter 10ms --dst 10.0.0.0/8   (needs sch_fq)\n  \
+kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24")]
+    Net(net_command::NetCommand),
+    /// Show which kernel hooks this machine offers and what each enables.
+    Probe {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End every running kchaos and undo anything a killed one left behind.
+    Stop,
+    /// A self-contained demo: a lab (netns, veth, cgroup), drop then partition, a table of results.
+    Demo,
+    /// Traffic generators for labs and tests (run inside a cgroup/netns).
+    #[command(hide = true)]
+    Traffic(traffic::TrafficArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KCHAOS_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Net(cmd) => block_on(net_command::run(cmd)),
+        Command::Probe { json } => {
+            let caps = probe::probe();
+            if json {
+                match serde_json::to_string_pretty(&caps) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("kchaos: {e}"),
+                }
+            } else {
+                probe::print(&caps);
+            }
+            Ok(())
+        }
+        Command::Stop => match stop::stop() {
+            0 => Ok(()),
+            n => Err(anyhow::anyhow!("{n} thing(s) could not be undone; see above")),
+        },
+        Command::Demo => demo::run(),
+        Command::Traffic(args) => traffic::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kchaos: error: {err:#}");
+            ExitCode::from(if error::is_bad_input(&err) { 2 } else { 1 })
+        }
+    }
+}
+
+/// A single-threaded runtime: the loader waits on signals and a 1 s tick, nothing more.
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(fut)
+}

@@ -1,0 +1,97 @@
+//! sch_fq on the devices a delayed target sends through: EDT (skb->tstamp) is honoured only by fq.
+//!
+//! kchaos puts fq only where the device has its kernel default root qdisc (noqueue, pfifo_fast,
+//! fq_codel, mq); deleting the root qdisc afterwards brings that default back. A device with a qdisc
+//! someone configured is refused rather than overwritten.
+
+use std::{io, path::Path, process::Command};
+
+use crate::{error::BadInput, netns};
+
+/// Root qdiscs the kernel installs by itself; anything else was configured by someone.
+const DEFAULT_KINDS: &[&str] = &["noqueue", "pfifo_fast", "fq_codel", "mq", "pfifo"];
+
+/// A device of one namespace whose root qdisc kchaos replaced with fq.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FqInstall {
+    pub netns: netns::NetnsRef,
+    pub dev: String,
+    /// What was there before (restored by deleting fq).
+    pub previous: String,
+}
+
+/// True when this kernel has sch_fq; tried in a scratch namespace, so no real device is touched.
+pub fn kernel_has_fq() -> bool {
+    netns::command_in_scratch_netns("tc")
+        .args(["qdisc", "add", "dev", "lo", "root", "fq"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Devices (up, not loopback) of the namespace at `ns_path`, with their root qdisc kind.
+pub fn devices(ns_path: &Path) -> io::Result<Vec<(String, String)>> {
+    let out = netns::run_checked(netns::command_in(ns_path, "ip")?.args(["-o", "link", "show", "up"]))?;
+    let mut devs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "2: eth0@if3: <BROADCAST,...,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP ..."
+        let mut fields = line.split_whitespace();
+        let Some(name) = fields.nth(1) else { continue };
+        let name = name.trim_end_matches(':').split('@').next().unwrap_or_default().to_owned();
+        if name == "lo" || name.is_empty() {
+            continue;
+        }
+        devs.push((name.clone(), root_kind(ns_path, &name)?));
+    }
+    Ok(devs)
+}
+
+fn root_kind(ns_path: &Path, dev: &str) -> io::Result<String> {
+    let out = netns::run_checked(netns::command_in(ns_path, "tc")?.args(["qdisc", "show", "dev", dev, "root"]))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("noqueue")
+        .to_owned())
+}
+
+/// Decides, before anything changes, which devices of a namespace need fq. Errors name a device with
+/// a configured qdisc kchaos must not replace.
+pub fn plan(ns: &netns::NetnsRef, ns_path: &Path) -> Result<Vec<FqInstall>, BadInput> {
+    let devs = devices(ns_path).map_err(|e| BadInput::new(format!("listing devices for --delay: {e}")))?;
+    let mut plan = Vec::new();
+    for (dev, kind) in devs {
+        if kind == "fq" {
+            continue; // already honours EDT; not ours to remove later
+        }
+        if !DEFAULT_KINDS.contains(&kind.as_str()) {
+            return Err(BadInput::new(format!(
+                "--delay needs sch_fq on {dev}, which has a configured root qdisc '{kind}'; kchaos won't \
+                 replace it (remove it, or narrow the target)"
+            )));
+        }
+        plan.push(FqInstall { netns: ns.clone(), dev, previous: kind });
+    }
+    Ok(plan)
+}
+
+/// Puts fq at the root of the planned device.
+pub fn install(fq: &FqInstall) -> io::Result<()> {
+    let ns_path = fq.netns.locate().ok_or_else(|| io::Error::other("the network namespace is gone"))?;
+    tc(&ns_path, &["qdisc", "replace", "dev", &fq.dev, "root", "fq"]).map(|_| ())
+}
+
+/// Deletes kchaos's fq, which brings back the device's default qdisc. A namespace or device that is
+/// gone took the qdisc with it: nothing to do.
+pub fn restore(fq: &FqInstall) -> io::Result<()> {
+    let Some(ns_path) = fq.netns.locate() else { return Ok(()) };
+    if root_kind(&ns_path, &fq.dev).map(|k| k != "fq").unwrap_or(true) {
+        return Ok(());
+    }
+    tc(&ns_path, &["qdisc", "del", "dev", &fq.dev, "root"]).map(|_| ())
+}
+
+fn tc(ns_path: &Path, args: &[&str]) -> io::Result<std::process::Output> {
+    let mut cmd: Command = netns::command_in(ns_path, "tc")?;
+    netns::run_checked(cmd.args(args))
+}

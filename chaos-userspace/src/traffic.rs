@@ -1,0 +1,194 @@
+//! `kchaos traffic`: small traffic generators the demo, the tests and scenarios run inside a cgroup
+//! (and optionally a netns), reporting what they saw as one JSON line.
+
+use std::{
+    collections::HashSet,
+    io,
+    net::{SocketAddr, TcpStream, UdpSocket},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::units;
+
+#[derive(Debug, clap::Args)]
+pub struct TrafficArgs {
+    /// Join this cgroup first (so the traffic is the cgroup's).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// Join this network namespace first (a path such as /run/netns/NAME).
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    #[command(subcommand)]
+    pub mode: Mode,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Mode {
+    /// Send numbered UDP datagrams to an echo server; count the distinct echoes.
+    UdpEcho {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Datagrams per second.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// How long to wait for late echoes after the last send.
+        #[arg(long, default_value = "500ms", value_parser = units::parse_duration)]
+        wait: Duration,
+        /// Also report round-trip times (µs) of each echo.
+        #[arg(long)]
+        rtt: bool,
+    },
+    /// Bind a UDP port and count datagrams for a while.
+    UdpSink {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long = "for", value_parser = units::parse_duration)]
+        duration: Duration,
+    },
+    /// Send UDP datagrams one way (no echo).
+    UdpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+    },
+    /// Try one TCP connect; report success or the errno.
+    TcpConnect {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value = "2s", value_parser = units::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Joins the cgroup and namespace, then generates the traffic; prints one JSON object.
+pub fn run(args: &TrafficArgs) -> Result<()> {
+    if let Some(cg) = &args.cgroup {
+        crate::cgroup::add_process(cg, std::process::id()).with_context(|| format!("joining {}", cg.display()))?;
+    }
+    if let Some(ns) = &args.netns {
+        let f = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+        // SAFETY: single-threaded here; setns moves this thread (the only one) into the namespace.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error()).context("setns");
+        }
+    }
+    let value = match args.mode {
+        Mode::UdpEcho { to, count, rate, wait, rtt } => udp_echo(to, count, rate, wait, rtt)?,
+        Mode::UdpSink { bind, duration } => udp_sink(bind, duration)?,
+        Mode::UdpSend { to, count, rate } => udp_send(to, count, rate)?,
+        Mode::TcpConnect { to, timeout } => tcp_connect(to, timeout),
+    };
+    println!("{value}");
+    Ok(())
+}
+
+fn bind_any(to: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    // Big buffers, so the socket itself never loses what the fault did not.
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: setsockopt with a valid int option value.
+    unsafe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+            libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&size as *const libc::c_int).cast(), 4);
+        }
+    }
+    Ok(sock)
+}
+
+/// Sleeps as needed to keep `sent` datagrams at `rate` per second since `start`.
+fn pace(start: Instant, sent: u64, rate: u64) {
+    let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+    if let Some(ahead) = due.checked_sub(start.elapsed()) && ahead > Duration::from_micros(200) {
+        std::thread::sleep(ahead);
+    }
+}
+
+fn udp_echo(to: SocketAddr, count: u64, rate: u64, wait: Duration, rtt: bool) -> Result<serde_json::Value> {
+    let sock = bind_any(to)?;
+    let recv_sock = sock.try_clone()?;
+    let start = Instant::now();
+    let total = wait + Duration::from_secs_f64(count as f64 / rate.max(1) as f64) + Duration::from_secs(1);
+    let receiver = std::thread::spawn(move || {
+        let mut seen = HashSet::new();
+        let mut rtts = Vec::new();
+        let mut buf = [0u8; 64];
+        let _ = recv_sock.set_read_timeout(Some(Duration::from_millis(20)));
+        while start.elapsed() < total && (seen.len() as u64) < count {
+            if let Ok(n) = recv_sock.recv(&mut buf)
+                && n >= 16
+            {
+                let seq = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
+                let sent_ns = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default());
+                if seen.insert(seq) {
+                    rtts.push((start.elapsed().as_nanos() as u64).saturating_sub(sent_ns) / 1000);
+                }
+            }
+        }
+        (seen.len() as u64, rtts)
+    });
+    let mut send_errors = 0u64;
+    for seq in 0..count {
+        pace(start, seq, rate);
+        let mut msg = [0u8; 16];
+        msg[..8].copy_from_slice(&seq.to_le_bytes());
+        msg[8..].copy_from_slice(&(start.elapsed().as_nanos() as u64).to_le_bytes());
+        if sock.send_to(&msg, to).is_err() {
+            send_errors += 1;
+        }
+    }
+    let (received, rtts) = receiver.join().map_err(|_| anyhow::anyhow!("receiver thread panicked"))?;
+    let mut v = serde_json::json!({"sent": count, "received": received, "send_errors": send_errors});
+    if rtt {
+        v["rtt_us"] = serde_json::json!(rtts);
+    }
+    Ok(v)
+}
+
+fn udp_sink(bind: SocketAddr, duration: Duration) -> Result<serde_json::Value> {
+    let sock = bind_any(bind).and_then(|s| {
+        drop(s);
+        UdpSocket::bind(bind)
+    })?;
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    // Tell the caller the port is open (it waits for this line before sending).
+    println!("{{\"ready\":true}}");
+    let start = Instant::now();
+    let mut received = 0u64;
+    let mut buf = [0u8; 2048];
+    while start.elapsed() < duration {
+        if sock.recv(&mut buf).is_ok() {
+            received += 1;
+        }
+    }
+    Ok(serde_json::json!({"received": received}))
+}
+
+fn udp_send(to: SocketAddr, count: u64, rate: u64) -> Result<serde_json::Value> {
+    let sock = bind_any(to)?;
+    let start = Instant::now();
+    let mut errors = 0u64;
+    for seq in 0..count {
+        pace(start, seq, rate);
+        if sock.send_to(&seq.to_le_bytes(), to).is_err() {
+            errors += 1;
+        }
+    }
+    Ok(serde_json::json!({"sent": count, "send_errors": errors}))
+}
+
+fn tcp_connect(to: SocketAddr, timeout: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    match TcpStream::connect_timeout(&to, timeout) {
+        Ok(_) => serde_json::json!({"connected": true, "ms": start.elapsed().as_secs_f64() * 1e3}),
+        Err(e) => serde_json::json!({"connected": false, "errno": e.raw_os_error(), "error": e.to_string(), "ms": start.elapsed().as_secs_f64() * 1e3}),
+    }
+}

@@ -1,0 +1,120 @@
+//! Parsing the units users type: durations ("250ms", "1.5s", "2m"), percentages, sizes, rates.
+
+use std::time::Duration;
+
+use crate::error::BadInput;
+
+/// Parses a duration: a number with a unit ns, us, ms, s, m or h ("1.5s", "200ms"). A bare number is
+/// refused, since "10" could mean anything.
+pub fn parse_duration(text: &str) -> Result<Duration, BadInput> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        BadInput::new(format!(
+            "'{text}' is not a duration: write a number and a unit (ns, us, ms, s, m, h), e.g. 250ms or 1.5s"
+        ))
+    };
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let ns_per_unit = match unit {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" | "min" => 60e9,
+        "h" => 3600e9,
+        _ => return Err(bad()),
+    };
+    let ns = value * ns_per_unit;
+    if !ns.is_finite() || ns > 1e18 {
+        return Err(BadInput::new(format!("'{text}' is too long a duration")));
+    }
+    Ok(Duration::from_nanos(ns.round() as u64))
+}
+
+/// Parses a percentage 0..=100 (fractions allowed; a trailing % is accepted).
+pub fn parse_percent(text: &str) -> Result<f64, BadInput> {
+    let t = text.trim().trim_end_matches('%');
+    match t.parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        Ok(v) => Err(BadInput::new(format!("{v} is not a percentage: allowed is 0 to 100 (fractions allowed)"))),
+        Err(_) => Err(BadInput::new(format!("'{text}' is not a percentage: allowed is a number from 0 to 100"))),
+    }
+}
+
+/// Parses a size in bytes: "512M", "1G", "64KiB", "1000" (K/M/G/T are powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, BadInput> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || BadInput::new(format!("'{text}' is not a size: write e.g. 512M, 1G, 64K or a number of bytes"));
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1u64,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    Ok((value * mult as f64).round() as u64)
+}
+
+/// Formats a duration the way users typed it: "250ms", "1.5s".
+pub fn format_duration(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns == 0 {
+        "0s".into()
+    } else if ns % 1_000_000_000 == 0 {
+        format!("{}s", ns / 1_000_000_000)
+    } else if ns >= 1_000_000_000 {
+        format!("{:.3}s", d.as_secs_f64())
+    } else if ns % 1_000_000 == 0 {
+        format!("{}ms", ns / 1_000_000)
+    } else if ns >= 1_000_000 {
+        format!("{:.3}ms", ns as f64 / 1e6)
+    } else {
+        format!("{}us", ns as f64 / 1e3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("10us").unwrap(), Duration::from_micros(10));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1x").unwrap_err().to_string().contains("unit"));
+    }
+
+    #[test]
+    fn percents() {
+        assert_eq!(parse_percent("30").unwrap(), 30.0);
+        assert_eq!(parse_percent("0.5%").unwrap(), 0.5);
+        assert!(parse_percent("140").unwrap_err().to_string().contains("0 to 100"));
+        assert!(parse_percent("abc").is_err());
+        assert!(parse_percent("-1").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("1Q").is_err());
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_secs(3)), "3s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.500s");
+    }
+}
