@@ -100,12 +100,27 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
+    /// Starts it in the namespace `ns`, or in this process's own when `None`.
+    pub fn start_in(ns: Option<&Netns>, addr: SocketAddr) -> io::Result<Self> {
+        match ns {
+            Some(ns) => Self::start(ns, addr),
+            None => Self::start_with(|f| Ok(std::thread::spawn(move || Ok(f()))), addr),
+        }
+    }
+
     pub fn start(ns: &Netns, addr: SocketAddr) -> io::Result<Self> {
+        Self::start_with(|f| ns.spawn(f), addr)
+    }
+
+    fn start_with(
+        spawn: impl FnOnce(Box<dyn FnOnce() -> io::Result<()> + Send>) -> io::Result<JoinHandle<io::Result<io::Result<()>>>>,
+        addr: SocketAddr,
+    ) -> io::Result<Self> {
         let received = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let (r, s) = (received.clone(), stop.clone());
-        let thread = ns.spawn(move || -> io::Result<()> {
+        let thread = spawn(Box::new(move || -> io::Result<()> {
             let sock = match UdpSocket::bind(addr) {
                 Ok(sock) => sock,
                 Err(e) => {
@@ -123,7 +138,7 @@ impl EchoServer {
                 }
             }
             Ok(())
-        })?;
+        }))?;
         rx.recv().map_err(|_| io::Error::other("echo server thread died"))??;
         Ok(Self { addr, received, stop, thread: Some(thread) })
     }

@@ -54,6 +54,9 @@ pub enum Mode {
     UdpSend {
         #[arg(long)]
         to: SocketAddr,
+        /// Source address and port to send from (default: any).
+        #[arg(long)]
+        from: Option<SocketAddr>,
         #[arg(long, default_value_t = 1000)]
         count: u64,
         #[arg(long, default_value_t = 20_000)]
@@ -83,7 +86,7 @@ pub fn run(args: &TrafficArgs) -> Result<()> {
     let value = match args.mode {
         Mode::UdpEcho { to, count, rate, wait, rtt } => udp_echo(to, count, rate, wait, rtt)?,
         Mode::UdpSink { bind, duration } => udp_sink(bind, duration)?,
-        Mode::UdpSend { to, count, rate } => udp_send(to, count, rate)?,
+        Mode::UdpSend { to, from, count, rate } => udp_send(to, from, count, rate)?,
         Mode::TcpConnect { to, timeout } => tcp_connect(to, timeout),
     };
     println!("{value}");
@@ -172,8 +175,11 @@ fn udp_sink(bind: SocketAddr, duration: Duration) -> Result<serde_json::Value> {
     Ok(serde_json::json!({"received": received}))
 }
 
-fn udp_send(to: SocketAddr, count: u64, rate: u64) -> Result<serde_json::Value> {
-    let sock = bind_any(to)?;
+fn udp_send(to: SocketAddr, from: Option<SocketAddr>, count: u64, rate: u64) -> Result<serde_json::Value> {
+    let sock = match from {
+        Some(from) => UdpSocket::bind(from).with_context(|| format!("binding {from}"))?,
+        None => bind_any(to)?,
+    };
     let start = Instant::now();
     let mut errors = 0u64;
     for seq in 0..count {

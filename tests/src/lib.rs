@@ -1,1 +1,151 @@
+//! What the integration tests share: finding kchaos, skipping with a reason, running kchaos the way a
+//! user does (a child process), and reading its JSON output.
+//!
+//! Each test builds its own lab (`chaos_userspace::lab`), which removes itself when dropped, also when
+//! an assertion fails.
 
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+pub use chaos_userspace::lab;
+
+/// The kchaos binary under test: $KCHAOS_BIN (set by `cargo xtask test`), else target/release/kchaos.
+pub fn kchaos() -> PathBuf {
+    if let Some(p) = std::env::var_os("KCHAOS_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/kchaos");
+    assert!(p.exists(), "no kchaos binary at {}: run `cargo xtask test` (it builds it)", p.display());
+    p
+}
+
+/// Which kernel the results come from (the VM suite sets a label).
+pub fn kernel_label() -> String {
+    std::env::var("KCHAOS_KERNEL_LABEL").unwrap_or_else(|_| {
+        format!("host {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())
+    })
+}
+
+/// Prints why a test can't run here. Callers `return` right after: the output says SKIP, never PASS.
+pub fn skip(test: &str, why: &str) {
+    println!("SKIP {test} [{}]: {why}", kernel_label());
+}
+
+/// True when running as root; otherwise prints SKIP.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        skip(test, "needs root (loads eBPF programs, makes namespaces and cgroups)");
+    }
+    root
+}
+
+/// A tag for lab names: unique per test process and call.
+pub fn tag(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}{}", std::process::id() % 1000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A running `kchaos` (e.g. `net`), started and waited on until it says it is armed. Dropping it kills
+/// it (SIGKILL), which must itself leave nothing injecting.
+pub struct Running {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+    pub head: Vec<String>,
+}
+
+impl Running {
+    /// Starts kchaos with `args` and waits (up to 20 s) for its "armed" line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(kchaos())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning kchaos");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut head = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) => {
+                    let armed = line.trim_start().starts_with("armed");
+                    head.push(line);
+                    if armed {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output().expect("wait");
+                    panic!(
+                        "kchaos {args:?} did not arm: stdout {head:?} stderr {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        }
+        Self { child, lines: rx, head }
+    }
+
+    /// Ends it with SIGTERM and returns its exit code and everything it printed.
+    pub fn terminate(mut self) -> (i32, Vec<String>) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait");
+        let mut lines = std::mem::take(&mut self.head);
+        lines.extend(self.lines.try_iter());
+        (status.code().unwrap_or(-1), lines)
+    }
+
+    /// Kills it with SIGKILL, as an OOM killer or a crash would.
+    pub fn sigkill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs kchaos to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(kchaos()).args(args).output().expect("running kchaos")
+}
+
+/// Runs `kchaos traffic [--cgroup CG] [--netns NS] MODE...` and parses its last JSON line.
+pub fn traffic(cgroup: Option<&std::path::Path>, netns: Option<&std::path::Path>, mode: &[&str]) -> serde_json::Value {
+    let mut cmd = Command::new(kchaos());
+    cmd.arg("traffic");
+    if let Some(cg) = cgroup {
+        cmd.arg("--cgroup").arg(cg);
+    }
+    if let Some(ns) = netns {
+        cmd.arg("--netns").arg(ns);
+    }
+    let out = cmd.args(mode).output().expect("running kchaos traffic");
+    assert!(out.status.success(), "kchaos traffic {mode:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("bad traffic output {text:?}: {e}"))
+}
