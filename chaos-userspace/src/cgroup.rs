@@ -1,8 +1,7 @@
 //! cgroup v2: finding the mount, reading a process's cgroup, ids, moving processes.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -11,7 +10,10 @@ use std::{
 pub fn v2_mount() -> io::Result<PathBuf> {
     let mounts = fs::read_to_string("/proc/mounts")?;
     mount_from(&mounts).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, "no cgroup2 file system is mounted (see /proc/mounts)")
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "no cgroup2 file system is mounted (see /proc/mounts)",
+        )
     })
 }
 
@@ -29,12 +31,13 @@ fn unescape_mount_path(p: &str) -> String {
     let b = p.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&p[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&p[i + 1..i + 4], 8)
+        {
+            out.push(v as char);
+            i += 4;
+            continue;
         }
         out.push(b[i] as char);
         i += 1;
@@ -46,12 +49,16 @@ fn unescape_mount_path(p: &str) -> String {
 pub fn of_pid(pid: u32) -> io::Result<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     v2_line(&text).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("process {pid} has no cgroup v2 entry (0::) in /proc/{pid}/cgroup"))
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("process {pid} has no cgroup v2 entry (0::) in /proc/{pid}/cgroup"),
+        )
     })
 }
 
 fn v2_line(text: &str) -> Option<String> {
-    text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
 }
 
 /// The cgroup id the kernel uses (bpf_get_current_cgroup_id, cgroup links): the directory's inode.
@@ -99,7 +106,10 @@ mod tests {
     #[test]
     fn finds_hybrid_and_unified_mounts() {
         let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(mount_from(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            mount_from(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
         assert_eq!(mount_from(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(mount_from("proc /proc proc rw 0 0\n"), None);
@@ -109,7 +119,10 @@ mod tests {
     #[test]
     fn reads_v2_line() {
         let text = "12:pids:/x\n1:name=systemd:/y\n0::/system.slice/docker-abc.scope\n";
-        assert_eq!(v2_line(text).as_deref(), Some("/system.slice/docker-abc.scope"));
+        assert_eq!(
+            v2_line(text).as_deref(),
+            Some("/system.slice/docker-abc.scope")
+        );
         assert_eq!(v2_line("1:cpu:/\n"), None);
     }
 }

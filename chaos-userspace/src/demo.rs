@@ -28,6 +28,12 @@ fn check_interrupt() -> Result<()> {
     Ok(())
 }
 
+/// A client: its label, the cgroup it runs in (None: outside), where it sends.
+type Client<'a> = (&'static str, Option<&'a Path>, SocketAddr);
+
+/// A demo phase: its name, the `kchaos net` fault arguments (none: baseline), its clients.
+type Phase<'a> = (&'static str, Vec<String>, Vec<Client<'a>>);
+
 /// A row of the results table.
 struct Row {
     phase: &'static str,
@@ -50,21 +56,36 @@ pub fn run() -> Result<()> {
     let s7000 = EchoServer::start(&lab.netns, SocketAddr::from((lab.server_addr, 7000)))?;
     let _s7001 = EchoServer::start(&lab.netns, SocketAddr::from((lab.server_addr, 7001)))?;
     println!("kchaos demo lab:");
-    println!("  netns {} with UDP echo servers on {}:7000 and :7001", lab.netns.name, lab.server_addr);
+    println!(
+        "  netns {} with UDP echo servers on {}:7000 and :7001",
+        lab.netns.name, lab.server_addr
+    );
     println!("  veth {} ({}) <-> the netns", lab.host_if, lab.host_addr);
     println!("  target cgroup {}", lab.cgroup.path.display());
-    println!("  client A runs inside the target cgroup, client B outside it; both talk to the netns\n");
+    println!(
+        "  client A runs inside the target cgroup, client B outside it; both talk to the netns\n"
+    );
 
     let inside = Some(lab.cgroup.path.as_path());
     let to7000 = SocketAddr::from((lab.server_addr, 7000));
     let to7001 = SocketAddr::from((lab.server_addr, 7001));
     let mut rows = Vec::new();
-    let phases: [(&'static str, Vec<String>, Vec<(&str, Option<&Path>, SocketAddr)>); 3] = [
-        ("no fault", vec![], vec![("A (target) -> :7000", inside, to7000), ("B (outside) -> :7000", None, to7000)]),
+    let phases: [Phase; 3] = [
+        (
+            "no fault",
+            vec![],
+            vec![
+                ("A (target) -> :7000", inside, to7000),
+                ("B (outside) -> :7000", None, to7000),
+            ],
+        ),
         (
             "drop 30% (egress)",
             vec!["--drop".into(), "30".into()],
-            vec![("A (target) -> :7000", inside, to7000), ("B (outside) -> :7000", None, to7000)],
+            vec![
+                ("A (target) -> :7000", inside, to7000),
+                ("B (outside) -> :7000", None, to7000),
+            ],
         ),
         (
             "partition :7000",
@@ -79,11 +100,20 @@ pub fn run() -> Result<()> {
     for (phase, fault_args, clients) in phases {
         check_interrupt()?;
         println!("== {phase}");
-        let report_path = std::env::temp_dir().join(format!("kchaos-demo-{}-{}.json", std::process::id(), rows.len()));
+        let report_path = std::env::temp_dir().join(format!(
+            "kchaos-demo-{}-{}.json",
+            std::process::id(),
+            rows.len()
+        ));
         let injector = if fault_args.is_empty() {
             None
         } else {
-            Some(Injector::start(&exe, &lab.cgroup.path, &fault_args, &report_path)?)
+            Some(Injector::start(
+                &exe,
+                &lab.cgroup.path,
+                &fault_args,
+                &report_path,
+            )?)
         };
         let before = s7000.received.load(Ordering::Relaxed);
         let results = run_clients(&exe, &clients)?;
@@ -93,13 +123,28 @@ pub fn run() -> Result<()> {
         };
         for (i, ((name, _, _), (sent, received))) in clients.iter().zip(results).enumerate() {
             // The counters are the fault's, not a client's: show them once per phase.
-            let kernel = if i == 0 { kernel.clone() } else { String::new() };
-            rows.push(Row { phase, client: name.to_string(), sent, received, kernel });
+            let kernel = if i == 0 {
+                kernel.clone()
+            } else {
+                String::new()
+            };
+            rows.push(Row {
+                phase,
+                client: name.to_string(),
+                sent,
+                received,
+                kernel,
+            });
         }
-        tracing::debug!("server :7000 received {}", s7000.received.load(Ordering::Relaxed) - before);
+        tracing::debug!(
+            "server :7000 received {}",
+            s7000.received.load(Ordering::Relaxed) - before
+        );
     }
     print_table(&rows);
-    println!("\nThe lab is removed now: netns, veth, cgroup; kchaos net detached itself after each phase.");
+    println!(
+        "\nThe lab is removed now: netns, veth, cgroup; kchaos net detached itself after each phase."
+    );
     Ok(())
 }
 
@@ -123,7 +168,10 @@ impl Injector {
             .context("starting kchaos net")?;
         let stdout = child.stdout.take().context("kchaos net's stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let mut injector = Self { child, report: report.to_path_buf() };
+        let mut injector = Self {
+            child,
+            report: report.to_path_buf(),
+        };
         // Wait until it says it is armed; echo what it attached.
         loop {
             match lines.next() {
@@ -175,7 +223,10 @@ impl Drop for Injector {
 }
 
 /// Runs the clients at the same time; returns (sent, received) of each.
-fn run_clients(exe: &Path, clients: &[(&str, Option<&Path>, SocketAddr)]) -> Result<Vec<(u64, u64)>> {
+fn run_clients(
+    exe: &Path,
+    clients: &[(&str, Option<&Path>, SocketAddr)],
+) -> Result<Vec<(u64, u64)>> {
     let mut children = Vec::new();
     for (_, cgroup, to) in clients {
         let mut cmd = Command::new(exe);
@@ -183,8 +234,20 @@ fn run_clients(exe: &Path, clients: &[(&str, Option<&Path>, SocketAddr)]) -> Res
         if let Some(cg) = cgroup {
             cmd.arg("--cgroup").arg(cg);
         }
-        cmd.args(["udp-echo", "--to", &to.to_string(), "--count", "5000", "--rate", "5000"]);
-        children.push(cmd.stdout(Stdio::piped()).spawn().context("starting a client")?);
+        cmd.args([
+            "udp-echo",
+            "--to",
+            &to.to_string(),
+            "--count",
+            "5000",
+            "--rate",
+            "5000",
+        ]);
+        children.push(
+            cmd.stdout(Stdio::piped())
+                .spawn()
+                .context("starting a client")?,
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut results = Vec::new();
@@ -193,16 +256,30 @@ fn run_clients(exe: &Path, clients: &[(&str, Option<&Path>, SocketAddr)]) -> Res
         if Instant::now() > deadline || !out.status.success() {
             bail!("a client failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading a client's result")?;
-        results.push((v["sent"].as_u64().unwrap_or(0), v["received"].as_u64().unwrap_or(0)));
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("reading a client's result")?;
+        results.push((
+            v["sent"].as_u64().unwrap_or(0),
+            v["received"].as_u64().unwrap_or(0),
+        ));
     }
     Ok(results)
 }
 
 fn print_table(rows: &[Row]) {
-    println!("\n{:<20} {:<22} {:>6} {:>9} {:>7}   kernel counters (kchaos net)", "phase", "client", "sent", "received", "loss");
+    println!(
+        "\n{:<20} {:<22} {:>6} {:>9} {:>7}   kernel counters (kchaos net)",
+        "phase", "client", "sent", "received", "loss"
+    );
     for r in rows {
-        let loss = if r.sent == 0 { 0.0 } else { 100.0 * (r.sent - r.received.min(r.sent)) as f64 / r.sent as f64 };
-        println!("{:<20} {:<22} {:>6} {:>9} {:>6.1}%   {}", r.phase, r.client, r.sent, r.received, loss, r.kernel);
+        let loss = if r.sent == 0 {
+            0.0
+        } else {
+            100.0 * (r.sent - r.received.min(r.sent)) as f64 / r.sent as f64
+        };
+        println!(
+            "{:<20} {:<22} {:>6} {:>9} {:>6.1}%   {}",
+            r.phase, r.client, r.sent, r.received, loss, r.kernel
+        );
     }
 }

@@ -2,8 +2,7 @@
 //! Everything it makes is removed when it is dropped (also after a panic); traffic stays inside it.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
@@ -31,7 +30,9 @@ pub struct Netns {
 impl Netns {
     pub fn create(name: &str) -> io::Result<Self> {
         ip(&["netns", "add", name])?;
-        let ns = Self { name: name.to_owned() };
+        let ns = Self {
+            name: name.to_owned(),
+        };
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -113,7 +114,9 @@ impl EchoServer {
     }
 
     fn start_with(
-        spawn: impl FnOnce(Box<dyn FnOnce() -> io::Result<()> + Send>) -> io::Result<JoinHandle<io::Result<io::Result<()>>>>,
+        spawn: impl FnOnce(
+            Box<dyn FnOnce() -> io::Result<()> + Send>,
+        ) -> io::Result<JoinHandle<io::Result<io::Result<()>>>>,
         addr: SocketAddr,
     ) -> io::Result<Self> {
         let received = Arc::new(AtomicU64::new(0));
@@ -139,8 +142,14 @@ impl EchoServer {
             }
             Ok(())
         }))?;
-        rx.recv().map_err(|_| io::Error::other("echo server thread died"))??;
-        Ok(Self { addr, received, stop, thread: Some(thread) })
+        rx.recv()
+            .map_err(|_| io::Error::other("echo server thread died"))??;
+        Ok(Self {
+            addr,
+            received,
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -184,12 +193,45 @@ impl Lab {
             cgroup,
             netns,
         };
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &lab.netns.name])?;
-        ip(&["addr", "add", &format!("{}/24", lab.host_addr), "dev", &host_if])?;
+        ip(&[
+            "link",
+            "add",
+            &host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns_if,
+            "netns",
+            &lab.netns.name,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", lab.host_addr),
+            "dev",
+            &host_if,
+        ])?;
         ip(&["link", "set", &host_if, "up"])?;
         let n = lab.netns.name.clone();
-        ip(&["-n", &n, "addr", "add", &format!("{}/24", lab.server_addr), "dev", &ns_if])?;
-        ip(&["-n", &n, "addr", "add", &format!("{}/24", lab.alt_addr), "dev", &ns_if])?;
+        ip(&[
+            "-n",
+            &n,
+            "addr",
+            "add",
+            &format!("{}/24", lab.server_addr),
+            "dev",
+            &ns_if,
+        ])?;
+        ip(&[
+            "-n",
+            &n,
+            "addr",
+            "add",
+            &format!("{}/24", lab.alt_addr),
+            "dev",
+            &ns_if,
+        ])?;
         ip(&["-n", &n, "link", "set", &ns_if, "up"])?;
         Ok(lab)
     }
@@ -198,7 +240,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         // The namespace's drop takes the veth pair with it; this covers a half-made pair.
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
     }
 }
 

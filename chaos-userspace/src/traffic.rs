@@ -62,6 +62,13 @@ pub enum Mode {
         #[arg(long, default_value_t = 20_000)]
         rate: u64,
     },
+    /// Stream TCP data to a sink for a while; report the bytes written.
+    TcpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long = "for", value_parser = units::parse_duration)]
+        duration: Duration,
+    },
     /// Try one TCP connect; report success or the errno.
     TcpConnect {
         #[arg(long)]
@@ -74,7 +81,8 @@ pub enum Mode {
 /// Joins the cgroup and namespace, then generates the traffic; prints one JSON object.
 pub fn run(args: &TrafficArgs) -> Result<()> {
     if let Some(cg) = &args.cgroup {
-        crate::cgroup::add_process(cg, std::process::id()).with_context(|| format!("joining {}", cg.display()))?;
+        crate::cgroup::add_process(cg, std::process::id())
+            .with_context(|| format!("joining {}", cg.display()))?;
     }
     if let Some(ns) = &args.netns {
         let f = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
@@ -84,9 +92,21 @@ pub fn run(args: &TrafficArgs) -> Result<()> {
         }
     }
     let value = match args.mode {
-        Mode::UdpEcho { to, count, rate, wait, rtt } => udp_echo(to, count, rate, wait, rtt)?,
+        Mode::UdpEcho {
+            to,
+            count,
+            rate,
+            wait,
+            rtt,
+        } => udp_echo(to, count, rate, wait, rtt)?,
         Mode::UdpSink { bind, duration } => udp_sink(bind, duration)?,
-        Mode::UdpSend { to, from, count, rate } => udp_send(to, from, count, rate)?,
+        Mode::UdpSend {
+            to,
+            from,
+            count,
+            rate,
+        } => udp_send(to, from, count, rate)?,
+        Mode::TcpSend { to, duration } => tcp_send(to, duration)?,
         Mode::TcpConnect { to, timeout } => tcp_connect(to, timeout),
     };
     println!("{value}");
@@ -101,7 +121,13 @@ fn bind_any(to: SocketAddr) -> io::Result<UdpSocket> {
     unsafe {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-            libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&size as *const libc::c_int).cast(), 4);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                4,
+            );
         }
     }
     Ok(sock)
@@ -110,16 +136,25 @@ fn bind_any(to: SocketAddr) -> io::Result<UdpSocket> {
 /// Sleeps as needed to keep `sent` datagrams at `rate` per second since `start`.
 fn pace(start: Instant, sent: u64, rate: u64) {
     let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
-    if let Some(ahead) = due.checked_sub(start.elapsed()) && ahead > Duration::from_micros(200) {
+    if let Some(ahead) = due.checked_sub(start.elapsed())
+        && ahead > Duration::from_micros(200)
+    {
         std::thread::sleep(ahead);
     }
 }
 
-fn udp_echo(to: SocketAddr, count: u64, rate: u64, wait: Duration, rtt: bool) -> Result<serde_json::Value> {
+fn udp_echo(
+    to: SocketAddr,
+    count: u64,
+    rate: u64,
+    wait: Duration,
+    rtt: bool,
+) -> Result<serde_json::Value> {
     let sock = bind_any(to)?;
     let recv_sock = sock.try_clone()?;
     let start = Instant::now();
-    let total = wait + Duration::from_secs_f64(count as f64 / rate.max(1) as f64) + Duration::from_secs(1);
+    let total =
+        wait + Duration::from_secs_f64(count as f64 / rate.max(1) as f64) + Duration::from_secs(1);
     let receiver = std::thread::spawn(move || {
         let mut seen = HashSet::new();
         let mut rtts = Vec::new();
@@ -148,8 +183,11 @@ fn udp_echo(to: SocketAddr, count: u64, rate: u64, wait: Duration, rtt: bool) ->
             send_errors += 1;
         }
     }
-    let (received, rtts) = receiver.join().map_err(|_| anyhow::anyhow!("receiver thread panicked"))?;
-    let mut v = serde_json::json!({"sent": count, "received": received, "send_errors": send_errors});
+    let (received, rtts) = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?;
+    let mut v =
+        serde_json::json!({"sent": count, "received": received, "send_errors": send_errors});
     if rtt {
         v["rtt_us"] = serde_json::json!(rtts);
     }
@@ -175,7 +213,12 @@ fn udp_sink(bind: SocketAddr, duration: Duration) -> Result<serde_json::Value> {
     Ok(serde_json::json!({"received": received}))
 }
 
-fn udp_send(to: SocketAddr, from: Option<SocketAddr>, count: u64, rate: u64) -> Result<serde_json::Value> {
+fn udp_send(
+    to: SocketAddr,
+    from: Option<SocketAddr>,
+    count: u64,
+    rate: u64,
+) -> Result<serde_json::Value> {
     let sock = match from {
         Some(from) => UdpSocket::bind(from).with_context(|| format!("binding {from}"))?,
         None => bind_any(to)?,
@@ -191,10 +234,32 @@ fn udp_send(to: SocketAddr, from: Option<SocketAddr>, count: u64, rate: u64) -> 
     Ok(serde_json::json!({"sent": count, "send_errors": errors}))
 }
 
+fn tcp_send(to: SocketAddr, duration: Duration) -> Result<serde_json::Value> {
+    use std::io::Write as _;
+    let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {to}"))?;
+    let chunk = vec![0x5au8; 128 << 10];
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < duration {
+        stream.write_all(&chunk)?;
+        bytes += chunk.len() as u64;
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    // Wait for the sink to read everything (it closes after EOF), so the bytes were delivered.
+    let _ = std::io::Read::read(&mut stream, &mut [0u8; 1]);
+    let secs = start.elapsed().as_secs_f64();
+    Ok(
+        serde_json::json!({"bytes": bytes, "secs": secs, "gbit_per_s": bytes as f64 * 8.0 / secs / 1e9}),
+    )
+}
+
 fn tcp_connect(to: SocketAddr, timeout: Duration) -> serde_json::Value {
     let start = Instant::now();
     match TcpStream::connect_timeout(&to, timeout) {
         Ok(_) => serde_json::json!({"connected": true, "ms": start.elapsed().as_secs_f64() * 1e3}),
-        Err(e) => serde_json::json!({"connected": false, "errno": e.raw_os_error(), "error": e.to_string(), "ms": start.elapsed().as_secs_f64() * 1e3}),
+        Err(e) => {
+            serde_json::json!({"connected": false, "errno": e.raw_os_error(), "error": e.to_string(), "ms": start.elapsed().as_secs_f64() * 1e3})
+        }
     }
 }

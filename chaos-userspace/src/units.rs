@@ -8,7 +8,9 @@ use crate::error::BadInput;
 /// refused, since "10" could mean anything.
 pub fn parse_duration(text: &str) -> Result<Duration, BadInput> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let bad = || {
         BadInput::new(format!(
@@ -37,19 +39,34 @@ pub fn parse_percent(text: &str) -> Result<f64, BadInput> {
     let t = text.trim().trim_end_matches('%');
     match t.parse::<f64>() {
         Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
-        Ok(v) => Err(BadInput::new(format!("{v} is not a percentage: allowed is 0 to 100 (fractions allowed)"))),
-        Err(_) => Err(BadInput::new(format!("'{text}' is not a percentage: allowed is a number from 0 to 100"))),
+        Ok(v) => Err(BadInput::new(format!(
+            "{v} is not a percentage: allowed is 0 to 100 (fractions allowed)"
+        ))),
+        Err(_) => Err(BadInput::new(format!(
+            "'{text}' is not a percentage: allowed is a number from 0 to 100"
+        ))),
     }
 }
 
 /// Parses a size in bytes: "512M", "1G", "64KiB", "1000" (K/M/G/T are powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64, BadInput> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || BadInput::new(format!("'{text}' is not a size: write e.g. 512M, 1G, 64K or a number of bytes"));
+    let bad = || {
+        BadInput::new(format!(
+            "'{text}' is not a size: write e.g. 512M, 1G, 64K or a number of bytes"
+        ))
+    };
     let value: f64 = num.parse().map_err(|_| bad())?;
-    let mult = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let mult = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 1u64,
         "K" => 1 << 10,
         "M" => 1 << 20,
@@ -65,11 +82,11 @@ pub fn format_duration(d: Duration) -> String {
     let ns = d.as_nanos();
     if ns == 0 {
         "0s".into()
-    } else if ns % 1_000_000_000 == 0 {
+    } else if ns.is_multiple_of(1_000_000_000) {
         format!("{}s", ns / 1_000_000_000)
     } else if ns >= 1_000_000_000 {
         format!("{:.3}s", d.as_secs_f64())
-    } else if ns % 1_000_000 == 0 {
+    } else if ns.is_multiple_of(1_000_000) {
         format!("{}ms", ns / 1_000_000)
     } else if ns >= 1_000_000 {
         format!("{:.3}ms", ns as f64 / 1e6)
@@ -91,14 +108,24 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("1x").unwrap_err().to_string().contains("unit"));
+        assert!(
+            parse_duration("1x")
+                .unwrap_err()
+                .to_string()
+                .contains("unit")
+        );
     }
 
     #[test]
     fn percents() {
         assert_eq!(parse_percent("30").unwrap(), 30.0);
         assert_eq!(parse_percent("0.5%").unwrap(), 0.5);
-        assert!(parse_percent("140").unwrap_err().to_string().contains("0 to 100"));
+        assert!(
+            parse_percent("140")
+                .unwrap_err()
+                .to_string()
+                .contains("0 to 100")
+        );
         assert!(parse_percent("abc").is_err());
         assert!(parse_percent("-1").is_err());
     }

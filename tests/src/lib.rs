@@ -20,14 +20,23 @@ pub fn kchaos() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/kchaos");
-    assert!(p.exists(), "no kchaos binary at {}: run `cargo xtask test` (it builds it)", p.display());
+    assert!(
+        p.exists(),
+        "no kchaos binary at {}: run `cargo xtask test` (it builds it)",
+        p.display()
+    );
     p
 }
 
 /// Which kernel the results come from (the VM suite sets a label).
 pub fn kernel_label() -> String {
     std::env::var("KCHAOS_KERNEL_LABEL").unwrap_or_else(|_| {
-        format!("host {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())
+        format!(
+            "host {}",
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+        )
     })
 }
 
@@ -41,7 +50,10 @@ pub fn root_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        skip(test, "needs root (loads eBPF programs, makes namespaces and cgroups)");
+        skip(
+            test,
+            "needs root (loads eBPF programs, makes namespaces and cgroups)",
+        );
     }
     root
 }
@@ -50,7 +62,11 @@ pub fn root_or_skip(test: &str) -> bool {
 pub fn tag(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}{}", std::process::id() % 1000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}{}",
+        std::process::id() % 1000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A running `kchaos` (e.g. `net`), started and waited on until it says it is armed. Dropping it kills
@@ -99,7 +115,11 @@ impl Running {
                 }
             }
         }
-        Self { child, lines: rx, head }
+        Self {
+            child,
+            lines: rx,
+            head,
+        }
     }
 
     /// Ends it with SIGTERM and returns its exit code and everything it printed.
@@ -130,11 +150,18 @@ impl Drop for Running {
 
 /// Runs kchaos to completion.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(kchaos()).args(args).output().expect("running kchaos")
+    Command::new(kchaos())
+        .args(args)
+        .output()
+        .expect("running kchaos")
 }
 
 /// Runs `kchaos traffic [--cgroup CG] [--netns NS] MODE...` and parses its last JSON line.
-pub fn traffic(cgroup: Option<&std::path::Path>, netns: Option<&std::path::Path>, mode: &[&str]) -> serde_json::Value {
+pub fn traffic(
+    cgroup: Option<&std::path::Path>,
+    netns: Option<&std::path::Path>,
+    mode: &[&str],
+) -> serde_json::Value {
     let mut cmd = Command::new(kchaos());
     cmd.arg("traffic");
     if let Some(cg) = cgroup {
@@ -144,7 +171,11 @@ pub fn traffic(cgroup: Option<&std::path::Path>, netns: Option<&std::path::Path>
         cmd.arg("--netns").arg(ns);
     }
     let out = cmd.args(mode).output().expect("running kchaos traffic");
-    assert!(out.status.success(), "kchaos traffic {mode:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kchaos traffic {mode:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().last().unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|e| panic!("bad traffic output {text:?}: {e}"))

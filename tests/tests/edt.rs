@@ -76,8 +76,15 @@ impl Harness {
     }
 
     fn configure(&mut self, egress: DirectionFault, deadline_ns: u64) {
-        let cfg = NetConfig { deadline_ns, egress, ..Default::default() };
-        Array::<_, NetConfig>::try_from(self.ebpf.map_mut("NET_CONFIG").unwrap()).unwrap().set(0, cfg, 0).unwrap();
+        let cfg = NetConfig {
+            deadline_ns,
+            egress,
+            ..Default::default()
+        };
+        Array::<_, NetConfig>::try_from(self.ebpf.map_mut("NET_CONFIG").unwrap())
+            .unwrap()
+            .set(0, cfg, 0)
+            .unwrap();
     }
 
     /// Runs the program once; returns (verdict, tstamp it left on the skb).
@@ -98,15 +105,30 @@ impl Harness {
         };
         // SAFETY: attr and the buffers it points to outlive the call.
         let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRunAttr, size_of::<TestRunAttr>())
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestRunAttr,
+                size_of::<TestRunAttr>(),
+            )
         };
-        assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-        let tstamp = u64::from_ne_bytes(ctx_out[TSTAMP_OFFSET..TSTAMP_OFFSET + 8].try_into().unwrap());
+        assert_eq!(
+            rc,
+            0,
+            "BPF_PROG_TEST_RUN: {}",
+            std::io::Error::last_os_error()
+        );
+        let tstamp = u64::from_ne_bytes(
+            ctx_out[TSTAMP_OFFSET..TSTAMP_OFFSET + 8]
+                .try_into()
+                .unwrap(),
+        );
         (attr.retval, tstamp)
     }
 
     fn egress_counters(&self) -> NetCounters {
-        let map = PerCpuArray::<_, NetCounters>::try_from(self.ebpf.map("NET_COUNTERS").unwrap()).unwrap();
+        let map = PerCpuArray::<_, NetCounters>::try_from(self.ebpf.map("NET_COUNTERS").unwrap())
+            .unwrap();
         let mut total = NetCounters::default();
         for c in map.get(&DIR_EGRESS, 0).unwrap().iter() {
             total.accumulate(c);
@@ -123,7 +145,13 @@ fn egress_program_stamps_the_departure_time() {
         return;
     }
     let mut h = Harness::new();
-    h.configure(DirectionFault { delay_ns: 10 * MS, ..Default::default() }, u64::MAX);
+    h.configure(
+        DirectionFault {
+            delay_ns: 10 * MS,
+            ..Default::default()
+        },
+        u64::MAX,
+    );
     let before = monotonic_ns();
     let (verdict, tstamp) = h.run();
     let after = monotonic_ns();
@@ -135,7 +163,10 @@ fn egress_program_stamps_the_departure_time() {
         after + 10 * MS
     );
     let c = h.egress_counters();
-    assert_eq!((c.seen, c.matched, c.delayed, c.delay_ns_total), (1, 1, 1, 10 * MS));
+    assert_eq!(
+        (c.seen, c.matched, c.delayed, c.delay_ns_total),
+        (1, 1, 1, 10 * MS)
+    );
 }
 
 #[test]
@@ -145,23 +176,47 @@ fn jitter_spreads_the_delay_uniformly_within_bounds() {
     }
     let mut h = Harness::new();
     let (delay, jitter) = (10 * MS, 2 * MS);
-    h.configure(DirectionFault { delay_ns: delay, jitter_ns: jitter, ..Default::default() }, u64::MAX);
+    h.configure(
+        DirectionFault {
+            delay_ns: delay,
+            jitter_ns: jitter,
+            ..Default::default()
+        },
+        u64::MAX,
+    );
     let mut added = Vec::new();
     for _ in 0..2000 {
         let before = monotonic_ns();
         let (_, tstamp) = h.run();
         let after = monotonic_ns();
         // The stamp was taken between `before` and `after`: bound the delay it added from both sides.
-        assert!(tstamp >= before + delay - jitter && tstamp <= after + delay + jitter, "out of bounds");
+        assert!(
+            tstamp >= before + delay - jitter && tstamp <= after + delay + jitter,
+            "out of bounds"
+        );
         added.push(tstamp.saturating_sub(after) as f64);
     }
     let mean = added.iter().sum::<f64>() / added.len() as f64;
     let min = added.iter().cloned().fold(f64::MAX, f64::min);
     let max = added.iter().cloned().fold(0.0, f64::max);
-    println!("delay 10ms ±2ms over 2000 runs: mean {:.3} ms, min {:.3} ms, max {:.3} ms", mean / 1e6, min / 1e6, max / 1e6);
-    assert!((mean - delay as f64).abs() < 0.05 * delay as f64, "mean {mean}");
-    assert!(min < (delay - jitter) as f64 + 0.2 * jitter as f64, "jitter never reached its low end: {min}");
-    assert!(max > (delay + jitter) as f64 - 0.4 * jitter as f64, "jitter never reached its high end: {max}");
+    println!(
+        "delay 10ms ±2ms over 2000 runs: mean {:.3} ms, min {:.3} ms, max {:.3} ms",
+        mean / 1e6,
+        min / 1e6,
+        max / 1e6
+    );
+    assert!(
+        (mean - delay as f64).abs() < 0.05 * delay as f64,
+        "mean {mean}"
+    );
+    assert!(
+        min < (delay - jitter) as f64 + 0.2 * jitter as f64,
+        "jitter never reached its low end: {min}"
+    );
+    assert!(
+        max > (delay + jitter) as f64 - 0.4 * jitter as f64,
+        "jitter never reached its high end: {max}"
+    );
 }
 
 #[test]
@@ -170,15 +225,31 @@ fn drop_verdict_and_lease() {
         return;
     }
     let mut h = Harness::new();
-    let drop_all = DirectionFault { drop_threshold: percent_to_threshold(100.0), delay_ns: 10 * MS, jitter_ns: 0 };
+    let drop_all = DirectionFault {
+        drop_threshold: percent_to_threshold(100.0),
+        delay_ns: 10 * MS,
+        jitter_ns: 0,
+    };
     h.configure(drop_all, u64::MAX);
-    assert_eq!(h.run(), (2, 0), "drop: verdict 2 (dropped, sendmsg succeeds), no stamp");
+    assert_eq!(
+        h.run(),
+        (2, 0),
+        "drop: verdict 2 (dropped, sendmsg succeeds), no stamp"
+    );
     // A lease that ran out: the program injects nothing, as after a loader stopped renewing it.
     h.configure(drop_all, monotonic_ns() - 1);
-    assert_eq!(h.run(), (1, 0), "an expired lease must pass packets untouched");
+    assert_eq!(
+        h.run(),
+        (1, 0),
+        "an expired lease must pass packets untouched"
+    );
     // Not armed at all (deadline 0).
     h.configure(drop_all, 0);
     assert_eq!(h.run(), (1, 0));
     let c = h.egress_counters();
-    assert_eq!((c.seen, c.dropped, c.delayed), (1, 1, 0), "only the armed run counts");
+    assert_eq!(
+        (c.seen, c.dropped, c.delayed),
+        (1, 1, 0),
+        "only the armed run counts"
+    );
 }

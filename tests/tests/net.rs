@@ -12,7 +12,19 @@ use integration_tests::{Running, kchaos, lab, root_or_skip, run, tag, traffic};
 use lab::{EchoServer, Lab};
 
 fn echo(cg: Option<&Path>, ns: Option<&Path>, to: SocketAddr, count: u64) -> (u64, u64) {
-    let v = traffic(cg, ns, &["udp-echo", "--to", &to.to_string(), "--count", &count.to_string(), "--rate", "20000"]);
+    let v = traffic(
+        cg,
+        ns,
+        &[
+            "udp-echo",
+            "--to",
+            &to.to_string(),
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "20000",
+        ],
+    );
     (v["sent"].as_u64().unwrap(), v["received"].as_u64().unwrap())
 }
 
@@ -30,16 +42,23 @@ fn our_programs() -> Vec<u32> {
 }
 
 fn all_links() -> Vec<u32> {
-    aya::programs::loaded_links().filter_map(Result::ok).map(|l| l.id()).collect()
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|l| l.id())
+        .collect()
 }
 
 fn qdiscs() -> String {
-    let out = Command::new("tc").args(["qdisc", "show"]).output().expect("tc");
+    let out = Command::new("tc")
+        .args(["qdisc", "show"])
+        .output()
+        .expect("tc");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn report_totals(path: &Path) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("report")).expect("json");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("report")).expect("json");
     v["totals"].clone()
 }
 
@@ -52,7 +71,16 @@ fn drop_rate_within_2pp_over_20k_packets_and_nothing_outside() {
     let to = SocketAddr::from((lab.server_addr, 7000));
     let _srv = EchoServer::start(&lab.netns, to).unwrap();
     let report = std::env::temp_dir().join(format!("kchaos-test-{}.json", tag("r")));
-    let running = Running::start(&["net", "--cgroup", &cg_arg(&lab), "--drop", "30", "--json", report.to_str().unwrap(), "--quiet"]);
+    let running = Running::start(&[
+        "net",
+        "--cgroup",
+        &cg_arg(&lab),
+        "--drop",
+        "30",
+        "--json",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
 
     let (sent, received) = echo(Some(&lab.cgroup.path), None, to, 20_000);
     let (out_sent, out_received) = echo(None, None, to, 5_000);
@@ -60,15 +88,31 @@ fn drop_rate_within_2pp_over_20k_packets_and_nothing_outside() {
     assert_eq!(code, 0, "kchaos net output: {lines:?}");
 
     let loss = 100.0 * (sent - received) as f64 / sent as f64;
-    println!("target: sent {sent} received {received} loss {loss:.2}%; outside: {out_sent}/{out_received}");
-    assert!((loss - 30.0).abs() <= 2.0, "loss {loss:.2}% is not within 30±2%");
-    assert_eq!(out_received, out_sent, "a process outside the cgroup lost packets");
+    println!(
+        "target: sent {sent} received {received} loss {loss:.2}%; outside: {out_sent}/{out_received}"
+    );
+    assert!(
+        (loss - 30.0).abs() <= 2.0,
+        "loss {loss:.2}% is not within 30±2%"
+    );
+    assert_eq!(
+        out_received, out_sent,
+        "a process outside the cgroup lost packets"
+    );
     // The kernel's own count of drops is exactly what the client missed (egress only: echoes pass).
     let totals = report_totals(&report);
     let _ = std::fs::remove_file(&report);
-    assert_eq!(totals["egress"]["dropped"].as_u64().unwrap(), sent - received, "{totals}");
+    assert_eq!(
+        totals["egress"]["dropped"].as_u64().unwrap(),
+        sent - received,
+        "{totals}"
+    );
     assert_eq!(totals["egress"]["seen"].as_u64().unwrap(), sent, "{totals}");
-    assert_eq!(totals["ingress"]["seen"].as_u64().unwrap(), 0, "ingress is not attached for egress drop");
+    assert_eq!(
+        totals["ingress"]["seen"].as_u64().unwrap(),
+        0,
+        "ingress is not attached for egress drop"
+    );
 }
 
 #[test]
@@ -80,20 +124,55 @@ fn partition_blocks_exactly_the_peer_and_port_both_ways() {
     let s7000 = SocketAddr::from((lab.server_addr, 7000));
     let s7001 = SocketAddr::from((lab.server_addr, 7001));
     let alt7000 = SocketAddr::from((lab.alt_addr, 7000));
-    let servers: Vec<EchoServer> = [s7000, s7001, alt7000].iter().map(|a| EchoServer::start(&lab.netns, *a).unwrap()).collect();
-    let running = Running::start(&["net", "--cgroup", &cg_arg(&lab), "--partition", &format!("{}:7000", lab.server_addr), "--quiet"]);
+    let servers: Vec<EchoServer> = [s7000, s7001, alt7000]
+        .iter()
+        .map(|a| EchoServer::start(&lab.netns, *a).unwrap())
+        .collect();
+    let running = Running::start(&[
+        "net",
+        "--cgroup",
+        &cg_arg(&lab),
+        "--partition",
+        &format!("{}:7000", lab.server_addr),
+        "--quiet",
+    ]);
 
     // Target -> peers.
-    assert_eq!(echo(Some(&lab.cgroup.path), None, s7000, 500).1, 0, "the partitioned peer:port answered");
-    assert_eq!(echo(Some(&lab.cgroup.path), None, s7001, 500).1, 500, "another port of the peer was cut off");
-    assert_eq!(echo(Some(&lab.cgroup.path), None, alt7000, 500).1, 500, "another address was cut off");
-    assert_eq!(echo(None, None, s7000, 500).1, 500, "a process outside the cgroup was cut off");
+    assert_eq!(
+        echo(Some(&lab.cgroup.path), None, s7000, 500).1,
+        0,
+        "the partitioned peer:port answered"
+    );
+    assert_eq!(
+        echo(Some(&lab.cgroup.path), None, s7001, 500).1,
+        500,
+        "another port of the peer was cut off"
+    );
+    assert_eq!(
+        echo(Some(&lab.cgroup.path), None, alt7000, 500).1,
+        500,
+        "another address was cut off"
+    );
+    assert_eq!(
+        echo(None, None, s7000, 500).1,
+        500,
+        "a process outside the cgroup was cut off"
+    );
 
     // Peer -> target: datagrams sent from the partitioned port never arrive; from another port they do.
     drop(servers); // frees port 7000 to send from
     let sink = |port: u16| {
         let mut child = Command::new(kchaos())
-            .args(["traffic", "--cgroup", &cg_arg(&lab), "udp-sink", "--bind", &format!("{}:{port}", lab.host_addr), "--for", "3s"])
+            .args([
+                "traffic",
+                "--cgroup",
+                &cg_arg(&lab),
+                "udp-sink",
+                "--bind",
+                &format!("{}:{port}", lab.host_addr),
+                "--for",
+                "3s",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -106,18 +185,44 @@ fn partition_blocks_exactly_the_peer_and_port_both_ways() {
     let ns_path = lab.netns.path();
     let (blocked, mut blocked_out) = sink(9000);
     let (open, mut open_out) = sink(9001);
-    for (to_port, from) in [(9000, s7000), (9001, SocketAddr::from((lab.server_addr, 7005)))] {
-        let v = traffic(None, Some(&ns_path), &["udp-send", "--to", &format!("{}:{to_port}", lab.host_addr), "--from", &from.to_string(), "--count", "300"]);
+    for (to_port, from) in [
+        (9000, s7000),
+        (9001, SocketAddr::from((lab.server_addr, 7005))),
+    ] {
+        let v = traffic(
+            None,
+            Some(&ns_path),
+            &[
+                "udp-send",
+                "--to",
+                &format!("{}:{to_port}", lab.host_addr),
+                "--from",
+                &from.to_string(),
+                "--count",
+                "300",
+            ],
+        );
         assert_eq!(v["send_errors"], 0);
     }
-    let read = |child: std::process::Child, out: &mut std::io::BufReader<std::process::ChildStdout>| {
+    let read = |child: std::process::Child,
+                out: &mut std::io::BufReader<std::process::ChildStdout>| {
         let mut line = String::new();
         std::io::BufRead::read_line(out, &mut line).unwrap();
         let _ = child.wait_with_output();
-        serde_json::from_str::<serde_json::Value>(&line).unwrap()["received"].as_u64().unwrap()
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["received"]
+            .as_u64()
+            .unwrap()
     };
-    assert_eq!(read(blocked, &mut blocked_out), 0, "datagrams from the partitioned peer:port arrived");
-    assert_eq!(read(open, &mut open_out), 300, "datagrams from another port of the peer were lost");
+    assert_eq!(
+        read(blocked, &mut blocked_out),
+        0,
+        "datagrams from the partitioned peer:port arrived"
+    );
+    assert_eq!(
+        read(open, &mut open_out),
+        300,
+        "datagrams from another port of the peer were lost"
+    );
     let (code, lines) = running.terminate();
     assert_eq!(code, 0, "{lines:?}");
 }
@@ -134,14 +239,30 @@ fn process_in_its_own_netns_is_hit_both_ways() {
     let to = SocketAddr::from((container.host_addr, 7100));
     let server = EchoServer::start_in(None, to).unwrap();
     let ns = container.netns.path();
-    assert_eq!(echo(Some(&target.cgroup.path), Some(&ns), to, 300).1, 300, "the lab does not work without a fault");
+    assert_eq!(
+        echo(Some(&target.cgroup.path), Some(&ns), to, 300).1,
+        300,
+        "the lab does not work without a fault"
+    );
 
     for (direction, server_gets) in [("egress", 0), ("ingress", 300)] {
         let before = server.received.load(std::sync::atomic::Ordering::Relaxed);
-        let running = Running::start(&["net", "--cgroup", &cg_arg(&target), "--drop", "100", "--direction", direction, "--quiet"]);
+        let running = Running::start(&[
+            "net",
+            "--cgroup",
+            &cg_arg(&target),
+            "--drop",
+            "100",
+            "--direction",
+            direction,
+            "--quiet",
+        ]);
         let (_, received) = echo(Some(&target.cgroup.path), Some(&ns), to, 300);
         let got = server.received.load(std::sync::atomic::Ordering::Relaxed) - before;
-        assert_eq!(received, 0, "{direction}: the client in its own netns still got echoes");
+        assert_eq!(
+            received, 0,
+            "{direction}: the client in its own netns still got echoes"
+        );
         assert_eq!(got, server_gets, "{direction}: the server received {got}");
         assert_eq!(running.terminate().0, 0);
     }
@@ -157,10 +278,18 @@ fn child_cgroup_made_after_the_start_is_hit() {
     let _srv = EchoServer::start(&lab.netns, to).unwrap();
     let running = Running::start(&["net", "--cgroup", &cg_arg(&lab), "--drop", "100", "--quiet"]);
     let child = lab.cgroup.child("made-later").unwrap();
-    assert_eq!(echo(Some(&child), None, to, 300).1, 0, "a child cgroup made after the start was not hit");
+    assert_eq!(
+        echo(Some(&child), None, to, 300).1,
+        0,
+        "a child cgroup made after the start was not hit"
+    );
     assert_eq!(echo(None, None, to, 300).1, 300);
     assert_eq!(running.terminate().0, 0);
-    assert_eq!(echo(Some(&child), None, to, 300).1, 300, "the fault outlived the run");
+    assert_eq!(
+        echo(Some(&child), None, to, 300).1,
+        300,
+        "the fault outlived the run"
+    );
 }
 
 #[test]
@@ -174,22 +303,55 @@ fn nothing_is_left_after_a_run_and_after_sigkill() {
     let (progs, links, qd) = (our_programs(), all_links(), qdiscs());
 
     // A run that ends by its duration.
-    let out = run(&["net", "--cgroup", &cg_arg(&lab), "--drop", "50", "--partition", "10.254.0.0/16", "--duration", "1s", "--quiet"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!((our_programs(), all_links(), qdiscs()), (progs.clone(), links.clone(), qd.clone()));
+    let out = run(&[
+        "net",
+        "--cgroup",
+        &cg_arg(&lab),
+        "--drop",
+        "50",
+        "--partition",
+        "10.254.0.0/16",
+        "--duration",
+        "1s",
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        (our_programs(), all_links(), qdiscs()),
+        (progs.clone(), links.clone(), qd.clone())
+    );
     assert_eq!(echo(Some(&lab.cgroup.path), None, to, 300).1, 300);
 
     // A loader killed with SIGKILL while injecting: its fd-owned links die with it.
     let running = Running::start(&["net", "--cgroup", &cg_arg(&lab), "--drop", "100", "--quiet"]);
-    assert_eq!(echo(Some(&lab.cgroup.path), None, to, 300).1, 0, "the fault was not injecting");
+    assert_eq!(
+        echo(Some(&lab.cgroup.path), None, to, 300).1,
+        0,
+        "the fault was not injecting"
+    );
     running.sigkill();
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(echo(Some(&lab.cgroup.path), None, to, 300).1, 300, "faults outlived a SIGKILLed loader");
+    assert_eq!(
+        echo(Some(&lab.cgroup.path), None, to, 300).1,
+        300,
+        "faults outlived a SIGKILLed loader"
+    );
     assert_eq!((our_programs(), all_links(), qdiscs()), (progs, links, qd));
     // `kchaos stop` finds the dead loader's record and clears it.
     let out = run(&["stop"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(chaos_userspace::journal::records().is_empty(), "a run record is left in /run/kchaos");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        chaos_userspace::journal::records().is_empty(),
+        "a run record is left in /run/kchaos"
+    );
 }
 
 #[test]
@@ -203,18 +365,30 @@ fn bad_input_exits_2_and_attaches_nothing() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["net", "--cgroup", &cg, "--drop", "140"], "0 to 100"),
         (vec!["net", "--cgroup", &cg, "--bogus"], "--bogus"),
-        (vec!["net", "--cgroup", "/no/such/cgroup", "--drop", "5"], "does not exist"),
+        (
+            vec!["net", "--cgroup", "/no/such/cgroup", "--drop", "5"],
+            "does not exist",
+        ),
         (vec!["net", "--cgroup", "/", "--drop", "5"], "root cgroup"),
         (vec!["net", "--cgroup", &cg], "nothing to inject"),
-        (vec!["net", "--cgroup", &cg, "--partition", "10.0.0.1:99999"], "port"),
+        (
+            vec!["net", "--cgroup", &cg, "--partition", "10.0.0.1:99999"],
+            "port",
+        ),
         (vec!["net", "--cgroup", &cg, "--delay", "10"], "unit"),
-        (vec!["net", "--pid", "999999999", "--drop", "1"], "--pid 999999999"),
+        (
+            vec!["net", "--pid", "999999999", "--drop", "1"],
+            "--pid 999999999",
+        ),
     ];
     for (args, expect) in cases {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(expect), "{args:?}: stderr does not say '{expect}': {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{args:?}: stderr does not say '{expect}': {stderr}"
+        );
         assert_eq!(our_programs(), progs, "{args:?} left programs loaded");
     }
     if !chaos_userspace::qdisc::kernel_has_fq() {

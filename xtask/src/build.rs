@@ -15,7 +15,14 @@ pub fn build_kchaos() -> Result<PathBuf> {
     setup::run_step(
         "cargo build --release -p chaos-userspace",
         Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "chaos-userspace", "--bin", "kchaos"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "chaos-userspace",
+                "--bin",
+                "kchaos",
+            ])
             .current_dir(&root)
             .env("PATH", path_with(&linker_dir)),
     )?;
@@ -32,7 +39,9 @@ pub fn target_dir() -> PathBuf {
 /// PATH with `dir` in front.
 pub fn path_with(dir: &std::path::Path) -> std::ffi::OsString {
     let mut dirs = vec![dir.to_path_buf()];
-    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
     std::env::join_paths(dirs).unwrap_or_default()
 }
 
@@ -41,9 +50,15 @@ pub fn run(args: &[String]) -> Result<()> {
     let kchaos = build_kchaos()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
-        bail!("kchaos needs root (it loads eBPF programs and makes network namespaces): run as root");
+        bail!(
+            "kchaos needs root (it loads eBPF programs and makes network namespaces): run as root"
+        );
     }
-    let args: Vec<String> = if args.is_empty() { vec!["demo".into()] } else { args.to_vec() };
+    let args: Vec<String> = if args.is_empty() {
+        vec!["demo".into()]
+    } else {
+        args.to_vec()
+    };
     step(&format!("running {} {}", kchaos.display(), args.join(" ")));
     let status = Command::new(&kchaos).args(&args).status()?;
     std::process::exit(status.code().unwrap_or(1));

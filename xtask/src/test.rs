@@ -24,7 +24,16 @@ pub fn run(args: &TestArgs) -> Result<()> {
     setup::run_step(
         "unit tests",
         Command::new(env!("CARGO"))
-            .args(["test", "--release", "-p", "chaos-common", "-p", "chaos-userspace", "-p", "xtask"])
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "chaos-common",
+                "-p",
+                "chaos-userspace",
+                "-p",
+                "xtask",
+            ])
             .current_dir(&root)
             .env("PATH", build::path_with(&linker_dir)),
     )?;
@@ -41,7 +50,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
             .env("PATH", build::path_with(&linker_dir)),
     )?;
     if !args.host_only {
-        vm::run(&vm::VmTestArgs { kernel: None, filter: args.filter.clone() })?;
+        vm::run(&vm::VmTestArgs {
+            kernel: None,
+            filter: args.filter.clone(),
+        })?;
     }
     Ok(())
 }

@@ -23,7 +23,17 @@ use crate::{
     units,
 };
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// What the target sends (the default, as with netem).
@@ -35,7 +45,9 @@ pub enum Direction {
     Both,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -77,7 +89,9 @@ pub struct NetArgs {
 /// A validated network fault.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct NetSpec {
-    pub drop_percent: f64,
+    /// None: no drop fault (programs for it are not attached); Some(0.0) attaches them idle, as a ramp
+    /// starting at 0 needs.
+    pub drop_percent: Option<f64>,
     pub delay: Duration,
     pub jitter: Duration,
     pub partitions: Vec<Peer>,
@@ -89,10 +103,20 @@ pub struct NetSpec {
 
 impl NetSpec {
     pub fn from_args(a: &NetArgs) -> Result<Self, BadInput> {
-        let partitions = a.partitions.iter().map(|p| Peer::parse(p, "--partition", true)).collect::<Result<Vec<_>, _>>()?;
-        let dsts = a.dsts.iter().map(|p| Peer::parse(p, "--dst", false)).collect::<Result<Vec<_>, _>>()?;
+        let partitions = a
+            .partitions
+            .iter()
+            .map(|p| Peer::parse(p, "--partition", true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dsts = a
+            .dsts
+            .iter()
+            .map(|p| Peer::parse(p, "--dst", false))
+            .collect::<Result<Vec<_>, _>>()?;
         if a.drop.is_none() && a.delay.is_none() && partitions.is_empty() {
-            return Err(BadInput::new("nothing to inject: give --drop PCT, --delay DUR or --partition CIDR[:PORT]"));
+            return Err(BadInput::new(
+                "nothing to inject: give --drop PCT, --delay DUR or --partition CIDR[:PORT]",
+            ));
         }
         if a.delay.is_some() && a.direction == Direction::Ingress {
             return Err(BadInput::new(
@@ -111,7 +135,7 @@ impl NetSpec {
             )));
         }
         Ok(Self {
-            drop_percent: a.drop.unwrap_or(0.0),
+            drop_percent: a.drop,
             delay,
             jitter,
             partitions,
@@ -124,7 +148,7 @@ impl NetSpec {
 
     /// The kernel's view of this spec, not yet armed (deadline 0).
     pub fn config(&self) -> NetConfig {
-        let drop = percent_to_threshold(self.drop_percent);
+        let drop = percent_to_threshold(self.drop_percent.unwrap_or(0.0));
         let egress_on = self.direction != Direction::Ingress;
         let ingress_on = self.direction != Direction::Egress;
         let proto = match self.proto {
@@ -148,24 +172,36 @@ impl NetSpec {
                 delay_ns: self.delay.as_nanos() as u64,
                 jitter_ns: self.jitter.as_nanos() as u64,
             },
-            ingress: DirectionFault { drop_threshold: if ingress_on { drop } else { 0 }, delay_ns: 0, jitter_ns: 0 },
-            filter: PacketFilter { proto, flags, port, needs_headers: u32::from(flags != 0 || proto != 0 || port != 0) },
+            ingress: DirectionFault {
+                drop_threshold: if ingress_on { drop } else { 0 },
+                delay_ns: 0,
+                jitter_ns: 0,
+            },
+            filter: PacketFilter {
+                proto,
+                flags,
+                port,
+                needs_headers: u32::from(flags != 0 || proto != 0 || port != 0),
+            },
         }
     }
 
     fn needs_egress(&self) -> bool {
-        !self.partitions.is_empty() || !self.delay.is_zero() || (self.drop_percent > 0.0 && self.direction != Direction::Ingress)
+        !self.partitions.is_empty()
+            || !self.delay.is_zero()
+            || (self.drop_percent.is_some() && self.direction != Direction::Ingress)
     }
 
     fn needs_ingress(&self) -> bool {
-        !self.partitions.is_empty() || (self.drop_percent > 0.0 && self.direction != Direction::Egress)
+        !self.partitions.is_empty()
+            || (self.drop_percent.is_some() && self.direction != Direction::Egress)
     }
 
     /// One line saying what this fault does.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if self.drop_percent > 0.0 {
-            parts.push(format!("drop {}% ({:?})", self.drop_percent, self.direction).to_lowercase());
+        if let Some(drop) = self.drop_percent {
+            parts.push(format!("drop {drop}% ({:?})", self.direction).to_lowercase());
         }
         if !self.delay.is_zero() {
             let mut d = format!("delay {}", units::format_duration(self.delay));
@@ -180,7 +216,14 @@ impl NetSpec {
         }
         let mut filter = Vec::new();
         if !self.dsts.is_empty() {
-            filter.push(format!("peer in {}", self.dsts.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")));
+            filter.push(format!(
+                "peer in {}",
+                self.dsts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
         }
         if let Some(p) = self.port {
             filter.push(format!("port {p}"));
@@ -263,25 +306,45 @@ impl NetFault {
 
         let mut attachments = Vec::new();
         let hooks = [
-            ("net_egress", CgroupSkbAttachType::Egress, spec.needs_egress()),
-            ("net_ingress", CgroupSkbAttachType::Ingress, spec.needs_ingress()),
+            (
+                "net_egress",
+                CgroupSkbAttachType::Egress,
+                spec.needs_egress(),
+            ),
+            (
+                "net_ingress",
+                CgroupSkbAttachType::Ingress,
+                spec.needs_ingress(),
+            ),
         ];
         for (name, attach_type, wanted) in hooks {
             if !wanted {
                 continue;
             }
             let prog: &mut CgroupSkb = ebpf.program_mut(name).context(name)?.try_into()?;
-            prog.load().with_context(|| format!("loading the {name} program"))?;
+            prog.load()
+                .with_context(|| format!("loading the {name} program"))?;
             for t in targets {
-                let dir = std::fs::File::open(&t.path).with_context(|| format!("opening {}", t.path.display()))?;
+                let dir = std::fs::File::open(&t.path)
+                    .with_context(|| format!("opening {}", t.path.display()))?;
                 // A link (5.7+) always coexists with other programs; it takes no mode flags (the kernel
                 // answers EINVAL to BPF_F_ALLOW_MULTI on link_create).
                 prog.attach(dir.as_fd(), attach_type, CgroupAttachMode::Single)
                     .with_context(|| format!("attaching {name} to {}", t.path.display()))?;
-                attachments.push(format!("cgroup_skb/{} -> {} (link, fd-owned)", name.trim_start_matches("net_"), t.path.display()));
+                attachments.push(format!(
+                    "cgroup_skb/{} -> {} (link, fd-owned)",
+                    name.trim_start_matches("net_"),
+                    t.path.display()
+                ));
             }
         }
-        let mut fault = Self { spec, config, ebpf, fq: Vec::new(), attachments };
+        let mut fault = Self {
+            spec,
+            config,
+            ebpf,
+            fq: Vec::new(),
+            attachments,
+        };
         if !fault.spec.delay.is_zero() {
             fault.install_fq(targets, journal)?;
         }
@@ -305,7 +368,9 @@ impl NetFault {
         }
         let mut plan = Vec::new();
         for ns in &namespaces {
-            let path = ns.locate().context("a target's network namespace vanished")?;
+            let path = ns
+                .locate()
+                .context("a target's network namespace vanished")?;
             plan.extend(qdisc::plan(ns, &path)?);
         }
         for fq in plan {
@@ -315,7 +380,10 @@ impl NetFault {
                 journal.remove(&residue)?;
                 return Err(e).with_context(|| format!("installing fq on {}", fq.dev));
             }
-            self.attachments.push(format!("qdisc fq on {} (was {}; restored at the end)", fq.dev, fq.previous));
+            self.attachments.push(format!(
+                "qdisc fq on {} (was {}; restored at the end)",
+                fq.dev, fq.previous
+            ));
             self.fq.push(fq);
         }
         Ok(())
@@ -333,7 +401,7 @@ impl NetFault {
 
     /// Changes the drop rate while running (ramps).
     pub fn set_drop_percent(&mut self, percent: f64) -> Result<()> {
-        self.spec.drop_percent = percent;
+        self.spec.drop_percent = Some(percent);
         let fresh = self.spec.config();
         self.config.egress.drop_threshold = fresh.egress.drop_threshold;
         self.config.ingress.drop_threshold = fresh.ingress.drop_threshold;
@@ -343,7 +411,11 @@ impl NetFault {
     /// Changes the delay while running (ramps); jitter is kept within the new delay.
     pub fn set_delay(&mut self, delay: Duration) -> Result<()> {
         self.config.egress.delay_ns = delay.as_nanos() as u64;
-        self.config.egress.jitter_ns = self.config.egress.jitter_ns.min(self.config.egress.delay_ns);
+        self.config.egress.jitter_ns = self
+            .config
+            .egress
+            .jitter_ns
+            .min(self.config.egress.delay_ns);
         self.spec.delay = delay;
         self.write_config()
     }
@@ -356,7 +428,9 @@ impl NetFault {
 
     /// The kernel's counters, summed over CPUs.
     pub fn totals(&self) -> Result<NetTotals> {
-        let map = PerCpuArray::<_, NetCounters>::try_from(self.ebpf.map("NET_COUNTERS").context("map NET_COUNTERS")?)?;
+        let map = PerCpuArray::<_, NetCounters>::try_from(
+            self.ebpf.map("NET_COUNTERS").context("map NET_COUNTERS")?,
+        )?;
         let sum = |dir: u32| -> Result<Counters> {
             let mut total = NetCounters::default();
             for c in map.get(&dir, 0)?.iter() {
@@ -364,7 +438,10 @@ impl NetFault {
             }
             Ok(total.into())
         };
-        Ok(NetTotals { egress: sum(DIR_EGRESS)?, ingress: sum(DIR_INGRESS)? })
+        Ok(NetTotals {
+            egress: sum(DIR_EGRESS)?,
+            ingress: sum(DIR_INGRESS)?,
+        })
     }
 
     /// Detaches now, reporting errors (Drop does the same silently).
@@ -377,7 +454,12 @@ impl NetFault {
         for f in fq {
             match qdisc::restore(&f) {
                 Ok(()) => journal.remove(&Residue::Fq(f))?,
-                Err(e) => first_err = first_err.or(Some(anyhow::anyhow!("restoring the qdisc of {}: {e}", f.dev))),
+                Err(e) => {
+                    first_err = first_err.or(Some(anyhow::anyhow!(
+                        "restoring the qdisc of {}: {e}",
+                        f.dev
+                    )))
+                }
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -388,17 +470,23 @@ impl Drop for NetFault {
     fn drop(&mut self) {
         for f in &self.fq {
             if let Err(e) = qdisc::restore(f) {
-                tracing::error!("restoring the qdisc of {}: {e}; `kchaos stop` will retry", f.dev);
+                tracing::error!(
+                    "restoring the qdisc of {}: {e}; `kchaos stop` will retry",
+                    f.dev
+                );
             }
         }
     }
 }
 
 fn fill_peers(ebpf: &mut Ebpf, map: &str, peers: &[Peer]) -> Result<()> {
-    let mut trie = LpmTrie::<_, PeerKey, u8>::try_from(ebpf.map_mut(map).with_context(|| format!("map {map}"))?)?;
+    let mut trie = LpmTrie::<_, PeerKey, u8>::try_from(
+        ebpf.map_mut(map).with_context(|| format!("map {map}"))?,
+    )?;
     for p in peers {
         let (bits, key) = p.key();
-        trie.insert(&Key::new(bits, key), 1, 0).with_context(|| format!("adding {p} to {map}"))?;
+        trie.insert(&Key::new(bits, key), 1, 0)
+            .with_context(|| format!("adding {p} to {map}"))?;
     }
     Ok(())
 }
@@ -413,7 +501,12 @@ mod tests {
 
     #[test]
     fn needs_a_fault() {
-        assert!(NetSpec::from_args(&args()).unwrap_err().to_string().contains("nothing to inject"));
+        assert!(
+            NetSpec::from_args(&args())
+                .unwrap_err()
+                .to_string()
+                .contains("nothing to inject")
+        );
     }
 
     #[test]
@@ -421,10 +514,16 @@ mod tests {
         let mut a = args();
         a.drop = Some(50.0);
         let c = NetSpec::from_args(&a).unwrap().config();
-        assert_eq!((c.egress.drop_threshold, c.ingress.drop_threshold), (1 << 31, 0));
+        assert_eq!(
+            (c.egress.drop_threshold, c.ingress.drop_threshold),
+            (1 << 31, 0)
+        );
         a.direction = Direction::Both;
         let c = NetSpec::from_args(&a).unwrap().config();
-        assert_eq!((c.egress.drop_threshold, c.ingress.drop_threshold), (1 << 31, 1 << 31));
+        assert_eq!(
+            (c.egress.drop_threshold, c.ingress.drop_threshold),
+            (1 << 31, 1 << 31)
+        );
         assert_eq!(c.filter.needs_headers, 0, "a bare drop parses no headers");
         assert_eq!(c.deadline_ns, 0, "not armed until the loader arms it");
     }
@@ -447,12 +546,20 @@ mod tests {
         let mut a = args();
         a.delay = Some(Duration::from_millis(10));
         a.direction = Direction::Ingress;
-        assert!(NetSpec::from_args(&a).unwrap_err().to_string().contains("egress"));
+        assert!(
+            NetSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("egress")
+        );
         a.direction = Direction::Egress;
         a.jitter = Some(Duration::from_millis(20));
         assert!(NetSpec::from_args(&a).is_err());
         a.jitter = Some(Duration::from_millis(2));
         let c = NetSpec::from_args(&a).unwrap().config();
-        assert_eq!((c.egress.delay_ns, c.egress.jitter_ns, c.ingress.delay_ns), (10_000_000, 2_000_000, 0));
+        assert_eq!(
+            (c.egress.delay_ns, c.egress.jitter_ns, c.ingress.delay_ns),
+            (10_000_000, 2_000_000, 0)
+        );
     }
 }

@@ -40,7 +40,10 @@ impl Peer {
             let (inner, after) = rest.split_once(']').ok_or_else(|| bad("no closing ]"))?;
             let port = match after {
                 "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| bad("expected :PORT after ]"))?),
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad("expected :PORT after ]"))?,
+                ),
             };
             (inner, port)
         } else if text.matches(':').count() == 1 {
@@ -63,7 +66,9 @@ impl Peer {
             Some((a, p)) => (a, Some(p)),
             None => (cidr, None),
         };
-        let addr: IpAddr = addr.parse().map_err(|_| bad("not an IPv4 or IPv6 address"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("not an IPv4 or IPv6 address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -78,13 +83,19 @@ impl Peer {
     /// The trie key: port (0 = any) then the address, IPv4 mapped into IPv6.
     pub fn key(&self) -> (u32, PeerKey) {
         let (addr, bits) = match self.addr {
-            IpAddr::V4(a) => (a.to_ipv6_mapped(), V4_MAPPED_PREFIX_BITS + self.prefix as u32),
+            IpAddr::V4(a) => (
+                a.to_ipv6_mapped(),
+                V4_MAPPED_PREFIX_BITS + self.prefix as u32,
+            ),
             IpAddr::V6(a) => (a, self.prefix as u32),
         };
         let addr = mask(addr, bits);
         (
             PEER_KEY_PORT_BITS + bits,
-            PeerKey { port: self.port.unwrap_or(0).to_be_bytes(), addr: addr.octets() },
+            PeerKey {
+                port: self.port.unwrap_or(0).to_be_bytes(),
+                addr: addr.octets(),
+            },
         )
     }
 }
@@ -92,7 +103,11 @@ impl Peer {
 /// Zeroes the bits past the prefix (the trie ignores them, but a tidy key prints and compares well).
 fn mask(addr: Ipv6Addr, bits: u32) -> Ipv6Addr {
     let v = u128::from(addr);
-    let m = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+    let m = if bits == 0 {
+        0
+    } else {
+        u128::MAX << (128 - bits)
+    };
     Ipv6Addr::from(v & m)
 }
 
@@ -110,10 +125,25 @@ mod tests {
         assert_eq!((p.prefix, p.port), (32, Some(443)));
         let p = Peer::parse("2001:db8::1", "--partition", true).unwrap();
         assert_eq!((p.prefix, p.port), (128, None));
-        assert!(Peer::parse("10.0.0.0/33", "--dst", false).unwrap_err().to_string().contains("0 to 32"));
+        assert!(
+            Peer::parse("10.0.0.0/33", "--dst", false)
+                .unwrap_err()
+                .to_string()
+                .contains("0 to 32")
+        );
         assert!(Peer::parse("10.0.0.1:0", "--partition", true).is_err());
-        assert!(Peer::parse("10.0.0.1:80", "--dst", false).unwrap_err().to_string().contains("--port"));
-        assert!(Peer::parse("nothing", "--dst", false).unwrap_err().to_string().contains("--dst nothing"));
+        assert!(
+            Peer::parse("10.0.0.1:80", "--dst", false)
+                .unwrap_err()
+                .to_string()
+                .contains("--port")
+        );
+        assert!(
+            Peer::parse("nothing", "--dst", false)
+                .unwrap_err()
+                .to_string()
+                .contains("--dst nothing")
+        );
     }
 
     #[test]
