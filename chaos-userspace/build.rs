@@ -17,7 +17,11 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let root = manifest_dir.parent().context("workspace root")?;
     let ebpf_dir = root.join("chaos-ebpf");
-    for watched in ["chaos-ebpf/src", "chaos-ebpf/Cargo.toml", "chaos-common/src"] {
+    for watched in [
+        "chaos-ebpf/src",
+        "chaos-ebpf/Cargo.toml",
+        "chaos-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=KCHAOS_CACHE");
@@ -30,18 +34,32 @@ fn main() -> anyhow::Result<()> {
     let arch = env::var("CARGO_CFG_TARGET_ARCH")?;
 
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "-Z", "build-std=core"])
-        .args(["--target", "bpfel-unknown-none", "--bin", "chaos"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(&ebpf_dir)
-        .env("PATH", path_with_linker()?)
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
-        );
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--release",
+        "-Z",
+        "build-std=core",
+    ])
+    .args(["--target", "bpfel-unknown-none", "--bin", "chaos"])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(&ebpf_dir)
+    .env("PATH", path_with_linker()?)
+    .env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+    );
     // What cargo set for the host build must not leak into the nightly BPF build.
-    for key in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "RUSTFLAGS"] {
+    for key in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTFLAGS",
+    ] {
         cmd.env_remove(key);
     }
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;

@@ -109,7 +109,11 @@ impl NetCounters {
 
 /// Converts a probability in percent (0..=100) to the `drop_threshold` scale (2^32 = always).
 pub fn percent_to_threshold(percent: f64) -> u64 {
-    let p = if percent.is_nan() { 0.0 } else { percent.clamp(0.0, 100.0) };
+    let p = if percent.is_nan() {
+        0.0
+    } else {
+        percent.clamp(0.0, 100.0)
+    };
     // `as` saturates and truncates; adding 0.5 rounds (no_std has no f64::round).
     ((p / 100.0) * 4_294_967_296.0 + 0.5) as u64
 }
@@ -151,8 +155,25 @@ mod tests {
 
     #[test]
     fn counters_accumulate() {
-        let mut a = NetCounters { seen: 1, matched: 2, dropped: 3, partitioned: 4, delayed: 5, delay_ns_total: 6 };
+        let mut a = NetCounters {
+            seen: 1,
+            matched: 2,
+            dropped: 3,
+            partitioned: 4,
+            delayed: 5,
+            delay_ns_total: 6,
+        };
         a.accumulate(&a.clone());
-        assert_eq!(a, NetCounters { seen: 2, matched: 4, dropped: 6, partitioned: 8, delayed: 10, delay_ns_total: 12 });
+        assert_eq!(
+            a,
+            NetCounters {
+                seen: 2,
+                matched: 4,
+                dropped: 6,
+                partitioned: 8,
+                delayed: 10,
+                delay_ns_total: 12
+            }
+        );
     }
 }

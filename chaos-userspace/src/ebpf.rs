@@ -8,5 +8,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ch
 
 /// Loads a fresh copy of every map (each fault gets its own maps and programs).
 pub fn load() -> Result<Ebpf> {
-    EbpfLoader::new().load(OBJECT).context("loading kchaos's eBPF object (is this root, with BTF?)")
+    EbpfLoader::new()
+        .load(OBJECT)
+        .context("loading kchaos's eBPF object (is this root, with BTF?)")
 }

@@ -13,5 +13,6 @@ impl BadInput {
 
 /// True when `err` or anything it wraps is bad input.
 pub fn is_bad_input(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| cause.downcast_ref::<BadInput>().is_some())
+    err.chain()
+        .any(|cause| cause.downcast_ref::<BadInput>().is_some())
 }

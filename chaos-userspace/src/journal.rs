@@ -5,8 +5,7 @@
 //! Programs and links are not journaled: they are fd-owned and go with the process.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -95,7 +94,9 @@ pub struct Record {
 
 /// Where records live: $KCHAOS_RUN_DIR or /run/kchaos.
 pub fn run_dir() -> PathBuf {
-    std::env::var_os("KCHAOS_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/kchaos"))
+    std::env::var_os("KCHAOS_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/kchaos"))
 }
 
 /// This process's record, kept on disk while it lives; removed when dropped with nothing left to undo.
@@ -109,10 +110,18 @@ impl Journal {
         let dir = run_dir();
         fs::create_dir_all(&dir)?;
         let pid = std::process::id();
-        let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let started_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let journal = Self {
             path: dir.join(format!("{pid}.json")),
-            record: Record { pid, command: command.to_owned(), started_unix, residue: Vec::new() },
+            record: Record {
+                pid,
+                command: command.to_owned(),
+                started_unix,
+                residue: Vec::new(),
+            },
         };
         journal.save()?;
         Ok(journal)
@@ -162,7 +171,9 @@ impl Drop for Journal {
 
 /// Every record on disk, with its path.
 pub fn records() -> Vec<(PathBuf, Record)> {
-    let Ok(entries) = fs::read_dir(run_dir()) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(run_dir()) else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .map(|e| e.path())

@@ -81,7 +81,10 @@ pub async fn run_until_end(
 
 /// CLOCK_MONOTONIC now, in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -105,16 +108,23 @@ mod tests {
     fn lease_never_passes_the_end() {
         assert_eq!(lease_deadline_ns(10, None), 10 + LEASE.as_nanos() as u64);
         assert_eq!(lease_deadline_ns(10, Some(20)), 20);
-        assert_eq!(lease_deadline_ns(10, Some(u64::MAX)), 10 + LEASE.as_nanos() as u64);
+        assert_eq!(
+            lease_deadline_ns(10, Some(u64::MAX)),
+            10 + LEASE.as_nanos() as u64
+        );
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn ends_at_the_duration() {
         let mut ticks = 0;
-        let reason = run_until_end(Some(Duration::from_millis(3500)), Duration::from_secs(1), |_| {
-            ticks += 1;
-            Ok(Tick::Continue)
-        })
+        let reason = run_until_end(
+            Some(Duration::from_millis(3500)),
+            Duration::from_secs(1),
+            |_| {
+                ticks += 1;
+                Ok(Tick::Continue)
+            },
+        )
         .await
         .unwrap();
         assert_eq!(reason, EndReason::Duration);
@@ -124,7 +134,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_tick_can_end_it() {
         let reason = run_until_end(None, Duration::from_secs(1), |elapsed| {
-            Ok(if elapsed >= Duration::from_secs(2) { Tick::End(EndReason::Aborted("probe".into())) } else { Tick::Continue })
+            Ok(if elapsed >= Duration::from_secs(2) {
+                Tick::End(EndReason::Aborted("probe".into()))
+            } else {
+                Tick::Continue
+            })
         })
         .await
         .unwrap();

@@ -24,10 +24,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Drop, delay or partition the network traffic of target cgroups.
-    #[command(after_help = "Examples:\n  kchaos net --cgroup /sys/fs/cgroup/app --drop 30 --duration 10s\n  \
+    #[command(
+        after_help = "Examples:\n  kchaos net --cgroup /sys/fs/cgroup/app --drop 30 --duration 10s\n  \
 kchaos net --cgroup app --drop 1.5 --proto udp --port 53 --direction both\n  \
 kchaos net --cgroup app --delay 50ms --jitter 10ms --dst 10.0.0.0/8   (needs sch_fq)\n  \
-kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24")]
+kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24"
+    )]
     Net(net_command::NetCommand),
     /// Show which kernel hooks this machine offers and what each enables.
     Probe {
@@ -47,7 +49,8 @@ kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24")]
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KCHAOS_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("KCHAOS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -75,7 +78,9 @@ fn main() -> ExitCode {
         }
         Command::Stop => match stop::stop() {
             0 => Ok(()),
-            n => Err(anyhow::anyhow!("{n} thing(s) could not be undone; see above")),
+            n => Err(anyhow::anyhow!(
+                "{n} thing(s) could not be undone; see above"
+            )),
         },
         Command::Demo => demo::run(),
         Command::Traffic(args) => traffic::run(&args),
@@ -91,5 +96,8 @@ fn main() -> ExitCode {
 
 /// A single-threaded runtime: the loader waits on signals and a 1 s tick, nothing more.
 fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(fut)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut)
 }

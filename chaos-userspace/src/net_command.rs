@@ -49,18 +49,26 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
     fault.arm(lifecycle::lease_deadline_ns(start_ns, end_ns))?;
     println!(
         "  armed{}; Ctrl-C or `kchaos stop` ends it",
-        cmd.duration.map(|d| format!(" for {}", units::format_duration(d))).unwrap_or_default()
+        cmd.duration
+            .map(|d| format!(" for {}", units::format_duration(d)))
+            .unwrap_or_default()
     );
 
     let mut samples = Vec::new();
     let started = std::time::Instant::now();
     let reason = lifecycle::run_until_end(cmd.duration, Duration::from_secs(1), |elapsed| {
-        fault.arm(lifecycle::lease_deadline_ns(lifecycle::monotonic_ns(), end_ns))?;
+        fault.arm(lifecycle::lease_deadline_ns(
+            lifecycle::monotonic_ns(),
+            end_ns,
+        ))?;
         let totals = fault.totals()?;
         if !cmd.quiet {
             println!("{}", report::live_line(elapsed, &totals));
         }
-        samples.push(Sample { elapsed_s: elapsed.as_secs_f64(), totals });
+        samples.push(Sample {
+            elapsed_s: elapsed.as_secs_f64(),
+            totals,
+        });
         Ok(Tick::Continue)
     })
     .await?;
@@ -71,7 +79,10 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
     fault.detach(&mut journal)?;
     let report = NetReport {
         kchaos_version: env!("CARGO_PKG_VERSION"),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .into(),
         fault: fault_text,
         spec,
         targets,

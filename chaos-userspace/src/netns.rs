@@ -1,8 +1,7 @@
 //! Network namespaces: naming one that outlives a pid, and running a command inside one.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -18,7 +17,10 @@ pub struct NetnsRef {
 impl NetnsRef {
     /// The namespace process `pid` lives in.
     pub fn of_pid(pid: u32) -> io::Result<Self> {
-        Ok(Self { inode: fs::metadata(format!("/proc/{pid}/ns/net"))?.ino(), pid_hint: pid })
+        Ok(Self {
+            inode: fs::metadata(format!("/proc/{pid}/ns/net"))?.ino(),
+            pid_hint: pid,
+        })
     }
 
     /// The namespace kchaos itself lives in.
@@ -29,17 +31,30 @@ impl NetnsRef {
     /// A path that opens this namespace now, if it still exists: the pid it was seen with, any other
     /// process in it, or a name under /run/netns.
     pub fn locate(&self) -> Option<PathBuf> {
-        let matches = |p: &Path| fs::metadata(p).map(|m| m.ino() == self.inode).unwrap_or(false);
+        let matches = |p: &Path| {
+            fs::metadata(p)
+                .map(|m| m.ino() == self.inode)
+                .unwrap_or(false)
+        };
         let hinted = PathBuf::from(format!("/proc/{}/ns/net", self.pid_hint));
         if matches(&hinted) {
             return Some(hinted);
         }
-        let named = fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.path());
+        let named = fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
         let procs = fs::read_dir("/proc")
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
             .map(|e| e.path().join("ns/net"));
         named.chain(procs).find(|p| matches(p))
     }

@@ -31,13 +31,19 @@ pub fn kernel_has_fq() -> bool {
 
 /// Devices (up, not loopback) of the namespace at `ns_path`, with their root qdisc kind.
 pub fn devices(ns_path: &Path) -> io::Result<Vec<(String, String)>> {
-    let out = netns::run_checked(netns::command_in(ns_path, "ip")?.args(["-o", "link", "show", "up"]))?;
+    let out =
+        netns::run_checked(netns::command_in(ns_path, "ip")?.args(["-o", "link", "show", "up"]))?;
     let mut devs = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         // "2: eth0@if3: <BROADCAST,...,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP ..."
         let mut fields = line.split_whitespace();
         let Some(name) = fields.nth(1) else { continue };
-        let name = name.trim_end_matches(':').split('@').next().unwrap_or_default().to_owned();
+        let name = name
+            .trim_end_matches(':')
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         if name == "lo" || name.is_empty() {
             continue;
         }
@@ -47,7 +53,9 @@ pub fn devices(ns_path: &Path) -> io::Result<Vec<(String, String)>> {
 }
 
 fn root_kind(ns_path: &Path, dev: &str) -> io::Result<String> {
-    let out = netns::run_checked(netns::command_in(ns_path, "tc")?.args(["qdisc", "show", "dev", dev, "root"]))?;
+    let out = netns::run_checked(
+        netns::command_in(ns_path, "tc")?.args(["qdisc", "show", "dev", dev, "root"]),
+    )?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .nth(1)
@@ -58,7 +66,8 @@ fn root_kind(ns_path: &Path, dev: &str) -> io::Result<String> {
 /// Decides, before anything changes, which devices of a namespace need fq. Errors name a device with
 /// a configured qdisc kchaos must not replace.
 pub fn plan(ns: &netns::NetnsRef, ns_path: &Path) -> Result<Vec<FqInstall>, BadInput> {
-    let devs = devices(ns_path).map_err(|e| BadInput::new(format!("listing devices for --delay: {e}")))?;
+    let devs =
+        devices(ns_path).map_err(|e| BadInput::new(format!("listing devices for --delay: {e}")))?;
     let mut plan = Vec::new();
     for (dev, kind) in devs {
         if kind == "fq" {
@@ -70,22 +79,38 @@ pub fn plan(ns: &netns::NetnsRef, ns_path: &Path) -> Result<Vec<FqInstall>, BadI
                  replace it (remove it, or narrow the target)"
             )));
         }
-        plan.push(FqInstall { netns: ns.clone(), dev, previous: kind });
+        plan.push(FqInstall {
+            netns: ns.clone(),
+            dev,
+            previous: kind,
+        });
     }
     Ok(plan)
 }
 
 /// Puts fq at the root of the planned device.
 pub fn install(fq: &FqInstall) -> io::Result<()> {
-    let ns_path = fq.netns.locate().ok_or_else(|| io::Error::other("the network namespace is gone"))?;
-    tc(&ns_path, &["qdisc", "replace", "dev", &fq.dev, "root", "fq"]).map(|_| ())
+    let ns_path = fq
+        .netns
+        .locate()
+        .ok_or_else(|| io::Error::other("the network namespace is gone"))?;
+    tc(
+        &ns_path,
+        &["qdisc", "replace", "dev", &fq.dev, "root", "fq"],
+    )
+    .map(|_| ())
 }
 
 /// Deletes kchaos's fq, which brings back the device's default qdisc. A namespace or device that is
 /// gone took the qdisc with it: nothing to do.
 pub fn restore(fq: &FqInstall) -> io::Result<()> {
-    let Some(ns_path) = fq.netns.locate() else { return Ok(()) };
-    if root_kind(&ns_path, &fq.dev).map(|k| k != "fq").unwrap_or(true) {
+    let Some(ns_path) = fq.netns.locate() else {
+        return Ok(());
+    };
+    if root_kind(&ns_path, &fq.dev)
+        .map(|k| k != "fq")
+        .unwrap_or(true)
+    {
         return Ok(());
     }
     tc(&ns_path, &["qdisc", "del", "dev", &fq.dev, "root"]).map(|_| ())

@@ -19,7 +19,10 @@ pub fn stop() -> usize {
     let mut failures = 0;
     for (path, record) in records {
         if record.pid != std::process::id() && alive(record.pid) {
-            println!("kchaos stop: ending kchaos {} (pid {}) with SIGTERM", record.command, record.pid);
+            println!(
+                "kchaos stop: ending kchaos {} (pid {}) with SIGTERM",
+                record.command, record.pid
+            );
             // SAFETY: plain kill(2).
             unsafe { libc::kill(record.pid as i32, libc::SIGTERM) };
             let start = Instant::now();
@@ -35,7 +38,9 @@ pub fn stop() -> usize {
         }
         // A loader that ended cleanly removed its file; whatever is still listed is residue.
         let residue: Vec<Residue> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<journal::Record>(&bytes).map(|r| r.residue).unwrap_or_default(),
+            Ok(bytes) => serde_json::from_slice::<journal::Record>(&bytes)
+                .map(|r| r.residue)
+                .unwrap_or_default(),
             Err(_) => continue,
         };
         let mut left = Vec::new();

@@ -50,10 +50,15 @@ pub fn resolve(args: &TargetArgs) -> Result<Vec<Target>, BadInput> {
     }
     for &pid in &args.pids {
         let rel = cgroup::of_pid(pid).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => BadInput::new(format!("--pid {pid}: no such process, or it has no cgroup v2 ({e})")),
+            std::io::ErrorKind::NotFound => BadInput::new(format!(
+                "--pid {pid}: no such process, or it has no cgroup v2 ({e})"
+            )),
             _ => BadInput::new(format!("--pid {pid}: reading its cgroup: {e}")),
         })?;
-        found.push((mount.join(rel.trim_start_matches('/')), format!("--pid {pid}")));
+        found.push((
+            mount.join(rel.trim_start_matches('/')),
+            format!("--pid {pid}"),
+        ));
     }
 
     let own = cgroup::of_pid(std::process::id())
@@ -78,7 +83,8 @@ pub fn resolve(args: &TargetArgs) -> Result<Vec<Target>, BadInput> {
                 )));
             }
         }
-        let id = cgroup::id(&path).map_err(|e| BadInput::new(format!("{origin}: {}: {e}", path.display())))?;
+        let id = cgroup::id(&path)
+            .map_err(|e| BadInput::new(format!("{origin}: {}: {e}", path.display())))?;
         targets.push(Target { path, id, origin });
     }
     Ok(outermost(targets))
@@ -106,8 +112,13 @@ fn cgroup_path(mount: &Path, given: &str) -> Result<PathBuf, BadInput> {
     } else {
         mount.join(given.trim_start_matches('/'))
     };
-    if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(BadInput::new(format!("--cgroup {given}: '..' is not allowed in a cgroup path")));
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(BadInput::new(format!(
+            "--cgroup {given}: '..' is not allowed in a cgroup path"
+        )));
     }
     if !path.is_dir() {
         return Err(BadInput::new(format!(
@@ -117,7 +128,10 @@ fn cgroup_path(mount: &Path, given: &str) -> Result<PathBuf, BadInput> {
         )));
     }
     if !cgroup::is_cgroup_dir(&path) {
-        return Err(BadInput::new(format!("--cgroup {given}: {} is not a cgroup v2 directory", path.display())));
+        return Err(BadInput::new(format!(
+            "--cgroup {given}: {} is not a cgroup v2 directory",
+            path.display()
+        )));
     }
     Ok(path)
 }
@@ -127,7 +141,11 @@ mod tests {
     use super::*;
 
     fn t(p: &str) -> Target {
-        Target { path: PathBuf::from(p), id: 0, origin: p.into() }
+        Target {
+            path: PathBuf::from(p),
+            id: 0,
+            origin: p.into(),
+        }
     }
 
     #[test]
