@@ -33,6 +33,8 @@ fn main() -> anyhow::Result<()> {
         .join("ebpf");
     let arch = env::var("CARGO_CFG_TARGET_ARCH")?;
 
+    // target-cpu=v3 (rustc hands it to bpf-linker, which does the codegen): atomic fetch-add
+    // (BPF_ATOMIC | BPF_FETCH, kernel 5.12+) for the exact --after/--max counters.
     let mut cmd = Command::new("rustup");
     cmd.args([
         "run",
@@ -50,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     .env("PATH", path_with_linker()?)
     .env(
         "CARGO_ENCODED_RUSTFLAGS",
-        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Ctarget-cpu=v3"),
     );
     // What cargo set for the host build must not leak into the nightly BPF build.
     for key in [

@@ -6,5 +6,7 @@
 #![no_std]
 
 pub mod net;
+pub mod syscall;
 
 pub use net::*;
+pub use syscall::*;

@@ -5,8 +5,12 @@
 //! asks first is whether the fault is armed (its lease in the config map has not run out).
 #![no_std]
 #![no_main]
+// atomic_xadd: exact shared counters for --after/--max (AtomicU64::fetch_add is absent on BPF).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod net;
+mod syscall;
 mod packet;
 
 #[unsafe(link_section = "license")]

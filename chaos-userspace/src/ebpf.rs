@@ -12,3 +12,11 @@ pub fn load() -> Result<Ebpf> {
         .load(OBJECT)
         .context("loading kchaos's eBPF object (is this root, with BTF?)")
 }
+
+/// Loads the object with a read-only global set (the verifier sees it as a constant).
+pub fn load_with_global(name: &str, value: u64) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .override_global(name, &value, true)
+        .load(OBJECT)
+        .context("loading kchaos's eBPF object (is this root, with BTF?)")
+}

@@ -1,9 +1,11 @@
 //! kchaos: kernel-level fault injection held to one cgroup. The `kchaos` binary is a thin CLI over
 //! these modules; the demo, the tests and scenarios use them too.
 
+pub mod btf;
 pub mod cgroup;
 pub mod demo;
 pub mod ebpf;
+pub mod errno;
 pub mod error;
 pub mod faults;
 pub mod journal;
@@ -12,9 +14,16 @@ pub mod lifecycle;
 pub mod net_command;
 pub mod netns;
 pub mod probe;
+pub mod process_faults;
+pub mod procfs;
 pub mod qdisc;
 pub mod report;
+pub mod runner;
 pub mod stop;
+pub mod stress;
+pub mod stress_command;
+pub mod syscall_command;
+pub mod syscall_helper;
 pub mod targets;
 pub mod traffic;
 pub mod units;

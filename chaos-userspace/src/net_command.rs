@@ -5,10 +5,10 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    faults::net::{NetArgs, NetFault, NetSpec},
+    faults::net::{Counters, NetArgs, NetFault, NetSpec, NetTotals},
     journal::Journal,
-    lifecycle::{self, Tick},
-    report::{self, NetReport, Sample},
+    report::{FaultReport, kernel_release, pct},
+    runner::{self, Armable},
     targets::{self, TargetArgs},
     units,
 };
@@ -30,6 +30,38 @@ pub struct NetCommand {
     pub quiet: bool,
 }
 
+fn direction(name: &str, c: &Counters) -> String {
+    let mut s = format!(
+        "{name} seen {} matched {} dropped {} ({:.1}%)",
+        c.seen,
+        c.matched,
+        c.dropped,
+        pct(c.dropped, c.matched)
+    );
+    if c.partitioned > 0 {
+        s += &format!(" partitioned {}", c.partitioned);
+    }
+    if c.delayed > 0 {
+        s += &format!(" delayed {} (mean {:.2} ms)", c.delayed, c.delay_ns_total as f64 / c.delayed as f64 / 1e6);
+    }
+    s
+}
+
+impl Armable for NetFault {
+    fn arm(&mut self, deadline_ns: u64) -> Result<()> {
+        NetFault::arm(self, deadline_ns)
+    }
+
+    fn counters(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(self.totals()?)?)
+    }
+
+    fn live_line(&self, elapsed: Duration, counters: &serde_json::Value) -> String {
+        let t: NetTotals = serde_json::from_value(counters.clone()).unwrap_or_default();
+        format!("[{:>5.1}s] {} | {}", elapsed.as_secs_f64(), direction("egress", &t.egress), direction("ingress", &t.ingress))
+    }
+}
+
 pub async fn run(cmd: NetCommand) -> Result<()> {
     // Every check that can fail on input comes before anything is attached.
     let spec = NetSpec::from_args(&cmd.net)?;
@@ -44,55 +76,31 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
     for a in &fault.attachments {
         println!("  attached {a}");
     }
-    let start_ns = lifecycle::monotonic_ns();
-    let end_ns = cmd.duration.map(|d| start_ns + d.as_nanos() as u64);
-    fault.arm(lifecycle::lease_deadline_ns(start_ns, end_ns))?;
-    println!(
-        "  armed{}; Ctrl-C or `kchaos stop` ends it",
-        cmd.duration
-            .map(|d| format!(" for {}", units::format_duration(d)))
-            .unwrap_or_default()
-    );
-
-    let mut samples = Vec::new();
-    let started = std::time::Instant::now();
-    let reason = lifecycle::run_until_end(cmd.duration, Duration::from_secs(1), |elapsed| {
-        fault.arm(lifecycle::lease_deadline_ns(
-            lifecycle::monotonic_ns(),
-            end_ns,
-        ))?;
-        let totals = fault.totals()?;
-        if !cmd.quiet {
-            println!("{}", report::live_line(elapsed, &totals));
-        }
-        samples.push(Sample {
-            elapsed_s: elapsed.as_secs_f64(),
-            totals,
-        });
-        Ok(Tick::Continue)
-    })
-    .await?;
-
+    let outcome = runner::run(&mut fault, cmd.duration, cmd.quiet).await?;
     let totals = fault.totals()?;
     let attached = fault.attachments.clone();
     let spec = fault.spec().clone();
     fault.detach(&mut journal)?;
-    let report = NetReport {
+    println!(
+        "kchaos net: {fault_text} for {:.1}s, ended: {}\n  {}\n  {}\n  detached: every program; qdiscs restored",
+        outcome.duration_s,
+        outcome.end_reason,
+        direction("egress ", &totals.egress),
+        direction("ingress", &totals.ingress)
+    );
+    let report = FaultReport {
         kchaos_version: env!("CARGO_PKG_VERSION"),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .into(),
+        kernel: kernel_release(),
+        command: "net",
         fault: fault_text,
         spec,
         targets,
         attached,
-        duration_s: started.elapsed().as_secs_f64(),
-        end_reason: reason,
-        totals,
-        samples,
+        duration_s: outcome.duration_s,
+        end_reason: outcome.end_reason,
+        totals: serde_json::to_value(totals)?,
+        samples: outcome.samples,
     };
-    println!("{}", report::summary(&report));
     if let Some(path) = &cmd.json {
         report.write_json(path)?;
         println!("  report: {}", path.display());

@@ -1,92 +1,41 @@
-//! What a run tells its user: the live line, the summary, the JSON report.
+//! What a single-fault run tells its user: the summary and the JSON report.
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
-use crate::{
-    faults::net::{Counters, NetTotals},
-    lifecycle::EndReason,
-    targets::Target,
-};
+use crate::{lifecycle::EndReason, runner::Sample, targets::Target};
 
-/// One second's counters, for the report's time series.
+/// The JSON report of a `kchaos net` / `kchaos syscall` run.
 #[derive(Debug, serde::Serialize)]
-pub struct Sample {
-    pub elapsed_s: f64,
-    pub totals: NetTotals,
-}
-
-/// The JSON report of a `kchaos net` run.
-#[derive(Debug, serde::Serialize)]
-pub struct NetReport {
+pub struct FaultReport<S: serde::Serialize> {
     pub kchaos_version: &'static str,
     pub kernel: String,
+    pub command: &'static str,
     pub fault: String,
-    pub spec: crate::faults::net::NetSpec,
+    pub spec: S,
     pub targets: Vec<Target>,
     pub attached: Vec<String>,
     pub duration_s: f64,
     pub end_reason: EndReason,
-    pub totals: NetTotals,
+    /// The kernel's counters at the end.
+    pub totals: serde_json::Value,
     pub samples: Vec<Sample>,
 }
 
-impl NetReport {
+impl<S: serde::Serialize> FaultReport<S> {
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("writing the report to {}", path.display()))
+        std::fs::write(path, text + "\n").with_context(|| format!("writing the report to {}", path.display()))
     }
 }
 
-fn pct(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        100.0 * part as f64 / whole as f64
-    }
+/// The running kernel's release.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()
 }
 
-fn direction(name: &str, c: &Counters) -> String {
-    let mut s = format!(
-        "{name} seen {} matched {} dropped {} ({:.1}%)",
-        c.seen,
-        c.matched,
-        c.dropped,
-        pct(c.dropped, c.matched)
-    );
-    if c.partitioned > 0 {
-        s += &format!(" partitioned {}", c.partitioned);
-    }
-    if c.delayed > 0 {
-        s += &format!(
-            " delayed {} (mean {:.2} ms)",
-            c.delayed,
-            c.delay_ns_total as f64 / c.delayed as f64 / 1e6
-        );
-    }
-    s
-}
-
-/// The line printed once a second.
-pub fn live_line(elapsed: Duration, t: &NetTotals) -> String {
-    format!(
-        "[{:>5.1}s] {} | {}",
-        elapsed.as_secs_f64(),
-        direction("egress", &t.egress),
-        direction("ingress", &t.ingress)
-    )
-}
-
-/// The closing summary.
-pub fn summary(r: &NetReport) -> String {
-    format!(
-        "kchaos net: {} for {:.1}s, ended: {}\n  {}\n  {}\n  detached: every program; qdiscs restored",
-        r.fault,
-        r.duration_s,
-        r.end_reason,
-        direction("egress ", &r.totals.egress),
-        direction("ingress", &r.totals.ingress)
-    )
+/// Percentage, 0 for an empty whole.
+pub fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 { 0.0 } else { 100.0 * part as f64 / whole as f64 }
 }

@@ -69,6 +69,17 @@ pub enum Mode {
         #[arg(long = "for", value_parser = units::parse_duration)]
         duration: Duration,
     },
+    /// Call one operation N times and report the errno each call saw (connect, bind, socket, sendmsg,
+    /// recvmsg, open, read, write, fsync, mmap, mkdir, unlink, rename, fork).
+    Syscalls {
+        #[arg(long)]
+        op: String,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Directory for the files file operations use (default: the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Try one TCP connect; report success or the errno.
     TcpConnect {
         #[arg(long)]
@@ -108,6 +119,7 @@ pub fn run(args: &TrafficArgs) -> Result<()> {
         } => udp_send(to, from, count, rate)?,
         Mode::TcpSend { to, duration } => tcp_send(to, duration)?,
         Mode::TcpConnect { to, timeout } => tcp_connect(to, timeout),
+        Mode::Syscalls { ref op, count, ref dir } => crate::syscall_helper::run(op, count, dir.as_deref())?,
     };
     println!("{value}");
     Ok(())

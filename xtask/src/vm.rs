@@ -1,7 +1,29 @@
-//! The second test kernel: the integration tests inside a Debian 6.12 kernel under qemu (TCG).
-//! (Being written: see issue 4.)
+//! The second test kernel: programs ("payloads") run inside a Debian 6.12 kernel under qemu (TCG),
+//! booted from an initramfs that holds busybox, iproute2, kchaos and the payloads.
+//!
+//! Each payload's verdict is read from marker lines on the serial console, never from qemu's exit
+//! code: a panic, a timeout or a payload without its end marker is a failure.
 
-use anyhow::{Result, bail};
+mod cargo_tests;
+mod console;
+mod initramfs;
+mod kernel;
+mod modules;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{build, setup};
+
+pub use console::PayloadResult;
+
+/// The whole VM run's limit unless $KCHAOS_VM_TIMEOUT (seconds) says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 #[derive(clap::Args, Default, Clone)]
 pub struct VmTestArgs {
@@ -13,6 +35,256 @@ pub struct VmTestArgs {
     pub filter: Vec<String>,
 }
 
-pub fn run(_args: &VmTestArgs) -> Result<()> {
-    bail!("vm-test is not built yet")
+/// A program to run inside the VM: `binary` (a host path, copied in with its libraries) with `args`.
+#[derive(Clone, Debug)]
+pub struct Payload {
+    pub name: String,
+    pub binary: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// `cargo xtask vm-test`: the integration tests inside the VM kernel.
+pub fn run(args: &VmTestArgs) -> Result<()> {
+    let kchaos = build::build_kchaos()?;
+    let tests = cargo_tests::build_integration_tests()?;
+    if tests.is_empty() {
+        bail!("the integration-tests crate produced no test executables (no tests/tests/*.rs?)");
+    }
+    let mut test_args = vec!["--test-threads=1".to_owned()];
+    test_args.extend(args.filter.iter().cloned());
+    let payloads: Vec<Payload> = tests
+        .into_iter()
+        .map(|t| Payload {
+            name: t.name,
+            binary: t.path,
+            args: test_args.clone(),
+        })
+        .collect();
+    let results = run_payloads(
+        args.kernel.as_deref(),
+        Some(&kchaos),
+        &payloads,
+        timeout_from_env()?,
+    )?;
+    summarize(&results)
+}
+
+/// Boots the VM kernel (`kernel`: a .deb or unpacked directory; None for the default Debian
+/// kernel), runs `payloads` in order with /bin/kchaos from `kchaos`, and returns each one's exit
+/// code and output. An Err means the run itself failed (panic, timeout, missing end marker).
+pub fn run_payloads(
+    kernel: Option<&Path>,
+    kchaos: Option<&Path>,
+    payloads: &[Payload],
+    timeout: Duration,
+) -> Result<Vec<PayloadResult>> {
+    let started = Instant::now();
+    ensure_vm_packages()?;
+    let vm_dir = vm_dir()?;
+    let kernel = kernel::obtain(kernel, &vm_dir)?;
+    let work = TempDir::create(&vm_dir, "run")?;
+    let modules = modules::prepare(&kernel, modules::WANTED, &work.path.join("modules"))?;
+    let initrd = work.path.join("initramfs.gz");
+    initramfs::build(
+        &initramfs::Contents {
+            kernel: &kernel,
+            modules: &modules,
+            kchaos,
+            payloads,
+        },
+        &initrd,
+    )?;
+    let log = vm_dir.join("console.log");
+    let boot = console::Boot {
+        vmlinuz: &kernel.vmlinuz,
+        initrd: &initrd,
+        log: &log,
+        timeout,
+    };
+    let results = console::boot_and_collect(&boot, payloads, &kernel.release)
+        .with_context(|| format!("on kernel {} ({})", kernel.release, kernel.source))?;
+    setup::step(&format!(
+        "VM results above came from kernel {} ({}), in {:.0?} in all; console log: {}",
+        kernel.release,
+        kernel.source,
+        started.elapsed(),
+        log.display()
+    ));
+    Ok(results)
+}
+
+/// Prints one line per payload and fails if any failed.
+fn summarize(results: &[PayloadResult]) -> Result<()> {
+    let mut failed = Vec::new();
+    for r in results {
+        // The test harness's own tally, when the payload is a Rust test executable.
+        let tally = r
+            .output
+            .iter()
+            .rev()
+            .find(|l| l.trim_start().starts_with("test result:"));
+        let verdict = if r.exit_code == 0 { "ok" } else { "FAILED" };
+        setup::step(&format!(
+            "VM {}: {verdict} (exit {}){}",
+            r.name,
+            r.exit_code,
+            tally.map(|t| format!(": {}", t.trim())).unwrap_or_default()
+        ));
+        if r.exit_code != 0 {
+            failed.push(r.name.as_str());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("inside the VM kernel, these failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The overall VM limit: $KCHAOS_VM_TIMEOUT seconds, or 15 minutes.
+fn timeout_from_env() -> Result<Duration> {
+    match std::env::var("KCHAOS_VM_TIMEOUT") {
+        Ok(s) => {
+            let secs: u64 = s
+                .trim()
+                .parse()
+                .with_context(|| format!("KCHAOS_VM_TIMEOUT={s:?} is not a number of seconds"))?;
+            Ok(Duration::from_secs(secs))
+        }
+        Err(_) => Ok(DEFAULT_TIMEOUT),
+    }
+}
+
+/// qemu, busybox (static, so the image needs no libraries for it) and the tools the tests call.
+fn ensure_vm_packages() -> Result<()> {
+    setup::ensure_debian_packages(&[
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+        ("xz", "xz-utils"),
+        ("gzip", "gzip"),
+        ("ip", "iproute2"),
+        ("tc", "iproute2"),
+        ("dpkg-deb", "dpkg"),
+        ("ldd", "libc-bin"),
+    ])
+}
+
+/// `<cache>/vm`: the kernel package, its unpacked tree and the last console log.
+fn vm_dir() -> Result<PathBuf> {
+    let dir = setup::cache_dir()?.join("vm");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A per-run directory under the cache, removed when dropped (on success and on error alike).
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// `<parent>/<prefix>-<pid>`, emptied first.
+    fn create(parent: &Path, prefix: &str) -> Result<TempDir> {
+        remove_stale_dirs(parent);
+        let path = parent.join(format!("{prefix}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Removes the temporary directories (`run-<pid>`, `download-<pid>`, `<x>.unpacking-<pid>`) of
+/// runs that were killed before they could clean up: their pid no longer exists.
+fn remove_stale_dirs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temp_dir_pid(&name) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The pid in the name of one of our temporary directories.
+fn temp_dir_pid(name: &str) -> Option<u32> {
+    let pid = name
+        .strip_prefix("run-")
+        .or_else(|| name.strip_prefix("download-"))
+        .or_else(|| name.rsplit_once(".unpacking-").map(|(_, pid)| pid))?;
+    pid.parse().ok()
+}
+
+/// Runs `cmd` and returns its stdout, failing with `what` and the command on a non-zero exit.
+fn capture(what: &str, cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: could not start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {cmd:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Boots the real VM with busybox payloads (and `kchaos probe` if built): the boot path without
+    /// the integration tests. Slow and downloads the kernel once, so only on request:
+    /// `cargo test -p xtask --release -- --ignored --nocapture vm_smoke`.
+    #[test]
+    #[ignore]
+    fn vm_smoke() {
+        let sh = |name: &str, script: &str| Payload {
+            name: name.to_owned(),
+            binary: "/bin/sh".into(),
+            args: vec!["-c".to_owned(), script.to_owned()],
+        };
+        let mut payloads = vec![
+            sh(
+                "env",
+                "uname -a; echo KCHAOS_BIN=$KCHAOS_BIN label=$KCHAOS_KERNEL_LABEL; cat /proc/mounts; cat /sys/kernel/security/lsm 2>&1; echo",
+            ),
+            sh(
+                "net",
+                "ip -V && tc -V && ip netns add t && ip -n t link add va type veth peer name vb && ip -n t link && tc -n t qdisc add dev va root netem delay 10ms 2ms distribution normal && tc -n t qdisc add dev vb root fq && tc -n t qdisc add dev vb clsact && ip netns exec t sh -c \"ip link set va up; ip link set vb up; ip -br link\" && tc -n t qdisc show && lsmod",
+            ),
+            sh("fails", "echo about to fail; exit 3"),
+        ];
+        let kchaos = build::target_dir().join("release/kchaos");
+        if kchaos.is_file() {
+            payloads.push(Payload {
+                name: "probe".to_owned(),
+                binary: "/bin/sh".into(),
+                args: vec!["-c".into(), "$KCHAOS_BIN probe".into()],
+            });
+        }
+        let results = run_payloads(
+            None,
+            Some(&kchaos).filter(|k| k.is_file()).map(PathBuf::as_path),
+            &payloads,
+            Duration::from_secs(300),
+        )
+        .unwrap();
+        for r in &results {
+            eprintln!("{} rc={} lines={}", r.name, r.exit_code, r.output.len());
+        }
+        assert_eq!(results[0].exit_code, 0);
+        assert_eq!(results[1].exit_code, 0);
+        assert_eq!(results[2].exit_code, 3);
+        assert_eq!(results[2].output, ["about to fail"]);
+    }
 }

@@ -2,3 +2,4 @@
 
 pub mod net;
 pub mod peers;
+pub mod syscall;

@@ -240,14 +240,14 @@ impl NetSpec {
 }
 
 /// Counters of both directions, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetTotals {
     pub egress: Counters,
     pub ingress: Counters,
 }
 
 /// `NetCounters` with serde (the shared type stays dependency-free).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     pub seen: u64,
     pub matched: u64,

@@ -1,0 +1,130 @@
+//! Syscall faults: which operations fail, with which errno, how often; the counters the kernel writes.
+
+/// Operations a syscall fault can fail (bit positions in `SyscallConfig::ops`, counter indices).
+pub const OP_CONNECT: u32 = 0;
+pub const OP_BIND: u32 = 1;
+pub const OP_ACCEPT: u32 = 2;
+/// send, sendto, sendmsg, and write on a socket.
+pub const OP_SENDMSG: u32 = 3;
+/// recv, recvfrom, recvmsg, and read on a socket.
+pub const OP_RECVMSG: u32 = 4;
+/// socket() itself.
+pub const OP_SOCKET: u32 = 5;
+/// open, openat (honours `--path-prefix`).
+pub const OP_OPEN: u32 = 6;
+pub const OP_READ: u32 = 7;
+pub const OP_WRITE: u32 = 8;
+pub const OP_FSYNC: u32 = 9;
+pub const OP_MKDIR: u32 = 10;
+pub const OP_UNLINK: u32 = 11;
+pub const OP_RENAME: u32 = 12;
+/// fork, vfork, clone, clone3.
+pub const OP_FORK: u32 = 13;
+pub const OP_MMAP: u32 = 14;
+/// Number of operations (size of the counters array).
+pub const OP_COUNT: u32 = 15;
+
+/// Most cgroups a hook-wide (LSM, kprobe) program checks the current task against.
+pub const MAX_SYSCALL_TARGETS: u32 = 8;
+/// Longest `--path-prefix`, in bytes.
+pub const PATH_PREFIX_MAX: usize = 128;
+
+/// The single entry of the `SYS_CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallConfig {
+    /// CLOCK_MONOTONIC ns after which nothing is injected (the loader's lease); 0 = not armed.
+    pub deadline_ns: u64,
+    /// Fail when `bpf_get_prandom_u32() < threshold` (2^32 = always).
+    pub threshold: u64,
+    /// Let the first `after` matching calls through.
+    pub after: u64,
+    /// Inject at most this many errors (u64::MAX = no limit).
+    pub max: u64,
+    /// Bit `1 << OP_*` for each operation to fail.
+    pub ops: u64,
+    /// The positive errno to return.
+    pub errno: u32,
+    /// Entries used in `SYS_TARGETS` (programs that run host-wide check these cgroups first).
+    pub n_targets: u32,
+    /// Only socket calls whose peer is in `SYS_DST` (1) or any (0).
+    pub dst_filter: u32,
+    /// Only socket calls to this peer port (0 = any).
+    pub dst_port: u32,
+    /// Bytes used in `prefix` (0 = any path).
+    pub prefix_len: u32,
+    pub _pad: u32,
+    /// `--path-prefix`: opens of paths under it only.
+    pub prefix: [u8; PATH_PREFIX_MAX],
+}
+
+impl Default for SyscallConfig {
+    fn default() -> Self {
+        Self {
+            deadline_ns: 0,
+            threshold: 0,
+            after: 0,
+            max: u64::MAX,
+            ops: 0,
+            errno: 0,
+            n_targets: 0,
+            dst_filter: 0,
+            dst_port: 0,
+            prefix_len: 0,
+            _pad: 0,
+            prefix: [0; PATH_PREFIX_MAX],
+        }
+    }
+}
+
+/// Shared (not per-CPU) so `--after` and `--max` are exact across CPUs: updated with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallState {
+    /// Matching calls so far (the `--after` count).
+    pub matched: u64,
+    /// Errors granted so far (the `--max` count; may pass max by the calls that were refused).
+    pub injected: u64,
+}
+
+/// Per-operation, per-CPU counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallCounters {
+    /// Calls of a target that reached the program while armed.
+    pub calls: u64,
+    /// Of those, calls that passed the filters (`--dst`, `--path-prefix`).
+    pub matched: u64,
+    /// Calls that were made to fail.
+    pub injected: u64,
+}
+
+impl SyscallCounters {
+    pub fn accumulate(&mut self, other: &SyscallCounters) {
+        self.calls += other.calls;
+        self.matched += other.matched;
+        self.injected += other.injected;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), Copy, integers and byte arrays only, no padding.
+    unsafe impl aya::Pod for super::SyscallConfig {}
+    unsafe impl aya::Pod for super::SyscallState {}
+    unsafe impl aya::Pod for super::SyscallCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<SyscallConfig>(), 5 * 8 + 6 * 4 + PATH_PREFIX_MAX);
+        assert_eq!(size_of::<SyscallState>(), 16);
+        assert_eq!(size_of::<SyscallCounters>(), 24);
+        const { assert!(OP_COUNT <= 64) };
+    }
+}

@@ -1,0 +1,391 @@
+//! Syscall faults: make chosen calls of a target fail with a chosen errno.
+//!
+//! Three families of hooks share one decision (`decide`): cgroup hooks (attached to the target cgroup,
+//! so the attachment is the blast-radius check), BPF LSM hooks and syscall kprobes (host-wide, so their
+//! first step is `in_targets`, a bounded walk over at most 8 target cgroups).
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::path,
+    helpers::{
+        bpf_d_path, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_override_return, bpf_set_retval},
+    },
+    macros::{cgroup_sock, cgroup_sock_addr, kprobe, lsm, map},
+    maps::{Array, CgroupArray, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::{LsmContext, ProbeContext, SockAddrContext, SockContext},
+};
+use chaos_common::{
+    MAX_SYSCALL_TARGETS, OP_ACCEPT, OP_BIND, OP_CONNECT, OP_COUNT, OP_FORK, OP_FSYNC, OP_MKDIR,
+    OP_MMAP, OP_OPEN, OP_READ, OP_RECVMSG, OP_RENAME, OP_SENDMSG, OP_SOCKET, OP_UNLINK, OP_WRITE,
+    PATH_PREFIX_MAX, PEER_KEY_PORT_BITS, PeerKey, SyscallConfig, SyscallCounters, SyscallState,
+};
+
+#[map]
+static SYS_CONFIG: Array<SyscallConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static SYS_STATE: Array<SyscallState> = Array::with_max_entries(1, 0);
+
+#[map]
+static SYS_COUNTERS: PerCpuArray<SyscallCounters> = PerCpuArray::with_max_entries(OP_COUNT, 0);
+
+/// Target cgroups for the host-wide hooks (the cgroup hooks are attached to them instead).
+#[map]
+static SYS_TARGETS: CgroupArray = CgroupArray::with_max_entries(MAX_SYSCALL_TARGETS, 0);
+
+/// `--dst` peers for connect/sendmsg.
+#[map]
+static SYS_DST: LpmTrie<PeerKey, u8> = LpmTrie::with_max_entries(crate::net::MAX_PEERS, 0);
+
+/// Scratch space for the path of an opened file (too big for the 512-byte stack with the rest).
+const PATH_BUF: usize = 256;
+#[map]
+static SYS_PATH_BUF: PerCpuArray<[u8; PATH_BUF]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Offset of `f_path` in `struct file`, read by the loader from the running kernel's BTF (Rust eBPF
+/// has no CO-RE relocations). A read-only global, so the verifier sees a constant.
+#[unsafe(no_mangle)]
+static FILE_F_PATH_OFFSET: u64 = 0;
+
+/// The errno to fail this call with, or None to let it through. `filtered_out` calls are counted but
+/// never fail. `--after` and `--max` use shared atomic counters, so they are exact across CPUs.
+#[inline(always)]
+fn decide(cfg: &SyscallConfig, op: u32, filtered_out: bool) -> Option<u32> {
+    // SAFETY: helpers without arguments.
+    if unsafe { bpf_ktime_get_ns() } >= cfg.deadline_ns || cfg.ops & (1 << op) == 0 {
+        return None;
+    }
+    let counters = SYS_COUNTERS.get_ptr_mut(op)?;
+    // SAFETY: this CPU's slot of our own per-CPU map.
+    let counters = unsafe { &mut *counters };
+    counters.calls += 1;
+    if filtered_out {
+        return None;
+    }
+    counters.matched += 1;
+    let state = SYS_STATE.get_ptr_mut(0)?;
+    // SAFETY: the map value lives as long as the map; every access to it is atomic. The BPF target has
+    // no AtomicU64::fetch_add, so the intrinsic is used. It must be SeqCst: LLVM's BPF backend emits a
+    // plain XADD (no BPF_FETCH, the "old value" is garbage) for a Relaxed one. v3 for BPF_FETCH.
+    let fetch_add = |counter: *mut u64| unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1) };
+    if fetch_add(unsafe { &raw mut (*state).matched }) < cfg.after {
+        return None;
+    }
+    // SAFETY: helper without arguments.
+    if (unsafe { bpf_get_prandom_u32() } as u64) >= cfg.threshold {
+        return None;
+    }
+    if fetch_add(unsafe { &raw mut (*state).injected }) >= cfg.max {
+        return None;
+    }
+    counters.injected += 1;
+    Some(cfg.errno)
+}
+
+/// Is the current task in (or below) one of the targets? The first step of every host-wide hook.
+#[inline(always)]
+fn in_targets(cfg: &SyscallConfig) -> bool {
+    for i in 0..MAX_SYSCALL_TARGETS {
+        if i >= cfg.n_targets {
+            return false;
+        }
+        if SYS_TARGETS.current_task_under_cgroup(i) == Ok(true) {
+            return true;
+        }
+    }
+    false
+}
+
+/// True when `--dst` is set and the peer is not in it.
+#[inline(always)]
+fn peer_filtered_out(cfg: &SyscallConfig, addr: [u8; 16], port: u16) -> bool {
+    if cfg.dst_port != 0 && cfg.dst_port != port as u32 {
+        return true;
+    }
+    if cfg.dst_filter == 0 {
+        return false;
+    }
+    let key = Key::new(PEER_KEY_PORT_BITS + 128, PeerKey { port: [0, 0], addr });
+    SYS_DST.get(&key).is_none()
+}
+
+fn v4_mapped(ip_be: u32) -> [u8; 16] {
+    let b = ip_be.to_ne_bytes();
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]]
+}
+
+// ---- cgroup hooks: attached to the target cgroup; errno through bpf_set_retval --------------------
+
+const CGROUP_ALLOW: i32 = 1;
+const CGROUP_DENY: i32 = 0;
+
+#[inline(always)]
+fn cgroup_verdict(errno: Option<u32>) -> i32 {
+    match errno {
+        Some(e) => {
+            // SAFETY: sets the syscall's return value for a denying cgroup program (5.18+).
+            unsafe { bpf_set_retval(-(e as i32)) };
+            CGROUP_DENY
+        }
+        None => CGROUP_ALLOW,
+    }
+}
+
+#[inline(always)]
+fn sock_addr(ctx: &SockAddrContext, op: u32, v6: bool) -> i32 {
+    let Some(cfg) = SYS_CONFIG.get(0) else { return CGROUP_ALLOW };
+    // SAFETY: the context is valid for the run.
+    let sa = unsafe { &*ctx.sock_addr };
+    let addr = if v6 {
+        let w = sa.user_ip6;
+        let mut a = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let b = w[i].to_ne_bytes();
+            a[i * 4] = b[0];
+            a[i * 4 + 1] = b[1];
+            a[i * 4 + 2] = b[2];
+            a[i * 4 + 3] = b[3];
+            i += 1;
+        }
+        a
+    } else {
+        v4_mapped(sa.user_ip4)
+    };
+    let port = u16::from_be(sa.user_port as u16);
+    let filtered = op != OP_BIND && peer_filtered_out(cfg, addr, port);
+    cgroup_verdict(decide(cfg, op, filtered))
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sys_connect4(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, OP_CONNECT, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sys_connect6(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, OP_CONNECT, true)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn sys_bind4(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, OP_BIND, false)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn sys_bind6(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, OP_BIND, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sys_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, OP_SENDMSG, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sys_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, OP_SENDMSG, true)
+}
+
+#[cgroup_sock(sock_create)]
+pub fn sys_sock_create(_ctx: SockContext) -> i32 {
+    let Some(cfg) = SYS_CONFIG.get(0) else { return CGROUP_ALLOW };
+    cgroup_verdict(decide(cfg, OP_SOCKET, false))
+}
+
+// ---- BPF LSM hooks: host-wide; -errno denies ------------------------------------------------------
+
+#[inline(always)]
+fn lsm_verdict(op: u32, filtered_out: impl FnOnce(&SyscallConfig) -> bool) -> i32 {
+    let Some(cfg) = SYS_CONFIG.get(0) else { return 0 };
+    if !in_targets(cfg) {
+        return 0;
+    }
+    match decide(cfg, op, filtered_out(cfg)) {
+        Some(e) => -(e as i32),
+        None => 0,
+    }
+}
+
+#[repr(C)]
+struct SockaddrIn6 {
+    family: u16,
+    port: [u8; 2],
+    flowinfo: u32,
+    addr: [u8; 16],
+}
+
+/// Peer filter for an LSM hook's `struct sockaddr *` (a kernel copy of what the caller passed).
+#[inline(always)]
+fn sockaddr_filtered_out(cfg: &SyscallConfig, sa: *const SockaddrIn6) -> bool {
+    if cfg.dst_filter == 0 && cfg.dst_port == 0 {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let Ok(s) = (unsafe { bpf_probe_read_kernel(sa) }) else { return true };
+    let port = u16::from_be_bytes(s.port);
+    match s.family {
+        2 => {
+            // sockaddr_in: the address sits where sin6_flowinfo is.
+            peer_filtered_out(cfg, v4_mapped(s.flowinfo), port)
+        }
+        10 => peer_filtered_out(cfg, s.addr, port),
+        _ => true,
+    }
+}
+
+#[lsm(hook = "socket_connect")]
+pub fn lsm_socket_connect(ctx: LsmContext) -> i32 {
+    let sa: *const SockaddrIn6 = ctx.arg(1);
+    lsm_verdict(OP_CONNECT, |cfg| sockaddr_filtered_out(cfg, sa))
+}
+
+#[lsm(hook = "socket_bind")]
+pub fn lsm_socket_bind(_ctx: LsmContext) -> i32 {
+    lsm_verdict(OP_BIND, |_| false)
+}
+
+#[lsm(hook = "socket_accept")]
+pub fn lsm_socket_accept(_ctx: LsmContext) -> i32 {
+    lsm_verdict(OP_ACCEPT, |_| false)
+}
+
+#[lsm(hook = "socket_sendmsg")]
+pub fn lsm_socket_sendmsg(_ctx: LsmContext) -> i32 {
+    lsm_verdict(OP_SENDMSG, |_| false)
+}
+
+#[lsm(hook = "socket_recvmsg")]
+pub fn lsm_socket_recvmsg(_ctx: LsmContext) -> i32 {
+    lsm_verdict(OP_RECVMSG, |_| false)
+}
+
+#[lsm(hook = "socket_create")]
+pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
+    // Sockets the kernel makes for itself (kern = 1) are not the process's socket() calls.
+    let kern: i32 = ctx.arg(3);
+    lsm_verdict(OP_SOCKET, |_| kern != 0)
+}
+
+/// `open`/`openat`, with `--path-prefix` read through bpf_d_path (allowed in this sleepable hook).
+#[lsm(hook = "file_open", sleepable)]
+pub fn lsm_file_open(ctx: LsmContext) -> i32 {
+    let file: *const u8 = ctx.arg(0);
+    lsm_verdict(OP_OPEN, |cfg| path_filtered_out(cfg, file))
+}
+
+#[inline(always)]
+fn path_filtered_out(cfg: &SyscallConfig, file: *const u8) -> bool {
+    if cfg.prefix_len == 0 {
+        return false;
+    }
+    let Some(buf) = SYS_PATH_BUF.get_ptr_mut(0) else { return true };
+    // SAFETY: FILE_F_PATH_OFFSET is the BTF offset of file->f_path; the verifier checks the pointer.
+    let len = unsafe {
+        let offset = core::ptr::read_volatile(&FILE_F_PATH_OFFSET);
+        let p = file.add(offset as usize) as *mut path;
+        bpf_d_path(p, buf.cast(), PATH_BUF as u32)
+    };
+    if len <= 0 {
+        return true;
+    }
+    // SAFETY: our own per-CPU scratch buffer.
+    let buf = unsafe { &*buf };
+    let n = cfg.prefix_len as usize;
+    let mut i = 0;
+    while i < PATH_PREFIX_MAX {
+        if i >= n {
+            // The prefix matched; it must end at a path component ("/a/b" is not under "/a/bc").
+            return !(buf[i] == 0 || buf[i] == b'/' || buf[i - 1] == b'/');
+        }
+        if buf[i] != cfg.prefix[i] {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+const MAY_WRITE: i32 = 2;
+const MAY_READ: i32 = 4;
+
+/// read/write (and the like) on any file the target has open.
+#[lsm(hook = "file_permission")]
+pub fn lsm_file_permission(ctx: LsmContext) -> i32 {
+    let mask: i32 = ctx.arg(1);
+    if mask & MAY_WRITE != 0 {
+        lsm_verdict(OP_WRITE, |_| false)
+    } else if mask & MAY_READ != 0 {
+        lsm_verdict(OP_READ, |_| false)
+    } else {
+        0
+    }
+}
+
+#[lsm(hook = "inode_mkdir")]
+pub fn lsm_inode_mkdir(_ctx: LsmContext) -> i32 {
+    lsm_verdict(OP_MKDIR, |_| false)
+}
+
+#[lsm(hook = "inode_unlink")]
+pub fn lsm_inode_unlink(_ctx: LsmContext) -> i32 {
+    lsm_verdict(OP_UNLINK, |_| false)
+}
+
+#[lsm(hook = "inode_rename")]
+pub fn lsm_inode_rename(_ctx: LsmContext) -> i32 {
+    lsm_verdict(OP_RENAME, |_| false)
+}
+
+/// fork/clone: the hook runs in the parent, so the parent's cgroup decides.
+#[lsm(hook = "task_alloc")]
+pub fn lsm_task_alloc(_ctx: LsmContext) -> i32 {
+    lsm_verdict(OP_FORK, |_| false)
+}
+
+#[lsm(hook = "mmap_file")]
+pub fn lsm_mmap_file(_ctx: LsmContext) -> i32 {
+    lsm_verdict(OP_MMAP, |_| false)
+}
+
+// ---- kprobes on syscall entry + bpf_override_return (CONFIG_BPF_KPROBE_OVERRIDE) ------------------
+
+#[inline(always)]
+fn kprobe_override(ctx: &ProbeContext, op: u32) -> u32 {
+    let Some(cfg) = SYS_CONFIG.get(0) else { return 0 };
+    if !in_targets(cfg) {
+        return 0;
+    }
+    if let Some(e) = decide(cfg, op, false) {
+        // SAFETY: the probe's own registers; the kernel skips the syscall and returns -errno.
+        unsafe { bpf_override_return(ctx.regs, (-(e as i64)) as u64) };
+    }
+    0
+}
+
+macro_rules! syscall_kprobe {
+    ($name:ident, $op:expr) => {
+        #[kprobe]
+        pub fn $name(ctx: ProbeContext) -> u32 {
+            kprobe_override(&ctx, $op)
+        }
+    };
+}
+
+syscall_kprobe!(kp_connect, OP_CONNECT);
+syscall_kprobe!(kp_bind, OP_BIND);
+syscall_kprobe!(kp_accept, OP_ACCEPT);
+syscall_kprobe!(kp_sendmsg, OP_SENDMSG);
+syscall_kprobe!(kp_recvmsg, OP_RECVMSG);
+syscall_kprobe!(kp_socket, OP_SOCKET);
+syscall_kprobe!(kp_open, OP_OPEN);
+syscall_kprobe!(kp_read, OP_READ);
+syscall_kprobe!(kp_write, OP_WRITE);
+syscall_kprobe!(kp_fsync, OP_FSYNC);
+syscall_kprobe!(kp_mkdir, OP_MKDIR);
+syscall_kprobe!(kp_unlink, OP_UNLINK);
+syscall_kprobe!(kp_rename, OP_RENAME);
+syscall_kprobe!(kp_fork, OP_FORK);
+syscall_kprobe!(kp_mmap, OP_MMAP);

@@ -1,0 +1,476 @@
+//! Steady-state probes: a TCP connect, a plain-HTTP GET, a command's exit code; run every interval by
+//! a worker (a thread, or a `kchaos probe-agent` child inside the target cgroup so the probe's own
+//! sockets see the target's faults), and judged against a tolerance (success rate, p95 latency).
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream, ToSocketAddrs as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::scenario::{Check, ProbeSpec, Tolerance};
+use crate::lifecycle::monotonic_ns;
+
+/// One probe attempt.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeResult {
+    pub probe: String,
+    /// When the attempt started (CLOCK_MONOTONIC, ns; the same clock in every process).
+    pub t_ns: u64,
+    pub ok: bool,
+    pub latency_ms: f64,
+    /// What happened: "connected", "HTTP 200", "exit 0", or the error.
+    pub detail: String,
+}
+
+/// `http://host[:port][/path]`: the address to connect to, the Host header, the path.
+pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("'{url}' is not allowed: plain http://HOST[:PORT]/PATH URLs only (no https)")
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_owned()),
+        None => (rest, "/".to_owned()),
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("'{url}': no closing ] in the host"))?;
+        (h.to_owned(), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (authority.to_owned(), None),
+        }
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '@') {
+        return Err(format!("'{url}': no usable host"));
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("'{url}': the port must be 1 to 65535"))?,
+    };
+    if path.contains(|c: char| c.is_control() || c == ' ') {
+        return Err(format!("'{url}': the path has spaces or control characters"));
+    }
+    Ok((host, port, path))
+}
+
+/// Runs one attempt: (ok, what happened). Latency is measured by the caller.
+fn attempt(check: &Check, timeout: Duration) -> (bool, String) {
+    match check {
+        Check::Tcp { address } => match TcpStream::connect_timeout(address, timeout) {
+            Ok(_) => (true, "connected".into()),
+            Err(e) => (false, e.to_string()),
+        },
+        Check::Http { url, statuses } => match http_get(url, timeout) {
+            Ok(status) => {
+                let ok = if statuses.is_empty() {
+                    (200..400).contains(&status)
+                } else {
+                    statuses.contains(&status)
+                };
+                (ok, format!("HTTP {status}"))
+            }
+            Err(e) => (false, e),
+        },
+        Check::Command { argv, exit_code } => match run_command(argv, timeout) {
+            Ok(code) => (code == *exit_code, format!("exit {code}")),
+            Err(e) => (false, e),
+        },
+    }
+}
+
+fn http_get(url: &str, timeout: Duration) -> Result<u16, String> {
+    let start = Instant::now();
+    let (host, port, path) = parse_http_url(url)?;
+    let addr: SocketAddr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    let left = |start: Instant| {
+        timeout
+            .checked_sub(start.elapsed())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| "timed out".to_owned())
+    };
+    stream
+        .set_write_timeout(Some(left(start)?))
+        .map_err(|e| e.to_string())?;
+    let host_header = if addr.is_ipv6() && host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    stream
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: kchaos-probe\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        stream
+            .set_read_timeout(Some(left(start)?))
+            .map_err(|e| e.to_string())?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err("timed out".into());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let status = line
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))?;
+    Ok(status)
+}
+
+fn run_command(argv: &[String], timeout: Duration) -> Result<i32, String> {
+    let (program, args) = argv.split_first().ok_or("empty command")?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {program}: {e}"))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                return Ok(status
+                    .code()
+                    .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)));
+            }
+            Ok(None) if start.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("timed out after {}", crate::units::format_duration(timeout)));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Runs the probe every interval until `stop`, handing each result to `sink` (false from it stops).
+pub fn probe_loop(spec: &ProbeSpec, stop: &AtomicBool, mut sink: impl FnMut(ProbeResult) -> bool) {
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let t_ns = monotonic_ns();
+        let started = Instant::now();
+        let (ok, detail) = attempt(&spec.check, spec.timeout);
+        let result = ProbeResult {
+            probe: spec.name.clone(),
+            t_ns,
+            ok,
+            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            detail,
+        };
+        if !sink(result) {
+            return;
+        }
+        next += spec.interval;
+        let now = Instant::now();
+        if next > now {
+            // Sleep in slices so a stop is seen quickly.
+            while Instant::now() < next && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep((next - Instant::now()).min(Duration::from_millis(20)));
+            }
+        } else {
+            // An attempt outlasted the interval: start the next one now, and keep the rhythm from here.
+            next = now;
+        }
+    }
+}
+
+/// A running probe: a thread, or a `kchaos probe-agent` in a target cgroup.
+pub struct Worker {
+    stop: Arc<AtomicBool>,
+    agent: Option<Child>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts probing; results go to `tx`. With `cgroup`, the probe runs in a child process placed in
+    /// that cgroup (`exe probe-agent`), so its sockets are the target's.
+    pub fn start(
+        spec: &ProbeSpec,
+        cgroup: Option<&Path>,
+        exe: &Path,
+        tx: tokio::sync::mpsc::UnboundedSender<ProbeResult>,
+    ) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        match cgroup {
+            None => {
+                let spec = spec.clone();
+                let s = stop.clone();
+                let thread = std::thread::Builder::new()
+                    .name(format!("probe {}", spec.name))
+                    .spawn(move || probe_loop(&spec, &s, |r| tx.send(r).is_ok()))
+                    .context("starting a probe thread")?;
+                Ok(Self {
+                    stop,
+                    agent: None,
+                    threads: vec![thread],
+                })
+            }
+            Some(cg) => {
+                let mut child = Command::new(exe)
+                    .arg("probe-agent")
+                    .arg("--cgroup")
+                    .arg(cg)
+                    .arg("--spec")
+                    .arg(serde_json::to_string(spec)?)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .with_context(|| format!("starting the probe agent for '{}'", spec.name))?;
+                let stdout = child.stdout.take().context("the probe agent's stdout")?;
+                let name = spec.name.clone();
+                let thread = std::thread::Builder::new()
+                    .name(format!("agent {name}"))
+                    .spawn(move || {
+                        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                            match serde_json::from_str::<ProbeResult>(&line) {
+                                Ok(r) => {
+                                    if tx.send(r).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e) => tracing::warn!("probe agent {name}: {e}: {line}"),
+                            }
+                        }
+                    })
+                    .context("starting a probe reader thread")?;
+                Ok(Self {
+                    stop,
+                    agent: Some(child),
+                    threads: vec![thread],
+                })
+            }
+        }
+    }
+
+    /// Stops it and waits for it (at most one attempt's timeout).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// `kchaos probe-agent`: joins the cgroup, then probes and prints one JSON result a line until killed
+/// (or until its parent dies: it must not outlive the run).
+pub fn agent(cgroup: &Path, spec_json: &str) -> Result<()> {
+    let spec: ProbeSpec = serde_json::from_str(spec_json).context("reading the probe spec")?;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // SAFETY: getppid has no preconditions. A parent that died before the prctl leaves us orphaned.
+    if unsafe { libc::getppid() } == 1 {
+        return Ok(());
+    }
+    crate::cgroup::add_process(cgroup, std::process::id())
+        .with_context(|| format!("joining {}", cgroup.display()))?;
+    let stop = AtomicBool::new(false);
+    let mut out = std::io::stdout().lock();
+    probe_loop(&spec, &stop, |r| {
+        serde_json::to_string(&r)
+            .ok()
+            .and_then(|line| writeln!(out, "{line}").and_then(|_| out.flush()).ok())
+            .is_some()
+    });
+    Ok(())
+}
+
+/// Success rate and latency of a set of results.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    pub count: usize,
+    pub ok: usize,
+    /// Percent.
+    pub success_rate: f64,
+    /// Of successful attempts, nearest rank.
+    pub p95_latency_ms: Option<f64>,
+    pub mean_latency_ms: Option<f64>,
+}
+
+pub fn stats<'a>(results: impl IntoIterator<Item = &'a ProbeResult>) -> Stats {
+    let mut count = 0;
+    let mut lat: Vec<f64> = Vec::new();
+    for r in results {
+        count += 1;
+        if r.ok {
+            lat.push(r.latency_ms);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let ok = lat.len();
+    let p95 = (!lat.is_empty()).then(|| {
+        let rank = ((0.95 * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
+        lat[rank - 1]
+    });
+    Stats {
+        count,
+        ok,
+        success_rate: if count == 0 {
+            0.0
+        } else {
+            100.0 * ok as f64 / count as f64
+        },
+        p95_latency_ms: p95,
+        mean_latency_ms: (!lat.is_empty()).then(|| lat.iter().sum::<f64>() / lat.len() as f64),
+    }
+}
+
+/// Whether the stats meet the tolerance; the error says how they miss it.
+pub fn judge(tol: &Tolerance, s: &Stats) -> Result<(), String> {
+    if s.count == 0 {
+        return Err("no result".into());
+    }
+    if s.success_rate + 1e-9 < tol.success_rate {
+        return Err(format!(
+            "success {:.1}% ({}/{}) < {}%",
+            s.success_rate, s.ok, s.count, tol.success_rate
+        ));
+    }
+    if let (Some(max), Some(p95)) = (tol.p95_latency, s.p95_latency_ms)
+        && p95 > max.as_secs_f64() * 1e3
+    {
+        return Err(format!(
+            "p95 latency {p95:.1} ms > {}",
+            crate::units::format_duration(max)
+        ));
+    }
+    Ok(())
+}
+
+/// The kchaos binary, for probe agents.
+pub fn current_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("finding the kchaos binary (for probe agents)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(ok: bool, ms: f64) -> ProbeResult {
+        ProbeResult {
+            probe: "p".into(),
+            t_ns: 0,
+            ok,
+            latency_ms: ms,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn stats_and_tolerance() {
+        let mut v: Vec<ProbeResult> = (1..=20).map(|i| r(true, i as f64)).collect();
+        let s = stats(&v);
+        assert_eq!((s.count, s.ok, s.success_rate), (20, 20, 100.0));
+        assert_eq!(s.p95_latency_ms, Some(19.0));
+        let tol = Tolerance {
+            success_rate: 90.0,
+            p95_latency: Some(Duration::from_millis(20)),
+            window: Duration::from_secs(1),
+        };
+        assert!(judge(&tol, &s).is_ok());
+        v.extend([r(false, 1.0), r(false, 1.0), r(false, 1.0)]);
+        assert!(judge(&tol, &stats(&v)).unwrap_err().contains("success 87.0%"));
+        let slow: Vec<ProbeResult> = (0..10).map(|_| r(true, 50.0)).collect();
+        assert!(judge(&tol, &stats(&slow)).unwrap_err().contains("p95"));
+        assert!(judge(&tol, &stats(&[])).is_err());
+    }
+
+    #[test]
+    fn http_urls() {
+        assert_eq!(
+            parse_http_url("http://10.0.0.1:8080/health").unwrap(),
+            ("10.0.0.1".into(), 8080, "/health".into())
+        );
+        assert_eq!(
+            parse_http_url("http://[::1]/").unwrap(),
+            ("::1".into(), 80, "/".into())
+        );
+        assert!(parse_http_url("https://x/").is_err());
+        assert!(parse_http_url("http://x:0/").is_err());
+        assert!(parse_http_url("http://x/a b").is_err());
+    }
+
+    #[test]
+    fn real_probes_on_loopback() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).unwrap();
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let status = if req.starts_with("GET /ok ") { "200 OK" } else { "503 Busy" };
+                let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+            }
+        });
+        let http = |path: &str| Check::Http {
+            url: format!("http://{addr}{path}"),
+            statuses: vec![],
+        };
+        assert_eq!(attempt(&http("/ok"), Duration::from_secs(2)), (true, "HTTP 200".into()));
+        assert_eq!(attempt(&http("/no"), Duration::from_secs(2)), (false, "HTTP 503".into()));
+        server.join().unwrap();
+        // Nothing listens there now.
+        let (ok, _) = attempt(&Check::Tcp { address: addr }, Duration::from_millis(500));
+        assert!(!ok);
+        let cmd = |s: &str| Check::Command {
+            argv: vec!["/bin/sh".into(), "-c".into(), s.into()],
+            exit_code: 3,
+        };
+        assert_eq!(attempt(&cmd("exit 3"), Duration::from_secs(2)), (true, "exit 3".into()));
+        let start = Instant::now();
+        let (ok, detail) = attempt(&cmd("sleep 5"), Duration::from_millis(200));
+        assert!(!ok && detail.contains("timed out"), "{detail}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+}

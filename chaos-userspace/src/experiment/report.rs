@@ -1,0 +1,427 @@
+//! The experiment's journal and report: every event timestamped, per-fault kernel counters, every probe
+//! result, the hypothesis per phase, and the numbers a person asks for first (injected events,
+//! availability during faults, error rate, time to recover after each fault, why it ended).
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    plan::PlanStep,
+    probes::{self, ProbeResult, Stats},
+    review::Finding,
+    scenario::Tolerance,
+    validate::ResolvedTarget,
+};
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub kchaos_version: String,
+    pub kernel: String,
+    pub scenario: ScenarioInfo,
+    pub started_unix_ms: u64,
+    pub duration_ms: f64,
+    pub targets: Vec<ResolvedTarget>,
+    pub findings: Vec<Finding>,
+    pub risk_accepted: bool,
+    pub plan: Vec<PlanStep>,
+    pub phases: Phases,
+    pub events: Vec<Event>,
+    pub faults: Vec<FaultRecord>,
+    pub probes: Vec<ProbeRecord>,
+    pub hypothesis: Vec<Hypothesis>,
+    pub rollbacks: Vec<RollbackRecord>,
+    pub summary: Summary,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ScenarioInfo {
+    pub file: String,
+    pub title: String,
+    pub description: String,
+    pub variables: BTreeMap<String, String>,
+}
+
+/// Phase boundaries, ms from the start (None: the phase did not happen).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Phases {
+    pub before: Option<(f64, f64)>,
+    pub during: Option<(f64, f64)>,
+    pub after: Option<(f64, f64)>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Event {
+    /// ms from the start of the run.
+    pub t_ms: f64,
+    pub unix_ms: u64,
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct FaultRecord {
+    pub name: String,
+    pub kind: String,
+    pub description: String,
+    pub targets: Vec<String>,
+    pub planned_start_ms: f64,
+    pub planned_end_ms: f64,
+    /// When it was armed / detached (None: it never was).
+    pub start_ms: Option<f64>,
+    pub end_ms: Option<f64>,
+    pub attached: Vec<String>,
+    /// The kernel's counters at detach.
+    pub counters: BTreeMap<String, u64>,
+    pub injected_events: u64,
+    pub samples: Vec<CounterSample>,
+    pub ramp_steps: Vec<RampStep>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CounterSample {
+    pub t_ms: f64,
+    pub injected_events: u64,
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RampStep {
+    pub t_ms: f64,
+    pub param: String,
+    /// Percent, or seconds.
+    pub value: f64,
+    pub display: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ProbeRecord {
+    pub name: String,
+    pub check: String,
+    pub from_target: Option<String>,
+    pub tolerance: Tolerance,
+    pub results: Vec<ProbeSample>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ProbeSample {
+    /// When the attempt started, ms from the start of the run.
+    pub t_ms: f64,
+    pub phase: String,
+    pub ok: bool,
+    pub latency_ms: f64,
+    pub detail: String,
+}
+
+impl ProbeSample {
+    pub fn from_result(r: &ProbeResult, t0_ns: u64, phase: &str) -> Self {
+        Self {
+            t_ms: r.t_ns.saturating_sub(t0_ns) as f64 / 1e6,
+            phase: phase.to_owned(),
+            ok: r.ok,
+            latency_ms: r.latency_ms,
+            detail: r.detail.clone(),
+        }
+    }
+
+    fn as_result(&self) -> ProbeResult {
+        ProbeResult {
+            probe: String::new(),
+            t_ns: 0,
+            ok: self.ok,
+            latency_ms: self.latency_ms,
+            detail: String::new(),
+        }
+    }
+}
+
+/// Whether one probe's tolerance held over one phase.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Hypothesis {
+    pub phase: String,
+    pub probe: String,
+    pub held: bool,
+    pub stats: Stats,
+    pub why: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RollbackRecord {
+    pub name: String,
+    pub command: String,
+    pub exit_code: Option<i32>,
+    pub duration_ms: f64,
+    pub output: String,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub injected_events: u64,
+    /// Probe successes among attempts that started while a fault was armed, percent.
+    pub availability_during_faults_pct: Option<f64>,
+    /// Failed attempts among all attempts while faults ran (the method), percent.
+    pub error_rate_pct: Option<f64>,
+    pub recovery: Vec<Recovery>,
+    /// The steady state held before and after (None: there are no probes).
+    pub steady_state_held: Option<bool>,
+    pub completed: bool,
+    pub end_reason: String,
+    pub abort_reason: Option<String>,
+    /// From the abort decision to every fault detached.
+    pub abort_to_detached_ms: Option<f64>,
+}
+
+/// Time to recover after a fault ended: until every probe succeeded again.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Recovery {
+    pub fault: String,
+    /// None: some probe had not recovered by the end of the run.
+    pub mttr_ms: Option<f64>,
+}
+
+/// Judges each probe over each phase that ran.
+pub fn hypotheses(probes: &[ProbeRecord], phases: &Phases) -> Vec<Hypothesis> {
+    let mut out = Vec::new();
+    for (phase, ran) in [
+        ("before", phases.before.is_some()),
+        ("during", phases.during.is_some()),
+        ("after", phases.after.is_some()),
+    ] {
+        if !ran {
+            continue;
+        }
+        for p in probes {
+            let results: Vec<ProbeResult> = p
+                .results
+                .iter()
+                .filter(|r| r.phase == phase)
+                .map(ProbeSample::as_result)
+                .collect();
+            let stats = probes::stats(&results);
+            let verdict = probes::judge(&p.tolerance, &stats);
+            out.push(Hypothesis {
+                phase: phase.into(),
+                probe: p.name.clone(),
+                held: verdict.is_ok(),
+                stats,
+                why: verdict.err(),
+            });
+        }
+    }
+    out
+}
+
+/// Availability during faults, error rate during the method, and recovery after each fault.
+pub fn outcome(
+    faults: &[FaultRecord],
+    probes: &[ProbeRecord],
+) -> (Option<f64>, Option<f64>, Vec<Recovery>) {
+    let windows: Vec<(f64, f64)> = faults
+        .iter()
+        .filter_map(|f| Some((f.start_ms?, f.end_ms?)))
+        .collect();
+    let all: Vec<&ProbeSample> = probes.iter().flat_map(|p| &p.results).collect();
+    let in_fault: Vec<&&ProbeSample> = all
+        .iter()
+        .filter(|r| windows.iter().any(|(a, b)| r.t_ms >= *a && r.t_ms < *b))
+        .collect();
+    let availability = (!in_fault.is_empty())
+        .then(|| 100.0 * in_fault.iter().filter(|r| r.ok).count() as f64 / in_fault.len() as f64);
+    let during: Vec<&&ProbeSample> = all.iter().filter(|r| r.phase == "during").collect();
+    let error_rate = (!during.is_empty())
+        .then(|| 100.0 * during.iter().filter(|r| !r.ok).count() as f64 / during.len() as f64);
+    let recovery = faults
+        .iter()
+        .filter_map(|f| {
+            let end = f.end_ms?;
+            let mut worst: Option<f64> = Some(0.0);
+            for p in probes {
+                // Healthy when the fault ended: nothing to recover from.
+                let last_before = p.results.iter().rfind(|r| r.t_ms + r.latency_ms <= end);
+                if last_before.is_none_or(|r| r.ok) && !p.results.iter().any(|r| r.t_ms >= end && !r.ok) {
+                    continue;
+                }
+                let first_ok = p.results.iter().find(|r| r.t_ms >= end && r.ok);
+                worst = match (worst, first_ok) {
+                    (Some(w), Some(r)) => Some(w.max(r.t_ms - end)),
+                    _ => None,
+                };
+            }
+            Some(Recovery {
+                fault: f.name.clone(),
+                mttr_ms: worst,
+            })
+        })
+        .collect();
+    (availability, error_rate, recovery)
+}
+
+impl Report {
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("writing the report to {}", path.display()))
+    }
+
+    pub fn read_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| {
+            anyhow::Error::new(crate::error::BadInput::new(format!(
+                "{}: not a kchaos experiment report ({e})",
+                path.display()
+            )))
+        })
+    }
+
+    /// The human summary.
+    pub fn summary_text(&self) -> String {
+        let s = &self.summary;
+        let mut out = vec![format!("kchaos experiment: {}", self.scenario.title)];
+        out.push(format!(
+            "  ended: {} after {:.1}s{}",
+            s.end_reason,
+            self.duration_ms / 1e3,
+            if s.completed { "" } else { " (not completed)" }
+        ));
+        if let Some(ms) = s.abort_to_detached_ms {
+            out.push(format!("  abort to every fault detached: {ms:.1} ms"));
+        }
+        out.push(format!(
+            "  steady state: {}",
+            match s.steady_state_held {
+                Some(true) => "held (before and after)".to_owned(),
+                Some(false) => "DID NOT HOLD".to_owned(),
+                None => "not checked (no probes)".to_owned(),
+            }
+        ));
+        for h in &self.hypothesis {
+            out.push(format!(
+                "    {:<6} {:<16} {:>4} ok {}/{} ({:.1}%){}{}",
+                h.phase,
+                h.probe,
+                if h.held { "yes" } else { "NO" },
+                h.stats.ok,
+                h.stats.count,
+                h.stats.success_rate,
+                h.stats
+                    .p95_latency_ms
+                    .map(|p| format!(", p95 {p:.1} ms"))
+                    .unwrap_or_default(),
+                h.why
+                    .as_ref()
+                    .filter(|_| !h.held)
+                    .map(|w| format!(" - {w}"))
+                    .unwrap_or_default()
+            ));
+        }
+        out.push(format!("  injected events (kernel): {}", s.injected_events));
+        for f in &self.faults {
+            let when = match (f.start_ms, f.end_ms) {
+                (Some(a), Some(b)) => format!("{:.1}s..{:.1}s", a / 1e3, b / 1e3),
+                _ => "never armed".into(),
+            };
+            out.push(format!(
+                "    {:<16} {:<10} {} injected {}",
+                f.name, when, f.description, f.injected_events
+            ));
+        }
+        out.push(format!(
+            "  availability during faults: {}",
+            pct(s.availability_during_faults_pct)
+        ));
+        out.push(format!("  error rate while faults ran: {}", pct(s.error_rate_pct)));
+        for r in &s.recovery {
+            out.push(format!(
+                "  time to recover after '{}': {}",
+                r.fault,
+                r.mttr_ms
+                    .map(|m| format!("{m:.0} ms"))
+                    .unwrap_or_else(|| "did not recover before the run ended".into())
+            ));
+        }
+        for r in &self.rollbacks {
+            out.push(format!(
+                "  rollback '{}': {} in {:.0} ms",
+                r.name,
+                r.exit_code
+                    .map(|c| format!("exit {c}"))
+                    .unwrap_or_else(|| "did not finish".into()),
+                r.duration_ms
+            ));
+        }
+        if let Some(why) = &s.abort_reason {
+            out.push(format!("  abort reason: {why}"));
+        }
+        out.join("\n")
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}%"))
+        .unwrap_or_else(|| "n/a (no probe ran then)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f64, ok: bool) -> ProbeSample {
+        ProbeSample {
+            t_ms: t,
+            phase: if t < 1000.0 {
+                "before"
+            } else if t < 3000.0 {
+                "during"
+            } else {
+                "after"
+            }
+            .into(),
+            ok,
+            latency_ms: 1.0,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn availability_error_rate_and_mttr() {
+        let fault = FaultRecord {
+            name: "f".into(),
+            start_ms: Some(1000.0),
+            end_ms: Some(2000.0),
+            ..FaultRecord::default()
+        };
+        // ok before; 1000-2000 (the fault) half fail; 2000-2600 still failing; ok from 2600.
+        let results: Vec<ProbeSample> = (0..40)
+            .map(|i| {
+                let t = i as f64 * 100.0;
+                let ok = t < 1000.0 || t >= 2600.0 || (t < 2000.0 && i % 2 == 0);
+                sample(t, ok)
+            })
+            .collect();
+        let probe = ProbeRecord {
+            name: "p".into(),
+            check: String::new(),
+            from_target: None,
+            tolerance: Tolerance {
+                success_rate: 100.0,
+                p95_latency: None,
+                window: std::time::Duration::from_secs(1),
+            },
+            results,
+        };
+        let (avail, err, rec) = outcome(&[fault], std::slice::from_ref(&probe));
+        assert_eq!(avail, Some(50.0));
+        // During (1000..3000): 5 ok of 20.
+        assert_eq!(err, Some(75.0));
+        assert_eq!(rec[0].mttr_ms, Some(600.0));
+        let phases = Phases {
+            before: Some((0.0, 1000.0)),
+            during: Some((1000.0, 3000.0)),
+            after: Some((3000.0, 4000.0)),
+        };
+        let h = hypotheses(&[probe], &phases);
+        let held: Vec<(&str, bool)> = h.iter().map(|h| (h.phase.as_str(), h.held)).collect();
+        assert_eq!(held, [("before", true), ("during", false), ("after", true)]);
+    }
+}

@@ -1,0 +1,253 @@
+//! The safety review `validate` prints and `run` enforces: what could make an experiment hurt more than
+//! it teaches (nothing watching, nothing to stop it, no bounds, too wide a target, no rollback where one
+//! is needed). Each finding has a risk level; `run` refuses high ones unless `--accept-risk`.
+
+use std::{fmt, path::Path};
+
+use super::{
+    scenario::{Scenario, TargetRef},
+    validate::ResolvedTarget,
+};
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+}
+
+impl fmt::Display for Risk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "HIGH",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Finding {
+    pub risk: Risk,
+    /// A stable name for the check (scripts and tests match on it).
+    pub code: String,
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{:>6}] {}: {}", self.risk, self.code, self.message)
+    }
+}
+
+fn finding(risk: Risk, code: &str, message: impl Into<String>) -> Finding {
+    Finding {
+        risk,
+        code: code.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Reviews a scenario. `resolved` holds the targets that could be resolved here, `unresolved` the
+/// others with why (validate runs on machines where the target may not exist).
+pub fn review(
+    s: &Scenario,
+    resolved: &[ResolvedTarget],
+    unresolved: &[(String, String)],
+    cgroup_root: Option<&Path>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if s.steady_state.probes.is_empty() {
+        out.push(finding(
+            Risk::High,
+            "no-steady-state-probe",
+            "no steady_state probe: nothing checks the system is healthy before injecting, or notices \
+             when it is not; add steady_state.probes",
+        ));
+    } else if s.steady_state.probes.iter().all(|p| p.from_target.is_none()) {
+        out.push(finding(
+            Risk::Low,
+            "probes-outside-target",
+            "no probe runs from_target: network faults hit only the target's own sockets, so these \
+             probes see them only through a service the target provides",
+        ));
+    }
+    if s.abort.is_empty() {
+        out.push(finding(
+            Risk::High,
+            "no-abort-rule",
+            "no abort rule: a violated steady state will not stop the faults early; add \
+             abort: [{probe: NAME, for: DUR}]",
+        ));
+    }
+    match &s.budget {
+        None => out.push(finding(
+            Risk::High,
+            "no-budget",
+            "no budget: nothing caps the run's duration, its injected events or its intensity; add \
+             budget: {max_duration, max_injected_events, max_intensity}",
+        )),
+        Some(b) => {
+            if b.max_duration.is_none() {
+                out.push(finding(
+                    Risk::Medium,
+                    "no-max-duration",
+                    "the budget has no max_duration: the run is bounded only by its timeline",
+                ));
+            }
+            if b.max_injected_events.is_none() {
+                out.push(finding(
+                    Risk::Low,
+                    "no-event-budget",
+                    "the budget has no max_injected_events",
+                ));
+            }
+        }
+    }
+    for (name, why) in unresolved {
+        out.push(finding(
+            Risk::Medium,
+            "target-not-found",
+            format!(
+                "target '{name}' cannot be resolved here ({why}); `run` resolves it again and refuses if it is missing"
+            ),
+        ));
+    }
+    for t in resolved {
+        if let Some(root) = cgroup_root
+            && let Some(width) = wide_target(&t.path, root)
+        {
+            out.push(finding(
+                Risk::High,
+                "wide-target",
+                format!("target '{}' ({}) {width}", t.name, t.path.display()),
+            ));
+        }
+    }
+    let trees: Vec<&ResolvedTarget> = resolved
+        .iter()
+        .filter(|t| {
+            !resolved
+                .iter()
+                .any(|o| o.path != t.path && t.path.starts_with(&o.path))
+        })
+        .collect();
+    if trees.len() > 1 {
+        out.push(finding(
+            Risk::Medium,
+            "several-trees",
+            format!(
+                "the targets span {} separate cgroup trees ({}): more than one cgroup tree is hit",
+                trees.len(),
+                trees
+                    .iter()
+                    .map(|t| t.path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    for t in &s.targets {
+        if let TargetRef::Pid(pid) = t.what {
+            out.push(finding(
+                Risk::Low,
+                "pid-target",
+                format!(
+                    "target '{}' is pid {pid}: the fault hits its whole cgroup, every process in it",
+                    t.name
+                ),
+            ));
+        }
+    }
+    if s.rollbacks.is_empty() {
+        let mut advised: Vec<(Risk, String)> =
+            s.faults.iter().filter_map(|f| f.kind.rollback_advice()).collect();
+        advised.sort_by(|a, b| b.0.cmp(&a.0));
+        advised.dedup_by(|a, b| a.1 == b.1);
+        for (risk, why) in advised {
+            out.push(finding(
+                risk,
+                "no-rollback",
+                format!("no rollbacks: {why}; add rollbacks: [{{command: ...}}]"),
+            ));
+        }
+    }
+    out.sort_by(|a, b| b.risk.cmp(&a.risk));
+    out
+}
+
+/// Why a cgroup is wider than one container's tree: the root, or a top-level slice that holds others.
+fn wide_target(path: &Path, root: &Path) -> Option<String> {
+    if path == root {
+        return Some("is the root cgroup: the whole host".into());
+    }
+    let rel = path.strip_prefix(root).ok()?;
+    let name = rel.to_string_lossy();
+    if rel.components().count() == 1 && name.ends_with(".slice") {
+        return Some(format!(
+            "is the top-level slice {name}: every service or container under it is hit"
+        ));
+    }
+    None
+}
+
+/// The highest risk found, if any.
+pub fn highest(findings: &[Finding]) -> Option<Risk> {
+    findings.iter().map(|f| f.risk).max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::{fields::Vars, scenario};
+    use std::path::PathBuf;
+
+    fn load(text: &str) -> Scenario {
+        scenario::parse("s.yaml", text, &Vars::default()).unwrap()
+    }
+
+    fn codes(f: &[Finding]) -> Vec<(Risk, &str)> {
+        f.iter().map(|f| (f.risk, f.code.as_str())).collect()
+    }
+
+    #[test]
+    fn a_bare_scenario_is_high_risk() {
+        let s = load("title: t\ntargets: [{cgroup: app}]\nfaults: [{for: 1s, net: {partition: 10.0.0.1}}]\n");
+        let f = review(&s, &[], &[], None);
+        assert_eq!(
+            codes(&f),
+            [
+                (Risk::High, "no-steady-state-probe"),
+                (Risk::High, "no-abort-rule"),
+                (Risk::High, "no-budget"),
+                (Risk::Low, "no-rollback"),
+            ]
+        );
+        assert_eq!(highest(&f), Some(Risk::High));
+    }
+
+    #[test]
+    fn wide_and_scattered_targets() {
+        let s = load("title: t\ntargets: [{cgroup: a}]\nfaults: [{for: 1s, net: {drop: 1}}]\n");
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let t = |name: &str, p: &str| ResolvedTarget {
+            name: name.into(),
+            path: root.join(p),
+            id: 0,
+            origin: String::new(),
+        };
+        let f = review(
+            &s,
+            &[t("a", "system.slice"), t("b", "x/y"), t("c", "x/y/z")],
+            &[],
+            Some(&root),
+        );
+        assert!(codes(&f).contains(&(Risk::High, "wide-target")), "{f:?}");
+        assert!(codes(&f).contains(&(Risk::Medium, "several-trees")), "{f:?}");
+        let f = review(&s, &[t("b", "x/y"), t("c", "x/y/z")], &[], Some(&root));
+        assert!(!codes(&f).iter().any(|c| c.1 == "several-trees"), "nested is one tree");
+    }
+}

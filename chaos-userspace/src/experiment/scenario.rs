@@ -1,0 +1,1135 @@
+//! A scenario file, read into typed values: targets, steady-state probes, faults on a timeline, ramps,
+//! abort rules, a budget, rollbacks, and `${var}` variables. Reading checks each field where it is
+//! written (line, column, what is allowed); checks across fields live in validate.rs.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+use super::{
+    diagnostic::{Diagnostic, ScenarioErrors},
+    fields::{Ctx, Fields, Vars, valid_name},
+    kinds::{self, FaultKind, Unit},
+    yaml::{self, Mark, Node, Value},
+};
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Scenario {
+    pub file: String,
+    pub title: String,
+    pub description: String,
+    /// Every variable with a value, as substituted.
+    pub variables: BTreeMap<String, String>,
+    pub targets: Vec<TargetDecl>,
+    /// Allows the root cgroup or one holding kchaos (refused otherwise).
+    pub allow_host: bool,
+    pub steady_state: SteadyState,
+    pub faults: Vec<FaultDecl>,
+    pub abort: Vec<AbortRule>,
+    pub budget: Option<Budget>,
+    pub rollbacks: Vec<Rollback>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TargetDecl {
+    pub name: String,
+    pub what: TargetRef,
+    #[serde(skip)]
+    pub mark: Mark,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetRef {
+    Cgroup(String),
+    Pid(u32),
+    Container {
+        id: String,
+        runtime: super::containers::Runtime,
+    },
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SteadyState {
+    /// How long the probes run before anything is injected (the hypothesis must hold).
+    pub before: Duration,
+    /// How long they run after the last fault ends (recovery, MTTR).
+    pub after: Duration,
+    pub probes: Vec<ProbeSpec>,
+}
+
+/// One probe: what it checks, how often, and what counts as healthy.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeSpec {
+    pub name: String,
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Run it from inside this target's cgroup, so it sees what the target sees.
+    pub from_target: Option<String>,
+    pub tolerance: Tolerance,
+    #[serde(skip)]
+    pub mark: Mark,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum Check {
+    /// A TCP connect.
+    Tcp { address: SocketAddr },
+    /// A plain-HTTP GET; healthy when the status is one of `statuses` (empty: 200-399).
+    Http { url: String, statuses: Vec<u16> },
+    /// A command (argv); healthy when it exits with `exit_code`.
+    Command { argv: Vec<String>, exit_code: i32 },
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tolerance {
+    /// Share of results that must succeed, in percent.
+    pub success_rate: f64,
+    /// The 95th percentile of latency (of successful results) must stay below this.
+    pub p95_latency: Option<Duration>,
+    /// The sliding window over which it is judged while faults run.
+    pub window: Duration,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FaultDecl {
+    pub name: String,
+    /// Names of the targets it hits.
+    pub targets: Vec<String>,
+    pub at: Duration,
+    #[serde(rename = "for")]
+    pub duration: Duration,
+    pub kind: FaultKind,
+    pub ramps: Vec<Ramp>,
+    #[serde(skip)]
+    pub mark: Mark,
+}
+
+impl FaultDecl {
+    pub fn end(&self) -> Duration {
+        self.at + self.duration
+    }
+}
+
+/// A parameter moved from `from` to `to` over `over`, a step every `step`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Ramp {
+    pub param: String,
+    pub unit: Unit,
+    /// Percent, or seconds for durations.
+    pub from: f64,
+    pub to: f64,
+    pub over: Duration,
+    pub step: Duration,
+}
+
+impl Ramp {
+    /// The value `elapsed` after the fault started: held at each step, `to` from `over` on.
+    pub fn value_at(&self, elapsed: Duration) -> f64 {
+        if self.over.is_zero() || elapsed >= self.over {
+            return self.to;
+        }
+        let step = self.step.as_secs_f64().max(1e-3);
+        let stepped = (elapsed.as_secs_f64() / step).floor() * step;
+        self.from + (self.to - self.from) * (stepped / self.over.as_secs_f64()).min(1.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AbortRule {
+    /// The probe whose tolerance is watched.
+    pub probe: String,
+    /// Abort once it has been violated this long without a break (0: at the first violation).
+    pub violated_for: Duration,
+    #[serde(skip)]
+    pub mark: Mark,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Budget {
+    /// The whole run (before + faults + after) ends by then, and nothing is armed past it.
+    pub max_duration: Option<Duration>,
+    /// Stop injecting once the kernel has counted this many injected events (drops, delays, ...).
+    pub max_injected_events: Option<u64>,
+    /// Caps per parameter (percent, or seconds), e.g. drop 50, delay 0.5.
+    pub max_intensity: BTreeMap<String, f64>,
+    #[serde(skip)]
+    pub mark: Mark,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Rollback {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+}
+
+const TOP: &[&str] = &[
+    "title",
+    "description",
+    "variables",
+    "targets",
+    "allow_host",
+    "steady_state",
+    "faults",
+    "abort",
+    "budget",
+    "rollbacks",
+];
+
+/// Reads a scenario file.
+pub fn load(path: &Path, vars: &Vars) -> Result<Scenario, ScenarioErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ScenarioErrors(vec![Diagnostic::new(
+            &file,
+            Mark { line: 0, col: 0 },
+            "",
+            format!("cannot read the file: {e}"),
+        )])
+    })?;
+    parse(&file, &text, vars)
+}
+
+/// Reads scenario text; `file` names it in errors.
+pub fn parse(file: &str, text: &str, vars: &Vars) -> Result<Scenario, ScenarioErrors> {
+    let root = yaml::parse(text).map_err(|e| {
+        ScenarioErrors(vec![Diagnostic::new(
+            file,
+            e.mark,
+            "",
+            format!("YAML syntax: {}", e.message),
+        )])
+    })?;
+    let mut vars = vars.clone();
+    let mut ctx = Ctx {
+        file: file.to_owned(),
+        vars: &Vars::default(),
+        errors: Vec::new(),
+    };
+    // Variable defaults first: every other field may use them.
+    let Some(top) = ctx.map(&root, "", TOP) else {
+        return Err(ScenarioErrors(ctx.errors));
+    };
+    if let Some(n) = top.value("variables") {
+        read_variables(&mut ctx, n, &mut vars);
+    }
+    let mut errors = std::mem::take(&mut ctx.errors);
+    let mut ctx = Ctx {
+        file: file.to_owned(),
+        vars: &vars,
+        errors: Vec::new(),
+    };
+    let scenario = read(&mut ctx, &top);
+    errors.append(&mut ctx.errors);
+    if errors.is_empty() {
+        Ok(scenario)
+    } else {
+        errors.sort_by_key(|d| (d.line, d.col));
+        Err(ScenarioErrors(errors))
+    }
+}
+
+fn read_variables(ctx: &mut Ctx, node: &Node, vars: &mut Vars) {
+    let Value::Map(entries) = &node.value else {
+        ctx.err(
+            node.mark,
+            "variables",
+            format!(
+                "expected a mapping of name: default, found {}",
+                node.value.kind()
+            ),
+        );
+        return;
+    };
+    for (k, v) in entries {
+        let path = format!("variables.{}", k.name);
+        if !valid_name(&k.name) {
+            ctx.err(
+                k.mark,
+                &path,
+                "a variable name is letters, digits, '_' and '-'",
+            );
+            continue;
+        }
+        match &v.value {
+            // No default: it must come from --var or the environment.
+            Value::Null => {}
+            Value::Scalar(s) => {
+                vars.defaults.insert(k.name.clone(), s.clone());
+            }
+            other => ctx.err(
+                v.mark,
+                &path,
+                format!(
+                    "a default is a single value (or nothing, to require --var), found {}",
+                    other.kind()
+                ),
+            ),
+        }
+    }
+}
+
+fn read(ctx: &mut Ctx, top: &Fields) -> Scenario {
+    let title = top
+        .value("title")
+        .and_then(|n| ctx.text(n, "title"))
+        .unwrap_or_default();
+    if title.is_empty() {
+        ctx.err(top.mark, "title", "missing field 'title': name the experiment");
+    }
+    let description = top
+        .value("description")
+        .and_then(|n| ctx.text(n, "description"))
+        .unwrap_or_default();
+    let allow_host = top
+        .value("allow_host")
+        .and_then(|n| ctx.boolean(n, "allow_host"))
+        .unwrap_or(false);
+    let targets = match ctx.required(top, "targets", "list the cgroups, pids or containers to hit") {
+        Some(n) => read_targets(ctx, n),
+        None => Vec::new(),
+    };
+    let target_names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let steady_state = match top.value("steady_state") {
+        Some(n) => read_steady_state(ctx, n, &target_names),
+        None => SteadyState {
+            before: Duration::ZERO,
+            after: Duration::ZERO,
+            probes: Vec::new(),
+        },
+    };
+    let faults = match ctx.required(top, "faults", "list at least one fault") {
+        Some(n) => read_faults(ctx, n, &target_names),
+        None => Vec::new(),
+    };
+    let probe_names: Vec<String> = steady_state
+        .probes
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let abort = top
+        .value("abort")
+        .map(|n| read_abort(ctx, n, &probe_names))
+        .unwrap_or_default();
+    let budget = top.value("budget").and_then(|n| read_budget(ctx, n));
+    let rollbacks = top
+        .value("rollbacks")
+        .map(|n| read_rollbacks(ctx, n))
+        .unwrap_or_default();
+    Scenario {
+        file: ctx.file.clone(),
+        title,
+        description,
+        variables: ctx.vars.resolved(),
+        targets,
+        allow_host,
+        steady_state,
+        faults,
+        abort,
+        budget,
+        rollbacks,
+    }
+}
+
+/// A unique name: the given one, or `<prefix>-<n>`.
+fn name_of(
+    ctx: &mut Ctx,
+    f: &Fields,
+    prefix: &str,
+    index: usize,
+    taken: &[String],
+) -> String {
+    let name = f
+        .value("name")
+        .and_then(|n| ctx.text(n, &f.path_of("name")))
+        .unwrap_or_else(|| format!("{prefix}-{}", index + 1));
+    if taken.contains(&name) {
+        let mark = f.get("name").map_or(f.mark, |n| n.mark);
+        ctx.err(
+            mark,
+            &f.path_of("name"),
+            format!("the name '{name}' is used twice: names must be unique"),
+        );
+    }
+    name
+}
+
+fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
+    let mut out: Vec<TargetDecl> = Vec::new();
+    for (i, item) in ctx.list(node, "targets", false).into_iter().enumerate() {
+        let path = format!("targets[{i}]");
+        let Some(f) = ctx.map(item, &path, &["name", "cgroup", "pid", "container", "runtime"])
+        else {
+            continue;
+        };
+        let taken: Vec<String> = out.iter().map(|t| t.name.clone()).collect();
+        let name = name_of(ctx, &f, "target", i, &taken);
+        let given: Vec<&str> = ["cgroup", "pid", "container"]
+            .into_iter()
+            .filter(|k| f.has(k))
+            .collect();
+        if given.len() != 1 {
+            ctx.err(
+                f.mark,
+                &path,
+                format!(
+                    "a target is exactly one of cgroup: PATH, pid: N, container: ID (found {})",
+                    if given.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        given.join(" and ")
+                    }
+                ),
+            );
+            continue;
+        }
+        if f.has("runtime") && given[0] != "container" {
+            ctx.err(
+                f.mark,
+                &f.path_of("runtime"),
+                "runtime applies to container: targets only",
+            );
+        }
+        let what = match given[0] {
+            "cgroup" => f
+                .value("cgroup")
+                .and_then(|n| ctx.text(n, &f.path_of("cgroup")))
+                .map(TargetRef::Cgroup),
+            "pid" => f
+                .value("pid")
+                .and_then(|n| ctx.uint(n, &f.path_of("pid"), u32::MAX as u64))
+                .map(|p| TargetRef::Pid(p as u32)),
+            _ => {
+                let id = f
+                    .value("container")
+                    .and_then(|n| ctx.text(n, &f.path_of("container")));
+                let runtime = match f.value("runtime") {
+                    Some(n) => ctx
+                        .choice(
+                            n,
+                            &f.path_of("runtime"),
+                            super::containers::Runtime::NAMES,
+                        )
+                        .and_then(|r| super::containers::Runtime::from_name(&r)),
+                    None => Some(super::containers::Runtime::Any),
+                };
+                match (id, runtime) {
+                    (Some(id), Some(runtime)) => {
+                        if let Err(e) = super::containers::check_id(&id) {
+                            ctx.err(f.mark, &f.path_of("container"), e);
+                            None
+                        } else {
+                            Some(TargetRef::Container { id, runtime })
+                        }
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if let Some(what) = what {
+            out.push(TargetDecl {
+                name,
+                what,
+                mark: item.mark,
+            });
+        }
+    }
+    if out.is_empty() && ctx.errors.is_empty() {
+        ctx.err(node.mark, "targets", "list at least one target");
+    }
+    out
+}
+
+const PROBE_FIELDS: &[&str] = &[
+    "name",
+    "tcp",
+    "http",
+    "command",
+    "expect_status",
+    "expect_exit",
+    "interval",
+    "timeout",
+    "from_target",
+    "tolerance",
+];
+
+fn read_steady_state(ctx: &mut Ctx, node: &Node, targets: &[String]) -> SteadyState {
+    let mut ss = SteadyState {
+        before: Duration::from_secs(1),
+        after: Duration::from_secs(2),
+        probes: Vec::new(),
+    };
+    let Some(f) = ctx.map(node, "steady_state", &["before", "after", "probes"]) else {
+        return ss;
+    };
+    if let Some(n) = f.value("before") {
+        ss.before = ctx.duration(n, "steady_state.before").unwrap_or(ss.before);
+    }
+    if let Some(n) = f.value("after") {
+        ss.after = ctx.duration(n, "steady_state.after").unwrap_or(ss.after);
+    }
+    let Some(list) = f.value("probes") else {
+        return ss;
+    };
+    for (i, item) in ctx
+        .list(list, "steady_state.probes", false)
+        .into_iter()
+        .enumerate()
+    {
+        let path = format!("steady_state.probes[{i}]");
+        let Some(p) = ctx.map(item, &path, PROBE_FIELDS) else {
+            continue;
+        };
+        let taken: Vec<String> = ss.probes.iter().map(|p| p.name.clone()).collect();
+        let name = name_of(ctx, &p, "probe", i, &taken);
+        if let Some(probe) = read_probe(ctx, &p, name, targets) {
+            ss.probes.push(probe);
+        }
+    }
+    ss
+}
+
+fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Option<ProbeSpec> {
+    let kinds: Vec<&str> = ["tcp", "http", "command"]
+        .into_iter()
+        .filter(|k| p.has(k))
+        .collect();
+    if kinds.len() != 1 {
+        ctx.err(
+            p.mark,
+            &p.path,
+            "a probe is exactly one of tcp: HOST:PORT, http: URL, command: [ARGV...]",
+        );
+        return None;
+    }
+    let kind = kinds[0];
+    for (field, owner) in [("expect_status", "http"), ("expect_exit", "command")] {
+        if p.has(field) && kind != owner {
+            ctx.err(
+                p.get(field).map_or(p.mark, |n| n.mark),
+                &p.path_of(field),
+                format!("{field} applies to {owner} probes only"),
+            );
+        }
+    }
+    let node = p.value(kind)?;
+    let check = match kind {
+        "tcp" => {
+            let text = ctx.text(node, &p.path_of("tcp"))?;
+            match text.parse::<SocketAddr>() {
+                Ok(address) => Check::Tcp { address },
+                Err(_) => {
+                    ctx.err(
+                        node.mark,
+                        &p.path_of("tcp"),
+                        format!("'{text}' is not an address: write IP:PORT, e.g. 10.0.0.7:5432 or [::1]:80"),
+                    );
+                    return None;
+                }
+            }
+        }
+        "http" => {
+            let url = ctx.text(node, &p.path_of("http"))?;
+            if let Err(e) = super::probes::parse_http_url(&url) {
+                ctx.err(node.mark, &p.path_of("http"), e);
+                return None;
+            }
+            let mut statuses = Vec::new();
+            if let Some(n) = p.value("expect_status") {
+                let path = p.path_of("expect_status");
+                for item in ctx.list(n, &path, true) {
+                    match ctx.uint(item, &path, 599) {
+                        Some(s) if s >= 100 => statuses.push(s as u16),
+                        Some(_) => ctx.err(item.mark, &path, "an HTTP status is 100 to 599"),
+                        None => {}
+                    }
+                }
+            }
+            Check::Http { url, statuses }
+        }
+        _ => {
+            let path = p.path_of("command");
+            let argv = match &node.value {
+                // A single string runs through the shell, as a user would type it.
+                Value::Scalar(_) => vec![
+                    "/bin/sh".to_owned(),
+                    "-c".to_owned(),
+                    ctx.text(node, &path)?,
+                ],
+                _ => ctx.strings(node, &path).into_iter().map(|(s, _)| s).collect(),
+            };
+            if argv.is_empty() || argv[0].is_empty() {
+                ctx.err(node.mark, &path, "a command needs a program to run");
+                return None;
+            }
+            let exit_code = match p.value("expect_exit") {
+                Some(n) => ctx.int(n, &p.path_of("expect_exit"))? as i32,
+                None => 0,
+            };
+            Check::Command { argv, exit_code }
+        }
+    };
+    let interval = match p.value("interval") {
+        Some(n) => ctx.duration(n, &p.path_of("interval"))?,
+        None => Duration::from_secs(1),
+    };
+    if interval < Duration::from_millis(10) {
+        ctx.err(
+            p.get("interval").map_or(p.mark, |n| n.mark),
+            &p.path_of("interval"),
+            "an interval below 10ms is not allowed: a probe must not become the load",
+        );
+    }
+    let timeout = match p.value("timeout") {
+        Some(n) => ctx.duration(n, &p.path_of("timeout"))?,
+        None => Duration::from_secs(1),
+    };
+    if timeout.is_zero() || timeout > Duration::from_secs(60) {
+        ctx.err(
+            p.get("timeout").map_or(p.mark, |n| n.mark),
+            &p.path_of("timeout"),
+            "a timeout from 1ms to 60s is allowed",
+        );
+    }
+    let from_target = match p.get("from_target") {
+        None => None,
+        Some(n) => match &n.value {
+            Value::Null => None,
+            Value::Scalar(s) if matches!(s.as_str(), "true" | "false") => {
+                if s == "true" {
+                    match targets.first() {
+                        Some(t) => Some(t.clone()),
+                        None => None,
+                    }
+                } else {
+                    None
+                }
+            }
+            _ => {
+                let t = ctx.text(n, &p.path_of("from_target"))?;
+                if !targets.contains(&t) {
+                    ctx.err(
+                        n.mark,
+                        &p.path_of("from_target"),
+                        format!(
+                            "no target named '{t}': write true (the first target) or one of {}",
+                            targets.join(", ")
+                        ),
+                    );
+                }
+                Some(t)
+            }
+        },
+    };
+    let mut tolerance = Tolerance {
+        success_rate: 100.0,
+        p95_latency: None,
+        window: interval * 3,
+    };
+    if let Some(n) = p.value("tolerance") {
+        let path = p.path_of("tolerance");
+        if let Some(t) = ctx.map(n, &path, &["success_rate", "p95_latency", "window"]) {
+            if let Some(n) = t.value("success_rate") {
+                tolerance.success_rate = ctx.percent(n, &t.path_of("success_rate"))?;
+            }
+            if let Some(n) = t.value("p95_latency") {
+                tolerance.p95_latency = Some(ctx.duration(n, &t.path_of("p95_latency"))?);
+            }
+            if let Some(n) = t.value("window") {
+                tolerance.window = ctx.duration(n, &t.path_of("window"))?;
+                if tolerance.window < interval {
+                    ctx.err(
+                        n.mark,
+                        &t.path_of("window"),
+                        "the window must hold at least one interval",
+                    );
+                }
+            }
+        }
+    }
+    Some(ProbeSpec {
+        name,
+        check,
+        interval,
+        timeout,
+        from_target,
+        tolerance,
+        mark: p.mark,
+    })
+}
+
+fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl> {
+    let mut allowed: Vec<&str> = vec!["name", "at", "for", "targets", "ramp"];
+    allowed.extend(kinds::KINDS);
+    let mut out: Vec<FaultDecl> = Vec::new();
+    let items = ctx.list(node, "faults", false);
+    if items.is_empty() {
+        ctx.err(node.mark, "faults", "list at least one fault");
+    }
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("faults[{i}]");
+        let Some(f) = ctx.map(item, &path, &allowed) else {
+            continue;
+        };
+        let taken: Vec<String> = out.iter().map(|t| t.name.clone()).collect();
+        let name = name_of(ctx, &f, "fault", i, &taken);
+        let at = match f.value("at") {
+            Some(n) => ctx.duration(n, &f.path_of("at")),
+            None => Some(Duration::ZERO),
+        };
+        let duration = ctx
+            .required(&f, "for", "how long the fault lasts, e.g. for: 10s")
+            .and_then(|n| ctx.duration(n, &f.path_of("for")));
+        if duration.is_some_and(|d| d.is_zero()) {
+            ctx.err(
+                f.get("for").map_or(f.mark, |n| n.mark),
+                &f.path_of("for"),
+                "a fault lasts longer than 0s",
+            );
+        }
+        let fault_targets = match f.value("targets") {
+            None => targets.to_vec(),
+            Some(n) => {
+                let p = f.path_of("targets");
+                let mut v = Vec::new();
+                for (t, mark) in ctx.strings(n, &p) {
+                    if targets.contains(&t) {
+                        v.push(t);
+                    } else {
+                        ctx.err(
+                            mark,
+                            &p,
+                            format!("no target named '{t}': allowed are {}", targets.join(", ")),
+                        );
+                    }
+                }
+                v
+            }
+        };
+        let kind_keys: Vec<&str> = kinds::KINDS
+            .iter()
+            .copied()
+            .filter(|k| f.get(k).is_some())
+            .collect();
+        if kind_keys.len() != 1 {
+            ctx.err(
+                f.mark,
+                &path,
+                format!(
+                    "a fault has exactly one kind: {} (found {})",
+                    kinds::KINDS.join(", "),
+                    if kind_keys.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        kind_keys.join(", ")
+                    }
+                ),
+            );
+            continue;
+        }
+        let kind_name = kind_keys[0];
+        let ramp_node = f.value("ramp");
+        let ramped: Vec<String> = ramp_node
+            .map(|n| match &n.value {
+                Value::Map(e) => e.iter().map(|(k, _)| k.name.clone()).collect(),
+                _ => Vec::new(),
+            })
+            .unwrap_or_default();
+        let kind_node = f.get(kind_name).cloned().unwrap_or(Node {
+            mark: f.mark,
+            value: Value::Null,
+        });
+        let kind_path = kinds::kind_path(&path, kind_name);
+        let Some(mut kind) = FaultKind::parse(ctx, kind_name, &kind_node, &kind_path, &ramped)
+        else {
+            continue;
+        };
+        let ramps = match ramp_node {
+            Some(n) => read_ramps(ctx, n, &f.path_of("ramp"), &mut kind, duration),
+            None => Vec::new(),
+        };
+        if let (Some(at), Some(duration)) = (at, duration) {
+            out.push(FaultDecl {
+                name,
+                targets: fault_targets,
+                at,
+                duration,
+                kind,
+                ramps,
+                mark: item.mark,
+            });
+        }
+    }
+    out
+}
+
+fn read_ramps(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    kind: &mut FaultKind,
+    fault_for: Option<Duration>,
+) -> Vec<Ramp> {
+    let params = kind.ramp_params();
+    let Some(f) = ctx.map(node, path, params) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for key in f.keys() {
+        let param = key.name.as_str();
+        if !params.contains(&param) {
+            continue;
+        }
+        let Some(unit) = kinds::unit_of(param) else {
+            continue;
+        };
+        let p = f.path_of(param);
+        let Some(n) = f.value(param) else { continue };
+        let Some(r) = ctx.map(n, &p, &["from", "to", "over", "step"]) else {
+            continue;
+        };
+        let mut value = |ctx: &mut Ctx, k: &str| -> Option<f64> {
+            let n = ctx.required(&r, k, &format!("the {k} value of the ramp"))?;
+            let v = match unit {
+                Unit::Percent => ctx.percent(n, &r.path_of(k))?,
+                Unit::Duration => ctx.duration(n, &r.path_of(k))?.as_secs_f64(),
+            };
+            if let Err(e) = kind.check_param(param, v) {
+                ctx.err(n.mark, &r.path_of(k), e);
+                return None;
+            }
+            Some(v)
+        };
+        let from = value(ctx, "from");
+        let to = value(ctx, "to");
+        let over = ctx
+            .required(&r, "over", "how long the ramp takes, e.g. over: 5s")
+            .and_then(|n| ctx.duration(n, &r.path_of("over")));
+        let step = match r.value("step") {
+            Some(n) => ctx.duration(n, &r.path_of("step")),
+            None => Some(Duration::from_secs(1)),
+        };
+        if step.is_some_and(|s| s < Duration::from_millis(100)) {
+            ctx.err(
+                r.get("step").map_or(r.mark, |n| n.mark),
+                &r.path_of("step"),
+                "a step of at least 100ms is allowed",
+            );
+        }
+        if let (Some(over), Some(fault_for)) = (over, fault_for)
+            && over > fault_for
+        {
+            ctx.err(
+                r.get("over").map_or(r.mark, |n| n.mark),
+                &r.path_of("over"),
+                format!(
+                    "the ramp takes {} but the fault lasts {}: allowed is up to the fault's for",
+                    crate::units::format_duration(over),
+                    crate::units::format_duration(fault_for)
+                ),
+            );
+        }
+        if let (Some(from), Some(to), Some(over), Some(step)) = (from, to, over, step) {
+            kind.prepare_ramp(param, from);
+            out.push(Ramp {
+                param: param.to_owned(),
+                unit,
+                from,
+                to,
+                over,
+                step,
+            });
+        }
+    }
+    out
+}
+
+fn read_abort(ctx: &mut Ctx, node: &Node, probes: &[String]) -> Vec<AbortRule> {
+    let mut out = Vec::new();
+    for (i, item) in ctx.list(node, "abort", false).into_iter().enumerate() {
+        let path = format!("abort[{i}]");
+        let Some(f) = ctx.map(item, &path, &["probe", "for"]) else {
+            continue;
+        };
+        let Some(n) = ctx.required(&f, "probe", "the name of a steady_state probe") else {
+            continue;
+        };
+        let Some(probe) = ctx.text(n, &f.path_of("probe")) else {
+            continue;
+        };
+        if !probes.contains(&probe) {
+            ctx.err(
+                n.mark,
+                &f.path_of("probe"),
+                format!(
+                    "no probe named '{probe}': allowed are {}",
+                    if probes.is_empty() {
+                        "(none: add steady_state.probes)".to_owned()
+                    } else {
+                        probes.join(", ")
+                    }
+                ),
+            );
+            continue;
+        }
+        let violated_for = match f.value("for") {
+            Some(n) => match ctx.duration(n, &f.path_of("for")) {
+                Some(d) => d,
+                None => continue,
+            },
+            None => Duration::ZERO,
+        };
+        out.push(AbortRule {
+            probe,
+            violated_for,
+            mark: item.mark,
+        });
+    }
+    out
+}
+
+fn read_budget(ctx: &mut Ctx, node: &Node) -> Option<Budget> {
+    let f = ctx.map(
+        node,
+        "budget",
+        &["max_duration", "max_injected_events", "max_intensity"],
+    )?;
+    let mut b = Budget {
+        mark: node.mark,
+        ..Budget::default()
+    };
+    if let Some(n) = f.value("max_duration") {
+        b.max_duration = ctx.duration(n, "budget.max_duration");
+    }
+    if let Some(n) = f.value("max_injected_events") {
+        b.max_injected_events = ctx.uint(n, "budget.max_injected_events", u64::MAX);
+    }
+    if let Some(n) = f.value("max_intensity") {
+        let names: Vec<&str> = kinds::INTENSITY_PARAMS.iter().map(|(p, _)| *p).collect();
+        if let Some(m) = ctx.map(n, "budget.max_intensity", &names) {
+            for (param, unit) in kinds::INTENSITY_PARAMS {
+                if let Some(n) = m.value(param) {
+                    let p = m.path_of(param);
+                    let v = match unit {
+                        Unit::Percent => ctx.percent(n, &p),
+                        Unit::Duration => ctx.duration(n, &p).map(|d| d.as_secs_f64()),
+                    };
+                    if let Some(v) = v {
+                        b.max_intensity.insert((*param).to_owned(), v);
+                    }
+                }
+            }
+        }
+    }
+    Some(b)
+}
+
+fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
+    let mut out: Vec<Rollback> = Vec::new();
+    for (i, item) in ctx.list(node, "rollbacks", false).into_iter().enumerate() {
+        let path = format!("rollbacks[{i}]");
+        let Some(f) = ctx.map(item, &path, &["name", "command", "timeout"]) else {
+            continue;
+        };
+        let taken: Vec<String> = out.iter().map(|r| r.name.clone()).collect();
+        let name = name_of(ctx, &f, "rollback", i, &taken);
+        let Some(n) = ctx.required(&f, "command", "a command: a string for the shell, or a list") else {
+            continue;
+        };
+        let p = f.path_of("command");
+        let argv = match &n.value {
+            Value::Scalar(_) => match ctx.text(n, &p) {
+                Some(t) => vec!["/bin/sh".into(), "-c".into(), t],
+                None => continue,
+            },
+            _ => ctx.strings(n, &p).into_iter().map(|(s, _)| s).collect(),
+        };
+        if argv.is_empty() {
+            ctx.err(n.mark, &p, "a command needs a program to run");
+            continue;
+        }
+        let timeout = match f.value("timeout") {
+            Some(n) => ctx
+                .duration(n, &f.path_of("timeout"))
+                .unwrap_or(Duration::from_secs(30)),
+            None => Duration::from_secs(30),
+        };
+        out.push(Rollback {
+            name,
+            argv,
+            timeout,
+        });
+    }
+    out
+}
+
+impl Scenario {
+    /// When the last fault ends, from the start of injection.
+    pub fn method_length(&self) -> Duration {
+        self.faults
+            .iter()
+            .map(FaultDecl::end)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Before + method + after.
+    pub fn total_length(&self) -> Duration {
+        self.steady_state.before + self.method_length() + self.steady_state.after
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const GOOD: &str = r#"
+title: loss ramp
+description: 0 to 40 % loss while the echo probe watches
+variables:
+  cgroup:
+  server: 127.0.0.1:7000
+targets:
+  - name: app
+    cgroup: ${cgroup}
+steady_state:
+  before: 1s
+  after: 1s
+  probes:
+    - name: echo
+      tcp: ${server}
+      interval: 100ms
+      timeout: 300ms
+      from_target: true
+      tolerance: { success_rate: 90%, p95_latency: 200ms, window: 1s }
+faults:
+  - name: loss
+    at: 0s
+    for: 4s
+    net: { direction: egress }
+    ramp:
+      drop: { from: 0%, to: 40%, over: 4s }
+abort:
+  - probe: echo
+    for: 1s
+budget:
+  max_duration: 20s
+  max_injected_events: 100000
+  max_intensity: { drop: 50% }
+rollbacks:
+  - name: note
+    command: "true"
+"#;
+
+    pub fn vars(pairs: &[(&str, &str)]) -> Vars {
+        let mut v = Vars::default();
+        for (k, val) in pairs {
+            v.cli.insert((*k).into(), (*val).into());
+        }
+        v
+    }
+
+    #[test]
+    fn reads_a_full_scenario() {
+        let s = parse("g.yaml", GOOD, &vars(&[("cgroup", "lab")])).unwrap();
+        assert_eq!(s.title, "loss ramp");
+        assert_eq!(s.targets[0].what, TargetRef::Cgroup("lab".into()));
+        let p = &s.steady_state.probes[0];
+        assert_eq!(
+            p.check,
+            Check::Tcp {
+                address: "127.0.0.1:7000".parse().unwrap()
+            }
+        );
+        assert_eq!(p.from_target.as_deref(), Some("app"));
+        assert_eq!(p.tolerance.success_rate, 90.0);
+        let f = &s.faults[0];
+        assert_eq!(f.duration, Duration::from_secs(4));
+        assert_eq!(f.ramps[0].to, 40.0);
+        let FaultKind::Net(spec) = &f.kind;
+        assert_eq!(spec.drop_percent, Some(0.0), "a drop ramp attaches drop");
+        assert_eq!(s.abort[0].violated_for, Duration::from_secs(1));
+        assert_eq!(s.budget.as_ref().unwrap().max_intensity["drop"], 50.0);
+        assert_eq!(s.rollbacks[0].argv, ["/bin/sh", "-c", "true"]);
+        assert_eq!(s.total_length(), Duration::from_secs(6));
+    }
+
+    #[test]
+    fn ramps_step_every_second() {
+        let r = Ramp {
+            param: "drop".into(),
+            unit: Unit::Percent,
+            from: 0.0,
+            to: 40.0,
+            over: Duration::from_secs(4),
+            step: Duration::from_secs(1),
+        };
+        let at = |ms| r.value_at(Duration::from_millis(ms));
+        assert_eq!(
+            [at(0), at(999), at(1000), at(2500), at(4000), at(9000)],
+            [0.0, 0.0, 10.0, 20.0, 40.0, 40.0]
+        );
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse("s.yaml", text, &vars(&[("cgroup", "x")])) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn each_error_names_place_field_and_what_is_allowed() {
+        let e = errors(&GOOD.replace("net: { direction: egress }", "net: { dorp: 5 }"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("s.yaml:27:")
+                && e[0].contains("faults[0].net.dorp")
+                && e[0].contains("did you mean 'drop'")
+                && e[0].contains("allowed are drop, delay"),
+            "{e:?}"
+        );
+        let e = errors(&GOOD.replace("for: 4s", "for: 4"));
+        assert!(
+            e[0].starts_with("s.yaml:25:10: faults[0].for: '4' is not a duration"),
+            "{e:?}"
+        );
+        let e = errors(&GOOD.replace("to: 40%", "to: 140%"));
+        assert!(
+            e[0].contains("faults[0].ramp.drop.to") && e[0].contains("0 to 100"),
+            "{e:?}"
+        );
+        let e = errors(&GOOD.replace("steady_state:", "steady_sate:"));
+        assert!(e[0].contains("did you mean 'steady_state'"), "{e:?}");
+        let e = errors(&GOOD.replace("probe: echo", "probe: ehco"));
+        assert!(e[0].contains("abort[0].probe") && e[0].contains("allowed are echo"), "{e:?}");
+        let e = errors(&GOOD.replace("tcp: ${server}", "tcp: ${srv}"));
+        assert!(e[0].contains("--var srv=VALUE"), "{e:?}");
+        let e = errors(&GOOD.replace("over: 4s", "over: 5s"));
+        assert!(e[0].contains("up to the fault's for"), "{e:?}");
+        let e = errors(&GOOD.replace("    net: { direction: egress }\n", ""));
+        assert!(e[0].contains("exactly one kind: net"), "{e:?}");
+        let e = errors(&GOOD.replace("max_intensity: { drop: 50% }", "max_intensity: { cpu: 5 }"));
+        assert!(e[0].contains("budget.max_intensity.cpu"), "{e:?}");
+    }
+
+    #[test]
+    fn several_errors_at_once() {
+        let text = GOOD
+            .replace("interval: 100ms", "interval: fast")
+            .replace("for: 4s", "for: -1s")
+            .replace("max_duration: 20s", "max_duration: 20 s x");
+        assert_eq!(errors(&text).len(), 3, "{:?}", errors(&text));
+    }
+
+    #[test]
+    fn missing_variable_without_default() {
+        let e = match parse("s.yaml", GOOD, &Vars::default()) {
+            Err(e) => e.0,
+            Ok(_) => panic!("no error"),
+        };
+        assert!(e[0].message.contains("'cgroup' has no value"), "{e:?}");
+        assert_eq!((e[0].line, e[0].col), (9, 13));
+    }
+}

@@ -1,0 +1,221 @@
+//! Checks across fields (a fault outside the budget, faults that conflict), and resolving the targets
+//! to cgroup directories. Needs no privileges: it only reads the scenario, /proc and the cgroup tree.
+
+use std::path::PathBuf;
+
+use super::{
+    containers,
+    diagnostic::Diagnostic,
+    kinds::unit_of,
+    scenario::{Scenario, TargetDecl, TargetRef},
+};
+use crate::{
+    error::BadInput,
+    targets::{self, Target, TargetArgs},
+    units::format_duration,
+};
+
+/// Errors across fields; empty when the scenario is consistent.
+pub fn check(s: &Scenario) -> Vec<Diagnostic> {
+    let mut errors = Vec::new();
+    let mut err = |mark, field: String, message: String| {
+        errors.push(Diagnostic::new(&s.file, mark, &field, message));
+    };
+    if let Some(b) = &s.budget {
+        if let Some(max) = b.max_duration {
+            for (i, f) in s.faults.iter().enumerate() {
+                let ends = s.steady_state.before + f.end();
+                if ends > max {
+                    err(
+                        f.mark,
+                        format!("faults[{i}]"),
+                        format!(
+                            "'{}' ends {} into the run (steady_state.before {} + at {} + for {}), outside \
+                             budget.max_duration {}: allowed is a fault that ends within the budget",
+                            f.name,
+                            format_duration(ends),
+                            format_duration(s.steady_state.before),
+                            format_duration(f.at),
+                            format_duration(f.duration),
+                            format_duration(max)
+                        ),
+                    );
+                }
+            }
+            if s.total_length() > max && s.steady_state.before + s.method_length() <= max {
+                err(
+                    b.mark,
+                    "budget.max_duration".into(),
+                    format!(
+                        "the run takes {} (before + faults + after) but the budget allows {}: shorten \
+                         steady_state.after or raise the budget",
+                        format_duration(s.total_length()),
+                        format_duration(max)
+                    ),
+                );
+            }
+        }
+        for (i, f) in s.faults.iter().enumerate() {
+            let mut values: Vec<(String, f64)> = f
+                .kind
+                .intensities()
+                .into_iter()
+                .map(|(p, v)| (p.to_owned(), v))
+                .collect();
+            for r in &f.ramps {
+                values.push((r.param.clone(), r.from.max(r.to)));
+            }
+            for (param, value) in values {
+                if let Some(&max) = b.max_intensity.get(&param)
+                    && value > max + 1e-9
+                {
+                    let unit = unit_of(&param).unwrap_or(super::kinds::Unit::Percent);
+                    err(
+                        f.mark,
+                        format!("faults[{i}].{}", f.kind.name()),
+                        format!(
+                            "'{}' reaches {param} {}, above budget.max_intensity.{param} {}: allowed is up to the budget",
+                            f.name,
+                            unit.format(value),
+                            unit.format(max)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for (j, b) in s.faults.iter().enumerate() {
+        for a in &s.faults[..j] {
+            let overlap = a.at < b.end() && b.at < a.end();
+            let shared: Vec<&String> = a.targets.iter().filter(|t| b.targets.contains(t)).collect();
+            if !overlap || shared.is_empty() {
+                continue;
+            }
+            if let Some(why) = a.kind.conflicts_with(&b.kind) {
+                err(
+                    b.mark,
+                    format!("faults[{j}]"),
+                    format!(
+                        "'{}' ({}..{}) overlaps '{}' ({}..{}) on target {}: {why}",
+                        b.name,
+                        format_duration(b.at),
+                        format_duration(b.end()),
+                        a.name,
+                        format_duration(a.at),
+                        format_duration(a.end()),
+                        shared
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    errors
+}
+
+/// A scenario target and the cgroup it resolved to.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ResolvedTarget {
+    pub name: String,
+    pub path: PathBuf,
+    pub id: u64,
+    pub origin: String,
+}
+
+impl ResolvedTarget {
+    pub fn target(&self) -> Target {
+        Target {
+            path: self.path.clone(),
+            id: self.id,
+            origin: self.origin.clone(),
+        }
+    }
+}
+
+/// Resolves one target to its cgroup, with the same refusals as `kchaos net` (the root cgroup, a cgroup
+/// holding kchaos, unless `allow_host`).
+pub fn resolve_target(t: &TargetDecl, allow_host: bool) -> Result<ResolvedTarget, BadInput> {
+    let mut args = TargetArgs {
+        allow_host,
+        ..TargetArgs::default()
+    };
+    match &t.what {
+        TargetRef::Cgroup(p) => args.cgroups.push(p.clone()),
+        TargetRef::Pid(pid) => args.pids.push(*pid),
+        TargetRef::Container { id, runtime } => {
+            let mount = crate::cgroup::v2_mount()
+                .map_err(|e| BadInput::new(format!("cgroup v2: {e}")))?;
+            let path = containers::resolve(&mount, id, *runtime)?;
+            args.cgroups.push(path.display().to_string());
+        }
+    }
+    let found = targets::resolve(&args)
+        .map_err(|e| BadInput::new(format!("target '{}': {e}", t.name)))?;
+    let first = found
+        .into_iter()
+        .next()
+        .ok_or_else(|| BadInput::new(format!("target '{}' resolved to nothing", t.name)))?;
+    Ok(ResolvedTarget {
+        name: t.name.clone(),
+        path: first.path,
+        id: first.id,
+        origin: first.origin,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::{fields::Vars, scenario};
+
+    fn load(text: &str) -> Scenario {
+        let mut v = Vars::default();
+        v.cli.insert("cgroup".into(), "x".into());
+        scenario::parse("s.yaml", text, &v).unwrap()
+    }
+
+    const TWO: &str = r#"
+title: two faults
+targets: [{name: a, cgroup: "${cgroup}"}, {name: b, cgroup: y}]
+steady_state: {before: 1s, after: 1s}
+faults:
+  - {name: one, at: 0s, for: 5s, net: {drop: 10}}
+  - {name: two, at: 3s, for: 5s, targets: [a], net: {delay: 10ms}}
+budget: {max_duration: 20s, max_intensity: {drop: 20%}}
+"#;
+
+    #[test]
+    fn overlapping_net_faults_on_one_target_conflict() {
+        let e = check(&load(TWO));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].line, e[0].field.as_str()), (7, "faults[1]"));
+        assert!(e[0].message.contains("overlaps 'one'") && e[0].message.contains("target a"));
+        // Back to back, or on different targets: fine.
+        assert!(check(&load(&TWO.replace("at: 3s", "at: 5s"))).is_empty());
+        assert!(check(&load(&TWO.replace("targets: [a]", "targets: [b]"))).is_empty());
+    }
+
+    #[test]
+    fn a_fault_outside_the_budget() {
+        let e = check(&load(&TWO.replace("max_duration: 20s", "max_duration: 7s")));
+        assert!(
+            e.iter()
+                .any(|d| d.field == "faults[1]" && d.message.contains("outside budget.max_duration 7s")),
+            "{e:?}"
+        );
+        let e = check(&load(&TWO.replace("drop: 10}", "drop: 30}")));
+        assert!(
+            e.iter().any(|d| d.field == "faults[0].net"
+                && d.message.contains("drop 30%, above budget.max_intensity.drop 20%")),
+            "{e:?}"
+        );
+        let e = check(&load(&TWO.replace("max_duration: 20s", "max_duration: 9s")));
+        assert!(
+            e.iter().any(|d| d.field == "budget.max_duration"),
+            "the after phase does not fit: {e:?}"
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! `kchaos pause`: freeze the target cgroups (cgroup.freeze) for a while, then thaw them.
+//!
+//! A frozen cgroup stays frozen when the process that froze it dies, so two things thaw it besides the
+//! loader itself: a guard process (`kchaos pause-guard`, a child in its own process group that the
+//! kernel signals when the loader dies, PR_SET_PDEATHSIG) thaws at once; the journal's FrozenCgroup
+//! entry lets `kchaos stop` thaw it when even the guard is gone.
+
+use std::{
+    fs,
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{holds_this_process, require_root};
+use crate::{
+    cgroup,
+    error::BadInput,
+    journal::{Journal, Residue},
+    lifecycle::{self, Tick},
+    targets::{self, TargetArgs},
+    units,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct PauseCommand {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    /// How long to keep the targets frozen (e.g. 5s, 1m); Ctrl-C or `kchaos stop` thaws them sooner.
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    pub duration: Duration,
+    /// No live line (the summary is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `kchaos pause-guard`: started by `kchaos pause`, never by users.
+#[derive(Debug, clap::Args)]
+pub struct GuardArgs {
+    /// The loader's pid.
+    #[arg(long)]
+    pub parent: u32,
+    /// The cgroups to thaw if the loader dies.
+    #[arg(long = "cgroup", required = true)]
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// How long freezing or thawing may take before the run says so.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn run(cmd: PauseCommand) -> Result<()> {
+    if cmd.duration.is_zero() {
+        return Err(BadInput::new("--duration 0s pauses nothing: give e.g. 5s").into());
+    }
+    require_root(
+        "kchaos pause",
+        "it freezes processes of other users and containers",
+    )?;
+    let targets = targets::resolve(&cmd.targets)?;
+    let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
+    for p in &paths {
+        check_freezable(p)?;
+    }
+
+    let mut journal =
+        Journal::create("pause").context("writing the run record under /run/kchaos")?;
+    let mut guard = Guard::start(&paths).context("starting the thaw guard")?;
+    for p in &paths {
+        journal
+            .add(Residue::FrozenCgroup { path: p.clone() })
+            .context("journaling the freeze")?;
+        fs::write(p.join("cgroup.freeze"), "1")
+            .with_context(|| format!("freezing {}", p.display()))?;
+    }
+    let frozen_at = Instant::now();
+    let settled = wait_frozen(&paths, true, SETTLE_TIMEOUT);
+    let names = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match settled {
+        Ok(took) => println!(
+            "kchaos pause: froze {names} ({} processes) in {:.1} ms",
+            process_count(&paths),
+            took.as_secs_f64() * 1e3
+        ),
+        Err(p) => println!(
+            "kchaos pause: asked {names} to freeze; {} is not frozen after {}s (its processes freeze \
+             as they leave the kernel)",
+            p.display(),
+            SETTLE_TIMEOUT.as_secs()
+        ),
+    }
+    println!(
+        "  armed for {}; Ctrl-C or `kchaos stop` thaws sooner",
+        units::format_duration(cmd.duration)
+    );
+
+    let reason = lifecycle::run_until_end(Some(cmd.duration), Duration::from_secs(1), |elapsed| {
+        if !cmd.quiet {
+            let states = paths
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} ({} processes)",
+                        p.display(),
+                        if is_frozen(p) { "frozen" } else { "freezing" },
+                        process_count(std::slice::from_ref(p))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let left = cmd.duration.saturating_sub(elapsed);
+            println!(
+                "[{:>5.1}s] {states}; thaws in {:.1}s",
+                elapsed.as_secs_f64(),
+                left.as_secs_f64()
+            );
+        }
+        Ok(Tick::Continue)
+    })
+    .await?;
+
+    let frozen_for = frozen_at.elapsed();
+    let mut failed = Vec::new();
+    for p in &paths {
+        let residue = Residue::FrozenCgroup { path: p.clone() };
+        match residue.undo() {
+            Ok(()) => {
+                let _ = journal.remove(&residue);
+            }
+            Err(e) => failed.push(format!("{}: {e}", p.display())),
+        }
+    }
+    let thawed = wait_frozen(&paths, false, SETTLE_TIMEOUT);
+    guard.dismiss();
+    if !failed.is_empty() {
+        bail!(
+            "could not thaw {}; `kchaos stop` retries",
+            failed.join(", ")
+        );
+    }
+    match thawed {
+        Ok(took) => println!(
+            "kchaos pause: {names} frozen for {:.2}s, ended: {reason}; thawed in {:.1} ms",
+            frozen_for.as_secs_f64(),
+            took.as_secs_f64() * 1e3
+        ),
+        Err(p) => bail!(
+            "{} still reports frozen {}s after cgroup.freeze was set to 0",
+            p.display(),
+            SETTLE_TIMEOUT.as_secs()
+        ),
+    }
+    Ok(())
+}
+
+/// Refuses what kchaos must not or cannot freeze.
+fn check_freezable(path: &Path) -> Result<(), BadInput> {
+    if holds_this_process(path) {
+        // Even with --allow-host: a frozen kchaos could never thaw it.
+        return Err(BadInput::new(format!(
+            "{} holds kchaos itself: once frozen, nothing would be left to thaw it",
+            path.display()
+        )));
+    }
+    match fs::read_to_string(path.join("cgroup.freeze")) {
+        Ok(v) if v.trim() == "0" => Ok(()),
+        Ok(_) => Err(BadInput::new(format!(
+            "{} is already frozen (cgroup.freeze is 1): someone else froze it, and kchaos would thaw \
+             it at the end",
+            path.display()
+        ))),
+        Err(e) => Err(BadInput::new(format!(
+            "{} has no cgroup.freeze ({e}): the root cgroup cannot be frozen, and kernels before 5.2 \
+             have no cgroup v2 freezer",
+            path.display()
+        ))),
+    }
+}
+
+/// The kernel's view (cgroup.events "frozen 1"): every process of the tree is frozen.
+pub fn is_frozen(path: &Path) -> bool {
+    fs::read_to_string(path.join("cgroup.events"))
+        .map(|t| t.lines().any(|l| l.trim() == "frozen 1"))
+        .unwrap_or(false)
+}
+
+/// Waits until every path reports frozen (or thawed); returns how long it took, or the first that did
+/// not get there in time.
+fn wait_frozen(paths: &[PathBuf], frozen: bool, timeout: Duration) -> Result<Duration, PathBuf> {
+    let start = Instant::now();
+    loop {
+        match paths.iter().find(|p| is_frozen(p) != frozen) {
+            None => return Ok(start.elapsed()),
+            Some(p) if start.elapsed() > timeout => return Err(p.clone()),
+            Some(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+fn process_count(paths: &[PathBuf]) -> usize {
+    paths
+        .iter()
+        .map(|p| cgroup::procs_recursive(p).map_or(0, |v| v.len()))
+        .sum()
+}
+
+/// The thaw guard, seen from the loader.
+struct Guard {
+    child: Option<Child>,
+}
+
+impl Guard {
+    /// Starts it and waits until it is ready to act. Call it on the main thread: PR_SET_PDEATHSIG fires
+    /// when the thread that forked the child ends.
+    fn start(paths: &[PathBuf]) -> io::Result<Self> {
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg0("kchaos")
+            .args(["pause-guard", "--parent", &std::process::id().to_string()]);
+        for p in paths {
+            cmd.arg("--cgroup").arg(p);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: between fork and exec only async-signal-safe calls (setpgid, prctl) are made.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Its own process group: a Ctrl-C or a kill of the loader's group does not reach it.
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let mut child = cmd.spawn()?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("no stdout from the guard"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut guard = Self { child: Some(child) };
+        match rx.recv_timeout(SETTLE_TIMEOUT) {
+            Ok(line) if line.trim() == "ready" => Ok(guard),
+            other => {
+                guard.dismiss();
+                Err(io::Error::other(format!(
+                    "the guard did not get ready ({other:?})"
+                )))
+            }
+        }
+    }
+
+    /// Ends it without letting it act: the loader has thawed (or never froze) the targets.
+    fn dismiss(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.dismiss();
+    }
+}
+
+/// The guard's side: waits for a signal (the kernel's SIGTERM when the loader dies), then thaws.
+pub fn guard(args: &GuardArgs) -> Result<()> {
+    // Blocked first, so a signal that comes before sigwait waits for it instead of killing the guard.
+    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset; the mask applies to this thread,
+    // the only one.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number, no memory.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } as u32 == args.parent {
+        let mut out = io::stdout().lock();
+        writeln!(out, "ready")?;
+        out.flush()?;
+        let mut sig = 0;
+        // SAFETY: set is a valid, initialised signal set; sig a valid place to write the number.
+        unsafe { libc::sigwait(&set, &mut sig) };
+    }
+    // The loader is gone (or it asked): thaw. Its stderr may be gone too, so writes are best effort.
+    for p in &args.cgroups {
+        let outcome = match fs::write(p.join("cgroup.freeze"), "0") {
+            Ok(()) => "thawed".to_owned(),
+            Err(e) => format!("could not thaw ({e}); `kchaos stop` retries:"),
+        };
+        let _ = writeln!(
+            io::stderr(),
+            "kchaos pause-guard: the loader (pid {}) ended without thawing; {outcome} {}",
+            args.parent,
+            p.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! What the kernel says about a process in /proc: CPU time, resident memory, open fds, its name; and
+//! the host's available memory. These are the measurements `stress` reports and `kill` prints.
+
+use std::{fs, io, time::Duration};
+
+/// CPU time the process has used (utime + stime from /proc/PID/stat, all its threads).
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = stat_cpu_ticks(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected /proc/{pid}/stat"),
+        )
+    })?;
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_sec(),
+    ))
+}
+
+/// utime + stime, in clock ticks, from the text of /proc/PID/stat.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // The name (field 2) is in parentheses and may itself hold spaces and parentheses: count the
+    // fields after the last ')'. There the state is field 3, so utime (14) and stime (15) are the
+    // 12th and 13th.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// USER_HZ: the unit of /proc/PID/stat's times (100 on every mainstream Linux).
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+/// Resident memory of the process (VmRSS), in bytes. A kernel thread or zombie has none: 0.
+pub fn rss_bytes(pid: u32) -> io::Result<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status_kib(&text, "VmRSS:").unwrap_or(0) * 1024)
+}
+
+/// Anonymous resident memory of the process (RssAnon): what it allocated and touched, without the
+/// pages of its executable and libraries that VmRSS also counts.
+pub fn rss_anon_bytes(pid: u32) -> io::Result<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status_kib(&text, "RssAnon:").unwrap_or(0) * 1024)
+}
+
+/// How many of the process's file descriptors are open on `target` (links in /proc/PID/fd).
+pub fn fds_on(pid: u32, target: &str) -> io::Result<u64> {
+    let mut n = 0;
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        if fs::read_link(entry.path()).is_ok_and(|l| l.as_os_str() == target) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// A "Key:   123 kB" line of /proc/PID/status or /proc/meminfo, in KiB.
+fn status_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// The process's name (/proc/PID/comm), or "?" when it is gone.
+pub fn comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The process's command line, arguments joined by spaces (empty for kernel threads and zombies).
+pub fn cmdline(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// The host's MemAvailable (/proc/meminfo), in bytes: what can be allocated without swapping.
+pub fn mem_available() -> io::Result<u64> {
+    let text = fs::read_to_string("/proc/meminfo")?;
+    status_kib(&text, "MemAvailable:")
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no MemAvailable in /proc/meminfo",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_ticks_past_an_odd_name() {
+        let stat =
+            "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 17 0 0 20 0 1 0 99 1000 200";
+        assert_eq!(stat_cpu_ticks(stat), Some(267));
+        assert_eq!(stat_cpu_ticks("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn reads_kib_lines() {
+        let status = "Name:\tcat\nVmPeak:\t    9000 kB\nVmRSS:\t    1888 kB\n";
+        assert_eq!(status_kib(status, "VmRSS:"), Some(1888));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn measures_this_process() {
+        let me = std::process::id();
+        assert!(rss_bytes(me).unwrap() > 0);
+        assert!(rss_anon_bytes(me).unwrap() > 0);
+        let _held = std::fs::File::open("/dev/zero").unwrap();
+        assert!(fds_on(me, "/dev/zero").unwrap() >= 1);
+        assert!(cpu_time(me).is_ok());
+        assert!(!comm(me).is_empty());
+        assert!(mem_available().unwrap() > 0);
+    }
+}
