@@ -41,15 +41,17 @@ pub fn run(op: &str, count: u64, dir: Option<&Path>) -> Result<serde_json::Value
     let call = prepare(op, &file)?;
     let mut errnos: BTreeMap<i32, u64> = BTreeMap::new();
     let mut error_at = Vec::new();
+    let start = std::time::Instant::now();
     for i in 0..count {
         if let Some(e) = call(i) {
             *errnos.entry(e).or_default() += 1;
             error_at.push(i);
         }
     }
+    let ns_per_call = start.elapsed().as_nanos() as f64 / count.max(1) as f64;
     let _ = std::fs::remove_file(&file);
     let ok = count - error_at.len() as u64;
-    Ok(serde_json::json!({"op": op, "calls": count, "ok": ok, "errnos": errnos, "error_at": error_at}))
+    Ok(serde_json::json!({"op": op, "calls": count, "ok": ok, "errnos": errnos, "error_at": error_at, "ns_per_call": ns_per_call}))
 }
 
 type Call = Box<dyn Fn(u64) -> Option<i32>>;

@@ -41,8 +41,10 @@ pub fn kernel_label() -> String {
 }
 
 /// Prints why a test can't run here. Callers `return` right after: the output says SKIP, never PASS.
+/// Written to the stderr handle itself, which libtest does not capture, so it shows for passing tests.
 pub fn skip(test: &str, why: &str) {
-    println!("SKIP {test} [{}]: {why}", kernel_label());
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIP {test} [{}]: {why}", kernel_label());
 }
 
 /// True when running as root; otherwise prints SKIP.

@@ -8,14 +8,15 @@ use crate::{build, setup};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: net.
+    /// Which benchmark: net, syscall.
     pub which: String,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match args.which.as_str() {
         "net" => run_bin("bench-net"),
-        other => bail!("unknown benchmark '{other}': allowed is net"),
+        "syscall" => run_bin("bench-syscall"),
+        other => bail!("unknown benchmark '{other}': allowed are net, syscall"),
     }
 }
 

@@ -1,0 +1,100 @@
+//! EDT delay for real: round trips a clock measured through sch_fq, beside netem in the same boot.
+//! Needs sch_fq (and sch_netem for the comparison): runs in the VM kernel, says SKIP where it is absent.
+
+use std::{net::SocketAddr, process::Command};
+
+use integration_tests::{Running, kernel_label, lab, root_or_skip, skip, tag, traffic};
+use lab::{EchoServer, Lab};
+
+const PROBES: &str = "2000";
+const MS: f64 = 1000.0; // µs per ms
+
+/// Sorted round-trip times in µs of PROBES UDP echoes.
+fn rtts(cg: Option<&std::path::Path>, to: SocketAddr) -> Vec<f64> {
+    let v = traffic(cg, None, &["udp-echo", "--to", &to.to_string(), "--count", PROBES, "--rate", "400", "--rtt", "--wait", "1s"]);
+    assert_eq!(v["received"], v["sent"], "probes were lost: {v}");
+    let mut r: Vec<f64> = v["rtt_us"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    r.sort_by(f64::total_cmp);
+    r
+}
+
+fn q(r: &[f64], p: f64) -> f64 {
+    r[((r.len() - 1) as f64 * p).round() as usize]
+}
+
+fn root_qdisc(dev: &str) -> String {
+    let out = Command::new("tc").args(["qdisc", "show", "dev", dev, "root"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).unwrap_or_default().to_owned()
+}
+
+#[test]
+fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
+    let name = "edt_delay_is_as_configured_and_at_least_as_precise_as_netem";
+    if !root_or_skip(name) {
+        return;
+    }
+    if !chaos_userspace::qdisc::kernel_has_fq() {
+        skip(name, "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it");
+        return;
+    }
+    let lab = Lab::create(&tag("e")).unwrap();
+    let to = SocketAddr::from((lab.server_addr, 7000));
+    let _srv = EchoServer::start(&lab.netns, to).unwrap();
+    let (d, j) = (20.0 * MS, 4.0 * MS);
+    let base = rtts(Some(&lab.cgroup.path), to);
+    let before_qdisc = root_qdisc(&lab.host_if);
+
+    let running = Running::start(&["net", "--cgroup", &lab.cgroup.path.display().to_string(), "--delay", "20ms", "--jitter", "4ms", "--quiet"]);
+    assert_eq!(root_qdisc(&lab.host_if), "fq", "kchaos did not put fq on {}", lab.host_if);
+    let hit = rtts(Some(&lab.cgroup.path), to);
+    let outside = rtts(None, to);
+    let (code, out) = running.terminate();
+    assert_eq!(code, 0, "{out:?}");
+    assert_eq!(root_qdisc(&lab.host_if), before_qdisc, "the qdisc was not restored");
+
+    // netem on the same device, same boot, same probes (netem delays every packet on the device).
+    let netem = |args: &[&str]| Command::new("tc").args(args).status().unwrap().success();
+    let netem_rtts = if netem(&["qdisc", "add", "dev", &lab.host_if, "root", "netem", "delay", "20ms", "4ms"]) {
+        let r = rtts(None, to);
+        assert!(netem(&["qdisc", "del", "dev", &lab.host_if, "root"]));
+        Some(r)
+    } else {
+        None
+    };
+
+    let added = |r: &[f64], p: f64| q(r, p) - q(&base, 0.5);
+    println!("[{}] delay 20ms ±4ms, {PROBES} UDP round trips each (ms; baseline median {:.3}):", kernel_label(), q(&base, 0.5) / MS);
+    println!("  {:<22} {:>8} {:>8} {:>8} {:>8} {:>14} {:>12}", "", "p5", "p25", "p50", "p95", "p99", "|p50-D|");
+    let row = |label: &str, r: &[f64]| {
+        println!(
+            "  {label:<22} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>14.3} {:>12.3}",
+            added(r, 0.05) / MS,
+            added(r, 0.25) / MS,
+            added(r, 0.5) / MS,
+            added(r, 0.95) / MS,
+            added(r, 0.99) / MS,
+            (added(r, 0.5) - d).abs() / MS
+        )
+    };
+    row("kchaos (EDT, fq)", &hit);
+    if let Some(n) = &netem_rtts {
+        row("netem", n);
+    } else {
+        println!("  netem: not available on this kernel");
+    }
+    row("outside the cgroup", &outside);
+
+    let err = (added(&hit, 0.5) - d).abs();
+    assert!(err <= (0.05 * d).max(0.2 * MS), "median added delay off by {:.3} ms", err / MS);
+    // Jitter: the middle half of the added delays lies within D±J (plus the baseline's own spread).
+    let noise = q(&base, 0.75) - q(&base, 0.5);
+    assert!(added(&hit, 0.25) >= d - j - 0.5 * MS, "p25 {:.3} ms below D-J", added(&hit, 0.25) / MS);
+    assert!(added(&hit, 0.75) <= d + j + noise + 0.5 * MS, "p75 {:.3} ms above D+J", added(&hit, 0.75) / MS);
+    assert!(added(&hit, 0.75) - added(&hit, 0.25) >= j * 0.5, "no spread: the jitter was not applied");
+    // Nothing added outside the cgroup.
+    assert!(added(&outside, 0.5).abs() <= 1.0 * MS, "a process outside the cgroup was delayed by {:.3} ms", added(&outside, 0.5) / MS);
+    if let Some(n) = &netem_rtts {
+        let netem_err = (added(n, 0.5) - d).abs();
+        assert!(err <= netem_err + 0.5 * MS, "kchaos's median error {:.3} ms is worse than netem's {:.3} ms", err / MS, netem_err / MS);
+    }
+}
