@@ -98,3 +98,30 @@ fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
         assert!(err <= netem_err + 0.5 * MS, "kchaos's median error {:.3} ms is worse than netem's {:.3} ms", err / MS, netem_err / MS);
     }
 }
+
+#[test]
+fn stop_restores_the_qdisc_a_sigkilled_loader_left() {
+    let name = "stop_restores_the_qdisc_a_sigkilled_loader_left";
+    if !root_or_skip(name) {
+        return;
+    }
+    if !chaos_userspace::qdisc::kernel_has_fq() {
+        skip(name, "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it");
+        return;
+    }
+    let lab = Lab::create(&tag("k")).unwrap();
+    let to = SocketAddr::from((lab.server_addr, 7000));
+    let _srv = EchoServer::start(&lab.netns, to).unwrap();
+    let before = root_qdisc(&lab.host_if);
+    let running = Running::start(&["net", "--cgroup", &lab.cgroup.path.display().to_string(), "--delay", "50ms", "--quiet"]);
+    assert_eq!(root_qdisc(&lab.host_if), "fq");
+    running.sigkill();
+    // The programs died with the loader: no delay any more, although fq (harmless alone) is still there.
+    let r = rtts(Some(&lab.cgroup.path), to);
+    assert!(q(&r, 0.5) < 20.0 * MS, "packets still delayed after the loader died: median {:.3} ms", q(&r, 0.5) / MS);
+    assert_eq!(root_qdisc(&lab.host_if), "fq", "expected the netlink-owned qdisc to outlive the loader");
+    let out = integration_tests::run(&["stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&lab.host_if), "stop did not say what it undid");
+    assert_eq!(root_qdisc(&lab.host_if), before, "kchaos stop did not restore the qdisc");
+}
