@@ -10,8 +10,8 @@
 #![feature(core_intrinsics)]
 
 mod net;
-mod syscall;
 mod packet;
+mod syscall;
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

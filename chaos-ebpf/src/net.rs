@@ -94,7 +94,8 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
 
     let fault = if egress { &cfg.egress } else { &cfg.ingress };
     // SAFETY: a helper without arguments.
-    if fault.drop_threshold != 0 && (unsafe { bpf_get_prandom_u32() } as u64) < fault.drop_threshold {
+    if fault.drop_threshold != 0 && (unsafe { bpf_get_prandom_u32() } as u64) < fault.drop_threshold
+    {
         counters.dropped += 1;
         return true;
     }
@@ -103,7 +104,11 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
         // SAFETY: tstamp is writable from cgroup_skb with CAP_BPF; the kernel holds skb for the run.
         unsafe {
             let skb = ctx.skb.skb;
-            let base = if (*skb).tstamp > now { (*skb).tstamp } else { now };
+            let base = if (*skb).tstamp > now {
+                (*skb).tstamp
+            } else {
+                now
+            };
             (*skb).tstamp = base + delay;
         }
         counters.delayed += 1;
@@ -138,7 +143,13 @@ fn matches(cfg: &NetConfig, peer: &Peer) -> bool {
 /// Looks the peer up with its port (entries for CIDR:PORT) and with port 0 (entries for a whole CIDR).
 #[inline(always)]
 fn in_peer_set(set: &LpmTrie<PeerKey, u8>, peer: &Peer, with_port: bool) -> bool {
-    let any_port = Key::new(PEER_KEY_PORT_BITS + 128, PeerKey { port: [0, 0], addr: peer.addr });
+    let any_port = Key::new(
+        PEER_KEY_PORT_BITS + 128,
+        PeerKey {
+            port: [0, 0],
+            addr: peer.addr,
+        },
+    );
     if set.get(&any_port).is_some() {
         return true;
     }
@@ -147,7 +158,10 @@ fn in_peer_set(set: &LpmTrie<PeerKey, u8>, peer: &Peer, with_port: bool) -> bool
     }
     let this_port = Key::new(
         PEER_KEY_PORT_BITS + 128,
-        PeerKey { port: peer.peer_port.to_be_bytes(), addr: peer.addr },
+        PeerKey {
+            port: peer.peer_port.to_be_bytes(),
+            addr: peer.addr,
+        },
     );
     set.get(&this_port).is_some()
 }

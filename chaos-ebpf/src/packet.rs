@@ -65,12 +65,22 @@ pub fn parse(ctx: &SkBuffContext, egress: bool) -> Option<Peer> {
         } else {
             (0, 0)
         };
-        Some(Peer { proto: ip.protocol, addr, peer_port, local_port })
+        Some(Peer {
+            proto: ip.protocol,
+            addr,
+            peer_port,
+            local_port,
+        })
     } else if l3 == ETH_P_IPV6 {
         let ip: Ipv6Hdr = ctx.load(0).ok()?;
         let addr = if egress { ip.daddr } else { ip.saddr };
         let (peer_port, local_port) = ports(ctx, ip.next_header, 40, egress);
-        Some(Peer { proto: ip.next_header, addr, peer_port, local_port })
+        Some(Peer {
+            proto: ip.next_header,
+            addr,
+            peer_port,
+            local_port,
+        })
     } else {
         None
     }

@@ -69,7 +69,9 @@ fn decide(cfg: &SyscallConfig, op: u32, filtered_out: bool) -> Option<u32> {
     // SAFETY: the map value lives as long as the map; every access to it is atomic. The BPF target has
     // no AtomicU64::fetch_add, so the intrinsic is used. It must be SeqCst: LLVM's BPF backend emits a
     // plain XADD (no BPF_FETCH, the "old value" is garbage) for a Relaxed one. v3 for BPF_FETCH.
-    let fetch_add = |counter: *mut u64| unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1) };
+    let fetch_add = |counter: *mut u64| unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1)
+    };
     if fetch_add(unsafe { &raw mut (*state).matched }) < cfg.after {
         return None;
     }
@@ -113,7 +115,9 @@ fn peer_filtered_out(cfg: &SyscallConfig, addr: [u8; 16], port: u16) -> bool {
 
 fn v4_mapped(ip_be: u32) -> [u8; 16] {
     let b = ip_be.to_ne_bytes();
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3],
+    ]
 }
 
 // ---- cgroup hooks: attached to the target cgroup; errno through bpf_set_retval --------------------
@@ -135,7 +139,9 @@ fn cgroup_verdict(errno: Option<u32>) -> i32 {
 
 #[inline(always)]
 fn sock_addr(ctx: &SockAddrContext, op: u32, v6: bool) -> i32 {
-    let Some(cfg) = SYS_CONFIG.get(0) else { return CGROUP_ALLOW };
+    let Some(cfg) = SYS_CONFIG.get(0) else {
+        return CGROUP_ALLOW;
+    };
     // SAFETY: the context is valid for the run.
     let sa = unsafe { &*ctx.sock_addr };
     let addr = if v6 {
@@ -191,7 +197,9 @@ pub fn sys_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock(sock_create)]
 pub fn sys_sock_create(_ctx: SockContext) -> i32 {
-    let Some(cfg) = SYS_CONFIG.get(0) else { return CGROUP_ALLOW };
+    let Some(cfg) = SYS_CONFIG.get(0) else {
+        return CGROUP_ALLOW;
+    };
     cgroup_verdict(decide(cfg, OP_SOCKET, false))
 }
 
@@ -199,7 +207,9 @@ pub fn sys_sock_create(_ctx: SockContext) -> i32 {
 
 #[inline(always)]
 fn lsm_verdict(op: u32, filtered_out: impl FnOnce(&SyscallConfig) -> bool) -> i32 {
-    let Some(cfg) = SYS_CONFIG.get(0) else { return 0 };
+    let Some(cfg) = SYS_CONFIG.get(0) else {
+        return 0;
+    };
     if !in_targets(cfg) {
         return 0;
     }
@@ -224,7 +234,9 @@ fn sockaddr_filtered_out(cfg: &SyscallConfig, sa: *const SockaddrIn6) -> bool {
         return false;
     }
     // SAFETY: bpf_probe_read_kernel checks the address.
-    let Ok(s) = (unsafe { bpf_probe_read_kernel(sa) }) else { return true };
+    let Ok(s) = (unsafe { bpf_probe_read_kernel(sa) }) else {
+        return true;
+    };
     let port = u16::from_be_bytes(s.port);
     match s.family {
         2 => {
@@ -281,7 +293,9 @@ fn path_filtered_out(cfg: &SyscallConfig, file: *const u8) -> bool {
     if cfg.prefix_len == 0 {
         return false;
     }
-    let Some(buf) = SYS_PATH_BUF.get_ptr_mut(0) else { return true };
+    let Some(buf) = SYS_PATH_BUF.get_ptr_mut(0) else {
+        return true;
+    };
     // SAFETY: FILE_F_PATH_OFFSET is the BTF offset of file->f_path; the verifier checks the pointer.
     let len = unsafe {
         let offset = core::ptr::read_volatile(&FILE_F_PATH_OFFSET);
@@ -354,7 +368,9 @@ pub fn lsm_mmap_file(_ctx: LsmContext) -> i32 {
 
 #[inline(always)]
 fn kprobe_override(ctx: &ProbeContext, op: u32) -> u32 {
-    let Some(cfg) = SYS_CONFIG.get(0) else { return 0 };
+    let Some(cfg) = SYS_CONFIG.get(0) else {
+        return 0;
+    };
     if !in_targets(cfg) {
         return 0;
     }
