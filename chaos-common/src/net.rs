@@ -80,6 +80,7 @@ pub struct PeerKey {
 /// Per-direction, per-CPU counters the programs write; the loader sums them over CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct NetCounters {
     /// Packets of a target cgroup that reached the program while the fault was armed.
     pub seen: u64,

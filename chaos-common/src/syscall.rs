@@ -90,6 +90,7 @@ pub struct SyscallState {
 /// Per-operation, per-CPU counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct SyscallCounters {
     /// Calls of a target that reached the program while armed.
     pub calls: u64,

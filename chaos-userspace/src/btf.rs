@@ -55,7 +55,13 @@ pub fn find_member_offset(d: &[u8], strukt: &str, member: &str) -> Result<u64, B
         pos += 12;
         let is_match = kind == KIND_STRUCT && string_at(d, strings, name) == strukt.as_bytes();
         let extra = match kind {
-            1 | 3 | 14 | 17 => if kind == 3 { 12 } else { 4 },
+            1 | 3 | 14 | 17 => {
+                if kind == 3 {
+                    12
+                } else {
+                    4
+                }
+            }
             KIND_STRUCT | KIND_UNION | 15 | 19 => 12 * vlen,
             6 | 13 => 8 * vlen,
             _ => 0,
@@ -65,7 +71,11 @@ pub fn find_member_offset(d: &[u8], strukt: &str, member: &str) -> Result<u64, B
                 let m = pos + 12 * i;
                 if string_at(d, strings, u32_at(d, m)?) == member.as_bytes() {
                     let raw = u32_at(d, m + 8)?;
-                    let bits = if kind_flag == 1 { raw & 0x00ff_ffff } else { raw };
+                    let bits = if kind_flag == 1 {
+                        raw & 0x00ff_ffff
+                    } else {
+                        raw
+                    };
                     return Ok(u64::from(bits / 8));
                 }
             }
@@ -86,6 +96,9 @@ mod tests {
         if let Ok(off) = member_offset("file", "f_path") {
             assert!(off > 0 && off < 512, "{off}");
         }
-        assert!(matches!(find_member_offset(b"junk", "file", "f_path"), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            find_member_offset(b"junk", "file", "f_path"),
+            Err(BtfError::Malformed(_))
+        ));
     }
 }

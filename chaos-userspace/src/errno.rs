@@ -63,7 +63,9 @@ pub fn parse(text: &str) -> Result<i32, BadInput> {
         if (1..4096).contains(&n) {
             return Ok(n);
         }
-        return Err(BadInput::new(format!("--errno {t}: an errno number is 1 to 4095")));
+        return Err(BadInput::new(format!(
+            "--errno {t}: an errno number is 1 to 4095"
+        )));
     }
     ERRNOS
         .iter()
@@ -72,14 +74,21 @@ pub fn parse(text: &str) -> Result<i32, BadInput> {
         .ok_or_else(|| {
             BadInput::new(format!(
                 "--errno {t}: unknown errno; use a number or one of {}",
-                ERRNOS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ERRNOS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })
 }
 
 /// The name of an errno number, if it has one here.
 pub fn name(n: i32) -> String {
-    ERRNOS.iter().find(|&&(_, v)| v == n).map_or_else(|| format!("errno {n}"), |&(name, _)| name.to_owned())
+    ERRNOS
+        .iter()
+        .find(|&&(_, v)| v == n)
+        .map_or_else(|| format!("errno {n}"), |&(name, _)| name.to_owned())
 }
 
 #[cfg(test)]
@@ -92,7 +101,12 @@ mod tests {
         assert_eq!(parse("enospc").unwrap(), libc::ENOSPC);
         assert_eq!(parse("5").unwrap(), 5);
         assert!(parse("0").is_err());
-        assert!(parse("EWHATEVER").unwrap_err().to_string().contains("ECONNREFUSED"));
+        assert!(
+            parse("EWHATEVER")
+                .unwrap_err()
+                .to_string()
+                .contains("ECONNREFUSED")
+        );
         assert_eq!(name(libc::EIO), "EIO");
     }
 }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod ebpf;
 pub mod errno;
 pub mod error;
+pub mod experiment;
 pub mod faults;
 pub mod journal;
 pub mod lab;

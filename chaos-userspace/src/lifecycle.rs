@@ -6,7 +6,7 @@
 use std::{fmt, time::Duration};
 
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     time::{Instant, MissedTickBehavior, interval_at},
 };
 
@@ -44,16 +44,34 @@ pub enum Tick {
     End(EndReason),
 }
 
+/// Ctrl-C, SIGTERM and SIGHUP, caught from the moment this exists. A command installs it first thing,
+/// before it attaches anything, so a signal during setup (a `kchaos stop` right after "armed") ends
+/// the run through its cleanup instead of killing the loader with the default action.
+pub struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    /// Call inside the runtime.
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Calls `on_tick(elapsed)` every `period` until `duration` (if any) has passed, a signal arrives, or
-/// `on_tick` ends it. Signals are caught from the start, so a Ctrl-C during setup is not lost.
+/// `on_tick` ends it.
 pub async fn run_until_end(
+    signals: &mut Signals,
     duration: Option<Duration>,
     period: Duration,
     mut on_tick: impl FnMut(Duration) -> anyhow::Result<Tick>,
 ) -> anyhow::Result<EndReason> {
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let start = Instant::now();
     let mut ticks = interval_at(start + period, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -66,9 +84,9 @@ pub async fn run_until_end(
             }
         };
         tokio::select! {
-            _ = sigint.recv() => return Ok(EndReason::Interrupted),
-            _ = sigterm.recv() => return Ok(EndReason::Terminated),
-            _ = sighup.recv() => return Ok(EndReason::HungUp),
+            _ = signals.interrupt.recv() => return Ok(EndReason::Interrupted),
+            _ = signals.terminate.recv() => return Ok(EndReason::Terminated),
+            _ = signals.hangup.recv() => return Ok(EndReason::HungUp),
             _ = until_end => return Ok(EndReason::Duration),
             _ = ticks.tick() => {
                 if let Tick::End(reason) = on_tick(start.elapsed())? {
@@ -118,6 +136,7 @@ mod tests {
     async fn ends_at_the_duration() {
         let mut ticks = 0;
         let reason = run_until_end(
+            &mut Signals::install().unwrap(),
             Some(Duration::from_millis(3500)),
             Duration::from_secs(1),
             |_| {
@@ -133,13 +152,18 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_tick_can_end_it() {
-        let reason = run_until_end(None, Duration::from_secs(1), |elapsed| {
-            Ok(if elapsed >= Duration::from_secs(2) {
-                Tick::End(EndReason::Aborted("probe".into()))
-            } else {
-                Tick::Continue
-            })
-        })
+        let reason = run_until_end(
+            &mut Signals::install().unwrap(),
+            None,
+            Duration::from_secs(1),
+            |elapsed| {
+                Ok(if elapsed >= Duration::from_secs(2) {
+                    Tick::End(EndReason::Aborted("probe".into()))
+                } else {
+                    Tick::Continue
+                })
+            },
+        )
         .await
         .unwrap();
         assert_eq!(reason, EndReason::Aborted("probe".into()));

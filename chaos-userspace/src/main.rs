@@ -32,7 +32,8 @@ kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24"
     )]
     Net(net_command::NetCommand),
     /// Make chosen syscalls of target cgroups fail with a chosen errno.
-    #[command(after_help = "Examples:\n  kchaos syscall --cgroup app --syscall connect --errno ECONNREFUSED --percent 20 --duration 30s\n  \
+    #[command(
+        after_help = "Examples:\n  kchaos syscall --cgroup app --syscall connect --errno ECONNREFUSED --percent 20 --duration 30s\n  \
 kchaos syscall --cgroup app --syscall connect,sendmsg --errno ETIMEDOUT --dst 10.0.0.7:5432 --after 10 --max 5\n  \
 kchaos syscall --pid 4242 --syscall open --errno EIO --path-prefix /var/lib/app --backend lsm\n\n\
 Backends (the loader picks the best this kernel offers; `kchaos probe` says which exist):\n  \
@@ -40,7 +41,8 @@ cgroup   connect, bind, sendmsg (unconnected UDP), socket: attached to the targe
 lsm      connect, bind, accept, sendmsg, recvmsg, socket, open (+ --path-prefix), read, write,\n           \
 mkdir, unlink, rename, fork, mmap: needs `bpf` in the LSM list\n  \
 kprobe   every operation incl. fsync, via bpf_override_return: needs CONFIG_BPF_KPROBE_OVERRIDE\n  \
-fmod_ret not available: aya 0.14 cannot load fmod_ret programs")]
+fmod_ret not available: aya 0.14 cannot load fmod_ret programs"
+    )]
     Syscall(syscall_command::SyscallCommand),
     /// Load the target cgroup from inside: CPU, memory, write+fsync, open fds.
     #[command(
@@ -83,6 +85,27 @@ kchaos pause --pid 4242 --duration 2m    (Ctrl-C or `kchaos stop` thaws sooner)"
     /// Traffic generators for labs and tests (run inside a cgroup/netns).
     #[command(hide = true)]
     Traffic(traffic::TrafficArgs),
+    /// Run an experiment: a scenario file with probes, faults on a timeline, abort rules, a budget.
+    #[command(
+        after_help = "Examples:\n  kchaos run scenarios/packet-loss-ramp.yaml --var cgroup=app.slice/api.service --var server=10.0.0.7:80\n  \
+kchaos run game-day.yaml --dry-run\n  kchaos run loss.yaml --report run.json --junit run.xml\n\n\
+Exit status: 0 completed and the steady state held; 1 aborted or deviated (the report says why);\n\
+2 bad input or refused by the safety review (nothing attached)."
+    )]
+    Run(chaos_userspace::experiment::RunArgs),
+    /// Check a scenario file without running it (no privileges needed): errors and a safety review.
+    Validate(chaos_userspace::experiment::ValidateArgs),
+    /// Print an experiment report again, or write it as HTML (--html --out) or JUnit (--junit).
+    Report(chaos_userspace::experiment::ReportArgs),
+    /// Random faults of bounded intensity on one cgroup, with probes, abort rules and a report.
+    #[command(
+        after_help = "Example:\n  kchaos monkey --cgroup app --duration 5m --probability 0.2 --types net-drop,net-delay \\\n    \
+--probe tcp:10.0.0.7:5432 --from-target --report monkey.json"
+    )]
+    Monkey(chaos_userspace::experiment::monkey::MonkeyArgs),
+    /// A steady-state probe inside a target cgroup, started by `kchaos run`.
+    #[command(hide = true)]
+    ProbeAgent(chaos_userspace::experiment::ProbeAgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -129,6 +152,11 @@ fn main() -> ExitCode {
         },
         Command::Demo => demo::run(),
         Command::Traffic(args) => traffic::run(&args),
+        Command::Run(args) => block_on(chaos_userspace::experiment::run_command(args)),
+        Command::Validate(args) => chaos_userspace::experiment::validate_command(&args),
+        Command::Report(args) => chaos_userspace::experiment::report_command(&args),
+        Command::Monkey(args) => block_on(chaos_userspace::experiment::monkey_command(args)),
+        Command::ProbeAgent(args) => chaos_userspace::experiment::probe_agent_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,16 +1,15 @@
 //! `kchaos net`: one network fault on the targets, a live line a second, a summary, a JSON report.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
 use crate::{
-    faults::net::{Counters, NetArgs, NetFault, NetSpec, NetTotals},
+    faults::net::{NetArgs, NetFault, NetSpec, NetTotals},
     journal::Journal,
     report::{FaultReport, kernel_release, pct},
-    runner::{self, Armable},
+    runner::{self, Armable, RunArgs},
     targets::{self, TargetArgs},
-    units,
 };
 
 #[derive(Debug, clap::Args)]
@@ -19,18 +18,11 @@ pub struct NetCommand {
     pub targets: TargetArgs,
     #[command(flatten)]
     pub net: NetArgs,
-    /// Stop after this long (e.g. 30s, 5m); without it, run until Ctrl-C or SIGTERM.
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
-    pub duration: Option<Duration>,
-    /// Also write the report as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// No live line (the summary is still printed).
-    #[arg(long, short)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
-fn direction(name: &str, c: &Counters) -> String {
+fn direction(name: &str, c: &chaos_common::NetCounters) -> String {
     let mut s = format!(
         "{name} seen {} matched {} dropped {} ({:.1}%)",
         c.seen,
@@ -42,7 +34,11 @@ fn direction(name: &str, c: &Counters) -> String {
         s += &format!(" partitioned {}", c.partitioned);
     }
     if c.delayed > 0 {
-        s += &format!(" delayed {} (mean {:.2} ms)", c.delayed, c.delay_ns_total as f64 / c.delayed as f64 / 1e6);
+        s += &format!(
+            " delayed {} (mean {:.2} ms)",
+            c.delayed,
+            c.delay_ns_total as f64 / c.delayed as f64 / 1e6
+        );
     }
     s
 }
@@ -58,11 +54,17 @@ impl Armable for NetFault {
 
     fn live_line(&self, elapsed: Duration, counters: &serde_json::Value) -> String {
         let t: NetTotals = serde_json::from_value(counters.clone()).unwrap_or_default();
-        format!("[{:>5.1}s] {} | {}", elapsed.as_secs_f64(), direction("egress", &t.egress), direction("ingress", &t.ingress))
+        format!(
+            "[{:>5.1}s] {} | {}",
+            elapsed.as_secs_f64(),
+            direction("egress", &t.egress),
+            direction("ingress", &t.ingress)
+        )
     }
 }
 
 pub async fn run(cmd: NetCommand) -> Result<()> {
+    let mut signals = crate::lifecycle::Signals::install()?;
     // Every check that can fail on input comes before anything is attached.
     let spec = NetSpec::from_args(&cmd.net)?;
     crate::require_root("kchaos net")?;
@@ -76,7 +78,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
     for a in &fault.attachments {
         println!("  attached {a}");
     }
-    let outcome = runner::run(&mut fault, cmd.duration, cmd.quiet).await?;
+    let outcome = runner::run(&mut fault, &cmd.run, &mut signals).await?;
     let totals = fault.totals()?;
     let attached = fault.attachments.clone();
     let spec = fault.spec().clone();
@@ -101,7 +103,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
         totals: serde_json::to_value(totals)?,
         samples: outcome.samples,
     };
-    if let Some(path) = &cmd.json {
+    if let Some(path) = &cmd.run.json {
         report.write_json(path)?;
         println!("  report: {}", path.display());
     }

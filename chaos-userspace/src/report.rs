@@ -26,16 +26,24 @@ pub struct FaultReport<S: serde::Serialize> {
 impl<S: serde::Serialize> FaultReport<S> {
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing the report to {}", path.display()))
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("writing the report to {}", path.display()))
     }
 }
 
 /// The running kernel's release.
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// Percentage, 0 for an empty whole.
 pub fn pct(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { 100.0 * part as f64 / whole as f64 }
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
 }

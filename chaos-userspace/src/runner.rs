@@ -1,11 +1,31 @@
 //! The loop every single-fault command shares: arm with a lease, a live line a second, end on the
 //! duration or a signal. Detaching is the caller's (the fault's owner), after this returns.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 
-use crate::lifecycle::{self, EndReason, Tick};
+use crate::{
+    lifecycle::{self, EndReason, Tick},
+    units,
+};
+
+/// How long a single-fault command runs and what it writes (shared by every such command).
+#[derive(Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// Stop after this long (e.g. 30s, 5m); without it, run until Ctrl-C, SIGTERM or `kchaos stop`.
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// No live line (the summary is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
 
 /// What the loop needs from an attached fault.
 pub trait Armable {
@@ -33,25 +53,43 @@ pub struct Outcome {
 
 /// Arms the fault, ticks until the end, and returns why it ended. The fault is left armed until its
 /// owner detaches it; the lease runs out by itself if the owner never does.
-pub async fn run(fault: &mut impl Armable, duration: Option<Duration>, quiet: bool) -> Result<Outcome> {
+pub async fn run(
+    fault: &mut impl Armable,
+    args: &RunArgs,
+    signals: &mut lifecycle::Signals,
+) -> Result<Outcome> {
+    let (duration, quiet) = (args.duration, args.quiet);
     let start_ns = lifecycle::monotonic_ns();
     let end_ns = duration.map(|d| start_ns + d.as_nanos() as u64);
     fault.arm(lifecycle::lease_deadline_ns(start_ns, end_ns))?;
     println!(
         "  armed{}; Ctrl-C or `kchaos stop` ends it",
-        duration.map(|d| format!(" for {}", crate::units::format_duration(d))).unwrap_or_default()
+        duration
+            .map(|d| format!(" for {}", units::format_duration(d)))
+            .unwrap_or_default()
     );
     let started = Instant::now();
     let mut samples = Vec::new();
-    let end_reason = lifecycle::run_until_end(duration, Duration::from_secs(1), |elapsed| {
-        fault.arm(lifecycle::lease_deadline_ns(lifecycle::monotonic_ns(), end_ns))?;
-        let counters = fault.counters()?;
-        if !quiet {
-            println!("{}", fault.live_line(elapsed, &counters));
-        }
-        samples.push(Sample { elapsed_s: elapsed.as_secs_f64(), counters });
-        Ok(Tick::Continue)
+    let end_reason =
+        lifecycle::run_until_end(signals, duration, Duration::from_secs(1), |elapsed| {
+            fault.arm(lifecycle::lease_deadline_ns(
+                lifecycle::monotonic_ns(),
+                end_ns,
+            ))?;
+            let counters = fault.counters()?;
+            if !quiet {
+                println!("{}", fault.live_line(elapsed, &counters));
+            }
+            samples.push(Sample {
+                elapsed_s: elapsed.as_secs_f64(),
+                counters,
+            });
+            Ok(Tick::Continue)
+        })
+        .await?;
+    Ok(Outcome {
+        end_reason,
+        samples,
+        duration_s: started.elapsed().as_secs_f64(),
     })
-    .await?;
-    Ok(Outcome { end_reason, samples, duration_s: started.elapsed().as_secs_f64() })
 }

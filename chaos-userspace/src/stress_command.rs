@@ -13,9 +13,9 @@ use crate::{
     error::BadInput,
     journal::{Journal, Residue},
     lifecycle::{self, EndReason, Tick},
-    process_faults::require_root,
+    process_faults::{kill, require_root},
     stress::{
-        StressArgs, StressSpec, format_size, limits,
+        CpuSpec, StressArgs, StressSpec, format_size, hybrid, limits,
         ramp::{self, Ramp},
         worker::WorkerKind,
         workers::{Measurement, STOP_GRACE, Workers},
@@ -45,6 +45,8 @@ pub struct StressCommand {
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(cmd: StressCommand) -> Result<()> {
+    // From here on a Ctrl-C or SIGTERM ends the run through its cleanup, even during setup.
+    let mut signals = lifecycle::Signals::install().context("installing signal handlers")?;
     // Every check that can fail on input comes before a worker starts or a directory is made.
     let spec = StressSpec::from_args(&cmd.stress)?;
     require_root(
@@ -67,8 +69,9 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
         }
     };
     let mount = cgroup::v2_mount().context("finding the cgroup v2 mount")?;
+    let v1 = V1Placement::find(&cmd.targets, &target);
     if let Some(bytes) = spec.memory_bytes {
-        limits::check_memory(bytes, &target.path, &mount, spec.force)?;
+        limits::check_memory(bytes, &target.path, &mount, &v1.dirs, spec.force)?;
     }
 
     let mut journal =
@@ -82,6 +85,7 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
     let start_ns = lifecycle::monotonic_ns();
     let mut workers = Workers::spawn(
         &placement.path,
+        &v1.dirs,
         spec.worker_kinds(io_dir.as_deref()),
         start_ns,
         spec.ramp,
@@ -103,6 +107,9 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
             target.path.display(),
             placement.path.display()
         );
+    }
+    if let Some(note) = &v1.note {
+        println!("  {note}");
     }
     println!(
         "  workers: {}",
@@ -138,29 +145,42 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
     let mut previous = (ready_at, at_ready.clone());
     // The window where the full target was in effect: from the end of the ramp (or from the start).
     let mut steady_from = ramp.is_none().then(|| (ready_at, at_ready.clone()));
-    let reason = lifecycle::run_until_end(cmd.duration, Duration::from_secs(1), |elapsed| {
-        for news in workers.reap_exited() {
-            println!("  {news}");
-            events.push(news);
-        }
-        let now = Instant::now();
-        let m = workers.measure();
-        let share = ramp::fraction(ramp, ramp_elapsed());
-        let sample = Sample::new(elapsed, share, &spec, (previous.0, &previous.1), (now, &m));
-        if !cmd.quiet {
-            println!("{}", sample.live_line(&spec));
-        }
-        samples.push(sample);
-        if steady_from.is_none() && share >= 1.0 {
-            steady_from = Some((now, m.clone()));
-        }
-        previous = (now, m);
-        Ok(if workers.alive() == 0 {
-            Tick::End(EndReason::Aborted("every worker has ended".into()))
-        } else {
-            Tick::Continue
-        })
-    })
+    let reason = lifecycle::run_until_end(
+        &mut signals,
+        cmd.duration,
+        Duration::from_secs(1),
+        |elapsed| {
+            for news in workers.reap_exited() {
+                println!("  {news}");
+                events.push(news);
+            }
+            let now = Instant::now();
+            let m = workers.measure();
+            let ramp_now = ramp_elapsed();
+            let share = Shares {
+                now: ramp::fraction(ramp, ramp_now),
+                // Rates are over the last second: compare them with the target halfway through it.
+                window: ramp::fraction(
+                    ramp,
+                    ramp_now.saturating_sub(now.duration_since(previous.0) / 2),
+                ),
+            };
+            let sample = Sample::new(elapsed, share, &spec, (previous.0, &previous.1), (now, &m));
+            if !cmd.quiet {
+                println!("{}", sample.live_line(&spec));
+            }
+            samples.push(sample);
+            if steady_from.is_none() && share.now >= 1.0 {
+                steady_from = Some((now, m.clone()));
+            }
+            previous = (now, m);
+            Ok(if workers.alive() == 0 {
+                Tick::End(EndReason::Aborted("every worker has ended".into()))
+            } else {
+                Tick::Continue
+            })
+        },
+    )
     .await?;
 
     let stopped_at = Instant::now();
@@ -209,38 +229,17 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
             .into(),
         target,
         workers_cgroup: placement.path.clone(),
+        workers_v1_cgroups: v1.dirs.clone(),
         spec: spec.clone(),
         duration_s: run_s,
         end_reason: reason,
         cpu: spec.cpu.map(|cpu| {
-            let per_worker = |cpu_s: f64, wall_s: f64| {
-                if wall_s > 0.0 {
-                    100.0 * cpu_s / wall_s / f64::from(cpu.workers)
-                } else {
-                    0.0
-                }
-            };
-            let whole = per_worker(at_stop.cpu_s - at_ready.cpu_s, run_s);
-            let steady = steady_from.as_ref().map(|(t, m)| {
-                let wall = stopped_at.duration_since(*t).as_secs_f64();
-                (
-                    wall,
-                    per_worker(at_stop.cpu_s - m.cpu_s, wall),
-                    cpus(m.cgroup_cpu_s, at_stop.cgroup_cpu_s, wall),
-                )
-            });
-            CpuResult {
-                workers: cpu.workers,
-                target_pct: cpu.load_pct,
-                achieved_pct: steady.map_or(whole, |s| s.1),
-                achieved_window_s: steady.map_or(run_s, |s| s.0),
-                achieved_pct_whole_run: whole,
-                cpu_s: at_stop.cpu_s,
-                measured_from: "utime+stime of the CPU workers in /proc/PID/stat",
-                cgroup_cpus: steady
-                    .map(|s| s.2)
-                    .unwrap_or_else(|| cpus(at_ready.cgroup_cpu_s, at_stop.cgroup_cpu_s, run_s)),
-            }
+            CpuResult::from_readings(
+                cpu,
+                (ready_at, &at_ready),
+                steady_from.as_ref().map(|(t, m)| (*t, m)),
+                (stopped_at, &at_stop),
+            )
         }),
         memory: spec.memory_bytes.map(|bytes| MemoryResult {
             target_bytes: bytes,
@@ -326,6 +325,61 @@ impl Placement {
     }
 }
 
+/// The v1 cgroups the workers join on a hybrid host: those of a process of the target (the --pid given,
+/// else one found in the target's tree), so the container's v1 limits and accounting apply to them.
+struct V1Placement {
+    dirs: Vec<PathBuf>,
+    /// What the user should know about it.
+    note: Option<String>,
+}
+
+impl V1Placement {
+    fn find(args: &TargetArgs, target: &Target) -> Self {
+        if !hybrid::has_v1_hierarchies() {
+            return Self {
+                dirs: Vec::new(),
+                note: None,
+            };
+        }
+        let reference = args.pids.first().copied().or_else(|| {
+            kill::candidates(std::slice::from_ref(target))
+                .ok()
+                .and_then(|(found, _)| found.first().map(|c| c.pid))
+        });
+        let Some(pid) = reference else {
+            return Self {
+                dirs: Vec::new(),
+                note: Some(
+                    "note: this host also has cgroup v1 hierarchies, where a container's cpu and memory \
+                     limits may live; the target has no process to take them from, so the workers \
+                     stay in kchaos's own v1 cgroups"
+                        .into(),
+                ),
+            };
+        };
+        match hybrid::v1_cgroups_of(pid) {
+            Ok(dirs) if dirs.is_empty() => Self { dirs, note: None },
+            Ok(dirs) => Self {
+                note: Some(format!(
+                    "also in the v1 cgroups of pid {pid}: {}",
+                    dirs.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                dirs,
+            },
+            Err(e) => Self {
+                dirs: Vec::new(),
+                note: Some(format!(
+                    "note: could not read the v1 cgroups of pid {pid} ({e}); the workers stay in \
+                     kchaos's own"
+                )),
+            },
+        }
+    }
+}
+
 /// The directory the io worker writes in: journaled before it is made, so `kchaos stop` removes it
 /// after a SIGKILL.
 fn make_io_dir(parent: &Path, journal: &mut Journal) -> Result<PathBuf> {
@@ -337,12 +391,21 @@ fn make_io_dir(parent: &Path, journal: &mut Journal) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The share of the target the ramp puts in effect.
+#[derive(Clone, Copy)]
+struct Shares {
+    now: f64,
+    window: f64,
+}
+
 /// One second of the run, for the live line and the report's time series.
 #[derive(Debug, serde::Serialize)]
 pub struct Sample {
     pub elapsed_s: f64,
-    /// The share of the target in effect (below 1 while ramping).
+    /// The share of the target in effect now (below 1 while ramping).
     pub target_share: f64,
+    /// The share of the target in effect over the last second, on average (what the rates aim at).
+    pub window_target_share: f64,
     pub cpu_target_pct: Option<f64>,
     /// Per CPU worker, over the last second, from /proc/PID/stat.
     pub cpu_achieved_pct: Option<f64>,
@@ -357,7 +420,7 @@ pub struct Sample {
 impl Sample {
     fn new(
         elapsed: Duration,
-        share: f64,
+        share: Shares,
         spec: &StressSpec,
         before: (Instant, &Measurement),
         now: (Instant, &Measurement),
@@ -366,8 +429,9 @@ impl Sample {
         let per_s = |a: f64, b: f64| if wall > 0.0 { (b - a) / wall } else { 0.0 };
         Self {
             elapsed_s: elapsed.as_secs_f64(),
-            target_share: share,
-            cpu_target_pct: spec.cpu.map(|c| c.load_pct * share),
+            target_share: share.now,
+            window_target_share: share.window,
+            cpu_target_pct: spec.cpu.map(|c| c.load_pct * share.window),
             cpu_achieved_pct: spec
                 .cpu
                 .map(|c| 100.0 * per_s(before.1.cpu_s, now.1.cpu_s) / f64::from(c.workers)),
@@ -401,7 +465,7 @@ impl Sample {
             parts.push(format!(
                 "io {}/s of {}/s, {} written",
                 format_size(self.io_bytes_per_s as u64),
-                format_size((io.bytes_per_s as f64 * self.target_share) as u64),
+                format_size((io.bytes_per_s as f64 * self.window_target_share) as u64),
                 format_size(self.bytes_written)
             ));
         }
@@ -431,12 +495,50 @@ pub struct CpuResult {
     /// Per worker, once the full target was in effect (after the ramp).
     pub achieved_pct: f64,
     pub achieved_window_s: f64,
+    /// False when the run ended before the ramp reached the target: `achieved_pct` is then over the
+    /// whole run.
+    pub ramp_finished: bool,
     pub achieved_pct_whole_run: f64,
     pub cpu_s: f64,
     pub measured_from: &'static str,
     /// CPUs the workers' cgroup used in the same window (cpu.stat usage_usec): the target's own load
     /// plus the workers'.
     pub cgroup_cpus: Option<f64>,
+}
+
+impl CpuResult {
+    /// From the readings at the start, at the end of the ramp (None: it never ended), and at the end.
+    fn from_readings(
+        cpu: CpuSpec,
+        ready: (Instant, &Measurement),
+        steady_from: Option<(Instant, &Measurement)>,
+        stop: (Instant, &Measurement),
+    ) -> Self {
+        let per_worker = |cpu_s: f64, wall_s: f64| {
+            if wall_s > 0.0 {
+                100.0 * cpu_s / wall_s / f64::from(cpu.workers)
+            } else {
+                0.0
+            }
+        };
+        let run_s = stop.0.duration_since(ready.0).as_secs_f64();
+        let whole = per_worker(stop.1.cpu_s - ready.1.cpu_s, run_s);
+        let (from, window_s) = match steady_from {
+            Some((t, m)) => (m, stop.0.duration_since(t).as_secs_f64()),
+            None => (ready.1, run_s),
+        };
+        Self {
+            workers: cpu.workers,
+            target_pct: cpu.load_pct,
+            achieved_pct: per_worker(stop.1.cpu_s - from.cpu_s, window_s),
+            achieved_window_s: window_s,
+            ramp_finished: steady_from.is_some(),
+            achieved_pct_whole_run: whole,
+            cpu_s: stop.1.cpu_s,
+            measured_from: "utime+stime of the CPU workers in /proc/PID/stat",
+            cgroup_cpus: cpus(from.cgroup_cpu_s, stop.1.cgroup_cpu_s, window_s),
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -474,6 +576,8 @@ pub struct StressReport {
     pub kernel: String,
     pub target: Target,
     pub workers_cgroup: PathBuf,
+    /// The v1 cgroups the workers joined as well (hybrid hosts).
+    pub workers_v1_cgroups: Vec<PathBuf>,
     pub spec: StressSpec,
     pub duration_s: f64,
     pub end_reason: EndReason,
@@ -499,10 +603,26 @@ impl StressReport {
             self.end_reason
         )];
         if let Some(c) = &self.cpu {
-            let mut line = format!(
-                "  cpu: {:.1}% of {}% per worker x{} over {:.1}s (/proc/PID/stat)",
-                c.achieved_pct, c.target_pct, c.workers, c.achieved_window_s
-            );
+            let mut line = if c.ramp_finished {
+                format!(
+                    "  cpu: {:.1}% of {}% per worker x{} over {:.1}s{} (/proc/PID/stat)",
+                    c.achieved_pct,
+                    c.target_pct,
+                    c.workers,
+                    c.achieved_window_s,
+                    if self.spec.ramp.is_some() {
+                        " after the ramp"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                format!(
+                    "  cpu: {:.1}% per worker x{} over the whole {:.1}s; the ramp ended before the \
+                     target ({}%) was in effect (/proc/PID/stat)",
+                    c.achieved_pct, c.workers, c.achieved_window_s, c.target_pct
+                )
+            };
             if let Some(cpus) = c.cgroup_cpus {
                 line += &format!("; cgroup used {cpus:.2} CPUs (cpu.stat)");
             }

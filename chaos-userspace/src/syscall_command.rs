@@ -1,15 +1,14 @@
 //! `kchaos syscall`: make chosen syscalls of the targets fail, a live line a second, a JSON report.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::{
     faults::syscall::{SyscallArgs, SyscallFault, SyscallSpec},
     report::{FaultReport, kernel_release, pct},
-    runner::{self, Armable},
+    runner::{self, Armable, RunArgs},
     targets::{self, TargetArgs},
-    units,
 };
 
 #[derive(Debug, clap::Args)]
@@ -18,15 +17,8 @@ pub struct SyscallCommand {
     pub targets: TargetArgs,
     #[command(flatten)]
     pub syscall: SyscallArgs,
-    /// Stop after this long; without it, run until Ctrl-C or SIGTERM.
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
-    pub duration: Option<Duration>,
-    /// Also write the report as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// No live line.
-    #[arg(long, short)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// "connect calls 100 failed 30 (30.0%) | ..." from the report's per-operation totals.
@@ -38,7 +30,10 @@ fn line(ops: &serde_json::Value) -> String {
                 .map(|o| {
                     let (matched, injected) = (n(o, "matched"), n(o, "injected"));
                     let op = o["op"].as_str().unwrap_or("?");
-                    format!("{op} calls {matched} failed {injected} ({:.1}%)", pct(injected, matched))
+                    format!(
+                        "{op} calls {matched} failed {injected} ({:.1}%)",
+                        pct(injected, matched)
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join(" | ")
@@ -61,6 +56,7 @@ impl Armable for SyscallFault {
 }
 
 pub async fn run(cmd: SyscallCommand) -> Result<()> {
+    let mut signals = crate::lifecycle::Signals::install()?;
     let spec = SyscallSpec::from_args(&cmd.syscall)?;
     crate::require_root("kchaos syscall")?;
     let targets = targets::resolve(&cmd.targets)?;
@@ -72,13 +68,16 @@ pub async fn run(cmd: SyscallCommand) -> Result<()> {
     let fault_text = fault.spec().describe();
     println!("kchaos syscall: {fault_text}");
     for (op, backend) in &plan {
-        let name = crate::faults::syscall::OPS.iter().find(|o| o.id == *op).map_or("?", |o| o.names[0]);
+        let name = crate::faults::syscall::OPS
+            .iter()
+            .find(|o| o.id == *op)
+            .map_or("?", |o| o.names[0]);
         println!("  {name}: {backend} backend");
     }
     for a in &fault.attachments {
         println!("  attached {a}");
     }
-    let outcome = runner::run(&mut fault, cmd.duration, cmd.quiet).await?;
+    let outcome = runner::run(&mut fault, &cmd.run, &mut signals).await?;
     let totals = serde_json::to_value(fault.totals()?)?;
     let attached = fault.attachments.clone();
     let spec = fault.spec().clone();
@@ -102,7 +101,7 @@ pub async fn run(cmd: SyscallCommand) -> Result<()> {
         totals,
         samples: outcome.samples,
     };
-    if let Some(path) = &cmd.json {
+    if let Some(path) = &cmd.run.json {
         report.write_json(path)?;
         println!("  report: {}", path.display());
     }

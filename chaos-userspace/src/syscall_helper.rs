@@ -20,7 +20,9 @@ fn sockaddr_v4(port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
         sin_zero: [0; 8],
     }
 }
@@ -51,7 +53,9 @@ pub fn run(op: &str, count: u64, dir: Option<&Path>) -> Result<serde_json::Value
     let ns_per_call = start.elapsed().as_nanos() as f64 / count.max(1) as f64;
     let _ = std::fs::remove_file(&file);
     let ok = count - error_at.len() as u64;
-    Ok(serde_json::json!({"op": op, "calls": count, "ok": ok, "errnos": errnos, "error_at": error_at, "ns_per_call": ns_per_call}))
+    Ok(
+        serde_json::json!({"op": op, "calls": count, "ok": ok, "errnos": errnos, "error_at": error_at, "ns_per_call": ns_per_call}),
+    )
 }
 
 type Call = Box<dyn Fn(u64) -> Option<i32>>;
@@ -78,7 +82,9 @@ fn prepare(op: &str, file: &Path) -> Result<Call> {
         "bind" => Box::new(|_| unsafe {
             let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
             let addr = sockaddr_v4(0);
-            let e = errno_of(libc::bind(s, (&addr as *const libc::sockaddr_in).cast(), SA_LEN) as libc::c_long);
+            let e = errno_of(
+                libc::bind(s, (&addr as *const libc::sockaddr_in).cast(), SA_LEN) as libc::c_long,
+            );
             libc::close(s);
             e
         }),
@@ -96,7 +102,14 @@ fn prepare(op: &str, file: &Path) -> Result<Call> {
             Box::new(move |_| unsafe {
                 let _keep = &sink;
                 let addr = sockaddr_v4(port);
-                let rc = libc::sendto(sock.as_raw_fd(), b"x".as_ptr().cast(), 1, 0, (&addr as *const libc::sockaddr_in).cast(), SA_LEN);
+                let rc = libc::sendto(
+                    sock.as_raw_fd(),
+                    b"x".as_ptr().cast(),
+                    1,
+                    0,
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    SA_LEN,
+                );
                 errno_of(rc as libc::c_long)
             })
         }
@@ -106,11 +119,17 @@ fn prepare(op: &str, file: &Path) -> Result<Call> {
             Box::new(move |_| unsafe {
                 let _ = sock.send(b"x");
                 let mut b = [0u8; 8];
-                errno_of(libc::recv(sock.as_raw_fd(), b.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT) as libc::c_long)
+                errno_of(libc::recv(
+                    sock.as_raw_fd(),
+                    b.as_mut_ptr().cast(),
+                    8,
+                    libc::MSG_DONTWAIT,
+                ) as libc::c_long)
             })
         }
         "open" | "read" | "write" | "fsync" | "mmap" => {
-            std::fs::write(file, b"kchaos").with_context(|| format!("creating {}", file.display()))?;
+            std::fs::write(file, b"kchaos")
+                .with_context(|| format!("creating {}", file.display()))?;
             let path = cstr(file)?;
             let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR) };
             if fd < 0 {
@@ -131,7 +150,14 @@ fn prepare(op: &str, file: &Path) -> Result<Call> {
                     "write" => libc::pwrite(fd, b"k".as_ptr().cast(), 1, 0) as libc::c_long,
                     "fsync" => libc::fsync(fd) as libc::c_long,
                     _ => {
-                        let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
+                        let p = libc::mmap(
+                            std::ptr::null_mut(),
+                            4096,
+                            libc::PROT_READ,
+                            libc::MAP_SHARED,
+                            fd,
+                            0,
+                        );
                         if p == libc::MAP_FAILED {
                             -1
                         } else {
@@ -183,6 +209,8 @@ fn prepare(op: &str, file: &Path) -> Result<Call> {
             }
             errno_of(pid as libc::c_long)
         }),
-        other => bail!("unknown operation '{other}': connect, bind, socket, sendmsg, recvmsg, open, read, write, fsync, mmap, mkdir, unlink, rename, fork"),
+        other => bail!(
+            "unknown operation '{other}': connect, bind, socket, sendmsg, recvmsg, open, read, write, fsync, mmap, mkdir, unlink, rename, fork"
+        ),
     })
 }

@@ -119,7 +119,11 @@ pub fn run(args: &TrafficArgs) -> Result<()> {
         } => udp_send(to, from, count, rate)?,
         Mode::TcpSend { to, duration } => tcp_send(to, duration)?,
         Mode::TcpConnect { to, timeout } => tcp_connect(to, timeout),
-        Mode::Syscalls { ref op, count, ref dir } => crate::syscall_helper::run(op, count, dir.as_deref())?,
+        Mode::Syscalls {
+            ref op,
+            count,
+            ref dir,
+        } => crate::syscall_helper::run(op, count, dir.as_deref())?,
     };
     println!("{value}");
     Ok(())

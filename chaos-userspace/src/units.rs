@@ -4,14 +4,19 @@ use std::time::Duration;
 
 use crate::error::BadInput;
 
+/// "1.5s" -> ("1.5", "s").
+fn split_number(text: &str) -> (&str, &str) {
+    let t = text.trim();
+    t.split_at(
+        t.find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len()),
+    )
+}
+
 /// Parses a duration: a number with a unit ns, us, ms, s, m or h ("1.5s", "200ms"). A bare number is
 /// refused, since "10" could mean anything.
 pub fn parse_duration(text: &str) -> Result<Duration, BadInput> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
+    let (num, unit) = split_number(text);
     let bad = || {
         BadInput::new(format!(
             "'{text}' is not a duration: write a number and a unit (ns, us, ms, s, m, h), e.g. 250ms or 1.5s"
@@ -50,11 +55,7 @@ pub fn parse_percent(text: &str) -> Result<f64, BadInput> {
 
 /// Parses a size in bytes: "512M", "1G", "64KiB", "1000" (K/M/G/T are powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64, BadInput> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
+    let (num, unit) = split_number(text);
     let bad = || {
         BadInput::new(format!(
             "'{text}' is not a size: write e.g. 512M, 1G, 64K or a number of bytes"

@@ -82,7 +82,16 @@ pub struct Running {
 impl Running {
     /// Starts kchaos with `args` and waits (up to 20 s) for its "armed" line.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(kchaos())
+        Self::start_with(args, None)
+    }
+
+    /// The same, keeping its run record in `run_dir` (see [`RunDir`]).
+    pub fn start_with(args: &[&str], run_dir: Option<&RunDir>) -> Self {
+        let mut cmd = Command::new(kchaos());
+        if let Some(d) = run_dir {
+            cmd.env("KCHAOS_RUN_DIR", &d.0);
+        }
+        let mut child = cmd
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -152,10 +161,101 @@ impl Drop for Running {
 
 /// Runs kchaos to completion.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(kchaos())
-        .args(args)
-        .output()
-        .expect("running kchaos")
+    run_with(args, None)
+}
+
+/// The same, with its run records in `run_dir`.
+pub fn run_with(args: &[&str], run_dir: Option<&RunDir>) -> Output {
+    let mut cmd = Command::new(kchaos());
+    if let Some(d) = run_dir {
+        cmd.env("KCHAOS_RUN_DIR", &d.0);
+    }
+    cmd.args(args).output().expect("running kchaos")
+}
+
+/// A private directory for kchaos's run records (KCHAOS_RUN_DIR), so a test's `kchaos stop` acts on
+/// that test's runs only, not on other kchaos processes of the machine. Removed on drop.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("kchaos-test-run-{}", tag("r")));
+        std::fs::create_dir_all(&dir).expect("creating a run dir");
+        Self(dir)
+    }
+
+    /// The run records (files) in it.
+    pub fn records(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.0)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for RunDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Attach types of `enum bpf_attach_type` the tests ask about.
+pub mod attach_type {
+    pub const INET_INGRESS: u32 = 0;
+    pub const INET_EGRESS: u32 = 1;
+    pub const INET_SOCK_CREATE: u32 = 2;
+    pub const INET4_BIND: u32 = 8;
+    pub const INET4_CONNECT: u32 = 10;
+    pub const UDP4_SENDMSG: u32 = 14;
+}
+
+/// The kernel's own list (BPF_PROG_QUERY, effective) of program ids that run for sockets of `cgroup`
+/// at `attach_type`. Unlike a host-wide listing, other tests' programs on other cgroups don't appear.
+pub fn cgroup_programs(cgroup: &std::path::Path, attach_type: u32) -> Vec<u32> {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    #[derive(Default)]
+    struct QueryAttr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+    let dir = std::fs::File::open(cgroup).expect("opening the cgroup");
+    let mut ids = [0u32; 64];
+    let mut attr = QueryAttr {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_type,
+        query_flags: BPF_F_QUERY_EFFECTIVE,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: attr and the id buffer outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &mut attr as *mut QueryAttr,
+            size_of::<QueryAttr>(),
+        )
+    };
+    assert_eq!(rc, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
+    ids[..attr.prog_cnt as usize].to_vec()
 }
 
 /// Runs `kchaos traffic [--cgroup CG] [--netns NS] MODE...` and parses its last JSON line.

@@ -11,9 +11,29 @@ const MS: f64 = 1000.0; // µs per ms
 
 /// Sorted round-trip times in µs of PROBES UDP echoes.
 fn rtts(cg: Option<&std::path::Path>, to: SocketAddr) -> Vec<f64> {
-    let v = traffic(cg, None, &["udp-echo", "--to", &to.to_string(), "--count", PROBES, "--rate", "400", "--rtt", "--wait", "1s"]);
+    let v = traffic(
+        cg,
+        None,
+        &[
+            "udp-echo",
+            "--to",
+            &to.to_string(),
+            "--count",
+            PROBES,
+            "--rate",
+            "400",
+            "--rtt",
+            "--wait",
+            "1s",
+        ],
+    );
     assert_eq!(v["received"], v["sent"], "probes were lost: {v}");
-    let mut r: Vec<f64> = v["rtt_us"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let mut r: Vec<f64> = v["rtt_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     r.sort_by(f64::total_cmp);
     r
 }
@@ -23,8 +43,15 @@ fn q(r: &[f64], p: f64) -> f64 {
 }
 
 fn root_qdisc(dev: &str) -> String {
-    let out = Command::new("tc").args(["qdisc", "show", "dev", dev, "root"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).unwrap_or_default().to_owned()
+    let out = Command::new("tc")
+        .args(["qdisc", "show", "dev", dev, "root"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]
@@ -34,7 +61,10 @@ fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
         return;
     }
     if !chaos_userspace::qdisc::kernel_has_fq() {
-        skip(name, "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it");
+        skip(
+            name,
+            "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it",
+        );
         return;
     }
     let lab = Lab::create(&tag("e")).unwrap();
@@ -44,17 +74,45 @@ fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
     let base = rtts(Some(&lab.cgroup.path), to);
     let before_qdisc = root_qdisc(&lab.host_if);
 
-    let running = Running::start(&["net", "--cgroup", &lab.cgroup.path.display().to_string(), "--delay", "20ms", "--jitter", "4ms", "--quiet"]);
-    assert_eq!(root_qdisc(&lab.host_if), "fq", "kchaos did not put fq on {}", lab.host_if);
+    let running = Running::start(&[
+        "net",
+        "--cgroup",
+        &lab.cgroup.path.display().to_string(),
+        "--delay",
+        "20ms",
+        "--jitter",
+        "4ms",
+        "--quiet",
+    ]);
+    assert_eq!(
+        root_qdisc(&lab.host_if),
+        "fq",
+        "kchaos did not put fq on {}",
+        lab.host_if
+    );
     let hit = rtts(Some(&lab.cgroup.path), to);
     let outside = rtts(None, to);
     let (code, out) = running.terminate();
     assert_eq!(code, 0, "{out:?}");
-    assert_eq!(root_qdisc(&lab.host_if), before_qdisc, "the qdisc was not restored");
+    assert_eq!(
+        root_qdisc(&lab.host_if),
+        before_qdisc,
+        "the qdisc was not restored"
+    );
 
     // netem on the same device, same boot, same probes (netem delays every packet on the device).
     let netem = |args: &[&str]| Command::new("tc").args(args).status().unwrap().success();
-    let netem_rtts = if netem(&["qdisc", "add", "dev", &lab.host_if, "root", "netem", "delay", "20ms", "4ms"]) {
+    let netem_rtts = if netem(&[
+        "qdisc",
+        "add",
+        "dev",
+        &lab.host_if,
+        "root",
+        "netem",
+        "delay",
+        "20ms",
+        "4ms",
+    ]) {
         let r = rtts(None, to);
         assert!(netem(&["qdisc", "del", "dev", &lab.host_if, "root"]));
         Some(r)
@@ -63,8 +121,15 @@ fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
     };
 
     let added = |r: &[f64], p: f64| q(r, p) - q(&base, 0.5);
-    println!("[{}] delay 20ms ±4ms, {PROBES} UDP round trips each (ms; baseline median {:.3}):", kernel_label(), q(&base, 0.5) / MS);
-    println!("  {:<22} {:>8} {:>8} {:>8} {:>8} {:>14} {:>12}", "", "p5", "p25", "p50", "p95", "p99", "|p50-D|");
+    println!(
+        "[{}] delay 20ms ±4ms, {PROBES} UDP round trips each (ms; baseline median {:.3}):",
+        kernel_label(),
+        q(&base, 0.5) / MS
+    );
+    println!(
+        "  {:<22} {:>8} {:>8} {:>8} {:>8} {:>14} {:>12}",
+        "", "p5", "p25", "p50", "p95", "p99", "|p50-D|"
+    );
     let row = |label: &str, r: &[f64]| {
         println!(
             "  {label:<22} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>14.3} {:>12.3}",
@@ -85,17 +150,41 @@ fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
     row("outside the cgroup", &outside);
 
     let err = (added(&hit, 0.5) - d).abs();
-    assert!(err <= (0.05 * d).max(0.2 * MS), "median added delay off by {:.3} ms", err / MS);
+    assert!(
+        err <= (0.05 * d).max(0.2 * MS),
+        "median added delay off by {:.3} ms",
+        err / MS
+    );
     // Jitter: the middle half of the added delays lies within D±J (plus the baseline's own spread).
     let noise = q(&base, 0.75) - q(&base, 0.5);
-    assert!(added(&hit, 0.25) >= d - j - 0.5 * MS, "p25 {:.3} ms below D-J", added(&hit, 0.25) / MS);
-    assert!(added(&hit, 0.75) <= d + j + noise + 0.5 * MS, "p75 {:.3} ms above D+J", added(&hit, 0.75) / MS);
-    assert!(added(&hit, 0.75) - added(&hit, 0.25) >= j * 0.5, "no spread: the jitter was not applied");
+    assert!(
+        added(&hit, 0.25) >= d - j - 0.5 * MS,
+        "p25 {:.3} ms below D-J",
+        added(&hit, 0.25) / MS
+    );
+    assert!(
+        added(&hit, 0.75) <= d + j + noise + 0.5 * MS,
+        "p75 {:.3} ms above D+J",
+        added(&hit, 0.75) / MS
+    );
+    assert!(
+        added(&hit, 0.75) - added(&hit, 0.25) >= j * 0.5,
+        "no spread: the jitter was not applied"
+    );
     // Nothing added outside the cgroup.
-    assert!(added(&outside, 0.5).abs() <= 1.0 * MS, "a process outside the cgroup was delayed by {:.3} ms", added(&outside, 0.5) / MS);
+    assert!(
+        added(&outside, 0.5).abs() <= 1.0 * MS,
+        "a process outside the cgroup was delayed by {:.3} ms",
+        added(&outside, 0.5) / MS
+    );
     if let Some(n) = &netem_rtts {
         let netem_err = (added(n, 0.5) - d).abs();
-        assert!(err <= netem_err + 0.5 * MS, "kchaos's median error {:.3} ms is worse than netem's {:.3} ms", err / MS, netem_err / MS);
+        assert!(
+            err <= netem_err + 0.5 * MS,
+            "kchaos's median error {:.3} ms is worse than netem's {:.3} ms",
+            err / MS,
+            netem_err / MS
+        );
     }
 }
 
@@ -106,22 +195,51 @@ fn stop_restores_the_qdisc_a_sigkilled_loader_left() {
         return;
     }
     if !chaos_userspace::qdisc::kernel_has_fq() {
-        skip(name, "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it");
+        skip(
+            name,
+            "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it",
+        );
         return;
     }
     let lab = Lab::create(&tag("k")).unwrap();
     let to = SocketAddr::from((lab.server_addr, 7000));
     let _srv = EchoServer::start(&lab.netns, to).unwrap();
     let before = root_qdisc(&lab.host_if);
-    let running = Running::start(&["net", "--cgroup", &lab.cgroup.path.display().to_string(), "--delay", "50ms", "--quiet"]);
+    let running = Running::start(&[
+        "net",
+        "--cgroup",
+        &lab.cgroup.path.display().to_string(),
+        "--delay",
+        "50ms",
+        "--quiet",
+    ]);
     assert_eq!(root_qdisc(&lab.host_if), "fq");
     running.sigkill();
     // The programs died with the loader: no delay any more, although fq (harmless alone) is still there.
     let r = rtts(Some(&lab.cgroup.path), to);
-    assert!(q(&r, 0.5) < 20.0 * MS, "packets still delayed after the loader died: median {:.3} ms", q(&r, 0.5) / MS);
-    assert_eq!(root_qdisc(&lab.host_if), "fq", "expected the netlink-owned qdisc to outlive the loader");
+    assert!(
+        q(&r, 0.5) < 20.0 * MS,
+        "packets still delayed after the loader died: median {:.3} ms",
+        q(&r, 0.5) / MS
+    );
+    assert_eq!(
+        root_qdisc(&lab.host_if),
+        "fq",
+        "expected the netlink-owned qdisc to outlive the loader"
+    );
     let out = integration_tests::run(&["stop"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&lab.host_if), "stop did not say what it undid");
-    assert_eq!(root_qdisc(&lab.host_if), before, "kchaos stop did not restore the qdisc");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&lab.host_if),
+        "stop did not say what it undid"
+    );
+    assert_eq!(
+        root_qdisc(&lab.host_if),
+        before,
+        "kchaos stop did not restore the qdisc"
+    );
 }

@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::{Running, kchaos, lab, root_or_skip, run, tag, traffic};
+use integration_tests::{
+    RunDir, Running, attach_type, cgroup_programs, kchaos, lab, root_or_skip, run, run_with, tag,
+    traffic,
+};
 use lab::{EchoServer, Lab};
 
 fn echo(cg: Option<&Path>, ns: Option<&Path>, to: SocketAddr, count: u64) -> (u64, u64) {
@@ -32,25 +35,17 @@ fn cg_arg(lab: &Lab) -> String {
     lab.cgroup.path.display().to_string()
 }
 
-/// What the kernel has loaded and attached that is ours: program ids named like kchaos's programs.
-fn our_programs() -> Vec<u32> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("net_")))
-        .map(|p| p.id())
-        .collect()
+/// The programs that run for the lab cgroup's sockets, both ways (the kernel's own listing).
+fn attached(lab: &Lab) -> Vec<u32> {
+    let mut ids = cgroup_programs(&lab.cgroup.path, attach_type::INET_EGRESS);
+    ids.extend(cgroup_programs(&lab.cgroup.path, attach_type::INET_INGRESS));
+    ids
 }
 
-fn all_links() -> Vec<u32> {
-    aya::programs::loaded_links()
-        .filter_map(Result::ok)
-        .map(|l| l.id())
-        .collect()
-}
-
-fn qdiscs() -> String {
+/// The lab device's qdiscs (root and clsact/ingress alike).
+fn qdiscs(lab: &Lab) -> String {
     let out = Command::new("tc")
-        .args(["qdisc", "show"])
+        .args(["qdisc", "show", "dev", &lab.host_if])
         .output()
         .expect("tc");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -300,34 +295,52 @@ fn nothing_is_left_after_a_run_and_after_sigkill() {
     let lab = Lab::create(&tag("t")).unwrap();
     let to = SocketAddr::from((lab.server_addr, 7000));
     let _srv = EchoServer::start(&lab.netns, to).unwrap();
-    let (progs, links, qd) = (our_programs(), all_links(), qdiscs());
+    let before = (attached(&lab), qdiscs(&lab));
+    assert!(
+        before.0.is_empty(),
+        "programs already attached to a fresh cgroup: {before:?}"
+    );
+    let runs = RunDir::new();
 
     // A run that ends by its duration.
-    let out = run(&[
-        "net",
-        "--cgroup",
-        &cg_arg(&lab),
-        "--drop",
-        "50",
-        "--partition",
-        "10.254.0.0/16",
-        "--duration",
-        "1s",
-        "--quiet",
-    ]);
+    let out = run_with(
+        &[
+            "net",
+            "--cgroup",
+            &cg_arg(&lab),
+            "--drop",
+            "50",
+            "--partition",
+            "10.254.0.0/16",
+            "--duration",
+            "1s",
+            "--quiet",
+        ],
+        Some(&runs),
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        (our_programs(), all_links(), qdiscs()),
-        (progs.clone(), links.clone(), qd.clone())
+        (attached(&lab), qdiscs(&lab)),
+        before,
+        "the kernel still lists kchaos's programs or qdiscs"
     );
     assert_eq!(echo(Some(&lab.cgroup.path), None, to, 300).1, 300);
+    assert!(
+        runs.records().is_empty(),
+        "a clean run left its record: {:?}",
+        runs.records()
+    );
 
     // A loader killed with SIGKILL while injecting: its fd-owned links die with it.
-    let running = Running::start(&["net", "--cgroup", &cg_arg(&lab), "--drop", "100", "--quiet"]);
+    let running = Running::start_with(
+        &["net", "--cgroup", &cg_arg(&lab), "--drop", "100", "--quiet"],
+        Some(&runs),
+    );
+    assert_eq!(attached(&lab).len(), 1, "one egress program while running");
     assert_eq!(
         echo(Some(&lab.cgroup.path), None, to, 300).1,
         0,
@@ -340,17 +353,23 @@ fn nothing_is_left_after_a_run_and_after_sigkill() {
         300,
         "faults outlived a SIGKILLed loader"
     );
-    assert_eq!((our_programs(), all_links(), qdiscs()), (progs, links, qd));
-    // `kchaos stop` finds the dead loader's record and clears it.
-    let out = run(&["stop"]);
+    assert_eq!((attached(&lab), qdiscs(&lab)), before);
+    // The killed loader's record is left; `kchaos stop` finds it and clears it.
+    assert_eq!(
+        runs.records().len(),
+        1,
+        "the killed loader left no record for `kchaos stop`"
+    );
+    let out = run_with(&["stop"], Some(&runs));
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        chaos_userspace::journal::records().is_empty(),
-        "a run record is left in /run/kchaos"
+        runs.records().is_empty(),
+        "kchaos stop left a record: {:?}",
+        runs.records()
     );
 }
 
@@ -361,7 +380,7 @@ fn bad_input_exits_2_and_attaches_nothing() {
     }
     let lab = Lab::create(&tag("t")).unwrap();
     let cg = cg_arg(&lab);
-    let progs = our_programs();
+    let progs = attached(&lab);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["net", "--cgroup", &cg, "--drop", "140"], "0 to 100"),
         (vec!["net", "--cgroup", &cg, "--bogus"], "--bogus"),
@@ -389,13 +408,13 @@ fn bad_input_exits_2_and_attaches_nothing() {
             stderr.contains(expect),
             "{args:?}: stderr does not say '{expect}': {stderr}"
         );
-        assert_eq!(our_programs(), progs, "{args:?} left programs loaded");
+        assert_eq!(attached(&lab), progs, "{args:?} left programs loaded");
     }
     if !chaos_userspace::qdisc::kernel_has_fq() {
         let out = run(&["net", "--cgroup", &cg, "--delay", "10ms"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("sch_fq"), "{stderr}");
-        assert_eq!(our_programs(), progs);
+        assert_eq!(attached(&lab), progs);
     }
 }

@@ -8,7 +8,7 @@ use crate::{build, setup};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: net, syscall.
+    /// Which benchmark: net, syscall, stress.
     pub which: String,
 }
 
@@ -16,7 +16,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     match args.which.as_str() {
         "net" => run_bin("bench-net"),
         "syscall" => run_bin("bench-syscall"),
-        other => bail!("unknown benchmark '{other}': allowed are net, syscall"),
+        "stress" => crate::bench_stress::run(),
+        other => bail!("unknown benchmark '{other}': allowed are net, syscall, stress"),
     }
 }
 

@@ -4,6 +4,7 @@
 //! names itself and how to do it by hand.
 
 mod bench;
+mod bench_stress;
 mod build;
 mod setup;
 mod test;

@@ -22,6 +22,10 @@ use crate::{build, setup};
 
 pub use console::PayloadResult;
 
+/// Workspace directories copied into the VM at their host paths: the tests find them through
+/// `env!("CARGO_MANIFEST_DIR")`, a host path fixed at compile time.
+const WORKSPACE_DATA: &[&str] = &["scenarios"];
+
 /// The whole VM run's limit unless $KCHAOS_VM_TIMEOUT (seconds) says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
@@ -41,12 +45,16 @@ pub struct Payload {
     pub name: String,
     pub binary: PathBuf,
     pub args: Vec<String>,
+    /// Its working directory inside the VM (made if missing); None: /tmp.
+    pub cwd: Option<PathBuf>,
 }
 
 /// `cargo xtask vm-test`: the integration tests inside the VM kernel.
 pub fn run(args: &VmTestArgs) -> Result<()> {
     let kchaos = build::build_kchaos()?;
-    let tests = cargo_tests::build_integration_tests()?;
+    let mut tests = cargo_tests::build_integration_tests()?;
+    // Cargo reports them in build order, which varies; a fixed order makes runs comparable.
+    tests.sort_by(|a, b| a.name.cmp(&b.name));
     if tests.is_empty() {
         bail!("the integration-tests crate produced no test executables (no tests/tests/*.rs?)");
     }
@@ -58,6 +66,8 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
             name: t.name,
             binary: t.path,
             args: test_args.clone(),
+            // Where `cargo test` runs them: the package's directory.
+            cwd: Some(setup::workspace_root().join("tests")),
         })
         .collect();
     let results = run_payloads(
@@ -85,12 +95,15 @@ pub fn run_payloads(
     let work = TempDir::create(&vm_dir, "run")?;
     let modules = modules::prepare(&kernel, modules::WANTED, &work.path.join("modules"))?;
     let initrd = work.path.join("initramfs.gz");
+    let root = setup::workspace_root();
+    let data_dirs: Vec<PathBuf> = WORKSPACE_DATA.iter().map(|d| root.join(d)).collect();
     initramfs::build(
         &initramfs::Contents {
             kernel: &kernel,
             modules: &modules,
             kchaos,
             payloads,
+            data_dirs: &data_dirs,
         },
         &initrd,
     )?;
@@ -252,6 +265,7 @@ mod tests {
             name: name.to_owned(),
             binary: "/bin/sh".into(),
             args: vec!["-c".to_owned(), script.to_owned()],
+            cwd: None,
         };
         let mut payloads = vec![
             sh(
@@ -270,6 +284,7 @@ mod tests {
                 name: "probe".to_owned(),
                 binary: "/bin/sh".into(),
                 args: vec!["-c".into(), "$KCHAOS_BIN probe".into()],
+                cwd: None,
             });
         }
         let results = run_payloads(

@@ -154,9 +154,16 @@ mod tests {
             (format!("machine.slice/libpod-{ID}.scope"), Runtime::Podman),
         ];
         for (i, (dir, runtime)) in cases.iter().enumerate() {
-            let root = tree(&[dir.as_str(), "system.slice/other.service", &"x".repeat(i + 1)]);
+            let root = tree(&[
+                dir.as_str(),
+                "system.slice/other.service",
+                &"x".repeat(i + 1),
+            ]);
             assert_eq!(resolve(&root, ID, *runtime).unwrap(), root.join(dir));
-            assert_eq!(resolve(&root, &ID[..12], Runtime::Any).unwrap(), root.join(dir));
+            assert_eq!(
+                resolve(&root, &ID[..12], Runtime::Any).unwrap(),
+                root.join(dir)
+            );
             std::fs::remove_dir_all(&root).unwrap();
         }
     }

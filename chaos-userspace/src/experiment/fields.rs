@@ -301,11 +301,7 @@ impl Ctx<'_> {
         match t.trim().parse::<i64>() {
             Ok(v) => Some(v),
             Err(_) => {
-                self.err(
-                    node.mark,
-                    path,
-                    format!("'{t}' is not a whole number"),
-                );
+                self.err(node.mark, path, format!("'{t}' is not a whole number"));
                 None
             }
         }
@@ -339,7 +335,10 @@ impl Ctx<'_> {
             self.err(
                 node.mark,
                 path,
-                format!("'{t}' is not allowed{hint}: allowed are {}", choices.join(", ")),
+                format!(
+                    "'{t}' is not allowed{hint}: allowed are {}",
+                    choices.join(", ")
+                ),
             );
             None
         }
@@ -376,7 +375,11 @@ mod tests {
         let v = vars();
         assert_eq!(substitute("${a}/${b}", &v).unwrap(), "2/x");
         assert_eq!(substitute("$$5 ${b}$", &v).unwrap(), "$5 x$");
-        assert!(substitute("${nope}", &v).unwrap_err().contains("--var nope"));
+        assert!(
+            substitute("${nope}", &v)
+                .unwrap_err()
+                .contains("--var nope")
+        );
         assert!(substitute("${a", &v).is_err());
         assert!(substitute("${a b}", &v).is_err());
     }

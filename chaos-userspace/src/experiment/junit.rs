@@ -42,7 +42,10 @@ pub fn render(r: &Report) -> String {
             continue;
         }
         let failure = if ran.is_none() {
-            Some(format!("the {phase} phase did not run ({})", r.summary.end_reason))
+            Some(format!(
+                "the {phase} phase did not run ({})",
+                r.summary.end_reason
+            ))
         } else {
             let failed: Vec<String> = hs
                 .iter()

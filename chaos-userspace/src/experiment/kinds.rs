@@ -117,7 +117,9 @@ impl FaultKind {
             FaultKind::Net(spec) => match param {
                 "drop" if (0.0..=100.0).contains(&value) => Ok(()),
                 "drop" => Err(format!("{value}% is not allowed: 0 to 100")),
-                "delay" if value <= 5.0 && Duration::from_secs_f64(value.max(0.0)) >= spec.jitter => {
+                "delay"
+                    if value <= 5.0 && Duration::from_secs_f64(value.max(0.0)) >= spec.jitter =>
+                {
                     Ok(())
                 }
                 "delay" => Err(format!(
@@ -195,13 +197,13 @@ impl FaultKind {
     }
 
     /// Attaches it to the targets, unarmed.
-    pub fn attach(&self, targets: &[Target], journal: &mut Journal) -> Result<Box<dyn ActiveFault>> {
+    pub fn attach(
+        &self,
+        targets: &[Target],
+        journal: &mut Journal,
+    ) -> Result<Box<dyn ActiveFault>> {
         match self {
-            FaultKind::Net(spec) => Ok(Box::new(NetFault::attach(
-                spec.clone(),
-                targets,
-                journal,
-            )?)),
+            FaultKind::Net(spec) => Ok(Box::new(NetFault::attach(spec.clone(), targets, journal)?)),
         }
     }
 
@@ -211,12 +213,63 @@ impl FaultKind {
             FaultKind::Net(_) => counters
                 .iter()
                 .filter(|(k, _)| {
-                    k.ends_with(".dropped") || k.ends_with(".partitioned") || k.ends_with(".delayed")
+                    k.ends_with(".dropped")
+                        || k.ends_with(".partitioned")
+                        || k.ends_with(".delayed")
                 })
                 .map(|(_, v)| v)
                 .sum(),
         }
     }
+}
+
+/// Fault types `kchaos monkey --types` can pick from.
+pub const MONKEY_TYPES: &[&str] = &["net-drop", "net-delay", "net-partition"];
+
+/// Bounds on what the monkey may inject.
+#[derive(Clone, Debug)]
+pub struct MonkeyCaps {
+    pub max_drop_percent: f64,
+    pub max_delay: Duration,
+    /// Peers a partition may cut the target off from.
+    pub peers: Vec<String>,
+}
+
+/// A random fault of `monkey_type` within `caps`; `draw` returns uniform numbers in [0, 1).
+pub fn random_fault(
+    monkey_type: &str,
+    caps: &MonkeyCaps,
+    draw: &mut dyn FnMut() -> f64,
+) -> Result<FaultKind, BadInput> {
+    let mut args = NetArgs::default();
+    match monkey_type {
+        "net-drop" => {
+            // Whole tenths of a percent, at least 1%.
+            let p = 1.0 + draw() * (caps.max_drop_percent - 1.0).max(0.0);
+            args.drop = Some((p * 10.0).round() / 10.0);
+        }
+        "net-delay" => {
+            let max_ms = caps.max_delay.as_millis().max(1) as f64;
+            let ms = (1.0 + draw() * (max_ms - 1.0)).round();
+            args.delay = Some(Duration::from_millis(ms as u64));
+        }
+        "net-partition" => {
+            if caps.peers.is_empty() {
+                return Err(BadInput::new(
+                    "--types net-partition needs --peer CIDR[:PORT]: which peer to cut the target off from",
+                ));
+            }
+            let i = ((draw() * caps.peers.len() as f64) as usize).min(caps.peers.len() - 1);
+            args.partitions = vec![caps.peers[i].clone()];
+        }
+        other => {
+            return Err(BadInput::new(format!(
+                "--types {other}: allowed are {}",
+                MONKEY_TYPES.join(", ")
+            )));
+        }
+    }
+    NetSpec::from_args(&args).map(FaultKind::Net)
 }
 
 /// An attached fault, whatever its kind.
@@ -311,7 +364,10 @@ fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> Optio
         }
     }
     if let Some(n) = f.value("proto") {
-        args.proto = match ctx.choice(n, &f.path_of("proto"), &["tcp", "udp", "icmp"])?.as_str() {
+        args.proto = match ctx
+            .choice(n, &f.path_of("proto"), &["tcp", "udp", "icmp"])?
+            .as_str()
+        {
             "tcp" => Some(Proto::Tcp),
             "udp" => Some(Proto::Udp),
             _ => Some(Proto::Icmp),

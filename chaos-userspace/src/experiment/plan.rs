@@ -18,7 +18,12 @@ pub fn timeline(s: &Scenario, targets: &[ResolvedTarget]) -> Vec<PlanStep> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let before = s.steady_state.before;
     let mut steps = Vec::new();
-    let probe_names: Vec<&str> = s.steady_state.probes.iter().map(|p| p.name.as_str()).collect();
+    let probe_names: Vec<&str> = s
+        .steady_state
+        .probes
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
     if probe_names.is_empty() {
         steps.push(PlanStep {
             at_ms: 0.0,
@@ -50,7 +55,7 @@ pub fn timeline(s: &Scenario, targets: &[ResolvedTarget]) -> Vec<PlanStep> {
             what: format!(
                 "attach + arm '{}' [{}] on {} for {}",
                 f.name,
-                f.kind.describe(),
+                f.describe(),
                 where_(&f.targets),
                 format_duration(f.duration)
             ),
@@ -73,7 +78,10 @@ pub fn timeline(s: &Scenario, targets: &[ResolvedTarget]) -> Vec<PlanStep> {
         }
         steps.push(PlanStep {
             at_ms: ms(before + f.end()),
-            what: format!("detach '{}' (the kernel stops it by itself at this deadline too)", f.name),
+            what: format!(
+                "detach '{}' (the kernel stops it by itself at this deadline too)",
+                f.name
+            ),
         });
     }
     let method_end = before + s.method_length();
@@ -129,7 +137,13 @@ mod tests {
         let steps = timeline(&s, &[]);
         let text = render(&steps);
         let at: Vec<f64> = steps.iter().map(|s| s.at_ms).collect();
-        assert_eq!(at, [0.0, 3000.0, 3000.0, 4000.0, 5000.0, 6000.0, 6000.0, 6000.0, 7000.0], "{text}");
+        assert_eq!(
+            at,
+            [
+                0.0, 3000.0, 3000.0, 4000.0, 5000.0, 6000.0, 6000.0, 6000.0, 7000.0
+            ],
+            "{text}"
+        );
         assert!(text.contains("'f' drop = 20%"), "{text}");
         assert!(text.contains("rollback 'rollback-1': echo hi"), "{text}");
     }

@@ -64,7 +64,9 @@ pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
             .ok_or_else(|| format!("'{url}': the port must be 1 to 65535"))?,
     };
     if path.contains(|c: char| c.is_control() || c == ' ') {
-        return Err(format!("'{url}': the path has spaces or control characters"));
+        return Err(format!(
+            "'{url}': the path has spaces or control characters"
+        ));
     }
     Ok((host, port, path))
 }
@@ -147,7 +149,12 @@ fn http_get(url: &str, timeout: Duration) -> Result<u16, String> {
         .and_then(|l| l.strip_prefix("HTTP/"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))?;
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP response: {:?}",
+                line.lines().next().unwrap_or("")
+            )
+        })?;
     Ok(status)
 }
 
@@ -164,14 +171,17 @@ fn run_command(argv: &[String], timeout: Duration) -> Result<i32, String> {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {
-                return Ok(status
-                    .code()
-                    .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)));
+                return Ok(status.code().unwrap_or_else(|| {
+                    128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+                }));
             }
             Ok(None) if start.elapsed() >= timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("timed out after {}", crate::units::format_duration(timeout)));
+                return Err(format!(
+                    "timed out after {}",
+                    crate::units::format_duration(timeout)
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(e.to_string()),
@@ -418,7 +428,11 @@ mod tests {
         };
         assert!(judge(&tol, &s).is_ok());
         v.extend([r(false, 1.0), r(false, 1.0), r(false, 1.0)]);
-        assert!(judge(&tol, &stats(&v)).unwrap_err().contains("success 87.0%"));
+        assert!(
+            judge(&tol, &stats(&v))
+                .unwrap_err()
+                .contains("success 87.0%")
+        );
         let slow: Vec<ProbeResult> = (0..10).map(|_| r(true, 50.0)).collect();
         assert!(judge(&tol, &stats(&slow)).unwrap_err().contains("p95"));
         assert!(judge(&tol, &stats(&[])).is_err());
@@ -449,16 +463,28 @@ mod tests {
                 let mut buf = [0u8; 1024];
                 let n = s.read(&mut buf).unwrap();
                 let req = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let status = if req.starts_with("GET /ok ") { "200 OK" } else { "503 Busy" };
-                let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+                let status = if req.starts_with("GET /ok ") {
+                    "200 OK"
+                } else {
+                    "503 Busy"
+                };
+                let _ = s.write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                );
             }
         });
         let http = |path: &str| Check::Http {
             url: format!("http://{addr}{path}"),
             statuses: vec![],
         };
-        assert_eq!(attempt(&http("/ok"), Duration::from_secs(2)), (true, "HTTP 200".into()));
-        assert_eq!(attempt(&http("/no"), Duration::from_secs(2)), (false, "HTTP 503".into()));
+        assert_eq!(
+            attempt(&http("/ok"), Duration::from_secs(2)),
+            (true, "HTTP 200".into())
+        );
+        assert_eq!(
+            attempt(&http("/no"), Duration::from_secs(2)),
+            (false, "HTTP 503".into())
+        );
         server.join().unwrap();
         // Nothing listens there now.
         let (ok, _) = attempt(&Check::Tcp { address: addr }, Duration::from_millis(500));
@@ -467,7 +493,10 @@ mod tests {
             argv: vec!["/bin/sh".into(), "-c".into(), s.into()],
             exit_code: 3,
         };
-        assert_eq!(attempt(&cmd("exit 3"), Duration::from_secs(2)), (true, "exit 3".into()));
+        assert_eq!(
+            attempt(&cmd("exit 3"), Duration::from_secs(2)),
+            (true, "exit 3".into())
+        );
         let start = Instant::now();
         let (ok, detail) = attempt(&cmd("sleep 5"), Duration::from_millis(200));
         assert!(!ok && detail.contains("timed out"), "{detail}");

@@ -171,7 +171,8 @@ pub struct Summary {
     pub abort_to_detached_ms: Option<f64>,
 }
 
-/// Time to recover after a fault ended: until every probe succeeded again.
+/// Time to recover after a fault ended: until every probe watching it succeeded again (the probes run
+/// from inside its targets, or every probe when none is).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Recovery {
     pub fault: String,
@@ -235,10 +236,26 @@ pub fn outcome(
         .filter_map(|f| {
             let end = f.end_ms?;
             let mut worst: Option<f64> = Some(0.0);
-            for p in probes {
+            // The probes that watch this fault's targets from inside; all probes when none does.
+            let own: Vec<&ProbeRecord> = probes
+                .iter()
+                .filter(|p| {
+                    p.from_target
+                        .as_ref()
+                        .is_some_and(|t| f.targets.contains(t))
+                })
+                .collect();
+            let watching: Vec<&ProbeRecord> = if own.is_empty() {
+                probes.iter().collect()
+            } else {
+                own
+            };
+            for p in watching {
                 // Healthy when the fault ended: nothing to recover from.
                 let last_before = p.results.iter().rfind(|r| r.t_ms + r.latency_ms <= end);
-                if last_before.is_none_or(|r| r.ok) && !p.results.iter().any(|r| r.t_ms >= end && !r.ok) {
+                if last_before.is_none_or(|r| r.ok)
+                    && !p.results.iter().any(|r| r.t_ms >= end && !r.ok)
+                {
                     continue;
                 }
                 let first_ok = p.results.iter().find(|r| r.t_ms >= end && r.ok);
@@ -264,8 +281,8 @@ impl Report {
     }
 
     pub fn read_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).map_err(|e| {
             anyhow::Error::new(crate::error::BadInput::new(format!(
                 "{}: not a kchaos experiment report ({e})",
@@ -290,7 +307,8 @@ impl Report {
         out.push(format!(
             "  steady state: {}",
             match s.steady_state_held {
-                Some(true) => "held (before and after)".to_owned(),
+                Some(true) if self.phases.before.is_some() => "held (before and after)".to_owned(),
+                Some(true) => "held (after; no check before: steady_state.before is 0s)".to_owned(),
                 Some(false) => "DID NOT HOLD".to_owned(),
                 None => "not checked (no probes)".to_owned(),
             }
@@ -330,7 +348,10 @@ impl Report {
             "  availability during faults: {}",
             pct(s.availability_during_faults_pct)
         ));
-        out.push(format!("  error rate while faults ran: {}", pct(s.error_rate_pct)));
+        out.push(format!(
+            "  error rate while faults ran: {}",
+            pct(s.error_rate_pct)
+        ));
         for r in &s.recovery {
             out.push(format!(
                 "  time to recover after '{}': {}",
@@ -395,7 +416,7 @@ mod tests {
         let results: Vec<ProbeSample> = (0..40)
             .map(|i| {
                 let t = i as f64 * 100.0;
-                let ok = t < 1000.0 || t >= 2600.0 || (t < 2000.0 && i % 2 == 0);
+                let ok = !(1000.0..2600.0).contains(&t) || (t < 2000.0 && i % 2 == 0);
                 sample(t, ok)
             })
             .collect();
@@ -412,8 +433,8 @@ mod tests {
         };
         let (avail, err, rec) = outcome(&[fault], std::slice::from_ref(&probe));
         assert_eq!(avail, Some(50.0));
-        // During (1000..3000): 5 ok of 20.
-        assert_eq!(err, Some(75.0));
+        // During (1000..3000): 5 ok in the fault, 4 ok once recovered, of 20.
+        assert_eq!(err, Some(55.0));
         assert_eq!(rec[0].mttr_ms, Some(600.0));
         let phases = Phases {
             before: Some((0.0, 1000.0)),

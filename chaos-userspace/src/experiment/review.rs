@@ -21,7 +21,8 @@ pub enum Risk {
 
 impl fmt::Display for Risk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // pad (not write_str), so "{:>6}" lines the levels up.
+        f.pad(match self {
             Risk::Low => "low",
             Risk::Medium => "medium",
             Risk::High => "HIGH",
@@ -67,7 +68,18 @@ pub fn review(
             "no steady_state probe: nothing checks the system is healthy before injecting, or notices \
              when it is not; add steady_state.probes",
         ));
-    } else if s.steady_state.probes.iter().all(|p| p.from_target.is_none()) {
+    } else if s.steady_state.before.is_zero() {
+        out.push(finding(
+            Risk::Medium,
+            "no-before-check",
+            "steady_state.before is 0s: faults start without checking the system is healthy first",
+        ));
+    } else if s
+        .steady_state
+        .probes
+        .iter()
+        .all(|p| p.from_target.is_none())
+    {
         out.push(finding(
             Risk::Low,
             "probes-outside-target",
@@ -112,7 +124,8 @@ pub fn review(
             Risk::Medium,
             "target-not-found",
             format!(
-                "target '{name}' cannot be resolved here ({why}); `run` resolves it again and refuses if it is missing"
+                "{why} (target '{name}' cannot be resolved on this machine; `run` resolves it again \
+                 and refuses if it is still missing)"
             ),
         ));
     }
@@ -163,9 +176,12 @@ pub fn review(
         }
     }
     if s.rollbacks.is_empty() {
-        let mut advised: Vec<(Risk, String)> =
-            s.faults.iter().filter_map(|f| f.kind.rollback_advice()).collect();
-        advised.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut advised: Vec<(Risk, String)> = s
+            .faults
+            .iter()
+            .filter_map(|f| f.kind.rollback_advice())
+            .collect();
+        advised.sort_by_key(|a| std::cmp::Reverse(a.0));
         advised.dedup_by(|a, b| a.1 == b.1);
         for (risk, why) in advised {
             out.push(finding(
@@ -175,7 +191,7 @@ pub fn review(
             ));
         }
     }
-    out.sort_by(|a, b| b.risk.cmp(&a.risk));
+    out.sort_by_key(|f| std::cmp::Reverse(f.risk));
     out
 }
 
@@ -215,7 +231,9 @@ mod tests {
 
     #[test]
     fn a_bare_scenario_is_high_risk() {
-        let s = load("title: t\ntargets: [{cgroup: app}]\nfaults: [{for: 1s, net: {partition: 10.0.0.1}}]\n");
+        let s = load(
+            "title: t\ntargets: [{cgroup: app}]\nfaults: [{for: 1s, net: {partition: 10.0.0.1}}]\n",
+        );
         let f = review(&s, &[], &[], None);
         assert_eq!(
             codes(&f),
@@ -246,8 +264,14 @@ mod tests {
             Some(&root),
         );
         assert!(codes(&f).contains(&(Risk::High, "wide-target")), "{f:?}");
-        assert!(codes(&f).contains(&(Risk::Medium, "several-trees")), "{f:?}");
+        assert!(
+            codes(&f).contains(&(Risk::Medium, "several-trees")),
+            "{f:?}"
+        );
         let f = review(&s, &[t("b", "x/y"), t("c", "x/y/z")], &[], Some(&root));
-        assert!(!codes(&f).iter().any(|c| c.1 == "several-trees"), "nested is one tree");
+        assert!(
+            !codes(&f).iter().any(|c| c.1 == "several-trees"),
+            "nested is one tree"
+        );
     }
 }

@@ -85,6 +85,7 @@ struct Run<'a> {
     rx: UnboundedReceiver<ProbeResult>,
     rx_open: bool,
     probe_results: Vec<Vec<ProbeSample>>,
+    /// Per abort rule: since when (ms) its probe has been outside the rule's tolerance.
     violated_since: Vec<Option<f64>>,
     phases: Phases,
     method_start: Option<Instant>,
@@ -121,7 +122,7 @@ pub async fn execute(setup: Setup) -> Result<Report> {
         rx,
         rx_open: true,
         probe_results: vec![Vec::new(); s.steady_state.probes.len()],
-        violated_since: vec![None; s.steady_state.probes.len()],
+        violated_since: vec![None; s.abort.len()],
         phases: Phases::default(),
         method_start: None,
         method_start_ns: u64::MAX,
@@ -137,7 +138,7 @@ pub async fn execute(setup: Setup) -> Result<Report> {
                 record: FaultRecord {
                     name: f.name.clone(),
                     kind: f.kind.name().into(),
-                    description: f.kind.describe(),
+                    description: f.describe(),
                     targets: f.targets.clone(),
                     planned_start_ms: (s.steady_state.before + f.at).as_secs_f64() * 1e3,
                     planned_end_ms: (s.steady_state.before + f.end()).as_secs_f64() * 1e3,
@@ -178,7 +179,7 @@ pub async fn execute(setup: Setup) -> Result<Report> {
     let mut stop = None;
     let mut before_held = true;
     // Before: the hypothesis must hold, or nothing is injected.
-    if !s.steady_state.probes.is_empty() {
+    if !s.steady_state.probes.is_empty() && !s.steady_state.before.is_zero() {
         run.event(
             "phase.before",
             format!("probing for {}", format_duration(s.steady_state.before)),
@@ -242,10 +243,10 @@ pub async fn execute(setup: Setup) -> Result<Report> {
             format!("probing for {}", format_duration(s.steady_state.after)),
         );
         let deadline = Instant::now() + s.steady_state.after;
-        if let Some(sig) = run.pump(deadline, false).await? {
-            if stop.is_none() {
-                stop = Some(sig);
-            }
+        if let Some(sig) = run.pump(deadline, false).await?
+            && stop.is_none()
+        {
+            stop = Some(sig);
         }
         run.phases.after = Some((start_ms, run.ms()));
     }
@@ -260,7 +261,10 @@ pub async fn execute(setup: Setup) -> Result<Report> {
     let mut rollbacks = Vec::new();
     if method_ran {
         for r in &s.rollbacks {
-            run.event("rollback.start", format!("'{}': {}", r.name, plan::shell_words(&r.argv)));
+            run.event(
+                "rollback.start",
+                format!("'{}': {}", r.name, plan::shell_words(&r.argv)),
+            );
             let rec = rollback(r);
             run.event(
                 "rollback.end",
@@ -285,7 +289,14 @@ pub async fn execute(setup: Setup) -> Result<Report> {
         ),
     };
     run.event("run.end", end_reason.clone());
-    Ok(run.finish(before_held, stop.is_none(), end_reason, abort_reason, rollbacks, &setup))
+    Ok(run.finish(
+        before_held,
+        stop.is_none(),
+        end_reason,
+        abort_reason,
+        rollbacks,
+        &setup,
+    ))
 }
 
 impl Run<'_> {
@@ -387,6 +398,12 @@ impl Run<'_> {
         if phase != "during" || self.after_start_ns.is_some() {
             return None;
         }
+        self.judge_rules(index, &r.detail);
+        self.check_abort_rules()
+    }
+
+    /// Re-judges, over its sliding window, every abort rule watching probe `index`.
+    fn judge_rules(&mut self, index: usize, last_detail: &str) {
         let probe = &self.s.steady_state.probes[index];
         let now = self.ms();
         let window_ms = probe.tolerance.window.as_secs_f64() * 1e3;
@@ -401,46 +418,48 @@ impl Run<'_> {
                 detail: String::new(),
             })
             .collect();
-        match probes::judge(&probe.tolerance, &probes::stats(&window)) {
-            Err(why) => {
-                if self.violated_since[index].is_none() {
-                    self.violated_since[index] = Some(now);
-                    let name = probe.name.clone();
-                    self.event(
-                        "probe.violated",
-                        format!("'{name}': {why} (last: {})", r.detail),
-                    );
-                }
+        let stats = probes::stats(&window);
+        for (k, rule) in self.s.abort.iter().enumerate() {
+            if rule.probe != probe.name {
+                continue;
             }
-            Ok(()) => {
-                if self.violated_since[index].take().is_some() {
-                    let name = probe.name.clone();
-                    self.event("probe.held", format!("'{name}' within tolerance again"));
+            match probes::judge(&rule.tolerance(&probe.tolerance), &stats) {
+                Err(why) => {
+                    if self.violated_since[k].is_none() {
+                        self.violated_since[k] = Some(now);
+                        self.event(
+                            "probe.violated",
+                            format!(
+                                "'{}' (abort rule {}): {why} (last: {last_detail})",
+                                rule.probe,
+                                k + 1
+                            ),
+                        );
+                    }
+                }
+                Ok(()) => {
+                    if self.violated_since[k].take().is_some() {
+                        self.event(
+                            "probe.held",
+                            format!("'{}' within abort rule {} again", rule.probe, k + 1),
+                        );
+                    }
                 }
             }
         }
-        self.check_abort_rules()
     }
 
     fn check_abort_rules(&mut self) -> Option<String> {
         let now = self.ms();
-        for rule in &self.s.abort {
-            let Some(i) = self
-                .s
-                .steady_state
-                .probes
-                .iter()
-                .position(|p| p.name == rule.probe)
-            else {
-                continue;
-            };
-            if let Some(since) = self.violated_since[i]
+        for (k, rule) in self.s.abort.iter().enumerate() {
+            if let Some(since) = self.violated_since[k]
                 && now - since >= rule.violated_for.as_secs_f64() * 1e3
             {
                 let why = format!(
-                    "probe '{}' violated its tolerance for {:.0} ms (rule: for {})",
+                    "probe '{}' violated its tolerance for {:.0} ms (abort rule {}: for {})",
                     rule.probe,
                     now - since,
+                    k + 1,
                     format_duration(rule.violated_for)
                 );
                 self.event("abort", why.clone());
@@ -452,9 +471,7 @@ impl Run<'_> {
 
     /// One step of the timeline; returns an abort reason (budget, a failed attach).
     fn tick_method(&mut self, now: Instant) -> Option<String> {
-        let Some(method_start) = self.method_start else {
-            return None;
-        };
+        let method_start = self.method_start?;
         let elapsed = now - method_start;
         let budget_end_ns = self.budget_end.map(|b| {
             self.method_start_ns + b.saturating_duration_since(method_start).as_nanos() as u64
@@ -492,7 +509,8 @@ impl Run<'_> {
         if let Some(max) = self.s.budget.as_ref().and_then(|b| b.max_injected_events) {
             let total = self.injected_total();
             if total >= max {
-                let why = format!("budget: {total} injected events reached max_injected_events {max}");
+                let why =
+                    format!("budget: {total} injected events reached max_injected_events {max}");
                 self.event("budget.exceeded", why.clone());
                 return Some(why);
             }
@@ -525,7 +543,10 @@ impl Run<'_> {
             active.set_param(&r.param, v)?;
             steps.push((r.param.clone(), v, r.unit.format(v)));
         }
-        active.arm(lifecycle::lease_deadline_ns(lifecycle::monotonic_ns(), Some(end_ns)))?;
+        active.arm(lifecycle::lease_deadline_ns(
+            lifecycle::monotonic_ns(),
+            Some(end_ns),
+        ))?;
         let t = self.ms();
         let f = &mut self.faults[i];
         f.record.start_ms = Some(t);
@@ -542,7 +563,7 @@ impl Run<'_> {
         let attached = f.record.attached.join("; ");
         f.active = Some(active);
         let name = decl.name.clone();
-        let describe = decl.kind.describe();
+        let describe = decl.describe();
         self.event("fault.armed", format!("'{name}' {describe}: {attached}"));
         Ok(())
     }
@@ -571,7 +592,10 @@ impl Run<'_> {
                     changed.push(format!("{} = {}", r.param, r.unit.format(v)));
                 }
             }
-            active.arm(lifecycle::lease_deadline_ns(lifecycle::monotonic_ns(), Some(end_ns)))?;
+            active.arm(lifecycle::lease_deadline_ns(
+                lifecycle::monotonic_ns(),
+                Some(end_ns),
+            ))?;
             let counters = active.counters()?;
             f.record.injected_events = decl.kind.injected_events(&counters);
             if f.last_sample.is_none_or(|l| now - l >= SAMPLE_EVERY) {
@@ -585,7 +609,10 @@ impl Run<'_> {
             f.record.counters = counters;
         }
         if !changed.is_empty() {
-            self.event("fault.ramp", format!("'{}' {}", decl.name, changed.join(", ")));
+            self.event(
+                "fault.ramp",
+                format!("'{}' {}", decl.name, changed.join(", ")),
+            );
         }
         Ok(())
     }
@@ -769,8 +796,14 @@ fn rollback(r: &Rollback) -> RollbackRecord {
     };
     // Read output on threads so a chatty command cannot block on a full pipe.
     let readers: Vec<std::thread::JoinHandle<String>> = [
-        child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-        child.stderr.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
     ]
     .into_iter()
     .flatten()

@@ -109,6 +109,21 @@ impl FaultDecl {
     pub fn end(&self) -> Duration {
         self.at + self.duration
     }
+
+    /// What it does, ramps included.
+    pub fn describe(&self) -> String {
+        let mut text = self.kind.describe();
+        for r in &self.ramps {
+            text += &format!(
+                "; ramp {} {} -> {} over {}",
+                r.param,
+                r.unit.format(r.from),
+                r.unit.format(r.to),
+                crate::units::format_duration(r.over)
+            );
+        }
+        text
+    }
 }
 
 /// A parameter moved from `from` to `to` over `over`, a step every `step`.
@@ -141,6 +156,11 @@ pub struct AbortRule {
     pub probe: String,
     /// Abort once it has been violated this long without a break (0: at the first violation).
     pub violated_for: Duration,
+    /// Judge by this success rate instead of the probe's own tolerance (an abort line is often looser
+    /// than the steady state's).
+    pub success_rate: Option<f64>,
+    /// Judge by this p95 latency instead of the probe's own.
+    pub p95_latency: Option<Duration>,
     #[serde(skip)]
     pub mark: Mark,
 }
@@ -276,7 +296,11 @@ fn read(ctx: &mut Ctx, top: &Fields) -> Scenario {
         .and_then(|n| ctx.text(n, "title"))
         .unwrap_or_default();
     if title.is_empty() {
-        ctx.err(top.mark, "title", "missing field 'title': name the experiment");
+        ctx.err(
+            top.mark,
+            "title",
+            "missing field 'title': name the experiment",
+        );
     }
     let description = top
         .value("description")
@@ -286,11 +310,16 @@ fn read(ctx: &mut Ctx, top: &Fields) -> Scenario {
         .value("allow_host")
         .and_then(|n| ctx.boolean(n, "allow_host"))
         .unwrap_or(false);
-    let targets = match ctx.required(top, "targets", "list the cgroups, pids or containers to hit") {
+    let targets = match ctx.required(
+        top,
+        "targets",
+        "list the cgroups, pids or containers to hit",
+    ) {
         Some(n) => read_targets(ctx, n),
         None => Vec::new(),
     };
-    let target_names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    // Names as declared, also of entries with errors, so a reference to them is no second error.
+    let target_names = declared_names(ctx, top.value("targets"), "target");
     let steady_state = match top.value("steady_state") {
         Some(n) => read_steady_state(ctx, n, &target_names),
         None => SteadyState {
@@ -303,11 +332,14 @@ fn read(ctx: &mut Ctx, top: &Fields) -> Scenario {
         Some(n) => read_faults(ctx, n, &target_names),
         None => Vec::new(),
     };
-    let probe_names: Vec<String> = steady_state
-        .probes
-        .iter()
-        .map(|p| p.name.clone())
-        .collect();
+    let probe_list = top.value("steady_state").and_then(|n| match &n.value {
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.name == "probes")
+            .map(|(_, v)| v),
+        _ => None,
+    });
+    let probe_names = declared_names(ctx, probe_list, "probe");
     let abort = top
         .value("abort")
         .map(|n| read_abort(ctx, n, &probe_names))
@@ -332,14 +364,35 @@ fn read(ctx: &mut Ctx, top: &Fields) -> Scenario {
     }
 }
 
+/// The names of a list's entries: each one's `name`, or `<prefix>-<n>`.
+fn declared_names(ctx: &Ctx, list: Option<&Node>, prefix: &str) -> Vec<String> {
+    let Some(Node {
+        value: Value::Seq(items),
+        ..
+    }) = list
+    else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let given = match &item.value {
+                Value::Map(entries) => entries.iter().find_map(|(k, v)| match &v.value {
+                    Value::Scalar(s) if k.name == "name" => {
+                        Some(super::fields::substitute(s, ctx.vars).unwrap_or_else(|_| s.clone()))
+                    }
+                    _ => None,
+                }),
+                _ => None,
+            };
+            given.unwrap_or_else(|| format!("{prefix}-{}", i + 1))
+        })
+        .collect()
+}
+
 /// A unique name: the given one, or `<prefix>-<n>`.
-fn name_of(
-    ctx: &mut Ctx,
-    f: &Fields,
-    prefix: &str,
-    index: usize,
-    taken: &[String],
-) -> String {
+fn name_of(ctx: &mut Ctx, f: &Fields, prefix: &str, index: usize, taken: &[String]) -> String {
     let name = f
         .value("name")
         .and_then(|n| ctx.text(n, &f.path_of("name")))
@@ -359,8 +412,11 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
     let mut out: Vec<TargetDecl> = Vec::new();
     for (i, item) in ctx.list(node, "targets", false).into_iter().enumerate() {
         let path = format!("targets[{i}]");
-        let Some(f) = ctx.map(item, &path, &["name", "cgroup", "pid", "container", "runtime"])
-        else {
+        let Some(f) = ctx.map(
+            item,
+            &path,
+            &["name", "cgroup", "pid", "container", "runtime"],
+        ) else {
             continue;
         };
         let taken: Vec<String> = out.iter().map(|t| t.name.clone()).collect();
@@ -406,11 +462,7 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
                     .and_then(|n| ctx.text(n, &f.path_of("container")));
                 let runtime = match f.value("runtime") {
                     Some(n) => ctx
-                        .choice(
-                            n,
-                            &f.path_of("runtime"),
-                            super::containers::Runtime::NAMES,
-                        )
+                        .choice(n, &f.path_of("runtime"), super::containers::Runtime::NAMES)
                         .and_then(|r| super::containers::Runtime::from_name(&r)),
                     None => Some(super::containers::Runtime::Any),
                 };
@@ -557,7 +609,11 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Op
                     "-c".to_owned(),
                     ctx.text(node, &path)?,
                 ],
-                _ => ctx.strings(node, &path).into_iter().map(|(s, _)| s).collect(),
+                _ => ctx
+                    .strings(node, &path)
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect(),
             };
             if argv.is_empty() || argv[0].is_empty() {
                 ctx.err(node.mark, &path, "a command needs a program to run");
@@ -598,10 +654,7 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Op
             Value::Null => None,
             Value::Scalar(s) if matches!(s.as_str(), "true" | "false") => {
                 if s == "true" {
-                    match targets.first() {
-                        Some(t) => Some(t.clone()),
-                        None => None,
-                    }
+                    targets.first().cloned()
                 } else {
                     None
                 }
@@ -789,7 +842,7 @@ fn read_ramps(
         let Some(r) = ctx.map(n, &p, &["from", "to", "over", "step"]) else {
             continue;
         };
-        let mut value = |ctx: &mut Ctx, k: &str| -> Option<f64> {
+        let value = |ctx: &mut Ctx, k: &str| -> Option<f64> {
             let n = ctx.required(&r, k, &format!("the {k} value of the ramp"))?;
             let v = match unit {
                 Unit::Percent => ctx.percent(n, &r.path_of(k))?,
@@ -849,7 +902,11 @@ fn read_abort(ctx: &mut Ctx, node: &Node, probes: &[String]) -> Vec<AbortRule> {
     let mut out = Vec::new();
     for (i, item) in ctx.list(node, "abort", false).into_iter().enumerate() {
         let path = format!("abort[{i}]");
-        let Some(f) = ctx.map(item, &path, &["probe", "for"]) else {
+        let Some(f) = ctx.map(
+            item,
+            &path,
+            &["probe", "for", "success_rate", "p95_latency"],
+        ) else {
             continue;
         };
         let Some(n) = ctx.required(&f, "probe", "the name of a steady_state probe") else {
@@ -880,9 +937,25 @@ fn read_abort(ctx: &mut Ctx, node: &Node, probes: &[String]) -> Vec<AbortRule> {
             },
             None => Duration::ZERO,
         };
+        let success_rate = match f.value("success_rate") {
+            Some(n) => match ctx.percent(n, &f.path_of("success_rate")) {
+                Some(v) => Some(v),
+                None => continue,
+            },
+            None => None,
+        };
+        let p95_latency = match f.value("p95_latency") {
+            Some(n) => match ctx.duration(n, &f.path_of("p95_latency")) {
+                Some(v) => Some(v),
+                None => continue,
+            },
+            None => None,
+        };
         out.push(AbortRule {
             probe,
             violated_for,
+            success_rate,
+            p95_latency,
             mark: item.mark,
         });
     }
@@ -934,7 +1007,11 @@ fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
         };
         let taken: Vec<String> = out.iter().map(|r| r.name.clone()).collect();
         let name = name_of(ctx, &f, "rollback", i, &taken);
-        let Some(n) = ctx.required(&f, "command", "a command: a string for the shell, or a list") else {
+        let Some(n) = ctx.required(
+            &f,
+            "command",
+            "a command: a string for the shell, or a list",
+        ) else {
             continue;
         };
         let p = f.path_of("command");
@@ -962,6 +1039,17 @@ fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
         });
     }
     out
+}
+
+impl AbortRule {
+    /// The tolerance this rule judges by: the probe's, with this rule's overrides.
+    pub fn tolerance(&self, probe: &Tolerance) -> Tolerance {
+        Tolerance {
+            success_rate: self.success_rate.unwrap_or(probe.success_rate),
+            p95_latency: self.p95_latency.or(probe.p95_latency),
+            window: probe.window,
+        }
+    }
 }
 
 impl Scenario {
@@ -1084,7 +1172,7 @@ rollbacks:
         let e = errors(&GOOD.replace("net: { direction: egress }", "net: { dorp: 5 }"));
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
-            e[0].starts_with("s.yaml:27:")
+            e[0].starts_with("s.yaml:24:12:")
                 && e[0].contains("faults[0].net.dorp")
                 && e[0].contains("did you mean 'drop'")
                 && e[0].contains("allowed are drop, delay"),
@@ -1092,7 +1180,7 @@ rollbacks:
         );
         let e = errors(&GOOD.replace("for: 4s", "for: 4"));
         assert!(
-            e[0].starts_with("s.yaml:25:10: faults[0].for: '4' is not a duration"),
+            e[0].starts_with("s.yaml:23:10: faults[0].for: '4' is not a duration"),
             "{e:?}"
         );
         let e = errors(&GOOD.replace("to: 40%", "to: 140%"));
@@ -1103,7 +1191,10 @@ rollbacks:
         let e = errors(&GOOD.replace("steady_state:", "steady_sate:"));
         assert!(e[0].contains("did you mean 'steady_state'"), "{e:?}");
         let e = errors(&GOOD.replace("probe: echo", "probe: ehco"));
-        assert!(e[0].contains("abort[0].probe") && e[0].contains("allowed are echo"), "{e:?}");
+        assert!(
+            e[0].contains("abort[0].probe") && e[0].contains("allowed are echo"),
+            "{e:?}"
+        );
         let e = errors(&GOOD.replace("tcp: ${server}", "tcp: ${srv}"));
         assert!(e[0].contains("--var srv=VALUE"), "{e:?}");
         let e = errors(&GOOD.replace("over: 4s", "over: 5s"));
@@ -1131,5 +1222,72 @@ rollbacks:
         };
         assert!(e[0].message.contains("'cgroup' has no value"), "{e:?}");
         assert_eq!((e[0].line, e[0].col), (9, 13));
+    }
+
+    /// Fuzzing: mutated and random inputs never panic (each either parses or gives located errors),
+    /// and whatever parses goes through the checks, the review and the plan without a panic either.
+    #[test]
+    fn no_panic_on_any_input() {
+        let mut rng = crate::experiment::monkey::Rng::new(0x6b63_6861_6f73);
+        let pieces: &[&str] = &[
+            ":", "-", " ", "\n", "  ", "{", "}", "[", "]", ",", "\"", "'", "&a", "*a", "!!str ",
+            "#", "${", "}", "$$", "---\n", "|", ">", "%", "?", "~", "0", "1e999", "-1", "100%",
+            "1s", "\t", "\u{feff}", "é", "\\", "null", "for", "at", "net", "drop", "ramp", "from",
+        ];
+        let v = vars(&[("cgroup", "x")]);
+        let mut parsed = 0;
+        for round in 0..4000 {
+            let mut text: Vec<char> = if round % 10 == 0 {
+                Vec::new()
+            } else {
+                GOOD.chars().collect()
+            };
+            let edits = 1 + (rng.next_u64() % 8) as usize;
+            for _ in 0..edits {
+                let at = if text.is_empty() {
+                    0
+                } else {
+                    (rng.next_u64() % (text.len() as u64 + 1)) as usize
+                };
+                match rng.next_u64() % 4 {
+                    0 if !text.is_empty() => {
+                        let end = (at + 1 + (rng.next_u64() % 20) as usize).min(text.len());
+                        text.drain(at.min(end)..end);
+                    }
+                    1 => {
+                        let p = pieces[(rng.next_u64() % pieces.len() as u64) as usize];
+                        for (k, c) in p.chars().enumerate() {
+                            text.insert(at + k, c);
+                        }
+                    }
+                    2 if !text.is_empty() && at < text.len() => {
+                        text[at] = char::from_u32((rng.next_u64() % 0x250) as u32).unwrap_or('x');
+                    }
+                    _ => text.truncate(at),
+                }
+            }
+            let text: String = text.into_iter().collect();
+            match parse("f.yaml", &text, &v) {
+                Ok(s) => {
+                    parsed += 1;
+                    let _ = crate::experiment::validate::check(&s);
+                    let _ = crate::experiment::review::review(&s, &[], &[], None);
+                    let _ = crate::experiment::plan::timeline(&s, &[]);
+                }
+                Err(e) => {
+                    assert!(
+                        !e.0.is_empty(),
+                        "an error without a diagnostic for {text:?}"
+                    );
+                    for d in &e.0 {
+                        assert!(!d.message.is_empty(), "{text:?}");
+                    }
+                }
+            }
+        }
+        assert!(
+            parsed > 20,
+            "the mutations should leave some inputs valid: {parsed}"
+        );
     }
 }

@@ -259,9 +259,19 @@ mod tests {
 
     #[test]
     fn refuses_what_scenarios_do_not_need() {
-        assert!(parse("a: 1\na: 2\n").unwrap_err().message.contains("duplicate"));
+        assert!(
+            parse("a: 1\na: 2\n")
+                .unwrap_err()
+                .message
+                .contains("duplicate")
+        );
         assert!(parse("a: &x 1\nb: *x\n").is_err());
-        assert!(parse("a: 1\n---\nb: 2\n").unwrap_err().message.contains("second"));
+        assert!(
+            parse("a: 1\n---\nb: 2\n")
+                .unwrap_err()
+                .message
+                .contains("second")
+        );
         let deep = "[".repeat(100) + &"]".repeat(100);
         assert!(parse(&deep).unwrap_err().message.contains("deeper"));
         assert_eq!(parse("").unwrap().value, Value::Null);

@@ -242,32 +242,8 @@ impl NetSpec {
 /// Counters of both directions, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetTotals {
-    pub egress: Counters,
-    pub ingress: Counters,
-}
-
-/// `NetCounters` with serde (the shared type stays dependency-free).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counters {
-    pub seen: u64,
-    pub matched: u64,
-    pub dropped: u64,
-    pub partitioned: u64,
-    pub delayed: u64,
-    pub delay_ns_total: u64,
-}
-
-impl From<NetCounters> for Counters {
-    fn from(c: NetCounters) -> Self {
-        Self {
-            seen: c.seen,
-            matched: c.matched,
-            dropped: c.dropped,
-            partitioned: c.partitioned,
-            delayed: c.delayed,
-            delay_ns_total: c.delay_ns_total,
-        }
-    }
+    pub egress: NetCounters,
+    pub ingress: NetCounters,
 }
 
 /// An attached network fault. Dropping it detaches every program (fd-owned links) and restores qdiscs.
@@ -431,12 +407,12 @@ impl NetFault {
         let map = PerCpuArray::<_, NetCounters>::try_from(
             self.ebpf.map("NET_COUNTERS").context("map NET_COUNTERS")?,
         )?;
-        let sum = |dir: u32| -> Result<Counters> {
+        let sum = |dir: u32| -> Result<NetCounters> {
             let mut total = NetCounters::default();
             for c in map.get(&dir, 0)?.iter() {
                 total.accumulate(c);
             }
-            Ok(total.into())
+            Ok(total)
         };
         Ok(NetTotals {
             egress: sum(DIR_EGRESS)?,

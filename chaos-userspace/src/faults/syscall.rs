@@ -10,19 +10,17 @@ use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf,
     maps::{Array, CgroupArray, LpmTrie, PerCpuArray, lpm_trie::Key},
-    programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, Lsm, ProgramType,
-    },
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, Lsm, ProgramType},
     sys::{BpfHelper, is_helper_supported, is_program_supported},
 };
 use chaos_common::{
-    MAX_SYSCALL_TARGETS, OP_ACCEPT, OP_BIND, OP_CONNECT, OP_COUNT, OP_FORK, OP_FSYNC, OP_MKDIR, OP_MMAP,
-    OP_OPEN, OP_READ, OP_RECVMSG, OP_RENAME, OP_SENDMSG, OP_SOCKET, OP_UNLINK, OP_WRITE, PATH_PREFIX_MAX,
-    PeerKey, SyscallConfig, SyscallCounters, SyscallState, percent_to_threshold,
+    MAX_SYSCALL_TARGETS, OP_ACCEPT, OP_BIND, OP_CONNECT, OP_FORK, OP_FSYNC, OP_MKDIR, OP_MMAP,
+    OP_OPEN, OP_READ, OP_RECVMSG, OP_RENAME, OP_SENDMSG, OP_SOCKET, OP_UNLINK, OP_WRITE,
+    PATH_PREFIX_MAX, PeerKey, SyscallConfig, SyscallCounters, SyscallState, percent_to_threshold,
 };
 
 use super::peers::Peer;
-use crate::{error::BadInput, errno, targets::Target, units};
+use crate::{errno, error::BadInput, targets::Target, units};
 
 /// Where an operation's error comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -69,26 +67,211 @@ use libc::*;
 
 /// Every operation kchaos can fail, and how.
 pub const OPS: &[OpInfo] = &[
-    OpInfo { id: OP_CONNECT, names: &["connect"], cgroup: &["sys_connect4", "sys_connect6"], lsm: &[("lsm_socket_connect", "socket_connect")], kprobe: ("kp_connect", &["connect"]), sensible: &[ECONNREFUSED, ETIMEDOUT, ENETUNREACH, EHOSTUNREACH, EACCES, EPERM, EADDRNOTAVAIL, EAGAIN, ECONNRESET, EINTR, ENOBUFS, EINPROGRESS] },
-    OpInfo { id: OP_BIND, names: &["bind"], cgroup: &["sys_bind4", "sys_bind6"], lsm: &[("lsm_socket_bind", "socket_bind")], kprobe: ("kp_bind", &["bind"]), sensible: &[EADDRINUSE, EADDRNOTAVAIL, EACCES, EPERM, EINVAL, ENOMEM] },
-    OpInfo { id: OP_ACCEPT, names: &["accept", "accept4"], cgroup: &[], lsm: &[("lsm_socket_accept", "socket_accept")], kprobe: ("kp_accept", &["accept", "accept4"]), sensible: &[EAGAIN, ECONNABORTED, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, EPERM] },
-    OpInfo { id: OP_SENDMSG, names: &["sendmsg", "sendto", "send"], cgroup: &["sys_sendmsg4", "sys_sendmsg6"], lsm: &[("lsm_socket_sendmsg", "socket_sendmsg")], kprobe: ("kp_sendmsg", &["sendto", "sendmsg"]), sensible: &[EAGAIN, ECONNRESET, EPIPE, ENOBUFS, ENOMEM, EINTR, EMSGSIZE, EACCES, EPERM, ENETUNREACH, EHOSTUNREACH, ECONNREFUSED] },
-    OpInfo { id: OP_RECVMSG, names: &["recvmsg", "recvfrom", "recv"], cgroup: &[], lsm: &[("lsm_socket_recvmsg", "socket_recvmsg")], kprobe: ("kp_recvmsg", &["recvfrom", "recvmsg"]), sensible: &[EAGAIN, ECONNRESET, ECONNREFUSED, EINTR, ENOMEM, ENOTCONN, ETIMEDOUT] },
-    OpInfo { id: OP_SOCKET, names: &["socket"], cgroup: &["sys_sock_create"], lsm: &[("lsm_socket_create", "socket_create")], kprobe: ("kp_socket", &["socket"]), sensible: &[EACCES, EAFNOSUPPORT, EMFILE, ENFILE, ENOBUFS, ENOMEM, EPROTONOSUPPORT, EPERM] },
-    OpInfo { id: OP_OPEN, names: &["open", "openat"], cgroup: &[], lsm: &[("lsm_file_open", "file_open")], kprobe: ("kp_open", &["openat", "open"]), sensible: &[ENOENT, EACCES, EPERM, EIO, ENOSPC, EMFILE, ENFILE, ENOMEM, EROFS, ELOOP, ENAMETOOLONG, EINTR, EDQUOT, ETXTBSY, EAGAIN] },
-    OpInfo { id: OP_READ, names: &["read"], cgroup: &[], lsm: &[("lsm_file_permission", "file_permission")], kprobe: ("kp_read", &["read", "pread64", "readv"]), sensible: &[EIO, EAGAIN, EINTR, EBADF, EFAULT, EINVAL, EISDIR, ECONNRESET, ENOMEM] },
-    OpInfo { id: OP_WRITE, names: &["write"], cgroup: &[], lsm: &[("lsm_file_permission", "file_permission")], kprobe: ("kp_write", &["write", "pwrite64", "writev"]), sensible: &[EIO, ENOSPC, EDQUOT, EAGAIN, EINTR, EFBIG, EPIPE, EBADF, EROFS, ECONNRESET, EPERM] },
-    OpInfo { id: OP_FSYNC, names: &["fsync", "fdatasync"], cgroup: &[], lsm: &[], kprobe: ("kp_fsync", &["fsync", "fdatasync"]), sensible: &[EIO, ENOSPC, EDQUOT, EROFS, EINVAL, EBADF, EINTR] },
-    OpInfo { id: OP_MKDIR, names: &["mkdir", "mkdirat"], cgroup: &[], lsm: &[("lsm_inode_mkdir", "inode_mkdir")], kprobe: ("kp_mkdir", &["mkdir", "mkdirat"]), sensible: &[EACCES, EEXIST, ENOSPC, EDQUOT, EROFS, ENOENT, EPERM, EMLINK, EIO, ENOMEM] },
-    OpInfo { id: OP_UNLINK, names: &["unlink", "unlinkat"], cgroup: &[], lsm: &[("lsm_inode_unlink", "inode_unlink")], kprobe: ("kp_unlink", &["unlink", "unlinkat"]), sensible: &[EACCES, EBUSY, EIO, ENOENT, EPERM, EROFS, ENOMEM] },
-    OpInfo { id: OP_RENAME, names: &["rename", "renameat", "renameat2"], cgroup: &[], lsm: &[("lsm_inode_rename", "inode_rename")], kprobe: ("kp_rename", &["rename", "renameat", "renameat2"]), sensible: &[EACCES, EBUSY, EDQUOT, EEXIST, ENOTEMPTY, EIO, ENOSPC, EROFS, EXDEV, EPERM] },
-    OpInfo { id: OP_FORK, names: &["fork", "vfork", "clone", "clone3"], cgroup: &[], lsm: &[("lsm_task_alloc", "task_alloc")], kprobe: ("kp_fork", &["clone", "clone3", "fork", "vfork"]), sensible: &[EAGAIN, ENOMEM, EPERM, ENOSPC] },
-    OpInfo { id: OP_MMAP, names: &["mmap"], cgroup: &[], lsm: &[("lsm_mmap_file", "mmap_file")], kprobe: ("kp_mmap", &["mmap"]), sensible: &[ENOMEM, EACCES, EAGAIN, EPERM, ENFILE, ENODEV, EOVERFLOW] },
+    OpInfo {
+        id: OP_CONNECT,
+        names: &["connect"],
+        cgroup: &["sys_connect4", "sys_connect6"],
+        lsm: &[("lsm_socket_connect", "socket_connect")],
+        kprobe: ("kp_connect", &["connect"]),
+        sensible: &[
+            ECONNREFUSED,
+            ETIMEDOUT,
+            ENETUNREACH,
+            EHOSTUNREACH,
+            EACCES,
+            EPERM,
+            EADDRNOTAVAIL,
+            EAGAIN,
+            ECONNRESET,
+            EINTR,
+            ENOBUFS,
+            EINPROGRESS,
+        ],
+    },
+    OpInfo {
+        id: OP_BIND,
+        names: &["bind"],
+        cgroup: &["sys_bind4", "sys_bind6"],
+        lsm: &[("lsm_socket_bind", "socket_bind")],
+        kprobe: ("kp_bind", &["bind"]),
+        sensible: &[EADDRINUSE, EADDRNOTAVAIL, EACCES, EPERM, EINVAL, ENOMEM],
+    },
+    OpInfo {
+        id: OP_ACCEPT,
+        names: &["accept", "accept4"],
+        cgroup: &[],
+        lsm: &[("lsm_socket_accept", "socket_accept")],
+        kprobe: ("kp_accept", &["accept", "accept4"]),
+        sensible: &[
+            EAGAIN,
+            ECONNABORTED,
+            EINTR,
+            EMFILE,
+            ENFILE,
+            ENOBUFS,
+            ENOMEM,
+            EPERM,
+        ],
+    },
+    OpInfo {
+        id: OP_SENDMSG,
+        names: &["sendmsg", "sendto", "send"],
+        cgroup: &["sys_sendmsg4", "sys_sendmsg6"],
+        lsm: &[("lsm_socket_sendmsg", "socket_sendmsg")],
+        kprobe: ("kp_sendmsg", &["sendto", "sendmsg"]),
+        sensible: &[
+            EAGAIN,
+            ECONNRESET,
+            EPIPE,
+            ENOBUFS,
+            ENOMEM,
+            EINTR,
+            EMSGSIZE,
+            EACCES,
+            EPERM,
+            ENETUNREACH,
+            EHOSTUNREACH,
+            ECONNREFUSED,
+        ],
+    },
+    OpInfo {
+        id: OP_RECVMSG,
+        names: &["recvmsg", "recvfrom", "recv"],
+        cgroup: &[],
+        lsm: &[("lsm_socket_recvmsg", "socket_recvmsg")],
+        kprobe: ("kp_recvmsg", &["recvfrom", "recvmsg"]),
+        sensible: &[
+            EAGAIN,
+            ECONNRESET,
+            ECONNREFUSED,
+            EINTR,
+            ENOMEM,
+            ENOTCONN,
+            ETIMEDOUT,
+        ],
+    },
+    OpInfo {
+        id: OP_SOCKET,
+        names: &["socket"],
+        cgroup: &["sys_sock_create"],
+        lsm: &[("lsm_socket_create", "socket_create")],
+        kprobe: ("kp_socket", &["socket"]),
+        sensible: &[
+            EACCES,
+            EAFNOSUPPORT,
+            EMFILE,
+            ENFILE,
+            ENOBUFS,
+            ENOMEM,
+            EPROTONOSUPPORT,
+            EPERM,
+        ],
+    },
+    OpInfo {
+        id: OP_OPEN,
+        names: &["open", "openat"],
+        cgroup: &[],
+        lsm: &[("lsm_file_open", "file_open")],
+        kprobe: ("kp_open", &["openat", "open"]),
+        sensible: &[
+            ENOENT,
+            EACCES,
+            EPERM,
+            EIO,
+            ENOSPC,
+            EMFILE,
+            ENFILE,
+            ENOMEM,
+            EROFS,
+            ELOOP,
+            ENAMETOOLONG,
+            EINTR,
+            EDQUOT,
+            ETXTBSY,
+            EAGAIN,
+        ],
+    },
+    OpInfo {
+        id: OP_READ,
+        names: &["read"],
+        cgroup: &[],
+        lsm: &[("lsm_file_permission", "file_permission")],
+        kprobe: ("kp_read", &["read", "pread64", "readv"]),
+        sensible: &[
+            EIO, EAGAIN, EINTR, EBADF, EFAULT, EINVAL, EISDIR, ECONNRESET, ENOMEM,
+        ],
+    },
+    OpInfo {
+        id: OP_WRITE,
+        names: &["write"],
+        cgroup: &[],
+        lsm: &[("lsm_file_permission", "file_permission")],
+        kprobe: ("kp_write", &["write", "pwrite64", "writev"]),
+        sensible: &[
+            EIO, ENOSPC, EDQUOT, EAGAIN, EINTR, EFBIG, EPIPE, EBADF, EROFS, ECONNRESET, EPERM,
+        ],
+    },
+    OpInfo {
+        id: OP_FSYNC,
+        names: &["fsync", "fdatasync"],
+        cgroup: &[],
+        lsm: &[],
+        kprobe: ("kp_fsync", &["fsync", "fdatasync"]),
+        sensible: &[EIO, ENOSPC, EDQUOT, EROFS, EINVAL, EBADF, EINTR],
+    },
+    OpInfo {
+        id: OP_MKDIR,
+        names: &["mkdir", "mkdirat"],
+        cgroup: &[],
+        lsm: &[("lsm_inode_mkdir", "inode_mkdir")],
+        kprobe: ("kp_mkdir", &["mkdir", "mkdirat"]),
+        sensible: &[
+            EACCES, EEXIST, ENOSPC, EDQUOT, EROFS, ENOENT, EPERM, EMLINK, EIO, ENOMEM,
+        ],
+    },
+    OpInfo {
+        id: OP_UNLINK,
+        names: &["unlink", "unlinkat"],
+        cgroup: &[],
+        lsm: &[("lsm_inode_unlink", "inode_unlink")],
+        kprobe: ("kp_unlink", &["unlink", "unlinkat"]),
+        sensible: &[EACCES, EBUSY, EIO, ENOENT, EPERM, EROFS, ENOMEM],
+    },
+    OpInfo {
+        id: OP_RENAME,
+        names: &["rename", "renameat", "renameat2"],
+        cgroup: &[],
+        lsm: &[("lsm_inode_rename", "inode_rename")],
+        kprobe: ("kp_rename", &["rename", "renameat", "renameat2"]),
+        sensible: &[
+            EACCES, EBUSY, EDQUOT, EEXIST, ENOTEMPTY, EIO, ENOSPC, EROFS, EXDEV, EPERM,
+        ],
+    },
+    OpInfo {
+        id: OP_FORK,
+        names: &["fork", "vfork", "clone", "clone3"],
+        cgroup: &[],
+        lsm: &[("lsm_task_alloc", "task_alloc")],
+        kprobe: ("kp_fork", &["clone", "clone3", "fork", "vfork"]),
+        sensible: &[EAGAIN, ENOMEM, EPERM, ENOSPC],
+    },
+    OpInfo {
+        id: OP_MMAP,
+        names: &["mmap"],
+        cgroup: &[],
+        lsm: &[("lsm_mmap_file", "mmap_file")],
+        kprobe: ("kp_mmap", &["mmap"]),
+        sensible: &[ENOMEM, EACCES, EAGAIN, EPERM, ENFILE, ENODEV, EOVERFLOW],
+    },
 ];
 
 /// The kprobe target of a syscall on this architecture.
 fn syscall_symbol(name: &str) -> String {
-    let prefix = if cfg!(target_arch = "aarch64") { "__arm64_sys_" } else { "__x64_sys_" };
+    let prefix = if cfg!(target_arch = "aarch64") {
+        "__arm64_sys_"
+    } else {
+        "__x64_sys_"
+    };
     format!("{prefix}{name}")
 }
 
@@ -98,7 +281,12 @@ pub struct SyscallArgs {
     /// Operations to fail, comma-separated: connect, bind, accept, sendmsg (sendto, send), recvmsg
     /// (recvfrom, recv), socket, open (openat), read, write, fsync, mkdir, unlink, rename, fork (clone),
     /// mmap.
-    #[arg(long = "syscall", value_name = "NAME[,NAME...]", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "syscall",
+        value_name = "NAME[,NAME...]",
+        value_delimiter = ',',
+        required = true
+    )]
     pub syscalls: Vec<String>,
     /// The error to return: a name (ECONNREFUSED, EIO, ENOSPC, ...) or a number.
     #[arg(long, value_name = "ERRNO")]
@@ -154,7 +342,11 @@ impl SyscallSpec {
             let op = op_by_name(&name).ok_or_else(|| {
                 BadInput::new(format!(
                     "--syscall {name}: unknown; allowed are {}",
-                    OPS.iter().flat_map(|o| o.names.iter()).copied().collect::<Vec<_>>().join(", ")
+                    OPS.iter()
+                        .flat_map(|o| o.names.iter())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             })?;
             if !ops.contains(&op.id) {
@@ -166,19 +358,37 @@ impl SyscallSpec {
             .iter()
             .filter_map(|&id| OPS.iter().find(|o| o.id == id))
             .filter(|o| !o.sensible.contains(&errno))
-            .map(|o| format!("{} is not an error {}() reports in practice (its man page lists others)", errno::name(errno), o.names[0]))
+            .map(|o| {
+                format!(
+                    "{} is not an error {}() reports in practice (its man page lists others)",
+                    errno::name(errno),
+                    o.names[0]
+                )
+            })
             .collect();
-        let dsts = a.dsts.iter().map(|d| Peer::parse(d, "--dst", true)).collect::<Result<Vec<_>, _>>()?;
+        let dsts = a
+            .dsts
+            .iter()
+            .map(|d| Peer::parse(d, "--dst", true))
+            .collect::<Result<Vec<_>, _>>()?;
         let ports: Vec<u16> = dsts.iter().filter_map(|p| p.port).collect();
-        if ports.windows(2).any(|w| w[0] != w[1]) || (!ports.is_empty() && ports.len() != dsts.len()) {
-            return Err(BadInput::new("--dst: give every peer the same port, or none"));
+        if ports.windows(2).any(|w| w[0] != w[1])
+            || (!ports.is_empty() && ports.len() != dsts.len())
+        {
+            return Err(BadInput::new(
+                "--dst: give every peer the same port, or none",
+            ));
         }
         if !dsts.is_empty() && !ops.iter().any(|&o| o == OP_CONNECT || o == OP_SENDMSG) {
-            return Err(BadInput::new("--dst narrows connect and sendmsg only; add one of them to --syscall"));
+            return Err(BadInput::new(
+                "--dst narrows connect and sendmsg only; add one of them to --syscall",
+            ));
         }
         if let Some(p) = &a.path_prefix {
             if !ops.contains(&OP_OPEN) {
-                return Err(BadInput::new("--path-prefix narrows open/openat only; add open to --syscall"));
+                return Err(BadInput::new(
+                    "--path-prefix narrows open/openat only; add open to --syscall",
+                ));
             }
             if !p.is_absolute() || p.as_os_str().len() >= PATH_PREFIX_MAX {
                 return Err(BadInput::new(format!(
@@ -209,12 +419,24 @@ impl SyscallSpec {
     }
 
     pub fn describe(&self) -> String {
-        let mut s = format!("{} fail with {} ({}%)", self.op_names.join(","), self.errno_name, self.percent);
+        let mut s = format!(
+            "{} fail with {} ({}%)",
+            self.op_names.join(","),
+            self.errno_name,
+            self.percent
+        );
         if let Some(p) = &self.path_prefix {
             s += &format!(" under {}", p.display());
         }
         if !self.dsts.is_empty() {
-            s += &format!(" to {}", self.dsts.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+            s += &format!(
+                " to {}",
+                self.dsts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
         }
         if self.after > 0 {
             s += &format!(" after {} calls", self.after);
@@ -239,7 +461,11 @@ impl SyscallSpec {
         };
         if let Some(p) = &self.path_prefix {
             let bytes = p.as_os_str().as_encoded_bytes();
-            let bytes = if bytes.len() > 1 { bytes.strip_suffix(b"/").unwrap_or(bytes) } else { bytes };
+            let bytes = if bytes.len() > 1 {
+                bytes.strip_suffix(b"/").unwrap_or(bytes)
+            } else {
+                bytes
+            };
             cfg.prefix[..bytes.len()].copy_from_slice(bytes);
             cfg.prefix_len = bytes.len() as u32;
         }
@@ -257,18 +483,27 @@ pub struct BackendSupport {
 
 impl BackendSupport {
     pub fn probe() -> Self {
-        let cgroup = match (is_program_supported(ProgramType::CgroupSockAddr), is_program_supported(ProgramType::CgroupSock)) {
+        let cgroup = match (
+            is_program_supported(ProgramType::CgroupSockAddr),
+            is_program_supported(ProgramType::CgroupSock),
+        ) {
             (Ok(true), Ok(true)) => Ok(()),
             _ => Err("cgroup_sock_addr / cgroup_sock programs do not load".into()),
         };
         let lsm = match is_program_supported(ProgramType::Lsm(aya::programs::LsmAttachType::Mac)) {
             Ok(true) => match std::fs::read_to_string("/sys/kernel/security/lsm") {
                 Ok(list) if list.split(',').any(|l| l.trim() == "bpf") => Ok(()),
-                Ok(list) => Err(format!("`bpf` is not in the active LSM list ({}): boot with lsm=...,bpf", list.trim())),
+                Ok(list) => Err(format!(
+                    "`bpf` is not in the active LSM list ({}): boot with lsm=...,bpf",
+                    list.trim()
+                )),
                 Err(_) => Ok(()), // securityfs not mounted: the load/attach will tell
             },
             Ok(false) => Err("the kernel has no BPF LSM (CONFIG_BPF_LSM)".into()),
-            Err(e) => Err(format!("loading a BPF LSM program was refused: {:#}", anyhow::Error::from(e))),
+            Err(e) => Err(format!(
+                "loading a BPF LSM program was refused: {:#}",
+                anyhow::Error::from(e)
+            )),
         };
         let kprobe = if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
             Err("no kprobes (CONFIG_KPROBES is off)".into())
@@ -279,7 +514,11 @@ impl BackendSupport {
                 Err(e) => Err(format!("probing bpf_override_return failed: {:#}", anyhow::Error::from(e))),
             }
         };
-        Self { cgroup, lsm, kprobe }
+        Self {
+            cgroup,
+            lsm,
+            kprobe,
+        }
     }
 
     fn get(&self, b: Backend) -> &Result<(), String> {
@@ -295,12 +534,15 @@ impl BackendSupport {
 pub fn plan(spec: &SyscallSpec, support: &BackendSupport) -> Result<Vec<(u32, Backend)>, BadInput> {
     let mut plan = Vec::new();
     for &id in &spec.ops {
-        let Some(op) = OPS.iter().find(|o| o.id == id) else { continue };
+        let Some(op) = OPS.iter().find(|o| o.id == id) else {
+            continue;
+        };
         let prefix_here = id == OP_OPEN && spec.path_prefix.is_some();
         let dst_here = !spec.dsts.is_empty() && (id == OP_CONNECT || id == OP_SENDMSG);
         let covers = |b: Backend| match b {
             Backend::Cgroup => !op.cgroup.is_empty(),
-            Backend::Lsm => !op.lsm.is_empty() && !(dst_here && id == OP_SENDMSG),
+            // LSM's socket_sendmsg sees no destination address, so it can't honour --dst.
+            Backend::Lsm => !op.lsm.is_empty() && (!dst_here || id != OP_SENDMSG),
             Backend::Kprobe => !prefix_here && !dst_here,
             _ => false,
         };
@@ -311,7 +553,14 @@ pub fn plan(spec: &SyscallSpec, support: &BackendSupport) -> Result<Vec<(u32, Ba
         let mut why = Vec::new();
         let chosen = candidates.iter().copied().find(|&b| {
             if !covers(b) {
-                why.push(format!("{b}: has no hook for it{}", if prefix_here || dst_here { " with these filters" } else { "" }));
+                why.push(format!(
+                    "{b}: has no hook for it{}",
+                    if prefix_here || dst_here {
+                        " with these filters"
+                    } else {
+                        ""
+                    }
+                ));
                 return false;
             }
             match support.get(b) {
@@ -357,22 +606,35 @@ pub struct SyscallFault {
 
 impl SyscallFault {
     /// Everything that can fail on input or kernel support, before anything is loaded.
-    pub fn preflight(spec: &SyscallSpec, targets: &[Target]) -> Result<Vec<(u32, Backend)>, BadInput> {
+    pub fn preflight(
+        spec: &SyscallSpec,
+        targets: &[Target],
+    ) -> Result<Vec<(u32, Backend)>, BadInput> {
         if targets.len() > MAX_SYSCALL_TARGETS as usize {
-            return Err(BadInput::new(format!("at most {MAX_SYSCALL_TARGETS} targets for syscall faults")));
+            return Err(BadInput::new(format!(
+                "at most {MAX_SYSCALL_TARGETS} targets for syscall faults"
+            )));
         }
         plan(spec, &BackendSupport::probe())
     }
 
     pub fn attach(spec: SyscallSpec, targets: &[Target]) -> Result<Self> {
         let plan = Self::preflight(&spec, targets)?;
-        let needs_path = spec.path_prefix.is_some() && plan.iter().any(|&(o, b)| o == OP_OPEN && b == Backend::Lsm);
-        let f_path = if needs_path { crate::btf::member_offset("file", "f_path")? } else { 0 };
+        let needs_path = spec.path_prefix.is_some()
+            && plan.iter().any(|&(o, b)| o == OP_OPEN && b == Backend::Lsm);
+        let f_path = if needs_path {
+            crate::btf::member_offset("file", "f_path")?
+        } else {
+            0
+        };
         let mut ebpf = crate::ebpf::load_with_global("FILE_F_PATH_OFFSET", f_path)?;
         let config = spec.config(targets.len() as u32);
-        Array::<_, SyscallConfig>::try_from(ebpf.map_mut("SYS_CONFIG").context("map SYS_CONFIG")?)?.set(0, config, 0)?;
+        Array::<_, SyscallConfig>::try_from(ebpf.map_mut("SYS_CONFIG").context("map SYS_CONFIG")?)?
+            .set(0, config, 0)?;
         {
-            let mut trie = LpmTrie::<_, PeerKey, u8>::try_from(ebpf.map_mut("SYS_DST").context("map SYS_DST")?)?;
+            let mut trie = LpmTrie::<_, PeerKey, u8>::try_from(
+                ebpf.map_mut("SYS_DST").context("map SYS_DST")?,
+            )?;
             for p in &spec.dsts {
                 // The port is checked separately (dst_port), so every peer goes in as "any port".
                 let (bits, key) = Peer { port: None, ..*p }.key();
@@ -381,19 +643,35 @@ impl SyscallFault {
         }
         let cgroup_files = targets
             .iter()
-            .map(|t| std::fs::File::open(&t.path).with_context(|| format!("opening {}", t.path.display())))
+            .map(|t| {
+                std::fs::File::open(&t.path)
+                    .with_context(|| format!("opening {}", t.path.display()))
+            })
             .collect::<Result<Vec<_>>>()?;
         {
-            let mut arr = CgroupArray::try_from(ebpf.map_mut("SYS_TARGETS").context("map SYS_TARGETS")?)?;
+            let mut arr =
+                CgroupArray::try_from(ebpf.map_mut("SYS_TARGETS").context("map SYS_TARGETS")?)?;
             for (i, f) in cgroup_files.iter().enumerate() {
                 arr.set(i as u32, std::os::fd::AsRawFd::as_raw_fd(f), 0)?;
             }
         }
-        let mut fault = Self { spec, plan: plan.clone(), config, ebpf, attachments: Vec::new() };
-        let btf = if plan.iter().any(|&(_, b)| b == Backend::Lsm) { Some(Btf::from_sys_fs()?) } else { None };
+        let mut fault = Self {
+            spec,
+            plan: plan.clone(),
+            config,
+            ebpf,
+            attachments: Vec::new(),
+        };
+        let btf = if plan.iter().any(|&(_, b)| b == Backend::Lsm) {
+            Some(Btf::from_sys_fs()?)
+        } else {
+            None
+        };
         let mut loaded: Vec<&str> = Vec::new();
         for (id, backend) in plan {
-            let Some(op) = OPS.iter().find(|o| o.id == id) else { continue };
+            let Some(op) = OPS.iter().find(|o| o.id == id) else {
+                continue;
+            };
             match backend {
                 Backend::Cgroup => {
                     for &name in op.cgroup {
@@ -409,15 +687,21 @@ impl SyscallFault {
                         }
                         loaded.push(name);
                         let btf = btf.as_ref().context("BTF")?;
-                        let prog: &mut Lsm = fault.ebpf.program_mut(name).context(name)?.try_into()?;
-                        prog.load(hook, btf).with_context(|| format!("loading the LSM program for {hook}"))?;
-                        prog.attach().with_context(|| format!("attaching the LSM program to {hook}"))?;
-                        fault.attachments.push(format!("lsm/{hook} (host-wide; checks the target cgroups first)"));
+                        let prog: &mut Lsm =
+                            fault.ebpf.program_mut(name).context(name)?.try_into()?;
+                        prog.load(hook, btf)
+                            .with_context(|| format!("loading the LSM program for {hook}"))?;
+                        prog.attach()
+                            .with_context(|| format!("attaching the LSM program to {hook}"))?;
+                        fault.attachments.push(format!(
+                            "lsm/{hook} (host-wide; checks the target cgroups first)"
+                        ));
                     }
                 }
                 _ => {
                     let (name, syscalls) = op.kprobe;
-                    let prog: &mut KProbe = fault.ebpf.program_mut(name).context(name)?.try_into()?;
+                    let prog: &mut KProbe =
+                        fault.ebpf.program_mut(name).context(name)?.try_into()?;
                     prog.load().with_context(|| format!("loading {name}"))?;
                     let mut any = false;
                     for s in syscalls {
@@ -425,7 +709,9 @@ impl SyscallFault {
                         // Not every architecture has every syscall (fork, open): skip those missing.
                         if prog.attach(&sym, 0).is_ok() {
                             any = true;
-                            fault.attachments.push(format!("kprobe/{sym} + bpf_override_return"));
+                            fault
+                                .attachments
+                                .push(format!("kprobe/{sym} + bpf_override_return"));
                         }
                     }
                     if !any {
@@ -450,9 +736,13 @@ impl SyscallFault {
             if prog.fd().is_err() {
                 prog.load().with_context(|| format!("loading {name}"))?;
             }
-            prog.attach(cgroup.as_fd(), CgroupAttachMode::Single).with_context(|| format!("attaching {name} to {path}"))?;
+            prog.attach(cgroup.as_fd(), CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {path}"))?;
         }
-        self.attachments.push(format!("cgroup/{} -> {path} (link, fd-owned)", name.trim_start_matches("sys_")));
+        self.attachments.push(format!(
+            "cgroup/{} -> {path} (link, fd-owned)",
+            name.trim_start_matches("sys_")
+        ));
         Ok(())
     }
 
@@ -462,9 +752,11 @@ impl SyscallFault {
 
     pub fn arm(&mut self, deadline_ns: u64) -> Result<()> {
         self.config.deadline_ns = deadline_ns;
-        Array::<_, SyscallConfig>::try_from(self.ebpf.map_mut("SYS_CONFIG").context("map SYS_CONFIG")?)?
-            .set(0, self.config, 0)
-            .context("writing the syscall config")
+        Array::<_, SyscallConfig>::try_from(
+            self.ebpf.map_mut("SYS_CONFIG").context("map SYS_CONFIG")?,
+        )?
+        .set(0, self.config, 0)
+        .context("writing the syscall config")
     }
 
     /// Changes the failure rate while running (ramps).
@@ -475,7 +767,9 @@ impl SyscallFault {
     }
 
     pub fn totals(&self) -> Result<Vec<OpTotals>> {
-        let map = PerCpuArray::<_, SyscallCounters>::try_from(self.ebpf.map("SYS_COUNTERS").context("map SYS_COUNTERS")?)?;
+        let map = PerCpuArray::<_, SyscallCounters>::try_from(
+            self.ebpf.map("SYS_COUNTERS").context("map SYS_COUNTERS")?,
+        )?;
         let mut out = Vec::new();
         for &(id, backend) in &self.plan {
             let mut t = SyscallCounters::default();
@@ -483,31 +777,41 @@ impl SyscallFault {
                 t.accumulate(c);
             }
             let name = OPS.iter().find(|o| o.id == id).map_or("?", |o| o.names[0]);
-            out.push(OpTotals { op: name, backend: backend.to_string(), calls: t.calls, matched: t.matched, injected: t.injected });
+            out.push(OpTotals {
+                op: name,
+                backend: backend.to_string(),
+                calls: t.calls,
+                matched: t.matched,
+                injected: t.injected,
+            });
         }
         Ok(out)
     }
 
     /// The shared --after/--max state (for reports).
     pub fn state(&self) -> Result<SyscallState> {
-        Ok(Array::<_, SyscallState>::try_from(self.ebpf.map("SYS_STATE").context("map SYS_STATE")?)?.get(&0, 0)?)
+        Ok(Array::<_, SyscallState>::try_from(
+            self.ebpf.map("SYS_STATE").context("map SYS_STATE")?,
+        )?
+        .get(&0, 0)?)
     }
 }
-
-const _: () = assert!(OP_COUNT as usize == 15);
-const _: u32 = OP_ACCEPT + OP_BIND + OP_FORK + OP_FSYNC + OP_MKDIR + OP_MMAP + OP_READ + OP_RECVMSG + OP_RENAME + OP_SOCKET + OP_UNLINK + OP_WRITE;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn args(sys: &str, errno: &str) -> SyscallArgs {
-        SyscallArgs { syscalls: sys.split(',').map(String::from).collect(), errno: errno.into(), ..Default::default() }
+        SyscallArgs {
+            syscalls: sys.split(',').map(String::from).collect(),
+            errno: errno.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn every_op_has_a_name_and_a_kprobe() {
-        assert_eq!(OPS.len(), OP_COUNT as usize);
+        assert_eq!(OPS.len(), chaos_common::OP_COUNT as usize);
         for (i, op) in OPS.iter().enumerate() {
             assert_eq!(op.id as usize, i);
             assert!(!op.names.is_empty() && !op.kprobe.1.is_empty());
@@ -521,24 +825,52 @@ mod tests {
         assert_eq!(s.notes.len(), 0);
         let s = SyscallSpec::from_args(&args("open", "ECONNREFUSED")).unwrap();
         assert_eq!(s.notes.len(), 1, "ECONNREFUSED makes no sense for open");
-        assert!(SyscallSpec::from_args(&args("frobnicate", "EIO")).unwrap_err().to_string().contains("allowed are"));
+        assert!(
+            SyscallSpec::from_args(&args("frobnicate", "EIO"))
+                .unwrap_err()
+                .to_string()
+                .contains("allowed are")
+        );
         assert!(SyscallSpec::from_args(&args("open", "EWAT")).is_err());
         let mut a = args("connect", "EIO");
         a.path_prefix = Some("/tmp".into());
-        assert!(SyscallSpec::from_args(&a).unwrap_err().to_string().contains("open"));
+        assert!(
+            SyscallSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("open")
+        );
     }
 
     #[test]
     fn plans_by_what_the_kernel_offers() {
-        let none = BackendSupport { cgroup: Ok(()), lsm: Err("no lsm".into()), kprobe: Err("no kprobes".into()) };
+        let none = BackendSupport {
+            cgroup: Ok(()),
+            lsm: Err("no lsm".into()),
+            kprobe: Err("no kprobes".into()),
+        };
         let s = SyscallSpec::from_args(&args("connect,socket", "EPERM")).unwrap();
-        assert_eq!(plan(&s, &none).unwrap(), vec![(OP_CONNECT, Backend::Cgroup), (OP_SOCKET, Backend::Cgroup)]);
+        assert_eq!(
+            plan(&s, &none).unwrap(),
+            vec![(OP_CONNECT, Backend::Cgroup), (OP_SOCKET, Backend::Cgroup)]
+        );
         let s = SyscallSpec::from_args(&args("fsync", "EIO")).unwrap();
         let err = plan(&s, &none).unwrap_err().to_string();
         assert!(err.contains("fsync") && err.contains("no kprobes"), "{err}");
-        let all = BackendSupport { cgroup: Ok(()), lsm: Ok(()), kprobe: Ok(()) };
+        let all = BackendSupport {
+            cgroup: Ok(()),
+            lsm: Ok(()),
+            kprobe: Ok(()),
+        };
         let s = SyscallSpec::from_args(&args("open,fsync,connect", "EIO")).unwrap();
-        assert_eq!(plan(&s, &all).unwrap(), vec![(OP_OPEN, Backend::Lsm), (OP_FSYNC, Backend::Kprobe), (OP_CONNECT, Backend::Cgroup)]);
+        assert_eq!(
+            plan(&s, &all).unwrap(),
+            vec![
+                (OP_OPEN, Backend::Lsm),
+                (OP_FSYNC, Backend::Kprobe),
+                (OP_CONNECT, Backend::Cgroup)
+            ]
+        );
     }
 
     #[test]
@@ -549,7 +881,10 @@ mod tests {
         a.max = Some(7);
         a.percent = Some(50.0);
         let c = SyscallSpec::from_args(&a).unwrap().config(1);
-        assert_eq!((c.after, c.max, c.threshold, c.errno), (5, 7, 1 << 31, libc::EACCES as u32));
+        assert_eq!(
+            (c.after, c.max, c.threshold, c.errno),
+            (5, 7, 1 << 31, libc::EACCES as u32)
+        );
         assert_eq!(&c.prefix[..c.prefix_len as usize], b"/srv/data");
         assert_eq!(c.ops, 1 << OP_OPEN);
     }

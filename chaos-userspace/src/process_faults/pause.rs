@@ -54,6 +54,8 @@ pub struct GuardArgs {
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(cmd: PauseCommand) -> Result<()> {
+    // From here on a Ctrl-C or SIGTERM ends the run through the thaw, even during setup.
+    let mut signals = lifecycle::Signals::install().context("installing signal handlers")?;
     if cmd.duration.is_zero() {
         return Err(BadInput::new("--duration 0s pauses nothing: give e.g. 5s").into());
     }
@@ -86,8 +88,8 @@ pub async fn run(cmd: PauseCommand) -> Result<()> {
         .join(", ");
     match settled {
         Ok(took) => println!(
-            "kchaos pause: froze {names} ({} processes) in {:.1} ms",
-            process_count(&paths),
+            "kchaos pause: froze {names} ({}) in {:.1} ms",
+            processes(process_count(&paths)),
             took.as_secs_f64() * 1e3
         ),
         Err(p) => println!(
@@ -102,29 +104,34 @@ pub async fn run(cmd: PauseCommand) -> Result<()> {
         units::format_duration(cmd.duration)
     );
 
-    let reason = lifecycle::run_until_end(Some(cmd.duration), Duration::from_secs(1), |elapsed| {
-        if !cmd.quiet {
-            let states = paths
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{} {} ({} processes)",
-                        p.display(),
-                        if is_frozen(p) { "frozen" } else { "freezing" },
-                        process_count(std::slice::from_ref(p))
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let left = cmd.duration.saturating_sub(elapsed);
-            println!(
-                "[{:>5.1}s] {states}; thaws in {:.1}s",
-                elapsed.as_secs_f64(),
-                left.as_secs_f64()
-            );
-        }
-        Ok(Tick::Continue)
-    })
+    let reason = lifecycle::run_until_end(
+        &mut signals,
+        Some(cmd.duration),
+        Duration::from_secs(1),
+        |elapsed| {
+            if !cmd.quiet {
+                let states = paths
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} {} ({})",
+                            p.display(),
+                            if is_frozen(p) { "frozen" } else { "freezing" },
+                            processes(process_count(std::slice::from_ref(p)))
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let left = cmd.duration.saturating_sub(elapsed);
+                println!(
+                    "[{:>5.1}s] {states}; thaws in {:.1}s",
+                    elapsed.as_secs_f64(),
+                    left.as_secs_f64()
+                );
+            }
+            Ok(Tick::Continue)
+        },
+    )
     .await?;
 
     let frozen_for = frozen_at.elapsed();
@@ -210,6 +217,10 @@ fn process_count(paths: &[PathBuf]) -> usize {
         .iter()
         .map(|p| cgroup::procs_recursive(p).map_or(0, |v| v.len()))
         .sum()
+}
+
+fn processes(n: usize) -> String {
+    format!("{n} process{}", if n == 1 { "" } else { "es" })
 }
 
 /// The thaw guard, seen from the loader.

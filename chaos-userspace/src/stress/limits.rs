@@ -76,13 +76,25 @@ pub fn memory_max(cgroup: &Path, mount: &Path) -> Option<(u64, PathBuf)> {
 }
 
 /// Refuses --memory that the cgroup or the host cannot hold, unless forced. Nothing runs yet.
-pub fn check_memory(bytes: u64, cgroup: &Path, mount: &Path, force: bool) -> Result<(), BadInput> {
+/// `v1_dirs` are the v1 cgroups the workers will join as well (hybrid hosts).
+pub fn check_memory(
+    bytes: u64,
+    cgroup: &Path,
+    mount: &Path,
+    v1_dirs: &[PathBuf],
+    force: bool,
+) -> Result<(), BadInput> {
     if force {
         return Ok(());
     }
     let available = procfs::mem_available()
         .map_err(|e| BadInput::new(format!("reading MemAvailable from /proc/meminfo: {e}")))?;
-    match memory_refusal(bytes, memory_max(cgroup, mount), available) {
+    let tightest = v1_dirs
+        .iter()
+        .filter_map(|d| super::hybrid::v1_memory_limit(d))
+        .chain(memory_max(cgroup, mount))
+        .min_by_key(|(limit, _)| *limit);
+    match memory_refusal(bytes, tightest, available) {
         Some(why) => Err(BadInput::new(why)),
         None => Ok(()),
     }
@@ -93,7 +105,7 @@ fn memory_refusal(bytes: u64, max: Option<(u64, PathBuf)>, available: u64) -> Op
         && bytes > limit
     {
         return Some(format!(
-            "--memory {}: more than memory.max of {} ({}); the OOM killer would end it (or the \
+            "--memory {}: more than the memory limit of {} ({}); the OOM killer would end it (or the \
              target's own processes) before it is held. Add --force if that is the point",
             format_size(bytes),
             at.display(),
@@ -151,7 +163,7 @@ mod tests {
         let cg = PathBuf::from("/sys/fs/cgroup/app");
         let why = memory_refusal(2 << 30, Some((1 << 30, cg.clone())), 8 << 30).unwrap();
         assert!(
-            why.contains("memory.max of /sys/fs/cgroup/app (1.0 GiB)"),
+            why.contains("memory limit of /sys/fs/cgroup/app (1.0 GiB)"),
             "{why}"
         );
         assert!(why.contains("2.0 GiB"), "{why}");

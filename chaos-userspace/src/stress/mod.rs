@@ -4,6 +4,7 @@
 //! within the cgroup's limits and is counted by its accounting, as the container's own load would be.
 //! `worker` is the worker side (the hidden `kchaos stress-worker`), `workers` the loader's side.
 
+pub mod hybrid;
 pub mod limits;
 pub mod ramp;
 pub mod worker;

@@ -26,6 +26,10 @@ pub struct WorkerArgs {
     /// The cgroup to join before doing anything else.
     #[arg(long)]
     pub cgroup: PathBuf,
+    /// Cgroup v1 directories to join too, right after the v2 one (hybrid hosts keep the container's
+    /// limits there).
+    #[arg(long = "v1-cgroup")]
+    pub v1_cgroups: Vec<PathBuf>,
     /// The loader's pid: a worker whose parent is already someone else exits at once.
     #[arg(long)]
     pub parent: u32,
@@ -176,6 +180,10 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
     // First of all, so that everything this worker allocates and burns is the cgroup's.
     cgroup::add_process(&args.cgroup, std::process::id())
         .with_context(|| format!("stress worker: joining {}", args.cgroup.display()))?;
+    for dir in &args.v1_cgroups {
+        cgroup::add_process(dir, std::process::id())
+            .with_context(|| format!("stress worker: joining {}", dir.display()))?;
+    }
     die_with_loader(args.parent).context("stress worker")?;
     name_self(&args.kind);
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.

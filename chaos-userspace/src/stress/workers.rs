@@ -110,12 +110,13 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts one worker process per kind in `cgroup`.
+    /// Starts one worker process per kind in `cgroup` (and in `v1_cgroups`, on hybrid hosts).
     ///
     /// Call it on the thread that lives as long as the run (the main thread): PR_SET_PDEATHSIG fires
     /// when the thread that forked a child ends, not the process.
     pub fn spawn(
         cgroup: &Path,
+        v1_cgroups: &[PathBuf],
         kinds: Vec<WorkerKind>,
         start_ns: u64,
         ramp: Option<Duration>,
@@ -131,6 +132,11 @@ impl Workers {
                 .arg("stress-worker")
                 .arg("--cgroup")
                 .arg(cgroup)
+                .args(
+                    v1_cgroups
+                        .iter()
+                        .flat_map(|d| ["--v1-cgroup".as_ref(), d.as_os_str()]),
+                )
                 .args(["--parent", &parent.to_string()])
                 .args(["--start-ns", &start_ns.to_string()])
                 .args([

@@ -25,7 +25,10 @@ fn main() -> Result<()> {
     if support.lsm.is_ok() {
         ops.extend([("open", "EIO"), ("write", "EIO")]);
     } else {
-        println!("(openat and write need the BPF LSM backend, absent here: {:?})", support.lsm);
+        println!(
+            "(openat and write need the BPF LSM backend, absent here: {:?})",
+            support.lsm
+        );
     }
     let has_strace = Command::new("strace").arg("-V").output().is_ok();
     for (op, errno) in ops {
@@ -36,7 +39,12 @@ fn main() -> Result<()> {
 
 fn bench_op(op: &str, errno: &str, target: &Path, other: &Path, has_strace: bool) -> Result<()> {
     let (t, o) = (target.display().to_string(), other.display().to_string());
-    let names = ["nothing attached", "attached, not targeted", "targeted, 0%", "strace -e inject (0 injected)"];
+    let names = [
+        "nothing attached",
+        "attached, not targeted",
+        "targeted, 0%",
+        "strace -e inject (0 injected)",
+    ];
     let mut ns: [Vec<f64>; 4] = Default::default();
     for _ in 0..ROUNDS {
         for (i, attach) in [None, Some(&o), Some(&t), None].into_iter().enumerate() {
@@ -44,7 +52,18 @@ fn bench_op(op: &str, errno: &str, target: &Path, other: &Path, has_strace: bool
                 continue;
             }
             let running = attach.map(|cg| {
-                Running::start(&["syscall", "--cgroup", cg, "--syscall", op, "--errno", errno, "--percent", "0", "--quiet"])
+                Running::start(&[
+                    "syscall",
+                    "--cgroup",
+                    cg,
+                    "--syscall",
+                    op,
+                    "--errno",
+                    errno,
+                    "--percent",
+                    "0",
+                    "--quiet",
+                ])
             });
             ns[i].push(loop_ns(op, target, i == 3)?);
             if let Some(r) = running {
@@ -55,14 +74,21 @@ fn bench_op(op: &str, errno: &str, target: &Path, other: &Path, has_strace: bool
     // Best of the rounds (noise only ever adds time) and the median, each as a ratio to its baseline.
     let (base_best, base_median) = (best(&ns[0]), median(&mut ns[0]));
     println!("\nbench syscall {op}: {ROUNDS} rounds x {CALLS} calls, interleaved");
-    println!("{:<32} {:>10} {:>12} {:>14}", "configuration", "ns/call", "ratio (best)", "ratio (median)");
+    println!(
+        "{:<32} {:>10} {:>12} {:>14}",
+        "configuration", "ns/call", "ratio (best)", "ratio (median)"
+    );
     for (name, v) in names.iter().zip(ns.iter_mut()) {
         if v.is_empty() {
             println!("{name:<32} {:>10}", "n/a (no strace)");
             continue;
         }
         let (b, m) = (best(v), median(v));
-        println!("{name:<32} {b:>10.0} {:>12.3} {:>14.3}", base_best / b, base_median / m);
+        println!(
+            "{name:<32} {b:>10.0} {:>12.3} {:>14.3}",
+            base_best / b,
+            base_median / m
+        );
     }
     per_run_cost(op, errno, &t, target)
 }
@@ -73,14 +99,30 @@ fn loop_ns(op: &str, cgroup: &Path, strace: bool) -> Result<f64> {
     let mut cmd = if strace {
         let mut c = Command::new("strace");
         // Inject only from the 65535th call on (after the loop): the cost of strace's interception with 0 injected.
-        c.args(["-f", "-qq", "-o", "/dev/null", "-e", &format!("inject={}:error=EIO:when=65535", syscall_name(op))]).arg(&kchaos);
+        c.args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            &format!("inject={}:error=EIO:when=65535", syscall_name(op)),
+        ])
+        .arg(&kchaos);
         c
     } else {
         Command::new(&kchaos)
     };
-    let out = cmd.arg("traffic").arg("--cgroup").arg(cgroup).args(["syscalls", "--op", op, "--count", CALLS]).output()?;
+    let out = cmd
+        .arg("traffic")
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(["syscalls", "--op", op, "--count", CALLS])
+        .output()?;
     if !out.status.success() {
-        bail!("the {op} loop failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the {op} loop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("the loop's JSON")?;
     v["ns_per_call"].as_f64().context("ns_per_call")
@@ -108,12 +150,27 @@ fn per_run_cost(op: &str, errno: &str, target: &str, cgroup: &Path) -> Result<()
     let before = std::fs::read_to_string(sysctl)?.trim().to_owned();
     std::fs::write(sysctl, "1")?;
     let result = (|| -> Result<()> {
-        let running = Running::start(&["syscall", "--cgroup", target, "--syscall", op, "--errno", errno, "--percent", "0", "--quiet"]);
+        let running = Running::start(&[
+            "syscall",
+            "--cgroup",
+            target,
+            "--syscall",
+            op,
+            "--errno",
+            errno,
+            "--percent",
+            "0",
+            "--quiet",
+        ]);
         loop_ns(op, cgroup, false)?;
         for p in aya::programs::loaded_programs().flatten() {
             let name = p.name_as_str().unwrap_or_default().to_owned();
             if (name.starts_with("sys_") || name.starts_with("lsm_")) && p.run_count() > 0 {
-                println!("  {name:<20} {} runs, {:.1} ns per run (bpf_stats)", p.run_count(), p.run_time().as_nanos() as f64 / p.run_count() as f64);
+                println!(
+                    "  {name:<20} {} runs, {:.1} ns per run (bpf_stats)",
+                    p.run_count(),
+                    p.run_time().as_nanos() as f64 / p.run_count() as f64
+                );
             }
         }
         running.terminate();

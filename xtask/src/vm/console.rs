@@ -87,9 +87,21 @@ pub fn boot_and_collect(
     if console.lines.iter().any(|l| l.contains("Kernel panic")) {
         return Err(fail("the VM's kernel panicked".to_owned()));
     }
+    // An oops kills only the task that hit it, so the payloads may still end; it is a failure anyway.
+    if let Some(oops) = console
+        .lines
+        .iter()
+        .find(|l| l.contains("] Oops: ") || l.contains("] BUG: "))
+    {
+        return Err(fail(format!(
+            "the VM's kernel reported a bug: {}",
+            oops.trim()
+        )));
+    }
     if console.timed_out {
         return Err(fail(format!(
-            "the VM ran past its time limit ({:?}) and was killed",
+            "the VM ran past its time limit ({:?}) and was killed (for `cargo xtask vm-test`, set \
+             KCHAOS_VM_TIMEOUT=<seconds> to change it)",
             boot.timeout
         )));
     }
@@ -236,7 +248,14 @@ fn qemu_command(boot: &Boot) -> Command {
     .arg(boot.vmlinuz)
     .arg("-initrd")
     .arg(boot.initrd)
-    .args(["-append", "console=ttyS0 quiet panic=-1"])
+    // loglevel=5 (after quiet): kernel warnings reach the console, routine notices don't.
+    // tsc=reliable: under load, emulation's clock skew can make the watchdog mark the TSC unstable
+    // mid-run, and the code patching that follows raced with the other vCPU into an int3 oops once
+    // (multi-threaded TCG); the TSC of one emulator is coherent across its vCPUs anyway.
+    .args([
+        "-append",
+        "console=ttyS0 quiet loglevel=5 tsc=reliable panic=-1",
+    ])
     // No stdin: qemu must not read (or put into raw mode) the terminal it was started from.
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
@@ -330,6 +349,7 @@ mod tests {
             name: name.to_owned(),
             binary: "/bin/true".into(),
             args: Vec::new(),
+            cwd: None,
         }
     }
 

@@ -1,9 +1,9 @@
 //! The VM's root file system: an initramfs (cpio newc, gzip) with busybox, iproute2, kchaos, the
 //! payloads (each with the shared libraries `ldd` names) and an /init that runs them.
 //!
-//! The archive is written here rather than by `cpio` from a staging tree: that needs no staging
-//! copy of ~100 MB of binaries, and /dev/console (which the kernel opens for /init before anything
-//! is mounted) can be a device node without root's mknod.
+//! The archive is written here rather than by `cpio` from a staging tree: that needs neither a
+//! staging copy of every binary nor the cpio package, and /dev/console (which the kernel opens for
+//! /init before anything is mounted) can be a device node without root's mknod.
 
 use std::{
     collections::BTreeMap,
@@ -30,6 +30,8 @@ pub struct Contents<'a> {
     pub modules: &'a [Module],
     pub kchaos: Option<&'a Path>,
     pub payloads: &'a [Payload],
+    /// Host directories copied in at the same paths (those that don't exist are skipped).
+    pub data_dirs: &'a [PathBuf],
 }
 
 /// Writes the initramfs to `out`.
@@ -46,7 +48,7 @@ pub fn build(contents: &Contents, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Lays out the whole file system (what goes where; nothing is read yet).
+/// Lays out the whole file system: what goes where (file contents are read while writing).
 fn assemble(c: &Contents) -> Result<Image> {
     let mut image = Image::default();
     for dir in [
@@ -82,6 +84,12 @@ fn assemble(c: &Contents) -> Result<Image> {
     }
     for (i, p) in c.payloads.iter().enumerate() {
         image.add_binary(&payload_path(i, p)?, &p.binary)?;
+        if let Some(cwd) = &p.cwd {
+            image.add(&image_path(cwd), Entry::Dir);
+        }
+    }
+    for dir in c.data_dirs {
+        add_tree(&mut image, dir)?;
     }
     let init = init_script(c)?;
     image.add(
@@ -138,11 +146,34 @@ fn add_tc_distributions(image: &mut Image) {
         };
         for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
             if path.extension().is_some_and(|e| e == "dist") {
-                let at = path.to_string_lossy().trim_start_matches('/').to_owned();
-                image.add(&at, Entry::file(&path, 0o644));
+                image.add(&image_path(&path), Entry::file(&path, 0o644));
             }
         }
     }
+}
+
+/// The regular files under `dir`, at their host paths.
+fn add_tree(image: &mut Image, dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    image.add(&image_path(dir), Entry::Dir);
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        let meta =
+            std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.is_dir() {
+            add_tree(image, &path)?;
+        } else if meta.is_file() {
+            image.add(&image_path(&path), Entry::file(&path, 0o644));
+        }
+    }
+    Ok(())
+}
+
+/// An absolute host path as an archive path (no leading `/`).
+fn image_path(path: &Path) -> String {
+    path.to_string_lossy().trim_start_matches('/').to_owned()
 }
 
 /// Just enough /etc for name lookups of root and localhost.
@@ -206,8 +237,12 @@ fn init_script(c: &Contents) -> Result<String> {
             "echo {}\n",
             quote(&console::begin_marker(i, total, &p.name))
         ));
-        // In a subshell from /tmp, stdin from /dev/null: a payload can't wait on the console.
-        s.push_str(&format!("(cd /tmp && exec {cmd} </dev/null 2>&1)\n"));
+        let cwd = p.cwd.as_deref().unwrap_or(Path::new("/tmp"));
+        // In a subshell, stdin from /dev/null: a payload can't wait on the console.
+        s.push_str(&format!(
+            "(cd {} && exec {cmd} </dev/null 2>&1)\n",
+            quote(&cwd.to_string_lossy())
+        ));
         s.push_str(&format!(
             "echo \"{}$?\"\n",
             console::end_marker_prefix(i, total, &p.name)
@@ -345,8 +380,7 @@ impl Image {
         }
         self.add(path, Entry::file(host, 0o755));
         for lib in shared_libraries(host)? {
-            let at = lib.to_string_lossy().trim_start_matches('/').to_owned();
-            self.add(&at, Entry::file(&lib, 0o755));
+            self.add(&image_path(&lib), Entry::file(&lib, 0o755));
         }
         Ok(())
     }

@@ -1,0 +1,419 @@
+//! The report as one self-contained HTML page: the summary, a timeline plot in inline SVG (faults as
+//! bands, probe latency as lines with each attempt a dot, success rate as a line), and the tables.
+
+use std::fmt::Write as _;
+
+use super::{junit::escape, report::Report};
+
+const W: f64 = 1100.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+const PLOT_W: f64 = W - LEFT - RIGHT;
+const COLORS: &[&str] = &[
+    "#1f77b4", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
+];
+const FAULT_COLORS: &[&str] = &["#ff7f0e", "#d62728", "#bcbd22", "#2ca02c"];
+
+pub fn render(r: &Report) -> String {
+    let mut h = String::new();
+    let title = escape(&r.scenario.title);
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>kchaos: {title}</title>\
+<style>body{{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;margin:24px;color:#222}}\
+h1{{font-size:22px;margin:0 0 4px}} .sub{{color:#666;margin-bottom:16px}}\
+table{{border-collapse:collapse;margin:8px 0 20px}} td,th{{border:1px solid #ddd;padding:4px 8px;font-size:13px;text-align:left}}\
+th{{background:#f4f4f4}} .ok{{color:#2a7d2a;font-weight:600}} .bad{{color:#c62828;font-weight:600}}\
+.cards{{display:flex;gap:12px;flex-wrap:wrap;margin:8px 0 16px}} .card{{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:150px}}\
+.card b{{display:block;font-size:20px}} .card span{{color:#666;font-size:12px}} svg text{{font-size:11px;fill:#333}}</style></head><body>\n"
+    );
+    let _ = writeln!(h, "<h1>{title}</h1>");
+    let _ = writeln!(
+        h,
+        "<div class=\"sub\">{} &middot; {} &middot; kchaos {} on kernel {}</div>",
+        escape(&r.scenario.description),
+        escape(&r.scenario.file),
+        escape(&r.kchaos_version),
+        escape(&r.kernel)
+    );
+    cards(&mut h, r);
+    let _ = writeln!(h, "<h2>Timeline</h2>");
+    h += &timeline_svg(r);
+    tables(&mut h, r);
+    h += "</body></html>\n";
+    h
+}
+
+fn cards(h: &mut String, r: &Report) {
+    let s = &r.summary;
+    let held = match s.steady_state_held {
+        Some(true) => "<b class=\"ok\">held</b>".to_owned(),
+        Some(false) => "<b class=\"bad\">did not hold</b>".to_owned(),
+        None => "<b>not checked</b>".to_owned(),
+    };
+    let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1}%"));
+    let mttr = s
+        .recovery
+        .iter()
+        .map(|m| m.mttr_ms.map_or("none".into(), |v| format!("{v:.0} ms")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let items = [
+        (held, "steady state".to_owned()),
+        (
+            format!(
+                "<b class=\"{}\">{}</b>",
+                if s.completed { "ok" } else { "bad" },
+                if s.completed { "completed" } else { "aborted" }
+            ),
+            escape(&s.end_reason),
+        ),
+        (
+            format!("<b>{}</b>", s.injected_events),
+            "injected events (kernel)".into(),
+        ),
+        (
+            format!("<b>{}</b>", pct(s.availability_during_faults_pct)),
+            "availability during faults".into(),
+        ),
+        (
+            format!("<b>{}</b>", pct(s.error_rate_pct)),
+            "error rate while faults ran".into(),
+        ),
+        (
+            format!(
+                "<b>{}</b>",
+                if mttr.is_empty() {
+                    "n/a".into()
+                } else {
+                    escape(&mttr)
+                }
+            ),
+            "time to recover per fault".into(),
+        ),
+        (
+            format!(
+                "<b>{}</b>",
+                s.abort_to_detached_ms
+                    .map_or("n/a".into(), |v| format!("{v:.1} ms"))
+            ),
+            "abort to detached".into(),
+        ),
+    ];
+    *h += "<div class=\"cards\">";
+    for (value, label) in items {
+        let _ = write!(h, "<div class=\"card\">{value}<span>{label}</span></div>");
+    }
+    *h += "</div>\n";
+}
+
+fn timeline_svg(r: &Report) -> String {
+    let total_ms = r.duration_ms.max(1.0);
+    let x = |t: f64| LEFT + PLOT_W * (t / total_ms).clamp(0.0, 1.0);
+    let lanes = r.faults.len() as f64;
+    let lane_h = 22.0;
+    let top = 20.0 + lanes * lane_h;
+    let lat_h = 220.0;
+    let gap = 40.0;
+    let ok_top = top + lat_h + gap;
+    let ok_h = 110.0;
+    let height = ok_top + ok_h + 36.0 + 16.0 * r.probes.len() as f64;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" viewBox=\"0 0 {W} {height}\" role=\"img\" aria-label=\"experiment timeline\">"
+    );
+    // Phases as faint backgrounds.
+    for (name, p, fill) in [
+        ("before", r.phases.before, "#f1f5f9"),
+        ("after", r.phases.after, "#f1f5f9"),
+    ] {
+        if let Some((a, b)) = p {
+            let _ = writeln!(
+                s,
+                "<rect x=\"{:.1}\" y=\"{top}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{fill}\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#64748b\">{name}</text>",
+                x(a),
+                (x(b) - x(a)).max(0.5),
+                ok_top + ok_h - top,
+                x(a) + 4.0,
+                top + 12.0
+            );
+        }
+    }
+    // Faults: a labelled lane each, and a band across both plots.
+    for (i, f) in r.faults.iter().enumerate() {
+        let color = FAULT_COLORS[i % FAULT_COLORS.len()];
+        let y = 10.0 + i as f64 * lane_h;
+        let (a, b, dashed) = match (f.start_ms, f.end_ms) {
+            (Some(a), Some(b)) => (a, b, false),
+            _ => (f.planned_start_ms, f.planned_end_ms, true),
+        };
+        let _ = writeln!(
+            s,
+            "<rect x=\"{:.1}\" y=\"{top}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" fill-opacity=\"{}\"/>",
+            x(a),
+            (x(b) - x(a)).max(1.0),
+            ok_top + ok_h - top,
+            if dashed { 0.04 } else { 0.13 }
+        );
+        let _ = writeln!(
+            s,
+            "<rect x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" fill-opacity=\"0.8\" rx=\"3\"{}/>",
+            x(a),
+            (x(b) - x(a)).max(1.0),
+            lane_h - 5.0,
+            if dashed {
+                " stroke=\"#333\" stroke-dasharray=\"4 3\" fill-opacity=\"0.2\""
+            } else {
+                ""
+            }
+        );
+        let label = format!(
+            "{} — {}{}",
+            f.name,
+            f.description,
+            if dashed { " (never armed)" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#111\">{}</text>",
+            x(a) + 4.0,
+            y + 12.0,
+            escape(&label)
+        );
+        // Ramp steps: ticks under the lane, so they never cut its label.
+        for step in &f.ramp_steps {
+            let _ = writeln!(
+                s,
+                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"#333\" stroke-width=\"1.5\"><title>{3}</title></line>",
+                x(step.t_ms),
+                y + lane_h - 5.0,
+                y + lane_h - 1.0,
+                escape(&format!("{} = {}", step.param, step.display))
+            );
+        }
+    }
+    // Latency plot.
+    let max_lat = r
+        .probes
+        .iter()
+        .flat_map(|p| p.results.iter().map(|r| r.latency_ms))
+        .fold(1.0_f64, f64::max)
+        * 1.1;
+    let ly = |ms: f64| top + lat_h - lat_h * (ms / max_lat).clamp(0.0, 1.0);
+    axis(&mut s, top, lat_h, max_lat, "latency ms");
+    for (i, p) in r.probes.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<String> = p
+            .results
+            .iter()
+            .map(|q| format!("{:.1},{:.1}", x(q.t_ms), ly(q.latency_ms)))
+            .collect();
+        if !pts.is_empty() {
+            let _ = writeln!(
+                s,
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\"/>",
+                pts.join(" ")
+            );
+        }
+        for q in &p.results {
+            let _ = writeln!(
+                s,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{}\"><title>{}</title></circle>",
+                x(q.t_ms),
+                ly(q.latency_ms),
+                if q.ok { "#2a7d2a" } else { "#c62828" },
+                escape(&format!(
+                    "{} @{:.2}s: {:.1} ms, {}",
+                    p.name,
+                    q.t_ms / 1e3,
+                    q.latency_ms,
+                    q.detail
+                ))
+            );
+        }
+    }
+    // Success rate (rolling over each probe's window).
+    axis(&mut s, ok_top, ok_h, 100.0, "success %");
+    for (i, p) in r.probes.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let window = p.tolerance.window.as_secs_f64() * 1e3;
+        let pts: Vec<String> = p
+            .results
+            .iter()
+            .map(|q| {
+                let in_window: Vec<_> = p
+                    .results
+                    .iter()
+                    .filter(|o| o.t_ms <= q.t_ms && o.t_ms > q.t_ms - window)
+                    .collect();
+                let rate = 100.0 * in_window.iter().filter(|o| o.ok).count() as f64
+                    / in_window.len().max(1) as f64;
+                format!(
+                    "{:.1},{:.1}",
+                    x(q.t_ms),
+                    ok_top + ok_h - ok_h * rate / 100.0
+                )
+            })
+            .collect();
+        if !pts.is_empty() {
+            let _ = writeln!(
+                s,
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>",
+                pts.join(" ")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"12\" height=\"3\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            LEFT,
+            ok_top + ok_h + 30.0 + 16.0 * i as f64,
+            LEFT + 18.0,
+            ok_top + ok_h + 34.0 + 16.0 * i as f64,
+            escape(&format!(
+                "{} - {}{} (dots: each attempt, green ok, red failed)",
+                p.name,
+                p.check,
+                p.from_target
+                    .as_ref()
+                    .map(|t| format!(", from inside {t}"))
+                    .unwrap_or_default()
+            ))
+        );
+    }
+    // Abort and time axis.
+    if let Some(e) = r
+        .events
+        .iter()
+        .find(|e| e.kind == "abort" || e.kind == "budget.exceeded")
+    {
+        let _ = writeln!(
+            s,
+            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{top}\" y2=\"{1:.1}\" stroke=\"#c62828\" stroke-width=\"2\" stroke-dasharray=\"5 3\"/><text x=\"{2:.1}\" y=\"{3:.1}\" fill=\"#c62828\">abort</text>",
+            x(e.t_ms),
+            ok_top + ok_h,
+            x(e.t_ms) + 3.0,
+            top + 40.0
+        );
+    }
+    let step_s = nice_step(total_ms / 1e3 / 10.0);
+    let mut t = 0.0;
+    while t * 1e3 <= total_ms {
+        let _ = writeln!(
+            s,
+            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"#999\"/><text x=\"{0:.1}\" y=\"{3:.1}\" text-anchor=\"middle\">{4}s</text>",
+            x(t * 1e3),
+            ok_top + ok_h,
+            ok_top + ok_h + 4.0,
+            ok_top + ok_h + 16.0,
+            (t * 100.0_f64).round() / 100.0
+        );
+        t += step_s;
+    }
+    s += "</svg>\n";
+    s
+}
+
+fn axis(s: &mut String, top: f64, h: f64, max: f64, label: &str) {
+    let _ = writeln!(
+        s,
+        "<rect x=\"{LEFT}\" y=\"{top}\" width=\"{PLOT_W}\" height=\"{h}\" fill=\"none\" stroke=\"#bbb\"/>"
+    );
+    for i in 0..=4 {
+        let v = max * i as f64 / 4.0;
+        let y = top + h - h * i as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            LEFT + PLOT_W,
+            LEFT - 6.0,
+            y + 4.0,
+            if max >= 10.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">{label}</text>",
+        top + h / 2.0,
+        top + h / 2.0
+    );
+}
+
+fn nice_step(raw: f64) -> f64 {
+    for s in [
+        0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ] {
+        if raw <= s {
+            return s;
+        }
+    }
+    1800.0
+}
+
+fn tables(h: &mut String, r: &Report) {
+    *h += "<h2>Steady-state hypothesis</h2><table><tr><th>phase</th><th>probe</th><th>held</th><th>ok</th><th>success</th><th>p95</th><th>why</th></tr>\n";
+    for x in &r.hypothesis {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}/{}</td><td>{:.1}%</td><td>{}</td><td>{}</td></tr>",
+            x.phase,
+            escape(&x.probe),
+            if x.held { "ok" } else { "bad" },
+            if x.held { "yes" } else { "no" },
+            x.stats.ok,
+            x.stats.count,
+            x.stats.success_rate,
+            x.stats
+                .p95_latency_ms
+                .map_or("n/a".into(), |p| format!("{p:.1} ms")),
+            escape(x.why.as_deref().unwrap_or(""))
+        );
+    }
+    *h += "</table>\n<h2>Faults</h2><table><tr><th>fault</th><th>what</th><th>armed</th><th>detached</th><th>injected</th><th>kernel counters</th><th>attached</th></tr>\n";
+    for f in &r.faults {
+        let counters = f
+            .counters
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&f.name),
+            escape(&f.description),
+            f.start_ms
+                .map_or("never".into(), |v| format!("{:.2}s", v / 1e3)),
+            f.end_ms.map_or("-".into(), |v| format!("{:.2}s", v / 1e3)),
+            f.injected_events,
+            escape(&counters),
+            escape(&f.attached.join("; "))
+        );
+    }
+    *h += "</table>\n<h2>Safety review</h2><table><tr><th>risk</th><th>check</th><th>finding</th></tr>\n";
+    for f in &r.findings {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            f.risk,
+            escape(&f.code),
+            escape(&f.message)
+        );
+    }
+    *h += "</table>\n<h2>Events</h2><table><tr><th>t</th><th>event</th><th>detail</th></tr>\n";
+    for e in &r.events {
+        let _ = writeln!(
+            h,
+            "<tr><td>{:.2}s</td><td>{}</td><td>{}</td></tr>",
+            e.t_ms / 1e3,
+            escape(&e.kind),
+            escape(&e.detail)
+        );
+    }
+    *h += "</table>\n";
+}

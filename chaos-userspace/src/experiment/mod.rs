@@ -1,0 +1,306 @@
+//! Experiments: scenario files (steady-state hypothesis, faults on a timeline with ramps, abort rules,
+//! a budget, rollbacks, variables), their validation and safety review, the run, and its report.
+//!
+//! `kchaos validate FILE`, `kchaos run FILE`, `kchaos report FILE.json`, `kchaos monkey`. Fault kinds
+//! plug in through `kinds.rs` only.
+
+pub mod containers;
+pub mod diagnostic;
+pub mod fields;
+pub mod html;
+pub mod junit;
+pub mod kinds;
+pub mod monkey;
+pub mod plan;
+pub mod probes;
+pub mod report;
+pub mod review;
+pub mod runner;
+pub mod scenario;
+pub mod validate;
+pub mod yaml;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use self::{
+    diagnostic::{Diagnostic, ScenarioErrors},
+    fields::Vars,
+    report::Report,
+    review::{Finding, Risk},
+    scenario::Scenario,
+    validate::ResolvedTarget,
+};
+use crate::error::BadInput;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The scenario file (YAML).
+    pub file: PathBuf,
+    /// Write the JSON report (the journal) here.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// Set a variable: KEY=VALUE (repeatable; beats KCHAOS_VAR_KEY and the file's default).
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+    /// Print the plan (timeline, what would attach where); attach nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run even with high-risk findings from the safety review.
+    #[arg(long)]
+    pub accept_risk: bool,
+    /// Write each hypothesis and probe as a JUnit test case here.
+    #[arg(long, value_name = "FILE.xml")]
+    pub junit: Option<PathBuf>,
+    /// No live lines (the summary is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The scenario file (YAML).
+    pub file: PathBuf,
+    /// Set a variable: KEY=VALUE (repeatable).
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A JSON report written by `kchaos run --report`.
+    pub file: PathBuf,
+    /// Write a self-contained HTML page (needs --out).
+    #[arg(long, requires = "out")]
+    pub html: bool,
+    /// Where the HTML page goes.
+    #[arg(long, value_name = "FILE.html")]
+    pub out: Option<PathBuf>,
+    /// Also write JUnit XML here.
+    #[arg(long, value_name = "FILE.xml")]
+    pub junit: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeAgentArgs {
+    /// The cgroup to probe from.
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    /// The probe, as JSON.
+    #[arg(long)]
+    pub spec: String,
+}
+
+fn bad(errors: ScenarioErrors) -> anyhow::Error {
+    anyhow::Error::new(BadInput::new(errors.to_string()))
+}
+
+/// Reads and checks a scenario: syntax, fields, and the checks across fields.
+pub fn load(file: &Path, vars: &[String]) -> Result<Scenario> {
+    let vars = Vars::from_cli(vars)?;
+    let s = scenario::load(file, &vars).map_err(bad)?;
+    let errors = validate::check(&s);
+    if !errors.is_empty() {
+        return Err(bad(ScenarioErrors(errors)));
+    }
+    Ok(s)
+}
+
+/// Resolves what can be resolved; the rest with why, as a diagnostic at the target.
+fn resolve(s: &Scenario) -> (Vec<ResolvedTarget>, Vec<(String, String)>, Vec<Diagnostic>) {
+    let mut ok = Vec::new();
+    let mut missing = Vec::new();
+    let mut diags = Vec::new();
+    for (i, t) in s.targets.iter().enumerate() {
+        match validate::resolve_target(t, s.allow_host) {
+            Ok(r) => ok.push(r),
+            Err(e) => {
+                diags.push(Diagnostic::new(
+                    &s.file,
+                    t.mark,
+                    &format!("targets[{i}]"),
+                    e.0.clone(),
+                ));
+                missing.push((t.name.clone(), e.0));
+            }
+        }
+    }
+    (ok, missing, diags)
+}
+
+fn review_of(s: &Scenario, ok: &[ResolvedTarget], missing: &[(String, String)]) -> Vec<Finding> {
+    let root = crate::cgroup::v2_mount().ok();
+    review::review(s, ok, missing, root.as_deref())
+}
+
+fn print_findings(findings: &[Finding]) {
+    if findings.is_empty() {
+        println!("safety review: no findings");
+        return;
+    }
+    println!("safety review:");
+    for f in findings {
+        println!("  {f}");
+    }
+}
+
+/// `kchaos validate FILE`: everything but the run, without privileges.
+pub fn validate_command(args: &ValidateArgs) -> Result<()> {
+    let s = load(&args.file, &args.vars)?;
+    let (ok, missing, _) = resolve(&s);
+    let findings = review_of(&s, &ok, &missing);
+    println!(
+        "{}: valid: '{}', {} target(s), {} fault(s) over {}, {} probe(s), {} abort rule(s), {} rollback(s)",
+        args.file.display(),
+        s.title,
+        s.targets.len(),
+        s.faults.len(),
+        crate::units::format_duration(s.total_length()),
+        s.steady_state.probes.len(),
+        s.abort.len(),
+        s.rollbacks.len()
+    );
+    print_findings(&findings);
+    if review::highest(&findings) == Some(Risk::High) {
+        println!(
+            "`kchaos run` refuses this scenario unless --accept-risk (high-risk findings above)"
+        );
+    }
+    Ok(())
+}
+
+/// What `run` and `monkey` share after the scenario is built.
+struct Outputs<'a> {
+    report: Option<&'a Path>,
+    junit: Option<&'a Path>,
+    dry_run: bool,
+    accept_risk: bool,
+    quiet: bool,
+}
+
+async fn run_scenario(s: Scenario, out: Outputs<'_>) -> Result<()> {
+    let (targets, missing, diags) = resolve(&s);
+    let findings = review_of(&s, &targets, &missing);
+    println!("kchaos run: '{}' ({})", s.title, s.file);
+    print_findings(&findings);
+    if out.dry_run {
+        println!("plan (dry run: nothing is attached):");
+        println!("{}", plan::render(&plan::timeline(&s, &targets)));
+        if !diags.is_empty() {
+            println!("a real run would refuse: {}", ScenarioErrors(diags));
+        }
+        return Ok(());
+    }
+    if !diags.is_empty() {
+        return Err(bad(ScenarioErrors(diags)));
+    }
+    if review::highest(&findings) == Some(Risk::High) && !out.accept_risk {
+        return Err(BadInput::new(
+            "refusing to run: the safety review found high-risk issues (above); fix them, or pass \
+             --accept-risk if you mean it",
+        )
+        .into());
+    }
+    crate::require_root("kchaos run")?;
+    for f in &s.faults {
+        f.kind
+            .preflight()
+            .map_err(|e| BadInput::new(format!("fault '{}': {e}", f.name)))?;
+    }
+    let report = runner::execute(runner::Setup {
+        scenario: s,
+        targets,
+        findings,
+        risk_accepted: out.accept_risk,
+        quiet: out.quiet,
+    })
+    .await?;
+    println!("{}", report.summary_text());
+    write_outputs(&report, out.report, out.junit)?;
+    verdict(&report)
+}
+
+fn write_outputs(report: &Report, json: Option<&Path>, junit: Option<&Path>) -> Result<()> {
+    if let Some(path) = json {
+        report.write_json(path)?;
+        println!("  report: {}", path.display());
+    }
+    if let Some(path) = junit {
+        std::fs::write(path, junit::render(report))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("  junit: {}", path.display());
+    }
+    Ok(())
+}
+
+/// Exit 0 only when the run completed and the steady state held.
+fn verdict(report: &Report) -> Result<()> {
+    let s = &report.summary;
+    if !s.completed {
+        anyhow::bail!("the experiment did not complete: {}", s.end_reason);
+    }
+    if s.steady_state_held == Some(false) {
+        anyhow::bail!("the steady state did not hold");
+    }
+    Ok(())
+}
+
+/// `kchaos run FILE`.
+pub async fn run_command(args: RunArgs) -> Result<()> {
+    let s = load(&args.file, &args.vars)?;
+    run_scenario(
+        s,
+        Outputs {
+            report: args.report.as_deref(),
+            junit: args.junit.as_deref(),
+            dry_run: args.dry_run,
+            accept_risk: args.accept_risk,
+            quiet: args.quiet,
+        },
+    )
+    .await
+}
+
+/// `kchaos monkey`.
+pub async fn monkey_command(args: monkey::MonkeyArgs) -> Result<()> {
+    let (s, seed) = monkey::scenario(&args)?;
+    let errors = validate::check(&s);
+    if !errors.is_empty() {
+        return Err(BadInput::new(monkey::describe_errors(&errors)).into());
+    }
+    println!("kchaos monkey: seed {seed} (--seed {seed} replays this draw)");
+    run_scenario(
+        s,
+        Outputs {
+            report: args.report.as_deref(),
+            junit: args.junit.as_deref(),
+            dry_run: args.dry_run,
+            accept_risk: args.accept_risk,
+            quiet: args.quiet,
+        },
+    )
+    .await
+}
+
+/// `kchaos report FILE.json`.
+pub fn report_command(args: &ReportArgs) -> Result<()> {
+    let report = Report::read_json(&args.file)?;
+    if args.html {
+        let out = args
+            .out
+            .as_deref()
+            .ok_or_else(|| BadInput::new("--html needs --out FILE.html"))?;
+        std::fs::write(out, html::render(&report))
+            .with_context(|| format!("writing {}", out.display()))?;
+        println!("html: {}", out.display());
+    } else {
+        println!("{}", report.summary_text());
+    }
+    write_outputs(&report, None, args.junit.as_deref())
+}
+
+/// `kchaos probe-agent` (hidden): a probe inside a target cgroup.
+pub fn probe_agent_command(args: &ProbeAgentArgs) -> Result<()> {
+    probes::agent(&args.cgroup, &args.spec)
+}

@@ -1,0 +1,938 @@
+//! `kchaos stress`, `kill` and `pause` on real processes: CPU load and memory as the kernel counts them,
+//! paced write+fsync, kills that stay inside the cgroup, a freeze that stops a counter, and nothing left
+//! behind (workers, frozen cgroups, directories) however the loader ends.
+//!
+//! Every run uses its own KCHAOS_RUN_DIR, so the `kchaos stop` here never touches another kchaos running
+//! on the machine.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use chaos_userspace::{cgroup, procfs};
+use integration_tests::{Running, kchaos, lab::LabCgroup, root_or_skip, tag};
+
+/// A private run directory (the journal) for one test, removed on drop.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("kchaos-test-run-{}", tag("d")));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(kchaos());
+        cmd.env("KCHAOS_RUN_DIR", &self.0);
+        cmd
+    }
+
+    /// Runs kchaos to completion.
+    fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("running kchaos")
+    }
+
+    /// Starts kchaos and waits (up to 20 s) for its "armed" line, like `Running::start`.
+    fn start(&self, args: &[&str]) -> Running {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning kchaos");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut head = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) => {
+                    let armed = line.trim_start().starts_with("armed");
+                    head.push(line);
+                    if armed {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output().expect("wait");
+                    panic!(
+                        "kchaos {args:?} did not arm: stdout {head:?} stderr {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        }
+        Running {
+            child,
+            lines: rx,
+            head,
+        }
+    }
+
+    fn records(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A scratch directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kchaos-test-{what}-{}", tag("t")));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn lab_cgroup() -> LabCgroup {
+    LabCgroup::create(&format!("kchaos-test-{}", tag("s"))).expect("creating a test cgroup")
+}
+
+fn cg_arg(cg: &LabCgroup) -> String {
+    cg.path.display().to_string()
+}
+
+fn procs(cg: &Path) -> Vec<u32> {
+    cgroup::procs_recursive(cg).unwrap_or_default()
+}
+
+/// Starts `argv` inside the cgroup (the shell joins it, then execs the program).
+fn spawn_in(cg: &Path, argv: &[&str]) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
+            cg.display()
+        ))
+        .arg("sh")
+        .args(argv)
+        .spawn()
+        .expect("spawning in the cgroup")
+}
+
+/// Waits until `cond` holds, up to `timeout`.
+fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn alive(child: &mut Child) -> bool {
+    matches!(child.try_wait(), Ok(None))
+}
+
+fn read_report(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("report");
+    let _ = std::fs::remove_file(path);
+    serde_json::from_str(&text).expect("report json")
+}
+
+fn report_path() -> PathBuf {
+    std::env::temp_dir().join(format!("kchaos-test-{}.json", tag("r")))
+}
+
+/// CPU time of these processes together, as the kernel counts it (utime + stime).
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter()
+        .map(|&p| procfs::cpu_time(p).map_or(0.0, |d| d.as_secs_f64()))
+        .sum()
+}
+
+/// CPU time the whole host has spent busy (/proc/stat: everything but idle and iowait), in seconds.
+fn host_busy_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks.iter().sum::<f64>() - ticks[3] - ticks[4]) / hz
+}
+
+fn online_cpus() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) as f64 }
+}
+
+/// One measured run of `workers` CPU workers at 50%.
+struct CpuRun {
+    /// Per worker, from the workers' /proc/PID/stat, over the middle of the run.
+    measured_pct: f64,
+    /// Per worker, from the JSON report (the whole run).
+    reported_pct: f64,
+    /// CPUs the rest of the host used meanwhile.
+    others_cpus: f64,
+}
+
+fn cpu_run(workers: u32) -> CpuRun {
+    let cg = lab_cgroup();
+    let run_dir = RunDir::new();
+    let report = report_path();
+    let n = workers.to_string();
+    let mut running = run_dir.start(&[
+        "stress",
+        "--cgroup",
+        &cg_arg(&cg),
+        "--cpu",
+        &n,
+        "--cpu-load",
+        "50",
+        "--duration",
+        "3500ms",
+        "--json",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let pids = procs(&cg.path);
+    assert_eq!(
+        pids.len(),
+        workers as usize,
+        "workers in the cgroup: {pids:?}"
+    );
+    let (t0, c0, h0) = (Instant::now(), cpu_of(&pids), host_busy_s());
+    std::thread::sleep(Duration::from_secs(3));
+    let (t1, c1, h1) = (Instant::now(), cpu_of(&pids), host_busy_s());
+    assert!(running.child.wait().unwrap().success());
+    let wall = t1.duration_since(t0).as_secs_f64();
+    let r = read_report(&report);
+    assert!(procs(&cg.path).is_empty(), "workers outlived the run");
+    assert!(run_dir.records().is_empty(), "{:?}", run_dir.records());
+    CpuRun {
+        measured_pct: 100.0 * (c1 - c0) / wall / f64::from(workers),
+        reported_pct: r["cpu"]["achieved_pct"].as_f64().unwrap(),
+        others_cpus: ((h1 - h0) - (c1 - c0)) / wall,
+    }
+}
+
+/// Measures, and retries while the rest of the host leaves too little CPU for the target (others run
+/// builds on this machine): the load a worker reaches is then the scheduler's call, not kchaos's.
+fn cpu_load_within_5pct(test: &str, workers: u32) {
+    let needed = f64::from(workers) * 0.5;
+    for attempt in 1..=4 {
+        let run = cpu_run(workers);
+        let (measured, reported) = (run.measured_pct, run.reported_pct);
+        println!(
+            "{workers} worker(s) at 50%: /proc says {measured:.1}% per worker, the report \
+             {reported:.1}%; the rest of the host used {:.2} of {} CPUs",
+            run.others_cpus,
+            online_cpus()
+        );
+        let contended = run.others_cpus + needed > 0.85 * online_cpus();
+        let ok = (measured - 50.0).abs() <= 5.0
+            && (reported - 50.0).abs() <= 5.0
+            && (reported - measured).abs() <= 5.0;
+        if !ok && contended {
+            if attempt < 4 {
+                println!("  the host is busy; measuring again");
+                continue;
+            }
+            integration_tests::skip(
+                test,
+                &format!(
+                    "the host stayed too busy to give {needed} CPUs to the workers ({:.2} CPUs used by others)",
+                    run.others_cpus
+                ),
+            );
+            return;
+        }
+        assert!(
+            (measured - 50.0).abs() <= 5.0,
+            "measured {measured:.1}% per worker, not within 50±5%"
+        );
+        assert!(
+            (reported - 50.0).abs() <= 5.0,
+            "reported {reported:.1}%, not within 50±5%"
+        );
+        assert!(
+            (reported - measured).abs() <= 5.0,
+            "the report ({reported:.1}%) and /proc ({measured:.1}%) disagree"
+        );
+        return;
+    }
+}
+
+#[test]
+fn cpu_load_one_worker_within_5pct() {
+    if !root_or_skip("cpu_load_one_worker_within_5pct") {
+        return;
+    }
+    cpu_load_within_5pct("cpu_load_one_worker_within_5pct", 1);
+}
+
+#[test]
+fn cpu_load_two_workers_within_5pct() {
+    if !root_or_skip("cpu_load_two_workers_within_5pct") {
+        return;
+    }
+    cpu_load_within_5pct("cpu_load_two_workers_within_5pct", 2);
+}
+
+#[test]
+fn memory_held_within_5pct() {
+    if !root_or_skip("memory_held_within_5pct") {
+        return;
+    }
+    let cg = lab_cgroup();
+    let run_dir = RunDir::new();
+    let report = report_path();
+    let target = 256u64 << 20;
+    let running = run_dir.start(&[
+        "stress",
+        "--cgroup",
+        &cg_arg(&cg),
+        "--memory",
+        "256M",
+        "--json",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let rss = || -> u64 {
+        procs(&cg.path)
+            .iter()
+            .map(|&p| procfs::rss_bytes(p).unwrap_or(0))
+            .sum()
+    };
+    eventually(Duration::from_secs(5), || rss() >= target);
+    std::thread::sleep(Duration::from_millis(300));
+    let held = rss();
+    let (code, lines) = running.terminate();
+    assert_eq!(code, 0, "{lines:?}");
+    let r = read_report(&report);
+    let reported = r["memory"]["held_bytes"].as_u64().unwrap();
+    println!(
+        "256 MiB asked: the cgroup's processes hold {:.1} MiB (VmRSS), the report {:.1} MiB",
+        held as f64 / 1048576.0,
+        reported as f64 / 1048576.0
+    );
+    let off = |v: u64| (v as f64 - target as f64).abs() / target as f64;
+    assert!(off(held) <= 0.05, "VmRSS {held} not within 5% of {target}");
+    assert!(off(reported) <= 0.05, "reported {reported} not within 5%");
+    assert!(procs(&cg.path).is_empty(), "workers outlived the run");
+}
+
+#[test]
+fn io_writes_with_fsync_and_removes_its_directory() {
+    if !root_or_skip("io_writes_with_fsync_and_removes_its_directory") {
+        return;
+    }
+    let cg = lab_cgroup();
+    let run_dir = RunDir::new();
+    let io_dir = TempDir::new("io");
+    let report = report_path();
+    let mut running = run_dir.start(&[
+        "stress",
+        "--cgroup",
+        &cg_arg(&cg),
+        "--io-write",
+        "4M",
+        "--io-dir",
+        io_dir.0.to_str().unwrap(),
+        "--duration",
+        "2s",
+        "--json",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    std::thread::sleep(Duration::from_millis(1200));
+    // While it runs: kchaos's directory, one file in it, and the kernel's count of the worker's writes.
+    let made: Vec<PathBuf> = std::fs::read_dir(&io_dir.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    let files: Vec<_> = std::fs::read_dir(&made[0]).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1);
+    let size = files[0].metadata().unwrap().len();
+    let worker = procs(&cg.path)[0];
+    let io = std::fs::read_to_string(format!("/proc/{worker}/io")).unwrap();
+    let wchar: u64 = io
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(size > 0 && wchar >= size, "file {size} B, wchar {wchar}");
+
+    let status = running.child.wait().unwrap();
+    assert!(status.success());
+    let r = read_report(&report);
+    let written = r["io"]["bytes_written"].as_u64().unwrap();
+    let fsyncs = r["io"]["fsyncs"].as_u64().unwrap();
+    let duration = r["duration_s"].as_f64().unwrap();
+    let expected = 4.0 * 1048576.0 * duration;
+    println!(
+        "4 MiB/s for {duration:.2}s: {written} B written and fsynced in {fsyncs} fsyncs \
+         ({:.1}% of {expected:.0}); mid-run file {size} B, wchar {wchar}",
+        100.0 * written as f64 / expected
+    );
+    assert!(
+        (written as f64 - expected).abs() / expected <= 0.15,
+        "{written} B is not within 15% of {expected:.0}"
+    );
+    assert!(fsyncs >= written / (128 << 10), "{fsyncs} fsyncs");
+    assert_eq!(r["io"]["dir_removed"], true);
+    assert!(!made[0].exists(), "{} was left behind", made[0].display());
+    assert_eq!(std::fs::read_dir(&io_dir.0).unwrap().count(), 0);
+    assert!(run_dir.records().is_empty(), "{:?}", run_dir.records());
+}
+
+#[test]
+fn fds_are_held_up_to_the_limit() {
+    if !root_or_skip("fds_are_held_up_to_the_limit") {
+        return;
+    }
+    let cg = lab_cgroup();
+    let run_dir = RunDir::new();
+    let report = report_path();
+    let running = run_dir.start(&[
+        "stress",
+        "--cgroup",
+        &cg_arg(&cg),
+        "--fds",
+        "1000",
+        "--json",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let worker = procs(&cg.path)[0];
+    assert!(
+        eventually(Duration::from_secs(3), || procfs::fds_on(
+            worker,
+            "/dev/zero"
+        )
+        .unwrap_or(0)
+            == 1000),
+        "the worker holds {:?} fds",
+        procfs::fds_on(worker, "/dev/zero")
+    );
+    let (code, lines) = running.terminate();
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(read_report(&report)["fds"]["held"], 1000);
+}
+
+#[test]
+fn kill_hits_only_the_cgroup_and_never_kchaos() {
+    if !root_or_skip("kill_hits_only_the_cgroup_and_never_kchaos") {
+        return;
+    }
+    let cg = lab_cgroup();
+    let run_dir = RunDir::new();
+    let mut inside: Vec<Child> = (0..3)
+        .map(|_| spawn_in(&cg.path, &["sleep", "100"]))
+        .collect();
+    let mut outside: Vec<Child> = (0..2)
+        .map(|_| Command::new("sleep").arg("100").spawn().unwrap())
+        .collect();
+    assert!(eventually(Duration::from_secs(3), || procs(&cg.path).len() == 3));
+    let inside_pids: Vec<u32> = inside.iter().map(Child::id).collect();
+
+    let out = run_dir.run(&["kill", "--cgroup", &cg_arg(&cg), "--count", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signalled: Vec<u32> = stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("signalled "))
+        .map(|rest| rest.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(signalled.len(), 2, "{stdout}");
+    assert!(
+        signalled.iter().all(|p| inside_pids.contains(p)),
+        "{stdout}"
+    );
+    assert!(eventually(Duration::from_secs(3), || {
+        inside.iter_mut().map(alive).filter(|a| *a).count() == 1
+    }));
+    assert!(outside.iter_mut().all(alive), "a process outside was hit");
+
+    // --all with SIGKILL goes through cgroup.kill; a kchaos stress worker in the cgroup is spared.
+    let stress = run_dir.start(&[
+        "stress",
+        "--cgroup",
+        &cg_arg(&cg),
+        "--cpu",
+        "1",
+        "--cpu-load",
+        "5",
+        "--quiet",
+    ]);
+    let out = run_dir.run(&["kill", "--cgroup", &cg_arg(&cg), "--all"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("leaving out 1 kchaos process"), "{stdout}");
+    assert!(eventually(Duration::from_secs(3), || inside
+        .iter_mut()
+        .all(|c| !alive(c))));
+    assert_eq!(procs(&cg.path).len(), 1, "the stress worker was killed");
+    let (code, lines) = stress.terminate();
+    assert_eq!(code, 0, "{lines:?}");
+
+    // Nothing but the stress worker: --all with SIGKILL uses cgroup.kill, here with another signal.
+    let mut more: Vec<Child> = (0..2)
+        .map(|_| spawn_in(&cg.path, &["sleep", "100"]))
+        .collect();
+    assert!(eventually(Duration::from_secs(3), || procs(&cg.path).len() == 2));
+    let out = run_dir.run(&["kill", "--cgroup", &cg_arg(&cg), "--all"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(stdout.contains("cgroup.kill"), "{stdout}");
+    let mut last = spawn_in(&cg.path, &["sleep", "100"]);
+    assert!(eventually(Duration::from_secs(3), || procs(&cg.path).len() == 1));
+    let out = run_dir.run(&[
+        "kill",
+        "--cgroup",
+        &cg_arg(&cg),
+        "--all",
+        "--signal",
+        "TERM",
+    ]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success());
+    assert!(eventually(Duration::from_secs(3), || !alive(&mut last)));
+    assert!(more.iter_mut().all(|c| !alive(c)));
+    assert!(outside.iter_mut().all(alive), "a process outside was hit");
+    for mut c in outside {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A shell loop in the cgroup that counts in a file (replaced whole with mv, so a reader never sees
+/// it half written).
+struct Counter {
+    file: PathBuf,
+    _dir: TempDir,
+    child: Child,
+}
+
+impl Counter {
+    fn start(cg: &Path) -> Self {
+        let dir = TempDir::new("counter");
+        let file = dir.0.join("n");
+        let script = format!(
+            "i=0; while :; do i=$((i+1)); echo $i > '{0}.tmp' && mv -f '{0}.tmp' '{0}'; done",
+            file.display()
+        );
+        let child = spawn_in(cg, &["sh", "-c", &format!("exec 2>/dev/null; {script}")]);
+        let counter = Self {
+            file,
+            _dir: dir,
+            child,
+        };
+        assert!(
+            eventually(Duration::from_secs(3), || counter.value() > 0),
+            "the counter does not count"
+        );
+        counter
+    }
+
+    fn value(&self) -> u64 {
+        std::fs::read_to_string(&self.file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn advances(&self, within: Duration) -> bool {
+        let start = self.value();
+        eventually(within, || self.value() > start)
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn frozen(cg: &Path) -> bool {
+    std::fs::read_to_string(cg.join("cgroup.events"))
+        .unwrap()
+        .lines()
+        .any(|l| l == "frozen 1")
+}
+
+#[test]
+fn pause_freezes_then_thaws() {
+    if !root_or_skip("pause_freezes_then_thaws") {
+        return;
+    }
+    let cg = lab_cgroup();
+    let run_dir = RunDir::new();
+    let counter = Counter::start(&cg.path);
+    let mut running = run_dir.start(&["pause", "--cgroup", &cg_arg(&cg), "--duration", "2s"]);
+    assert!(frozen(&cg.path), "cgroup.events does not say frozen");
+    let before = counter.value();
+    std::thread::sleep(Duration::from_millis(700));
+    let after = counter.value();
+    assert_eq!(before, after, "the counter advanced while frozen");
+    let status = running.child.wait().unwrap();
+    assert!(status.success());
+    assert!(!frozen(&cg.path), "still frozen after the run");
+    assert!(
+        counter.advances(Duration::from_secs(2)),
+        "the counter did not resume"
+    );
+    println!(
+        "frozen at {before} for 2s, counting again from {}",
+        counter.value()
+    );
+    assert!(run_dir.records().is_empty(), "{:?}", run_dir.records());
+}
+
+#[test]
+fn sigkill_of_the_loader_leaves_no_worker_and_no_frozen_cgroup() {
+    if !root_or_skip("sigkill_of_the_loader_leaves_no_worker_and_no_frozen_cgroup") {
+        return;
+    }
+    let cg = lab_cgroup();
+    let run_dir = RunDir::new();
+    let io_dir = TempDir::new("io");
+
+    // stress: the kernel kills the workers (PR_SET_PDEATHSIG); `kchaos stop` removes the io directory.
+    let running = run_dir.start(&[
+        "stress",
+        "--cgroup",
+        &cg_arg(&cg),
+        "--cpu",
+        "2",
+        "--memory",
+        "64M",
+        "--io-write",
+        "1M",
+        "--io-dir",
+        io_dir.0.to_str().unwrap(),
+        "--fds",
+        "100",
+        "--quiet",
+    ]);
+    assert_eq!(procs(&cg.path).len(), 5);
+    running.sigkill();
+    assert!(
+        eventually(Duration::from_secs(2), || procs(&cg.path).is_empty()),
+        "workers outlived a SIGKILLed loader: {:?}",
+        procs(&cg.path)
+    );
+    let out = run_dir.run(&["stop"]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_dir(&io_dir.0).unwrap().count(), 0);
+    assert!(run_dir.records().is_empty(), "{:?}", run_dir.records());
+
+    // pause: its guard thaws at once.
+    let counter = Counter::start(&cg.path);
+    let running = run_dir.start(&["pause", "--cgroup", &cg_arg(&cg), "--duration", "30s"]);
+    assert!(frozen(&cg.path));
+    let loader = running.child.id();
+    running.sigkill();
+    assert!(
+        eventually(Duration::from_secs(2), || !frozen(&cg.path)),
+        "still frozen after the loader's SIGKILL"
+    );
+    assert!(counter.advances(Duration::from_secs(2)));
+    let out = run_dir.run(&["stop"]);
+    assert!(out.status.success());
+    assert!(run_dir.records().is_empty(), "{:?}", run_dir.records());
+    assert!(!frozen(&cg.path));
+
+    // pause, with its guard killed too: the cgroup stays frozen until `kchaos stop`.
+    let running = run_dir.start(&["pause", "--cgroup", &cg_arg(&cg), "--duration", "30s"]);
+    let pid = running.child.id();
+    assert_ne!(pid, loader);
+    let guard: u32 = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the pause guard")
+        .parse()
+        .unwrap();
+    assert!(procfs::cmdline(guard).contains("pause-guard"));
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(guard as i32, libc::SIGKILL) };
+    running.sigkill();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(frozen(&cg.path), "nothing should have thawed it");
+    let out = run_dir.run(&["stop"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(out.status.success());
+    assert!(stdout.contains("thawed"), "{stdout}");
+    assert!(!frozen(&cg.path), "`kchaos stop` did not thaw it");
+    assert!(counter.advances(Duration::from_secs(2)));
+    assert!(run_dir.records().is_empty(), "{:?}", run_dir.records());
+}
+
+#[test]
+fn bad_input_exits_2_and_starts_nothing() {
+    if !root_or_skip("bad_input_exits_2_and_starts_nothing") {
+        return;
+    }
+    let cg = lab_cgroup();
+    let other = lab_cgroup();
+    let run_dir = RunDir::new();
+    let io_dir = TempDir::new("io");
+    let c = cg_arg(&cg);
+    let o = cg_arg(&other);
+    let io = io_dir.0.display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["stress", "--cgroup", &c], "nothing to stress"),
+        (
+            vec!["stress", "--cgroup", &c, "--cpu", "1", "--cpu-load", "140"],
+            "0 to 100",
+        ),
+        (vec!["stress", "--cgroup", "/", "--cpu", "1"], "root cgroup"),
+        (
+            vec!["stress", "--cgroup", &c, "--memory", "100T"],
+            "MemAvailable",
+        ),
+        (
+            vec![
+                "stress",
+                "--cgroup",
+                &c,
+                "--io-write",
+                "1M",
+                "--io-dir",
+                "/no/such",
+            ],
+            "/no/such",
+        ),
+        (
+            vec!["stress", "--cgroup", &c, "--io-write", "1M"],
+            "--io-dir",
+        ),
+        (
+            vec![
+                "stress",
+                "--cgroup",
+                &c,
+                "--io-write",
+                "fast",
+                "--io-dir",
+                &io,
+            ],
+            "not a rate",
+        ),
+        (
+            vec!["stress", "--cgroup", &c, "--cgroup", &o, "--cpu", "1"],
+            "one target",
+        ),
+        (
+            vec!["stress", "--pid", "999999999", "--cpu", "1"],
+            "--pid 999999999",
+        ),
+        (
+            vec!["kill", "--cgroup", &c, "--signal", "BOGUS"],
+            "not a signal",
+        ),
+        (vec!["kill", "--cgroup", &c, "--count", "0"], "--count 0"),
+        (
+            vec!["kill", "--cgroup", &c, "--all", "--count", "2"],
+            "--count",
+        ),
+        (vec!["kill", "--cgroup", "/"], "root cgroup"),
+        (vec!["pause", "--cgroup", &c], "--duration"),
+        (vec!["pause", "--cgroup", &c, "--duration", "10"], "unit"),
+        (
+            vec!["pause", "--cgroup", "/", "--allow-host", "--duration", "1s"],
+            "holds kchaos itself",
+        ),
+    ];
+    let sleeper = spawn_in(&cg.path, &["sleep", "100"]);
+    let mut sleeper = sleeper;
+    assert!(eventually(Duration::from_secs(3), || procs(&cg.path).len() == 1));
+    let check_nothing_started = |args: &[&str]| {
+        assert_eq!(procs(&cg.path).len(), 1, "{args:?} started something");
+        assert!(procs(&other.path).is_empty(), "{args:?} started something");
+        assert!(!frozen(&cg.path), "{args:?} froze the cgroup");
+        assert_eq!(std::fs::read_dir(&io_dir.0).unwrap().count(), 0);
+        assert!(
+            run_dir.records().is_empty(),
+            "{args:?}: {:?}",
+            run_dir.records()
+        );
+    };
+    for (args, expect) in &cases {
+        let out = run_dir.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{args:?}: stderr does not say '{expect}': {stderr}"
+        );
+        if stderr.starts_with("kchaos: error:") {
+            assert_eq!(
+                stderr.trim().lines().count(),
+                1,
+                "{args:?}: not one line: {stderr}"
+            );
+        }
+        check_nothing_started(args);
+    }
+    // A cgroup someone else froze is refused (kchaos would thaw it at the end).
+    std::fs::write(cg.path.join("cgroup.freeze"), "1").unwrap();
+    let out = run_dir.run(&["pause", "--cgroup", &c, "--duration", "1s"]);
+    std::fs::write(cg.path.join("cgroup.freeze"), "0").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already frozen"), "{stderr}");
+    assert!(run_dir.records().is_empty());
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+/// A v1 memory cgroup with a limit, removed (after killing what is in it) on drop.
+struct V1MemoryCgroup(PathBuf);
+
+impl Drop for V1MemoryCgroup {
+    fn drop(&mut self) {
+        for pid in cgroup::procs(&self.0).unwrap_or_default() {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        eventually(Duration::from_secs(3), || {
+            std::fs::remove_dir(&self.0).is_ok() || !self.0.exists()
+        });
+    }
+}
+
+#[test]
+fn hybrid_host_workers_join_the_targets_v1_memory_cgroup() {
+    let test = "hybrid_host_workers_join_the_targets_v1_memory_cgroup";
+    if !root_or_skip(test) {
+        return;
+    }
+    let v1_root = Path::new("/sys/fs/cgroup/memory");
+    if !v1_root.join("memory.limit_in_bytes").exists() {
+        integration_tests::skip(test, "no cgroup v1 memory hierarchy on this host");
+        return;
+    }
+    let cg = lab_cgroup();
+    let name = format!("kchaos-test-{}", tag("v"));
+    let v1 = V1MemoryCgroup(v1_root.join(&name));
+    std::fs::create_dir(&v1.0).unwrap();
+    std::fs::write(
+        v1.0.join("memory.limit_in_bytes"),
+        (512u64 << 20).to_string(),
+    )
+    .unwrap();
+    // The target's own process, in both its v2 cgroup and its v1 memory cgroup, as in a container.
+    let mut app = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > '{}/cgroup.procs' && echo $$ > '{}/cgroup.procs' && exec sleep 100",
+            cg.path.display(),
+            v1.0.display()
+        ))
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(3), || procs(&cg.path).len() == 1));
+    let run_dir = RunDir::new();
+
+    // The v1 limit counts: 600M does not fit in 512M.
+    let out = run_dir.run(&["stress", "--cgroup", &cg_arg(&cg), "--memory", "600M"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("memory limit of {}", v1.0.display())),
+        "{stderr}"
+    );
+
+    let running = run_dir.start(&[
+        "stress",
+        "--cgroup",
+        &cg_arg(&cg),
+        "--memory",
+        "64M",
+        "--quiet",
+    ]);
+    assert!(
+        running.head.iter().any(|l| l.contains(&name)),
+        "{:?}",
+        running.head
+    );
+    let worker = *procs(&cg.path)
+        .iter()
+        .find(|&&p| p != app.id())
+        .expect("the memory worker");
+    let memberships = std::fs::read_to_string(format!("/proc/{worker}/cgroup")).unwrap();
+    assert!(
+        memberships.contains(&format!("memory:/{name}")),
+        "{memberships}"
+    );
+    let usage = || -> u64 {
+        std::fs::read_to_string(v1.0.join("memory.usage_in_bytes"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || usage() >= 64 << 20),
+        "the v1 cgroup accounts {} B",
+        usage()
+    );
+    println!(
+        "worker {worker} in {name} (v1 memory); its usage_in_bytes reached {:.1} MiB",
+        usage() as f64 / 1048576.0
+    );
+    let (code, lines) = running.terminate();
+    assert_eq!(code, 0, "{lines:?}");
+    let _ = app.kill();
+    let _ = app.wait();
+}
