@@ -30,15 +30,8 @@ pub struct StressCommand {
     pub targets: TargetArgs,
     #[command(flatten)]
     pub stress: StressArgs,
-    /// Stop after this long (e.g. 30s, 5m); without it, run until Ctrl-C or SIGTERM.
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
-    pub duration: Option<Duration>,
-    /// Also write the report as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// No live line (the summary is still printed).
-    #[arg(long, short)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: crate::runner::RunArgs,
 }
 
 /// How long workers get to join the cgroup and report ready.
@@ -133,7 +126,7 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
     }
     println!(
         "  armed{}; Ctrl-C or `kchaos stop` ends it",
-        cmd.duration
+        cmd.run.duration
             .map(|d| format!(" for {}", units::format_duration(d)))
             .unwrap_or_default()
     );
@@ -147,7 +140,7 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
     let mut steady_from = ramp.is_none().then(|| (ready_at, at_ready.clone()));
     let reason = lifecycle::run_until_end(
         &mut signals,
-        cmd.duration,
+        cmd.run.duration,
         Duration::from_secs(1),
         |elapsed| {
             for news in workers.reap_exited() {
@@ -166,7 +159,7 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
                 ),
             };
             let sample = Sample::new(elapsed, share, &spec, (previous.0, &previous.1), (now, &m));
-            if !cmd.quiet {
+            if !cmd.run.quiet {
                 println!("{}", sample.live_line(&spec));
             }
             samples.push(sample);
@@ -276,7 +269,7 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
         samples,
     };
     println!("{}", report.summary());
-    if let Some(path) = &cmd.json {
+    if let Some(path) = &cmd.run.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("writing the report to {}", path.display()))?;
