@@ -184,6 +184,16 @@ impl RunDir {
         Self(dir)
     }
 
+    /// Runs kchaos to completion with its records here.
+    pub fn run(&self, args: &[&str]) -> Output {
+        run_with(args, Some(self))
+    }
+
+    /// Starts kchaos with its records here and waits for "armed".
+    pub fn start(&self, args: &[&str]) -> Running {
+        Running::start_with(args, Some(self))
+    }
+
     /// The run records (files) in it.
     pub fn records(&self) -> Vec<PathBuf> {
         std::fs::read_dir(&self.0)

@@ -947,3 +947,38 @@ fn game_day_overlapping_faults_on_two_services() {
     drop((web, db));
     no_residue(&lab);
 }
+
+#[test]
+fn nothing_is_injected_when_the_steady_state_does_not_hold_before() {
+    if !root_or_skip("nothing_is_injected_when_the_steady_state_does_not_hold_before") {
+        return;
+    }
+    let lab = Lab::create(&tag("n")).unwrap();
+    // Nothing listens on this port: the probe fails from the start.
+    let server = SocketAddr::from((lab.server_addr, 7600));
+    let report = TempFile::new("before.json");
+    let path = scenario("dependency-partition.yaml");
+    let v = vars(&lab, server);
+    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    args.extend(v.iter().map(String::as_str));
+    let started = Instant::now();
+    let (code, out, _) = run(&args);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "it went on after the failed check"
+    );
+    let r = read_report(&report.0);
+    let why = r["summary"]["abort_reason"].as_str().unwrap();
+    assert!(
+        why.contains("did not hold before injection, so nothing was injected"),
+        "{why}"
+    );
+    assert!(why.contains("dependency-connect"), "{why}");
+    assert!(r["faults"][0]["start_ms"].is_null(), "a fault was armed");
+    assert_eq!(r["summary"]["injected_events"], 0);
+    assert!(r["phases"]["during"].is_null() && r["rollbacks"].as_array().unwrap().is_empty());
+    let res = results(&r, "dependency-connect");
+    assert!(count(&res, "before", false) >= 5, "{res:?}");
+    no_residue(&lab);
+}

@@ -6,98 +6,13 @@
 //! on the machine.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
 use chaos_userspace::{cgroup, procfs};
-use integration_tests::{Running, kchaos, lab::LabCgroup, root_or_skip, tag};
-
-/// A private run directory (the journal) for one test, removed on drop.
-struct RunDir(PathBuf);
-
-impl RunDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("kchaos-test-run-{}", tag("d")));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(kchaos());
-        cmd.env("KCHAOS_RUN_DIR", &self.0);
-        cmd
-    }
-
-    /// Runs kchaos to completion.
-    fn run(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().expect("running kchaos")
-    }
-
-    /// Starts kchaos and waits (up to 20 s) for its "armed" line, like `Running::start`.
-    fn start(&self, args: &[&str]) -> Running {
-        let mut child = self
-            .command()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning kchaos");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut head = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(line) => {
-                    let armed = line.trim_start().starts_with("armed");
-                    head.push(line);
-                    if armed {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let out = child.wait_with_output().expect("wait");
-                    panic!(
-                        "kchaos {args:?} did not arm: stdout {head:?} stderr {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-            }
-        }
-        Running {
-            child,
-            lines: rx,
-            head,
-        }
-    }
-
-    fn records(&self) -> Vec<String> {
-        std::fs::read_dir(&self.0)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use integration_tests::{RunDir, lab::LabCgroup, root_or_skip, tag};
 
 /// A scratch directory, removed on drop.
 struct TempDir(PathBuf);
