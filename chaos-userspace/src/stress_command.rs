@@ -126,7 +126,8 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
     }
     println!(
         "  armed{}; Ctrl-C or `kchaos stop` ends it",
-        cmd.run.duration
+        cmd.run
+            .duration
             .map(|d| format!(" for {}", units::format_duration(d)))
             .unwrap_or_default()
     );
