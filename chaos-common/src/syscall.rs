@@ -45,7 +45,7 @@ pub struct SyscallConfig {
     pub ops: u64,
     /// The positive errno to return.
     pub errno: u32,
-    /// Entries used in `SYS_TARGETS` (programs that run host-wide check these cgroups first).
+    /// Entries used in `target_ids`/`target_levels`.
     pub n_targets: u32,
     /// Only socket calls whose peer is in `SYS_DST` (1) or any (0).
     pub dst_filter: u32,
@@ -53,7 +53,14 @@ pub struct SyscallConfig {
     pub dst_port: u32,
     /// Bytes used in `prefix` (0 = any path).
     pub prefix_len: u32,
-    pub _pad: u32,
+    /// `-errno`, for LSM programs, which must return within [-4095, 0] provably to the verifier.
+    pub neg_errno: i32,
+    /// Target cgroups for the host-wide hooks (LSM, kprobe): the current task is a target when its
+    /// ancestor at `target_levels[i]` is `target_ids[i]` (bpf_get_current_ancestor_cgroup_id), which
+    /// also covers cgroups created below a target later. A cgroup-array map would do the same, but
+    /// sleepable programs (file_open, for bpf_d_path) may not use one.
+    pub target_ids: [u64; MAX_SYSCALL_TARGETS as usize],
+    pub target_levels: [u32; MAX_SYSCALL_TARGETS as usize],
     /// `--path-prefix`: opens of paths under it only.
     pub prefix: [u8; PATH_PREFIX_MAX],
 }
@@ -71,7 +78,9 @@ impl Default for SyscallConfig {
             dst_filter: 0,
             dst_port: 0,
             prefix_len: 0,
-            _pad: 0,
+            neg_errno: 0,
+            target_ids: [0; MAX_SYSCALL_TARGETS as usize],
+            target_levels: [0; MAX_SYSCALL_TARGETS as usize],
             prefix: [0; PATH_PREFIX_MAX],
         }
     }
@@ -123,7 +132,10 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<SyscallConfig>(), 5 * 8 + 6 * 4 + PATH_PREFIX_MAX);
+        assert_eq!(
+            size_of::<SyscallConfig>(),
+            5 * 8 + 6 * 4 + 8 * 8 + 8 * 4 + PATH_PREFIX_MAX
+        );
         assert_eq!(size_of::<SyscallState>(), 16);
         assert_eq!(size_of::<SyscallCounters>(), 24);
         const { assert!(OP_COUNT <= 64) };

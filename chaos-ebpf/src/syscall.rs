@@ -2,18 +2,19 @@
 //!
 //! Three families of hooks share one decision (`decide`): cgroup hooks (attached to the target cgroup,
 //! so the attachment is the blast-radius check), BPF LSM hooks and syscall kprobes (host-wide, so their
-//! first step is `in_targets`, a bounded walk over at most 8 target cgroups).
+//! first step is `in_targets`: at most 8 ancestor-id comparisons).
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::path,
     helpers::{
-        bpf_d_path, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_d_path, bpf_get_current_ancestor_cgroup_id, bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
         generated::{bpf_override_return, bpf_set_retval},
     },
     macros::{cgroup_sock, cgroup_sock_addr, kprobe, lsm, map},
-    maps::{Array, CgroupArray, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{LsmContext, ProbeContext, SockAddrContext, SockContext},
 };
 use chaos_common::{
@@ -30,10 +31,6 @@ static SYS_STATE: Array<SyscallState> = Array::with_max_entries(1, 0);
 
 #[map]
 static SYS_COUNTERS: PerCpuArray<SyscallCounters> = PerCpuArray::with_max_entries(OP_COUNT, 0);
-
-/// Target cgroups for the host-wide hooks (the cgroup hooks are attached to them instead).
-#[map]
-static SYS_TARGETS: CgroupArray = CgroupArray::with_max_entries(MAX_SYSCALL_TARGETS, 0);
 
 /// `--dst` peers for connect/sendmsg.
 #[map]
@@ -89,13 +86,16 @@ fn decide(cfg: &SyscallConfig, op: u32, filtered_out: bool) -> Option<u32> {
 /// Is the current task in (or below) one of the targets? The first step of every host-wide hook.
 #[inline(always)]
 fn in_targets(cfg: &SyscallConfig) -> bool {
-    for i in 0..MAX_SYSCALL_TARGETS {
-        if i >= cfg.n_targets {
+    let mut i = 0;
+    while i < MAX_SYSCALL_TARGETS as usize {
+        if i as u32 >= cfg.n_targets {
             return false;
         }
-        if SYS_TARGETS.current_task_under_cgroup(i) == Ok(true) {
+        // SAFETY: a helper reading the current task's cgroup ancestry.
+        if unsafe { bpf_get_current_ancestor_cgroup_id(cfg.target_levels[i] as i32) } == cfg.target_ids[i] {
             return true;
         }
+        i += 1;
     }
     false
 }
@@ -213,10 +213,13 @@ fn lsm_verdict(op: u32, filtered_out: impl FnOnce(&SyscallConfig) -> bool) -> i3
     if !in_targets(cfg) {
         return 0;
     }
-    match decide(cfg, op, filtered_out(cfg)) {
-        Some(e) => -(e as i32),
-        None => 0,
+    if decide(cfg, op, filtered_out(cfg)).is_none() {
+        return 0;
     }
+    // The verifier insists an LSM program returns within [-4095, 0] and can't follow a negation of a
+    // map value, so the loader stores -errno and these comparisons bound it on every path.
+    let ret = cfg.neg_errno;
+    if ret < -4095 || ret > 0 { 0 } else { ret }
 }
 
 #[repr(C)]

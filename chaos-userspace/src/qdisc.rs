@@ -96,7 +96,20 @@ pub fn install(fq: &FqInstall) -> io::Result<()> {
         .ok_or_else(|| io::Error::other("the network namespace is gone"))?;
     tc(
         &ns_path,
-        &["qdisc", "replace", "dev", &fq.dev, "root", "fq"],
+        &[
+            "qdisc",
+            "replace",
+            "dev",
+            &fq.dev,
+            "root",
+            "fq",
+            // Delayed packets wait in fq: the defaults (10000 packets, 100 a flow) would drop a flow
+            // of a few thousand packets a second held for tens of ms. Room for 5 s at 20k pps.
+            "limit",
+            "200000",
+            "flow_limit",
+            "100000",
+        ],
     )
     .map(|_| ())
 }

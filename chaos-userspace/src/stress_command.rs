@@ -2,23 +2,23 @@
 //! summary, a JSON report. Workers end with the run however it ends (see `stress::workers`).
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cgroup,
     error::BadInput,
-    journal::{Journal, Residue},
+    journal::Journal,
     lifecycle::{self, EndReason, Tick},
-    process_faults::{kill, require_root},
+    process_faults::require_root,
     stress::{
-        CpuSpec, StressArgs, StressSpec, format_size, hybrid, limits,
+        CpuSpec, StressArgs, StressSpec, format_size, limits,
         ramp::{self, Ramp},
+        session::Stress,
         worker::WorkerKind,
-        workers::{Measurement, STOP_GRACE, Workers},
+        workers::Measurement,
     },
     targets::{self, Target, TargetArgs},
     units,
@@ -33,9 +33,6 @@ pub struct StressCommand {
     #[command(flatten)]
     pub run: crate::runner::RunArgs,
 }
-
-/// How long workers get to join the cgroup and report ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(cmd: StressCommand) -> Result<()> {
     // From here on a Ctrl-C or SIGTERM ends the run through its cleanup, even during setup.
@@ -61,59 +58,46 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
             .into());
         }
     };
-    let mount = cgroup::v2_mount().context("finding the cgroup v2 mount")?;
-    let v1 = V1Placement::find(&cmd.targets, &target);
-    if let Some(bytes) = spec.memory_bytes {
-        limits::check_memory(bytes, &target.path, &mount, &v1.dirs, spec.force)?;
-    }
-
     let mut journal =
         Journal::create("stress").context("writing the run record under /run/kchaos")?;
-    let placement = Placement::prepare(&target.path, &mut journal)?;
-    let io_dir = match &spec.io {
-        Some(io) => Some(make_io_dir(&io.parent, &mut journal)?),
-        None => None,
-    };
-
-    let start_ns = lifecycle::monotonic_ns();
-    let mut workers = Workers::spawn(
-        &placement.path,
-        &v1.dirs,
-        spec.worker_kinds(io_dir.as_deref()),
-        start_ns,
-        spec.ramp,
+    let mut stress = Stress::start(
+        spec.clone(),
+        target.clone(),
+        cmd.targets.pids.first().copied(),
+        &mut journal,
     )?;
-    workers.wait_ready(READY_TIMEOUT)?;
-    let ready_at = Instant::now();
-    let at_ready = workers.measure();
+    let start_ns = stress.start_ns;
+    let ready_at = stress.ready_at;
+    let at_ready = stress.at_ready.clone();
 
     println!(
         "kchaos stress: {} in {} ({})",
         spec.describe(),
-        placement.path.display(),
+        stress.placement.path.display(),
         target.origin
     );
-    if placement.made {
+    if stress.placement.made {
         println!(
             "  {} has controllers enabled for its children, so processes may not live in it: the \
              workers run in a new child cgroup, {}",
             target.path.display(),
-            placement.path.display()
+            stress.placement.path.display()
         );
     }
-    if let Some(note) = &v1.note {
+    if let Some(note) = &stress.v1.note {
         println!("  {note}");
     }
     println!(
         "  workers: {}",
-        workers
+        stress
+            .workers
             .list
             .iter()
             .map(|w| format!("{} pid {}", w.kind.name(), w.pid))
             .collect::<Vec<_>>()
             .join(", ")
     );
-    if let Some(dir) = &io_dir {
+    if let Some(dir) = &stress.io_dir {
         println!("  writing in {} (removed at the end)", dir.display());
     }
     if let Some(n) = spec.fds
@@ -144,12 +128,12 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
         cmd.run.duration,
         Duration::from_secs(1),
         |elapsed| {
-            for news in workers.reap_exited() {
+            for news in stress.workers.reap_exited() {
                 println!("  {news}");
                 events.push(news);
             }
             let now = Instant::now();
-            let m = workers.measure();
+            let m = stress.measure();
             let ramp_now = ramp_elapsed();
             let share = Shares {
                 now: ramp::fraction(ramp, ramp_now),
@@ -168,7 +152,7 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
                 steady_from = Some((now, m.clone()));
             }
             previous = (now, m);
-            Ok(if workers.alive() == 0 {
+            Ok(if stress.workers.alive() == 0 {
                 Tick::End(EndReason::Aborted("every worker has ended".into()))
             } else {
                 Tick::Continue
@@ -177,42 +161,24 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
     )
     .await?;
 
-    let stopped_at = Instant::now();
-    let at_stop = workers.measure();
-    workers.stop(STOP_GRACE);
-    // The io worker's last report comes as it exits.
-    let after_stop = workers.measure();
-    let worker_records: Vec<WorkerRecord> = workers
-        .list
-        .iter()
-        .map(|w| WorkerRecord {
-            kind: w.kind.clone(),
-            pid: w.pid,
-            exit: w.exit.clone().unwrap_or_default(),
-        })
-        .collect();
-    drop(workers);
-
-    let dir_removed = match &io_dir {
-        Some(dir) => undo(&mut journal, Residue::Path { path: dir.clone() })
-            .map_err(|e| eprintln!("kchaos stress: could not remove {}: {e}", dir.display()))
-            .is_ok(),
-        None => false,
-    };
-    if placement.made {
-        let _ = undo(
-            &mut journal,
-            Residue::Cgroup {
-                path: placement.path.clone(),
-            },
-        )
-        .map_err(|e| {
-            eprintln!(
-                "kchaos stress: could not remove {}: {e}",
-                placement.path.display()
-            )
-        });
+    let workers_cgroup = stress.placement.path.clone();
+    let workers_v1_cgroups = stress.v1.dirs.clone();
+    let io_dir = stress.io_dir.clone();
+    let stopped = stress.stop(&mut journal);
+    for e in &stopped.errors {
+        eprintln!("kchaos stress: {e}");
     }
+    let (stopped_at, at_stop, after_stop, dir_removed) = (
+        stopped.stopped_at,
+        stopped.at_stop,
+        stopped.after_stop,
+        stopped.dir_removed,
+    );
+    let worker_records: Vec<WorkerRecord> = stopped
+        .workers
+        .into_iter()
+        .map(|(kind, pid, exit)| WorkerRecord { kind, pid, exit })
+        .collect();
 
     let run_s = stopped_at.duration_since(ready_at).as_secs_f64();
     let report = StressReport {
@@ -222,8 +188,8 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
             .trim()
             .into(),
         target,
-        workers_cgroup: placement.path.clone(),
-        workers_v1_cgroups: v1.dirs.clone(),
+        workers_cgroup,
+        workers_v1_cgroups,
         spec: spec.clone(),
         duration_s: run_s,
         end_reason: reason,
@@ -285,104 +251,6 @@ fn cpus(from_s: Option<f64>, to_s: Option<f64>, wall_s: f64) -> Option<f64> {
         (Some(a), Some(b)) if wall_s > 0.0 => Some((b - a) / wall_s),
         _ => None,
     }
-}
-
-/// Undoes one journaled thing now and forgets it.
-fn undo(journal: &mut Journal, residue: Residue) -> std::io::Result<()> {
-    residue.undo()?;
-    journal.remove(&residue)
-}
-
-/// Where the workers run: the target itself, or a child cgroup kchaos makes when the target has
-/// controllers enabled for its children (cgroup v2 lets processes live only in leaves then).
-struct Placement {
-    path: PathBuf,
-    made: bool,
-}
-
-impl Placement {
-    fn prepare(target: &Path, journal: &mut Journal) -> Result<Self> {
-        let subtree =
-            std::fs::read_to_string(target.join("cgroup.subtree_control")).unwrap_or_default();
-        if subtree.trim().is_empty() {
-            return Ok(Self {
-                path: target.to_owned(),
-                made: false,
-            });
-        }
-        let path = target.join(format!("kchaos-stress-{}", std::process::id()));
-        journal
-            .add(Residue::Cgroup { path: path.clone() })
-            .context("journaling the workers' cgroup")?;
-        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self { path, made: true })
-    }
-}
-
-/// The v1 cgroups the workers join on a hybrid host: those of a process of the target (the --pid given,
-/// else one found in the target's tree), so the container's v1 limits and accounting apply to them.
-struct V1Placement {
-    dirs: Vec<PathBuf>,
-    /// What the user should know about it.
-    note: Option<String>,
-}
-
-impl V1Placement {
-    fn find(args: &TargetArgs, target: &Target) -> Self {
-        if !hybrid::has_v1_hierarchies() {
-            return Self {
-                dirs: Vec::new(),
-                note: None,
-            };
-        }
-        let reference = args.pids.first().copied().or_else(|| {
-            kill::candidates(std::slice::from_ref(target))
-                .ok()
-                .and_then(|(found, _)| found.first().map(|c| c.pid))
-        });
-        let Some(pid) = reference else {
-            return Self {
-                dirs: Vec::new(),
-                note: Some(
-                    "note: this host also has cgroup v1 hierarchies, where a container's cpu and memory \
-                     limits may live; the target has no process to take them from, so the workers \
-                     stay in kchaos's own v1 cgroups"
-                        .into(),
-                ),
-            };
-        };
-        match hybrid::v1_cgroups_of(pid) {
-            Ok(dirs) if dirs.is_empty() => Self { dirs, note: None },
-            Ok(dirs) => Self {
-                note: Some(format!(
-                    "also in the v1 cgroups of pid {pid}: {}",
-                    dirs.iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-                dirs,
-            },
-            Err(e) => Self {
-                dirs: Vec::new(),
-                note: Some(format!(
-                    "note: could not read the v1 cgroups of pid {pid} ({e}); the workers stay in \
-                     kchaos's own"
-                )),
-            },
-        }
-    }
-}
-
-/// The directory the io worker writes in: journaled before it is made, so `kchaos stop` removes it
-/// after a SIGKILL.
-fn make_io_dir(parent: &Path, journal: &mut Journal) -> Result<PathBuf> {
-    let dir = parent.join(format!("kchaos-stress-{}", std::process::id()));
-    journal
-        .add(Residue::Path { path: dir.clone() })
-        .context("journaling the io directory")?;
-    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 /// The share of the target the ramp puts in effect.

@@ -34,13 +34,28 @@ fn cstr(p: &Path) -> Result<CString> {
 }
 
 /// Runs `op` `count` times; returns {"op","calls","ok","errnos":{errno:n},"error_at":[i...]}.
-pub fn run(op: &str, count: u64, dir: Option<&Path>) -> Result<serde_json::Value> {
+/// `join` moves the process into the target: called after the operation's files exist (so a fault on
+/// their directory can't refuse the set-up) but before any socket is made (cgroup hooks go by the
+/// socket's cgroup, fixed when it is created).
+pub fn run(
+    op: &str,
+    count: u64,
+    dir: Option<&Path>,
+    join: &dyn Fn() -> Result<()>,
+) -> Result<serde_json::Value> {
     let scratch: PathBuf = match dir {
         Some(d) => d.to_path_buf(),
         None => std::env::temp_dir(),
     };
     let file = scratch.join(format!("kchaos-syscalls-{}", std::process::id()));
+    let file_op = matches!(op, "open" | "read" | "write" | "fsync" | "mmap");
+    if !file_op {
+        join()?;
+    }
     let call = prepare(op, &file)?;
+    if file_op {
+        join()?;
+    }
     let mut errnos: BTreeMap<i32, u64> = BTreeMap::new();
     let mut error_at = Vec::new();
     let start = std::time::Instant::now();

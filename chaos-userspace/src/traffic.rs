@@ -91,9 +91,17 @@ pub enum Mode {
 
 /// Joins the cgroup and namespace, then generates the traffic; prints one JSON object.
 pub fn run(args: &TrafficArgs) -> Result<()> {
-    if let Some(cg) = &args.cgroup {
-        crate::cgroup::add_process(cg, std::process::id())
-            .with_context(|| format!("joining {}", cg.display()))?;
+    let join = || -> Result<()> {
+        if let Some(cg) = &args.cgroup {
+            crate::cgroup::add_process(cg, std::process::id())
+                .with_context(|| format!("joining {}", cg.display()))?;
+        }
+        Ok(())
+    };
+    // The syscall helper joins by itself, after making the files it needs (which a fault on the
+    // directory would otherwise refuse).
+    if !matches!(args.mode, Mode::Syscalls { .. }) {
+        join()?;
     }
     if let Some(ns) = &args.netns {
         let f = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
@@ -123,7 +131,7 @@ pub fn run(args: &TrafficArgs) -> Result<()> {
             ref op,
             count,
             ref dir,
-        } => crate::syscall_helper::run(op, count, dir.as_deref())?,
+        } => crate::syscall_helper::run(op, count, dir.as_deref(), &join)?,
     };
     println!("{value}");
     Ok(())

@@ -40,6 +40,17 @@ pub fn kernel_label() -> String {
     })
 }
 
+/// True inside the test VM (emulated, so much slower than the host).
+pub fn in_vm() -> bool {
+    std::env::var("KCHAOS_KERNEL_LABEL").is_ok_and(|l| l.starts_with("vm"))
+}
+
+/// Datagrams per second for UDP test traffic: under emulation the veth backlog itself overflows at
+/// host rates, which would add losses no fault made.
+pub fn udp_rate() -> &'static str {
+    if in_vm() { "3000" } else { "20000" }
+}
+
 /// Prints why a test can't run here. Callers `return` right after: the output says SKIP, never PASS.
 /// Written to the stderr handle itself, which libtest does not capture, so it shows for passing tests.
 pub fn skip(test: &str, why: &str) {

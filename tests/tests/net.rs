@@ -25,7 +25,7 @@ fn echo(cg: Option<&Path>, ns: Option<&Path>, to: SocketAddr, count: u64) -> (u6
             "--count",
             &count.to_string(),
             "--rate",
-            "20000",
+            integration_tests::udp_rate(),
         ],
     );
     (v["sent"].as_u64().unwrap(), v["received"].as_u64().unwrap())

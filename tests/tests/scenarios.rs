@@ -17,7 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{kchaos, lab, root_or_skip, tag, traffic};
+use integration_tests::{
+    attach_type, cgroup_programs, kchaos, lab, root_or_skip, skip, tag, traffic,
+};
 use lab::Lab;
 use serde_json::Value;
 
@@ -980,5 +982,396 @@ fn nothing_is_injected_when_the_steady_state_does_not_hold_before() {
     assert!(r["phases"]["during"].is_null() && r["rollbacks"].as_array().unwrap().is_empty());
     let res = results(&r, "dependency-connect");
     assert!(count(&res, "before", false) >= 5, "{res:?}");
+    no_residue(&lab);
+}
+
+/// The count of one errno in a `kchaos traffic ... syscalls` result.
+fn errno_count(v: &Value, errno: i32) -> u64 {
+    v["errnos"][errno.to_string()].as_u64().unwrap_or(0)
+}
+
+/// Probe results whose error is ECONNREFUSED (a connect the kernel refused).
+fn refused(results: &[&Value]) -> usize {
+    results
+        .iter()
+        .filter(|r| r["ok"] == false && r["detail"].as_str().unwrap_or("").contains("os error 111"))
+        .count()
+}
+
+/// The cgroup's CPU time (cpu.stat usage_usec: itself and everything below it), in ms.
+fn cgroup_cpu_ms(cg: &Path) -> f64 {
+    let text = std::fs::read_to_string(cg.join("cpu.stat")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .unwrap()
+        .trim()
+        .parse::<f64>()
+        .unwrap()
+        / 1e3
+}
+
+/// The integral of a ramp over the fault's life (value held from each step to the next, then to the
+/// fault's end), in value-seconds: what a load that follows the ramp adds up to.
+fn ramp_integral(fault: &Value) -> f64 {
+    let steps = fault["ramp_steps"].as_array().unwrap();
+    let end = fault["end_ms"].as_f64().unwrap();
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let from = st["t_ms"].as_f64().unwrap();
+            let to = steps
+                .get(i + 1)
+                .map_or(end, |n| n["t_ms"].as_f64().unwrap());
+            st["value"].as_f64().unwrap() * (to - from) / 1e3
+        })
+        .sum()
+}
+
+/// Every process directly in `cg` or one level below, by name (comm).
+fn procs_named(cg: &Path, comm: &str) -> Vec<u32> {
+    let dirs = std::iter::once(cg.to_path_buf()).chain(
+        std::fs::read_dir(cg)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path()),
+    );
+    dirs.flat_map(|d| {
+        std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .collect::<Vec<_>>()
+    })
+    .filter(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+    })
+    .collect()
+}
+
+fn vm_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+#[test]
+fn connect_errors_scenario_matches_the_errnos_real_processes_saw() {
+    if !root_or_skip("connect_errors_scenario_matches_the_errnos_real_processes_saw") {
+        return;
+    }
+    let lab = Lab::create(&tag("c")).unwrap();
+    let svc = Service::start(&lab, 7300, false);
+    let report = TempFile::new("connect.json");
+    let path = scenario("connect-errors.yaml");
+    let v = vars(&lab, svc.addr);
+    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    args.extend(v.iter().map(String::as_str));
+    let mut live = LiveRun::start(&args);
+    // Once the ramp is at its top, a real process in the app's cgroup makes 20000 connect() calls.
+    live.wait_for("percent = 30%", Duration::from_secs(8));
+    let seen = traffic(
+        Some(&lab.cgroup.path),
+        None,
+        &["syscalls", "--op", "connect", "--count", "20000"],
+    );
+    let (code, lines, err) = live.finish();
+    println!("{}", lines.join("\n"));
+    assert_eq!(code, 0, "stdout {lines:#?}\nstderr {err}");
+    let refused_seen = errno_count(&seen, libc::ECONNREFUSED);
+    let calls = seen["calls"].as_u64().unwrap();
+    assert_eq!(
+        calls - seen["ok"].as_u64().unwrap(),
+        refused_seen,
+        "an errno other than ECONNREFUSED: {seen}"
+    );
+    let rate = 100.0 * refused_seen as f64 / calls as f64;
+    assert!((rate - 30.0).abs() <= 2.5, "rate {rate:.2}% at 30%");
+
+    let r = read_report(&report.0);
+    assert_eq!(r["summary"]["completed"], true);
+    assert_eq!(r["summary"]["steady_state_held"], true, "{}", r["summary"]);
+    let fault = &r["faults"][0];
+    assert_eq!(fault["kind"], "syscall");
+    let values: Vec<f64> = fault["ramp_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [10.0, 20.0, 30.0]);
+    // The kernel's count is exactly what real processes saw: the traffic's errnos plus the probe's
+    // refused connects.
+    let res = results(&r, "dependency-connect");
+    let probe_refused = refused(&res);
+    let injected = fault["counters"]["connect.injected"].as_u64().unwrap();
+    println!(
+        "kernel injected {injected}; traffic saw {refused_seen}/{calls} ECONNREFUSED ({rate:.2}%), \
+         the probe {probe_refused}"
+    );
+    assert_eq!(injected, refused_seen + probe_refused as u64, "{fault}");
+    assert_eq!(fault["injected_events"].as_u64().unwrap(), injected);
+    assert_eq!(r["summary"]["injected_events"].as_u64().unwrap(), injected);
+    assert!(probe_refused > 0, "the probe never saw the fault");
+    assert_eq!(
+        count(&res, "before", false) + count(&res, "after", false),
+        0
+    );
+    drop(svc);
+    assert!(cgroup_programs(&lab.cgroup.path, attach_type::INET4_CONNECT).is_empty());
+    no_residue(&lab);
+}
+
+#[test]
+fn cpu_memory_pressure_scenario_loads_the_cgroup_as_the_kernel_counts_it() {
+    if !root_or_skip("cpu_memory_pressure_scenario_loads_the_cgroup_as_the_kernel_counts_it") {
+        return;
+    }
+    let lab = Lab::create(&tag("p")).unwrap();
+    let svc = Service::start(&lab, 7400, false);
+    let report = TempFile::new("pressure.json");
+    let path = scenario("cpu-memory-pressure.yaml");
+    let v = vars(&lab, svc.addr);
+    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    args.extend(v.iter().map(String::as_str));
+    let cpu_before = cgroup_cpu_ms(&lab.cgroup.path);
+    let mut live = LiveRun::start(&args);
+    live.wait_for("fault.armed", Duration::from_secs(6));
+    // While it runs: the workers are in the app's cgroup, and the memory one holds the memory.
+    std::thread::sleep(Duration::from_millis(1500));
+    let cpu_workers = procs_named(&lab.cgroup.path, "kchaos-cpu");
+    let mem_workers = procs_named(&lab.cgroup.path, "kchaos-memory");
+    let rss = mem_workers.first().map_or(0, |p| vm_rss_bytes(*p));
+    let (code, lines, err) = live.finish();
+    let cpu_after = cgroup_cpu_ms(&lab.cgroup.path);
+    println!("{}", lines.join("\n"));
+    assert_eq!(code, 0, "stdout {lines:#?}\nstderr {err}");
+    assert_eq!(cpu_workers.len(), 2, "CPU workers in the cgroup");
+    assert_eq!(mem_workers.len(), 1, "memory worker in the cgroup");
+    assert!(rss >= 60 << 20, "the memory worker held {rss} B of 64 MiB");
+    // The lab cgroup has no memory.max: the review says so, without refusing.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("[medium] stress-memory-unlimited")),
+        "{lines:#?}"
+    );
+
+    let r = read_report(&report.0);
+    assert_eq!(r["summary"]["completed"], true);
+    assert_eq!(r["summary"]["steady_state_held"], true, "{}", r["summary"]);
+    let fault = &r["faults"][0];
+    assert_eq!(fault["kind"], "stress");
+    let c = &fault["counters"];
+    let values: Vec<f64> = fault["ramp_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [20.0, 40.0, 60.0]);
+    // The workers' CPU time follows the ramp: 2 workers x the ramp's integral, within 15%.
+    let cpu_ms = c["cpu.cpu_ms"].as_f64().unwrap();
+    let expected_ms = 2.0 * ramp_integral(fault) / 100.0 * 1e3;
+    println!(
+        "workers' CPU {cpu_ms:.0} ms (expected {expected_ms:.0}); the cgroup's cpu.stat grew by {:.0} ms",
+        cpu_after - cpu_before
+    );
+    assert!(
+        (cpu_ms - expected_ms).abs() <= 0.15 * expected_ms,
+        "CPU {cpu_ms:.0} ms, expected {expected_ms:.0}"
+    );
+    // The cgroup's own accounting counted it: the workers' time, plus a little for the probe agent.
+    let grew = cpu_after - cpu_before;
+    assert!(
+        grew >= cpu_ms - 50.0 && grew <= cpu_ms * 1.1 + 300.0,
+        "cgroup {grew:.0} ms vs workers {cpu_ms:.0} ms"
+    );
+    let held = c["memory.held_bytes"].as_u64().unwrap();
+    assert!(held >= 60 << 20, "held {held}");
+    assert_eq!(r["summary"]["injected_events"], 0);
+    drop(svc);
+    assert!(
+        procs_named(&lab.cgroup.path, "kchaos-cpu").is_empty()
+            && procs_named(&lab.cgroup.path, "kchaos-memory").is_empty(),
+        "workers outlived the run"
+    );
+    no_residue(&lab);
+}
+
+#[test]
+fn disk_errors_scenario_fails_open_read_write_with_eio() {
+    const NAME: &str = "disk_errors_scenario_fails_open_read_write_with_eio";
+    if !root_or_skip(NAME) {
+        return;
+    }
+    let lab = Lab::create(&tag("d")).unwrap();
+    let dir = std::env::temp_dir().join(format!("kchaos-test-{}", tag("dd")));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct RmDir(PathBuf);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = RmDir(dir.clone());
+    let report = TempFile::new("disk.json");
+    let path = scenario("disk-errors.yaml");
+    let cg = format!("cgroup={}", lab.cgroup.path.display());
+    let d = format!("dir={}", dir.display());
+    let args = [
+        "run",
+        path.to_str().unwrap(),
+        "--report",
+        report.s(),
+        "--var",
+        &cg,
+        "--var",
+        &d,
+    ];
+    if let Err(why) = chaos_userspace::faults::syscall::BackendSupport::probe().lsm {
+        // Here `run` must refuse before attaching anything, and say why.
+        let (code, out, err) = run(&args);
+        assert_ne!(code, 0, "{out}");
+        assert!(err.contains("open-eio") && err.contains("lsm"), "{err}");
+        no_residue(&lab);
+        skip(
+            NAME,
+            &format!(
+                "no BPF LSM here ({why}); `kchaos run` refused with: {}",
+                err.trim()
+            ),
+        );
+        return;
+    }
+    let mut live = LiveRun::start(&args);
+    live.wait_for("fault.armed        'open-eio'", Duration::from_secs(6));
+    let d_s = dir.display().to_string();
+    let opens = traffic(
+        Some(&lab.cgroup.path),
+        None,
+        &["syscalls", "--op", "open", "--count", "100", "--dir", &d_s],
+    );
+    let outside = traffic(
+        None,
+        None,
+        &["syscalls", "--op", "open", "--count", "100", "--dir", &d_s],
+    );
+    live.wait_for(
+        "fault.armed        'read-write-eio'",
+        Duration::from_secs(6),
+    );
+    let writes = traffic(
+        Some(&lab.cgroup.path),
+        None,
+        &["syscalls", "--op", "write", "--count", "300", "--dir", &d_s],
+    );
+    let (code, lines, err) = live.finish();
+    println!("{}", lines.join("\n"));
+    assert_eq!(code, 0, "stdout {lines:#?}\nstderr {err}");
+    assert_eq!(errno_count(&opens, libc::EIO), 100, "{opens}");
+    assert_eq!(
+        errno_count(&outside, libc::EIO),
+        0,
+        "outside the cgroup: {outside}"
+    );
+    let r = read_report(&report.0);
+    assert_eq!(r["summary"]["steady_state_held"], true, "{}", r["summary"]);
+    let (open_f, rw_f) = (&r["faults"][0], &r["faults"][1]);
+    assert_eq!(open_f["counters"]["open.injected"], 100, "{open_f}");
+    // At most 200 reads and writes failed, and the traffic's writes were among them.
+    let rw = rw_f["injected_events"].as_u64().unwrap();
+    let seen = errno_count(&writes, libc::EIO);
+    assert!(
+        rw <= 200 && seen > 0 && seen <= rw,
+        "{rw} injected, {seen} seen: {writes}"
+    );
+    assert_eq!(
+        count(&results(&r, "dir-readable-outside"), "during", false),
+        0
+    );
+    no_residue(&lab);
+}
+
+#[test]
+fn mixed_game_day_net_syscall_and_stress_on_two_services() {
+    if !root_or_skip("mixed_game_day_net_syscall_and_stress_on_two_services") {
+        return;
+    }
+    let lab = Lab::create(&tag("m")).unwrap();
+    let api = lab.cgroup.child("api").unwrap();
+    let worker = lab.cgroup.child("worker").unwrap();
+    let web = Service::start(&lab, 8081, true);
+    let db = Service::start(&lab, 5433, false);
+    let report = TempFile::new("mixed.json");
+    let path = scenario("game-day-mixed.yaml");
+    let vars = [
+        format!("api={}", api.display()),
+        format!("worker={}", worker.display()),
+        format!("http=http://{}/health", web.addr),
+        format!("db={}", db.addr),
+    ];
+    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    for v in &vars {
+        args.extend(["--var", v.as_str()]);
+    }
+    let (code, out, err) = run(&args);
+    println!("{out}");
+    assert_eq!(code, 0, "stdout {out}\nstderr {err}");
+    let r = read_report(&report.0);
+    assert_eq!(r["summary"]["completed"], true);
+    assert_eq!(r["summary"]["steady_state_held"], true, "{}", r["summary"]);
+    let f = |name: &str| {
+        r["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (loss, cpu, refused_f) = (f("api-loss"), f("api-cpu"), f("worker-refused"));
+    assert_eq!(
+        [&loss["kind"], &cpu["kind"], &refused_f["kind"]],
+        ["net", "stress", "syscall"]
+    );
+    assert!(
+        loss["counters"]["egress.dropped"].as_u64().unwrap() > 0,
+        "{loss}"
+    );
+    // The worker's only connects to the database are its probe's: each one the kernel refused is a
+    // probe result that says so, all within the fault's window.
+    let res = results(&r, "worker-db");
+    let injected = refused_f["counters"]["connect.injected"].as_u64().unwrap();
+    assert_eq!(injected, refused(&res) as u64, "{refused_f}");
+    assert!(injected > 0);
+    let (a, b) = (
+        refused_f["start_ms"].as_f64().unwrap(),
+        refused_f["end_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        res.iter()
+            .filter(|x| x["ok"] == false)
+            .all(|x| (a - 1.0..b).contains(&x["t_ms"].as_f64().unwrap())),
+        "failures outside {a}..{b}"
+    );
+    // The api's CPU worker ran at its 50% of a CPU over the fault's 4 s, within 15%.
+    let cpu_ms = cpu["counters"]["cpu.cpu_ms"].as_f64().unwrap();
+    let life = cpu["end_ms"].as_f64().unwrap() - cpu["start_ms"].as_f64().unwrap();
+    assert!(
+        (cpu_ms - 0.5 * life).abs() <= 0.15 * 0.5 * life,
+        "{cpu_ms} ms of CPU in {life} ms at 50%"
+    );
+    assert_eq!(
+        r["summary"]["injected_events"].as_u64().unwrap(),
+        loss["injected_events"].as_u64().unwrap() + injected
+    );
+    drop((web, db));
+    assert!(cgroup_programs(&worker, attach_type::INET4_CONNECT).is_empty());
     no_residue(&lab);
 }

@@ -255,9 +255,30 @@ fn capture(what: &str, cmd: &mut Command) -> Result<String> {
 mod tests {
     use super::*;
 
-    /// Boots the real VM with busybox payloads (and `kchaos probe` if built): the boot path without
+    /// Boots the real VM with shell payloads (and `kchaos probe` if built): the boot path without
     /// the integration tests. Slow and downloads the kernel once, so only on request:
     /// `cargo test -p xtask --release -- --ignored --nocapture vm_smoke`.
+    /// Debugging aid: `KCHAOS_VM_SCRIPT='...' cargo test -p xtask --release -- --ignored vm_shell
+    /// --nocapture` runs a shell script inside the VM (with $KCHAOS_BIN) and prints its output.
+    #[test]
+    #[ignore = "boots a VM; run by hand"]
+    fn vm_shell() {
+        let script =
+            std::env::var("KCHAOS_VM_SCRIPT").unwrap_or_else(|_| "$KCHAOS_BIN probe".into());
+        let kchaos = build::target_dir().join("release/kchaos");
+        let payload = Payload {
+            name: "shell".into(),
+            binary: "/bin/sh".into(),
+            args: vec!["-c".into(), script],
+            cwd: None,
+        };
+        let results =
+            run_payloads(None, Some(&kchaos), &[payload], Duration::from_secs(300)).unwrap();
+        for line in &results[0].output {
+            eprintln!("{line}");
+        }
+    }
+
     #[test]
     #[ignore]
     fn vm_smoke() {

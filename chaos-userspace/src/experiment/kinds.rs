@@ -1,6 +1,6 @@
 //! The fault kinds a scenario can use, and the one place a new kind plugs in.
 //!
-//! To add a kind (`syscall`, `stress`, ...): add a variant to [`FaultKind`], its name to [`KINDS`], an
+//! `syscall` and `stress` live in kind_syscall.rs and kind_stress.rs. To add a kind: add a variant to [`FaultKind`], its name to [`KINDS`], an
 //! arm to each `match` in this file (parse, describe, ramps, intensity, conflicts, rollback advice,
 //! attach), and its ramp-able parameters to [`INTENSITY_PARAMS`]. The scenario reader, validation, the
 //! timeline, the runner, the budget and the report only talk to [`FaultKind`] and [`ActiveFault`].
@@ -11,6 +11,8 @@ use anyhow::Result;
 
 use super::{
     fields::{Ctx, join},
+    kind_stress::{self, StressFault},
+    kind_syscall,
     review::Risk,
     yaml::Node,
 };
@@ -19,13 +21,15 @@ use crate::{
     faults::{
         net::{Direction, NetArgs, NetFault, NetSpec, Proto},
         peers::Peer,
+        syscall::{SyscallFault, SyscallSpec},
     },
     journal::Journal,
+    stress::StressSpec,
     targets::Target,
 };
 
 /// Every kind a scenario may name under `faults[].<kind>`.
-pub const KINDS: &[&str] = &["net"];
+pub const KINDS: &[&str] = &["net", "syscall", "stress"];
 
 /// The unit of a ramp-able parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -49,7 +53,14 @@ impl Unit {
 }
 
 /// Parameters a ramp can move and `budget.max_intensity` can cap, over all kinds.
-pub const INTENSITY_PARAMS: &[(&str, Unit)] = &[("drop", Unit::Percent), ("delay", Unit::Duration)];
+pub const INTENSITY_PARAMS: &[(&str, Unit)] = &[
+    ("drop", Unit::Percent),
+    ("delay", Unit::Duration),
+    // syscall: the share of matching calls that fail.
+    ("percent", Unit::Percent),
+    // stress: each CPU worker's load, of one CPU.
+    ("cpu_load", Unit::Percent),
+];
 
 pub fn unit_of(param: &str) -> Option<Unit> {
     INTENSITY_PARAMS
@@ -63,7 +74,8 @@ pub fn unit_of(param: &str) -> Option<Unit> {
 #[serde(tag = "kind", content = "spec", rename_all = "lowercase")]
 pub enum FaultKind {
     Net(NetSpec),
-    // Syscall(SyscallSpec), Stress(StressSpec): when those fault kinds land.
+    Syscall(SyscallSpec),
+    Stress(StressSpec),
 }
 
 const NET_FIELDS: &[&str] = &[
@@ -88,6 +100,8 @@ impl FaultKind {
     ) -> Option<Self> {
         match kind {
             "net" => parse_net(ctx, node, path, ramped).map(FaultKind::Net),
+            "syscall" => kind_syscall::parse(ctx, node, path, ramped).map(FaultKind::Syscall),
+            "stress" => kind_stress::parse(ctx, node, path, ramped).map(FaultKind::Stress),
             _ => None,
         }
     }
@@ -95,12 +109,16 @@ impl FaultKind {
     pub fn name(&self) -> &'static str {
         match self {
             FaultKind::Net(_) => "net",
+            FaultKind::Syscall(_) => "syscall",
+            FaultKind::Stress(_) => "stress",
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
             FaultKind::Net(spec) => format!("net: {}", spec.describe()),
+            FaultKind::Syscall(spec) => format!("syscall: {}", spec.describe()),
+            FaultKind::Stress(spec) => format!("stress: {}", spec.describe()),
         }
     }
 
@@ -108,6 +126,8 @@ impl FaultKind {
     pub fn ramp_params(&self) -> &'static [&'static str] {
         match self {
             FaultKind::Net(_) => &["drop", "delay"],
+            FaultKind::Syscall(_) => kind_syscall::RAMP_PARAMS,
+            FaultKind::Stress(_) => kind_stress::RAMP_PARAMS,
         }
     }
 
@@ -131,6 +151,8 @@ impl FaultKind {
                     "a net fault cannot ramp '{other}': allowed are drop, delay"
                 )),
             },
+            FaultKind::Syscall(_) => kind_syscall::check_param(param, value),
+            FaultKind::Stress(_) => kind_stress::check_param(param, value),
         }
     }
 
@@ -142,6 +164,18 @@ impl FaultKind {
                 "delay" => spec.delay = Duration::from_secs_f64(start.max(0.0)),
                 _ => {}
             },
+            FaultKind::Syscall(spec) => {
+                if param == "percent" {
+                    spec.percent = start;
+                }
+            }
+            FaultKind::Stress(spec) => {
+                if param == "cpu_load"
+                    && let Some(cpu) = spec.cpu.as_mut()
+                {
+                    cpu.load_pct = start;
+                }
+            }
         }
     }
 
@@ -162,6 +196,12 @@ impl FaultKind {
                 }
                 v
             }
+            FaultKind::Syscall(spec) => vec![("percent", spec.percent)],
+            FaultKind::Stress(spec) => spec
+                .cpu
+                .map(|c| ("cpu_load", c.load_pct))
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -173,6 +213,30 @@ impl FaultKind {
                  added): merge them into one fault, or move one so they do not overlap"
                     .into(),
             ),
+            (FaultKind::Syscall(_), FaultKind::Syscall(_)) => Some(
+                "two syscall faults on one target at once cannot both attach (the cgroup hooks take \
+                 one kchaos program each) and would draw each call twice: list every operation in one \
+                 fault, or move one so they do not overlap"
+                    .into(),
+            ),
+            (FaultKind::Stress(_), FaultKind::Stress(_)) => Some(
+                "two stress faults on one target at once add up, and neither's achieved load can be \
+                 told apart: merge them into one fault (cpu, memory, io, fds together), or move one"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// What the safety review should know about this kind hitting the cgroup `target`.
+    pub fn target_findings(
+        &self,
+        target: &std::path::Path,
+        cgroup_root: &std::path::Path,
+    ) -> Vec<(Risk, &'static str, String)> {
+        match self {
+            FaultKind::Stress(spec) => kind_stress::target_findings(spec, target, cgroup_root),
+            FaultKind::Net(_) | FaultKind::Syscall(_) => Vec::new(),
         }
     }
 
@@ -186,13 +250,29 @@ impl FaultKind {
                     .into(),
             )),
             FaultKind::Net(_) => None,
+            FaultKind::Syscall(spec) if spec.max.is_none() && spec.percent >= 100.0 => Some((
+                Risk::Low,
+                "every matching call fails and nothing caps how many (no max): the application may \
+                 have given up, cached the failure or failed over; kchaos restores the calls, not the \
+                 application"
+                    .into(),
+            )),
+            FaultKind::Syscall(_) | FaultKind::Stress(_) => None,
         }
+    }
+
+    /// Whether the kernel stops it at its deadline by itself (a stress load is userspace workers that
+    /// the runner stops, or kchaos's death kills).
+    pub fn kernel_deadline(&self) -> bool {
+        !matches!(self, FaultKind::Stress(_))
     }
 
     /// Checks what this fault needs from the kernel, before anything is attached.
     pub fn preflight(&self) -> Result<(), BadInput> {
         match self {
             FaultKind::Net(spec) => NetFault::preflight(spec),
+            FaultKind::Syscall(spec) => kind_syscall::preflight(spec),
+            FaultKind::Stress(_) => Ok(()),
         }
     }
 
@@ -204,6 +284,8 @@ impl FaultKind {
     ) -> Result<Box<dyn ActiveFault>> {
         match self {
             FaultKind::Net(spec) => Ok(Box::new(NetFault::attach(spec.clone(), targets, journal)?)),
+            FaultKind::Syscall(spec) => Ok(Box::new(SyscallFault::attach(spec.clone(), targets)?)),
+            FaultKind::Stress(spec) => Ok(Box::new(StressFault::start(spec, targets, journal)?)),
         }
     }
 
@@ -219,12 +301,16 @@ impl FaultKind {
                 })
                 .map(|(_, v)| v)
                 .sum(),
+            FaultKind::Syscall(_) => kind_syscall::injected_events(counters),
+            // A load is not a count of events; its intensity is cpu_load, and the report has the
+            // achieved load in the counters.
+            FaultKind::Stress(_) => 0,
         }
     }
 }
 
 /// Fault types `kchaos monkey --types` can pick from.
-pub const MONKEY_TYPES: &[&str] = &["net-drop", "net-delay", "net-partition"];
+pub const MONKEY_TYPES: &[&str] = &["net-drop", "net-delay", "net-partition", "syscall", "cpu"];
 
 /// Bounds on what the monkey may inject.
 #[derive(Clone, Debug)]
@@ -233,6 +319,10 @@ pub struct MonkeyCaps {
     pub max_delay: Duration,
     /// Peers a partition may cut the target off from.
     pub peers: Vec<String>,
+    /// Highest share of connects a `syscall` fault may fail, percent.
+    pub max_syscall_percent: f64,
+    /// Highest load of the one CPU worker of a `cpu` fault, percent of a CPU.
+    pub max_cpu_load: f64,
 }
 
 /// A random fault of `monkey_type` within `caps`; `draw` returns uniform numbers in [0, 1).
@@ -243,6 +333,10 @@ pub fn random_fault(
 ) -> Result<FaultKind, BadInput> {
     let mut args = NetArgs::default();
     match monkey_type {
+        "syscall" => {
+            return kind_syscall::random(caps.max_syscall_percent, draw).map(FaultKind::Syscall);
+        }
+        "cpu" => return kind_stress::random_cpu(caps.max_cpu_load, draw).map(FaultKind::Stress),
         "net-drop" => {
             // Whole tenths of a percent, at least 1%.
             let p = 1.0 + draw() * (caps.max_drop_percent - 1.0).max(0.0);

@@ -26,7 +26,8 @@ pub struct MonkeyArgs {
     /// Chance, each second with no fault running, that a fault starts (0-1, or a percentage: 30%).
     #[arg(long, value_name = "P", value_parser = parse_probability)]
     pub probability: f64,
-    /// Fault types to choose from, comma-separated: net-drop, net-delay, net-partition.
+    /// Fault types to choose from, comma-separated: net-drop, net-delay, net-partition, syscall
+    /// (connects fail with ECONNREFUSED), cpu (one CPU worker in the target).
     #[arg(
         long,
         value_name = "TYPES",
@@ -58,6 +59,12 @@ pub struct MonkeyArgs {
     /// Longest delay the monkey may choose.
     #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = units::parse_duration)]
     pub max_delay: Duration,
+    /// Highest share of connects a `syscall` fault may fail, percent.
+    #[arg(long, value_name = "PCT", default_value = "30", value_parser = units::parse_percent)]
+    pub max_syscall_percent: f64,
+    /// Highest load of a `cpu` fault's worker, percent of one CPU.
+    #[arg(long, value_name = "PCT", default_value = "50", value_parser = units::parse_percent)]
+    pub max_cpu_load: f64,
     /// Stop injecting after this many injected events (kernel counted).
     #[arg(long, value_name = "N")]
     pub max_events: Option<u64>,
@@ -183,6 +190,8 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
         max_drop_percent: args.max_drop,
         max_delay: args.max_delay,
         peers: args.peers.clone(),
+        max_syscall_percent: args.max_syscall_percent,
+        max_cpu_load: args.max_cpu_load,
     };
     let mut faults = Vec::new();
     let mut t = Duration::ZERO;
@@ -234,6 +243,8 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
         },
     );
     max_intensity.insert("delay".to_owned(), args.max_delay.as_secs_f64());
+    max_intensity.insert("percent".to_owned(), args.max_syscall_percent);
+    max_intensity.insert("cpu_load".to_owned(), args.max_cpu_load);
     let scenario = Scenario {
         file: format!("(kchaos monkey, seed {seed})"),
         title: format!(
@@ -347,6 +358,38 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(names(&s), names(&again));
+    }
+
+    #[test]
+    fn syscall_and_cpu_faults_stay_within_their_caps() {
+        let a = args(&[
+            "--types",
+            "syscall,cpu",
+            "--seed",
+            "11",
+            "--max-syscall-percent",
+            "25",
+            "--max-cpu-load",
+            "40",
+        ]);
+        let (s, _) = scenario(&a).unwrap();
+        assert!(super::super::validate::check(&s).is_empty());
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &s.faults {
+            seen.insert(f.kind.name());
+            for (p, v) in f.kind.intensities() {
+                match p {
+                    "percent" => assert!((1.0..=25.0).contains(&v), "{v}"),
+                    "cpu_load" => assert!((10.0..=40.0).contains(&v), "{v}"),
+                    other => panic!("{other}"),
+                }
+            }
+        }
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            ["stress", "syscall"],
+            "both types drawn"
+        );
     }
 
     #[test]

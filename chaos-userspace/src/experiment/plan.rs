@@ -78,10 +78,17 @@ pub fn timeline(s: &Scenario, targets: &[ResolvedTarget]) -> Vec<PlanStep> {
         }
         steps.push(PlanStep {
             at_ms: ms(before + f.end()),
-            what: format!(
-                "detach '{}' (the kernel stops it by itself at this deadline too)",
-                f.name
-            ),
+            what: if f.kind.kernel_deadline() {
+                format!(
+                    "detach '{}' (the kernel stops it by itself at this deadline too)",
+                    f.name
+                )
+            } else {
+                format!(
+                    "stop '{}': its workers end (they die with kchaos too)",
+                    f.name
+                )
+            },
         });
     }
     let method_end = before + s.method_length();

@@ -140,6 +140,20 @@ pub fn review(
             ));
         }
     }
+    // What a kind needs to know about the cgroups it hits (e.g. stress memory without a limit).
+    if let Some(root) = cgroup_root {
+        for f in &s.faults {
+            for t in resolved.iter().filter(|t| f.targets.contains(&t.name)) {
+                for (risk, code, why) in f.kind.target_findings(&t.path, root) {
+                    out.push(finding(
+                        risk,
+                        code,
+                        format!("fault '{}' on target '{}': {why}", f.name, t.name),
+                    ));
+                }
+            }
+        }
+    }
     let trees: Vec<&ResolvedTarget> = resolved
         .iter()
         .filter(|t| {
@@ -245,6 +259,40 @@ mod tests {
             ]
         );
         assert_eq!(highest(&f), Some(Risk::High));
+    }
+
+    #[test]
+    fn stress_memory_without_a_limit_is_a_finding() {
+        let s = load(
+            "title: t\ntargets: [{name: a, cgroup: a}]\nfaults: [{for: 1s, stress: {memory: 64M}}]\n",
+        );
+        let dir = std::env::temp_dir().join(format!("kchaos-review-{}", std::process::id()));
+        let target = dir.join("a");
+        std::fs::create_dir_all(&target).unwrap();
+        let t = ResolvedTarget {
+            name: "a".into(),
+            path: target.clone(),
+            id: 0,
+            origin: String::new(),
+        };
+        let f = review(&s, std::slice::from_ref(&t), &[], Some(&dir));
+        assert!(
+            codes(&f).contains(&(Risk::Medium, "stress-memory-unlimited")),
+            "{f:?}"
+        );
+        std::fs::write(target.join("memory.max"), "33554432\n").unwrap();
+        let f = review(&s, std::slice::from_ref(&t), &[], Some(&dir));
+        assert!(
+            codes(&f).contains(&(Risk::High, "stress-memory-over-limit")),
+            "{f:?}"
+        );
+        std::fs::write(target.join("memory.max"), "1073741824\n").unwrap();
+        let f = review(&s, &[t], &[], Some(&dir));
+        assert!(
+            !codes(&f).iter().any(|c| c.1.starts_with("stress-memory")),
+            "{f:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1135,7 +1135,9 @@ rollbacks:
         let f = &s.faults[0];
         assert_eq!(f.duration, Duration::from_secs(4));
         assert_eq!(f.ramps[0].to, 40.0);
-        let FaultKind::Net(spec) = &f.kind;
+        let FaultKind::Net(spec) = &f.kind else {
+            panic!("not a net fault: {:?}", f.kind)
+        };
         assert_eq!(spec.drop_percent, Some(0.0), "a drop ramp attaches drop");
         assert_eq!(s.abort[0].violated_for, Duration::from_secs(1));
         assert_eq!(s.budget.as_ref().unwrap().max_intensity["drop"], 50.0);
@@ -1200,9 +1202,89 @@ rollbacks:
         let e = errors(&GOOD.replace("over: 4s", "over: 5s"));
         assert!(e[0].contains("up to the fault's for"), "{e:?}");
         let e = errors(&GOOD.replace("    net: { direction: egress }\n", ""));
-        assert!(e[0].contains("exactly one kind: net"), "{e:?}");
+        assert!(
+            e[0].contains("exactly one kind: net, syscall, stress"),
+            "{e:?}"
+        );
         let e = errors(&GOOD.replace("max_intensity: { drop: 50% }", "max_intensity: { cpu: 5 }"));
         assert!(e[0].contains("budget.max_intensity.cpu"), "{e:?}");
+    }
+
+    #[test]
+    fn syscall_and_stress_kinds_read_with_located_errors() {
+        let sys = GOOD
+            .replace(
+                "net: { direction: egress }",
+                "syscall: { syscalls: [connect], errno: ECONNREFUSED }",
+            )
+            .replace("drop: { from: 0%, to: 40%", "percent: { from: 10%, to: 40%")
+            .replace(
+                "max_intensity: { drop: 50% }",
+                "max_intensity: { percent: 50% }",
+            );
+        let s = parse("s.yaml", &sys, &vars(&[("cgroup", "lab")])).unwrap();
+        let FaultKind::Syscall(spec) = &s.faults[0].kind else {
+            panic!("{:?}", s.faults[0].kind)
+        };
+        assert_eq!(
+            (spec.op_names.as_slice(), spec.errno, spec.percent),
+            (&["connect"][..], libc::ECONNREFUSED, 10.0),
+            "the ramp's start is the rate at arming"
+        );
+        let e = errors(&sys.replace("errno: ECONNREFUSED", "errno: ECONREFUSED"));
+        assert!(
+            e[0].starts_with("s.yaml:24:44: faults[0].syscall.errno: unknown errno 'ECONREFUSED'")
+                && e[0].contains("did you mean 'ECONNREFUSED'"),
+            "{e:?}"
+        );
+        let e = errors(&sys.replace("syscalls: [connect]", "syscalls: [conect]"));
+        assert!(
+            e[0].starts_with("s.yaml:24:27: faults[0].syscall.syscalls")
+                && e[0].contains("unknown syscall 'conect' (did you mean 'connect'?)"),
+            "{e:?}"
+        );
+        let e = errors(&sys.replace("to: 40%", "to: 140%"));
+        assert!(
+            e[0].contains("faults[0].ramp.percent.to") && e[0].contains("0 to 100"),
+            "{e:?}"
+        );
+
+        let stress = GOOD
+            .replace(
+                "net: { direction: egress }",
+                "stress: { cpu: 2, cpu_load: 50%, memory: 64M }",
+            )
+            .replace(
+                "drop: { from: 0%, to: 40%",
+                "cpu_load: { from: 10%, to: 40%",
+            )
+            .replace(
+                "max_intensity: { drop: 50% }",
+                "max_intensity: { cpu_load: 30% }",
+            );
+        let s = parse("s.yaml", &stress, &vars(&[("cgroup", "lab")])).unwrap();
+        let FaultKind::Stress(spec) = &s.faults[0].kind else {
+            panic!("{:?}", s.faults[0].kind)
+        };
+        assert_eq!(spec.memory_bytes, Some(64 << 20));
+        assert_eq!(spec.cpu.map(|c| (c.workers, c.load_pct)), Some((2, 10.0)));
+        // The ramp ends at 40%, above the budget's 30%.
+        let v = crate::experiment::validate::check(&s);
+        assert!(
+            v[0].message
+                .contains("cpu_load 40%, above budget.max_intensity.cpu_load 30%"),
+            "{v:?}"
+        );
+        let e = errors(&stress.replace("memory: 64M", "memory: 64Q"));
+        assert!(
+            e[0].starts_with("s.yaml:24:46: faults[0].stress.memory: '64Q' is not a size"),
+            "{e:?}"
+        );
+        let e = errors(&stress.replace("cpu: 2, ", ""));
+        assert!(
+            e.iter().any(|e| e.contains("cpu_load needs cpu: N")),
+            "{e:?}"
+        );
     }
 
     #[test]

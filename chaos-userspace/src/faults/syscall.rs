@@ -9,7 +9,7 @@ use std::{fmt, os::fd::AsFd as _, path::PathBuf};
 use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf,
-    maps::{Array, CgroupArray, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, Lsm, ProgramType},
     sys::{BpfHelper, is_helper_supported, is_program_supported},
 };
@@ -312,7 +312,7 @@ pub struct SyscallArgs {
 }
 
 /// A validated syscall fault.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SyscallSpec {
     pub ops: Vec<u32>,
     pub op_names: Vec<&'static str>,
@@ -447,18 +447,28 @@ impl SyscallSpec {
         s
     }
 
-    fn config(&self, n_targets: u32) -> SyscallConfig {
+    /// The kernel's view; `targets` are (cgroup id, level below the cgroup2 root) pairs.
+    fn config(&self, targets: &[(u64, u32)]) -> SyscallConfig {
         let mut cfg = SyscallConfig {
             threshold: percent_to_threshold(self.percent),
             after: self.after,
             max: self.max.unwrap_or(u64::MAX),
             ops: self.ops.iter().fold(0, |m, &o| m | (1u64 << o)),
             errno: self.errno as u32,
-            n_targets,
+            neg_errno: -self.errno,
+            n_targets: targets.len() as u32,
             dst_filter: u32::from(!self.dsts.is_empty()),
             dst_port: self.dsts.first().and_then(|p| p.port).map_or(0, u32::from),
             ..Default::default()
         };
+        for (i, &(id, level)) in targets
+            .iter()
+            .take(MAX_SYSCALL_TARGETS as usize)
+            .enumerate()
+        {
+            cfg.target_ids[i] = id;
+            cfg.target_levels[i] = level;
+        }
         if let Some(p) = &self.path_prefix {
             let bytes = p.as_os_str().as_encoded_bytes();
             let bytes = if bytes.len() > 1 {
@@ -585,6 +595,24 @@ pub fn plan(spec: &SyscallSpec, support: &BackendSupport) -> Result<Vec<(u32, Ba
     Ok(plan)
 }
 
+/// (cgroup id, level) of each target: its depth below the cgroup2 mount, where the root is level 0.
+fn target_refs(targets: &[Target]) -> Result<Vec<(u64, u32)>> {
+    let mount = crate::cgroup::v2_mount()?;
+    targets
+        .iter()
+        .map(|t| {
+            let rel = t.path.strip_prefix(&mount).with_context(|| {
+                format!(
+                    "{} is not below the cgroup2 mount {}",
+                    t.path.display(),
+                    mount.display()
+                )
+            })?;
+            Ok((t.id, rel.components().count() as u32))
+        })
+        .collect()
+}
+
 /// Per-operation totals.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct OpTotals {
@@ -628,7 +656,7 @@ impl SyscallFault {
             0
         };
         let mut ebpf = crate::ebpf::load_with_global("FILE_F_PATH_OFFSET", f_path)?;
-        let config = spec.config(targets.len() as u32);
+        let config = spec.config(&target_refs(targets)?);
         Array::<_, SyscallConfig>::try_from(ebpf.map_mut("SYS_CONFIG").context("map SYS_CONFIG")?)?
             .set(0, config, 0)?;
         {
@@ -648,13 +676,6 @@ impl SyscallFault {
                     .with_context(|| format!("opening {}", t.path.display()))
             })
             .collect::<Result<Vec<_>>>()?;
-        {
-            let mut arr =
-                CgroupArray::try_from(ebpf.map_mut("SYS_TARGETS").context("map SYS_TARGETS")?)?;
-            for (i, f) in cgroup_files.iter().enumerate() {
-                arr.set(i as u32, std::os::fd::AsRawFd::as_raw_fd(f), 0)?;
-            }
-        }
         let mut fault = Self {
             spec,
             plan: plan.clone(),
@@ -880,7 +901,13 @@ mod tests {
         a.after = 5;
         a.max = Some(7);
         a.percent = Some(50.0);
-        let c = SyscallSpec::from_args(&a).unwrap().config(1);
+        let c = SyscallSpec::from_args(&a)
+            .unwrap()
+            .config(&[(42, 1), (77, 3)]);
+        assert_eq!(
+            (c.n_targets, c.target_ids[1], c.target_levels[1]),
+            (2, 77, 3)
+        );
         assert_eq!(
             (c.after, c.max, c.threshold, c.errno),
             (5, 7, 1 << 31, libc::EACCES as u32)

@@ -7,6 +7,7 @@
 pub mod hybrid;
 pub mod limits;
 pub mod ramp;
+pub mod session;
 pub mod worker;
 pub mod workers;
 

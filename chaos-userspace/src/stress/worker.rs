@@ -8,7 +8,7 @@ use std::{
     io::{self, Write as _},
     os::unix::fs::FileExt as _,
     path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -205,7 +205,9 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
     reporter.send(&status)?;
     let result = match &args.kind {
         WorkerKind::Cpu { load } => {
-            cpu(*load, &clock);
+            let load = std::sync::Arc::new(AtomicU64::new(load.to_bits()));
+            follow_load_changes(load.clone());
+            cpu(&load, &clock);
             Ok(())
         }
         WorkerKind::Memory { bytes } => memory(*bytes, &clock, &mut status, &mut reporter),
@@ -249,6 +251,24 @@ fn name_self(kind: &WorkerKind) {
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong) };
 }
 
+/// The word before a new load on a CPU worker's stdin: "load 42.5".
+pub const CONTROL_LOAD: &str = "load";
+
+/// Reads new loads from stdin on a thread (the loader's pipe; EOF when it has nothing more to say).
+fn follow_load_changes(load: std::sync::Arc<AtomicU64>) {
+    std::thread::spawn(move || {
+        for line in io::stdin().lines().map_while(Result::ok) {
+            let mut words = line.split_whitespace();
+            if words.next() == Some(CONTROL_LOAD)
+                && let Some(Ok(pct)) = words.next().map(str::parse::<f64>)
+                && (0.0..=100.0).contains(&pct)
+            {
+                load.store(pct.to_bits(), Ordering::Relaxed);
+            }
+        }
+    });
+}
+
 /// The length of one busy/sleep cycle.
 const CPU_PERIOD: Duration = Duration::from_millis(50);
 
@@ -263,15 +283,16 @@ fn cpu_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// Busy for `load_pct` percent of each period, measured in CPU time the kernel gave this process (not
+/// Busy for `load` percent (it may change while running) of each period, measured in CPU time the kernel gave this process (not
 /// wall time), so a worker that is preempted makes up for it; what it could not make up within a period
 /// carries over, bounded to one period so a long starvation does not end in a long burst.
-fn cpu(load_pct: f64, clock: &RampClock) {
+fn cpu(load: &AtomicU64, clock: &RampClock) {
     let period = CPU_PERIOD.as_secs_f64();
     let mut carry = 0.0;
     while !stopping() {
         let start = Instant::now();
         let used_before = cpu_seconds();
+        let load_pct = f64::from_bits(load.load(Ordering::Relaxed));
         let due = load_pct / 100.0 * clock.fraction() * period + carry;
         let budget = due.clamp(0.0, period);
         while cpu_seconds() - used_before < budget && start.elapsed() < CPU_PERIOD {

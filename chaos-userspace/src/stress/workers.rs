@@ -2,10 +2,10 @@
 //! from the kernel (/proc, cpu.stat), and ending and reaping them, also when the loader fails midway.
 
 use std::{
-    io::{self, BufRead as _, BufReader},
+    io::{self, BufRead as _, BufReader, Write as _},
     os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, PoisonError},
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -43,6 +43,8 @@ pub struct Worker {
     pub kind: WorkerKind,
     pub pid: u32,
     child: Child,
+    /// CPU workers read their load from here while they run (see `worker::CONTROL_LOAD`).
+    control: Option<ChildStdin>,
     status: Arc<Mutex<WorkerStatus>>,
     reader: Option<JoinHandle<()>>,
     /// How it ended, once it has.
@@ -144,7 +146,12 @@ impl Workers {
                     &ramp.map_or(0, |r| r.as_nanos() as u64).to_string(),
                 ])
                 .args(kind.to_args())
-                .stdin(Stdio::null())
+                // A CPU worker's load can change while it runs (experiment ramps): a pipe to say so.
+                .stdin(if matches!(kind, WorkerKind::Cpu { .. }) {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
             // SAFETY: between fork and exec only async-signal-safe calls (prctl, signal) are made.
@@ -165,6 +172,7 @@ impl Workers {
                 kind: kind.name(),
                 source,
             })?;
+            let control = child.stdin.take();
             let status = Arc::new(Mutex::new(WorkerStatus::default()));
             let reader = child.stdout.take().map(|out| {
                 let status = status.clone();
@@ -181,6 +189,7 @@ impl Workers {
                 pid: child.id(),
                 kind,
                 child,
+                control,
                 status,
                 reader,
                 exit: None,
@@ -285,6 +294,17 @@ impl Workers {
             }
         }
         m
+    }
+
+    /// Tells every running CPU worker to aim at `pct` percent of one CPU from now on.
+    pub fn set_cpu_load(&mut self, pct: f64) -> io::Result<()> {
+        for w in self.list.iter_mut().filter(|w| w.exit.is_none()) {
+            if let Some(control) = w.control.as_mut() {
+                writeln!(control, "{} {pct}", super::worker::CONTROL_LOAD)?;
+                control.flush()?;
+            }
+        }
+        Ok(())
     }
 
     /// Ends every worker: SIGTERM, up to `grace` to report a last time, then SIGKILL; reaps them all.
