@@ -53,8 +53,7 @@ pub struct SyscallConfig {
     pub dst_port: u32,
     /// Bytes used in `prefix` (0 = any path).
     pub prefix_len: u32,
-    /// `-errno`, for LSM programs, which must return within [-4095, 0] provably to the verifier.
-    pub neg_errno: i32,
+    pub _pad: u32,
     /// Target cgroups for the host-wide hooks (LSM, kprobe): the current task is a target when its
     /// ancestor at `target_levels[i]` is `target_ids[i]` (bpf_get_current_ancestor_cgroup_id), which
     /// also covers cgroups created below a target later. A cgroup-array map would do the same, but
@@ -78,7 +77,7 @@ impl Default for SyscallConfig {
             dst_filter: 0,
             dst_port: 0,
             prefix_len: 0,
-            neg_errno: 0,
+            _pad: 0,
             target_ids: [0; MAX_SYSCALL_TARGETS as usize],
             target_levels: [0; MAX_SYSCALL_TARGETS as usize],
             prefix: [0; PATH_PREFIX_MAX],

@@ -46,6 +46,12 @@ static SYS_PATH_BUF: PerCpuArray<[u8; PATH_BUF]> = PerCpuArray::with_max_entries
 #[unsafe(no_mangle)]
 static FILE_F_PATH_OFFSET: u64 = 0;
 
+/// `-errno` for the LSM programs, set by the loader (the errno never changes during a run). A
+/// read-only global is an exact constant to the verifier, which insists an LSM program returns
+/// within [-4095, 0] and cannot follow a value read from a map through LLVM's spills.
+#[unsafe(no_mangle)]
+static LSM_NEG_ERRNO: u64 = 0;
+
 /// The errno to fail this call with, or None to let it through. `filtered_out` calls are counted but
 /// never fail. `--after` and `--max` use shared atomic counters, so they are exact across CPUs.
 #[inline(always)]
@@ -92,7 +98,9 @@ fn in_targets(cfg: &SyscallConfig) -> bool {
             return false;
         }
         // SAFETY: a helper reading the current task's cgroup ancestry.
-        if unsafe { bpf_get_current_ancestor_cgroup_id(cfg.target_levels[i] as i32) } == cfg.target_ids[i] {
+        if unsafe { bpf_get_current_ancestor_cgroup_id(cfg.target_levels[i] as i32) }
+            == cfg.target_ids[i]
+        {
             return true;
         }
         i += 1;
@@ -216,10 +224,8 @@ fn lsm_verdict(op: u32, filtered_out: impl FnOnce(&SyscallConfig) -> bool) -> i3
     if decide(cfg, op, filtered_out(cfg)).is_none() {
         return 0;
     }
-    // The verifier insists an LSM program returns within [-4095, 0] and can't follow a negation of a
-    // map value, so the loader stores -errno and these comparisons bound it on every path.
-    let ret = cfg.neg_errno;
-    if ret < -4095 || ret > 0 { 0 } else { ret }
+    // SAFETY: a read-only global of this object.
+    unsafe { core::ptr::read_volatile(&LSM_NEG_ERRNO) as i32 }
 }
 
 #[repr(C)]
@@ -332,13 +338,16 @@ const MAY_READ: i32 = 4;
 #[lsm(hook = "file_permission")]
 pub fn lsm_file_permission(ctx: LsmContext) -> i32 {
     let mask: i32 = ctx.arg(1);
-    if mask & MAY_WRITE != 0 {
-        lsm_verdict(OP_WRITE, |_| false)
+    // One verdict call: two inlined ones merge their results through a stack slot, which loses the
+    // [-4095, 0] bounds the verifier needs at exit.
+    let op = if mask & MAY_WRITE != 0 {
+        OP_WRITE
     } else if mask & MAY_READ != 0 {
-        lsm_verdict(OP_READ, |_| false)
+        OP_READ
     } else {
-        0
-    }
+        return 0;
+    };
+    lsm_verdict(op, |_| false)
 }
 
 #[lsm(hook = "inode_mkdir")]

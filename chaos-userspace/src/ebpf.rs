@@ -13,10 +13,14 @@ pub fn load() -> Result<Ebpf> {
         .context("loading kchaos's eBPF object (is this root, with BTF?)")
 }
 
-/// Loads the object with a read-only global set (the verifier sees it as a constant).
-pub fn load_with_global(name: &str, value: u64) -> Result<Ebpf> {
-    EbpfLoader::new()
-        .override_global(name, &value, true)
+/// Loads the object with read-only globals set (the verifier sees them as constants). Every global is
+/// a u64 in the object, so the value's bytes are its little-endian u64.
+pub fn load_with_globals(globals: &[(&str, u64)]) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for (name, value) in globals {
+        loader.override_global(name, value, true);
+    }
+    loader
         .load(OBJECT)
         .context("loading kchaos's eBPF object (is this root, with BTF?)")
 }

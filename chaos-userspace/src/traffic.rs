@@ -133,8 +133,26 @@ pub fn run(args: &TrafficArgs) -> Result<()> {
             ref dir,
         } => crate::syscall_helper::run(op, count, dir.as_deref(), &join)?,
     };
-    println!("{value}");
-    Ok(())
+    report(&value.to_string())
+}
+
+/// Prints the result line. A write fault on the target hits this write(2) too, so a failure is retried
+/// (up to 1000 times): the result must come out, whatever rate the fault runs at.
+fn report(line: &str) -> Result<()> {
+    use std::io::Write as _;
+    let bytes = format!("{line}\n");
+    let mut last = None;
+    for _ in 0..1000 {
+        // One write call per try, so a short or failed write never leaves half a line behind.
+        // SAFETY: writes our own buffer to fd 1.
+        let n = unsafe { libc::write(1, bytes.as_ptr().cast(), bytes.len()) };
+        if n == bytes.len() as isize {
+            return Ok(());
+        }
+        last = Some(io::Error::last_os_error());
+    }
+    let _ = std::io::stderr().flush();
+    Err(last.unwrap_or_else(|| io::Error::other("short write"))).context("writing the result")
 }
 
 fn bind_any(to: SocketAddr) -> io::Result<UdpSocket> {

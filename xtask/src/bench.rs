@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{build, setup};
 
@@ -10,10 +10,16 @@ use crate::{build, setup};
 pub struct BenchArgs {
     /// Which benchmark: net, syscall, stress.
     pub which: String,
+    /// Run it inside the Debian 6.12 test VM (net: also EDT delay precision beside netem, which needs
+    /// sch_fq). Under emulation absolute numbers mean little: read the ratios.
+    #[arg(long)]
+    pub vm: bool,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match args.which.as_str() {
+        "net" if args.vm => net_in_vm(),
+        _ if args.vm => bail!("--vm is for the net benchmark"),
         "net" => run_bin("bench-net"),
         "syscall" => run_bin("bench-syscall"),
         "stress" => crate::bench_stress::run(),
@@ -21,9 +27,46 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
 }
 
-/// Builds kchaos and a benchmark binary of the tests crate, then runs it with KCHAOS_BIN set.
-fn run_bin(name: &str) -> Result<()> {
+/// The net benchmark and the delay-precision test (kchaos beside netem, same boot) in the VM.
+fn net_in_vm() -> Result<()> {
     let kchaos = build::build_kchaos()?;
+    let bench = build_bin("bench-net")?;
+    let delay = crate::vm::cargo_tests::build_integration_tests()?
+        .into_iter()
+        .find(|t| t.name == "delay")
+        .context("no `delay` integration test executable")?;
+    let payloads = [
+        crate::vm::Payload {
+            name: "bench-net".into(),
+            binary: bench,
+            args: vec![],
+            cwd: None,
+        },
+        crate::vm::Payload {
+            name: "delay-precision".into(),
+            binary: delay.path,
+            args: ["--test-threads=1", "--nocapture", "edt_delay"]
+                .map(String::from)
+                .to_vec(),
+            cwd: None,
+        },
+    ];
+    let results = crate::vm::run_payloads(
+        None,
+        Some(&kchaos),
+        &payloads,
+        std::time::Duration::from_secs(20 * 60),
+    )?;
+    for r in &results {
+        if r.exit_code != 0 {
+            bail!("{} failed inside the VM (exit {})", r.name, r.exit_code);
+        }
+    }
+    Ok(())
+}
+
+/// Builds a binary of the tests crate; returns its path.
+fn build_bin(name: &str) -> Result<std::path::PathBuf> {
     let linker_dir = setup::ensure_bpf_linker()?;
     setup::step(&format!("building {name}"));
     setup::run_step(
@@ -40,8 +83,12 @@ fn run_bin(name: &str) -> Result<()> {
             .current_dir(setup::workspace_root())
             .env("PATH", build::path_with(&linker_dir)),
     )?;
-    setup::run_step(
-        name,
-        Command::new(build::target_dir().join("release").join(name)).env("KCHAOS_BIN", &kchaos),
-    )
+    Ok(build::target_dir().join("release").join(name))
+}
+
+/// Builds kchaos and a benchmark binary of the tests crate, then runs it with KCHAOS_BIN set.
+fn run_bin(name: &str) -> Result<()> {
+    let kchaos = build::build_kchaos()?;
+    let bin = build_bin(name)?;
+    setup::run_step(name, Command::new(bin).env("KCHAOS_BIN", &kchaos))
 }

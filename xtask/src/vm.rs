@@ -4,7 +4,7 @@
 //! Each payload's verdict is read from marker lines on the serial console, never from qemu's exit
 //! code: a panic, a timeout or a payload without its end marker is a failure.
 
-mod cargo_tests;
+pub mod cargo_tests;
 mod console;
 mod initramfs;
 mod kernel;

@@ -455,7 +455,6 @@ impl SyscallSpec {
             max: self.max.unwrap_or(u64::MAX),
             ops: self.ops.iter().fold(0, |m, &o| m | (1u64 << o)),
             errno: self.errno as u32,
-            neg_errno: -self.errno,
             n_targets: targets.len() as u32,
             dst_filter: u32::from(!self.dsts.is_empty()),
             dst_port: self.dsts.first().and_then(|p| p.port).map_or(0, u32::from),
@@ -648,14 +647,20 @@ impl SyscallFault {
 
     pub fn attach(spec: SyscallSpec, targets: &[Target]) -> Result<Self> {
         let plan = Self::preflight(&spec, targets)?;
-        let needs_path = spec.path_prefix.is_some()
-            && plan.iter().any(|&(o, b)| o == OP_OPEN && b == Backend::Lsm);
+        // The verifier checks the bpf_d_path call even when no prefix is set (it can't know), so the
+        // offset must be real whenever the LSM program for open is loaded.
+        let needs_path = plan.iter().any(|&(o, b)| o == OP_OPEN && b == Backend::Lsm);
         let f_path = if needs_path {
             crate::btf::member_offset("file", "f_path")?
         } else {
             0
         };
-        let mut ebpf = crate::ebpf::load_with_global("FILE_F_PATH_OFFSET", f_path)?;
+        // Read-only globals are constants to the verifier: LSM programs must provably return within
+        // [-4095, 0], and bpf_d_path needs a constant offset into struct file.
+        let mut ebpf = crate::ebpf::load_with_globals(&[
+            ("FILE_F_PATH_OFFSET", f_path),
+            ("LSM_NEG_ERRNO", (-(spec.errno as i64)) as u64),
+        ])?;
         let config = spec.config(&target_refs(targets)?);
         Array::<_, SyscallConfig>::try_from(ebpf.map_mut("SYS_CONFIG").context("map SYS_CONFIG")?)?
             .set(0, config, 0)?;
