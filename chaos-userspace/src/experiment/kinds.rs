@@ -1,6 +1,6 @@
 //! The fault kinds a scenario can use, and the one place a new kind plugs in.
 //!
-//! `syscall` and `stress` live in kind_syscall.rs and kind_stress.rs. To add a kind: add a variant to [`FaultKind`], its name to [`KINDS`], an
+//! `syscall`, `stress`, `pause` and `kill` live in kind_*.rs. To add a kind: add a variant to [`FaultKind`], its name to [`KINDS`], an
 //! arm to each `match` in this file (parse, describe, ramps, intensity, conflicts, rollback advice,
 //! attach), and its ramp-able parameters to [`INTENSITY_PARAMS`]. The scenario reader, validation, the
 //! timeline, the runner, the budget and the report only talk to [`FaultKind`] and [`ActiveFault`].
@@ -11,6 +11,8 @@ use anyhow::Result;
 
 use super::{
     fields::{Ctx, join},
+    kind_kill::{self, KillFault, KillSpec},
+    kind_pause::{self, PauseFault, PauseSpec},
     kind_stress::{self, StressFault},
     kind_syscall,
     review::Risk,
@@ -29,7 +31,10 @@ use crate::{
 };
 
 /// Every kind a scenario may name under `faults[].<kind>`.
-pub const KINDS: &[&str] = &["net", "syscall", "stress"];
+pub const KINDS: &[&str] = &["net", "syscall", "stress", "pause", "kill"];
+
+/// Kinds that are an instant event at `at` rather than a window: they take no `for`.
+pub const INSTANT_KINDS: &[&str] = &["kill"];
 
 /// The unit of a ramp-able parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -76,6 +81,8 @@ pub enum FaultKind {
     Net(NetSpec),
     Syscall(SyscallSpec),
     Stress(StressSpec),
+    Pause(PauseSpec),
+    Kill(KillSpec),
 }
 
 const NET_FIELDS: &[&str] = &[
@@ -102,6 +109,8 @@ impl FaultKind {
             "net" => parse_net(ctx, node, path, ramped).map(FaultKind::Net),
             "syscall" => kind_syscall::parse(ctx, node, path, ramped).map(FaultKind::Syscall),
             "stress" => kind_stress::parse(ctx, node, path, ramped).map(FaultKind::Stress),
+            "pause" => kind_pause::parse(ctx, node, path).map(FaultKind::Pause),
+            "kill" => kind_kill::parse(ctx, node, path).map(FaultKind::Kill),
             _ => None,
         }
     }
@@ -111,6 +120,8 @@ impl FaultKind {
             FaultKind::Net(_) => "net",
             FaultKind::Syscall(_) => "syscall",
             FaultKind::Stress(_) => "stress",
+            FaultKind::Pause(_) => "pause",
+            FaultKind::Kill(_) => "kill",
         }
     }
 
@@ -119,7 +130,14 @@ impl FaultKind {
             FaultKind::Net(spec) => format!("net: {}", spec.describe()),
             FaultKind::Syscall(spec) => format!("syscall: {}", spec.describe()),
             FaultKind::Stress(spec) => format!("stress: {}", spec.describe()),
+            FaultKind::Pause(spec) => format!("pause: {}", spec.describe()),
+            FaultKind::Kill(spec) => format!("kill: {}", spec.describe()),
         }
+    }
+
+    /// An instant event at `at` (no `for`), rather than a window.
+    pub fn is_instant(&self) -> bool {
+        INSTANT_KINDS.contains(&self.name())
     }
 
     /// The ramp-able parameters of this kind.
@@ -128,6 +146,7 @@ impl FaultKind {
             FaultKind::Net(_) => &["drop", "delay"],
             FaultKind::Syscall(_) => kind_syscall::RAMP_PARAMS,
             FaultKind::Stress(_) => kind_stress::RAMP_PARAMS,
+            FaultKind::Pause(_) | FaultKind::Kill(_) => &[],
         }
     }
 
@@ -153,6 +172,10 @@ impl FaultKind {
             },
             FaultKind::Syscall(_) => kind_syscall::check_param(param, value),
             FaultKind::Stress(_) => kind_stress::check_param(param, value),
+            FaultKind::Pause(_) | FaultKind::Kill(_) => Err(format!(
+                "a {} fault cannot ramp '{param}': it has no ramp-able parameter",
+                self.name()
+            )),
         }
     }
 
@@ -176,6 +199,7 @@ impl FaultKind {
                     cpu.load_pct = start;
                 }
             }
+            FaultKind::Pause(_) | FaultKind::Kill(_) => {}
         }
     }
 
@@ -202,6 +226,7 @@ impl FaultKind {
                 .map(|c| ("cpu_load", c.load_pct))
                 .into_iter()
                 .collect(),
+            FaultKind::Pause(_) | FaultKind::Kill(_) => Vec::new(),
         }
     }
 
@@ -224,6 +249,11 @@ impl FaultKind {
                  told apart: merge them into one fault (cpu, memory, io, fds together), or move one"
                     .into(),
             ),
+            (FaultKind::Pause(_), FaultKind::Pause(_)) => Some(
+                "two pauses of one target at once would share one cgroup.freeze, and the first to end \
+                 would thaw it under the other: merge them into one, or move one so they do not overlap"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -236,6 +266,8 @@ impl FaultKind {
     ) -> Vec<(Risk, &'static str, String)> {
         match self {
             FaultKind::Stress(spec) => kind_stress::target_findings(spec, target, cgroup_root),
+            FaultKind::Pause(_) => kind_pause::target_findings(target),
+            FaultKind::Kill(spec) => kind_kill::target_findings(spec, target),
             FaultKind::Net(_) | FaultKind::Syscall(_) => Vec::new(),
         }
     }
@@ -257,14 +289,34 @@ impl FaultKind {
                  application"
                     .into(),
             )),
-            FaultKind::Syscall(_) | FaultKind::Stress(_) => None,
+            FaultKind::Kill(spec) if spec.signal == crate::process_faults::signal::Signal::KILL => {
+                Some((
+                    Risk::Low,
+                    "killed processes stay dead unless something restarts them (a supervisor, the \
+                     container runtime); kchaos does not"
+                        .into(),
+                ))
+            }
+            FaultKind::Syscall(_) | FaultKind::Stress(_) | FaultKind::Pause(_) | FaultKind::Kill(_) => {
+                None
+            }
         }
     }
 
-    /// Whether the kernel stops it at its deadline by itself (a stress load is userspace workers that
-    /// the runner stops, or kchaos's death kills).
-    pub fn kernel_deadline(&self) -> bool {
-        !matches!(self, FaultKind::Stress(_))
+    /// The plan's line for the fault's end (None for an instant event, which has none).
+    pub fn end_step(&self, name: &str) -> Option<String> {
+        Some(match self {
+            FaultKind::Kill(_) => return None,
+            FaultKind::Pause(_) => {
+                format!("thaw '{name}' (its guard thaws if kchaos dies; `kchaos stop` if both die)")
+            }
+            FaultKind::Stress(_) => {
+                format!("stop '{name}': its workers end (they die with kchaos too)")
+            }
+            FaultKind::Net(_) | FaultKind::Syscall(_) => {
+                format!("detach '{name}' (the kernel stops it by itself at this deadline too)")
+            }
+        })
     }
 
     /// Checks what this fault needs from the kernel, before anything is attached.
@@ -272,7 +324,7 @@ impl FaultKind {
         match self {
             FaultKind::Net(spec) => NetFault::preflight(spec),
             FaultKind::Syscall(spec) => kind_syscall::preflight(spec),
-            FaultKind::Stress(_) => Ok(()),
+            FaultKind::Stress(_) | FaultKind::Pause(_) | FaultKind::Kill(_) => Ok(()),
         }
     }
 
@@ -286,6 +338,9 @@ impl FaultKind {
             FaultKind::Net(spec) => Ok(Box::new(NetFault::attach(spec.clone(), targets, journal)?)),
             FaultKind::Syscall(spec) => Ok(Box::new(SyscallFault::attach(spec.clone(), targets)?)),
             FaultKind::Stress(spec) => Ok(Box::new(StressFault::start(spec, targets, journal)?)),
+            FaultKind::Pause(_) => Ok(Box::new(PauseFault::start(targets, journal)?)),
+            // The signal goes out here: an instant event is attached, counted and detached at once.
+            FaultKind::Kill(spec) => Ok(Box::new(KillFault::fire(spec, targets)?)),
         }
     }
 
@@ -305,6 +360,9 @@ impl FaultKind {
             // A load is not a count of events; its intensity is cpu_load, and the report has the
             // achieved load in the counters.
             FaultKind::Stress(_) => 0,
+            // Each process frozen, or signalled, is one event.
+            FaultKind::Pause(_) => counters.get("processes").copied().unwrap_or(0),
+            FaultKind::Kill(_) => counters.get("signalled").copied().unwrap_or(0),
         }
     }
 }
@@ -376,6 +434,11 @@ pub trait ActiveFault {
     fn counters(&self) -> Result<BTreeMap<String, u64>>;
     /// What was attached where, one line each.
     fn attachments(&self) -> Vec<String>;
+    /// Stops injecting before the last counters are read (a pause thaws here, so its frozen time ends
+    /// at the thaw); detach follows.
+    fn stop(&mut self, _journal: &mut Journal) -> Result<()> {
+        Ok(())
+    }
     /// Detaches now.
     fn detach(self: Box<Self>, journal: &mut Journal) -> Result<()>;
 }

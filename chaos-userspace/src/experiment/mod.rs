@@ -9,6 +9,8 @@ pub mod diagnostic;
 pub mod fields;
 pub mod html;
 pub mod junit;
+pub mod kind_kill;
+pub mod kind_pause;
 pub mod kind_stress;
 pub mod kind_syscall;
 pub mod kinds;

@@ -52,13 +52,17 @@ pub fn timeline(s: &Scenario, targets: &[ResolvedTarget]) -> Vec<PlanStep> {
     for f in &s.faults {
         steps.push(PlanStep {
             at_ms: ms(before + f.at),
-            what: format!(
-                "attach + arm '{}' [{}] on {} for {}",
-                f.name,
-                f.describe(),
-                where_(&f.targets),
-                format_duration(f.duration)
-            ),
+            what: if f.kind.is_instant() {
+                format!("'{}' [{}] on {}", f.name, f.describe(), where_(&f.targets))
+            } else {
+                format!(
+                    "attach + arm '{}' [{}] on {} for {}",
+                    f.name,
+                    f.describe(),
+                    where_(&f.targets),
+                    format_duration(f.duration)
+                )
+            },
         });
         for r in &f.ramps {
             let step = r.step.max(Duration::from_millis(100));
@@ -76,20 +80,12 @@ pub fn timeline(s: &Scenario, targets: &[ResolvedTarget]) -> Vec<PlanStep> {
                 t += step;
             }
         }
-        steps.push(PlanStep {
-            at_ms: ms(before + f.end()),
-            what: if f.kind.kernel_deadline() {
-                format!(
-                    "detach '{}' (the kernel stops it by itself at this deadline too)",
-                    f.name
-                )
-            } else {
-                format!(
-                    "stop '{}': its workers end (they die with kchaos too)",
-                    f.name
-                )
-            },
-        });
+        if let Some(what) = f.kind.end_step(&f.name) {
+            steps.push(PlanStep {
+                at_ms: ms(before + f.end()),
+                what,
+            });
+        }
     }
     let method_end = before + s.method_length();
     if !probe_names.is_empty() {

@@ -216,6 +216,10 @@ pub async fn execute(setup: Setup) -> Result<Report> {
             format!("faults for {}", format_duration(s.method_length())),
         );
         stop = run.pump(start + s.method_length(), true).await?;
+        if stop.is_none() {
+            // A last step at the end of the timeline: an instant event due right there still happens.
+            stop = run.tick_method(Instant::now()).map(Stop::Abort);
+        }
         if stop.is_some() {
             let decided = Instant::now();
             let n = run.detach_all("abort");
@@ -481,6 +485,21 @@ impl Run<'_> {
             if self.faults[i].done {
                 continue;
             }
+            // Its end is its start: it happens (attach), is counted and is detached in one step.
+            if decl.kind.is_instant() {
+                if elapsed < decl.at {
+                    continue;
+                }
+                let end_ns = self.method_start_ns + decl.end().as_nanos() as u64;
+                let attached = self.attach(i, Duration::ZERO, end_ns);
+                self.detach(i, "instant event");
+                if let Err(e) = attached {
+                    let why = format!("'{}' failed: {e:#}", decl.name);
+                    self.event("fault.error", why.clone());
+                    return Some(why);
+                }
+                continue;
+            }
             if elapsed >= decl.end() {
                 self.detach(i, "end of its time");
                 continue;
@@ -620,15 +639,16 @@ impl Run<'_> {
     fn detach(&mut self, i: usize, why: &str) {
         let f = &mut self.faults[i];
         f.done = true;
-        let Some(active) = f.active.take() else {
+        let Some(mut active) = f.active.take() else {
             return;
         };
         let decl = &self.s.faults[f.index];
+        let stopped = active.stop(&mut self.journal);
         if let Ok(c) = active.counters() {
             f.record.injected_events = decl.kind.injected_events(&c);
             f.record.counters = c;
         }
-        let result = active.detach(&mut self.journal);
+        let result = stopped.and(active.detach(&mut self.journal));
         let t = self.ms();
         let f = &mut self.faults[i];
         f.record.end_ms = Some(t);

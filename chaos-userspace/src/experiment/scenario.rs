@@ -731,10 +731,28 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
             Some(n) => ctx.duration(n, &f.path_of("at")),
             None => Some(Duration::ZERO),
         };
-        let duration = ctx
-            .required(&f, "for", "how long the fault lasts, e.g. for: 10s")
-            .and_then(|n| ctx.duration(n, &f.path_of("for")));
-        if duration.is_some_and(|d| d.is_zero()) {
+        // An instant kind (kill) happens at `at` and lasts nothing: `for` would promise a window.
+        let instant = kinds::INSTANT_KINDS
+            .iter()
+            .find(|k| f.get(k).is_some())
+            .copied();
+        let duration = match (instant, f.get("for")) {
+            (Some(kind), Some(n)) => {
+                ctx.err(
+                    n.mark,
+                    &f.path_of("for"),
+                    format!(
+                        "a {kind} fault is an instant event at its at: remove for (it has no duration)"
+                    ),
+                );
+                None
+            }
+            (Some(_), None) => Some(Duration::ZERO),
+            (None, _) => ctx
+                .required(&f, "for", "how long the fault lasts, e.g. for: 10s")
+                .and_then(|n| ctx.duration(n, &f.path_of("for"))),
+        };
+        if instant.is_none() && duration.is_some_and(|d| d.is_zero()) {
             ctx.err(
                 f.get("for").map_or(f.mark, |n| n.mark),
                 &f.path_of("for"),

@@ -1,4 +1,5 @@
 //! `kchaos kill`: signal random processes of the target cgroups (or all of them), never kchaos itself.
+//! [`signal_processes`] does it for the command and for the `kill` fault kind of scenarios.
 
 use std::{
     fs, io,
@@ -43,13 +44,107 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let mut text = format!("{} {}", self.pid, self.comm);
         if !self.cmdline.is_empty() {
             text += &format!(" ({})", self.cmdline);
         }
         text + &format!(" in {}", self.cgroup.display())
     }
+}
+
+/// Who gets the signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Victims {
+    /// Every process of the targets.
+    All,
+    /// This many, picked at random (all of them when there are no more).
+    Count(usize),
+}
+
+/// What happened to one victim.
+#[derive(Debug)]
+pub enum Sent {
+    Signalled,
+    /// It ended between listing and signalling.
+    AlreadyGone,
+    Failed(io::Error),
+}
+
+/// The outcome of [`signal_processes`].
+#[derive(Debug)]
+pub struct KillReport {
+    pub signal: Signal,
+    /// The targets, comma-separated.
+    pub where_: String,
+    /// kchaos processes left out.
+    pub skipped: usize,
+    /// Processes that could have been picked.
+    pub candidates: usize,
+    /// Whether SIGKILL went through cgroup.kill (every process of the trees, at once).
+    pub whole_tree: bool,
+    pub victims: Vec<(Candidate, Sent)>,
+}
+
+impl KillReport {
+    pub fn signalled(&self) -> usize {
+        self.count(|s| matches!(s, Sent::Signalled))
+    }
+
+    pub fn already_gone(&self) -> usize {
+        self.count(|s| matches!(s, Sent::AlreadyGone))
+    }
+
+    pub fn failed(&self) -> usize {
+        self.count(|s| matches!(s, Sent::Failed(_)))
+    }
+
+    fn count(&self, what: impl Fn(&Sent) -> bool) -> usize {
+        self.victims.iter().filter(|(_, s)| what(s)).count()
+    }
+
+    /// What was done, then one line per victim.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.skipped > 0 {
+            out.push(format!(
+                "leaving out {} kchaos process(es) in {}",
+                self.skipped, self.where_
+            ));
+        }
+        out.push(if self.whole_tree {
+            format!(
+                "SIGKILL to every process of {} through cgroup.kill ({} at the time):",
+                self.where_, self.candidates
+            )
+        } else {
+            format!(
+                "{} to {} of {} process(es) in {}:",
+                self.signal,
+                self.victims.len(),
+                self.candidates,
+                self.where_
+            )
+        });
+        for (c, sent) in &self.victims {
+            let outcome = match sent {
+                Sent::Signalled => "signalled".to_owned(),
+                Sent::AlreadyGone => "already gone:".to_owned(),
+                Sent::Failed(e) => format!("could not signal ({e}):"),
+            };
+            out.push(format!("  {outcome} {}", c.describe()));
+        }
+        out
+    }
+}
+
+/// Listing the processes of a target failed.
+#[derive(Debug, thiserror::Error)]
+#[error("listing the processes of {}: {source}", path.display())]
+pub struct ListError {
+    pub path: PathBuf,
+    pub source: io::Error,
 }
 
 pub fn run(cmd: KillCommand) -> Result<()> {
@@ -61,79 +156,113 @@ pub fn run(cmd: KillCommand) -> Result<()> {
         "it signals processes of other users and containers",
     )?;
     let targets = targets::resolve(&cmd.targets)?;
-    let (candidates, skipped) = candidates(&targets)?;
-    let where_ = targets
-        .iter()
-        .map(|t| t.path.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if skipped > 0 {
-        println!("kchaos kill: leaving out {skipped} kchaos process(es) in {where_}");
-    }
-    if candidates.is_empty() {
-        bail!("no process to signal in {where_}: nothing was signalled");
-    }
-    let total = candidates.len();
-
-    // cgroup.kill ends the whole tree at once, including processes forked while we look; it is only
-    // right when everything there is a victim (and kchaos is not).
-    let whole_tree = cmd.all
-        && cmd.signal == Signal::KILL
-        && skipped == 0
-        && !targets.iter().any(|t| holds_this_process(&t.path));
-    if whole_tree && kill_trees(&targets).is_ok() {
-        println!(
-            "kchaos kill: SIGKILL to every process of {where_} through cgroup.kill ({total} at the time):"
-        );
-        for c in &candidates {
-            println!("  signalled {}", c.describe());
-        }
-        return Ok(());
-    }
-
     let victims = if cmd.all {
-        candidates
+        Victims::All
     } else {
-        pick(candidates, cmd.count.unwrap_or(1))
+        Victims::Count(cmd.count.unwrap_or(1))
     };
-    println!(
-        "kchaos kill: {} to {} of {total} process(es) in {where_}:",
-        cmd.signal,
-        victims.len()
-    );
-    let mut failed = 0;
-    for v in &victims {
-        // SAFETY: plain kill(2).
-        let outcome = if unsafe { libc::kill(v.pid as i32, cmd.signal.number) } == 0 {
-            "signalled".to_owned()
-        } else {
-            match io::Error::last_os_error() {
-                e if e.raw_os_error() == Some(libc::ESRCH) => "already gone:".to_owned(),
-                e => {
-                    failed += 1;
-                    format!("could not signal ({e}):")
-                }
-            }
-        };
-        println!("  {outcome} {}", v.describe());
+    let report = signal_processes(&targets, victims, cmd.signal)?;
+    if report.candidates == 0 {
+        if report.skipped > 0 {
+            println!(
+                "kchaos kill: leaving out {} kchaos process(es) in {}",
+                report.skipped, report.where_
+            );
+        }
+        bail!(
+            "no process to signal in {}: nothing was signalled",
+            report.where_
+        );
     }
+    for line in report.lines() {
+        // Victims are indented under the line that says what was done.
+        if line.starts_with(' ') {
+            println!("{line}");
+        } else {
+            println!("kchaos kill: {line}");
+        }
+    }
+    let failed = report.failed();
     if failed > 0 {
         bail!("{failed} process(es) could not be signalled; see above");
     }
     Ok(())
 }
 
+/// Sends `signal` to the chosen processes of the targets' trees, never to kchaos itself; used by
+/// `kchaos kill` and the `kill` fault kind of scenarios. No candidate is not an error: the report says
+/// so (no victims).
+pub fn signal_processes(
+    targets: &[Target],
+    victims: Victims,
+    signal: Signal,
+) -> Result<KillReport, ListError> {
+    let (candidates, skipped) = candidates(targets)?;
+    let where_ = targets
+        .iter()
+        .map(|t| t.path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let total = candidates.len();
+    let mut report = KillReport {
+        signal,
+        where_,
+        skipped,
+        candidates: total,
+        whole_tree: false,
+        victims: Vec::new(),
+    };
+    if candidates.is_empty() {
+        return Ok(report);
+    }
+
+    // cgroup.kill ends the whole tree at once, including processes forked while we look; it is only
+    // right when everything there is a victim (and kchaos is not).
+    let whole_tree = victims == Victims::All
+        && signal == Signal::KILL
+        && skipped == 0
+        && !targets.iter().any(|t| holds_this_process(&t.path));
+    if whole_tree && kill_trees(targets).is_ok() {
+        report.whole_tree = true;
+        report.victims = candidates
+            .into_iter()
+            .map(|c| (c, Sent::Signalled))
+            .collect();
+        return Ok(report);
+    }
+
+    let chosen = match victims {
+        Victims::All => candidates,
+        Victims::Count(n) => pick(candidates, n),
+    };
+    for v in chosen {
+        // SAFETY: plain kill(2).
+        let sent = if unsafe { libc::kill(v.pid as i32, signal.number) } == 0 {
+            Sent::Signalled
+        } else {
+            match io::Error::last_os_error() {
+                e if e.raw_os_error() == Some(libc::ESRCH) => Sent::AlreadyGone,
+                e => Sent::Failed(e),
+            }
+        };
+        report.victims.push((v, sent));
+    }
+    Ok(report)
+}
+
 /// The processes of the targets' trees, leaving out kchaos itself and its stress workers (processes of
 /// this very executable); also returns how many were left out.
-pub fn candidates(targets: &[Target]) -> Result<(Vec<Candidate>, usize)> {
+pub fn candidates(targets: &[Target]) -> Result<(Vec<Candidate>, usize), ListError> {
     let me = std::process::id();
     let own_exe = fs::metadata("/proc/self/exe")
         .ok()
         .map(|m| (m.dev(), m.ino()));
     let mut found = Vec::new();
     for t in targets {
-        walk(&t.path, &mut found)
-            .map_err(|e| anyhow::anyhow!("listing the processes of {}: {e}", t.path.display()))?;
+        walk(&t.path, &mut found).map_err(|source| ListError {
+            path: t.path.clone(),
+            source,
+        })?;
     }
     found.sort_by_key(|(pid, _)| *pid);
     found.dedup_by_key(|(pid, _)| *pid);

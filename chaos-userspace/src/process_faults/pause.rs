@@ -1,4 +1,5 @@
-//! `kchaos pause`: freeze the target cgroups (cgroup.freeze) for a while, then thaw them.
+//! `kchaos pause`: freeze the target cgroups (cgroup.freeze) for a while, then thaw them. [`Freeze`]
+//! does the freezing and thawing for it and for the `pause` fault kind of scenarios.
 //!
 //! A frozen cgroup stays frozen when the process that froze it dies, so two things thaw it besides the
 //! loader itself: a guard process (`kchaos pause-guard`, a child in its own process group that the
@@ -15,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::{holds_this_process, require_root};
 use crate::{
@@ -51,7 +52,7 @@ pub struct GuardArgs {
 }
 
 /// How long freezing or thawing may take before the run says so.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(cmd: PauseCommand) -> Result<()> {
     // From here on a Ctrl-C or SIGTERM ends the run through the thaw, even during setup.
@@ -65,31 +66,19 @@ pub async fn run(cmd: PauseCommand) -> Result<()> {
     )?;
     let targets = targets::resolve(&cmd.targets)?;
     let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
+    // Refusals first, as bad input, before anything is journaled or frozen.
     for p in &paths {
         check_freezable(p)?;
     }
 
     let mut journal =
         Journal::create("pause").context("writing the run record under /run/kchaos")?;
-    let mut guard = Guard::start(&paths).context("starting the thaw guard")?;
-    for p in &paths {
-        journal
-            .add(Residue::FrozenCgroup { path: p.clone() })
-            .context("journaling the freeze")?;
-        fs::write(p.join("cgroup.freeze"), "1")
-            .with_context(|| format!("freezing {}", p.display()))?;
-    }
-    let frozen_at = Instant::now();
-    let settled = wait_frozen(&paths, true, SETTLE_TIMEOUT);
-    let names = paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    match settled {
+    let mut freeze = Freeze::start(&paths, &mut journal)?;
+    let names = freeze.names();
+    match freeze.wait_frozen(SETTLE_TIMEOUT) {
         Ok(took) => println!(
             "kchaos pause: froze {names} ({}) in {:.1} ms",
-            processes(process_count(&paths)),
+            processes(freeze.processes()),
             took.as_secs_f64() * 1e3
         ),
         Err(p) => println!(
@@ -134,42 +123,189 @@ pub async fn run(cmd: PauseCommand) -> Result<()> {
     )
     .await?;
 
-    let frozen_for = frozen_at.elapsed();
-    let mut failed = Vec::new();
-    for p in &paths {
-        let residue = Residue::FrozenCgroup { path: p.clone() };
-        match residue.undo() {
-            Ok(()) => {
-                let _ = journal.remove(&residue);
-            }
-            Err(e) => failed.push(format!("{}: {e}", p.display())),
-        }
-    }
-    let thawed = wait_frozen(&paths, false, SETTLE_TIMEOUT);
-    guard.dismiss();
-    if !failed.is_empty() {
-        bail!(
-            "could not thaw {}; `kchaos stop` retries",
-            failed.join(", ")
-        );
-    }
-    match thawed {
-        Ok(took) => println!(
-            "kchaos pause: {names} frozen for {:.2}s, ended: {reason}; thawed in {:.1} ms",
-            frozen_for.as_secs_f64(),
-            took.as_secs_f64() * 1e3
-        ),
-        Err(p) => bail!(
-            "{} still reports frozen {}s after cgroup.freeze was set to 0",
-            p.display(),
-            SETTLE_TIMEOUT.as_secs()
-        ),
-    }
+    // Counted from the request when the kernel never reported the whole tree frozen.
+    let frozen_for = freeze
+        .frozen_for()
+        .unwrap_or_else(|| freeze.asked_at.elapsed());
+    let took = freeze.thaw(&mut journal, SETTLE_TIMEOUT)?;
+    println!(
+        "kchaos pause: {names} frozen for {:.2}s, ended: {reason}; thawed in {:.1} ms",
+        frozen_for.as_secs_f64(),
+        took.as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
+/// Why a freeze could not be made or undone.
+#[derive(Debug, thiserror::Error)]
+pub enum FreezeError {
+    #[error(transparent)]
+    Refused(#[from] BadInput),
+    #[error("starting the thaw guard: {0}")]
+    Guard(#[source] io::Error),
+    #[error("journaling the freeze of {path}: {source}")]
+    Journal { path: PathBuf, source: io::Error },
+    #[error("freezing {path}: {source}")]
+    Freeze { path: PathBuf, source: io::Error },
+    #[error("could not thaw {0}; `kchaos stop` retries")]
+    Thaw(String),
+    #[error("{path} still reports frozen {secs}s after cgroup.freeze was set to 0")]
+    StillFrozen { path: PathBuf, secs: u64 },
+}
+
+/// Cgroups frozen by this process, with the guard that thaws them if it dies. Used by `kchaos pause`
+/// and by the `pause` fault kind of scenarios.
+///
+/// Dropping it without [`Freeze::thaw`] thaws too (best effort; the journal keeps the entries, so its
+/// own drop or `kchaos stop` retries).
+pub struct Freeze {
+    paths: Vec<PathBuf>,
+    /// The paths whose cgroup.freeze was (or may have been) set to 1.
+    asked: Vec<PathBuf>,
+    guard: Guard,
+    /// When cgroup.freeze was set.
+    pub asked_at: Instant,
+    /// When the kernel first reported every path frozen (cgroup.events "frozen 1").
+    frozen_at: Option<Instant>,
+    thawed_at: Option<Instant>,
+    /// Processes in the trees when they were seen frozen (or asked to freeze, until then).
+    processes: usize,
+}
+
+impl Freeze {
+    /// Checks each path, starts the guard, journals each freeze and asks the kernel for it. Call it on
+    /// the main thread (the guard's PR_SET_PDEATHSIG fires when the forking thread ends).
+    pub fn start(paths: &[PathBuf], journal: &mut Journal) -> Result<Self, FreezeError> {
+        for p in paths {
+            check_freezable(p)?;
+        }
+        let guard = Guard::start(paths).map_err(FreezeError::Guard)?;
+        let mut freeze = Self {
+            paths: paths.to_vec(),
+            asked: Vec::new(),
+            guard,
+            asked_at: Instant::now(),
+            frozen_at: None,
+            thawed_at: None,
+            processes: 0,
+        };
+        for p in paths {
+            // Journaled before the write: a SIGKILL between the two still leaves `kchaos stop` a note.
+            journal
+                .add(Residue::FrozenCgroup { path: p.clone() })
+                .map_err(|source| FreezeError::Journal {
+                    path: p.clone(),
+                    source,
+                })?;
+            freeze.asked.push(p.clone());
+            fs::write(p.join("cgroup.freeze"), "1").map_err(|source| FreezeError::Freeze {
+                path: p.clone(),
+                source,
+            })?;
+        }
+        freeze.asked_at = Instant::now();
+        freeze.processes = process_count(paths);
+        Ok(freeze)
+    }
+
+    /// The paths, comma-separated.
+    pub fn names(&self) -> String {
+        self.paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Waits until the kernel reports every path frozen; returns how long that took from the request,
+    /// or the first path not frozen after `timeout`.
+    pub fn wait_frozen(&mut self, timeout: Duration) -> Result<Duration, PathBuf> {
+        let waited = wait_frozen(&self.paths, true, timeout);
+        if waited.is_ok() {
+            self.poll();
+        }
+        waited.map(|_| self.freeze_latency().unwrap_or_default())
+    }
+
+    /// Notes the moment the whole tree is first seen frozen; true once it has been.
+    pub fn poll(&mut self) -> bool {
+        if self.frozen_at.is_none()
+            && self.thawed_at.is_none()
+            && self.paths.iter().all(|p| is_frozen(p))
+        {
+            self.frozen_at = Some(Instant::now());
+            self.processes = process_count(&self.paths);
+        }
+        self.frozen_at.is_some()
+    }
+
+    /// From the request to the kernel's "frozen 1".
+    pub fn freeze_latency(&self) -> Option<Duration> {
+        self.frozen_at.map(|f| f - self.asked_at)
+    }
+
+    /// From the kernel's "frozen 1" to the thaw (or to now, while frozen).
+    pub fn frozen_for(&self) -> Option<Duration> {
+        self.frozen_at
+            .map(|f| self.thawed_at.unwrap_or_else(Instant::now) - f)
+    }
+
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    pub fn is_thawed(&self) -> bool {
+        self.thawed_at.is_some()
+    }
+
+    /// Thaws every path, forgets them in the journal, dismisses the guard, and waits up to `timeout`
+    /// for the kernel to report them thawed; returns how long that took. A second call does nothing.
+    pub fn thaw(
+        &mut self,
+        journal: &mut Journal,
+        timeout: Duration,
+    ) -> Result<Duration, FreezeError> {
+        if self.thawed_at.is_some() {
+            return Ok(Duration::ZERO);
+        }
+        self.poll();
+        self.thawed_at = Some(Instant::now());
+        let mut failed = Vec::new();
+        for p in &self.asked {
+            let residue = Residue::FrozenCgroup { path: p.clone() };
+            match residue.undo() {
+                Ok(()) => {
+                    let _ = journal.remove(&residue);
+                }
+                Err(e) => failed.push(format!("{}: {e}", p.display())),
+            }
+        }
+        let thawed = wait_frozen(&self.asked, false, timeout);
+        // The guard is dismissed only once nothing is left for it to do.
+        if failed.is_empty() {
+            self.guard.dismiss();
+        }
+        self.asked.clear();
+        if !failed.is_empty() {
+            return Err(FreezeError::Thaw(failed.join(", ")));
+        }
+        thawed.map_err(|path| FreezeError::StillFrozen {
+            path,
+            secs: timeout.as_secs(),
+        })
+    }
+}
+
+impl Drop for Freeze {
+    fn drop(&mut self) {
+        for p in &self.asked {
+            let _ = fs::write(p.join("cgroup.freeze"), "0");
+        }
+    }
+}
+
 /// Refuses what kchaos must not or cannot freeze.
-fn check_freezable(path: &Path) -> Result<(), BadInput> {
+pub fn check_freezable(path: &Path) -> Result<(), BadInput> {
     if holds_this_process(path) {
         // Even with --allow-host: a frozen kchaos could never thaw it.
         return Err(BadInput::new(format!(

@@ -1,0 +1,252 @@
+//! The `pause` fault kind of scenarios: the target cgroups frozen (cgroup.freeze) for the fault's
+//! window and thawed at its end, through the same [`Freeze`] as `kchaos pause` (journaled, with a guard
+//! that thaws if kchaos dies). `kinds.rs` dispatches to it.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::Result;
+
+use super::{
+    fields::Ctx,
+    kinds::ActiveFault,
+    review::Risk,
+    yaml::{Node, Value},
+};
+use crate::{
+    journal::Journal,
+    process_faults::{
+        holds_this_process,
+        pause::{self, Freeze},
+    },
+    targets::Target,
+};
+
+/// What a pause fault does; it has no parameters (its window is the fault's `at` and `for`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PauseSpec {}
+
+impl PauseSpec {
+    pub fn describe(&self) -> String {
+        "freeze every process of the target (cgroup.freeze), thaw at the end".into()
+    }
+}
+
+/// How long attach waits for the kernel's "frozen 1" before the runner's ticks look for it instead:
+/// long enough for a tree of busy processes, short enough not to hold up the timeline.
+const ATTACH_SETTLE: Duration = Duration::from_millis(200);
+
+/// Reads `pause: {}` (or a bare `pause:`).
+pub fn parse(ctx: &mut Ctx, node: &Node, path: &str) -> Option<PauseSpec> {
+    match &node.value {
+        Value::Null => Some(PauseSpec {}),
+        Value::Map(entries) if entries.is_empty() => Some(PauseSpec {}),
+        Value::Map(entries) => {
+            for (k, _) in entries {
+                ctx.err(
+                    k.mark,
+                    &super::fields::join(path, &k.name),
+                    format!(
+                        "unknown field '{}': pause has no fields (it freezes the targets for the \
+                         fault's for): write pause: {{}}",
+                        k.name
+                    ),
+                );
+            }
+            None
+        }
+        other => {
+            ctx.err(
+                node.mark,
+                path,
+                format!("expected pause: {{}}, found {}", other.kind()),
+            );
+            None
+        }
+    }
+}
+
+/// What the safety review should know about freezing `target`.
+pub fn target_findings(target: &Path) -> Vec<(Risk, &'static str, String)> {
+    let mut out = Vec::new();
+    if holds_this_process(target) {
+        out.push((
+            Risk::High,
+            "pause-holds-kchaos",
+            format!(
+                "{} holds kchaos itself: a frozen kchaos could not thaw it, so the pause is refused \
+                 even with --accept-risk",
+                target.display()
+            ),
+        ));
+    } else if std::fs::read_to_string(target.join("cgroup.freeze")).is_ok_and(|v| v.trim() == "1") {
+        out.push((
+            Risk::High,
+            "pause-already-frozen",
+            format!(
+                "{} is already frozen by someone else: the pause is refused (kchaos would thaw it at \
+                 the end)",
+                target.display()
+            ),
+        ));
+    }
+    out
+}
+
+/// The targets frozen, from attach to detach.
+pub struct PauseFault {
+    freeze: Freeze,
+    attachments: Vec<String>,
+    /// From the thaw to the kernel's "frozen 0".
+    thaw_took: Option<Duration>,
+}
+
+impl PauseFault {
+    /// Freezes the targets now (journaled first) and waits briefly for the kernel to report them
+    /// frozen.
+    pub fn start(targets: &[Target], journal: &mut Journal) -> Result<Self> {
+        let paths: Vec<_> = targets.iter().map(|t| t.path.clone()).collect();
+        let mut freeze = Freeze::start(&paths, journal)?;
+        let state = match freeze.wait_frozen(ATTACH_SETTLE) {
+            Ok(took) => format!("frozen in {:.1} ms", took.as_secs_f64() * 1e3),
+            Err(p) => format!(
+                "{} not frozen yet after {} ms (its processes freeze as they leave the kernel)",
+                p.display(),
+                ATTACH_SETTLE.as_millis()
+            ),
+        };
+        let attachments = vec![format!(
+            "cgroup.freeze=1 on {} ({} process(es)): {state}",
+            freeze.names(),
+            freeze.processes()
+        )];
+        Ok(Self {
+            freeze,
+            attachments,
+            thaw_took: None,
+        })
+    }
+}
+
+impl ActiveFault for PauseFault {
+    /// A freeze has no kernel deadline: the runner thaws at the fault's end, the guard if kchaos dies,
+    /// `kchaos stop` if both die.
+    fn arm(&mut self, _deadline_ns: u64) -> Result<()> {
+        self.freeze.poll();
+        Ok(())
+    }
+
+    fn set_param(&mut self, param: &str, _value: f64) -> Result<()> {
+        anyhow::bail!("a pause fault has no parameter '{param}'")
+    }
+
+    /// `frozen_ms`: from the kernel's "frozen 1" (cgroup.events) to the thaw (or now); `processes`:
+    /// how many were frozen; `freeze_us`: from the request to "frozen 1"; `thaw_us`: from the thaw to
+    /// "frozen 0"; `frozen`: 1 while frozen.
+    fn counters(&self) -> Result<BTreeMap<String, u64>> {
+        let mut m = BTreeMap::new();
+        let f = &self.freeze;
+        m.insert(
+            "frozen_ms".into(),
+            f.frozen_for().map_or(0, |d| d.as_millis() as u64),
+        );
+        m.insert("processes".into(), f.processes() as u64);
+        if let Some(l) = f.freeze_latency() {
+            m.insert("freeze_us".into(), l.as_micros() as u64);
+        }
+        if let Some(t) = self.thaw_took {
+            m.insert("thaw_us".into(), t.as_micros() as u64);
+        }
+        m.insert(
+            "frozen".into(),
+            u64::from(!f.is_thawed() && f.frozen_for().is_some()),
+        );
+        Ok(m)
+    }
+
+    fn attachments(&self) -> Vec<String> {
+        self.attachments.clone()
+    }
+
+    /// Thaws, so that the last counters end at the thaw.
+    fn stop(&mut self, journal: &mut Journal) -> Result<()> {
+        if !self.freeze.is_thawed() {
+            self.thaw_took = Some(self.freeze.thaw(journal, pause::SETTLE_TIMEOUT)?);
+        }
+        Ok(())
+    }
+
+    fn detach(mut self: Box<Self>, journal: &mut Journal) -> Result<()> {
+        self.freeze.thaw(journal, pause::SETTLE_TIMEOUT)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::experiment::{fields::Vars, plan, scenario, validate};
+
+    fn parse(faults: &str) -> Result<scenario::Scenario, String> {
+        let text = format!(
+            "title: t\ntargets: [{{name: a, cgroup: a}}, {{name: b, cgroup: b}}]\nfaults:\n{faults}"
+        );
+        scenario::parse("s.yaml", &text, &Vars::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_window_on_the_timeline() {
+        let s = parse("  - {name: p, at: 1s, for: 2s, pause: {}}\n  - {name: k, at: 2s, kill:}\n")
+            .unwrap();
+        assert_eq!(s.faults[0].end().as_secs(), 3);
+        let text = plan::render(&plan::timeline(&s, &[]));
+        assert!(text.contains("attach + arm 'p' [pause: freeze"), "{text}");
+        assert!(text.contains("thaw 'p'"), "{text}");
+        assert!(
+            text.contains("'k' [kill: SIGKILL to 1 random process"),
+            "{text}"
+        );
+        assert!(!text.contains("detach 'k'"), "{text}");
+        assert!(
+            parse("  - {at: 1s, pause:}\n")
+                .unwrap_err()
+                .contains("faults[0].for")
+        );
+        let e = parse("  - {at: 1s, for: 1s, pause: {percent: 3}}\n").unwrap_err();
+        assert!(e.contains("faults[0].pause.percent: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn two_pauses_of_one_target_at_once_conflict() {
+        let s = parse(
+            "  - {name: one, at: 0s, for: 5s, pause: {}}\n  - {name: two, at: 4s, for: 2s, pause: {}}\n",
+        )
+        .unwrap();
+        let e = validate::check(&s);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].field == "faults[1]" && e[0].message.contains("overlaps 'one'"),
+            "{e:?}"
+        );
+        // Back to back, or on different targets: fine.
+        let s = parse(
+            "  - {at: 0s, for: 5s, targets: [a], pause: {}}\n  - {at: 5s, for: 2s, pause: {}}\n  - {at: 0s, for: 1s, targets: [b], pause: {}}\n",
+        );
+        assert!(validate::check(&s.unwrap()).is_empty());
+    }
+
+    #[test]
+    fn the_review_flags_the_cgroup_holding_kchaos() {
+        let Ok(mount) = crate::cgroup::v2_mount() else {
+            return;
+        };
+        let Ok(mine) = crate::cgroup::of_pid(std::process::id()) else {
+            return;
+        };
+        let own = mount.join(mine.trim_start_matches('/'));
+        let f = super::target_findings(&own);
+        assert!(
+            f.iter().any(|(r, code, _)| *code == "pause-holds-kchaos"
+                && *r == crate::experiment::review::Risk::High),
+            "{f:?}"
+        );
+    }
+}
