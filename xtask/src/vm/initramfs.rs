@@ -240,8 +240,8 @@ fn init_script(c: &Contents) -> Result<String> {
         let cwd = p.cwd.as_deref().unwrap_or(Path::new("/tmp"));
         // In a subshell, stdin from /dev/null: a payload can't wait on the console.
         s.push_str(&format!(
-            "(cd {} && exec {cmd} </dev/null 2>&1)\n",
-            quote(&cwd.to_string_lossy())
+            "(mkdir -p {dir} && cd {dir} && exec {cmd} </dev/null 2>&1)\n",
+            dir = quote(&cwd.to_string_lossy())
         ));
         s.push_str(&format!(
             "echo \"{}$?\"\n",
@@ -263,7 +263,9 @@ mnt tmpfs /dev/shm
 mnt proc /proc
 mnt sysfs /sys
 mnt tmpfs /run
-mnt tmpfs /tmp
+# No tmpfs on /tmp: the initramfs root is writable already, and a mount there would hide what the
+# archive holds under /tmp (a workspace cloned to /tmp/..., with its tests' data at their host paths).
+mkdir -p /tmp && chmod 1777 /tmp
 mnt cgroup2 /sys/fs/cgroup
 mnt bpf /sys/fs/bpf
 mnt tracefs /sys/kernel/tracing
