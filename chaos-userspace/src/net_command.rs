@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     faults::net::{NetArgs, NetFault, NetSpec, NetTotals},
     journal::Journal,
-    report::{FaultReport, kernel_release, pct},
+    report::{FaultReport, pct},
     runner::{self, Armable, RunArgs},
     targets::{self, TargetArgs},
 };
@@ -90,22 +90,14 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
         direction("egress ", &totals.egress),
         direction("ingress", &totals.ingress)
     );
-    let report = FaultReport {
-        kchaos_version: env!("CARGO_PKG_VERSION"),
-        kernel: kernel_release(),
-        command: "net",
-        fault: fault_text,
+    FaultReport::new(
+        "net",
+        fault_text,
         spec,
         targets,
         attached,
-        duration_s: outcome.duration_s,
-        end_reason: outcome.end_reason,
-        totals: serde_json::to_value(totals)?,
-        samples: outcome.samples,
-    };
-    if let Some(path) = &cmd.run.json {
-        report.write_json(path)?;
-        println!("  report: {}", path.display());
-    }
-    Ok(())
+        outcome,
+        serde_json::to_value(totals)?,
+    )
+    .write_if_asked(cmd.run.json.as_deref())
 }

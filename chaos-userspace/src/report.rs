@@ -24,6 +24,40 @@ pub struct FaultReport<S: serde::Serialize> {
 }
 
 impl<S: serde::Serialize> FaultReport<S> {
+    /// The report of a finished single-fault run.
+    pub fn new(
+        command: &'static str,
+        fault: String,
+        spec: S,
+        targets: Vec<Target>,
+        attached: Vec<String>,
+        outcome: crate::runner::Outcome,
+        totals: serde_json::Value,
+    ) -> Self {
+        Self {
+            kchaos_version: env!("CARGO_PKG_VERSION"),
+            kernel: kernel_release(),
+            command,
+            fault,
+            spec,
+            targets,
+            attached,
+            duration_s: outcome.duration_s,
+            end_reason: outcome.end_reason,
+            totals,
+            samples: outcome.samples,
+        }
+    }
+
+    /// Writes the JSON report where `--json` asked, and says so.
+    pub fn write_if_asked(&self, path: Option<&Path>) -> Result<()> {
+        if let Some(path) = path {
+            self.write_json(path)?;
+            println!("  report: {}", path.display());
+        }
+        Ok(())
+    }
+
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(path, text + "\n")

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use crate::{
     faults::syscall::{SyscallArgs, SyscallFault, SyscallSpec},
-    report::{FaultReport, kernel_release, pct},
+    report::{FaultReport, pct},
     runner::{self, Armable, RunArgs},
     targets::{self, TargetArgs},
 };
@@ -88,22 +88,8 @@ pub async fn run(cmd: SyscallCommand) -> Result<()> {
         outcome.end_reason,
         line(&totals)
     );
-    let report = FaultReport {
-        kchaos_version: env!("CARGO_PKG_VERSION"),
-        kernel: kernel_release(),
-        command: "syscall",
-        fault: fault_text,
-        spec,
-        targets,
-        attached,
-        duration_s: outcome.duration_s,
-        end_reason: outcome.end_reason,
-        totals,
-        samples: outcome.samples,
-    };
-    if let Some(path) = &cmd.run.json {
-        report.write_json(path)?;
-        println!("  report: {}", path.display());
-    }
-    Ok(())
+    FaultReport::new(
+        "syscall", fault_text, spec, targets, attached, outcome, totals,
+    )
+    .write_if_asked(cmd.run.json.as_deref())
 }
