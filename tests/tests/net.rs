@@ -97,11 +97,14 @@ fn drop_rate_within_2pp_over_20k_packets_and_nothing_outside() {
     // The kernel's own count of drops is exactly what the client missed (egress only: echoes pass).
     let totals = report_totals(&report);
     let _ = std::fs::remove_file(&report);
-    assert_eq!(
-        totals["egress"]["dropped"].as_u64().unwrap(),
-        sent - received,
-        "{totals}"
-    );
+    // Under emulation (the VM suite) a datagram or two can be lost with no fault: allow 0.25 % there.
+    let dropped = totals["egress"]["dropped"].as_u64().unwrap();
+    let allowed = if integration_tests::in_vm() {
+        sent / 400
+    } else {
+        0
+    };
+    assert!((sent - received).abs_diff(dropped) <= allowed, "{totals}");
     assert_eq!(totals["egress"]["seen"].as_u64().unwrap(), sent, "{totals}");
     assert_eq!(
         totals["ingress"]["seen"].as_u64().unwrap(),

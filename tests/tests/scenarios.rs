@@ -492,10 +492,17 @@ fn packet_loss_ramp_scenario_against_the_lab() {
     let steps = fault["ramp_steps"].as_array().unwrap();
     let values: Vec<f64> = steps.iter().map(|x| x["value"].as_f64().unwrap()).collect();
     assert_eq!(values, [0.0, 10.0, 20.0, 30.0], "{steps:?}");
+    // Under emulation (the VM suite) attaching alone can take half a second, which delays the first
+    // step; the tolerance there is wider, the host's stays tight.
+    let tolerance = if integration_tests::in_vm() {
+        600.0
+    } else {
+        150.0
+    };
     for w in steps.windows(2) {
         let gap = w[1]["t_ms"].as_f64().unwrap() - w[0]["t_ms"].as_f64().unwrap();
         assert!(
-            (gap - 1000.0).abs() < 150.0,
+            (gap - 1000.0).abs() < tolerance,
             "a step {gap:.0} ms after the last: {steps:?}"
         );
     }
@@ -733,8 +740,18 @@ budget: {max_duration: 15s, max_injected_events: 300}\n";
         .unwrap();
     // Stopped at the budget: a tick or two of traffic past it (2000/s: 100 per 50 ms tick), no more.
     assert!((300..=600).contains(&dropped), "dropped {dropped}");
-    // The kernel's count is what the client lost; the rest arrived once injection stopped.
-    assert_eq!(sent - received, dropped, "sent {sent} received {received}");
+    // The kernel's count is what the client lost; the rest arrived once injection stopped. Under
+    // emulation a datagram or two can be lost without any fault (a late receiver): allow 0.25 %.
+    let unexplained = (sent - received).abs_diff(dropped);
+    let allowed = if integration_tests::in_vm() {
+        sent / 400
+    } else {
+        0
+    };
+    assert!(
+        unexplained <= allowed,
+        "sent {sent} received {received}, kernel dropped {dropped}"
+    );
     assert!(received >= 3000, "traffic did not flow again: {received}");
     assert!(started.elapsed() < Duration::from_secs(6));
     assert!(s["abort_to_detached_ms"].as_f64().unwrap() < 100.0);
