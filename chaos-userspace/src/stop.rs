@@ -56,6 +56,10 @@ pub fn stop() -> usize {
         failures += left.len();
         if left.is_empty() {
             let _ = std::fs::remove_file(&path);
+            println!(
+                "kchaos stop: kchaos {} (pid {}) is gone and left nothing to undo; record removed",
+                record.command, record.pid
+            );
         }
     }
     failures
