@@ -170,6 +170,21 @@ impl Drop for Running {
     }
 }
 
+/// Starts `argv` inside the cgroup: a shell writes its pid to cgroup.procs, then execs the program,
+/// so the program is in the cgroup from its first instruction.
+pub fn spawn_in(cg: &std::path::Path, argv: &[&str]) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
+            cg.display()
+        ))
+        .arg("sh")
+        .args(argv)
+        .spawn()
+        .expect("spawning in the cgroup")
+}
+
 /// Runs kchaos to completion.
 pub fn run(args: &[&str]) -> Output {
     run_with(args, None)

@@ -54,22 +54,32 @@ fn root_qdisc(dev: &str) -> String {
         .to_owned()
 }
 
-#[test]
-fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
-    let name = "edt_delay_is_as_configured_and_at_least_as_precise_as_netem";
-    if !root_or_skip(name) {
-        return;
+/// A lab with an echo server on its :7000, where this kernel has root and sch_fq; None (after saying
+/// SKIP and why) where it hasn't.
+fn fq_lab(test: &str) -> Option<(Lab, SocketAddr, EchoServer)> {
+    if !root_or_skip(test) {
+        return None;
     }
     if !chaos_userspace::qdisc::kernel_has_fq() {
         skip(
-            name,
+            test,
             "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it",
         );
-        return;
+        return None;
     }
     let lab = Lab::create(&tag("e")).unwrap();
     let to = SocketAddr::from((lab.server_addr, 7000));
-    let _srv = EchoServer::start(&lab.netns, to).unwrap();
+    let server = EchoServer::start(&lab.netns, to).unwrap();
+    Some((lab, to, server))
+}
+
+#[test]
+fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
+    let Some((lab, to, _srv)) =
+        fq_lab("edt_delay_is_as_configured_and_at_least_as_precise_as_netem")
+    else {
+        return;
+    };
     // 50 ms: under emulation (the VM suite) timers are late by up to a few ms, for netem as for fq.
     let (d, j) = (50.0 * MS, 5.0 * MS);
     let base = rtts(Some(&lab.cgroup.path), to);
@@ -191,20 +201,9 @@ fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
 
 #[test]
 fn stop_restores_the_qdisc_a_sigkilled_loader_left() {
-    let name = "stop_restores_the_qdisc_a_sigkilled_loader_left";
-    if !root_or_skip(name) {
+    let Some((lab, to, _srv)) = fq_lab("stop_restores_the_qdisc_a_sigkilled_loader_left") else {
         return;
-    }
-    if !chaos_userspace::qdisc::kernel_has_fq() {
-        skip(
-            name,
-            "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it",
-        );
-        return;
-    }
-    let lab = Lab::create(&tag("k")).unwrap();
-    let to = SocketAddr::from((lab.server_addr, 7000));
-    let _srv = EchoServer::start(&lab.netns, to).unwrap();
+    };
     let before = root_qdisc(&lab.host_if);
     let running = Running::start(&[
         "net",

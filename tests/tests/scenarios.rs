@@ -18,7 +18,7 @@ use std::{
 };
 
 use integration_tests::{
-    attach_type, cgroup_programs, kchaos, lab, root_or_skip, skip, tag, traffic,
+    attach_type, cgroup_programs, kchaos, lab, root_or_skip, skip, spawn_in, tag, traffic,
 };
 use lab::Lab;
 use serde_json::Value;
@@ -1391,20 +1391,6 @@ fn mixed_game_day_net_syscall_and_stress_on_two_services() {
     drop((web, db));
     assert!(cgroup_programs(&worker, attach_type::INET4_CONNECT).is_empty());
     no_residue(&lab);
-}
-
-/// Starts `script` under `sh -c` inside the cgroup (the shell joins it, then execs the script's shell).
-fn spawn_in(cg: &Path, argv: &[&str]) -> Child {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
-            cg.display()
-        ))
-        .arg("sh")
-        .args(argv)
-        .spawn()
-        .expect("spawning in the cgroup")
 }
 
 /// What the counter wrote last (empty when read mid-write).

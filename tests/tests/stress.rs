@@ -12,7 +12,7 @@ use std::{
 };
 
 use chaos_userspace::{cgroup, procfs};
-use integration_tests::{RunDir, lab::LabCgroup, root_or_skip, tag};
+use integration_tests::{RunDir, lab::LabCgroup, root_or_skip, spawn_in, tag};
 
 /// A scratch directory, removed on drop.
 struct TempDir(PathBuf);
@@ -41,20 +41,6 @@ fn cg_arg(cg: &LabCgroup) -> String {
 
 fn procs(cg: &Path) -> Vec<u32> {
     cgroup::procs_recursive(cg).unwrap_or_default()
-}
-
-/// Starts `argv` inside the cgroup (the shell joins it, then execs the program).
-fn spawn_in(cg: &Path, argv: &[&str]) -> Child {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
-            cg.display()
-        ))
-        .arg("sh")
-        .args(argv)
-        .spawn()
-        .expect("spawning in the cgroup")
 }
 
 /// Waits until `cond` holds, up to `timeout`.

@@ -42,21 +42,28 @@ use crate::error::BadInput;
 pub struct RunArgs {
     /// The scenario file (YAML).
     pub file: PathBuf,
-    /// Write the JSON report (the journal) here.
-    #[arg(long, value_name = "FILE.json")]
-    pub report: Option<PathBuf>,
     /// Set a variable: KEY=VALUE (repeatable; beats KCHAOS_VAR_KEY and the file's default).
     #[arg(long = "var", value_name = "KEY=VALUE")]
     pub vars: Vec<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+/// What an experiment writes and how it may start: shared by `kchaos run` and `kchaos monkey`.
+#[derive(Debug, Default, clap::Args)]
+pub struct OutputArgs {
+    /// Write the JSON report (the journal) here.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// Write each hypothesis and probe as a JUnit test case here.
+    #[arg(long, value_name = "FILE.xml")]
+    pub junit: Option<PathBuf>,
     /// Print the plan (timeline, what would attach where); attach nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Run even with high-risk findings from the safety review.
     #[arg(long)]
     pub accept_risk: bool,
-    /// Write each hypothesis and probe as a JUnit test case here.
-    #[arg(long, value_name = "FILE.xml")]
-    pub junit: Option<PathBuf>,
     /// No live lines (the summary is still printed).
     #[arg(long, short)]
     pub quiet: bool,
@@ -175,15 +182,7 @@ pub fn validate_command(args: &ValidateArgs) -> Result<()> {
 }
 
 /// What `run` and `monkey` share after the scenario is built.
-struct Outputs<'a> {
-    report: Option<&'a Path>,
-    junit: Option<&'a Path>,
-    dry_run: bool,
-    accept_risk: bool,
-    quiet: bool,
-}
-
-async fn run_scenario(s: Scenario, out: Outputs<'_>) -> Result<()> {
+async fn run_scenario(s: Scenario, out: &OutputArgs) -> Result<()> {
     let (targets, missing, diags) = resolve(&s);
     let findings = review_of(&s, &targets, &missing);
     println!("kchaos run: '{}' ({})", s.title, s.file);
@@ -221,7 +220,7 @@ async fn run_scenario(s: Scenario, out: Outputs<'_>) -> Result<()> {
     })
     .await?;
     println!("{}", report.summary_text());
-    write_outputs(&report, out.report, out.junit)?;
+    write_outputs(&report, out.report.as_deref(), out.junit.as_deref())?;
     verdict(&report)
 }
 
@@ -253,17 +252,7 @@ fn verdict(report: &Report) -> Result<()> {
 /// `kchaos run FILE`.
 pub async fn run_command(args: RunArgs) -> Result<()> {
     let s = load(&args.file, &args.vars)?;
-    run_scenario(
-        s,
-        Outputs {
-            report: args.report.as_deref(),
-            junit: args.junit.as_deref(),
-            dry_run: args.dry_run,
-            accept_risk: args.accept_risk,
-            quiet: args.quiet,
-        },
-    )
-    .await
+    run_scenario(s, &args.out).await
 }
 
 /// `kchaos monkey`.
@@ -274,17 +263,7 @@ pub async fn monkey_command(args: monkey::MonkeyArgs) -> Result<()> {
         return Err(BadInput::new(monkey::describe_errors(&errors)).into());
     }
     println!("kchaos monkey: seed {seed} (--seed {seed} replays this draw)");
-    run_scenario(
-        s,
-        Outputs {
-            report: args.report.as_deref(),
-            junit: args.junit.as_deref(),
-            dry_run: args.dry_run,
-            accept_risk: args.accept_risk,
-            quiet: args.quiet,
-        },
-    )
-    .await
+    run_scenario(s, &args.out).await
 }
 
 /// `kchaos report FILE.json`.

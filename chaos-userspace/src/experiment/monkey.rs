@@ -2,7 +2,7 @@
 //! probes, abort rules, budget and report as a scenario. The draw is seeded (and the seed reported), so
 //! a run that found something can be replayed.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use super::{
     diagnostic::Diagnostic,
@@ -71,21 +71,8 @@ pub struct MonkeyArgs {
     /// Seed of the draw (default: from the clock; the report records it).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Write the JSON report here.
-    #[arg(long, value_name = "FILE")]
-    pub report: Option<PathBuf>,
-    /// Write JUnit XML here.
-    #[arg(long, value_name = "FILE")]
-    pub junit: Option<PathBuf>,
-    /// Print the plan; attach nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Run even with high-risk findings.
-    #[arg(long)]
-    pub accept_risk: bool,
-    /// No live lines.
-    #[arg(long, short)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub out: super::OutputArgs,
 }
 
 fn parse_probability(text: &str) -> Result<f64, BadInput> {

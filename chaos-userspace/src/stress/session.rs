@@ -202,15 +202,7 @@ impl Placement {
                 made: false,
             });
         }
-        // Unique per load, so two stress faults of one run (on different targets) never share it.
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let suffix = if n == 0 {
-            String::new()
-        } else {
-            format!("-{n}")
-        };
-        let path = target.join(format!("kchaos-stress-{}{suffix}", std::process::id()));
+        let path = target.join(unique_name());
         journal
             .add(Residue::Cgroup { path: path.clone() })
             .context("journaling the workers' cgroup")?;
@@ -289,9 +281,9 @@ impl V1Placement {
     }
 }
 
-/// The directory the io worker writes in: journaled before it is made, so `kchaos stop` removes it
-/// after a SIGKILL.
-fn make_io_dir(parent: &Path, journal: &mut Journal) -> Result<PathBuf> {
+/// `kchaos-stress-<pid>[-<n>]`: unique per call in this process, so two stress faults of one run
+/// (on different targets) never share a cgroup or a directory.
+fn unique_name() -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let suffix = if n == 0 {
@@ -299,7 +291,13 @@ fn make_io_dir(parent: &Path, journal: &mut Journal) -> Result<PathBuf> {
     } else {
         format!("-{n}")
     };
-    let dir = parent.join(format!("kchaos-stress-{}{suffix}", std::process::id()));
+    format!("kchaos-stress-{}{suffix}", std::process::id())
+}
+
+/// The directory the io worker writes in: journaled before it is made, so `kchaos stop` removes it
+/// after a SIGKILL.
+fn make_io_dir(parent: &Path, journal: &mut Journal) -> Result<PathBuf> {
+    let dir = parent.join(unique_name());
     journal
         .add(Residue::Path { path: dir.clone() })
         .context("journaling the io directory")?;
