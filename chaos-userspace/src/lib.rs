@@ -1,6 +1,7 @@
 //! kchaos: kernel-level fault injection held to one cgroup. The `kchaos` binary is a thin CLI over
 //! these modules; the demo, the tests and scenarios use them too.
 
+pub mod bounded_read;
 pub mod btf;
 pub mod cgroup;
 pub mod demo;
