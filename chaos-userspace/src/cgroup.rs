@@ -126,3 +126,13 @@ mod tests {
         assert_eq!(v2_line("1:cpu:/\n"), None);
     }
 }
+
+/// True when this process lives in `dir` or a cgroup below it.
+pub fn holds_this_process(dir: &Path) -> bool {
+    let Ok(mount) = v2_mount() else {
+        return false;
+    };
+    of_pid(std::process::id())
+        .map(|rel| mount.join(rel.trim_start_matches('/')).starts_with(dir))
+        .unwrap_or(false)
+}

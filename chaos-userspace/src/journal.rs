@@ -127,6 +127,20 @@ impl Journal {
         Ok(journal)
     }
 
+    /// A journal with no file, in memory only: for what owns a Journal before the real one exists,
+    /// and for tests of code that journals.
+    pub fn scratch() -> Self {
+        Self {
+            path: PathBuf::new(),
+            record: Record {
+                pid: std::process::id(),
+                command: String::new(),
+                started_unix: 0,
+                residue: Vec::new(),
+            },
+        }
+    }
+
     /// Notes something about to be made.
     pub fn add(&mut self, residue: Residue) -> io::Result<()> {
         self.record.residue.push(residue);
@@ -152,6 +166,9 @@ impl Journal {
     }
 
     fn save(&self) -> io::Result<()> {
+        if self.path.as_os_str().is_empty() {
+            return Ok(());
+        }
         let tmp = self.path.with_extension("tmp");
         fs::write(&tmp, serde_json::to_vec_pretty(&self.record)?)?;
         fs::rename(&tmp, &self.path)
@@ -163,7 +180,7 @@ impl Drop for Journal {
         for (r, e) in self.undo_all() {
             tracing::error!("could not undo {r:?}: {e}; `kchaos stop` will retry");
         }
-        if self.record.residue.is_empty() {
+        if self.record.residue.is_empty() && !self.path.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.path);
         }
     }

@@ -1,17 +1,12 @@
-//! How an experiment ends: its duration, Ctrl-C, SIGTERM, SIGHUP, or a reason its caller decides.
-//!
-//! The loop ticks once a second (the live line, the kernel lease); faults are detached by their owners'
-//! `Drop` after the loop returns, whatever the reason.
+//! How a run ends (its duration, Ctrl-C, SIGTERM, SIGHUP, or an abort), the signals that end it, and
+//! the kernel deadline (the lease) that ends every fault even when the loader cannot.
 
 use std::{fmt, time::Duration};
 
-use tokio::{
-    signal::unix::{Signal, SignalKind, signal},
-    time::{Instant, MissedTickBehavior, interval_at},
-};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Why an experiment ended.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
 pub enum EndReason {
     /// `--duration` elapsed.
@@ -38,12 +33,6 @@ impl fmt::Display for EndReason {
     }
 }
 
-/// What a tick tells the loop.
-pub enum Tick {
-    Continue,
-    End(EndReason),
-}
-
 /// Ctrl-C, SIGTERM and SIGHUP, caught from the moment this exists. A command installs it first thing,
 /// before it attaches anything, so a signal during setup (a `kchaos stop` right after "armed") ends
 /// the run through its cleanup instead of killing the loader with the default action.
@@ -62,37 +51,13 @@ impl Signals {
             hangup: signal(SignalKind::hangup())?,
         })
     }
-}
 
-/// Calls `on_tick(elapsed)` every `period` until `duration` (if any) has passed, a signal arrives, or
-/// `on_tick` ends it.
-pub async fn run_until_end(
-    signals: &mut Signals,
-    duration: Option<Duration>,
-    period: Duration,
-    mut on_tick: impl FnMut(Duration) -> anyhow::Result<Tick>,
-) -> anyhow::Result<EndReason> {
-    let start = Instant::now();
-    let mut ticks = interval_at(start + period, period);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let end = duration.map(|d| start + d);
-    loop {
-        let until_end = async {
-            match end {
-                Some(end) => tokio::time::sleep_until(end).await,
-                None => std::future::pending().await,
-            }
-        };
+    /// The next signal, as the reason it ends a run.
+    pub async fn recv(&mut self) -> EndReason {
         tokio::select! {
-            _ = signals.interrupt.recv() => return Ok(EndReason::Interrupted),
-            _ = signals.terminate.recv() => return Ok(EndReason::Terminated),
-            _ = signals.hangup.recv() => return Ok(EndReason::HungUp),
-            _ = until_end => return Ok(EndReason::Duration),
-            _ = ticks.tick() => {
-                if let Tick::End(reason) = on_tick(start.elapsed())? {
-                    return Ok(reason);
-                }
-            }
+            _ = self.interrupt.recv() => EndReason::Interrupted,
+            _ = self.terminate.recv() => EndReason::Terminated,
+            _ = self.hangup.recv() => EndReason::HungUp,
         }
     }
 }
@@ -130,42 +95,5 @@ mod tests {
             lease_deadline_ns(10, Some(u64::MAX)),
             10 + LEASE.as_nanos() as u64
         );
-    }
-
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn ends_at_the_duration() {
-        let mut ticks = 0;
-        let reason = run_until_end(
-            &mut Signals::install().unwrap(),
-            Some(Duration::from_millis(3500)),
-            Duration::from_secs(1),
-            |_| {
-                ticks += 1;
-                Ok(Tick::Continue)
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(reason, EndReason::Duration);
-        assert_eq!(ticks, 3);
-    }
-
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_tick_can_end_it() {
-        let reason = run_until_end(
-            &mut Signals::install().unwrap(),
-            None,
-            Duration::from_secs(1),
-            |elapsed| {
-                Ok(if elapsed >= Duration::from_secs(2) {
-                    Tick::End(EndReason::Aborted("probe".into()))
-                } else {
-                    Tick::Continue
-                })
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(reason, EndReason::Aborted("probe".into()));
     }
 }

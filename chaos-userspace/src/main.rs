@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use chaos_userspace::{demo, error, net_command, probe, stop, syscall_command, traffic};
+use chaos_userspace::{demo, error, kind::KindCommand, probe, stop, traffic};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -23,55 +23,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Drop, delay or partition the network traffic of target cgroups.
-    #[command(
-        after_help = "Examples:\n  kchaos net --cgroup /sys/fs/cgroup/app --drop 30 --duration 10s\n  \
-kchaos net --cgroup app --drop 1.5 --proto udp --port 53 --direction both\n  \
-kchaos net --cgroup app --delay 50ms --jitter 10ms --dst 10.0.0.0/8   (needs sch_fq)\n  \
-kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24"
-    )]
-    Net(net_command::NetCommand),
-    /// Make chosen syscalls of target cgroups fail with a chosen errno.
-    #[command(
-        after_help = "Examples:\n  kchaos syscall --cgroup app --syscall connect --errno ECONNREFUSED --percent 20 --duration 30s\n  \
-kchaos syscall --cgroup app --syscall connect,sendmsg --errno ETIMEDOUT --dst 10.0.0.7:5432 --after 10 --max 5\n  \
-kchaos syscall --pid 4242 --syscall open --errno EIO --path-prefix /var/lib/app --backend lsm\n\n\
-Backends (the loader picks the best this kernel offers; `kchaos probe` says which exist):\n  \
-cgroup   connect, bind, sendmsg (unconnected UDP), socket: attached to the target only; any errno (5.18+)\n  \
-lsm      connect, bind, accept, sendmsg, recvmsg, socket, open (+ --path-prefix), read, write,\n           \
-mkdir, unlink, rename, fork, mmap: needs `bpf` in the LSM list\n  \
-kprobe   every operation incl. fsync, via bpf_override_return: needs CONFIG_BPF_KPROBE_OVERRIDE\n  \
-fmod_ret not available: aya 0.14 cannot load fmod_ret programs"
-    )]
-    Syscall(syscall_command::SyscallCommand),
-    /// Load the target cgroup from inside: CPU, memory, write+fsync, open fds.
-    #[command(
-        after_help = "Workers run as processes in the target cgroup (counted by its accounting, held to \
-its limits) and die with kchaos, however it ends.\n\nExamples:\n  \
-kchaos stress --cgroup app --cpu 2 --cpu-load 50 --duration 1m\n  \
-kchaos stress --pid 4242 --memory 512M --ramp 10s --duration 30s --json report.json\n  \
-kchaos stress --cgroup app --io-write 20M --io-dir /var/lib/app --fds 5000"
-    )]
-    Stress(chaos_userspace::stress_command::StressCommand),
-    /// Signal random processes of the target cgroups, or all of them (never kchaos itself).
-    #[command(
-        after_help = "Examples:\n  kchaos kill --cgroup app                 (SIGKILL to one random process)\n  \
-kchaos kill --cgroup app --count 3 --signal TERM\n  \
-kchaos kill --pid 4242 --all             (SIGKILL to all, through cgroup.kill)"
-    )]
-    Kill(chaos_userspace::process_faults::kill::KillCommand),
-    /// Freeze the target cgroups for a while (cgroup.freeze), then thaw them.
-    #[command(
-        after_help = "Examples:\n  kchaos pause --cgroup app --duration 10s\n  \
-kchaos pause --pid 4242 --duration 2m    (Ctrl-C or `kchaos stop` thaws sooner)"
-    )]
-    Pause(chaos_userspace::process_faults::pause::PauseCommand),
+    /// The fault kinds, one subcommand each (from the registry in kind.rs).
+    #[command(flatten)]
+    Fault(KindCommand),
     /// A stress worker, started by `kchaos stress` in the target cgroup.
     #[command(hide = true)]
     StressWorker(chaos_userspace::stress::worker::WorkerArgs),
     /// Thaws the paused cgroups if `kchaos pause` dies; started by it.
     #[command(hide = true)]
-    PauseGuard(chaos_userspace::process_faults::pause::GuardArgs),
+    PauseGuard(chaos_userspace::kinds::pause::freeze::GuardArgs),
     /// Show which kernel hooks this machine offers and what each enables.
     Probe {
         /// Print JSON instead of a table.
@@ -125,13 +85,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Net(cmd) => block_on(net_command::run(cmd)),
-        Command::Syscall(cmd) => block_on(syscall_command::run(cmd)),
-        Command::Stress(cmd) => block_on(chaos_userspace::stress_command::run(cmd)),
-        Command::Kill(cmd) => chaos_userspace::process_faults::kill::run(cmd),
-        Command::Pause(cmd) => block_on(chaos_userspace::process_faults::pause::run(cmd)),
+        Command::Fault(cmd) => block_on(cmd.run()),
         Command::StressWorker(args) => chaos_userspace::stress::worker::run(&args),
-        Command::PauseGuard(args) => chaos_userspace::process_faults::pause::guard(&args),
+        Command::PauseGuard(args) => chaos_userspace::kinds::pause::freeze::guard(&args),
         Command::Probe { json } => {
             let caps = probe::probe();
             if json {

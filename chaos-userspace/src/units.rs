@@ -96,6 +96,15 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Percentage, 0 for an empty whole.
+pub fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,18 +2,13 @@
 //! a budget, rollbacks, variables), their validation and safety review, the run, and its report.
 //!
 //! `kchaos validate FILE`, `kchaos run FILE`, `kchaos report FILE.json`, `kchaos monkey`. Fault kinds
-//! plug in through `kinds.rs` only.
+//! plug in through `crate::kind` only.
 
 pub mod containers;
 pub mod diagnostic;
 pub mod fields;
 pub mod html;
 pub mod junit;
-pub mod kind_kill;
-pub mod kind_pause;
-pub mod kind_stress;
-pub mod kind_syscall;
-pub mod kinds;
 pub mod monkey;
 pub mod plan;
 pub mod probes;
@@ -182,7 +177,7 @@ pub fn validate_command(args: &ValidateArgs) -> Result<()> {
 }
 
 /// What `run` and `monkey` share after the scenario is built.
-async fn run_scenario(s: Scenario, out: &OutputArgs) -> Result<()> {
+async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> Result<()> {
     let (targets, missing, diags) = resolve(&s);
     let findings = review_of(&s, &targets, &missing);
     println!("kchaos run: '{}' ({})", s.title, s.file);
@@ -207,16 +202,27 @@ async fn run_scenario(s: Scenario, out: &OutputArgs) -> Result<()> {
     }
     crate::require_root("kchaos run")?;
     for f in &s.faults {
+        let fault_targets: Vec<crate::targets::Target> = targets
+            .iter()
+            .filter(|t| f.targets.contains(&t.name))
+            .map(ResolvedTarget::target)
+            .collect();
         f.kind
-            .preflight()
+            .preflight(&fault_targets)
             .map_err(|e| BadInput::new(format!("fault '{}': {e}", f.name)))?;
     }
+    let journal = crate::journal::Journal::create(command)
+        .context("writing the run record under /run/kchaos")?;
     let report = runner::execute(runner::Setup {
         scenario: s,
         targets,
         findings,
         risk_accepted: out.accept_risk,
         quiet: out.quiet,
+        style: runner::Style::Experiment,
+        command,
+        journal,
+        prepare: None,
     })
     .await?;
     println!("{}", report.summary_text());
@@ -252,7 +258,7 @@ fn verdict(report: &Report) -> Result<()> {
 /// `kchaos run FILE`.
 pub async fn run_command(args: RunArgs) -> Result<()> {
     let s = load(&args.file, &args.vars)?;
-    run_scenario(s, &args.out).await
+    run_scenario(s, &args.out, "run").await
 }
 
 /// `kchaos monkey`.
@@ -263,7 +269,7 @@ pub async fn monkey_command(args: monkey::MonkeyArgs) -> Result<()> {
         return Err(BadInput::new(monkey::describe_errors(&errors)).into());
     }
     println!("kchaos monkey: seed {seed} (--seed {seed} replays this draw)");
-    run_scenario(s, &args.out).await
+    run_scenario(s, &args.out, "monkey").await
 }
 
 /// `kchaos report FILE.json`.

@@ -6,13 +6,13 @@ use std::{collections::BTreeMap, time::Duration};
 
 use super::{
     diagnostic::Diagnostic,
-    kinds::{self, MonkeyCaps},
     scenario::{
         AbortRule, Budget, Check, FaultDecl, ProbeSpec, Scenario, SteadyState, TargetDecl,
         TargetRef, Tolerance,
     },
     yaml::Mark,
 };
+use crate::kind::{FaultKind, MonkeyCaps, monkey_types};
 use crate::{error::BadInput, units};
 
 #[derive(Debug, clap::Args)]
@@ -162,10 +162,10 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
         return Err(BadInput::new("--max-fault: allowed is 1s or more"));
     }
     for t in &args.types {
-        if !kinds::MONKEY_TYPES.contains(&t.as_str()) {
+        if !monkey_types().contains(&t.as_str()) {
             return Err(BadInput::new(format!(
                 "--types {t}: allowed are {}",
-                kinds::MONKEY_TYPES.join(", ")
+                monkey_types().join(", ")
             )));
         }
     }
@@ -185,7 +185,7 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
     while t < args.duration {
         if rng.unit() < args.probability {
             let ty = &args.types[(rng.next_u64() % args.types.len() as u64) as usize];
-            let kind = kinds::random_fault(ty, &caps, &mut || rng.unit())?;
+            let kind = FaultKind::random(ty, &caps, &mut || rng.unit())?;
             let secs = 1 + rng.next_u64() % args.max_fault.as_secs().max(1);
             let len = Duration::from_secs(secs).min(args.duration - t);
             faults.push(FaultDecl {

@@ -18,6 +18,10 @@ use super::{
 pub struct Report {
     pub kchaos_version: String,
     pub kernel: String,
+    /// What ran: "run" or "monkey" (a scenario), or the fault command ("net", "pause", ...), which
+    /// runs as a one-fault scenario.
+    #[serde(default)]
+    pub command: String,
     pub scenario: ScenarioInfo,
     pub started_unix_ms: u64,
     pub duration_ms: f64,
@@ -65,17 +69,30 @@ pub struct FaultRecord {
     pub kind: String,
     pub description: String,
     pub targets: Vec<String>,
+    /// Its window as planned, ms from the start of the run.
     pub planned_start_ms: f64,
     pub planned_end_ms: f64,
-    /// When it was armed / detached (None: it never was).
+    /// When it was armed / disarmed (None: it never was).
     pub start_ms: Option<f64>,
     pub end_ms: Option<f64>,
+    /// How late it was armed against the plan.
+    #[serde(default)]
+    pub armed_late_ms: Option<f64>,
+    /// The window it was armed for (disarmed - armed), beside the planned one.
+    #[serde(default)]
+    pub window_ms: Option<f64>,
     pub attached: Vec<String>,
     /// The kernel's counters at detach.
     pub counters: BTreeMap<String, u64>,
     pub injected_events: u64,
     pub samples: Vec<CounterSample>,
     pub ramp_steps: Vec<RampStep>,
+    /// What the kind measured beyond its counters (stress: the load achieved per target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// What went wrong while it was armed or undone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -167,6 +184,9 @@ pub struct Summary {
     pub completed: bool,
     pub end_reason: String,
     pub abort_reason: Option<String>,
+    /// The signal that ended it (Ctrl-C, SIGTERM, SIGHUP), if one did.
+    #[serde(default)]
+    pub signal: Option<crate::lifecycle::EndReason>,
     /// From the abort decision to every fault detached.
     pub abort_to_detached_ms: Option<f64>,
 }
@@ -231,8 +251,10 @@ pub fn outcome(
     let during: Vec<&&ProbeSample> = all.iter().filter(|r| r.phase == "during").collect();
     let error_rate = (!during.is_empty())
         .then(|| 100.0 * during.iter().filter(|r| !r.ok).count() as f64 / during.len() as f64);
+    // Without probes nothing says whether the target recovered.
     let recovery = faults
         .iter()
+        .filter(|_| !probes.is_empty())
         .filter_map(|f| {
             let end = f.end_ms?;
             let mut worst: Option<f64> = Some(0.0);

@@ -7,9 +7,9 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 use super::{
     diagnostic::{Diagnostic, ScenarioErrors},
     fields::{Ctx, Fields, Vars, valid_name},
-    kinds::{self, FaultKind, Unit},
     yaml::{self, Mark, Node, Value},
 };
+use crate::kind::{self as kinds, FaultKind, Unit};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Scenario {
@@ -732,9 +732,9 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
             None => Some(Duration::ZERO),
         };
         // An instant kind (kill) happens at `at` and lasts nothing: `for` would promise a window.
-        let instant = kinds::INSTANT_KINDS
+        let instant = kinds::KINDS
             .iter()
-            .find(|k| f.get(k).is_some())
+            .find(|k| kinds::is_instant_kind(k) && f.get(k).is_some())
             .copied();
         let duration = match (instant, f.get("for")) {
             (Some(kind), Some(n)) => {
@@ -843,7 +843,7 @@ fn read_ramps(
     fault_for: Option<Duration>,
 ) -> Vec<Ramp> {
     let params = kind.ramp_params();
-    let Some(f) = ctx.map(node, path, params) else {
+    let Some(f) = ctx.map(node, path, &params) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -997,9 +997,10 @@ fn read_budget(ctx: &mut Ctx, node: &Node) -> Option<Budget> {
         b.max_injected_events = ctx.uint(n, "budget.max_injected_events", u64::MAX);
     }
     if let Some(n) = f.value("max_intensity") {
-        let names: Vec<&str> = kinds::INTENSITY_PARAMS.iter().map(|(p, _)| *p).collect();
+        let params = kinds::intensity_params();
+        let names: Vec<&str> = params.iter().map(|(p, _)| *p).collect();
         if let Some(m) = ctx.map(n, "budget.max_intensity", &names) {
-            for (param, unit) in kinds::INTENSITY_PARAMS {
+            for (param, unit) in &params {
                 if let Some(n) = m.value(param) {
                     let p = m.path_of(param);
                     let v = match unit {

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use super::{
     containers,
     diagnostic::Diagnostic,
-    kinds::unit_of,
     scenario::{Scenario, TargetDecl, TargetRef},
 };
 use crate::{
     error::BadInput,
+    kind::{Unit, unit_of},
     targets::{self, Target, TargetArgs},
     units::format_duration,
 };
@@ -69,7 +69,7 @@ pub fn check(s: &Scenario) -> Vec<Diagnostic> {
                 if let Some(&max) = b.max_intensity.get(&param)
                     && value > max + 1e-9
                 {
-                    let unit = unit_of(&param).unwrap_or(super::kinds::Unit::Percent);
+                    let unit = unit_of(&param).unwrap_or(Unit::Percent);
                     err(
                         f.mark,
                         format!("faults[{i}].{}", f.kind.name()),

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     cgroup,
     journal::{Journal, Residue},
-    process_faults::kill,
+    kinds::kill::signal_processes as kill,
     targets::Target,
 };
 
@@ -235,7 +235,7 @@ pub struct V1Placement {
 }
 
 impl V1Placement {
-    fn find(pid_hint: Option<u32>, target: &Target) -> Self {
+    pub fn find(pid_hint: Option<u32>, target: &Target) -> Self {
         if !hybrid::has_v1_hierarchies() {
             return Self {
                 dirs: Vec::new(),

@@ -1,5 +1,5 @@
-//! `kchaos kill`: signal random processes of the target cgroups (or all of them), never kchaos itself.
-//! [`signal_processes`] does it for the command and for the `kill` fault kind of scenarios.
+//! Signalling random processes of the target cgroups (or all of them), never kchaos itself: what the
+//! `kill` kind does at its instant.
 
 use std::{
     fs, io,
@@ -7,32 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Result, bail};
-
-use super::{
-    holds_this_process, require_root,
-    signal::{self, Signal},
-};
-use crate::{
-    error::BadInput,
-    procfs,
-    targets::{self, Target, TargetArgs},
-};
-
-#[derive(Debug, clap::Args)]
-pub struct KillCommand {
-    #[command(flatten)]
-    pub targets: TargetArgs,
-    /// Signal every process of the targets (with SIGKILL: all at once, through cgroup.kill).
-    #[arg(long, conflicts_with = "count")]
-    pub all: bool,
-    /// Signal N processes picked at random (default 1).
-    #[arg(long, value_name = "N")]
-    pub count: Option<usize>,
-    /// The signal: a name (KILL, TERM, INT, STOP, USR1, ...) or a number.
-    #[arg(long, value_name = "SIG", default_value = "KILL", value_parser = signal::parse_signal)]
-    pub signal: Signal,
-}
+use super::signal::Signal;
+use crate::{cgroup::holds_this_process, procfs, targets::Target};
 
 /// A process that may be signalled, with what to print about it.
 #[derive(Clone, Debug)]
@@ -147,50 +123,8 @@ pub struct ListError {
     pub source: io::Error,
 }
 
-pub fn run(cmd: KillCommand) -> Result<()> {
-    if cmd.count == Some(0) {
-        return Err(BadInput::new("--count 0 signals nobody: give 1 or more, or --all").into());
-    }
-    require_root(
-        "kchaos kill",
-        "it signals processes of other users and containers",
-    )?;
-    let targets = targets::resolve(&cmd.targets)?;
-    let victims = if cmd.all {
-        Victims::All
-    } else {
-        Victims::Count(cmd.count.unwrap_or(1))
-    };
-    let report = signal_processes(&targets, victims, cmd.signal)?;
-    if report.candidates == 0 {
-        if report.skipped > 0 {
-            println!(
-                "kchaos kill: leaving out {} kchaos process(es) in {}",
-                report.skipped, report.where_
-            );
-        }
-        bail!(
-            "no process to signal in {}: nothing was signalled",
-            report.where_
-        );
-    }
-    for line in report.lines() {
-        // Victims are indented under the line that says what was done.
-        if line.starts_with(' ') {
-            println!("{line}");
-        } else {
-            println!("kchaos kill: {line}");
-        }
-    }
-    let failed = report.failed();
-    if failed > 0 {
-        bail!("{failed} process(es) could not be signalled; see above");
-    }
-    Ok(())
-}
-
 /// Sends `signal` to the chosen processes of the targets' trees, never to kchaos itself; used by
-/// `kchaos kill` and the `kill` fault kind of scenarios. No candidate is not an error: the report says
+/// the `kill` kind. No candidate is not an error: the report says
 /// so (no victims).
 pub fn signal_processes(
     targets: &[Target],

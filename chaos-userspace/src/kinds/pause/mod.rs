@@ -1,39 +1,110 @@
-//! The `pause` fault kind of scenarios: the target cgroups frozen (cgroup.freeze) for the fault's
-//! window and thawed at its end, through the same [`Freeze`] as `kchaos pause` (journaled, with a guard
-//! that thaws if kchaos dies). `kinds.rs` dispatches to it.
+//! The `pause` kind: every process of the targets frozen (cgroup.freeze) for the fault's window and
+//! thawed at its end. A guard process thaws if kchaos dies; the journal lets `kchaos stop` thaw if
+//! both die.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+pub mod freeze;
+
+use std::{path::Path, time::Duration};
 
 use anyhow::Result;
 
-use super::{
-    fields::Ctx,
-    kinds::ActiveFault,
-    review::Risk,
-    yaml::{Node, Value},
-};
+use self::freeze::{Freeze, check_freezable};
 use crate::{
-    journal::Journal,
-    process_faults::{
-        holds_this_process,
-        pause::{self, Freeze},
+    cgroup::holds_this_process,
+    error::BadInput,
+    experiment::{
+        fields::Ctx,
+        review::Risk,
+        yaml::{Node, Value},
     },
+    journal::Journal,
+    kind::{Active, Counters, Kind, TargetFinding},
     targets::Target,
 };
+
+pub const EXAMPLES: &str = "Examples:\n  kchaos pause --cgroup app --duration 10s\n  \
+kchaos pause --pid 4242 --duration 2m    (Ctrl-C or `kchaos stop` thaws sooner)";
 
 /// What a pause fault does; it has no parameters (its window is the fault's `at` and `for`).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct PauseSpec {}
 
-impl PauseSpec {
-    pub fn describe(&self) -> String {
+/// `kchaos pause` has no flags of its own: the targets and `--duration` say it all.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct PauseArgs {}
+
+/// How long arming waits for the kernel's "frozen 1": long enough for a tree of busy processes, short
+/// enough not to hold up the timeline (the ticks look for it after that).
+const ARM_SETTLE: Duration = Duration::from_millis(200);
+
+impl Kind for PauseSpec {
+    const NAME: &'static str = "pause";
+    const REQUIRES_DURATION: bool = true;
+    type Args = PauseArgs;
+    type Active = PauseFault;
+
+    fn from_args(_args: &PauseArgs) -> Result<Self, BadInput> {
+        Ok(PauseSpec {})
+    }
+
+    fn from_yaml(ctx: &mut Ctx, node: &Node, path: &str, _ramped: &[String]) -> Option<Self> {
+        parse(ctx, node, path)
+    }
+
+    fn describe(&self) -> String {
         "freeze every process of the target (cgroup.freeze), thaw at the end".into()
     }
-}
 
-/// How long attach waits for the kernel's "frozen 1" before the runner's ticks look for it instead:
-/// long enough for a tree of busy processes, short enough not to hold up the timeline.
-const ATTACH_SETTLE: Duration = Duration::from_millis(200);
+    fn overlap_conflict(&self) -> Option<&'static str> {
+        Some(
+            "two pauses of one target at once would share one cgroup.freeze, and the first to end \
+             would thaw it under the other: merge them into one, or move one so they do not overlap",
+        )
+    }
+
+    fn target_findings(&self, target: &Path, _cgroup_root: &Path) -> Vec<TargetFinding> {
+        target_findings(target)
+    }
+
+    fn end_step(&self, name: &str) -> Option<String> {
+        Some(format!(
+            "thaw '{name}' (its guard thaws if kchaos dies; `kchaos stop` if both die)"
+        ))
+    }
+
+    fn preflight(&self, targets: &[Target]) -> Result<(), BadInput> {
+        targets.iter().try_for_each(|t| check_freezable(&t.path))
+    }
+
+    /// Starts the thaw guard and journals the targets; nothing is frozen yet.
+    fn prepare(&self, targets: &[Target], journal: &mut Journal) -> Result<PauseFault> {
+        let paths: Vec<_> = targets.iter().map(|t| t.path.clone()).collect();
+        Ok(PauseFault {
+            freeze: Freeze::prepare(&paths, journal)?,
+            attachments: Vec::new(),
+            thaw_took: None,
+        })
+    }
+
+    /// Each process frozen is one event.
+    fn injected_events(counters: &Counters) -> u64 {
+        counters.get("processes").copied().unwrap_or(0)
+    }
+
+    fn live_line(counters: &Counters) -> String {
+        let n = |k: &str| counters.get(k).copied().unwrap_or(0);
+        format!(
+            "{} process(es) {} {:.2}s",
+            n("processes"),
+            if n("frozen") == 1 {
+                "frozen for"
+            } else {
+                "were frozen for"
+            },
+            n("frozen_ms") as f64 / 1e3
+        )
+    }
+}
 
 /// Reads `pause: {}` (or a bare `pause:`).
 pub fn parse(ctx: &mut Ctx, node: &Node, path: &str) -> Option<PauseSpec> {
@@ -44,7 +115,7 @@ pub fn parse(ctx: &mut Ctx, node: &Node, path: &str) -> Option<PauseSpec> {
             for (k, _) in entries {
                 ctx.err(
                     k.mark,
-                    &super::fields::join(path, &k.name),
+                    &crate::experiment::fields::join(path, &k.name),
                     format!(
                         "unknown field '{}': pause has no fields (it freezes the targets for the \
                          fault's for): write pause: {{}}",
@@ -100,50 +171,41 @@ pub struct PauseFault {
     thaw_took: Option<Duration>,
 }
 
-impl PauseFault {
-    /// Freezes the targets now (journaled first) and waits briefly for the kernel to report them
-    /// frozen.
-    pub fn start(targets: &[Target], journal: &mut Journal) -> Result<Self> {
-        let paths: Vec<_> = targets.iter().map(|t| t.path.clone()).collect();
-        let mut freeze = Freeze::start(&paths, journal)?;
-        let state = match freeze.wait_frozen(ATTACH_SETTLE) {
-            Ok(took) => format!("frozen in {:.1} ms", took.as_secs_f64() * 1e3),
-            Err(p) => format!(
-                "{} not frozen yet after {} ms (its processes freeze as they leave the kernel)",
-                p.display(),
-                ATTACH_SETTLE.as_millis()
-            ),
-        };
-        let attachments = vec![format!(
-            "cgroup.freeze=1 on {} ({} process(es)): {state}",
-            freeze.names(),
-            freeze.processes()
-        )];
-        Ok(Self {
-            freeze,
-            attachments,
-            thaw_took: None,
-        })
+impl Active for PauseFault {
+    /// The freeze: one cgroup.freeze write per target. A freeze has no kernel deadline: the runner
+    /// thaws at the fault's end, the guard if kchaos dies, `kchaos stop` if both die.
+    fn arm(&mut self, _deadline_ns: u64, _journal: &mut Journal) -> Result<()> {
+        self.freeze.freeze()?;
+        Ok(())
     }
-}
 
-impl ActiveFault for PauseFault {
-    /// A freeze has no kernel deadline: the runner thaws at the fault's end, the guard if kchaos dies,
-    /// `kchaos stop` if both die.
-    fn arm(&mut self, _deadline_ns: u64) -> Result<()> {
+    fn renew(&mut self, _deadline_ns: u64) -> Result<()> {
         self.freeze.poll();
         Ok(())
     }
 
-    fn set_param(&mut self, param: &str, _value: f64) -> Result<()> {
-        anyhow::bail!("a pause fault has no parameter '{param}'")
+    /// Waits briefly for the kernel's "frozen 1", so the frozen window is measured from it.
+    fn settle(&mut self) {
+        let state = match self.freeze.wait_frozen(ARM_SETTLE) {
+            Ok(took) => format!("frozen in {:.1} ms", took.as_secs_f64() * 1e3),
+            Err(p) => format!(
+                "{} not frozen yet after {} ms (its processes freeze as they leave the kernel)",
+                p.display(),
+                ARM_SETTLE.as_millis()
+            ),
+        };
+        self.attachments = vec![format!(
+            "cgroup.freeze=1 on {} ({} process(es)): {state}",
+            self.freeze.names(),
+            self.freeze.processes()
+        )];
     }
 
     /// `frozen_ms`: from the kernel's "frozen 1" (cgroup.events) to the thaw (or now); `processes`:
     /// how many were frozen; `freeze_us`: from the request to "frozen 1"; `thaw_us`: from the thaw to
     /// "frozen 0"; `frozen`: 1 while frozen.
-    fn counters(&self) -> Result<BTreeMap<String, u64>> {
-        let mut m = BTreeMap::new();
+    fn counters(&self) -> Result<Counters> {
+        let mut m = Counters::new();
         let f = &self.freeze;
         m.insert(
             "frozen_ms".into(),
@@ -164,19 +226,26 @@ impl ActiveFault for PauseFault {
     }
 
     fn attachments(&self) -> Vec<String> {
-        self.attachments.clone()
+        if self.attachments.is_empty() {
+            vec![format!(
+                "thaw guard for {} (nothing frozen until armed)",
+                self.freeze.names()
+            )]
+        } else {
+            self.attachments.clone()
+        }
     }
 
     /// Thaws, so that the last counters end at the thaw.
-    fn stop(&mut self, journal: &mut Journal) -> Result<()> {
+    fn disarm(&mut self, journal: &mut Journal) -> Result<()> {
         if !self.freeze.is_thawed() {
-            self.thaw_took = Some(self.freeze.thaw(journal, pause::SETTLE_TIMEOUT)?);
+            self.thaw_took = Some(self.freeze.thaw(journal, freeze::SETTLE_TIMEOUT)?);
         }
         Ok(())
     }
 
-    fn detach(mut self: Box<Self>, journal: &mut Journal) -> Result<()> {
-        self.freeze.thaw(journal, pause::SETTLE_TIMEOUT)?;
+    fn undo(mut self: Box<Self>, journal: &mut Journal) -> Result<()> {
+        self.freeze.thaw(journal, freeze::SETTLE_TIMEOUT)?;
         Ok(())
     }
 }

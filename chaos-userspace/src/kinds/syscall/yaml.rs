@@ -1,19 +1,13 @@
-//! The `syscall` fault kind of scenarios: its YAML fields (those of `kchaos syscall`), the kernel's
-//! per-operation counters, and a random draw for the monkey. `kinds.rs` dispatches to it.
+//! The `syscall:` block of a scenario fault: the fields of `kchaos syscall`, each checked where it is
+//! written.
 
-use std::collections::BTreeMap;
-
-use anyhow::Result;
-
-use super::{diagnostic::did_you_mean, fields::Ctx, kinds::ActiveFault, yaml::Node};
 use crate::{
     errno,
-    error::BadInput,
+    experiment::{diagnostic::did_you_mean, fields::Ctx, yaml::Node},
     faults::{
         peers::Peer,
-        syscall::{Backend, OPS, SyscallArgs, SyscallFault, SyscallSpec},
+        syscall::{Backend, OPS, SyscallArgs, SyscallSpec},
     },
-    journal::Journal,
 };
 
 pub const FIELDS: &[&str] = &[
@@ -26,9 +20,6 @@ pub const FIELDS: &[&str] = &[
     "max",
     "backend",
 ];
-
-/// The ramp-able parameter: the share of matching calls that fail.
-pub const RAMP_PARAMS: &[&str] = &["percent"];
 
 const BACKENDS: &[&str] = &["auto", "cgroup", "lsm", "kprobe"];
 
@@ -145,74 +136,5 @@ pub fn parse(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> Optio
             ctx.err(f.mark, path, text);
             None
         }
-    }
-}
-
-pub fn check_param(param: &str, value: f64) -> Result<(), String> {
-    match param {
-        "percent" if (0.0..=100.0).contains(&value) => Ok(()),
-        "percent" => Err(format!("{value}% is not allowed: 0 to 100")),
-        other => Err(format!(
-            "a syscall fault cannot ramp '{other}': allowed is percent"
-        )),
-    }
-}
-
-/// The kernel's count of errors it returned.
-pub fn injected_events(counters: &BTreeMap<String, u64>) -> u64 {
-    counters
-        .iter()
-        .filter(|(k, _)| k.ends_with(".injected"))
-        .map(|(_, v)| v)
-        .sum()
-}
-
-/// Whether this kernel can serve every operation (needs privileges to probe BPF support).
-pub fn preflight(spec: &SyscallSpec) -> Result<(), BadInput> {
-    SyscallFault::preflight(spec, &[]).map(|_| ())
-}
-
-/// A random `syscall` fault for the monkey: connects fail with ECONNREFUSED at 1% to `max_percent`.
-pub fn random(max_percent: f64, draw: &mut dyn FnMut() -> f64) -> Result<SyscallSpec, BadInput> {
-    let p = 1.0 + draw() * (max_percent - 1.0).max(0.0);
-    SyscallSpec::from_args(&SyscallArgs {
-        syscalls: vec!["connect".into()],
-        errno: "ECONNREFUSED".into(),
-        percent: Some((p * 10.0).round() / 10.0),
-        ..SyscallArgs::default()
-    })
-}
-
-impl ActiveFault for SyscallFault {
-    fn arm(&mut self, deadline_ns: u64) -> Result<()> {
-        SyscallFault::arm(self, deadline_ns)
-    }
-
-    fn set_param(&mut self, param: &str, value: f64) -> Result<()> {
-        match param {
-            "percent" => self.set_percent(value.clamp(0.0, 100.0)),
-            other => anyhow::bail!("a syscall fault has no parameter '{other}'"),
-        }
-    }
-
-    /// "connect.calls", "connect.matched", "connect.injected", per operation.
-    fn counters(&self) -> Result<BTreeMap<String, u64>> {
-        let mut m = BTreeMap::new();
-        for t in self.totals()? {
-            m.insert(format!("{}.calls", t.op), t.calls);
-            m.insert(format!("{}.matched", t.op), t.matched);
-            m.insert(format!("{}.injected", t.op), t.injected);
-        }
-        Ok(m)
-    }
-
-    fn attachments(&self) -> Vec<String> {
-        self.attachments.clone()
-    }
-
-    fn detach(self: Box<Self>, _journal: &mut Journal) -> Result<()> {
-        // Every program hangs on an fd-owned link: dropping the fault detaches them all.
-        drop(self);
-        Ok(())
     }
 }

@@ -1,5 +1,4 @@
-//! `kchaos pause`: freeze the target cgroups (cgroup.freeze) for a while, then thaw them. [`Freeze`]
-//! does the freezing and thawing for it and for the `pause` fault kind of scenarios.
+//! Freezing cgroups (cgroup.freeze) and thawing them again, for the `pause` kind.
 //!
 //! A frozen cgroup stays frozen when the process that froze it dies, so two things thaw it besides the
 //! loader itself: a guard process (`kchaos pause-guard`, a child in its own process group that the
@@ -16,29 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
-use super::{holds_this_process, require_root};
 use crate::{
-    cgroup,
+    cgroup::{self, holds_this_process},
     error::BadInput,
     journal::{Journal, Residue},
-    lifecycle::{self, Tick},
-    targets::{self, TargetArgs},
-    units,
 };
-
-#[derive(Debug, clap::Args)]
-pub struct PauseCommand {
-    #[command(flatten)]
-    pub targets: TargetArgs,
-    /// How long to keep the targets frozen (e.g. 5s, 1m); Ctrl-C or `kchaos stop` thaws them sooner.
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
-    pub duration: Duration,
-    /// No live line (the summary is still printed).
-    #[arg(long, short)]
-    pub quiet: bool,
-}
 
 /// `kchaos pause-guard`: started by `kchaos pause`, never by users.
 #[derive(Debug, clap::Args)]
@@ -53,88 +36,6 @@ pub struct GuardArgs {
 
 /// How long freezing or thawing may take before the run says so.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub async fn run(cmd: PauseCommand) -> Result<()> {
-    // From here on a Ctrl-C or SIGTERM ends the run through the thaw, even during setup.
-    let mut signals = lifecycle::Signals::install().context("installing signal handlers")?;
-    if cmd.duration.is_zero() {
-        return Err(BadInput::new("--duration 0s pauses nothing: give e.g. 5s").into());
-    }
-    require_root(
-        "kchaos pause",
-        "it freezes processes of other users and containers",
-    )?;
-    let targets = targets::resolve(&cmd.targets)?;
-    let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
-    // Refusals first, as bad input, before anything is journaled or frozen.
-    for p in &paths {
-        check_freezable(p)?;
-    }
-
-    let mut journal =
-        Journal::create("pause").context("writing the run record under /run/kchaos")?;
-    let mut freeze = Freeze::start(&paths, &mut journal)?;
-    let names = freeze.names();
-    match freeze.wait_frozen(SETTLE_TIMEOUT) {
-        Ok(took) => println!(
-            "kchaos pause: froze {names} ({}) in {:.1} ms",
-            processes(freeze.processes()),
-            took.as_secs_f64() * 1e3
-        ),
-        Err(p) => println!(
-            "kchaos pause: asked {names} to freeze; {} is not frozen after {}s (its processes freeze \
-             as they leave the kernel)",
-            p.display(),
-            SETTLE_TIMEOUT.as_secs()
-        ),
-    }
-    println!(
-        "  armed for {}; Ctrl-C or `kchaos stop` thaws sooner",
-        units::format_duration(cmd.duration)
-    );
-
-    let reason = lifecycle::run_until_end(
-        &mut signals,
-        Some(cmd.duration),
-        Duration::from_secs(1),
-        |elapsed| {
-            if !cmd.quiet {
-                let states = paths
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "{} {} ({})",
-                            p.display(),
-                            if is_frozen(p) { "frozen" } else { "freezing" },
-                            processes(process_count(std::slice::from_ref(p)))
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let left = cmd.duration.saturating_sub(elapsed);
-                println!(
-                    "[{:>5.1}s] {states}; thaws in {:.1}s",
-                    elapsed.as_secs_f64(),
-                    left.as_secs_f64()
-                );
-            }
-            Ok(Tick::Continue)
-        },
-    )
-    .await?;
-
-    // Counted from the request when the kernel never reported the whole tree frozen.
-    let frozen_for = freeze
-        .frozen_for()
-        .unwrap_or_else(|| freeze.asked_at.elapsed());
-    let took = freeze.thaw(&mut journal, SETTLE_TIMEOUT)?;
-    println!(
-        "kchaos pause: {names} frozen for {:.2}s, ended: {reason}; thawed in {:.1} ms",
-        frozen_for.as_secs_f64(),
-        took.as_secs_f64() * 1e3
-    );
-    Ok(())
-}
 
 /// Why a freeze could not be made or undone.
 #[derive(Debug, thiserror::Error)]
@@ -173,14 +74,24 @@ pub struct Freeze {
 }
 
 impl Freeze {
-    /// Checks each path, starts the guard, journals each freeze and asks the kernel for it. Call it on
-    /// the main thread (the guard's PR_SET_PDEATHSIG fires when the forking thread ends).
-    pub fn start(paths: &[PathBuf], journal: &mut Journal) -> Result<Self, FreezeError> {
+    /// Everything before the freeze itself: checks each path, starts the guard, and journals each
+    /// path (a thaw of a cgroup that was never frozen is harmless, so `kchaos stop` may act on it
+    /// early). Call it on the main thread (the guard's PR_SET_PDEATHSIG fires when the forking thread
+    /// ends).
+    pub fn prepare(paths: &[PathBuf], journal: &mut Journal) -> Result<Self, FreezeError> {
         for p in paths {
             check_freezable(p)?;
         }
         let guard = Guard::start(paths).map_err(FreezeError::Guard)?;
-        let mut freeze = Self {
+        for p in paths {
+            journal
+                .add(Residue::FrozenCgroup { path: p.clone() })
+                .map_err(|source| FreezeError::Journal {
+                    path: p.clone(),
+                    source,
+                })?;
+        }
+        Ok(Self {
             paths: paths.to_vec(),
             asked: Vec::new(),
             guard,
@@ -188,24 +99,21 @@ impl Freeze {
             frozen_at: None,
             thawed_at: None,
             processes: 0,
-        };
-        for p in paths {
-            // Journaled before the write: a SIGKILL between the two still leaves `kchaos stop` a note.
-            journal
-                .add(Residue::FrozenCgroup { path: p.clone() })
-                .map_err(|source| FreezeError::Journal {
-                    path: p.clone(),
-                    source,
-                })?;
-            freeze.asked.push(p.clone());
+        })
+    }
+
+    /// Asks the kernel to freeze every path: one write each, at the planned instant.
+    pub fn freeze(&mut self) -> Result<(), FreezeError> {
+        self.asked_at = Instant::now();
+        for p in &self.paths {
+            self.asked.push(p.clone());
             fs::write(p.join("cgroup.freeze"), "1").map_err(|source| FreezeError::Freeze {
                 path: p.clone(),
                 source,
             })?;
         }
-        freeze.asked_at = Instant::now();
-        freeze.processes = process_count(paths);
-        Ok(freeze)
+        self.processes = process_count(&self.paths);
+        Ok(())
     }
 
     /// The paths, comma-separated.
@@ -268,10 +176,19 @@ impl Freeze {
         if self.thawed_at.is_some() {
             return Ok(Duration::ZERO);
         }
+        if self.asked.is_empty() {
+            // Prepared but never frozen: nothing to thaw, only the notes to forget.
+            for p in &self.paths {
+                let _ = journal.remove(&Residue::FrozenCgroup { path: p.clone() });
+            }
+            self.guard.dismiss();
+            self.thawed_at = Some(Instant::now());
+            return Ok(Duration::ZERO);
+        }
         self.poll();
         self.thawed_at = Some(Instant::now());
         let mut failed = Vec::new();
-        for p in &self.asked {
+        for p in &self.paths {
             let residue = Residue::FrozenCgroup { path: p.clone() };
             match residue.undo() {
                 Ok(()) => {
@@ -353,10 +270,6 @@ fn process_count(paths: &[PathBuf]) -> usize {
         .iter()
         .map(|p| cgroup::procs_recursive(p).map_or(0, |v| v.len()))
         .sum()
-}
-
-fn processes(n: usize) -> String {
-    format!("{n} process{}", if n == 1 { "" } else { "es" })
 }
 
 /// The thaw guard, seen from the loader.

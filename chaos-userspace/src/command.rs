@@ -1,0 +1,211 @@
+//! A fault command (`kchaos net|syscall|stress|pause|kill ...`) is a one-fault experiment without
+//! probes: it runs through the experiment runner, so every command prepares before it arms, prints
+//! the same live line, ends the same way and writes the same JSON report (`kchaos report` renders any
+//! of them).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    error::BadInput,
+    experiment::{
+        report::Report,
+        runner::{self, Style},
+        scenario::{FaultDecl, Scenario, SteadyState, TargetDecl, TargetRef},
+        validate::ResolvedTarget,
+        yaml::Mark,
+    },
+    journal::Journal,
+    kind::FaultKind,
+    targets::{self, TargetArgs},
+    units,
+};
+
+/// The window of a command run without `--duration`: until Ctrl-C, SIGTERM or `kchaos stop` (the
+/// kernel's lease still ends the fault within seconds if the loader itself stops).
+pub const UNTIL_STOPPED: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The flags of a fault command: its targets, its kind's own flags, and how it runs.
+#[derive(Debug, clap::Args)]
+pub struct FaultCommand<A: clap::Args> {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    #[command(flatten)]
+    pub args: A,
+    #[command(flatten)]
+    pub common: RunArgs,
+}
+
+/// How long a fault command runs and what it writes (shared by every fault command).
+#[derive(Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// Stop after this long (e.g. 30s, 5m); without it, run until Ctrl-C, SIGTERM or `kchaos stop`.
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Also write the report as JSON to this file (`kchaos report FILE` renders it).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// No live line (the summary is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// The targets a command names, with its kind's flags already checked.
+pub struct Command {
+    pub kind: FaultKind,
+    pub targets: TargetArgs,
+    pub run: RunArgs,
+}
+
+/// Runs one fault on the command's targets as a one-fault experiment, prints its summary, writes its
+/// report. Exit 0 when it ran as asked (to its end or until a signal), an error when the fault failed.
+pub async fn run(cmd: Command) -> Result<()> {
+    let Command { kind, targets, run } = cmd;
+    let name = kind.name();
+    let duration = match (kind.is_instant(), run.duration) {
+        (true, Some(_)) => {
+            return Err(BadInput::new(format!(
+                "--duration does not apply to {name}: it is an instant event"
+            ))
+            .into());
+        }
+        (true, None) => Duration::ZERO,
+        (false, None) if kind.requires_duration() => {
+            return Err(BadInput::new(format!(
+                "kchaos {name} needs --duration DUR (e.g. 10s): it would hold the target until \
+                 someone ends it"
+            ))
+            .into());
+        }
+        (false, Some(d)) if d.is_zero() => {
+            return Err(BadInput::new(format!(
+                "--duration 0s: a {name} fault lasts longer than 0s (e.g. 10s), or leave it out to \
+                 run until Ctrl-C"
+            ))
+            .into());
+        }
+        (false, d) => d.unwrap_or(UNTIL_STOPPED),
+    };
+    crate::require_root(&format!("kchaos {name}"))?;
+    let resolved = targets::resolve(&targets)?;
+    kind.preflight(&resolved)?;
+    let targets: Vec<ResolvedTarget> = resolved
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ResolvedTarget {
+            name: format!("target-{}", i + 1),
+            path: t.path.clone(),
+            id: t.id,
+            origin: t.origin.clone(),
+        })
+        .collect();
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let scenario = Scenario {
+        file: "(command line)".into(),
+        title: format!("kchaos {name}"),
+        description: String::new(),
+        variables: Default::default(),
+        targets: targets
+            .iter()
+            .map(|t| TargetDecl {
+                name: t.name.clone(),
+                what: TargetRef::Cgroup(t.path.display().to_string()),
+                mark: Mark::default(),
+            })
+            .collect(),
+        allow_host: true,
+        steady_state: SteadyState {
+            before: Duration::ZERO,
+            after: Duration::ZERO,
+            probes: Vec::new(),
+        },
+        faults: vec![FaultDecl {
+            name: name.into(),
+            targets: names,
+            at: Duration::ZERO,
+            duration,
+            kind: kind.clone(),
+            ramps: Vec::new(),
+            mark: Mark::default(),
+        }],
+        abort: Vec::new(),
+        budget: None,
+        rollbacks: Vec::new(),
+    };
+    // The record comes before anything is prepared: `kchaos stop` finds a run that is starting.
+    let journal = Journal::create(name).context("writing the run record under /run/kchaos")?;
+    println!("kchaos {}", kind.describe());
+    for line in kind.plan_lines(&resolved) {
+        println!("  {line}");
+    }
+    let report = runner::execute(runner::Setup {
+        scenario,
+        targets,
+        findings: Vec::new(),
+        risk_accepted: false,
+        quiet: run.quiet,
+        style: Style::Command,
+        command: name,
+        journal,
+        prepare: None,
+    })
+    .await?;
+    for line in summary(&report, &kind) {
+        println!("{line}");
+    }
+    if let Some(path) = &run.json {
+        report.write_json(path)?;
+        println!("  report: {}", path.display());
+    }
+    verdict(&report)
+}
+
+/// The command's summary: what ran for how long and why it ended, then its counters.
+pub fn summary(report: &Report, kind: &FaultKind) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in &report.faults {
+        if kind.is_instant() {
+            out.push(format!(
+                "kchaos {}: {}",
+                f.description,
+                kind.live_line(&f.counters)
+            ));
+        } else {
+            let window = match f.window_ms {
+                Some(ms) => format!(" for {:.1}s", ms / 1e3),
+                None => " (never armed)".into(),
+            };
+            out.push(format!(
+                "kchaos {}{window}, ended: {}",
+                f.description, report.summary.end_reason
+            ));
+            out.push(format!("  {}", kind.live_line(&f.counters)));
+        }
+        out.extend(kind.summary_lines(f).into_iter().map(|l| format!("  {l}")));
+        for e in &f.errors {
+            out.push(format!("  error: {e}"));
+        }
+    }
+    out
+}
+
+/// Ok when the fault ran as asked: to its end, or until a signal (Ctrl-C, SIGTERM, `kchaos stop`).
+fn verdict(report: &Report) -> Result<()> {
+    let errors: Vec<&String> = report.faults.iter().flat_map(|f| &f.errors).collect();
+    if !errors.is_empty() {
+        bail!(
+            "{}",
+            errors
+                .iter()
+                .map(|e| e.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let s = &report.summary;
+    if !s.completed && s.signal.is_none() {
+        bail!("{}", s.end_reason);
+    }
+    Ok(())
+}

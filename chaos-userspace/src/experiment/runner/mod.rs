@@ -1,0 +1,557 @@
+//! Runs an experiment, and every single-fault command as a one-fault experiment: every fault prepared
+//! (loaded, attached disarmed, guards started) before anything else, probes before (the hypothesis
+//! must hold, else nothing is injected), the faults armed at their planned instants with ramps and a
+//! kernel deadline each, abort rules and the budget watched all the while, probes after (recovery),
+//! rollbacks, and the report.
+//!
+//! One loop on a single thread: signals, probe results (from worker threads or agents), the next
+//! planned instant of a fault, and a 50 ms tick for the lease, counters, abort rules and the budget.
+//! An abort ends every fault right where it is decided, and the time that takes is measured.
+
+mod judging;
+mod rollbacks;
+mod timeline;
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{sync::mpsc::UnboundedReceiver, time::Instant};
+
+use self::timeline::{ActiveFault, State};
+use super::{
+    plan,
+    probes::{self, ProbeResult, Worker},
+    report::{
+        self, Event, FaultRecord, Phases, ProbeRecord, ProbeSample, Report, RollbackRecord,
+        ScenarioInfo, Summary,
+    },
+    review::Finding,
+    scenario::{Check, Scenario},
+    validate::ResolvedTarget,
+};
+use crate::{
+    journal::Journal,
+    kind::FaultKind,
+    lifecycle::{self, EndReason, Signals},
+    targets::Target,
+    units::format_duration,
+};
+
+/// Housekeeping: the lease, counters, abort rules, and how late the event budget is noticed.
+const TICK: Duration = Duration::from_millis(50);
+/// How often counters go into the report's time series (and the live line of a command).
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// The loop wakes this long before a planned instant and sleeps the rest precisely: tokio's timer
+/// works in whole milliseconds and rounds up.
+const FINE_WAIT: Duration = Duration::from_millis(3);
+
+/// What the run prints as it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// `kchaos run` / `monkey`: every event, timestamped.
+    Experiment,
+    /// A single-fault command: what was attached, "armed", a live line a second.
+    Command,
+}
+
+/// Everything a run needs, checked: a valid scenario, its resolved targets, the safety findings.
+pub struct Setup {
+    pub scenario: Scenario,
+    pub targets: Vec<ResolvedTarget>,
+    pub findings: Vec<Finding>,
+    pub risk_accepted: bool,
+    /// No live lines.
+    pub quiet: bool,
+    pub style: Style,
+    /// What ran ("run", "monkey", "net", ...), for the report.
+    pub command: &'static str,
+    /// The run's record, created before anything else (so `kchaos stop` finds a run that is still
+    /// starting); the runner journals what it makes in it.
+    pub journal: Journal,
+    /// How each fault is prepared: by its kind, unless a test hands in fakes.
+    pub prepare: Option<Box<PrepareFn>>,
+}
+
+/// Prepares one fault on its targets (a test's fake instead of the kind's own `prepare`).
+pub type PrepareFn =
+    dyn FnMut(&FaultKind, &[Target], &mut Journal) -> Result<Box<dyn crate::kind::Active>>;
+
+/// Why a phase stopped early.
+enum Stop {
+    Signal(EndReason),
+    Abort(String),
+}
+
+struct FaultRun {
+    index: usize,
+    state: State,
+    active: Option<ActiveFault>,
+    record: FaultRecord,
+    values: BTreeMap<String, f64>,
+    armed_at: Option<Instant>,
+    last_sample: Option<Instant>,
+}
+
+struct Run<'a> {
+    s: &'a Scenario,
+    targets: &'a [ResolvedTarget],
+    quiet: bool,
+    style: Style,
+    t0: Instant,
+    t0_ns: u64,
+    t0_unix_ms: u64,
+    events: Vec<Event>,
+    signals: Signals,
+    rx: UnboundedReceiver<ProbeResult>,
+    rx_open: bool,
+    probe_results: Vec<Vec<ProbeSample>>,
+    /// Per abort rule: since when (ms) its probe has been outside the rule's tolerance.
+    violated_since: Vec<Option<f64>>,
+    phases: Phases,
+    method_start: Option<Instant>,
+    method_start_ns: u64,
+    after_start_ns: Option<u64>,
+    faults: Vec<FaultRun>,
+    journal: Journal,
+    prepare: Option<Box<PrepareFn>>,
+    budget_end: Option<Instant>,
+    abort_to_detached_ms: Option<f64>,
+}
+
+pub async fn execute(mut setup: Setup) -> Result<Report> {
+    // Signals are caught from the start, so a Ctrl-C while faults are prepared is not lost.
+    let signals = Signals::install().context("installing signal handlers")?;
+    let journal = std::mem::replace(&mut setup.journal, Journal::scratch());
+    let prepare = setup.prepare.take();
+    let s = &setup.scenario;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let t0 = Instant::now();
+    let mut run = Run {
+        s,
+        targets: &setup.targets,
+        quiet: setup.quiet,
+        style: setup.style,
+        t0,
+        t0_ns: lifecycle::monotonic_ns(),
+        t0_unix_ms: unix_ms(),
+        events: Vec::new(),
+        signals,
+        rx,
+        rx_open: true,
+        probe_results: vec![Vec::new(); s.steady_state.probes.len()],
+        violated_since: vec![None; s.abort.len()],
+        phases: Phases::default(),
+        method_start: None,
+        method_start_ns: u64::MAX,
+        after_start_ns: None,
+        faults: s
+            .faults
+            .iter()
+            .enumerate()
+            .map(|(index, f)| FaultRun {
+                index,
+                state: State::Idle,
+                active: None,
+                record: FaultRecord {
+                    name: f.name.clone(),
+                    kind: f.kind.name().into(),
+                    description: f.describe(),
+                    targets: f.targets.clone(),
+                    planned_start_ms: (s.steady_state.before + f.at).as_secs_f64() * 1e3,
+                    planned_end_ms: (s.steady_state.before + f.end()).as_secs_f64() * 1e3,
+                    ..FaultRecord::default()
+                },
+                values: BTreeMap::new(),
+                armed_at: None,
+                last_sample: None,
+            })
+            .collect(),
+        journal,
+        prepare,
+        budget_end: s
+            .budget
+            .as_ref()
+            .and_then(|b| b.max_duration)
+            .map(|d| t0 + d),
+        abort_to_detached_ms: None,
+    };
+    run.event("run.start", format!("'{}' from {}", s.title, s.file));
+
+    // Everything slow happens now, before the first window opens; a fault that cannot be prepared
+    // ends the run with nothing armed and everything prepared so far undone.
+    if let Err(e) = run.prepare_all() {
+        run.finish_all("preparing failed");
+        return Err(e);
+    }
+
+    let mut workers = Vec::new();
+    if !s.steady_state.probes.is_empty() {
+        let exe = probes::current_exe()?;
+        for p in &s.steady_state.probes {
+            let cgroup = match &p.from_target {
+                Some(name) => Some(
+                    setup
+                        .targets
+                        .iter()
+                        .find(|t| &t.name == name)
+                        .map(|t| t.path.clone())
+                        .with_context(|| format!("probe '{}': no target '{name}'", p.name))?,
+                ),
+                None => None,
+            };
+            workers.push(Worker::start(p, cgroup.as_deref(), &exe, tx.clone())?);
+        }
+    }
+    drop(tx);
+
+    let mut stop = None;
+    let mut before_held = true;
+    // Before: the hypothesis must hold, or nothing is injected.
+    if !s.steady_state.probes.is_empty() && !s.steady_state.before.is_zero() {
+        run.event(
+            "phase.before",
+            format!("probing for {}", format_duration(s.steady_state.before)),
+        );
+        let start = run.ms();
+        stop = run.pump(t0 + s.steady_state.before, false).await?;
+        run.phases.before = Some((start, run.ms()));
+        if stop.is_none() {
+            let failed = run.judge_phase("before");
+            if !failed.is_empty() {
+                before_held = false;
+                let why = format!(
+                    "the steady state did not hold before injection, so nothing was injected: {}",
+                    failed.join("; ")
+                );
+                run.event("hypothesis.before", why.clone());
+                stop = Some(Stop::Abort(why));
+            } else {
+                run.event("hypothesis.before", "held".into());
+            }
+        }
+    }
+
+    // The method: the faults on their timeline.
+    let mut method_ran = false;
+    if stop.is_none() {
+        method_ran = true;
+        let start = Instant::now();
+        run.method_start = Some(start);
+        run.method_start_ns = lifecycle::monotonic_ns();
+        let start_ms = run.ms();
+        // The plan, from the method's real start.
+        for f in &mut run.faults {
+            let decl = &s.faults[f.index];
+            f.record.planned_start_ms = start_ms + decl.at.as_secs_f64() * 1e3;
+            f.record.planned_end_ms = start_ms + decl.end().as_secs_f64() * 1e3;
+        }
+        run.event(
+            "phase.during",
+            format!("faults for {}", format_duration(s.method_length())),
+        );
+        stop = run.pump(start + s.method_length(), true).await?;
+        if stop.is_some() {
+            let decided = Instant::now();
+            let n = run.finish_all("abort");
+            let ms = decided.elapsed().as_secs_f64() * 1e3;
+            if n > 0 {
+                run.abort_to_detached_ms = Some(ms);
+                run.event(
+                    "abort.detached",
+                    format!("{n} fault(s) detached {ms:.2} ms after the abort"),
+                );
+            }
+        } else {
+            run.finish_all("end of timeline");
+        }
+        run.phases.during = Some((start_ms, run.ms()));
+    } else {
+        // The hypothesis did not hold, or a signal came: nothing was armed; undo what was prepared.
+        run.finish_all("not started");
+    }
+
+    // After: recovery (skipped when a signal asked kchaos to end).
+    let signalled = matches!(stop, Some(Stop::Signal(_)));
+    if method_ran && !signalled && !s.steady_state.probes.is_empty() {
+        run.after_start_ns = Some(lifecycle::monotonic_ns());
+        let start_ms = run.ms();
+        run.event(
+            "phase.after",
+            format!("probing for {}", format_duration(s.steady_state.after)),
+        );
+        let deadline = Instant::now() + s.steady_state.after;
+        if let Some(sig) = run.pump(deadline, false).await?
+            && stop.is_none()
+        {
+            stop = Some(sig);
+        }
+        run.phases.after = Some((start_ms, run.ms()));
+    }
+    for w in workers {
+        w.stop();
+    }
+    // Results still in flight belong to the phases they started in.
+    while let Ok(r) = run.rx.try_recv() {
+        run.record_result(r);
+    }
+
+    let mut rollbacks = Vec::new();
+    if method_ran {
+        for r in &s.rollbacks {
+            run.event(
+                "rollback.start",
+                format!("'{}': {}", r.name, plan::shell_words(&r.argv)),
+            );
+            let rec = rollbacks::rollback(r);
+            run.event(
+                "rollback.end",
+                format!(
+                    "'{}': {}",
+                    r.name,
+                    rec.exit_code
+                        .map(|c| format!("exit {c}"))
+                        .unwrap_or_else(|| "did not finish".into())
+                ),
+            );
+            rollbacks.push(rec);
+        }
+    }
+
+    let (end_reason, abort_reason) = match &stop {
+        None => (EndReason::Duration.to_string(), None),
+        Some(Stop::Signal(r)) => (r.to_string(), Some(r.to_string())),
+        Some(Stop::Abort(why)) => (
+            EndReason::Aborted(why.clone()).to_string(),
+            Some(why.clone()),
+        ),
+    };
+    let signal = match &stop {
+        Some(Stop::Signal(r)) => Some(r.clone()),
+        _ => None,
+    };
+    run.event("run.end", end_reason.clone());
+    Ok(run.into_report(
+        before_held,
+        Completion {
+            completed: stop.is_none(),
+            end_reason,
+            abort_reason,
+            signal,
+        },
+        rollbacks,
+        &setup,
+    ))
+}
+
+/// How the run ended, for the summary.
+struct Completion {
+    completed: bool,
+    end_reason: String,
+    abort_reason: Option<String>,
+    signal: Option<EndReason>,
+}
+
+impl Run<'_> {
+    fn ms(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64() * 1e3
+    }
+
+    fn event(&mut self, kind: &str, detail: String) {
+        let t_ms = self.ms();
+        if !self.quiet && self.style == Style::Experiment {
+            println!("[{:>6.2}s] {kind:<18} {detail}", t_ms / 1e3);
+        }
+        tracing::info!("{kind}: {detail}");
+        self.events.push(Event {
+            t_ms,
+            unix_ms: self.t0_unix_ms + t_ms as u64,
+            kind: kind.into(),
+            detail,
+        });
+    }
+
+    /// Runs until `deadline` (or the budget's end), handling results and, with `method`, the timeline.
+    async fn pump(&mut self, deadline: Instant, method: bool) -> Result<Option<Stop>> {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let mut wake = next_tick.min(deadline);
+            if method {
+                // The budget's end matters only while faults run (before and after inject nothing).
+                if let Some(b) = self.budget_end {
+                    wake = wake.min(b);
+                }
+                if let Some(a) = self.next_action() {
+                    wake = wake.min(a);
+                }
+            }
+            let coarse = wake.checked_sub(FINE_WAIT).unwrap_or(wake);
+            tokio::select! {
+                biased;
+                reason = self.signals.recv() => return Ok(Some(self.signalled(reason))),
+                r = self.rx.recv(), if self.rx_open => match r {
+                    Some(r) => {
+                        if let Some(why) = self.record_result(r).filter(|_| method) {
+                            return Ok(Some(Stop::Abort(why)));
+                        }
+                    }
+                    None => self.rx_open = false,
+                },
+                _ = tokio::time::sleep_until(coarse) => {
+                    precise_wait(wake).await;
+                    let now = Instant::now();
+                    if method {
+                        if let Some(end) = self.budget_end
+                            && now >= end
+                        {
+                            let why = format!(
+                                "budget: max_duration {} reached",
+                                format_duration(end - self.t0)
+                            );
+                            self.event("budget.exceeded", why.clone());
+                            return Ok(Some(Stop::Abort(why)));
+                        }
+                        if let Some(why) = self.tick_method(now) {
+                            return Ok(Some(Stop::Abort(why)));
+                        }
+                    }
+                    if now >= deadline {
+                        return Ok(None);
+                    }
+                    if now >= next_tick {
+                        next_tick = now + TICK;
+                        if method && let Some(why) = self.check_abort_rules() {
+                            return Ok(Some(Stop::Abort(why)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn signalled(&mut self, reason: EndReason) -> Stop {
+        self.event("signal", reason.to_string());
+        Stop::Signal(reason)
+    }
+
+    fn into_report(
+        self,
+        before_held: bool,
+        end: Completion,
+        rollbacks: Vec<RollbackRecord>,
+        setup: &Setup,
+    ) -> Report {
+        let s = self.s;
+        let probes: Vec<ProbeRecord> = s
+            .steady_state
+            .probes
+            .iter()
+            .zip(self.probe_results)
+            .map(|(p, results)| ProbeRecord {
+                name: p.name.clone(),
+                check: describe_check(&p.check),
+                from_target: p.from_target.clone(),
+                tolerance: p.tolerance.clone(),
+                results,
+            })
+            .collect();
+        let faults: Vec<FaultRecord> = self.faults.into_iter().map(|f| f.record).collect();
+        let hypothesis = report::hypotheses(&probes, &self.phases);
+        let (availability, error_rate, recovery) = report::outcome(&faults, &probes);
+        let steady_state_held = (!probes.is_empty()).then(|| {
+            before_held
+                && self.phases.after.is_some()
+                && hypothesis
+                    .iter()
+                    .filter(|h| h.phase != "during")
+                    .all(|h| h.held)
+        });
+        let duration_ms = self.t0.elapsed().as_secs_f64() * 1e3;
+        Report {
+            kchaos_version: env!("CARGO_PKG_VERSION").into(),
+            kernel: kernel_release(),
+            command: setup.command.into(),
+            scenario: ScenarioInfo {
+                file: s.file.clone(),
+                title: s.title.clone(),
+                description: s.description.clone(),
+                variables: s.variables.clone(),
+            },
+            started_unix_ms: self.t0_unix_ms,
+            duration_ms,
+            targets: self.targets.to_vec(),
+            findings: setup.findings.clone(),
+            risk_accepted: setup.risk_accepted,
+            plan: plan::timeline(s, self.targets),
+            phases: self.phases,
+            events: self.events,
+            summary: Summary {
+                injected_events: faults.iter().map(|f| f.injected_events).sum(),
+                availability_during_faults_pct: availability,
+                error_rate_pct: error_rate,
+                recovery,
+                steady_state_held,
+                completed: end.completed,
+                end_reason: end.end_reason,
+                abort_reason: end.abort_reason,
+                signal: end.signal,
+                abort_to_detached_ms: self.abort_to_detached_ms,
+            },
+            faults,
+            probes,
+            hypothesis,
+            rollbacks,
+        }
+    }
+}
+
+/// Sleeps until `until` with the precision of the kernel's timers (tens of microseconds), not
+/// tokio's milliseconds. Under tokio's paused clock (tests) the virtual clock is advanced instead.
+async fn precise_wait(until: Instant) {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return;
+    }
+    if left <= FINE_WAIT {
+        std::thread::sleep(left);
+    }
+    if Instant::now() < until {
+        tokio::time::sleep_until(until).await;
+    }
+}
+
+pub fn describe_check(c: &Check) -> String {
+    match c {
+        Check::Tcp { address } => format!("tcp connect {address}"),
+        Check::Http { url, statuses } => {
+            if statuses.is_empty() {
+                format!("http GET {url} (200-399)")
+            } else {
+                format!("http GET {url} (status {statuses:?})")
+            }
+        }
+        Check::Command { argv, exit_code } => {
+            format!("command `{}` exits {exit_code}", plan::shell_words(argv))
+        }
+    }
+}
+
+/// The running kernel's release.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

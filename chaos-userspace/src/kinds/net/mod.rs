@@ -1,0 +1,233 @@
+//! The `net` kind: drop, EDT delay and partitions on the target cgroups' traffic (cgroup_skb programs;
+//! kernel side in chaos-ebpf/src/net.rs).
+
+mod yaml;
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Result;
+use chaos_common::NetCounters;
+
+use crate::{
+    error::BadInput,
+    experiment::{fields::Ctx, review::Risk, yaml::Node},
+    faults::net::{NetArgs, NetFault, NetSpec},
+    journal::Journal,
+    kind::{Active, Counters, Kind, MonkeyCaps, TargetFinding, Unit},
+    targets::Target,
+    units::pct,
+};
+
+pub const EXAMPLES: &str = "Examples:\n  kchaos net --cgroup /sys/fs/cgroup/app --drop 30 --duration 10s\n  \
+kchaos net --cgroup app --drop 1.5 --proto udp --port 53 --direction both\n  \
+kchaos net --cgroup app --delay 50ms --jitter 10ms --dst 10.0.0.0/8   (needs sch_fq)\n  \
+kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24";
+
+impl Kind for NetSpec {
+    const NAME: &'static str = "net";
+    const PARAMS: &'static [(&'static str, Unit)] =
+        &[("drop", Unit::Percent), ("delay", Unit::Duration)];
+    const MONKEY_TYPES: &'static [&'static str] = &["net-drop", "net-delay", "net-partition"];
+    type Args = NetArgs;
+    type Active = NetFault;
+
+    fn from_args(args: &NetArgs) -> Result<Self, BadInput> {
+        NetSpec::from_args(args)
+    }
+
+    fn from_yaml(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> Option<Self> {
+        yaml::parse_net(ctx, node, path, ramped)
+    }
+
+    fn describe(&self) -> String {
+        NetSpec::describe(self)
+    }
+
+    fn check_param(&self, param: &str, value: f64) -> Result<(), String> {
+        match param {
+            "drop" if (0.0..=100.0).contains(&value) => Ok(()),
+            "drop" => Err(format!("{value}% is not allowed: 0 to 100")),
+            "delay" if value <= 5.0 && Duration::from_secs_f64(value.max(0.0)) >= self.jitter => {
+                Ok(())
+            }
+            "delay" => Err(format!(
+                "{} is not allowed: up to 5s (sch_fq's horizon drops later packets) and no less \
+                 than the jitter",
+                Unit::Duration.format(value)
+            )),
+            other => Err(format!(
+                "a net fault cannot ramp '{other}': allowed are drop, delay"
+            )),
+        }
+    }
+
+    fn prepare_ramp(&mut self, param: &str, start: f64) {
+        match param {
+            "drop" => self.drop_percent = Some(start),
+            "delay" => self.delay = Duration::from_secs_f64(start.max(0.0)),
+            _ => {}
+        }
+    }
+
+    fn intensities(&self) -> Vec<(&'static str, f64)> {
+        let mut v = Vec::new();
+        if let Some(d) = self.drop_percent {
+            v.push(("drop", d));
+        }
+        if !self.partitions.is_empty() {
+            // Everything to a partitioned peer is lost: as intense as a drop can be.
+            v.push(("drop", 100.0));
+        }
+        if !self.delay.is_zero() {
+            v.push(("delay", (self.delay + self.jitter).as_secs_f64()));
+        }
+        v
+    }
+
+    fn overlap_conflict(&self) -> Option<&'static str> {
+        Some(
+            "two net faults on one target at once would stack (each packet drawn twice, delays \
+             added): merge them into one fault, or move one so they do not overlap",
+        )
+    }
+
+    fn target_findings(&self, _target: &Path, _cgroup_root: &Path) -> Vec<TargetFinding> {
+        Vec::new()
+    }
+
+    fn rollback_advice(&self) -> Option<(Risk, String)> {
+        (!self.partitions.is_empty()).then(|| {
+            (
+                Risk::Low,
+                "a partition can leave the target with broken connections or failed-over state; \
+                 kchaos restores the network, not the application"
+                    .into(),
+            )
+        })
+    }
+
+    fn random(
+        monkey_type: &str,
+        caps: &MonkeyCaps,
+        draw: &mut dyn FnMut() -> f64,
+    ) -> Result<Self, BadInput> {
+        let mut args = NetArgs::default();
+        match monkey_type {
+            "net-drop" => {
+                // Whole tenths of a percent, at least 1%.
+                let p = 1.0 + draw() * (caps.max_drop_percent - 1.0).max(0.0);
+                args.drop = Some((p * 10.0).round() / 10.0);
+            }
+            "net-delay" => {
+                let max_ms = caps.max_delay.as_millis().max(1) as f64;
+                let ms = (1.0 + draw() * (max_ms - 1.0)).round();
+                args.delay = Some(Duration::from_millis(ms as u64));
+            }
+            _ => {
+                if caps.peers.is_empty() {
+                    return Err(BadInput::new(
+                        "--types net-partition needs --peer CIDR[:PORT]: which peer to cut the \
+                         target off from",
+                    ));
+                }
+                let i = ((draw() * caps.peers.len() as f64) as usize).min(caps.peers.len() - 1);
+                args.partitions = vec![caps.peers[i].clone()];
+            }
+        }
+        NetSpec::from_args(&args)
+    }
+
+    fn preflight(&self, _targets: &[Target]) -> Result<(), BadInput> {
+        NetFault::preflight(self)
+    }
+
+    fn prepare(&self, targets: &[Target], journal: &mut Journal) -> Result<NetFault> {
+        NetFault::attach(self.clone(), targets, journal)
+    }
+
+    fn injected_events(counters: &Counters) -> u64 {
+        counters
+            .iter()
+            .filter(|(k, _)| {
+                k.ends_with(".dropped") || k.ends_with(".partitioned") || k.ends_with(".delayed")
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    fn live_line(counters: &Counters) -> String {
+        let line = |dir: &str| {
+            let n = |what: &str| counters.get(&format!("{dir}.{what}")).copied().unwrap_or(0);
+            let (matched, dropped) = (n("matched"), n("dropped"));
+            let mut s = format!(
+                "{dir} seen {} matched {matched} dropped {dropped} ({:.1}%)",
+                n("seen"),
+                pct(dropped, matched)
+            );
+            if n("partitioned") > 0 {
+                s += &format!(" partitioned {}", n("partitioned"));
+            }
+            if n("delayed") > 0 {
+                s += &format!(
+                    " delayed {} (mean {:.2} ms)",
+                    n("delayed"),
+                    n("delay_ns_total") as f64 / n("delayed") as f64 / 1e6
+                );
+            }
+            s
+        };
+        format!("{} | {}", line("egress"), line("ingress"))
+    }
+}
+
+/// The kernel's counters of one direction, flat.
+fn direction_counters(m: &mut Counters, dir: &str, c: &NetCounters) {
+    for (name, v) in [
+        ("seen", c.seen),
+        ("matched", c.matched),
+        ("dropped", c.dropped),
+        ("partitioned", c.partitioned),
+        ("delayed", c.delayed),
+        ("delay_ns_total", c.delay_ns_total),
+    ] {
+        m.insert(format!("{dir}.{name}"), v);
+    }
+}
+
+impl Active for NetFault {
+    fn arm(&mut self, deadline_ns: u64, _journal: &mut Journal) -> Result<()> {
+        NetFault::arm(self, deadline_ns)
+    }
+
+    fn renew(&mut self, deadline_ns: u64) -> Result<()> {
+        NetFault::arm(self, deadline_ns)
+    }
+
+    fn set_param(&mut self, param: &str, value: f64) -> Result<()> {
+        match param {
+            "drop" => self.set_drop_percent(value.clamp(0.0, 100.0)),
+            "delay" => self.set_delay(Duration::from_secs_f64(value.max(0.0))),
+            other => anyhow::bail!("a net fault has no parameter '{other}'"),
+        }
+    }
+
+    fn counters(&self) -> Result<Counters> {
+        let t = self.totals()?;
+        let mut m = Counters::new();
+        direction_counters(&mut m, "egress", &t.egress);
+        direction_counters(&mut m, "ingress", &t.ingress);
+        Ok(m)
+    }
+
+    fn attachments(&self) -> Vec<String> {
+        self.attachments.clone()
+    }
+
+    fn disarm(&mut self, _journal: &mut Journal) -> Result<()> {
+        NetFault::arm(self, 0)
+    }
+
+    fn undo(self: Box<Self>, journal: &mut Journal) -> Result<()> {
+        NetFault::detach(*self, journal)
+    }
+}

@@ -1,0 +1,103 @@
+//! The `net:` block of a scenario fault: the fields of `kchaos net`, each checked where it is written.
+
+use std::time::Duration;
+
+use crate::{
+    experiment::{fields::Ctx, yaml::Node},
+    faults::{
+        net::{Direction, NetArgs, NetSpec, Proto},
+        peers::Peer,
+    },
+};
+
+const NET_FIELDS: &[&str] = &[
+    "drop",
+    "delay",
+    "jitter",
+    "partition",
+    "dst",
+    "port",
+    "proto",
+    "direction",
+];
+
+/// Reads `net: {...}`; `ramped` names the parameters a ramp of the fault will set.
+pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> Option<NetSpec> {
+    let f = ctx.map(node, path, NET_FIELDS)?;
+    let before = ctx.errors.len();
+    let mut args = NetArgs::default();
+    if let Some(n) = f.value("drop") {
+        args.drop = ctx.percent(n, &f.path_of("drop"));
+    }
+    if let Some(n) = f.value("delay") {
+        args.delay = ctx.duration(n, &f.path_of("delay"));
+    }
+    if let Some(n) = f.value("jitter") {
+        args.jitter = ctx.duration(n, &f.path_of("jitter"));
+    }
+    for (key, allow_port) in [("partition", true), ("dst", false)] {
+        if let Some(n) = f.value(key) {
+            let p = f.path_of(key);
+            for (text, mark) in ctx.strings(n, &p) {
+                match Peer::parse(&text, key, allow_port) {
+                    Ok(_) => {
+                        if key == "partition" {
+                            args.partitions.push(text)
+                        } else {
+                            args.dsts.push(text)
+                        }
+                    }
+                    Err(e) => ctx.err(mark, &p, e.0),
+                }
+            }
+        }
+    }
+    if let Some(n) = f.value("port") {
+        let p = f.path_of("port");
+        match ctx.uint(n, &p, 65535) {
+            Some(0) => ctx.err(n.mark, &p, "port 0 is not allowed: write 1 to 65535"),
+            Some(v) => args.port = Some(v as u16),
+            None => {}
+        }
+    }
+    if let Some(n) = f.value("proto") {
+        args.proto = match ctx
+            .choice(n, &f.path_of("proto"), &["tcp", "udp", "icmp"])?
+            .as_str()
+        {
+            "tcp" => Some(Proto::Tcp),
+            "udp" => Some(Proto::Udp),
+            _ => Some(Proto::Icmp),
+        };
+    }
+    if let Some(n) = f.value("direction") {
+        args.direction = match ctx
+            .choice(n, &f.path_of("direction"), &["egress", "ingress", "both"])?
+            .as_str()
+        {
+            "ingress" => Direction::Ingress,
+            "both" => Direction::Both,
+            _ => Direction::Egress,
+        };
+    }
+    if ctx.errors.len() > before {
+        return None;
+    }
+    // A ramped parameter needs its programs attached even when the fault names no fixed value; the
+    // ramp sets the real value before the fault is armed.
+    if ramped.iter().any(|p| p == "drop") && args.drop.is_none() {
+        args.drop = Some(0.0);
+    }
+    if ramped.iter().any(|p| p == "delay") && args.delay.is_none() {
+        args.delay = Some(Duration::from_millis(1).max(args.jitter.unwrap_or_default()));
+    }
+    match NetSpec::from_args(&args) {
+        Ok(spec) => Some(spec),
+        Err(e) => {
+            // The checks across fields speak in flags (--delay); here they are fields.
+            let text = e.0.replace("--", "");
+            ctx.err(f.mark, path, text);
+            None
+        }
+    }
+}
