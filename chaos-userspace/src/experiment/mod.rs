@@ -75,13 +75,13 @@ pub struct ValidateArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// A JSON report written by `kchaos run --report`.
+    /// A JSON report: `kchaos run --report`, or any fault command's `--json`.
     pub file: PathBuf,
-    /// Write a self-contained HTML page (needs --out).
-    #[arg(long, requires = "out")]
-    pub html: bool,
-    /// Where the HTML page goes.
-    #[arg(long, value_name = "FILE.html")]
+    /// Write a self-contained HTML page here (`--html FILE.html`; `--html --out FILE.html` works too).
+    #[arg(long, value_name = "FILE.html", num_args = 0..=1)]
+    pub html: Option<Option<PathBuf>>,
+    /// Where the HTML page goes (with a bare --html).
+    #[arg(long, value_name = "FILE.html", requires = "html")]
     pub out: Option<PathBuf>,
     /// Also write JUnit XML here.
     #[arg(long, value_name = "FILE.xml")]
@@ -275,11 +275,11 @@ pub async fn monkey_command(args: monkey::MonkeyArgs) -> Result<()> {
 /// `kchaos report FILE.json`.
 pub fn report_command(args: &ReportArgs) -> Result<()> {
     let report = Report::read_json(&args.file)?;
-    if args.html {
-        let out = args
-            .out
+    if let Some(html) = &args.html {
+        let out = html
             .as_deref()
-            .ok_or_else(|| BadInput::new("--html needs --out FILE.html"))?;
+            .or(args.out.as_deref())
+            .ok_or_else(|| BadInput::new("--html needs a file: --html FILE.html"))?;
         std::fs::write(out, html::render(&report))
             .with_context(|| format!("writing {}", out.display()))?;
         println!("html: {}", out.display());

@@ -187,9 +187,15 @@ impl Run<'_> {
         f.record.start_ms = Some(t);
         f.record.armed_late_ms = Some(t - f.record.planned_start_ms);
         f.armed_at = Some(armed_at);
-        if decl.kind.is_instant() {
-            f.record.attached = active.attachments();
-        }
+        // What arming started (workers, a freeze) joins what preparing attached.
+        let before = std::mem::replace(&mut f.record.attached, active.attachments());
+        let started: Vec<String> = f
+            .record
+            .attached
+            .iter()
+            .filter(|a| !before.contains(a))
+            .cloned()
+            .collect();
         for (param, value, display) in steps {
             f.values.insert(param.clone(), value);
             f.record.ramp_steps.push(RampStep {
@@ -207,14 +213,19 @@ impl Run<'_> {
                     println!("  {line}");
                 }
             }
-            Style::Command => println!(
-                "  armed{}; Ctrl-C or `kchaos stop` ends it",
-                if decl.duration >= crate::command::UNTIL_STOPPED {
-                    String::new()
-                } else {
-                    format!(" for {}", crate::units::format_duration(decl.duration))
+            Style::Command => {
+                for line in &started {
+                    println!("  {line}");
                 }
-            ),
+                println!(
+                    "  armed{}; Ctrl-C or `kchaos stop` ends it",
+                    if decl.duration >= crate::command::UNTIL_STOPPED {
+                        String::new()
+                    } else {
+                        format!(" for {}", crate::units::format_duration(decl.duration))
+                    }
+                )
+            }
             Style::Experiment => {
                 self.event("fault.armed", format!("'{name}' {describe}: {attached}"))
             }
