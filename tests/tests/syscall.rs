@@ -319,6 +319,7 @@ fn probe_and_syscall_agree_on_every_backend() {
     // A test cgroup with no processes: the faults run for real but hit nothing.
     let cg = cgroup("sp");
     let cg_path = cg.path.display().to_string();
+    let mut summary = Vec::new();
     for (op, choice) in backends {
         let out = runs.run(&[
             "syscall",
@@ -337,7 +338,7 @@ fn probe_and_syscall_agree_on_every_backend() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         match choice["backend"].as_str() {
             Some(backend) => {
-                println!("[{label}] {op}: probe and syscall say {backend}");
+                summary.push(format!("{op}={backend}"));
                 assert!(out.status.success(), "{op}: {stdout}{stderr}");
                 let line = format!("  {op}: {backend} backend");
                 assert!(
@@ -355,6 +356,7 @@ fn probe_and_syscall_agree_on_every_backend() {
             }
             None => {
                 let why = choice["reason"].as_str().unwrap();
+                summary.push(format!("{op}=refused"));
                 println!("[{label}] {op}: refused by both: {why}");
                 assert_eq!(out.status.code(), Some(2), "{op}: {stdout}{stderr}");
                 assert!(
@@ -397,6 +399,14 @@ fn probe_and_syscall_agree_on_every_backend() {
         runs.records(),
         Vec::<std::path::PathBuf>::new(),
         "run records left behind"
+    );
+    // To the stderr handle itself, which libtest doesn't capture: each kernel's answers show in the
+    // VM suite's log too.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "[{label}] probe and kchaos syscall agree: {}",
+        summary.join(" ")
     );
 }
 
