@@ -3,6 +3,7 @@
 
 pub mod bounded_read;
 pub mod btf;
+pub mod capabilities;
 pub mod cgroup;
 pub mod command;
 pub mod demo;

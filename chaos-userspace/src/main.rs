@@ -88,18 +88,7 @@ fn main() -> ExitCode {
         Command::Fault(cmd) => block_on(cmd.run()),
         Command::StressWorker(args) => chaos_userspace::stress::worker::run(&args),
         Command::PauseGuard(args) => chaos_userspace::kinds::pause::freeze::guard(&args),
-        Command::Probe { json } => {
-            let caps = probe::probe();
-            if json {
-                match serde_json::to_string_pretty(&caps) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => eprintln!("kchaos: {e}"),
-                }
-            } else {
-                probe::print(&caps);
-            }
-            Ok(())
-        }
+        Command::Probe { json } => probe::run(json),
         Command::Stop => match stop::stop() {
             0 => Ok(()),
             n => Err(anyhow::anyhow!(

@@ -1,182 +1,205 @@
-//! `kchaos probe`: which hooks this kernel offers, found by trying them, and what each enables.
+//! `kchaos probe`: what this kernel offers (decided in capabilities.rs) and, for each syscall
+//! operation, the backend `kchaos syscall --backend auto` would pick, worked out by the function the
+//! syscall fault chooses with.
 
-use std::path::Path;
+use anyhow::Result;
+use serde::ser::{SerializeMap as _, SerializeStruct as _};
 
-use aya::{programs::ProgramType, sys::is_program_supported};
+use crate::{
+    capabilities::{Capabilities, Capability},
+    faults::syscall::{Backend, BackendSupport, auto_backends},
+};
 
-use crate::{cgroup, netns, qdisc};
-
-/// One capability and its verdict.
+/// What `kchaos probe` prints, and `kchaos probe --json` serialises.
 #[derive(Debug, serde::Serialize)]
-pub struct Capability {
-    pub name: &'static str,
-    pub available: bool,
-    /// How it was found, or why it is missing.
-    pub detail: String,
-    /// The kchaos features it enables.
-    pub enables: &'static str,
+pub struct ProbeReport {
+    pub kernel: String,
+    pub capabilities: Vec<Capability>,
+    /// Operation name -> {"backend": "cgroup" | "lsm" | "kprobe" | null, "reason": null | why none}.
+    pub syscall_backends: SyscallBackends,
 }
 
-fn program(kind: ProgramType) -> (bool, String) {
-    match is_program_supported(kind) {
-        Ok(true) => (true, "a test program loaded".into()),
-        Ok(false) => (false, "the kernel does not know this program type".into()),
-        Err(e) => (
-            false,
-            format!(
-                "loading a test program was refused: {:#}",
-                anyhow::Error::from(e)
-            ),
-        ),
+/// Each syscall operation's backend under `--backend auto`, in the order `kchaos syscall --help`
+/// lists them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SyscallBackends(pub Vec<(&'static str, Result<Backend, String>)>);
+
+struct Choice<'a>(&'a Result<Backend, String>);
+
+impl serde::Serialize for Choice<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Choice", 2)?;
+        st.serialize_field("backend", &self.0.as_ref().ok())?;
+        st.serialize_field("reason", &self.0.as_ref().err())?;
+        st.end()
     }
 }
 
-fn in_scratch_netns(args: &[&str]) -> (bool, String) {
-    match netns::command_in_scratch_netns("tc").args(args).output() {
-        Ok(o) if o.status.success() => (
-            true,
-            format!("`tc {}` worked in a scratch netns", args.join(" ")),
-        ),
-        Ok(o) => (false, String::from_utf8_lossy(&o.stderr).trim().to_owned()),
-        Err(e) => (false, format!("could not run tc: {e}")),
+impl serde::Serialize for SyscallBackends {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (op, choice) in &self.0 {
+            map.serialize_entry(op, &Choice(choice))?;
+        }
+        map.end()
     }
 }
 
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
+impl ProbeReport {
+    pub fn new(caps: &Capabilities) -> Self {
+        Self {
+            kernel: caps.kernel.clone(),
+            capabilities: caps.rows(),
+            syscall_backends: SyscallBackends(auto_backends(&BackendSupport::from_capabilities(
+                caps,
+            ))),
+        }
+    }
 
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let rel = kernel_release();
-    let mut it = rel
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse::<u32>().ok());
-    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-    (a, b) >= (major, minor)
-}
-
-/// A kernel config option from /boot/config-<release> or /proc/config.gz's plain sibling, if readable.
-fn kconfig(option: &str) -> Option<bool> {
-    let text = std::fs::read_to_string(format!("/boot/config-{}", kernel_release())).ok()?;
-    Some(text.lines().any(|l| l == format!("{option}=y")))
-}
-
-/// Tries every hook kchaos can use.
-pub fn probe() -> Vec<Capability> {
-    let mut caps = Vec::new();
-    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
-    caps.push(Capability {
-        name: "BTF",
-        available: btf,
-        detail: if btf {
-            "/sys/kernel/btf/vmlinux".into()
-        } else {
-            "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)".into()
-        },
-        enables: "BPF LSM and trampoline backends (syscall faults)",
-    });
-    let (available, detail) = match cgroup::v2_mount() {
-        Ok(p) => (true, format!("mounted at {}", p.display())),
-        Err(e) => (false, e.to_string()),
-    };
-    caps.push(Capability {
-        name: "cgroup v2",
-        available,
-        detail,
-        enables: "targeting (--cgroup, --pid): every fault",
-    });
-    let (available, detail) = program(ProgramType::CgroupSkb);
-    caps.push(Capability {
-        name: "cgroup_skb",
-        available,
-        detail,
-        enables: "net: --drop, --delay stamping, --partition",
-    });
-    let (available, detail) = program(ProgramType::CgroupSockAddr);
-    caps.push(Capability {
-        name: "cgroup_sock_addr",
-        available,
-        detail,
-        enables: "syscall: connect/bind/sendmsg/recvmsg errors",
-    });
-    let (available, detail) = in_scratch_netns(&["qdisc", "add", "dev", "lo", "root", "fq"]);
-    let fq = qdisc::kernel_has_fq();
-    caps.push(Capability {
-        name: "sch_fq",
-        available: available && fq,
-        detail,
-        enables: "net: --delay (EDT departure times)",
-    });
-    let (available, detail) = in_scratch_netns(&["qdisc", "add", "dev", "lo", "clsact"]);
-    caps.push(Capability {
-        name: "clsact",
-        available,
-        detail,
-        enables: "TC programs (netlink-attached; not used by kchaos's faults)",
-    });
-    let (tc_ok, tc_detail) = program(ProgramType::SchedClassifier);
-    let tcx = tc_ok && kernel_at_least(6, 6);
-    caps.push(Capability {
-        name: "tcx",
-        available: tcx,
-        detail: if tcx {
-            format!("kernel {} (tcx since 6.6); {tc_detail}", kernel_release())
-        } else {
-            format!("kernel {}: tcx needs 6.6+; {tc_detail}", kernel_release())
-        },
-        enables: "fd-owned TC links (not needed by the cgroup-based net faults)",
-    });
-    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
-    caps.push(Capability {
-        name: "kprobes",
-        available: kprobes,
-        detail: if kprobes {
-            "the kprobe PMU exists".into()
-        } else {
-            "no kprobe PMU (/sys/bus/event_source/devices/kprobe): CONFIG_KPROBES is off".into()
-        },
-        enables: "syscall: kprobe + bpf_override_return backend",
-    });
-    let over = kconfig("CONFIG_BPF_KPROBE_OVERRIDE");
-    caps.push(Capability {
-        name: "bpf_override_return",
-        available: kprobes && over == Some(true),
-        detail: match over {
-            Some(true) => "CONFIG_BPF_KPROBE_OVERRIDE=y".into(),
-            Some(false) => {
-                "CONFIG_BPF_KPROBE_OVERRIDE is not set (Debian kernels; Ubuntu and Fedora set it)"
-                    .into()
+    /// The table.
+    pub fn print(&self) {
+        println!("kchaos probe: kernel {}", self.kernel);
+        for c in &self.capabilities {
+            let mark = if c.available { "yes" } else { "no " };
+            println!("  {mark}  {:<36} {}", c.name, c.detail);
+            println!("       {:<36} -> {}", "", c.enables);
+        }
+        println!("  syscall operations: the backend `kchaos syscall --backend auto` picks");
+        for (op, choice) in &self.syscall_backends.0 {
+            match choice {
+                Ok(b) => println!("       {op:<36} {b}"),
+                Err(why) => println!("       {op:<36} none ({why})"),
             }
-            None => "no /boot/config-<release> to read CONFIG_BPF_KPROBE_OVERRIDE from".into(),
-        },
-        enables: "syscall: kprobe backend",
-    });
-    let (available, detail) = program(ProgramType::Lsm(aya::programs::LsmAttachType::Mac));
-    caps.push(Capability {
-        name: "BPF LSM",
-        available,
-        detail,
-        enables: "syscall: file, socket and task errors (lsm backend)",
-    });
-    let (available, detail) = program(ProgramType::Tracing);
-    caps.push(Capability {
-        name: "trampolines (fentry/fexit/fmod_ret)",
-        available,
-        detail,
-        enables: "syscall: fmod_ret backend",
-    });
-    caps
+        }
+    }
 }
 
-/// Prints the table.
-pub fn print(caps: &[Capability]) {
-    println!("kchaos probe: kernel {}", kernel_release());
-    for c in caps {
-        let mark = if c.available { "yes" } else { "no " };
-        println!("  {mark}  {:<36} {}", c.name, c.detail);
-        println!("       {:<36} -> {}", "", c.enables);
+/// `kchaos probe [--json]`.
+pub fn run(json: bool) -> Result<()> {
+    let report = ProbeReport::new(&Capabilities::detect());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::syscall::{OPS, SyscallArgs, SyscallSpec, plan};
+
+    /// A kernel with the cgroup hooks and bpf_override_return, whose BPF LSM loads but is not an
+    /// active LSM (the mismatch `kchaos probe` once reported as "yes").
+    fn faked() -> Capabilities {
+        let yes = |s: &str| Ok(s.to_owned());
+        Capabilities {
+            kernel: "6.12.0-test".into(),
+            btf: yes("/sys/kernel/btf/vmlinux"),
+            cgroup_v2: yes("mounted at /sys/fs/cgroup"),
+            cgroup_skb: yes("a test program loaded"),
+            cgroup_sock_addr: yes("loaded"),
+            sch_fq: Err("Error: Specified qdisc kind is unknown.".into()),
+            clsact: yes("ok"),
+            tcx: yes("ok"),
+            kprobes: yes("the kprobe PMU exists"),
+            bpf_override_return: yes("loaded"),
+            bpf_lsm: Err("`bpf` is not in the active LSM list (lockdown,yama)".into()),
+            trampolines: yes("a test program loaded"),
+        }
+    }
+
+    fn spec(op: &str) -> SyscallSpec {
+        SyscallSpec::from_args(&SyscallArgs {
+            syscalls: vec![op.into()],
+            errno: "EIO".into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// Every operation's probe answer is what plan() decides for a plain `--syscall OP`.
+    fn assert_agree(caps: &Capabilities) -> ProbeReport {
+        let report = ProbeReport::new(caps);
+        let support = BackendSupport::from_capabilities(caps);
+        assert_eq!(report.syscall_backends.0.len(), OPS.len());
+        for (op, choice) in &report.syscall_backends.0 {
+            let planned = plan(&spec(op), &support);
+            match (choice, planned) {
+                (Ok(b), Ok(p)) => assert_eq!(p, vec![(spec(op).ops[0], *b)], "{op}"),
+                (Err(why), Err(e)) => assert!(e.to_string().contains(why.as_str()), "{op}: {e}"),
+                (c, p) => panic!("{op}: probe says {c:?}, plan says {p:?}"),
+            }
+        }
+        report
+    }
+
+    #[test]
+    fn probe_and_plan_agree() {
+        let caps = faked();
+        let report = assert_agree(&caps);
+        let choice = |op: &str| {
+            report
+                .syscall_backends
+                .0
+                .iter()
+                .find(|(o, _)| *o == op)
+                .map(|(_, c)| c.clone())
+                .unwrap()
+        };
+        assert_eq!(choice("connect"), Ok(Backend::Cgroup));
+        // No active BPF LSM: open falls through to the kprobe backend.
+        assert_eq!(choice("open"), Ok(Backend::Kprobe));
+        let row = |name: &str| {
+            report
+                .capabilities
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap()
+                .clone()
+        };
+        assert!(!row("BPF LSM").available);
+        assert!(row("BPF LSM").detail.contains("active LSM list"));
+
+        // Without kprobes too, open is refused, and the reason names the LSM list.
+        let caps = Capabilities {
+            kprobes: Err("no kprobes".into()),
+            bpf_override_return: Err("no kprobes".into()),
+            ..faked()
+        };
+        let report = assert_agree(&caps);
+        let open = &report
+            .syscall_backends
+            .0
+            .iter()
+            .find(|(o, _)| *o == "open")
+            .unwrap()
+            .1;
+        let why = open.as_ref().unwrap_err();
+        assert!(
+            why.contains("active LSM list") && why.contains("no kprobes"),
+            "{why}"
+        );
+
+        // With an active BPF LSM, open and fsync go to lsm and kprobe.
+        let caps = Capabilities {
+            bpf_lsm: Ok("loaded; `bpf` is an active LSM".into()),
+            ..faked()
+        };
+        let report = assert_agree(&caps);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["syscall_backends"]["open"]["backend"], "lsm");
+        assert_eq!(json["syscall_backends"]["fsync"]["backend"], "kprobe");
+        assert_eq!(
+            json["syscall_backends"]["connect"]["reason"],
+            serde_json::Value::Null
+        );
+        // Today's fields stay: each capability's name, available, detail, enables.
+        let first = &json["capabilities"][0];
+        for k in ["name", "available", "detail", "enables"] {
+            assert!(first.get(k).is_some(), "{k} missing: {first}");
+        }
+        assert_eq!(json["kernel"], "6.12.0-test");
     }
 }

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use chaos_userspace::faults::syscall::BackendSupport;
 use integration_tests::{
-    Running, attach_type, cgroup_programs, lab::LabCgroup, root_or_skip, run, skip, tag, traffic,
+    RunDir, Running, attach_type, cgroup_programs, lab::LabCgroup, root_or_skip, run, skip, tag,
+    traffic,
 };
 
 fn cgroup(name: &str) -> LabCgroup {
@@ -279,6 +280,134 @@ fn unavailable_backends_are_refused_with_the_reason() {
         assert!(stderr.contains(expect), "{stderr}");
     }
     assert_eq!(cgroup_hooks(&cg.path), Vec::<u32>::new());
+}
+
+/// `kchaos probe --json` and `kchaos syscall --backend auto` agree, operation by operation: the
+/// backend the probe names is the one the command picks, and an operation the probe says nothing
+/// can serve is refused (exit 2) with the probe's reason.
+#[test]
+fn probe_and_syscall_agree_on_every_backend() {
+    let test = "probe_and_syscall_agree_on_every_backend";
+    if !root_or_skip(test) {
+        return;
+    }
+    let label = integration_tests::kernel_label();
+    let runs = RunDir::new();
+    let out = runs.run(&["probe", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backends = probe["syscall_backends"].as_object().unwrap();
+    assert_eq!(
+        backends.len(),
+        chaos_userspace::faults::syscall::OPS.len(),
+        "every operation is answered: {probe}"
+    );
+    let available = |name: &str| {
+        probe["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no capability {name}: {probe}"))["available"]
+            .as_bool()
+            .unwrap()
+    };
+    // A test cgroup with no processes: the faults run for real but hit nothing.
+    let cg = cgroup("sp");
+    let cg_path = cg.path.display().to_string();
+    let mut summary = Vec::new();
+    for (op, choice) in backends {
+        let out = runs.run(&[
+            "syscall",
+            "--cgroup",
+            &cg_path,
+            "--syscall",
+            op,
+            "--errno",
+            "EIO",
+            "--percent",
+            "1",
+            "--duration",
+            "1s",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match choice["backend"].as_str() {
+            Some(backend) => {
+                summary.push(format!("{op}={backend}"));
+                assert!(out.status.success(), "{op}: {stdout}{stderr}");
+                let line = format!("  {op}: {backend} backend");
+                assert!(
+                    stdout.lines().any(|l| l == line),
+                    "{op}: the probe said {backend}; kchaos syscall printed:\n{stdout}"
+                );
+                // The capability row behind that backend says yes too.
+                let capability = match backend {
+                    "cgroup" => "cgroup_sock_addr",
+                    "lsm" => "BPF LSM",
+                    "kprobe" => "bpf_override_return",
+                    other => panic!("{op}: unknown backend {other}"),
+                };
+                assert!(available(capability), "{op}: {backend} but {probe}");
+            }
+            None => {
+                let why = choice["reason"].as_str().unwrap();
+                summary.push(format!("{op}=refused"));
+                println!("[{label}] {op}: refused by both: {why}");
+                assert_eq!(out.status.code(), Some(2), "{op}: {stdout}{stderr}");
+                assert!(
+                    stderr.contains(&format!("--syscall {op}: no backend")) && stderr.contains(why),
+                    "{op}: the probe's reason {why:?}; kchaos syscall said: {stderr}"
+                );
+            }
+        }
+    }
+    // open has no cgroup hook, and lsm comes before kprobe: it goes to lsm exactly when the probe's
+    // BPF LSM row says yes.
+    assert_eq!(
+        available("BPF LSM"),
+        backends["open"]["backend"] == "lsm",
+        "{probe}"
+    );
+    // A kernel that loads BPF LSM programs but hasn't `bpf` among its active LSMs never runs them.
+    if let Ok(list) = std::fs::read_to_string("/sys/kernel/security/lsm")
+        && !list.split(',').any(|l| l.trim() == "bpf")
+    {
+        assert!(
+            !available("BPF LSM"),
+            "`bpf` is not active ({list}): {probe}"
+        );
+    }
+    // Every kernel with bpf_set_retval (5.18+) serves connect through the cgroup hooks.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release
+        .split(['.', '-'])
+        .filter_map(|s| s.parse::<u32>().ok());
+    if (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 18) {
+        assert_eq!(backends["connect"]["backend"], "cgroup", "{probe}");
+    }
+    assert_eq!(
+        cgroup_hooks(&cg.path),
+        Vec::<u32>::new(),
+        "programs left attached after the runs"
+    );
+    assert_eq!(
+        runs.records(),
+        Vec::<std::path::PathBuf>::new(),
+        "run records left behind"
+    );
+    // To the stderr handle itself, which libtest doesn't capture: each kernel's answers show in the
+    // VM suite's log too.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "[{label}] probe and kchaos syscall agree: {}",
+        summary.join(" ")
+    );
 }
 
 /// The BPF LSM backend: files, directories, processes and memory.

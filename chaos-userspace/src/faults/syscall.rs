@@ -10,8 +10,7 @@ use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf,
     maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, Lsm, ProgramType},
-    sys::{BpfHelper, is_helper_supported, is_program_supported},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, Lsm},
 };
 use chaos_common::{
     MAX_SYSCALL_TARGETS, OP_ACCEPT, OP_BIND, OP_CONNECT, OP_FORK, OP_FSYNC, OP_MKDIR, OP_MMAP,
@@ -20,7 +19,13 @@ use chaos_common::{
 };
 
 use super::peers::Peer;
-use crate::{errno, error::BadInput, targets::Target, units};
+use crate::{
+    capabilities::{self, Capabilities, Verdict},
+    errno,
+    error::BadInput,
+    targets::Target,
+    units,
+};
 
 /// Where an operation's error comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -482,8 +487,9 @@ impl SyscallSpec {
     }
 }
 
-/// What this kernel offers the syscall backends, probed once.
-#[derive(Clone, Debug, serde::Serialize)]
+/// What this kernel offers the syscall backends: the verdicts of capabilities.rs, the same functions
+/// `kchaos probe` reports from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct BackendSupport {
     pub cgroup: Result<(), String>,
     pub lsm: Result<(), String>,
@@ -491,42 +497,26 @@ pub struct BackendSupport {
 }
 
 impl BackendSupport {
+    /// Asks the running kernel (only the capabilities the backends need).
     pub fn probe() -> Self {
-        let cgroup = match (
-            is_program_supported(ProgramType::CgroupSockAddr),
-            is_program_supported(ProgramType::CgroupSock),
-        ) {
-            (Ok(true), Ok(true)) => Ok(()),
-            _ => Err("cgroup_sock_addr / cgroup_sock programs do not load".into()),
-        };
-        let lsm = match is_program_supported(ProgramType::Lsm(aya::programs::LsmAttachType::Mac)) {
-            Ok(true) => match std::fs::read_to_string("/sys/kernel/security/lsm") {
-                Ok(list) if list.split(',').any(|l| l.trim() == "bpf") => Ok(()),
-                Ok(list) => Err(format!(
-                    "`bpf` is not in the active LSM list ({}): boot with lsm=...,bpf",
-                    list.trim()
-                )),
-                Err(_) => Ok(()), // securityfs not mounted: the load/attach will tell
-            },
-            Ok(false) => Err("the kernel has no BPF LSM (CONFIG_BPF_LSM)".into()),
-            Err(e) => Err(format!(
-                "loading a BPF LSM program was refused: {:#}",
-                anyhow::Error::from(e)
-            )),
-        };
-        let kprobe = if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-            Err("no kprobes (CONFIG_KPROBES is off)".into())
-        } else {
-            match is_helper_supported(ProgramType::KProbe, BpfHelper::BPF_FUNC_override_return) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err("bpf_override_return is unavailable (CONFIG_BPF_KPROBE_OVERRIDE is off: Debian's kernels; Ubuntu's and Fedora's have it)".into()),
-                Err(e) => Err(format!("probing bpf_override_return failed: {:#}", anyhow::Error::from(e))),
-            }
-        };
+        Self::from_verdicts(
+            &capabilities::cgroup_sock_addr(),
+            &capabilities::bpf_lsm(&capabilities::btf()),
+            &capabilities::bpf_override_return(&capabilities::kprobes()),
+        )
+    }
+
+    /// From a full capability probe (`kchaos probe`).
+    pub fn from_capabilities(c: &Capabilities) -> Self {
+        Self::from_verdicts(&c.cgroup_sock_addr, &c.bpf_lsm, &c.bpf_override_return)
+    }
+
+    fn from_verdicts(cgroup: &Verdict, lsm: &Verdict, kprobe: &Verdict) -> Self {
+        let support = |v: &Verdict| v.as_ref().map(|_| ()).map_err(Clone::clone);
         Self {
-            cgroup,
-            lsm,
-            kprobe,
+            cgroup: support(cgroup),
+            lsm: support(lsm),
+            kprobe: support(kprobe),
         }
     }
 
@@ -539,6 +529,48 @@ impl BackendSupport {
     }
 }
 
+/// The backend that serves `op` (`requested`, or the first of cgroup, lsm, kprobe that can for
+/// `auto`), or every candidate's reason why not. `prefix`/`dst`: --path-prefix/--dst narrow this
+/// operation.
+fn choose_backend(
+    op: &OpInfo,
+    requested: Backend,
+    prefix: bool,
+    dst: bool,
+    support: &BackendSupport,
+) -> Result<Backend, String> {
+    let covers = |b: Backend| match b {
+        Backend::Cgroup => !op.cgroup.is_empty(),
+        // LSM's socket_sendmsg sees no destination address, so it can't honour --dst.
+        Backend::Lsm => !op.lsm.is_empty() && (!dst || op.id != OP_SENDMSG),
+        Backend::Kprobe => !prefix && !dst,
+        _ => false,
+    };
+    let candidates = match requested {
+        Backend::Auto => vec![Backend::Cgroup, Backend::Lsm, Backend::Kprobe],
+        b => vec![b],
+    };
+    let mut why = Vec::new();
+    for b in candidates {
+        if !covers(b) {
+            why.push(format!(
+                "{b}: has no hook for it{}",
+                if prefix || dst {
+                    " with these filters"
+                } else {
+                    ""
+                }
+            ));
+            continue;
+        }
+        match support.get(b) {
+            Ok(()) => return Ok(b),
+            Err(e) => why.push(format!("{b}: {e}")),
+        }
+    }
+    Err(why.join("; "))
+}
+
 /// Which backend serves each operation, or why none can.
 pub fn plan(spec: &SyscallSpec, support: &BackendSupport) -> Result<Vec<(u32, Backend)>, BadInput> {
     let mut plan = Vec::new();
@@ -546,52 +578,32 @@ pub fn plan(spec: &SyscallSpec, support: &BackendSupport) -> Result<Vec<(u32, Ba
         let Some(op) = OPS.iter().find(|o| o.id == id) else {
             continue;
         };
-        let prefix_here = id == OP_OPEN && spec.path_prefix.is_some();
-        let dst_here = !spec.dsts.is_empty() && (id == OP_CONNECT || id == OP_SENDMSG);
-        let covers = |b: Backend| match b {
-            Backend::Cgroup => !op.cgroup.is_empty(),
-            // LSM's socket_sendmsg sees no destination address, so it can't honour --dst.
-            Backend::Lsm => !op.lsm.is_empty() && (!dst_here || id != OP_SENDMSG),
-            Backend::Kprobe => !prefix_here && !dst_here,
-            _ => false,
-        };
-        let candidates: Vec<Backend> = match spec.backend {
-            Backend::Auto => vec![Backend::Cgroup, Backend::Lsm, Backend::Kprobe],
-            b => vec![b],
-        };
-        let mut why = Vec::new();
-        let chosen = candidates.iter().copied().find(|&b| {
-            if !covers(b) {
-                why.push(format!(
-                    "{b}: has no hook for it{}",
-                    if prefix_here || dst_here {
-                        " with these filters"
-                    } else {
-                        ""
-                    }
-                ));
-                return false;
-            }
-            match support.get(b) {
-                Ok(()) => true,
-                Err(e) => {
-                    why.push(format!("{b}: {e}"));
-                    false
-                }
-            }
-        });
-        match chosen {
-            Some(b) => plan.push((id, b)),
-            None => {
+        let prefix = id == OP_OPEN && spec.path_prefix.is_some();
+        let dst = !spec.dsts.is_empty() && (id == OP_CONNECT || id == OP_SENDMSG);
+        match choose_backend(op, spec.backend, prefix, dst, support) {
+            Ok(b) => plan.push((id, b)),
+            Err(why) => {
                 return Err(BadInput::new(format!(
-                    "--syscall {}: no backend on this kernel can fail it ({}). `kchaos probe` lists what this kernel offers",
+                    "--syscall {}: no backend on this kernel can fail it ({why}). `kchaos probe` lists what this kernel offers",
                     op.names[0],
-                    why.join("; ")
                 )));
             }
         }
     }
     Ok(plan)
+}
+
+/// For each operation (by its first name), the backend `--backend auto` picks when no filter is
+/// given, or the reasons none can serve it, exactly as plan() words them: what `kchaos probe` reports.
+pub fn auto_backends(support: &BackendSupport) -> Vec<(&'static str, Result<Backend, String>)> {
+    OPS.iter()
+        .map(|op| {
+            (
+                op.names[0],
+                choose_backend(op, Backend::Auto, false, false, support),
+            )
+        })
+        .collect()
 }
 
 /// (cgroup id, level) of each target: its depth below the cgroup2 mount, where the root is level 0.
