@@ -76,7 +76,8 @@ pub struct ValidateArgs {
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// A JSON report: `kchaos run --report`, or any fault command's `--json`.
-    pub file: PathBuf,
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
     /// Write a self-contained HTML page here (`--html FILE.html`; `--html --out FILE.html` works too).
     #[arg(long, value_name = "FILE.html", num_args = 0..=1)]
     pub html: Option<Option<PathBuf>>,
@@ -274,12 +275,21 @@ pub async fn monkey_command(args: monkey::MonkeyArgs) -> Result<()> {
 
 /// `kchaos report FILE.json`.
 pub fn report_command(args: &ReportArgs) -> Result<()> {
-    let report = Report::read_json(&args.file)?;
-    if let Some(html) = &args.html {
-        let out = html
-            .as_deref()
-            .or(args.out.as_deref())
-            .ok_or_else(|| BadInput::new("--html needs a file: --html FILE.html"))?;
+    // `--html FILE.html`, and the older `--html REPORT --out FILE.html` (where --html took no value).
+    let (file, html_out) = match (&args.file, &args.html, &args.out) {
+        (Some(file), Some(html), out) => (file, html.as_ref().or(out.as_ref())),
+        (Some(file), None, _) => (file, None),
+        (None, Some(Some(file)), Some(out)) => (file, Some(out)),
+        _ => {
+            return Err(BadInput::new(
+                "give the report file: kchaos report FILE.json [--html FILE.html] [--junit FILE.xml]",
+            )
+            .into());
+        }
+    };
+    let report = Report::read_json(file)?;
+    if args.html.is_some() {
+        let out = html_out.ok_or_else(|| BadInput::new("--html needs a file: --html FILE.html"))?;
         std::fs::write(out, html::render(&report))
             .with_context(|| format!("writing {}", out.display()))?;
         println!("html: {}", out.display());

@@ -128,6 +128,7 @@ impl Kind for StressSpec {
             loads: RefCell::new(Vec::new()),
             attachments: Vec::new(),
             results: None,
+            last_counters: None,
         })
     }
 
@@ -250,11 +251,16 @@ pub struct StressFault {
     loads: RefCell<Vec<Load>>,
     attachments: Vec<String>,
     results: Option<StressResult>,
+    /// The counters just before the workers stopped: what the report keeps.
+    last_counters: Option<Counters>,
 }
 
 impl StressFault {
     /// Stops every load, keeping what each achieved.
     fn stop_all(&mut self, journal: &mut Journal) -> Vec<String> {
+        if !self.loads.get_mut().is_empty() {
+            self.last_counters = self.counters().ok();
+        }
         let mut errors = Vec::new();
         let mut results = StressResult::default();
         for load in self.loads.get_mut().drain(..) {
@@ -349,6 +355,11 @@ impl Active for StressFault {
     /// they were ready, and what that is per worker; memory held (VmRSS); bytes written; fds open.
     fn counters(&self) -> Result<Counters> {
         let mut loads = self.loads.borrow_mut();
+        if loads.is_empty()
+            && let Some(last) = &self.last_counters
+        {
+            return Ok(last.clone());
+        }
         let mut m = Counters::new();
         let mut add = |k: &str, v: u64| *m.entry(k.to_owned()).or_insert(0) += v;
         let mut alive = 0;
