@@ -135,6 +135,7 @@ fn parse_probe(text: &str, index: usize, args: &MonkeyArgs) -> Result<ProbeSpec,
         Check::Command {
             argv: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             exit_code: 0,
+            env: Default::default(),
         }
     } else {
         return Err(BadInput::new(format!(

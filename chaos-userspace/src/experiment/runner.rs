@@ -784,7 +784,9 @@ pub fn describe_check(c: &Check) -> String {
                 format!("http GET {url} (status {statuses:?})")
             }
         }
-        Check::Command { argv, exit_code } => {
+        Check::Command {
+            argv, exit_code, ..
+        } => {
             format!("command `{}` exits {exit_code}", plan::shell_words(argv))
         }
     }
@@ -806,6 +808,7 @@ fn rollback(r: &Rollback) -> RollbackRecord {
     };
     let mut child = match Command::new(program)
         .args(args)
+        .envs(&r.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
