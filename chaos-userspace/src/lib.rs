@@ -15,6 +15,7 @@ pub mod lab;
 pub mod lifecycle;
 pub mod net_command;
 pub mod netns;
+pub mod output;
 pub mod probe;
 pub mod process_faults;
 pub mod procfs;

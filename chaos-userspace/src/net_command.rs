@@ -70,6 +70,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
     crate::require_root("kchaos net")?;
     let targets = targets::resolve(&cmd.targets)?;
     NetFault::preflight(&spec)?;
+    let json = crate::output::create_if_asked(cmd.run.json.as_deref(), "--json")?;
 
     let mut journal = Journal::create("net").context("writing the run record under /run/kchaos")?;
     let mut fault = NetFault::attach(spec, &targets, &mut journal)?;
@@ -99,5 +100,5 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
         outcome,
         serde_json::to_value(totals)?,
     )
-    .write_if_asked(cmd.run.json.as_deref())
+    .write_if_asked(json)
 }

@@ -49,11 +49,12 @@ impl<S: serde::Serialize> FaultReport<S> {
         }
     }
 
-    /// Writes the JSON report where `--json` asked, and says so.
-    pub fn write_if_asked(&self, path: Option<&Path>) -> Result<()> {
-        if let Some(path) = path {
-            self.write_json(path)?;
-            println!("  report: {}", path.display());
+    /// Writes the JSON report where `--json` asked (opened before the run), and says so.
+    pub fn write_if_asked(&self, out: Option<crate::output::OutputFile>) -> Result<()> {
+        if let Some(out) = out {
+            let path = out.path().display().to_string();
+            out.write_json(self)?;
+            println!("  report: {path}");
         }
         Ok(())
     }

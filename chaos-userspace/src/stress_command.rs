@@ -58,6 +58,7 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
             .into());
         }
     };
+    let json = crate::output::create_if_asked(cmd.run.json.as_deref(), "--json")?;
     let mut journal =
         Journal::create("stress").context("writing the run record under /run/kchaos")?;
     let mut stress = Stress::start(
@@ -236,11 +237,10 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
         samples,
     };
     println!("{}", report.summary());
-    if let Some(path) = &cmd.run.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("writing the report to {}", path.display()))?;
-        println!("  report: {}", path.display());
+    if let Some(out) = json {
+        let path = out.path().display().to_string();
+        out.write_json(&report)?;
+        println!("  report: {path}");
     }
     Ok(())
 }

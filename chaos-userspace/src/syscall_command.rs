@@ -61,6 +61,7 @@ pub async fn run(cmd: SyscallCommand) -> Result<()> {
     crate::require_root("kchaos syscall")?;
     let targets = targets::resolve(&cmd.targets)?;
     let plan = SyscallFault::preflight(&spec, &targets)?;
+    let json = crate::output::create_if_asked(cmd.run.json.as_deref(), "--json")?;
     for note in &spec.notes {
         println!("note: {note}");
     }
@@ -91,5 +92,5 @@ pub async fn run(cmd: SyscallCommand) -> Result<()> {
     FaultReport::new(
         "syscall", fault_text, spec, targets, attached, outcome, totals,
     )
-    .write_if_asked(cmd.run.json.as_deref())
+    .write_if_asked(json)
 }

@@ -26,7 +26,7 @@ pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use self::{
     diagnostic::{Diagnostic, ScenarioErrors},
@@ -36,7 +36,10 @@ use self::{
     scenario::Scenario,
     validate::ResolvedTarget,
 };
-use crate::error::BadInput;
+use crate::{
+    error::BadInput,
+    output::{OutputFile, create_if_asked},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -183,6 +186,10 @@ pub fn validate_command(args: &ValidateArgs) -> Result<()> {
 
 /// What `run` and `monkey` share after the scenario is built.
 async fn run_scenario(s: Scenario, out: &OutputArgs) -> Result<()> {
+    let files = (
+        create_if_asked(out.report.as_deref(), "--report")?,
+        create_if_asked(out.junit.as_deref(), "--junit")?,
+    );
     let (targets, missing, diags) = resolve(&s);
     let findings = review_of(&s, &targets, &missing);
     println!("kchaos run: '{}' ({})", s.title, s.file);
@@ -220,19 +227,24 @@ async fn run_scenario(s: Scenario, out: &OutputArgs) -> Result<()> {
     })
     .await?;
     println!("{}", report.summary_text());
-    write_outputs(&report, out.report.as_deref(), out.junit.as_deref())?;
+    write_outputs(&report, files.0, files.1)?;
     verdict(&report)
 }
 
-fn write_outputs(report: &Report, json: Option<&Path>, junit: Option<&Path>) -> Result<()> {
-    if let Some(path) = json {
-        report.write_json(path)?;
-        println!("  report: {}", path.display());
+fn write_outputs(
+    report: &Report,
+    json: Option<OutputFile>,
+    junit: Option<OutputFile>,
+) -> Result<()> {
+    if let Some(out) = json {
+        let path = out.path().display().to_string();
+        out.write_json(report)?;
+        println!("  report: {path}");
     }
-    if let Some(path) = junit {
-        std::fs::write(path, junit::render(report))
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("  junit: {}", path.display());
+    if let Some(out) = junit {
+        let path = out.path().display().to_string();
+        out.write(junit::render(report).as_bytes())?;
+        println!("  junit: {path}");
     }
     Ok(())
 }
@@ -268,19 +280,18 @@ pub async fn monkey_command(args: monkey::MonkeyArgs) -> Result<()> {
 
 /// `kchaos report FILE.json`.
 pub fn report_command(args: &ReportArgs) -> Result<()> {
+    let html_out = create_if_asked(args.out.as_deref(), "--out")?;
+    let junit_out = create_if_asked(args.junit.as_deref(), "--junit")?;
     let report = Report::read_json(&args.file)?;
     if args.html {
-        let out = args
-            .out
-            .as_deref()
-            .ok_or_else(|| BadInput::new("--html needs --out FILE.html"))?;
-        std::fs::write(out, html::render(&report))
-            .with_context(|| format!("writing {}", out.display()))?;
-        println!("html: {}", out.display());
+        let out = html_out.ok_or_else(|| BadInput::new("--html needs --out FILE.html"))?;
+        let path = out.path().display().to_string();
+        out.write(html::render(&report).as_bytes())?;
+        println!("html: {path}");
     } else {
         println!("{}", report.summary_text());
     }
-    write_outputs(&report, None, args.junit.as_deref())
+    write_outputs(&report, None, junit_out)
 }
 
 /// `kchaos probe-agent` (hidden): a probe inside a target cgroup.
