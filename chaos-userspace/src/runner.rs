@@ -17,7 +17,7 @@ use crate::{
 #[derive(Debug, Default, clap::Args)]
 pub struct RunArgs {
     /// Stop after this long (e.g. 30s, 5m); without it, run until Ctrl-C, SIGTERM or `kchaos stop`.
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]

@@ -33,7 +33,7 @@ pub struct PauseCommand {
     #[command(flatten)]
     pub targets: TargetArgs,
     /// How long to keep the targets frozen (e.g. 5s, 1m); Ctrl-C or `kchaos stop` thaws them sooner.
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub duration: Duration,
     /// No live line (the summary is still printed).
     #[arg(long, short)]
