@@ -18,6 +18,7 @@ use crate::{
     },
     journal::Journal,
     kind::FaultKind,
+    output::create_if_asked,
     targets::{self, TargetArgs},
     units,
 };
@@ -41,7 +42,7 @@ pub struct FaultCommand<A: clap::Args> {
 #[derive(Debug, Default, clap::Args)]
 pub struct RunArgs {
     /// Stop after this long (e.g. 30s, 5m); without it, run until Ctrl-C, SIGTERM or `kchaos stop`.
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Also write the report as JSON to this file (`kchaos report FILE` renders it).
     #[arg(long, value_name = "FILE")]
@@ -90,6 +91,8 @@ pub async fn run(cmd: Command) -> Result<()> {
     crate::require_root(&format!("kchaos {name}"))?;
     let resolved = targets::resolve(&targets)?;
     kind.preflight(&resolved)?;
+    // Opened before anything is prepared: an unwritable path is bad input, with nothing attached.
+    let json = create_if_asked(run.json.as_deref(), "--json")?;
     let targets: Vec<ResolvedTarget> = resolved
         .iter()
         .enumerate()
@@ -154,9 +157,10 @@ pub async fn run(cmd: Command) -> Result<()> {
     for line in summary(&report, &kind) {
         println!("{line}");
     }
-    if let Some(path) = &run.json {
-        report.write_json(path)?;
-        println!("  report: {}", path.display());
+    if let Some(out) = json {
+        let path = out.path().display().to_string();
+        out.write_json(&report)?;
+        println!("  report: {path}");
     }
     verdict(&report)
 }

@@ -11,8 +11,80 @@ impl BadInput {
     }
 }
 
+/// A clap error about one flag's value, as one line naming the flag, the value and what is allowed
+/// ("--drop -1: -1 is not a percentage: allowed is 0 to 100 ..."); None for other clap errors.
+pub fn flag_value_line(err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let text = |kind| match err.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let arg = text(ContextKind::InvalidArg)?;
+    // "--drop <PCT>" -> "--drop".
+    let flag = arg.split_whitespace().next().unwrap_or(&arg).to_owned();
+    let value = text(ContextKind::InvalidValue).unwrap_or_default();
+    let why = match std::error::Error::source(err) {
+        Some(source) => source.to_string(),
+        None => match err.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(valid)) => format!("allowed are {}", valid.join(", ")),
+            _ => "not allowed".to_owned(),
+        },
+    };
+    // "'-5ms' is negative: ..." -> "negative: ...": the line names the value already.
+    let why = [format!("'{value}' is "), format!("{value} is ")]
+        .iter()
+        .find_map(|p| why.strip_prefix(p.as_str()))
+        .map_or(why.clone(), str::to_owned);
+    Some(format!("{flag} {value}: {why}"))
+}
+
 /// True when `err` or anything it wraps is bad input.
 pub fn is_bad_input(err: &anyhow::Error) -> bool {
     err.chain()
         .any(|cause| cause.downcast_ref::<BadInput>().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[arg(long, value_parser = crate::units::parse_percent, allow_hyphen_values = true)]
+        drop: Option<f64>,
+        #[arg(long, value_enum)]
+        proto: Option<Proto>,
+    }
+
+    #[derive(Clone, Debug, clap::ValueEnum)]
+    enum Proto {
+        Tcp,
+        Udp,
+    }
+
+    fn line(args: &[&str]) -> Option<String> {
+        let e =
+            Cli::try_parse_from(std::iter::once("kchaos").chain(args.iter().copied())).unwrap_err();
+        super::flag_value_line(&e)
+    }
+
+    #[test]
+    fn a_bad_flag_value_is_one_line_naming_flag_and_value() {
+        assert_eq!(
+            line(&["--drop", "-1"]).unwrap(),
+            "--drop -1: not a percentage: allowed is 0 to 100 (fractions allowed)"
+        );
+        assert_eq!(
+            line(&["--proto", "sctp"]).unwrap(),
+            "--proto sctp: allowed are tcp, udp"
+        );
+        // Other mistakes keep clap's own message (with usage).
+        assert_eq!(line(&["--bogus"]), None);
+    }
 }

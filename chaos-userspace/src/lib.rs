@@ -18,6 +18,7 @@ pub mod kinds;
 pub mod lab;
 pub mod lifecycle;
 pub mod netns;
+pub mod output;
 pub mod probe;
 pub mod procfs;
 pub mod qdisc;

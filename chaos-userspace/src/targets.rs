@@ -3,7 +3,7 @@
 //! A target is a cgroup v2 directory; every cgroup below it is a target too (containers nest), also
 //! ones created after the start, because the kernel runs a cgroup's programs for its descendants.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::{cgroup, error::BadInput};
 
@@ -16,7 +16,7 @@ pub struct TargetArgs {
     #[serde(default)]
     pub cgroups: Vec<String>,
     /// Target the cgroup v2 of this process (read from /proc/PID/cgroup). May be repeated.
-    #[arg(long = "pid", value_name = "PID")]
+    #[arg(long = "pid", value_name = "PID", value_parser = crate::units::parse_whole::<u32>, allow_hyphen_values = true)]
     #[serde(default)]
     pub pids: Vec<u32>,
     /// Allow targeting the root cgroup or a cgroup that holds kchaos itself.
@@ -103,14 +103,40 @@ fn outermost(mut targets: Vec<Target>) -> Vec<Target> {
     kept
 }
 
+/// True when `given` names the cgroup v2 root itself, however it is spelled: "/", ".", "", "/./", or
+/// the mount path (when known).
+pub fn names_root(given: &str, mount: Option<&Path>) -> bool {
+    let p = Path::new(given.trim());
+    p.components()
+        .all(|c| matches!(c, Component::RootDir | Component::CurDir))
+        || mount.is_some_and(|m| p == m)
+}
+
 /// `given` as a cgroup directory: absolute under the mount, or relative to it (a leading / allowed,
-/// as /proc/PID/cgroup writes it).
+/// as /proc/PID/cgroup writes it). An absolute path elsewhere (a cgroup v1 hierarchy of a hybrid host,
+/// say) is refused, not quietly read as relative.
 fn cgroup_path(mount: &Path, given: &str) -> Result<PathBuf, BadInput> {
     let as_given = PathBuf::from(given);
     let path = if as_given.is_absolute() && as_given.starts_with(mount) {
         as_given
     } else {
-        mount.join(given.trim_start_matches('/'))
+        let under: PathBuf = mount
+            .join(given.trim_start_matches('/'))
+            .components()
+            .collect();
+        // "/system.slice/x" is the /proc/PID/cgroup form when it exists under the mount; a path that
+        // exists as given, or lies in the usual cgroup tree, was meant as given.
+        if as_given.is_absolute()
+            && !under.exists()
+            && (as_given.exists() || as_given.starts_with("/sys/fs/cgroup"))
+        {
+            return Err(BadInput::new(format!(
+                "--cgroup {given} is not under the cgroup v2 mount {}: kchaos targets cgroup v2 \
+                 directories; give a path under it or relative to it",
+                mount.display()
+            )));
+        }
+        under
     };
     if path
         .components()
@@ -153,6 +179,67 @@ mod tests {
         let kept = outermost(vec![t("/cg/a/b"), t("/cg/a"), t("/cg/ab"), t("/cg/a")]);
         let paths: Vec<_> = kept.iter().map(|t| t.path.to_str().unwrap()).collect();
         assert_eq!(paths, ["/cg/a", "/cg/ab"]);
+    }
+
+    /// A fake cgroup2 mount in a temp dir: `<tmp>/unified` with a cgroup `app`, and `<tmp>/memory`
+    /// beside it, as a hybrid host's cgroup v1 hierarchy.
+    fn hybrid() -> PathBuf {
+        let root = std::env::temp_dir().join(format!("kchaos-targets-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["unified/app", "memory"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("unified/app/cgroup.procs"), "").unwrap();
+        root
+    }
+
+    #[test]
+    fn an_absolute_path_outside_the_mount_is_refused_naming_the_mount() {
+        let root = hybrid();
+        let mount = root.join("unified");
+        let v1 = root.join("memory");
+        let e = cgroup_path(&mount, v1.to_str().unwrap()).unwrap_err();
+        assert_eq!(
+            e.0,
+            format!(
+                "--cgroup {} is not under the cgroup v2 mount {}: kchaos targets cgroup v2 \
+                 directories; give a path under it or relative to it",
+                v1.display(),
+                mount.display()
+            )
+        );
+        // The usual cgroup tree, even where it does not exist.
+        let e = cgroup_path(&mount, "/sys/fs/cgroup/kchaos-none/x").unwrap_err();
+        assert!(e.0.contains("is not under the cgroup v2 mount"), "{e}");
+        // Under the mount, relative to it, or in the /proc/PID/cgroup form: the same cgroup.
+        let app = mount.join("app");
+        for given in [app.to_str().unwrap(), "app", "/app", "./app"] {
+            assert_eq!(cgroup_path(&mount, given).unwrap(), app, "{given}");
+        }
+        // Elsewhere and nowhere: it does not exist.
+        let e = cgroup_path(&mount, "/kchaos-none/x").unwrap_err();
+        assert!(e.0.contains("does not exist"), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_root_however_spelled() {
+        let mount = Path::new("/sys/fs/cgroup/unified");
+        for given in [
+            "/",
+            ".",
+            "",
+            "//",
+            "/./",
+            "./",
+            mount.to_str().unwrap(),
+            "/sys/fs/cgroup/unified/",
+        ] {
+            assert!(names_root(given, Some(mount)), "{given:?}");
+        }
+        for given in ["app", "/app", "/sys/fs/cgroup"] {
+            assert!(!names_root(given, Some(mount)), "{given:?}");
+        }
     }
 
     #[test]

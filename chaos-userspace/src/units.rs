@@ -16,6 +16,9 @@ fn split_number(text: &str) -> (&str, &str) {
 /// Parses a duration: a number with a unit ns, us, ms, s, m or h ("1.5s", "200ms"). A bare number is
 /// refused, since "10" could mean anything.
 pub fn parse_duration(text: &str) -> Result<Duration, BadInput> {
+    if text.trim().starts_with('-') {
+        return Err(negative(text, "a duration of 0 or more, e.g. 250ms"));
+    }
     let (num, unit) = split_number(text);
     let bad = || {
         BadInput::new(format!(
@@ -55,6 +58,9 @@ pub fn parse_percent(text: &str) -> Result<f64, BadInput> {
 
 /// Parses a size in bytes: "512M", "1G", "64KiB", "1000" (K/M/G/T are powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64, BadInput> {
+    if text.trim().starts_with('-') {
+        return Err(negative(text, "a size of 0 or more, e.g. 512M"));
+    }
     let (num, unit) = split_number(text);
     let bad = || {
         BadInput::new(format!(
@@ -76,6 +82,38 @@ pub fn parse_size(text: &str) -> Result<u64, BadInput> {
         _ => return Err(bad()),
     };
     Ok((value * mult as f64).round() as u64)
+}
+
+fn negative(text: &str, allowed: &str) -> BadInput {
+    BadInput::new(format!(
+        "'{}' is negative: allowed is {allowed}",
+        text.trim()
+    ))
+}
+
+/// Parses a whole number that fits `T` (counts, pids, seeds): "-1", "1.5" and "1e3" are refused.
+pub fn parse_whole<T: TryFrom<u64>>(text: &str) -> Result<T, BadInput> {
+    let t = text.trim();
+    if t.starts_with('-') {
+        return Err(negative(t, "a whole number of 0 or more"));
+    }
+    let value: u64 = t.parse().map_err(|_| {
+        BadInput::new(format!(
+            "'{t}' is not a whole number: write digits only, e.g. 3"
+        ))
+    })?;
+    T::try_from(value).map_err(|_| BadInput::new(format!("{value} is too large")))
+}
+
+/// Parses a TCP/UDP port, 1 to 65535.
+pub fn parse_port(text: &str) -> Result<u16, BadInput> {
+    match parse_whole::<u64>(text) {
+        Ok(p @ 1..=65535) => Ok(p as u16),
+        _ => Err(BadInput::new(format!(
+            "'{}' is not a port: allowed is 1 to 65535",
+            text.trim()
+        ))),
+    }
 }
 
 /// Formats a duration the way users typed it: "250ms", "1.5s".
@@ -146,6 +184,42 @@ mod tests {
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         assert_eq!(parse_size("100").unwrap(), 100);
         assert!(parse_size("1Q").is_err());
+        assert!(
+            parse_size("-1G")
+                .unwrap_err()
+                .to_string()
+                .contains("negative")
+        );
+    }
+
+    #[test]
+    fn negative_numbers_say_so() {
+        assert_eq!(
+            parse_duration("-5ms").unwrap_err().to_string(),
+            "'-5ms' is negative: allowed is a duration of 0 or more, e.g. 250ms"
+        );
+        assert_eq!(
+            parse_whole::<u32>("-1").unwrap_err().to_string(),
+            "'-1' is negative: allowed is a whole number of 0 or more"
+        );
+        assert_eq!(parse_whole::<u32>("42").unwrap(), 42);
+        assert!(parse_whole::<u32>("1.5").is_err());
+        assert!(
+            parse_whole::<u32>("4294967296")
+                .unwrap_err()
+                .to_string()
+                .contains("too large")
+        );
+        assert_eq!(parse_port("443").unwrap(), 443);
+        for bad in ["0", "65536", "-1", "x"] {
+            assert!(
+                parse_port(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("1 to 65535"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

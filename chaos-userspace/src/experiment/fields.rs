@@ -114,6 +114,148 @@ pub fn substitute(text: &str, vars: &Vars) -> Result<String, String> {
     Ok(out)
 }
 
+/// The environment variable that carries `${name}` into a command: `KCHAOS_VAR_<name>`, with '-' (not
+/// allowed in a shell name) written as '_'.
+pub fn env_name(name: &str) -> String {
+    format!("{ENV_PREFIX}{}", name.replace('-', "_"))
+}
+
+/// Where the shell scanner is: what `${name}` must turn into to stay one word with the value as is.
+#[derive(Clone, Copy, PartialEq)]
+enum Quoting {
+    Plain,
+    Single,
+    Double,
+    Comment,
+}
+
+/// Replaces `${name}` in shell text with a quoted reference to an environment variable that holds the
+/// value, and records that variable in `env`: the value itself never becomes shell text, so `$(..)`,
+/// `;`, backticks, quotes or newlines in it are data, not commands. Quotes are tracked so the reference
+/// stays one word wherever it is written: `"${KCHAOS_VAR_x}"` outside quotes, `${KCHAOS_VAR_x}` inside
+/// double quotes, `'"${KCHAOS_VAR_x}"'` inside single quotes. `$$` is a literal `$`, as in `substitute`.
+pub fn substitute_shell(
+    text: &str,
+    vars: &Vars,
+    env: &mut BTreeMap<String, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut quoting = Quoting::Plain;
+    // A '#' starts a comment only at the start of a word.
+    let mut word_start = true;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '$' {
+            match text[i + 1..].chars().next() {
+                Some('$') => {
+                    chars.next();
+                    out.push('$');
+                }
+                Some('{') => {
+                    let body = &text[i + 2..];
+                    let Some(end) = body.find('}') else {
+                        return Err(format!(
+                            "'{text}': '${{' without a closing '}}' (write $$ for a literal $)"
+                        ));
+                    };
+                    let name = &body[..end];
+                    let reference = env_reference(name, vars, env)?;
+                    out.push_str(&match quoting {
+                        Quoting::Plain => format!("\"{reference}\""),
+                        Quoting::Double | Quoting::Comment => reference,
+                        Quoting::Single => format!("'\"{reference}\"'"),
+                    });
+                    // Skip "{name}".
+                    while chars.next_if(|&(j, _)| j <= i + 2 + end).is_some() {}
+                }
+                _ => out.push('$'),
+            }
+            word_start = false;
+            continue;
+        }
+        out.push(c);
+        match (quoting, c) {
+            (Quoting::Plain | Quoting::Double, '\\') => {
+                // An escaped quote or backslash does not change the quoting; a '$' is still ours.
+                if let Some(&(_, next)) = chars.peek()
+                    && next != '$'
+                {
+                    out.push(next);
+                    chars.next();
+                }
+            }
+            (Quoting::Plain, '\'') => quoting = Quoting::Single,
+            (Quoting::Plain, '"') => quoting = Quoting::Double,
+            (Quoting::Plain, '#') if word_start => quoting = Quoting::Comment,
+            (Quoting::Single, '\'') | (Quoting::Double, '"') => quoting = Quoting::Plain,
+            (Quoting::Comment, '\n') => quoting = Quoting::Plain,
+            _ => {}
+        }
+        word_start = quoting == Quoting::Plain && (c.is_whitespace() || ";&|()<>".contains(c));
+    }
+    Ok(out)
+}
+
+/// `${KCHAOS_VAR_name}` for `name`, its value put in `env` (under another name if a different value
+/// already took that one: `a-b` and `a_b` both map to KCHAOS_VAR_a_b).
+fn env_reference(
+    name: &str,
+    vars: &Vars,
+    env: &mut BTreeMap<String, String>,
+) -> Result<String, String> {
+    if !valid_name(name) {
+        return Err(format!(
+            "'${{{name}}}': a variable name is letters, digits, '_' and '-'"
+        ));
+    }
+    let Some(value) = vars.get(name) else {
+        return Err(format!(
+            "variable '{name}' has no value: give --var {name}=VALUE, set {ENV_PREFIX}{name}, \
+             or a default under variables:"
+        ));
+    };
+    let base = env_name(name);
+    let mut key = base.clone();
+    let mut n = 1;
+    while env.get(&key).is_some_and(|v| v != value) {
+        n += 1;
+        key = format!("{base}_{n}");
+    }
+    env.insert(key.clone(), value.to_owned());
+    Ok(format!("${{{key}}}"))
+}
+
+/// True for argv that runs its `-c` argument as shell text (`sh -c TEXT`, `bash -ec TEXT`, ...): the
+/// index of that argument.
+fn shell_script_index(argv: &[String]) -> Option<usize> {
+    const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox"];
+    let program = std::path::Path::new(argv.first()?).file_name()?.to_str()?;
+    if !SHELLS.contains(&program) {
+        return None;
+    }
+    // busybox runs its first argument as the applet: `busybox sh -c TEXT`.
+    let start = if program == "busybox" { 2 } else { 1 };
+    if program == "busybox" && argv.get(1).is_none_or(|a| !SHELLS.contains(&a.as_str())) {
+        return None;
+    }
+    argv.iter().enumerate().skip(start).find_map(|(i, a)| {
+        let flags = a.strip_prefix('-')?;
+        (!flags.is_empty()
+            && !flags.starts_with('-')
+            && flags.chars().all(|c| c.is_ascii_alphabetic())
+            && flags.contains('c'))
+        .then_some(i + 1)
+        .filter(|&j| j < argv.len())
+    })
+}
+
+/// A command to run: argv, and the environment that carries the values of the variables it uses.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CommandLine {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
 /// The reading context: the file name, the variables, the errors so far.
 pub struct Ctx<'v> {
     pub file: String,
@@ -344,6 +486,60 @@ impl Ctx<'_> {
         }
     }
 
+    /// A `command:` field: one string runs through `/bin/sh -c`, a list is argv. `${var}` in shell text
+    /// becomes a reference to an environment variable that carries the value (never the value itself);
+    /// in argv it is the value, one argument (only a `sh -c` script argument is shell text again).
+    pub fn command(&mut self, node: &Node, path: &str) -> Option<CommandLine> {
+        let mut env = BTreeMap::new();
+        let shell = |ctx: &mut Self, text: &str, env: &mut BTreeMap<String, String>| {
+            substitute_shell(text, ctx.vars, env)
+                .map_err(|e| ctx.err(node.mark, path, e))
+                .ok()
+        };
+        let argv = match &node.value {
+            Value::Scalar(text) => vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                shell(self, text, &mut env)?,
+            ],
+            _ => {
+                let items = self.list(node, path, true);
+                let raw: Vec<String> = items
+                    .iter()
+                    .map(|n| match &n.value {
+                        Value::Scalar(s) => s.clone(),
+                        _ => String::new(),
+                    })
+                    .collect();
+                let script = shell_script_index(&raw);
+                let mut argv = Vec::new();
+                let mut failed = false;
+                for (i, item) in items.into_iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    let arg = match (&item.value, script == Some(i)) {
+                        (Value::Scalar(s), true) => substitute_shell(s, self.vars, &mut env)
+                            .map_err(|e| self.err(item.mark, &p, e))
+                            .ok(),
+                        _ => self.text(item, &p),
+                    };
+                    match arg {
+                        Some(a) => argv.push(a),
+                        None => failed = true,
+                    }
+                }
+                if failed {
+                    return None;
+                }
+                argv
+            }
+        };
+        if argv.first().is_none_or(|p| p.is_empty()) {
+            self.err(node.mark, path, "a command needs a program to run");
+            return None;
+        }
+        Some(CommandLine { argv, env })
+    }
+
     /// A list of strings, or one string.
     pub fn strings(&mut self, node: &Node, path: &str) -> Vec<(String, Mark)> {
         let items = self.list(node, path, true);
@@ -382,6 +578,121 @@ mod tests {
         );
         assert!(substitute("${a", &v).is_err());
         assert!(substitute("${a b}", &v).is_err());
+    }
+
+    /// Runs `text` with `sh -c` and `env`; returns its stdout.
+    fn sh(text: &str, env: &BTreeMap<String, String>) -> String {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(text)
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{text}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn hostile_values_reach_a_shell_command_only_as_data() {
+        let dir = std::env::temp_dir().join(format!("kchaos-fields-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pwned = dir.join("pwned");
+        let p = pwned.display();
+        let hostile = [
+            format!("$(touch {p})"),
+            format!("; touch {p}"),
+            format!("`touch {p}`"),
+            format!("x\ntouch {p}"),
+            format!("' ; touch {p}; echo '"),
+            format!("\" ; touch {p}; echo \""),
+            format!("$$ ${{HOME}} * && touch {p} #"),
+        ];
+        // The same variable written outside quotes, in double quotes, in single quotes, in a word.
+        let scripts = [
+            "printf '%s' ${x}",
+            "printf '%s' \"${x}\"",
+            "printf '%s' '${x}'",
+            "printf '%s' pre${x}post",
+            "printf '%s' \"a b ${x}\" # it's ${x}",
+        ];
+        for value in &hostile {
+            let mut v = Vars::default();
+            v.cli.insert("x".into(), value.clone());
+            for script in scripts {
+                let mut env = BTreeMap::new();
+                let text = substitute_shell(script, &v, &mut env).unwrap();
+                assert!(
+                    !text.contains("touch"),
+                    "{script}: the value is in the text: {text}"
+                );
+                assert_eq!(env.get("KCHAOS_VAR_x"), Some(value), "{script}");
+                let expected = match script {
+                    "printf '%s' pre${x}post" => format!("pre{value}post"),
+                    "printf '%s' \"a b ${x}\" # it's ${x}" => format!("a b {value}"),
+                    _ => value.clone(),
+                };
+                assert_eq!(sh(&text, &env), expected, "{script} with {value:?}: {text}");
+                assert!(
+                    !pwned.exists(),
+                    "{script} with {value:?} ran the value: {text}"
+                );
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shell_references_name_valid_variables() {
+        let mut v = Vars::default();
+        v.cli.insert("my-var".into(), "1".into());
+        v.cli.insert("my_var".into(), "2".into());
+        let mut env = BTreeMap::new();
+        let text = substitute_shell("echo ${my-var} ${my_var} $$1", &v, &mut env).unwrap();
+        assert_eq!(
+            text,
+            "echo \"${KCHAOS_VAR_my_var}\" \"${KCHAOS_VAR_my_var_2}\" $1"
+        );
+        assert_eq!(sh(&text.replace(" $1", ""), &env), "1 2\n");
+        assert!(substitute_shell("${nope}", &v, &mut env).is_err());
+        assert!(substitute_shell("${a", &v, &mut env).is_err());
+    }
+
+    #[test]
+    fn command_fields_keep_values_out_of_shell_text() {
+        let mut v = Vars::default();
+        v.cli.insert("x".into(), "; touch /tmp/kchaos-never".into());
+        let mut ctx = Ctx {
+            file: "s.yaml".into(),
+            vars: &v,
+            errors: Vec::new(),
+        };
+        let node = |text: &str| crate::experiment::yaml::parse(text).unwrap();
+        // A string: sh -c with a reference.
+        let c = ctx.command(&node("\"echo ${x}\""), "command").unwrap();
+        assert_eq!(c.argv, ["/bin/sh", "-c", "echo \"${KCHAOS_VAR_x}\""]);
+        assert_eq!(c.env["KCHAOS_VAR_x"], "; touch /tmp/kchaos-never");
+        // argv: the value is one argument as is, except in a shell's -c script.
+        let c = ctx.command(&node("[ls, \"${x}\"]"), "command").unwrap();
+        assert_eq!(c.argv, ["ls", "; touch /tmp/kchaos-never"]);
+        let c = ctx
+            .command(
+                &node("[/bin/bash, -ec, \"echo ${x}\", \"${x}\"]"),
+                "command",
+            )
+            .unwrap();
+        assert_eq!(
+            c.argv,
+            [
+                "/bin/bash",
+                "-ec",
+                "echo \"${KCHAOS_VAR_x}\"",
+                "; touch /tmp/kchaos-never"
+            ]
+        );
+        assert!(ctx.errors.is_empty(), "{:?}", ctx.errors);
+        assert!(ctx.command(&node("[]"), "command").is_none());
+        assert!(ctx.command(&node("[ls, \"${nope}\"]"), "command").is_none());
+        assert_eq!(ctx.errors.len(), 2, "{:?}", ctx.errors);
     }
 
     #[test]

@@ -31,7 +31,10 @@ use self::{
     scenario::Scenario,
     validate::ResolvedTarget,
 };
-use crate::error::BadInput;
+use crate::{
+    error::BadInput,
+    output::{OutputFile, create_if_asked},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -179,6 +182,10 @@ pub fn validate_command(args: &ValidateArgs) -> Result<()> {
 
 /// What `run` and `monkey` share after the scenario is built.
 async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> Result<()> {
+    let files = (
+        create_if_asked(out.report.as_deref(), "--report")?,
+        create_if_asked(out.junit.as_deref(), "--junit")?,
+    );
     let (targets, missing, diags) = resolve(&s);
     let findings = review_of(&s, &targets, &missing);
     println!("kchaos run: '{}' ({})", s.title, s.file);
@@ -227,19 +234,24 @@ async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> R
     })
     .await?;
     println!("{}", report.summary_text());
-    write_outputs(&report, out.report.as_deref(), out.junit.as_deref())?;
+    write_outputs(&report, files.0, files.1)?;
     verdict(&report)
 }
 
-fn write_outputs(report: &Report, json: Option<&Path>, junit: Option<&Path>) -> Result<()> {
-    if let Some(path) = json {
-        report.write_json(path)?;
-        println!("  report: {}", path.display());
+fn write_outputs(
+    report: &Report,
+    json: Option<OutputFile>,
+    junit: Option<OutputFile>,
+) -> Result<()> {
+    if let Some(out) = json {
+        let path = out.path().display().to_string();
+        out.write_json(report)?;
+        println!("  report: {path}");
     }
-    if let Some(path) = junit {
-        std::fs::write(path, junit::render(report))
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("  junit: {}", path.display());
+    if let Some(out) = junit {
+        let path = out.path().display().to_string();
+        out.write(junit::render(report).as_bytes())?;
+        println!("  junit: {path}");
     }
     Ok(())
 }
@@ -276,7 +288,7 @@ pub async fn monkey_command(args: monkey::MonkeyArgs) -> Result<()> {
 /// `kchaos report FILE.json`.
 pub fn report_command(args: &ReportArgs) -> Result<()> {
     // `--html FILE.html`, and the older `--html REPORT --out FILE.html` (where --html took no value).
-    let (file, html_out) = match (&args.file, &args.html, &args.out) {
+    let (file, html_path) = match (&args.file, &args.html, &args.out) {
         (Some(file), Some(html), out) => (file, html.as_ref().or(out.as_ref())),
         (Some(file), None, _) => (file, None),
         (None, Some(Some(file)), Some(out)) => (file, Some(out)),
@@ -287,16 +299,20 @@ pub fn report_command(args: &ReportArgs) -> Result<()> {
             .into());
         }
     };
+    if args.html.is_some() && html_path.is_none() {
+        return Err(BadInput::new("--html needs a file: --html FILE.html").into());
+    }
+    let html_out = create_if_asked(html_path.map(PathBuf::as_path), "--html")?;
+    let junit_out = create_if_asked(args.junit.as_deref(), "--junit")?;
     let report = Report::read_json(file)?;
-    if args.html.is_some() {
-        let out = html_out.ok_or_else(|| BadInput::new("--html needs a file: --html FILE.html"))?;
-        std::fs::write(out, html::render(&report))
-            .with_context(|| format!("writing {}", out.display()))?;
-        println!("html: {}", out.display());
+    if let Some(out) = html_out {
+        let path = out.path().display().to_string();
+        out.write(html::render(&report).as_bytes())?;
+        println!("html: {path}");
     } else {
         println!("{}", report.summary_text());
     }
-    write_outputs(&report, None, args.junit.as_deref())
+    write_outputs(&report, None, junit_out)
 }
 
 /// `kchaos probe-agent` (hidden): a probe inside a target cgroup.

@@ -21,10 +21,10 @@ pub struct MonkeyArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: String,
     /// How long the monkey plays (faults start only within it).
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub duration: Duration,
     /// Chance, each second with no fault running, that a fault starts (0-1, or a percentage: 30%).
-    #[arg(long, value_name = "P", value_parser = parse_probability)]
+    #[arg(long, value_name = "P", value_parser = parse_probability, allow_hyphen_values = true)]
     pub probability: f64,
     /// Fault types to choose from, comma-separated: net-drop, net-delay, net-partition, syscall
     /// (connects fail with ECONNREFUSED), cpu (one CPU worker in the target).
@@ -45,31 +45,31 @@ pub struct MonkeyArgs {
     #[arg(long)]
     pub from_target: bool,
     /// Probe interval.
-    #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = units::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub probe_interval: Duration,
     /// Abort once a probe has been failing this long.
-    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = units::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub abort_after: Duration,
     /// Longest single fault.
-    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = units::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub max_fault: Duration,
     /// Highest drop rate the monkey may choose, percent.
-    #[arg(long, value_name = "PCT", default_value = "30", value_parser = units::parse_percent)]
+    #[arg(long, value_name = "PCT", default_value = "30", value_parser = units::parse_percent, allow_hyphen_values = true)]
     pub max_drop: f64,
     /// Longest delay the monkey may choose.
-    #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = units::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub max_delay: Duration,
     /// Highest share of connects a `syscall` fault may fail, percent.
-    #[arg(long, value_name = "PCT", default_value = "30", value_parser = units::parse_percent)]
+    #[arg(long, value_name = "PCT", default_value = "30", value_parser = units::parse_percent, allow_hyphen_values = true)]
     pub max_syscall_percent: f64,
     /// Highest load of a `cpu` fault's worker, percent of one CPU.
-    #[arg(long, value_name = "PCT", default_value = "50", value_parser = units::parse_percent)]
+    #[arg(long, value_name = "PCT", default_value = "50", value_parser = units::parse_percent, allow_hyphen_values = true)]
     pub max_cpu_load: f64,
     /// Stop injecting after this many injected events (kernel counted).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = units::parse_whole::<u64>, allow_hyphen_values = true)]
     pub max_events: Option<u64>,
     /// Seed of the draw (default: from the clock; the report records it).
-    #[arg(long)]
+    #[arg(long, value_parser = units::parse_whole::<u64>, allow_hyphen_values = true)]
     pub seed: Option<u64>,
     #[command(flatten)]
     pub out: super::OutputArgs,
@@ -135,6 +135,7 @@ fn parse_probe(text: &str, index: usize, args: &MonkeyArgs) -> Result<ProbeSpec,
         Check::Command {
             argv: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             exit_code: 0,
+            env: Default::default(),
         }
     } else {
         return Err(BadInput::new(format!(

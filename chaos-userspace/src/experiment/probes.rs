@@ -3,6 +3,7 @@
 //! sockets see the target's faults), and judged against a tolerance (success rate, p95 latency).
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream, ToSocketAddrs as _},
     path::{Path, PathBuf},
@@ -89,7 +90,11 @@ fn attempt(check: &Check, timeout: Duration) -> (bool, String) {
             }
             Err(e) => (false, e),
         },
-        Check::Command { argv, exit_code } => match run_command(argv, timeout) {
+        Check::Command {
+            argv,
+            exit_code,
+            env,
+        } => match run_command(argv, env, timeout) {
             Ok(code) => (code == *exit_code, format!("exit {code}")),
             Err(e) => (false, e),
         },
@@ -158,10 +163,16 @@ fn http_get(url: &str, timeout: Duration) -> Result<u16, String> {
     Ok(status)
 }
 
-fn run_command(argv: &[String], timeout: Duration) -> Result<i32, String> {
+/// Runs argv with `env` added to the environment (the values of the variables it refers to).
+fn run_command(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<i32, String> {
     let (program, args) = argv.split_first().ok_or("empty command")?;
     let mut child = Command::new(program)
         .args(args)
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -492,6 +503,7 @@ mod tests {
         let cmd = |s: &str| Check::Command {
             argv: vec!["/bin/sh".into(), "-c".into(), s.into()],
             exit_code: 3,
+            env: BTreeMap::new(),
         };
         assert_eq!(
             attempt(&cmd("exit 3"), Duration::from_secs(2)),

@@ -119,7 +119,30 @@ pub fn review(
             }
         }
     }
-    for (name, why) in unresolved {
+    // The root cgroup, however spelled, is the whole host: high risk whether or not it resolves here.
+    let roots: Vec<&str> = s
+        .targets
+        .iter()
+        .filter_map(|t| match &t.what {
+            TargetRef::Cgroup(p) if crate::targets::names_root(p, cgroup_root) => {
+                out.push(finding(
+                    Risk::High,
+                    "wide-target",
+                    format!(
+                        "target '{}' (cgroup: {p}) is the root cgroup: the whole host, every process \
+                         on it is hit; running it takes allow_host: true and --accept-risk",
+                        t.name
+                    ),
+                ));
+                Some(t.name.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    for (name, why) in unresolved
+        .iter()
+        .filter(|(n, _)| !roots.contains(&n.as_str()))
+    {
         out.push(finding(
             Risk::Medium,
             "target-not-found",
@@ -129,7 +152,10 @@ pub fn review(
             ),
         ));
     }
-    for t in resolved {
+    for t in resolved
+        .iter()
+        .filter(|t| !roots.contains(&t.name.as_str()))
+    {
         if let Some(root) = cgroup_root
             && let Some(width) = wide_target(&t.path, root)
         {
@@ -293,6 +319,50 @@ mod tests {
             "{f:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_root_cgroup_is_high_risk_however_spelled() {
+        let root = PathBuf::from("/sys/fs/cgroup/unified");
+        for spelled in ["/", ".", "/sys/fs/cgroup/unified"] {
+            let s = load(&format!(
+                "title: t\ntargets: [{{name: host, cgroup: \"{spelled}\"}}]\nfaults: [{{for: 1s, net: {{drop: 1}}}}]\n"
+            ));
+            // Unresolved here (no allow_host), it is still the whole host, rated high, once.
+            let why = ("host".to_owned(), "that is the root cgroup".to_owned());
+            let f = review(&s, &[], std::slice::from_ref(&why), Some(&root));
+            let wide: Vec<&Finding> = f.iter().filter(|f| f.code == "wide-target").collect();
+            assert_eq!(wide.len(), 1, "{spelled}: {f:?}");
+            assert_eq!(wide[0].risk, Risk::High);
+            assert!(
+                wide[0].message.contains("the whole host"),
+                "{}",
+                wide[0].message
+            );
+            assert!(
+                !codes(&f).contains(&(Risk::Medium, "target-not-found")),
+                "{f:?}"
+            );
+            // Resolved (allow_host), the same one finding.
+            let t = ResolvedTarget {
+                name: "host".into(),
+                path: root.clone(),
+                id: 0,
+                origin: String::new(),
+            };
+            let f = review(&s, &[t], &[], Some(&root));
+            assert_eq!(
+                f.iter().filter(|f| f.code == "wide-target").count(),
+                1,
+                "{f:?}"
+            );
+        }
+        // A cgroup below the root is not.
+        let s = load(
+            "title: t\ntargets: [{name: a, cgroup: /app}]\nfaults: [{for: 1s, net: {drop: 1}}]\n",
+        );
+        let f = review(&s, &[], &[], Some(&root));
+        assert!(!f.iter().any(|f| f.code == "wide-target"), "{f:?}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use super::{
     diagnostic::{Diagnostic, ScenarioErrors},
-    fields::{Ctx, Fields, Vars, valid_name},
+    fields::{CommandLine, Ctx, Fields, Vars, valid_name},
     yaml::{self, Mark, Node, Value},
 };
 use crate::kind::{self as kinds, FaultKind, Unit};
@@ -77,8 +77,14 @@ pub enum Check {
     Tcp { address: SocketAddr },
     /// A plain-HTTP GET; healthy when the status is one of `statuses` (empty: 200-399).
     Http { url: String, statuses: Vec<u16> },
-    /// A command (argv); healthy when it exits with `exit_code`.
-    Command { argv: Vec<String>, exit_code: i32 },
+    /// A command (argv); healthy when it exits with `exit_code`. `env` holds the values of the variables
+    /// it refers to (KCHAOS_VAR_<name>), set in its environment.
+    Command {
+        argv: Vec<String>,
+        exit_code: i32,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -181,6 +187,9 @@ pub struct Budget {
 pub struct Rollback {
     pub name: String,
     pub argv: Vec<String>,
+    /// The values of the variables `argv` refers to (KCHAOS_VAR_<name>), set in its environment.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
     pub timeout: Duration,
 }
 
@@ -601,29 +610,18 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Op
             Check::Http { url, statuses }
         }
         _ => {
-            let path = p.path_of("command");
-            let argv = match &node.value {
-                // A single string runs through the shell, as a user would type it.
-                Value::Scalar(_) => vec![
-                    "/bin/sh".to_owned(),
-                    "-c".to_owned(),
-                    ctx.text(node, &path)?,
-                ],
-                _ => ctx
-                    .strings(node, &path)
-                    .into_iter()
-                    .map(|(s, _)| s)
-                    .collect(),
-            };
-            if argv.is_empty() || argv[0].is_empty() {
-                ctx.err(node.mark, &path, "a command needs a program to run");
-                return None;
-            }
+            // A single string runs through the shell, as a user would type it; variables reach it
+            // through the environment, never as shell text.
+            let CommandLine { argv, env } = ctx.command(node, &p.path_of("command"))?;
             let exit_code = match p.value("expect_exit") {
                 Some(n) => ctx.int(n, &p.path_of("expect_exit"))? as i32,
                 None => 0,
             };
-            Check::Command { argv, exit_code }
+            Check::Command {
+                argv,
+                exit_code,
+                env,
+            }
         }
     };
     let interval = match p.value("interval") {
@@ -1033,18 +1031,9 @@ fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
         ) else {
             continue;
         };
-        let p = f.path_of("command");
-        let argv = match &n.value {
-            Value::Scalar(_) => match ctx.text(n, &p) {
-                Some(t) => vec!["/bin/sh".into(), "-c".into(), t],
-                None => continue,
-            },
-            _ => ctx.strings(n, &p).into_iter().map(|(s, _)| s).collect(),
-        };
-        if argv.is_empty() {
-            ctx.err(n.mark, &p, "a command needs a program to run");
+        let Some(CommandLine { argv, env }) = ctx.command(n, &f.path_of("command")) else {
             continue;
-        }
+        };
         let timeout = match f.value("timeout") {
             Some(n) => ctx
                 .duration(n, &f.path_of("timeout"))
@@ -1054,6 +1043,7 @@ fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
         out.push(Rollback {
             name,
             argv,
+            env,
             timeout,
         });
     }

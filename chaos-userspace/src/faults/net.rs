@@ -60,13 +60,13 @@ pub enum Proto {
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct NetArgs {
     /// Drop each matching packet with this probability, in percent (0-100, fractions allowed).
-    #[arg(long, value_name = "PCT", value_parser = units::parse_percent)]
+    #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
     pub drop: Option<f64>,
     /// Delay each matching packet the target sends (EDT; needs sch_fq, which kchaos installs).
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub delay: Option<Duration>,
     /// Vary the delay uniformly within ±DUR.
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration, requires = "delay")]
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub jitter: Option<Duration>,
     /// Cut the target off from these peers, both ways: CIDR[:PORT], repeatable
     /// (10.0.0.0/24, 10.0.0.5:80, [2001:db8::1]:443).
@@ -76,7 +76,7 @@ pub struct NetArgs {
     #[arg(long = "dst", value_name = "CIDR")]
     pub dsts: Vec<String>,
     /// Only packets with this local or peer port (TCP/UDP).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", value_parser = units::parse_port, allow_hyphen_values = true)]
     pub port: Option<u16>,
     /// Only this protocol.
     #[arg(long, value_enum)]
@@ -113,9 +113,21 @@ impl NetSpec {
             .iter()
             .map(|p| Peer::parse(p, "--dst", false))
             .collect::<Result<Vec<_>, _>>()?;
+        if let (Some(jitter), None) = (a.jitter, a.delay) {
+            return Err(BadInput::new(format!(
+                "--jitter {} needs --delay: jitter varies a delay, e.g. --delay 50ms --jitter 10ms",
+                units::format_duration(jitter)
+            )));
+        }
         if a.drop.is_none() && a.delay.is_none() && partitions.is_empty() {
             return Err(BadInput::new(
                 "nothing to inject: give --drop PCT, --delay DUR or --partition CIDR[:PORT]",
+            ));
+        }
+        // A zero delay alone would attach programs that do nothing and report success.
+        if a.drop.is_none() && partitions.is_empty() && a.delay.is_some_and(|d| d.is_zero()) {
+            return Err(BadInput::new(
+                "--delay 0s injects nothing: give e.g. --delay 50ms, or add --drop PCT or --partition",
             ));
         }
         if a.delay.is_some() && a.direction == Direction::Ingress {
@@ -515,6 +527,32 @@ mod tests {
         assert_eq!(c.filter.flags, FILTER_DST | FILTER_PARTITION);
         assert_eq!((c.filter.proto, c.filter.needs_headers), (PROTO_UDP, 1));
         assert!(s.needs_egress() && s.needs_ingress());
+    }
+
+    #[test]
+    fn an_effect_free_fault_is_bad_input() {
+        let mut a = args();
+        a.delay = Some(Duration::ZERO);
+        assert_eq!(
+            NetSpec::from_args(&a).unwrap_err().to_string(),
+            "--delay 0s injects nothing: give e.g. --delay 50ms, or add --drop PCT or --partition"
+        );
+        a.jitter = Some(Duration::ZERO);
+        assert!(
+            NetSpec::from_args(&a).is_err(),
+            "a zero jitter adds nothing"
+        );
+        // With another effect a zero delay is harmless; --drop 0 attaches idle, as documented.
+        a.drop = Some(0.0);
+        assert!(NetSpec::from_args(&a).is_ok());
+        let mut a = args();
+        a.jitter = Some(Duration::from_millis(5));
+        assert!(
+            NetSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .starts_with("--jitter 5ms needs --delay")
+        );
     }
 
     #[test]

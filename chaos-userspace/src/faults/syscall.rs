@@ -294,10 +294,10 @@ pub struct SyscallArgs {
     )]
     pub syscalls: Vec<String>,
     /// The error to return: a name (ECONNREFUSED, EIO, ENOSPC, ...) or a number.
-    #[arg(long, value_name = "ERRNO")]
+    #[arg(long, value_name = "ERRNO", allow_hyphen_values = true)]
     pub errno: String,
     /// Fail each matching call with this probability, in percent (default 100).
-    #[arg(long, value_name = "PCT", value_parser = units::parse_percent)]
+    #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
     pub percent: Option<f64>,
     /// Only opens of files under this directory (open/openat; lsm backend).
     #[arg(long, value_name = "DIR")]
@@ -306,10 +306,10 @@ pub struct SyscallArgs {
     #[arg(long = "dst", value_name = "CIDR[:PORT]")]
     pub dsts: Vec<String>,
     /// Let the first N matching calls succeed.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = units::parse_whole::<u64>, allow_hyphen_values = true)]
     pub after: u64,
     /// Inject at most N errors, then let every call through.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = units::parse_whole::<u64>, allow_hyphen_values = true)]
     pub max: Option<u64>,
     /// Which mechanism fails the calls.
     #[arg(long, value_enum, default_value_t = Backend::Auto)]

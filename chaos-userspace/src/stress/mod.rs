@@ -19,26 +19,26 @@ use crate::{error::BadInput, units};
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct StressArgs {
     /// Run N CPU workers, each busy for --cpu-load percent of one CPU.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = units::parse_whole::<u32>, allow_hyphen_values = true)]
     pub cpu: Option<u32>,
     /// Load of each CPU worker, in percent of one CPU (default 100).
-    #[arg(long, value_name = "PCT", value_parser = units::parse_percent, requires = "cpu")]
+    #[arg(long, value_name = "PCT", requires = "cpu", value_parser = units::parse_percent, allow_hyphen_values = true)]
     pub cpu_load: Option<f64>,
     /// Allocate this much memory, touch every page and hold it (e.g. 512M, 2G).
-    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size, allow_hyphen_values = true)]
     pub memory: Option<u64>,
     /// Write and fsync this many bytes per second (e.g. 10M or 10M/s) into a directory kchaos makes
     /// under --io-dir (and removes afterwards).
-    #[arg(long, value_name = "RATE", value_parser = parse_rate, requires = "io_dir")]
+    #[arg(long, value_name = "RATE", requires = "io_dir", value_parser = parse_rate, allow_hyphen_values = true)]
     pub io_write: Option<u64>,
     /// Where the --io-write directory goes: an existing directory on the file system to load.
     #[arg(long, value_name = "DIR", requires = "io_write")]
     pub io_dir: Option<PathBuf>,
     /// Open N file descriptors and hold them (as many as RLIMIT_NOFILE allows; the run says how many).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = units::parse_whole::<u64>, allow_hyphen_values = true)]
     pub fds: Option<u64>,
     /// Raise the load to its target step by step over this long (e.g. 10s).
-    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub ramp: Option<Duration>,
     /// Allocate --memory even above the cgroup's memory.max or the host's MemAvailable.
     #[arg(long)]

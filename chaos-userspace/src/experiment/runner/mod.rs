@@ -532,7 +532,9 @@ pub fn describe_check(c: &Check) -> String {
                 format!("http GET {url} (status {statuses:?})")
             }
         }
-        Check::Command { argv, exit_code } => {
+        Check::Command {
+            argv, exit_code, ..
+        } => {
             format!("command `{}` exits {exit_code}", plan::shell_words(argv))
         }
     }

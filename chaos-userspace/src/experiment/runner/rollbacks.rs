@@ -25,6 +25,7 @@ pub fn rollback(r: &Rollback) -> RollbackRecord {
     };
     let mut child = match Command::new(program)
         .args(args)
+        .envs(&r.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -33,10 +33,10 @@ pub struct KillArgs {
     #[arg(long, conflicts_with = "count")]
     pub all: bool,
     /// Signal N processes picked at random (default 1).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::units::parse_whole::<usize>, allow_hyphen_values = true)]
     pub count: Option<usize>,
     /// The signal: a name (KILL, TERM, INT, STOP, USR1, ...) or a number.
-    #[arg(long, value_name = "SIG", default_value = "KILL", value_parser = signal::parse_signal)]
+    #[arg(long, value_name = "SIG", default_value = "KILL", value_parser = signal::parse_signal, allow_hyphen_values = true)]
     pub signal: Signal,
 }
 

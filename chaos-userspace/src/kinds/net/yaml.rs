@@ -88,7 +88,7 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     if ramped.iter().any(|p| p == "drop") && args.drop.is_none() {
         args.drop = Some(0.0);
     }
-    if ramped.iter().any(|p| p == "delay") && args.delay.is_none() {
+    if ramped.iter().any(|p| p == "delay") && args.delay.is_none_or(|d| d.is_zero()) {
         args.delay = Some(Duration::from_millis(1).max(args.jitter.unwrap_or_default()));
     }
     match NetSpec::from_args(&args) {
