@@ -20,8 +20,10 @@ fn counter(file: &TempFile) -> String {
 }
 
 fn counter_value(file: &TempFile) -> u64 {
-    // A read can land between the truncate and the write: read again.
-    for _ in 0..100 {
+    // A read can land between the truncate and the write: read again. On a loaded host the shell can
+    // wait a while for a CPU between the two, so give it 2 s.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
         if let Ok(v) = counter(file).parse() {
             return v;
         }
@@ -43,12 +45,26 @@ fn ended_by_signal(child: &mut Child, within: Duration) -> Option<Option<i32>> {
     None
 }
 
+/// A process outside the lab's cgroup (which the lab's removal would not end), killed when dropped,
+/// also when an assertion fails.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn pause_and_kill_scenario_freezes_a_counter_then_kills_inside_only() {
     const NAME: &str = "pause_and_kill_scenario_freezes_a_counter_then_kills_inside_only";
     if !root_or_skip(NAME) {
         return;
     }
+    // Made before the lab, so removed after it: the counter (in the lab's cgroup) is dead by then and
+    // can't write the file again.
+    let file = TempFile::new("counter");
     let lab = Lab::create(&tag("k")).unwrap();
     let runs = RunDir::new();
     if !lab.cgroup.path.join("cgroup.freeze").exists() {
@@ -59,16 +75,18 @@ fn pause_and_kill_scenario_freezes_a_counter_then_kills_inside_only() {
         return;
     }
     let svc = Service::start(&lab, 7500, false);
-    let file = TempFile::new("counter");
     let script = format!(
         "i=0; while :; do i=$((i+1)); echo $i > '{}'; done",
         file.s()
     );
     let mut counter_proc = spawn_in(&lab.cgroup.path, &["sh", "-c", &script]);
     let mut inside = spawn_in(&lab.cgroup.path, &["sleep", "100"]);
-    let mut outside = Command::new("sleep").arg("100").spawn().unwrap();
+    let mut outside = KilledOnDrop(Command::new("sleep").arg("100").spawn().unwrap());
     let start = Instant::now();
-    while counter_value(&file) < 100 && start.elapsed() < Duration::from_secs(5) {
+    // Until the shell has started, there is no file yet.
+    while counter(&file).parse::<u64>().unwrap_or(0) < 100
+        && start.elapsed() < Duration::from_secs(5)
+    {
         std::thread::sleep(Duration::from_millis(10));
     }
 
@@ -125,7 +143,7 @@ fn pause_and_kill_scenario_freezes_a_counter_then_kills_inside_only() {
         "the counter was not killed"
     );
     assert!(
-        outside.try_wait().unwrap().is_none(),
+        outside.0.try_wait().unwrap().is_none(),
         "the sleep outside the cgroup was killed"
     );
     let (code, lines, err) = live.finish();
@@ -168,11 +186,10 @@ fn pause_and_kill_scenario_freezes_a_counter_then_kills_inside_only() {
     for pid in [inside.id(), counter_proc.id()] {
         assert!(who.contains(&format!("signalled {pid} ")), "{who}");
     }
-    assert!(!who.contains(&format!("{} ", outside.id())), "{who}");
+    assert!(!who.contains(&format!("{} ", outside.0.id())), "{who}");
     assert_eq!(r["summary"]["injected_events"], 4);
 
-    let _ = outside.kill();
-    let _ = outside.wait();
+    drop(outside);
     drop(svc);
     let freeze = std::fs::read_to_string(lab.cgroup.path.join("cgroup.freeze")).unwrap();
     assert_eq!(freeze.trim(), "0", "the lab cgroup is still frozen");
