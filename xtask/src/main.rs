@@ -7,6 +7,7 @@ mod bench;
 mod bench_stress;
 mod build;
 mod setup;
+mod tally;
 mod test;
 mod vm;
 
@@ -29,7 +30,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: unit tests, the host integration tests, then the suite inside the VM kernel.
+    /// Run every test: unit tests, the host integration tests, then the suite inside the VM kernel;
+    /// ends with the skipped tests and a line of totals.
     Test(test::TestArgs),
     /// Run the integration tests inside a Debian 6.12 kernel under qemu (TCG).
     VmTest(vm::VmTestArgs),

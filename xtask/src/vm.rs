@@ -18,9 +18,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, setup};
+use crate::{
+    build, setup,
+    tally::{Part, Report},
+};
 
 pub use console::PayloadResult;
+pub(crate) use console::strip_escapes;
 
 /// Workspace directories copied into the VM at their host paths: the tests find them through
 /// `env!("CARGO_MANIFEST_DIR")`, a host path fixed at compile time.
@@ -34,7 +38,8 @@ pub struct VmTestArgs {
     /// A kernel .deb or an unpacked directory to boot instead of the default Debian kernel.
     #[arg(long)]
     pub kernel: Option<std::path::PathBuf>,
-    /// Only tests whose name contains this.
+    /// Which tests: a test file's name (tests/tests/NAME.rs, or NAME_*.rs: `scenarios` runs every
+    /// scenarios_*.rs) runs that file whole; any other word runs the tests whose name contains it.
     #[arg(last = true)]
     pub filter: Vec<String>,
 }
@@ -49,17 +54,29 @@ pub struct Payload {
     pub cwd: Option<PathBuf>,
 }
 
-/// `cargo xtask vm-test`: the integration tests inside the VM kernel.
+/// `cargo xtask vm-test`: the integration tests inside the VM kernel, then their totals.
 pub fn run(args: &VmTestArgs) -> Result<()> {
+    let mut report = Report::default();
+    let result = run_suite(args, &mut report);
+    report.print();
+    result
+}
+
+/// Runs the integration tests (those `args.filter` selects) inside the VM kernel and adds their
+/// counts to `report`, also when the run fails partway.
+pub fn run_suite(args: &VmTestArgs, report: &mut Report) -> Result<()> {
     let kchaos = build::build_kchaos()?;
     let mut tests = cargo_tests::build_integration_tests()?;
-    // Cargo reports them in build order, which varies; a fixed order makes runs comparable.
-    tests.sort_by(|a, b| a.name.cmp(&b.name));
     if tests.is_empty() {
         bail!("the integration-tests crate produced no test executables (no tests/tests/*.rs?)");
     }
+    // Cargo reports them in build order, which varies; a fixed order makes runs comparable.
+    tests.sort_by(|a, b| a.name.cmp(&b.name));
+    let names: Vec<String> = tests.iter().map(|t| t.name.clone()).collect();
+    let selection = cargo_tests::select(&args.filter, &names);
+    tests.retain(|t| selection.runs(&t.name));
     let mut test_args = vec!["--test-threads=1".to_owned()];
-    test_args.extend(args.filter.iter().cloned());
+    test_args.extend(selection.test_filters.iter().cloned());
     let payloads: Vec<Payload> = tests
         .into_iter()
         .map(|t| Payload {
@@ -70,13 +87,30 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
             cwd: Some(setup::workspace_root().join("tests")),
         })
         .collect();
-    let results = run_payloads(
+    let run = boot_payloads(
         args.kernel.as_deref(),
         Some(&kchaos),
         &payloads,
         timeout_from_env()?,
     )?;
-    summarize(&results)
+    let mut part = Part::new(&format!("VM {}", run.kernel_release));
+    for r in &run.results {
+        part.read_output(&r.name, &r.output);
+    }
+    report.add(part);
+    let verdicts = summarize(&run.results);
+    // A run that failed partway says why (a panic, the time limit) better than its payloads do.
+    match run.failure {
+        Some(failure) => Err(failure),
+        None => verdicts,
+    }
+}
+
+/// What a VM run produced: each payload's result, and why the run failed partway, if it did.
+pub struct VmRun {
+    pub kernel_release: String,
+    pub results: Vec<PayloadResult>,
+    pub failure: Option<anyhow::Error>,
 }
 
 /// Boots the VM kernel (`kernel`: a .deb or unpacked directory; None for the default Debian
@@ -88,6 +122,21 @@ pub fn run_payloads(
     payloads: &[Payload],
     timeout: Duration,
 ) -> Result<Vec<PayloadResult>> {
+    let run = boot_payloads(kernel, kchaos, payloads, timeout)?;
+    match run.failure {
+        Some(failure) => Err(failure),
+        None => Ok(run.results),
+    }
+}
+
+/// The same, keeping the results of the payloads that ended when the run fails partway (a panic,
+/// the time limit); an Err here means nothing ran (no kernel, no image, no qemu).
+pub fn boot_payloads(
+    kernel: Option<&Path>,
+    kchaos: Option<&Path>,
+    payloads: &[Payload],
+    timeout: Duration,
+) -> Result<VmRun> {
     let started = Instant::now();
     ensure_vm_packages()?;
     let vm_dir = vm_dir()?;
@@ -114,7 +163,7 @@ pub fn run_payloads(
         log: &log,
         timeout,
     };
-    let results = console::boot_and_collect(&boot, payloads, &kernel.release)
+    let collected = console::boot_and_collect(&boot, payloads, &kernel.release)
         .with_context(|| format!("on kernel {} ({})", kernel.release, kernel.source))?;
     setup::step(&format!(
         "VM results above came from kernel {} ({}), in {:.0?} in all; console log: {}",
@@ -123,7 +172,13 @@ pub fn run_payloads(
         started.elapsed(),
         log.display()
     ));
-    Ok(results)
+    Ok(VmRun {
+        kernel_release: kernel.release.clone(),
+        results: collected.results,
+        failure: collected
+            .failure
+            .map(|e| e.context(format!("on kernel {} ({})", kernel.release, kernel.source))),
+    })
 }
 
 /// Prints one line per payload and fails if any failed.
@@ -136,11 +191,14 @@ fn summarize(results: &[PayloadResult]) -> Result<()> {
             .iter()
             .rev()
             .find(|l| l.trim_start().starts_with("test result:"));
-        let verdict = if r.exit_code == 0 { "ok" } else { "FAILED" };
+        let verdict = match r.exit_code {
+            0 => "ok".to_owned(),
+            -1 => "FAILED (did not end)".to_owned(),
+            code => format!("FAILED (exit {code})"),
+        };
         setup::step(&format!(
-            "VM {}: {verdict} (exit {}){}",
+            "VM {}: {verdict}{}",
             r.name,
-            r.exit_code,
             tally.map(|t| format!(": {}", t.trim())).unwrap_or_default()
         ));
         if r.exit_code != 0 {

@@ -47,6 +47,80 @@ pub fn build_integration_tests() -> Result<Vec<TestExe>> {
     Ok(test_executables(&String::from_utf8_lossy(&out.stdout)))
 }
 
+/// The integration test files' names (tests/tests/NAME.rs and tests/tests/NAME/main.rs: cargo's
+/// own discovery), sorted, without building anything.
+pub fn integration_test_files() -> Result<Vec<String>> {
+    let dir = setup::workspace_root().join("tests/tests");
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                path.join("main.rs")
+                    .is_file()
+                    .then(|| e.file_name().to_string_lossy().into_owned())
+            } else {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".rs").map(str::to_owned)
+            }
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Which integration test executables run, and with which test-name filters.
+#[derive(Debug, PartialEq)]
+pub struct Selection {
+    /// None: all of them.
+    pub binaries: Option<Vec<String>>,
+    /// Passed on to libtest: tests whose name contains one of these.
+    pub test_filters: Vec<String>,
+}
+
+impl Selection {
+    pub fn runs(&self, binary: &str) -> bool {
+        self.binaries
+            .as_ref()
+            .is_none_or(|b| b.iter().any(|n| n == binary))
+    }
+}
+
+/// Reads a command line's filter words against the test executables' names: a word that is an
+/// executable's name, or the start of names before a `_` (`scenarios`: scenarios_net,
+/// scenarios_abort, ...), selects those executables, which then run whole; the other words filter
+/// test names (libtest's own filter) in the executables that run. Flags (`--exact`) pass through.
+pub fn select(filters: &[String], binaries: &[String]) -> Selection {
+    let names = |word: &str| -> Vec<String> {
+        if word.starts_with('-') {
+            return Vec::new();
+        }
+        binaries
+            .iter()
+            .filter(|b| *b == word || b.starts_with(&format!("{word}_")))
+            .cloned()
+            .collect()
+    };
+    let mut chosen: Vec<String> = Vec::new();
+    let mut test_filters = Vec::new();
+    for word in filters {
+        let matched = names(word);
+        if matched.is_empty() {
+            test_filters.push(word.clone());
+        }
+        for name in matched {
+            if !chosen.contains(&name) {
+                chosen.push(name);
+            }
+        }
+    }
+    Selection {
+        binaries: (!chosen.is_empty()).then_some(chosen),
+        test_filters,
+    }
+}
+
 /// The executables of compiler artifacts whose target kind is "test".
 fn test_executables(json_lines: &str) -> Vec<TestExe> {
     json_lines
@@ -143,6 +217,35 @@ mod tests {
             exes[0].path,
             PathBuf::from("/w/target/release/deps/net_faults-0a1b")
         );
+    }
+
+    #[test]
+    fn filter_words_select_test_files_or_test_names() {
+        let binaries: Vec<String> = ["net", "scenarios_abort", "scenarios_net", "stress"]
+            .map(String::from)
+            .to_vec();
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let s = select(&words(&["scenarios"]), &binaries);
+        assert_eq!(
+            s.binaries,
+            Some(words(&["scenarios_abort", "scenarios_net"]))
+        );
+        assert!(s.test_filters.is_empty());
+        assert!(s.runs("scenarios_net") && !s.runs("net"));
+        // `net` is a file: only it (not scenarios_net); `budget` filters test names in it.
+        let s = select(&words(&["net", "budget", "--exact"]), &binaries);
+        assert_eq!(s.binaries, Some(words(&["net"])));
+        assert_eq!(s.test_filters, words(&["budget", "--exact"]));
+        // No file named: every executable, filtered by test name, as before.
+        let s = select(&words(&["drop_rate"]), &binaries);
+        assert_eq!(
+            s,
+            Selection {
+                binaries: None,
+                test_filters: words(&["drop_rate"])
+            }
+        );
+        assert!(s.runs("stress"));
     }
 
     #[test]

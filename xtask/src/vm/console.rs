@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::Payload;
 use crate::setup::step;
@@ -29,6 +29,7 @@ const TAIL_LINES: usize = 40;
 #[derive(Clone, Debug)]
 pub struct PayloadResult {
     pub name: String,
+    /// -1 when it never ended (the run failed while it ran).
     pub exit_code: i32,
     /// What it printed (stdout and stderr), one line each.
     pub output: Vec<String>,
@@ -69,23 +70,36 @@ fn marker_name(name: &str) -> String {
         .collect()
 }
 
+/// What a boot produced: the result of every payload that started (one cut short has exit code -1
+/// and the console up to its end as output), and why the run failed, if it did.
+pub struct Collected {
+    pub results: Vec<PayloadResult>,
+    pub failure: Option<anyhow::Error>,
+}
+
 /// Boots the VM, waits for it to power off (or the time limit), and returns each payload's result.
-/// A panic, a timeout, or a payload without its end marker fails, after printing the console's end.
-pub fn boot_and_collect(
-    boot: &Boot,
-    payloads: &[Payload],
-    release: &str,
-) -> Result<Vec<PayloadResult>> {
+/// A panic, an oops, a timeout, or a payload without its end marker is a failure, reported after the
+/// console's end is printed; the payloads that ended before it keep their results. An Err: qemu
+/// could not start.
+pub fn boot_and_collect(boot: &Boot, payloads: &[Payload], release: &str) -> Result<Collected> {
     let console = run_qemu(boot)?;
-    let fail = |msg: String| -> anyhow::Error {
+    let (results, unfinished) = parse_results(&console.lines, payloads);
+    let failure = run_failure(&console, boot, release).or(unfinished);
+    let failure = failure.map(|msg| {
         print_tail(&console.lines);
         anyhow::anyhow!(
             "{msg} (the console's last {TAIL_LINES} lines are above; all of it is in {})",
             boot.log.display()
         )
-    };
+    });
+    Ok(Collected { results, failure })
+}
+
+/// Why the run as a whole failed (a panic, an oops, the time limit, /init never ready), if it did;
+/// prints the warnings of a run that did not fail.
+fn run_failure(console: &Console, boot: &Boot, release: &str) -> Option<String> {
     if console.lines.iter().any(|l| l.contains("Kernel panic")) {
-        return Err(fail("the VM's kernel panicked".to_owned()));
+        return Some("the VM's kernel panicked".to_owned());
     }
     // An oops kills only the task that hit it, so the payloads may still end; it is a failure anyway.
     if let Some(oops) = console
@@ -93,26 +107,21 @@ pub fn boot_and_collect(
         .iter()
         .find(|l| l.contains("] Oops: ") || l.contains("] BUG: "))
     {
-        return Err(fail(format!(
-            "the VM's kernel reported a bug: {}",
-            oops.trim()
-        )));
+        return Some(format!("the VM's kernel reported a bug: {}", oops.trim()));
     }
     if console.timed_out {
-        return Err(fail(format!(
+        return Some(format!(
             "the VM ran past its time limit ({:?}) and was killed (for `cargo xtask vm-test`, set \
              KCHAOS_VM_TIMEOUT=<seconds> to change it)",
             boot.timeout
-        )));
+        ));
     }
     let Some(ready) = console
         .lines
         .iter()
         .find_map(|l| l.split_once(READY_MARKER))
     else {
-        return Err(fail(
-            "the VM never got through /init's setup to its payloads".to_owned(),
-        ));
+        return Some("the VM never got through /init's setup to its payloads".to_owned());
     };
     if ready.1.trim() != release {
         step(&format!(
@@ -128,46 +137,63 @@ pub fn boot_and_collect(
             ));
         }
     }
-    parse_results(&console.lines, payloads).map_err(|e| fail(format!("{e:#}")))
+    None
 }
 
-/// The payloads' results, in order, from the console's lines.
-fn parse_results(lines: &[String], payloads: &[Payload]) -> Result<Vec<PayloadResult>> {
+/// The payloads' results, in order, from the console's lines, up to the first that did not end
+/// (its result has exit code -1 and the rest of the console as output), and what went wrong then.
+fn parse_results(lines: &[String], payloads: &[Payload]) -> (Vec<PayloadResult>, Option<String>) {
     let total = payloads.len();
     let mut results = Vec::new();
     let mut from = 0;
     for (i, p) in payloads.iter().enumerate() {
         let begin = begin_marker(i, total, &p.name);
         let Some(b) = (from..lines.len()).find(|&n| lines[n].contains(&begin)) else {
-            bail!("payload {} never started", p.name);
+            return (results, Some(format!("payload {} never started", p.name)));
         };
         let end = end_marker_prefix(i, total, &p.name);
-        let Some((e, before, after)) = (b + 1..lines.len()).find_map(|n| {
+        let found = (b + 1..lines.len()).find_map(|n| {
             lines[n]
                 .split_once(&end)
                 .map(|(before, after)| (n, before, after))
-        }) else {
-            bail!(
-                "payload {} has no end marker: it hung, or took the VM down with it",
-                p.name
+        });
+        let Some((e, before, after)) = found else {
+            results.push(PayloadResult {
+                name: p.name.clone(),
+                exit_code: -1,
+                output: lines[b + 1..].to_vec(),
+            });
+            return (
+                results,
+                Some(format!(
+                    "payload {} has no end marker: it hung, or took the VM down with it",
+                    p.name
+                )),
             );
         };
-        let exit_code = after.trim().parse().with_context(|| {
-            format!("payload {}: unreadable exit code in {:?}", p.name, lines[e])
-        })?;
         let mut output = lines[b + 1..e].to_vec();
         // Output that did not end in a newline shares its line with the end marker.
         if !before.is_empty() {
             output.push(before.to_owned());
         }
+        let exit_code = after.trim().parse().ok();
         results.push(PayloadResult {
             name: p.name.clone(),
-            exit_code,
+            exit_code: exit_code.unwrap_or(-1),
             output,
         });
+        if exit_code.is_none() {
+            return (
+                results,
+                Some(format!(
+                    "payload {}: unreadable exit code in {:?}",
+                    p.name, lines[e]
+                )),
+            );
+        }
         from = e + 1;
     }
-    Ok(results)
+    (results, None)
 }
 
 fn print_tail(lines: &[String]) {
@@ -292,7 +318,7 @@ fn spawn_reader(
 
 /// `line` without terminal escape sequences (the firmware clears the screen with them), so the
 /// log and the terminal show plain text.
-fn strip_escapes(line: &str) -> String {
+pub(crate) fn strip_escapes(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
@@ -364,14 +390,16 @@ mod tests {
              KCHAOS-VM-BEGIN 2/2 b c\nno newlineKCHAOS-VM-END 2/2 b_c rc=101\n",
         );
         // "b c" becomes b_c in markers; the begin line above has "b c", so it is not found.
-        let err = parse_results(&console, &[payload("a"), payload("b c")]).unwrap_err();
-        assert!(err.to_string().contains("never started"));
+        let (results, err) = parse_results(&console, &[payload("a"), payload("b c")]);
+        assert!(err.unwrap().contains("never started"));
+        assert_eq!(results.len(), 1);
 
         let console = lines(
             "KCHAOS-VM-BEGIN 1/2 a\nhello\nKCHAOS-VM-END 1/2 a rc=0\n\
              KCHAOS-VM-BEGIN 2/2 b_c\nno newlineKCHAOS-VM-END 2/2 b_c rc=101\n",
         );
-        let results = parse_results(&console, &[payload("a"), payload("b c")]).unwrap();
+        let (results, err) = parse_results(&console, &[payload("a"), payload("b c")]);
+        assert!(err.is_none());
         assert_eq!(results[0].exit_code, 0);
         assert_eq!(results[0].output, ["hello"]);
         assert_eq!(results[1].exit_code, 101);
@@ -390,7 +418,10 @@ mod tests {
     #[test]
     fn a_payload_without_its_end_marker_fails() {
         let console = lines("KCHAOS-VM-BEGIN 1/1 a\nstill running\n");
-        let err = parse_results(&console, &[payload("a")]).unwrap_err();
-        assert!(err.to_string().contains("no end marker"));
+        let (results, err) = parse_results(&console, &[payload("a")]);
+        assert!(err.unwrap().contains("no end marker"));
+        // Its output so far is kept, for counting the tests that ended before it stopped.
+        assert_eq!(results[0].exit_code, -1);
+        assert_eq!(results[0].output, ["still running"]);
     }
 }

@@ -1,0 +1,258 @@
+//! How an experiment ends early, and that it detaches when it does: a failing probe aborts it
+//! (detached within 100 ms, traffic flowing again), the budget stops injection, SIGTERM ends the run,
+//! and nothing is injected when the steady state does not hold before.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    RunDir, Service, TempFile, in_vm, lab, no_residue, probe_count, probe_results, read_report,
+    root_or_skip, scenario, scenario_vars, tag, traffic,
+};
+use lab::Lab;
+
+#[test]
+fn partition_aborts_on_the_failing_probe_and_detaches_within_100ms() {
+    if !root_or_skip("partition_aborts_on_the_failing_probe_and_detaches_within_100ms") {
+        return;
+    }
+    let lab = Lab::create(&tag("p")).unwrap();
+    let runs = RunDir::new();
+    let svc = Service::start(&lab, 7200, false);
+    let report = TempFile::new("partition.json");
+    let path = scenario("dependency-partition.yaml");
+    let v = scenario_vars(&lab, svc.addr);
+    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    args.extend(v.iter().map(String::as_str));
+    let started = Instant::now();
+    let mut live = runs.spawn(&args);
+    live.wait_for("fault.armed", Duration::from_secs(10));
+    // While the partition holds, a connect from the target cgroup fails.
+    let cut = traffic(
+        Some(&lab.cgroup.path),
+        None,
+        &[
+            "tcp-connect",
+            "--to",
+            &svc.addr.to_string(),
+            "--timeout",
+            "300ms",
+        ],
+    );
+    assert_eq!(cut["connected"], false, "{cut}");
+    live.wait_for("abort.detached", Duration::from_secs(5));
+    // kchaos is still running (the after phase); the target reaches its dependency again.
+    let back = traffic(
+        Some(&lab.cgroup.path),
+        None,
+        &[
+            "tcp-connect",
+            "--to",
+            &svc.addr.to_string(),
+            "--timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(back["connected"], true, "after the abort: {back}");
+    let (code, lines, err) = live.finish();
+    println!("{}", lines.join("\n"));
+    assert_eq!(code, 1, "an aborted experiment exits 1: {err}");
+    assert!(err.contains("did not complete"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the abort did not cut the 10 s fault short"
+    );
+
+    let r = read_report(&report.0);
+    let s = &r["summary"];
+    assert_eq!(s["completed"], false);
+    let why = s["abort_reason"].as_str().unwrap();
+    assert!(
+        why.contains("probe 'dependency-connect' violated its tolerance"),
+        "{why}"
+    );
+    let detached = s["abort_to_detached_ms"].as_f64().unwrap();
+    assert!(detached < 100.0, "abort to detached took {detached} ms");
+    // The abort came from the probe within moments of the partition, not at the planned end.
+    let fault = &r["faults"][0];
+    let armed_for = fault["end_ms"].as_f64().unwrap() - fault["start_ms"].as_f64().unwrap();
+    assert!(armed_for < 1500.0, "armed for {armed_for} ms");
+    assert!(
+        fault["counters"]["egress.partitioned"].as_u64().unwrap() > 0,
+        "{fault}"
+    );
+    let events: Vec<&str> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    let pos = |k: &str| {
+        events
+            .iter()
+            .position(|e| *e == k)
+            .unwrap_or_else(|| panic!("no {k} in {events:?}"))
+    };
+    assert!(
+        pos("probe.violated") < pos("abort")
+            && pos("abort") < pos("fault.detached")
+            && pos("fault.detached") < pos("phase.after")
+    );
+    assert!(pos("rollback.start") > pos("phase.after"), "{events:?}");
+    assert_eq!(r["rollbacks"][0]["exit_code"], 0);
+    assert_eq!(
+        r["rollbacks"][0]["output"].as_str().unwrap().trim(),
+        "partition rolled back"
+    );
+    // Packets flow again: the probe's own connects after the abort all succeed.
+    let res = probe_results(&r, "dependency-connect");
+    assert!(probe_count(&res, "during", false) >= 1);
+    assert!(
+        probe_count(&res, "after", true) >= 10 && probe_count(&res, "after", false) == 0,
+        "{res:?}"
+    );
+    assert_eq!(s["steady_state_held"], true, "the steady state came back");
+    drop(svc);
+    no_residue(&lab);
+}
+
+#[test]
+fn the_budget_stops_injection() {
+    if !root_or_skip("the_budget_stops_injection") {
+        return;
+    }
+    let lab = Lab::create(&tag("b")).unwrap();
+    let runs = RunDir::new();
+    let echo =
+        lab::EchoServer::start(&lab.netns, SocketAddr::from((lab.server_addr, 7300))).unwrap();
+    // No check before (the budget is the subject), a probe so the review passes.
+    let text = "title: budget\ntargets: [{cgroup: \"${cgroup}\"}]\n\
+steady_state: {before: 0s, after: 1s, probes: [{name: alive, command: \"true\", interval: 200ms}]}\n\
+faults: [{name: blackhole, for: 10s, net: {drop: 100%, proto: udp}}]\n\
+abort: [{probe: alive}]\n\
+budget: {max_duration: 15s, max_injected_events: 300}\n";
+    let file = TempFile::with("budget.yaml", text);
+    let report = TempFile::new("budget.json");
+    let cg = format!("cgroup={}", lab.cgroup.path.display());
+    let mut live = runs.spawn(&["run", file.s(), "--var", &cg, "--report", report.s()]);
+    live.wait_for("fault.armed", Duration::from_secs(10));
+    let started = Instant::now();
+    // 4000 datagrams over 2 s from the target: every one dropped until the budget is spent.
+    let v = traffic(
+        Some(&lab.cgroup.path),
+        None,
+        &[
+            "udp-echo",
+            "--to",
+            &echo.addr.to_string(),
+            "--count",
+            "4000",
+            "--rate",
+            "2000",
+        ],
+    );
+    live.wait_for("budget.exceeded", Duration::from_secs(1));
+    let (sent, received) = (v["sent"].as_u64().unwrap(), v["received"].as_u64().unwrap());
+    let (code, lines, _) = live.finish();
+    println!(
+        "{}\nclient: sent {sent} received {received}",
+        lines.join("\n")
+    );
+    assert_eq!(code, 1);
+    let r = read_report(&report.0);
+    let s = &r["summary"];
+    assert!(
+        s["abort_reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_injected_events 300"),
+        "{s}"
+    );
+    let dropped = r["faults"][0]["counters"]["egress.dropped"]
+        .as_u64()
+        .unwrap();
+    // Stopped at the budget: a tick or two of traffic past it (2000/s: 100 per 50 ms tick), no more.
+    assert!((300..=600).contains(&dropped), "dropped {dropped}");
+    // The kernel's count is what the client lost; the rest arrived once injection stopped. Under
+    // emulation a datagram or two can be lost without any fault (a late receiver): allow 0.25 %.
+    let unexplained = (sent - received).abs_diff(dropped);
+    let allowed = if in_vm() { sent / 400 } else { 0 };
+    assert!(
+        unexplained <= allowed,
+        "sent {sent} received {received}, kernel dropped {dropped}"
+    );
+    assert!(received >= 3000, "traffic did not flow again: {received}");
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(s["abort_to_detached_ms"].as_f64().unwrap() < 100.0);
+    no_residue(&lab);
+}
+
+#[test]
+fn sigterm_ends_the_run_detaches_and_reports_why() {
+    if !root_or_skip("sigterm_ends_the_run_detaches_and_reports_why") {
+        return;
+    }
+    let lab = Lab::create(&tag("s")).unwrap();
+    let runs = RunDir::new();
+    let svc = Service::start(&lab, 7500, false);
+    let report = TempFile::new("term.json");
+    let path = scenario("packet-loss-ramp.yaml");
+    let v = scenario_vars(&lab, svc.addr);
+    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    args.extend(v.iter().map(String::as_str));
+    let mut live = runs.spawn(&args);
+    live.wait_for("fault.armed", Duration::from_secs(10));
+    // What `kchaos stop` sends.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(live.child.id() as i32, libc::SIGTERM) };
+    let (code, lines, _) = live.finish();
+    assert_eq!(code, 1, "{lines:?}");
+    let r = read_report(&report.0);
+    assert_eq!(r["summary"]["end_reason"], "terminated (SIGTERM)");
+    assert!(r["summary"]["abort_to_detached_ms"].as_f64().unwrap() < 100.0);
+    assert!(r["faults"][0]["end_ms"].as_f64().is_some());
+    assert!(
+        r["phases"]["after"].is_null(),
+        "a signal skips the after phase"
+    );
+    drop(svc);
+    no_residue(&lab);
+}
+
+#[test]
+fn nothing_is_injected_when_the_steady_state_does_not_hold_before() {
+    if !root_or_skip("nothing_is_injected_when_the_steady_state_does_not_hold_before") {
+        return;
+    }
+    let lab = Lab::create(&tag("n")).unwrap();
+    let runs = RunDir::new();
+    // Nothing listens on this port: the probe fails from the start.
+    let server = SocketAddr::from((lab.server_addr, 7600));
+    let report = TempFile::new("before.json");
+    let path = scenario("dependency-partition.yaml");
+    let v = scenario_vars(&lab, server);
+    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    args.extend(v.iter().map(String::as_str));
+    let started = Instant::now();
+    let (code, out, _) = runs.run_text(&args);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "it went on after the failed check"
+    );
+    let r = read_report(&report.0);
+    let why = r["summary"]["abort_reason"].as_str().unwrap();
+    assert!(
+        why.contains("did not hold before injection, so nothing was injected"),
+        "{why}"
+    );
+    assert!(why.contains("dependency-connect"), "{why}");
+    assert!(r["faults"][0]["start_ms"].is_null(), "a fault was armed");
+    assert_eq!(r["summary"]["injected_events"], 0);
+    assert!(r["phases"]["during"].is_null() && r["rollbacks"].as_array().unwrap().is_empty());
+    let res = probe_results(&r, "dependency-connect");
+    assert!(probe_count(&res, "before", false) >= 5, "{res:?}");
+    no_residue(&lab);
+}

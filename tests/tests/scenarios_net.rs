@@ -1,0 +1,139 @@
+//! A network scenario end to end: the packet-loss ramp against a lab (a service in the namespace, a
+//! probe from the target cgroup), checked against the kernel's counters, and the report's other forms
+//! (the summary again, JUnit, HTML).
+
+use std::time::{Duration, Instant};
+
+use integration_tests::{
+    RunDir, Service, TempFile, in_vm, lab::Lab, no_residue, probe_count, probe_results,
+    read_report, root_or_skip, scenario, scenario_vars, tag,
+};
+
+#[test]
+fn packet_loss_ramp_scenario_against_the_lab() {
+    if !root_or_skip("packet_loss_ramp_scenario_against_the_lab") {
+        return;
+    }
+    let lab = Lab::create(&tag("r")).unwrap();
+    let runs = RunDir::new();
+    let svc = Service::start(&lab, 7100, false);
+    let report = TempFile::new("ramp.json");
+    let junit = TempFile::new("ramp.xml");
+    let html = TempFile::new("ramp.html");
+    let path = scenario("packet-loss-ramp.yaml");
+    let v = scenario_vars(&lab, svc.addr);
+    let mut args = vec![
+        "run",
+        path.to_str().unwrap(),
+        "--report",
+        report.s(),
+        "--junit",
+        junit.s(),
+    ];
+    args.extend(v.iter().map(String::as_str));
+    let started = Instant::now();
+    let (code, out, err) = runs.run_text(&args);
+    let wall = started.elapsed();
+    println!("{out}");
+    assert_eq!(code, 0, "stdout {out}\nstderr {err}");
+    let r = read_report(&report.0);
+    let s = &r["summary"];
+    assert_eq!(s["completed"], true);
+    assert_eq!(s["steady_state_held"], true, "{s}");
+
+    // The ramp stepped 0 -> 10 -> 20 -> 30 %, a second apart by the clock.
+    let fault = &r["faults"][0];
+    let steps = fault["ramp_steps"].as_array().unwrap();
+    let values: Vec<f64> = steps.iter().map(|x| x["value"].as_f64().unwrap()).collect();
+    assert_eq!(values, [0.0, 10.0, 20.0, 30.0], "{steps:?}");
+    // Under emulation (the VM suite) attaching alone can take half a second, which delays the first
+    // step; the tolerance there is wider, the host's stays tight.
+    let tolerance = if in_vm() { 600.0 } else { 150.0 };
+    for w in steps.windows(2) {
+        let gap = w[1]["t_ms"].as_f64().unwrap() - w[0]["t_ms"].as_f64().unwrap();
+        assert!(
+            (gap - 1000.0).abs() < tolerance,
+            "a step {gap:.0} ms after the last: {steps:?}"
+        );
+    }
+    let armed_for = fault["end_ms"].as_f64().unwrap() - fault["start_ms"].as_f64().unwrap();
+    assert!(
+        (armed_for - 4000.0).abs() < tolerance.max(200.0),
+        "armed {armed_for:.0} ms instead of 4 s"
+    );
+
+    // The kernel dropped packets of the probe's connects, and the probe saw it; never outside the fault.
+    let dropped = fault["counters"]["egress.dropped"].as_u64().unwrap();
+    assert!(dropped > 0, "{fault}");
+    assert_eq!(fault["injected_events"].as_u64().unwrap(), dropped);
+    assert_eq!(s["injected_events"].as_u64().unwrap(), dropped);
+    let res = probe_results(&r, "dependency-connect");
+    assert_eq!(
+        probe_count(&res, "before", false),
+        0,
+        "failures before injection"
+    );
+    assert!(probe_count(&res, "before", true) >= 5, "{}", res.len());
+    assert!(
+        probe_count(&res, "during", false) > 0,
+        "no connect failed during 30% loss"
+    );
+    assert_eq!(
+        probe_count(&res, "after", false),
+        0,
+        "failures after the fault"
+    );
+    assert!(probe_count(&res, "after", true) >= 10);
+    // Each failed attempt during the fault is a connect whose SYN the kernel dropped.
+    assert!(
+        dropped >= probe_count(&res, "during", false) as u64,
+        "dropped {dropped}"
+    );
+    let avail = s["availability_during_faults_pct"].as_f64().unwrap();
+    assert!((40.0..100.0).contains(&avail), "availability {avail}");
+    let mttr = s["recovery"][0]["mttr_ms"].as_f64().unwrap();
+    assert!(mttr < 500.0, "took {mttr} ms to recover");
+    assert!(svc.accepted() as usize >= probe_count(&res, "after", true));
+    assert!(wall < Duration::from_secs(12), "{wall:?}");
+    // Every event is timestamped and in order.
+    let ts: Vec<f64> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["t_ms"].as_f64().unwrap())
+        .collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+
+    // JUnit: each hypothesis and each probe phase is a test case, all passing.
+    let xml = std::fs::read_to_string(&junit.0).unwrap();
+    assert_eq!(xml.matches("<testcase ").count(), 6, "{xml}");
+    assert!(
+        xml.contains("name=\"steady state before\"")
+            && xml.contains("name=\"dependency-connect during\"")
+    );
+    assert!(
+        xml.contains("failures=\"0\"") && !xml.contains("<failure"),
+        "{xml}"
+    );
+
+    // `kchaos report` prints the summary again, and writes the HTML page.
+    let (code, again, _) = runs.run_text(&["report", report.s()]);
+    assert_eq!(code, 0);
+    assert!(
+        again.contains("steady state: held")
+            && again.contains(&format!("injected events (kernel): {dropped}")),
+        "{again}"
+    );
+    let (code, _, err) = runs.run_text(&["report", "--html", report.s(), "--out", html.s()]);
+    assert_eq!(code, 0, "{err}");
+    let page = std::fs::read_to_string(&html.0).unwrap();
+    assert!(
+        page.starts_with("<!DOCTYPE html>") && page.contains("<svg") && page.contains("loss-ramp")
+    );
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "not self-contained"
+    );
+    drop(svc);
+    no_residue(&lab);
+}
