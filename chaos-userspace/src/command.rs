@@ -8,6 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    engine::targets::{self, TargetArgs},
     error::BadInput,
     experiment::{
         report::Report,
@@ -19,7 +20,6 @@ use crate::{
     journal::Journal,
     kind::FaultKind,
     output::create_if_asked,
-    targets::{self, TargetArgs},
     units,
 };
 

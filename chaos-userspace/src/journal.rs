@@ -10,7 +10,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use crate::qdisc::FqInstall;
+use crate::engine::qdisc::FqInstall;
 
 /// One thing to undo.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -30,7 +30,7 @@ impl Residue {
     /// Undoes it. Something already gone counts as undone.
     pub fn undo(&self) -> io::Result<()> {
         match self {
-            Residue::Fq(fq) => crate::qdisc::restore(fq),
+            Residue::Fq(fq) => crate::engine::qdisc::restore(fq),
             Residue::FrozenCgroup { path } => match fs::write(path.join("cgroup.freeze"), "0") {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 other => other,
@@ -53,7 +53,7 @@ pub fn remove_cgroup(path: &Path) -> io::Result<()> {
     // cgroup.kill (5.14+) kills the whole subtree at once; thaw first so a frozen tree can die.
     let _ = fs::write(path.join("cgroup.freeze"), "0");
     if fs::write(path.join("cgroup.kill"), "1").is_err() {
-        for pid in crate::cgroup::procs_recursive(path).unwrap_or_default() {
+        for pid in crate::engine::cgroup::procs_recursive(path).unwrap_or_default() {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }

@@ -11,10 +11,10 @@ use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
 use anyhow::Result;
 
 use crate::{
+    engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
     journal::Journal,
-    targets::Target,
 };
 
 /// A kind's counters, flat ("egress.dropped" -> n): one shape for the live line, the report, the budget
@@ -397,9 +397,10 @@ pub fn unit_of(param: &str) -> Option<Unit> {
 }
 
 use crate::{
-    faults::{net::NetSpec, syscall::SyscallSpec},
+    kinds::net::NetSpec,
+    kinds::stress::StressSpec,
+    kinds::syscall::SyscallSpec,
     kinds::{kill::KillSpec, pause::PauseSpec},
-    stress::StressSpec,
 };
 
 registry! {

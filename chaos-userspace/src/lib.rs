@@ -2,31 +2,17 @@
 //! these modules; the demo, the tests and scenarios use them too.
 
 pub mod bounded_read;
-pub mod btf;
-pub mod capabilities;
-pub mod cgroup;
 pub mod command;
-pub mod demo;
-pub mod ebpf;
-pub mod errno;
+pub mod engine;
 pub mod error;
 pub mod experiment;
-pub mod faults;
 pub mod journal;
 pub mod kind;
 pub mod kinds;
 pub mod lab;
-pub mod lifecycle;
-pub mod netns;
 pub mod output;
 pub mod probe;
-pub mod procfs;
-pub mod qdisc;
 pub mod stop;
-pub mod stress;
-pub mod syscall_helper;
-pub mod targets;
-pub mod traffic;
 pub mod units;
 
 /// Fails with bad input unless running as root.

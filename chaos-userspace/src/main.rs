@@ -2,7 +2,12 @@
 
 use std::process::ExitCode;
 
-use chaos_userspace::{demo, error, kind::KindCommand, probe, stop, traffic};
+use chaos_userspace::{
+    error,
+    kind::KindCommand,
+    lab::{demo, traffic},
+    probe, stop,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,7 +33,7 @@ enum Command {
     Fault(KindCommand),
     /// A stress worker, started by `kchaos stress` in the target cgroup.
     #[command(hide = true)]
-    StressWorker(chaos_userspace::stress::worker::WorkerArgs),
+    StressWorker(chaos_userspace::kinds::stress::worker::WorkerArgs),
     /// Thaws the paused cgroups if `kchaos pause` dies; started by it.
     #[command(hide = true)]
     PauseGuard(chaos_userspace::kinds::pause::freeze::GuardArgs),
@@ -90,7 +95,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Fault(cmd) => block_on(cmd.run()),
-        Command::StressWorker(args) => chaos_userspace::stress::worker::run(&args),
+        Command::StressWorker(args) => chaos_userspace::kinds::stress::worker::run(&args),
         Command::PauseGuard(args) => chaos_userspace::kinds::pause::freeze::guard(&args),
         Command::Probe { json } => probe::run(json),
         Command::Stop => match stop::stop() {

@@ -6,8 +6,8 @@ use anyhow::Result;
 use serde::ser::{SerializeMap as _, SerializeStruct as _};
 
 use crate::{
-    capabilities::{Capabilities, Capability},
-    faults::syscall::{Backend, BackendSupport, auto_backends},
+    engine::capabilities::{Capabilities, Capability},
+    kinds::syscall::{Backend, BackendSupport, auto_backends},
 };
 
 /// What `kchaos probe` prints, and `kchaos probe --json` serialises.
@@ -88,7 +88,7 @@ pub fn run(json: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::faults::syscall::{OPS, SyscallArgs, SyscallSpec, plan};
+    use crate::kinds::syscall::{OPS, SyscallArgs, SyscallSpec, fault::plan};
 
     /// A kernel with the cgroup hooks and bpf_override_return, whose BPF LSM loads but is not an
     /// active LSM (the mismatch `kchaos probe` once reported as "yes").

@@ -60,7 +60,7 @@ fn fq_lab(test: &str) -> Option<(Lab, SocketAddr, EchoServer)> {
     if !root_or_skip(test) {
         return None;
     }
-    if !chaos_userspace::qdisc::kernel_has_fq() {
+    if !chaos_userspace::engine::qdisc::kernel_has_fq() {
         skip(
             test,
             "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it",

@@ -58,7 +58,7 @@ fn udp_frame() -> Vec<u8> {
 }
 
 fn monotonic_ns() -> u64 {
-    chaos_userspace::lifecycle::monotonic_ns()
+    chaos_userspace::engine::lifecycle::monotonic_ns()
 }
 
 struct Harness {
@@ -68,7 +68,7 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let mut ebpf = chaos_userspace::ebpf::load().expect("load the object");
+        let mut ebpf = chaos_userspace::engine::ebpf::load().expect("load the object");
         let prog: &mut CgroupSkb = ebpf.program_mut("net_egress").unwrap().try_into().unwrap();
         prog.load().expect("load net_egress");
         let fd = prog.fd().unwrap().as_fd().as_raw_fd();

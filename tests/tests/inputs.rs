@@ -498,7 +498,7 @@ fn bad_numbers_name_the_flag_in_one_line() {
 
 #[test]
 fn a_cgroup_path_outside_the_cgroup2_mount_is_refused_naming_the_mount() {
-    let Ok(mount) = chaos_userspace::cgroup::v2_mount() else {
+    let Ok(mount) = chaos_userspace::engine::cgroup::v2_mount() else {
         skip(
             "a_cgroup_path_outside_the_cgroup2_mount_is_refused_naming_the_mount",
             "no cgroup2 mount",
@@ -551,7 +551,7 @@ fn a_cgroup_path_outside_the_cgroup2_mount_is_refused_naming_the_mount() {
 
 #[test]
 fn the_root_cgroup_in_a_scenario_is_high_risk_however_spelled() {
-    let mount = chaos_userspace::cgroup::v2_mount()
+    let mount = chaos_userspace::engine::cgroup::v2_mount()
         .map(|m| m.display().to_string())
         .unwrap_or_else(|_| "/".into());
     let dir = TempDir::new();

@@ -421,7 +421,7 @@ fn bad_input_exits_2_and_attaches_nothing() {
         );
         assert_eq!(attached(&lab), progs, "{args:?} left programs loaded");
     }
-    if !chaos_userspace::qdisc::kernel_has_fq() {
+    if !chaos_userspace::engine::qdisc::kernel_has_fq() {
         let out = run(&["net", "--cgroup", &cg, "--delay", "10ms"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");

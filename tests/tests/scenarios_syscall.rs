@@ -102,7 +102,7 @@ fn disk_errors_scenario_fails_open_read_write_with_eio() {
         "--var",
         &d,
     ];
-    if let Err(why) = chaos_userspace::faults::syscall::BackendSupport::probe().lsm {
+    if let Err(why) = chaos_userspace::kinds::syscall::BackendSupport::probe().lsm {
         // Here `run` must refuse before attaching anything, and say why.
         let (code, out, err) = runs.run_text(&args);
         assert_ne!(code, 0, "{out}");

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chaos_userspace::{cgroup, procfs};
+use chaos_userspace::engine::{cgroup, procfs};
 use integration_tests::{RunDir, lab::LabCgroup, root_or_skip, spawn_in, tag};
 
 /// A scratch directory, removed on drop.

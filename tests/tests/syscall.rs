@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use chaos_userspace::faults::syscall::BackendSupport;
+use chaos_userspace::kinds::syscall::BackendSupport;
 use integration_tests::{
     RunDir, Running, attach_type, cgroup_programs, lab::LabCgroup, root_or_skip, run, skip, tag,
     traffic,
@@ -303,7 +303,7 @@ fn probe_and_syscall_agree_on_every_backend() {
     let backends = probe["syscall_backends"].as_object().unwrap();
     assert_eq!(
         backends.len(),
-        chaos_userspace::faults::syscall::OPS.len(),
+        chaos_userspace::kinds::syscall::OPS.len(),
         "every operation is answered: {probe}"
     );
     let available = |name: &str| {

@@ -140,7 +140,7 @@ fn resolve(s: &Scenario) -> (Vec<ResolvedTarget>, Vec<(String, String)>, Vec<Dia
 }
 
 fn review_of(s: &Scenario, ok: &[ResolvedTarget], missing: &[(String, String)]) -> Vec<Finding> {
-    let root = crate::cgroup::v2_mount().ok();
+    let root = crate::engine::cgroup::v2_mount().ok();
     review::review(s, ok, missing, root.as_deref())
 }
 
@@ -210,7 +210,7 @@ async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> R
     }
     crate::require_root("kchaos run")?;
     for f in &s.faults {
-        let fault_targets: Vec<crate::targets::Target> = targets
+        let fault_targets: Vec<crate::engine::targets::Target> = targets
             .iter()
             .filter(|t| f.targets.contains(&t.name))
             .map(ResolvedTarget::target)

@@ -171,7 +171,7 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
         }
     }
     let seed = args.seed.unwrap_or_else(|| {
-        crate::lifecycle::monotonic_ns() ^ u64::from(std::process::id()).rotate_left(32)
+        crate::engine::lifecycle::monotonic_ns() ^ u64::from(std::process::id()).rotate_left(32)
     });
     let mut rng = Rng::new(seed);
     let caps = MonkeyCaps {

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::scenario::{Check, ProbeSpec, Tolerance};
-use crate::lifecycle::monotonic_ns;
+use crate::engine::lifecycle::monotonic_ns;
 
 /// One probe attempt.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -332,7 +332,7 @@ pub fn agent(cgroup: &Path, spec_json: &str) -> Result<()> {
     if unsafe { libc::getppid() } == 1 {
         return Ok(());
     }
-    crate::cgroup::add_process(cgroup, std::process::id())
+    crate::engine::cgroup::add_process(cgroup, std::process::id())
         .with_context(|| format!("joining {}", cgroup.display()))?;
     let stop = AtomicBool::new(false);
     let mut out = std::io::stdout().lock();

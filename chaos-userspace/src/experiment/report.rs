@@ -186,7 +186,7 @@ pub struct Summary {
     pub abort_reason: Option<String>,
     /// The signal that ended it (Ctrl-C, SIGTERM, SIGHUP), if one did.
     #[serde(default)]
-    pub signal: Option<crate::lifecycle::EndReason>,
+    pub signal: Option<crate::engine::lifecycle::EndReason>,
     /// From the abort decision to every fault detached.
     pub abort_to_detached_ms: Option<f64>,
 }

@@ -124,7 +124,7 @@ pub fn review(
         .targets
         .iter()
         .filter_map(|t| match &t.what {
-            TargetRef::Cgroup(p) if crate::targets::names_root(p, cgroup_root) => {
+            TargetRef::Cgroup(p) if crate::engine::targets::names_root(p, cgroup_root) => {
                 out.push(finding(
                     Risk::High,
                     "wide-target",

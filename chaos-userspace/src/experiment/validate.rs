@@ -9,9 +9,9 @@ use super::{
     scenario::{Scenario, TargetDecl, TargetRef},
 };
 use crate::{
+    engine::targets::{self, Target, TargetArgs},
     error::BadInput,
     kind::{Unit, unit_of},
-    targets::{self, Target, TargetArgs},
     units::format_duration,
 };
 
@@ -146,8 +146,8 @@ pub fn resolve_target(t: &TargetDecl, allow_host: bool) -> Result<ResolvedTarget
         TargetRef::Cgroup(p) => args.cgroups.push(p.clone()),
         TargetRef::Pid(pid) => args.pids.push(*pid),
         TargetRef::Container { id, runtime } => {
-            let mount =
-                crate::cgroup::v2_mount().map_err(|e| BadInput::new(format!("cgroup v2: {e}")))?;
+            let mount = crate::engine::cgroup::v2_mount()
+                .map_err(|e| BadInput::new(format!("cgroup v2: {e}")))?;
             let path = containers::resolve(&mount, id, *runtime)?;
             args.cgroups.push(path.display().to_string());
         }

@@ -6,7 +6,7 @@
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
-use chaos_userspace::faults::syscall::BackendSupport;
+use chaos_userspace::kinds::syscall::BackendSupport;
 use integration_tests::{Running, kchaos, lab::LabCgroup, tag};
 
 const ROUNDS: usize = 9;

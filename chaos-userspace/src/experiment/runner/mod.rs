@@ -33,10 +33,10 @@ use super::{
     validate::ResolvedTarget,
 };
 use crate::{
+    engine::lifecycle::{self, EndReason, Signals},
+    engine::targets::Target,
     journal::Journal,
     kind::FaultKind,
-    lifecycle::{self, EndReason, Signals},
-    targets::Target,
     units::format_duration,
 };
 

@@ -12,13 +12,13 @@ use tokio::time::Instant;
 
 use super::{Run, SAMPLE_EVERY, Style};
 use crate::{
+    engine::lifecycle,
     experiment::{
         report::{CounterSample, RampStep},
         scenario::Ramp,
         validate::ResolvedTarget,
     },
     kind::Active,
-    lifecycle,
 };
 
 /// Where a fault is in its life.
@@ -49,7 +49,7 @@ impl Run<'_> {
     pub(super) fn prepare_all(&mut self) -> Result<()> {
         for i in 0..self.faults.len() {
             let decl = &self.s.faults[self.faults[i].index];
-            let targets: Vec<crate::targets::Target> = self
+            let targets: Vec<crate::engine::targets::Target> = self
                 .targets
                 .iter()
                 .filter(|t| decl.targets.contains(&t.name))

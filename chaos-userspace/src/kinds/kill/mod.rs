@@ -14,12 +14,12 @@ use self::{
     signal_processes::{KillReport, Victims},
 };
 use crate::{
-    cgroup::holds_this_process,
+    engine::cgroup::holds_this_process,
+    engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
     journal::Journal,
     kind::{Active, Counters, Kind, TargetFinding},
-    targets::Target,
 };
 
 pub const EXAMPLES: &str = "Examples:\n  kchaos kill --cgroup app                 (SIGKILL to one random process)\n  \

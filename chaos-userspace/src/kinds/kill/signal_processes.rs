@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::signal::Signal;
-use crate::{cgroup::holds_this_process, procfs, targets::Target};
+use crate::{engine::cgroup::holds_this_process, engine::procfs, engine::targets::Target};
 
 /// A process that may be signalled, with what to print about it.
 #[derive(Clone, Debug)]
@@ -222,7 +222,7 @@ pub fn candidates(targets: &[Target]) -> Result<(Vec<Candidate>, usize), ListErr
 
 /// Every (pid, cgroup) in `dir` and below.
 fn walk(dir: &Path, out: &mut Vec<(u32, PathBuf)>) -> io::Result<()> {
-    for pid in crate::cgroup::procs(dir)? {
+    for pid in crate::engine::cgroup::procs(dir)? {
         out.push((pid, dir.to_owned()));
     }
     for entry in fs::read_dir(dir)?.flatten() {
@@ -264,7 +264,7 @@ impl XorShift {
         // SAFETY: getrandom writes at most 8 bytes into `seed`.
         let got = unsafe { libc::getrandom((&mut seed as *mut u64).cast(), 8, 0) };
         if got != 8 {
-            seed = crate::lifecycle::monotonic_ns() ^ u64::from(std::process::id()) << 32;
+            seed = crate::engine::lifecycle::monotonic_ns() ^ u64::from(std::process::id()) << 32;
         }
         Self(seed | 1)
     }

@@ -1,7 +1,11 @@
 //! The `net` kind: drop, EDT delay and partitions on the target cgroups' traffic (cgroup_skb programs;
 //! kernel side in chaos-ebpf/src/net.rs).
 
+pub mod fault;
+pub mod peers;
 mod yaml;
+
+pub use self::fault::{Direction, NetArgs, NetFault, NetSpec, NetTotals, Proto};
 
 use std::{path::Path, time::Duration};
 
@@ -9,12 +13,11 @@ use anyhow::Result;
 use chaos_common::NetCounters;
 
 use crate::{
+    engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
-    faults::net::{NetArgs, NetFault, NetSpec},
     journal::Journal,
     kind::{Active, Counters, Kind, MonkeyCaps, TargetFinding, Unit},
-    targets::Target,
     units::pct,
 };
 

@@ -2,13 +2,8 @@
 
 use std::time::Duration;
 
-use crate::{
-    experiment::{fields::Ctx, yaml::Node},
-    faults::{
-        net::{Direction, NetArgs, NetSpec, Proto},
-        peers::Peer,
-    },
-};
+use super::{Direction, NetArgs, NetSpec, Proto, peers::Peer};
+use crate::experiment::{fields::Ctx, yaml::Node};
 
 const NET_FIELDS: &[&str] = &[
     "drop",

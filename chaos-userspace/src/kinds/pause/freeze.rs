@@ -18,7 +18,7 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    cgroup::{self, holds_this_process},
+    engine::cgroup::{self, holds_this_process},
     error::BadInput,
     journal::{Journal, Residue},
 };

@@ -10,7 +10,8 @@ use anyhow::Result;
 
 use self::freeze::{Freeze, check_freezable};
 use crate::{
-    cgroup::holds_this_process,
+    engine::cgroup::holds_this_process,
+    engine::targets::Target,
     error::BadInput,
     experiment::{
         fields::Ctx,
@@ -19,7 +20,6 @@ use crate::{
     },
     journal::Journal,
     kind::{Active, Counters, Kind, TargetFinding},
-    targets::Target,
 };
 
 pub const EXAMPLES: &str = "Examples:\n  kchaos pause --cgroup app --duration 10s\n  \
@@ -304,10 +304,10 @@ mod tests {
 
     #[test]
     fn the_review_flags_the_cgroup_holding_kchaos() {
-        let Ok(mount) = crate::cgroup::v2_mount() else {
+        let Ok(mount) = crate::engine::cgroup::v2_mount() else {
             return;
         };
-        let Ok(mine) = crate::cgroup::of_pid(std::process::id()) else {
+        let Ok(mine) = crate::engine::cgroup::of_pid(std::process::id()) else {
             return;
         };
         let own = mount.join(mine.trim_start_matches('/'));

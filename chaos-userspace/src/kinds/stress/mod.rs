@@ -1,27 +1,42 @@
 //! The `stress` kind: CPU, memory, io and fd load inside the target cgroups, by worker processes that
 //! run there (counted by its accounting, held to its limits) and die with kchaos, however it ends.
+//!
+//! `spec` is what is asked, `session` one target's load from start to stop, `workers` the loader's side
+//! of the worker processes and `worker` theirs (the hidden `kchaos stress-worker`), `limits` and
+//! `hybrid` the memory limits and v1 cgroups the workers must respect, `ramp` the `--ramp` steps,
+//! `result` what was achieved.
 
+pub mod hybrid;
+pub mod limits;
+pub mod ramp;
 mod result;
+pub mod session;
+mod spec;
+pub mod worker;
+pub mod workers;
 mod yaml;
+
+pub use self::spec::{
+    CpuSpec, IoSpec, MAX_CPU_WORKERS, StressArgs, StressSpec, format_size, parse_rate,
+};
 
 use std::{cell::RefCell, path::Path, time::Instant};
 
 use anyhow::Result;
 
-use self::result::{Readings, StressResult, TargetResult};
+use self::{
+    ramp::Ramp,
+    result::{Readings, StressResult, TargetResult},
+    session::{Stress, V1Placement},
+    workers::Measurement,
+};
 use crate::{
+    engine::procfs,
+    engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, report::FaultRecord, review::Risk, yaml::Node},
     journal::Journal,
     kind::{Active, Counters, Kind, MonkeyCaps, TargetFinding, Unit},
-    procfs,
-    stress::{
-        StressArgs, StressSpec, format_size, limits,
-        ramp::{self, Ramp},
-        session::{Stress, V1Placement},
-        workers::Measurement,
-    },
-    targets::Target,
 };
 
 pub const EXAMPLES: &str = "Workers run as processes in the target cgroup (counted by its accounting, held to \
@@ -111,7 +126,7 @@ impl Kind for StressSpec {
         let Some(bytes) = self.memory_bytes else {
             return Ok(());
         };
-        let mount = crate::cgroup::v2_mount()
+        let mount = crate::engine::cgroup::v2_mount()
             .map_err(|e| BadInput::new(format!("finding the cgroup v2 mount: {e}")))?;
         for t in targets {
             let v1 = V1Placement::find(None, t);
@@ -372,7 +387,7 @@ impl Active for StressFault {
             let now = s.measure();
             load.peak_held_bytes = load.peak_held_bytes.max(now.memory_held_bytes);
             let ramp_at = std::time::Duration::from_nanos(
-                crate::lifecycle::monotonic_ns().saturating_sub(s.start_ns),
+                crate::engine::lifecycle::monotonic_ns().saturating_sub(s.start_ns),
             );
             if load.steady_from.is_none() && ramp::fraction(Ramp::new(s.spec.ramp), ramp_at) >= 1.0
             {

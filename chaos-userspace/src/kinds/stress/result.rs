@@ -4,7 +4,9 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use crate::stress::{CpuSpec, StressSpec, format_size, session::Stopped, workers::Measurement};
+use crate::kinds::stress::{
+    CpuSpec, StressSpec, format_size, session::Stopped, workers::Measurement,
+};
 
 /// A stress fault's result: one entry per target.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]

@@ -4,7 +4,7 @@
 use crate::{
     error::BadInput,
     experiment::{fields::Ctx, yaml::Node},
-    stress::{MAX_CPU_WORKERS, StressArgs, StressSpec, parse_rate},
+    kinds::stress::{MAX_CPU_WORKERS, StressArgs, StressSpec, parse_rate},
     units,
 };
 

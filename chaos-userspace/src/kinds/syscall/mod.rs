@@ -2,17 +2,22 @@
 //! backend this kernel offers per operation (cgroup hooks, BPF LSM, kprobe + bpf_override_return;
 //! kernel side in chaos-ebpf/src/syscall.rs).
 
+pub mod errno;
+pub mod fault;
 mod yaml;
+
+pub use self::fault::{
+    Backend, BackendSupport, OPS, SyscallArgs, SyscallFault, SyscallSpec, auto_backends,
+};
 
 use anyhow::Result;
 
 use crate::{
+    engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
-    faults::syscall::{OPS, SyscallArgs, SyscallFault, SyscallSpec},
     journal::Journal,
     kind::{Active, Counters, Kind, MonkeyCaps, Unit},
-    targets::Target,
     units::pct,
 };
 

@@ -1,13 +1,10 @@
 //! The `syscall:` block of a scenario fault: the fields of `kchaos syscall`, each checked where it is
 //! written.
 
+use super::{Backend, OPS, SyscallArgs, SyscallSpec, errno};
 use crate::{
-    errno,
     experiment::{diagnostic::did_you_mean, fields::Ctx, yaml::Node},
-    faults::{
-        peers::Peer,
-        syscall::{Backend, OPS, SyscallArgs, SyscallSpec},
-    },
+    kinds::net::peers::Peer,
 };
 
 pub const FIELDS: &[&str] = &[

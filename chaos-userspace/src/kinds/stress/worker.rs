@@ -18,7 +18,7 @@ use super::{
     limits::{self, IO_FILE_WRAP},
     ramp::{self, Ramp},
 };
-use crate::{cgroup, lifecycle};
+use crate::{engine::cgroup, engine::lifecycle};
 
 /// `kchaos stress-worker`: filled in by the loader, never by users.
 #[derive(Debug, clap::Args)]

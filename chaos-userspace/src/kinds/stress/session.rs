@@ -16,10 +16,10 @@ use super::{
     workers::{Measurement, STOP_GRACE, Workers},
 };
 use crate::{
-    cgroup,
+    engine::cgroup,
+    engine::targets::Target,
     journal::{Journal, Residue},
     kinds::kill::signal_processes as kill,
-    targets::Target,
 };
 
 /// How long workers get to join the cgroup and report ready.
@@ -84,7 +84,7 @@ impl Stress {
             },
             None => None,
         };
-        let start_ns = crate::lifecycle::monotonic_ns();
+        let start_ns = crate::engine::lifecycle::monotonic_ns();
         let spawned = Workers::spawn(
             &placement.path,
             &v1.dirs,

@@ -93,7 +93,7 @@ pub enum Mode {
 pub fn run(args: &TrafficArgs) -> Result<()> {
     let join = || -> Result<()> {
         if let Some(cg) = &args.cgroup {
-            crate::cgroup::add_process(cg, std::process::id())
+            crate::engine::cgroup::add_process(cg, std::process::id())
                 .with_context(|| format!("joining {}", cg.display()))?;
         }
         Ok(())
@@ -131,7 +131,7 @@ pub fn run(args: &TrafficArgs) -> Result<()> {
             ref op,
             count,
             ref dir,
-        } => crate::syscall_helper::run(op, count, dir.as_deref(), &join)?,
+        } => crate::lab::syscall_helper::run(op, count, dir.as_deref(), &join)?,
     };
     report(&value.to_string())
 }

@@ -6,7 +6,7 @@
 
 use std::{io, path::Path, process::Command};
 
-use crate::{error::BadInput, netns};
+use crate::{engine::netns, error::BadInput};
 
 /// Root qdiscs the kernel installs by itself; anything else was configured by someone.
 const DEFAULT_KINDS: &[&str] = &["noqueue", "pfifo_fast", "fq_codel", "mq", "pfifo"];

@@ -5,7 +5,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::{cgroup, error::BadInput};
+use crate::{engine::cgroup, error::BadInput};
 
 /// What the user asked for, as given on the command line or in a scenario file.
 #[derive(Clone, Debug, Default, clap::Args, serde::Serialize, serde::Deserialize)]

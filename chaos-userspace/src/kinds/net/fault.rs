@@ -15,11 +15,11 @@ use chaos_common::{
 
 use super::peers::Peer;
 use crate::{
+    engine::netns::NetnsRef,
+    engine::qdisc::{self, FqInstall},
+    engine::targets::Target,
     error::BadInput,
     journal::{Journal, Residue},
-    netns::NetnsRef,
-    qdisc::{self, FqInstall},
-    targets::Target,
     units,
 };
 
@@ -284,7 +284,7 @@ impl NetFault {
     /// whatever was attached is detached again (dropping `Ebpf` closes the links) and qdiscs restored.
     pub fn attach(spec: NetSpec, targets: &[Target], journal: &mut Journal) -> Result<Self> {
         Self::preflight(&spec)?;
-        let mut ebpf = crate::ebpf::load()?;
+        let mut ebpf = crate::engine::ebpf::load()?;
         let config = spec.config();
         Array::<_, NetConfig>::try_from(ebpf.map_mut("NET_CONFIG").context("map NET_CONFIG")?)?
             .set(0, config, 0)
@@ -343,7 +343,7 @@ impl NetFault {
     fn install_fq(&mut self, targets: &[Target], journal: &mut Journal) -> Result<()> {
         let mut namespaces: Vec<NetnsRef> = Vec::new();
         for t in targets {
-            for pid in crate::cgroup::procs_recursive(&t.path).unwrap_or_default() {
+            for pid in crate::engine::cgroup::procs_recursive(&t.path).unwrap_or_default() {
                 if let Ok(ns) = NetnsRef::of_pid(pid)
                     && !namespaces.iter().any(|n| n.inode == ns.inode)
                 {

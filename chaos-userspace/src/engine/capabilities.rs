@@ -10,7 +10,7 @@ use aya::{
     sys::{BpfHelper, is_helper_supported, is_program_supported},
 };
 
-use crate::{cgroup, netns};
+use crate::{engine::cgroup, engine::netns};
 
 /// How a capability was found (Ok), or why it is missing (Err).
 pub type Verdict = Result<String, String>;

@@ -18,12 +18,12 @@ use chaos_common::{
     PATH_PREFIX_MAX, PeerKey, SyscallConfig, SyscallCounters, SyscallState, percent_to_threshold,
 };
 
-use super::peers::Peer;
+use crate::kinds::net::peers::Peer;
 use crate::{
-    capabilities::{self, Capabilities, Verdict},
-    errno,
+    engine::capabilities::{self, Capabilities, Verdict},
+    engine::targets::Target,
     error::BadInput,
-    targets::Target,
+    kinds::syscall::errno,
     units,
 };
 
@@ -608,7 +608,7 @@ pub fn auto_backends(support: &BackendSupport) -> Vec<(&'static str, Result<Back
 
 /// (cgroup id, level) of each target: its depth below the cgroup2 mount, where the root is level 0.
 fn target_refs(targets: &[Target]) -> Result<Vec<(u64, u32)>> {
-    let mount = crate::cgroup::v2_mount()?;
+    let mount = crate::engine::cgroup::v2_mount()?;
     targets
         .iter()
         .map(|t| {
@@ -663,13 +663,13 @@ impl SyscallFault {
         // offset must be real whenever the LSM program for open is loaded.
         let needs_path = plan.iter().any(|&(o, b)| o == OP_OPEN && b == Backend::Lsm);
         let f_path = if needs_path {
-            crate::btf::member_offset("file", "f_path")?
+            crate::engine::btf::member_offset("file", "f_path")?
         } else {
             0
         };
         // Read-only globals are constants to the verifier: LSM programs must provably return within
         // [-4095, 0], and bpf_d_path needs a constant offset into struct file.
-        let mut ebpf = crate::ebpf::load_with_globals(&[
+        let mut ebpf = crate::engine::ebpf::load_with_globals(&[
             ("FILE_F_PATH_OFFSET", f_path),
             ("LSM_NEG_ERRNO", (-(spec.errno as i64)) as u64),
         ])?;

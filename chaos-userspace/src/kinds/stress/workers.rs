@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::worker::{FDS_FILE, WorkerKind, WorkerStatus};
-use crate::procfs;
+use crate::engine::procfs;
 
 /// How long workers get to finish their step and report a last time before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);

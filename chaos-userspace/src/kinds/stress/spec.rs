@@ -1,18 +1,9 @@
-//! Resource stress inside a target cgroup: CPU duty cycles, memory held, paced write+fsync, open fds.
-//!
-//! The load runs in worker processes that kchaos starts and places in the target cgroup, so it competes
-//! within the cgroup's limits and is counted by its accounting, as the container's own load would be.
-//! `worker` is the worker side (the hidden `kchaos stress-worker`), `workers` the loader's side.
-
-pub mod hybrid;
-pub mod limits;
-pub mod ramp;
-pub mod session;
-pub mod worker;
-pub mod workers;
+//! What a stress fault asks for: `kchaos stress`'s flags, checked into a spec (CPU duty cycles, memory
+//! held, paced write+fsync, open fds), and the sizes and rates they are written in.
 
 use std::{path::PathBuf, time::Duration};
 
+use super::{limits, worker};
 use crate::{error::BadInput, units};
 
 /// `kchaos stress` options: what load to put on the target.

@@ -1,6 +1,10 @@
 //! A throwaway network lab: a server namespace joined to this one by a veth pair, and a target cgroup.
 //! Everything it makes is removed when it is dropped (also after a panic); traffic stays inside it.
 
+pub mod demo;
+pub mod syscall_helper;
+pub mod traffic;
+
 use std::{
     fs, io,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
@@ -15,11 +19,11 @@ use std::{
     time::Duration,
 };
 
-use crate::{cgroup, journal};
+use crate::{engine::cgroup, journal};
 
 /// Runs `ip ARGS`, failing with its stderr.
 pub fn ip(args: &[&str]) -> io::Result<()> {
-    crate::netns::run_checked(Command::new("ip").args(args)).map(|_| ())
+    crate::engine::netns::run_checked(Command::new("ip").args(args)).map(|_| ())
 }
 
 /// A network namespace made with `ip netns add`, deleted on drop.
@@ -248,7 +252,8 @@ impl Drop for Lab {
 
 /// A 10.254.x.0/24 no device on this host uses yet.
 fn free_subnet() -> io::Result<u8> {
-    let out = crate::netns::run_checked(Command::new("ip").args(["-o", "-4", "addr", "show"]))?;
+    let out =
+        crate::engine::netns::run_checked(Command::new("ip").args(["-o", "-4", "addr", "show"]))?;
     let used = String::from_utf8_lossy(&out.stdout).into_owned();
     let start = (std::process::id() % 200) as u8;
     (0..200u8)

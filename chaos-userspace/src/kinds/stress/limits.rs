@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::format_size;
-use crate::{error::BadInput, procfs};
+use crate::{engine::procfs, error::BadInput};
 
 /// The io worker rewrites one file of at most this size, so a long run does not fill the disk.
 pub const IO_FILE_WRAP: u64 = 64 << 20;

@@ -1,0 +1,12 @@
+//! What the fault kinds share: the targets (cgroups), cgroup files, loading eBPF and reading BTF, what
+//! the kernel offers, qdiscs and network namespaces, /proc, and how a run ends (signals, the lease).
+
+pub mod btf;
+pub mod capabilities;
+pub mod cgroup;
+pub mod ebpf;
+pub mod lifecycle;
+pub mod netns;
+pub mod procfs;
+pub mod qdisc;
+pub mod targets;
