@@ -302,7 +302,9 @@ pub fn report_command(args: &ReportArgs) -> Result<()> {
     if args.html.is_some() && html_path.is_none() {
         return Err(BadInput::new("--html needs a file: --html FILE.html").into());
     }
-    let html_out = create_if_asked(html_path.map(PathBuf::as_path), "--html")?;
+    // Errors name the flag the path came with.
+    let html_flag = if args.out.is_some() { "--out" } else { "--html" };
+    let html_out = create_if_asked(html_path.map(PathBuf::as_path), html_flag)?;
     let junit_out = create_if_asked(args.junit.as_deref(), "--junit")?;
     let report = Report::read_json(file)?;
     if let Some(out) = html_out {

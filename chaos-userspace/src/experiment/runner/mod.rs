@@ -216,7 +216,10 @@ pub async fn execute(mut setup: Setup) -> Result<Report> {
             format!("probing for {}", format_duration(s.steady_state.before)),
         );
         let start = run.ms();
-        stop = run.pump(t0 + s.steady_state.before, false).await?;
+        // From now: preparing the faults took some of the time since t0.
+        stop = run
+            .pump(Instant::now() + s.steady_state.before, false)
+            .await?;
         run.phases.before = Some((start, run.ms()));
         if stop.is_none() {
             let failed = run.judge_phase("before");
