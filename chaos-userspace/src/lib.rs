@@ -20,6 +20,7 @@ pub mod process_faults;
 pub mod procfs;
 pub mod qdisc;
 pub mod report;
+pub mod run_identity;
 pub mod runner;
 pub mod stop;
 pub mod stress;

@@ -144,12 +144,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Stop => match stop::stop() {
-            0 => Ok(()),
-            n => Err(anyhow::anyhow!(
-                "{n} thing(s) could not be undone; see above"
-            )),
-        },
+        Command::Stop => stop::run(),
         Command::Demo => demo::run(),
         Command::Traffic(args) => traffic::run(&args),
         Command::Run(args) => block_on(chaos_userspace::experiment::run_command(args)),

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::{
     faults::net::{NetArgs, NetFault, NetSpec, NetTotals},
-    journal::Journal,
+    journal::{self, Journal},
     report::{FaultReport, pct},
     runner::{self, Armable, RunArgs},
     targets::{self, TargetArgs},
@@ -71,7 +71,7 @@ pub async fn run(cmd: NetCommand) -> Result<()> {
     let targets = targets::resolve(&cmd.targets)?;
     NetFault::preflight(&spec)?;
 
-    let mut journal = Journal::create("net").context("writing the run record under /run/kchaos")?;
+    let mut journal = Journal::create("net", &journal::target_paths(&targets), cmd.run.stack)?;
     let mut fault = NetFault::attach(spec, &targets, &mut journal)?;
     let fault_text = fault.spec().describe();
     println!("kchaos net: {fault_text}");

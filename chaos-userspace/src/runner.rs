@@ -25,6 +25,10 @@ pub struct RunArgs {
     /// No live line (the summary is still printed).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run even where another kchaos run already injects into the same cgroup, a parent or a child:
+    /// both faults then apply (the effective rate compounds).
+    #[arg(long)]
+    pub stack: bool,
 }
 
 /// What the loop needs from an attached fault.

@@ -58,8 +58,7 @@ pub async fn run(cmd: StressCommand) -> Result<()> {
             .into());
         }
     };
-    let mut journal =
-        Journal::create("stress").context("writing the run record under /run/kchaos")?;
+    let mut journal = Journal::create("stress", std::slice::from_ref(&target.path), cmd.run.stack)?;
     let mut stress = Stress::start(
         spec.clone(),
         target.clone(),

@@ -64,6 +64,12 @@ pub async fn run(cmd: SyscallCommand) -> Result<()> {
     for note in &spec.notes {
         println!("note: {note}");
     }
+    // No residue, but the record lets `kchaos stop` find the run and other runs see its targets.
+    let _journal = crate::journal::Journal::create(
+        "syscall",
+        &crate::journal::target_paths(&targets),
+        cmd.run.stack,
+    )?;
     let mut fault = SyscallFault::attach(spec, &targets)?;
     let fault_text = fault.spec().describe();
     println!("kchaos syscall: {fault_text}");

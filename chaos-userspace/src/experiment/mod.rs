@@ -67,6 +67,10 @@ pub struct OutputArgs {
     /// No live lines (the summary is still printed).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run even where another kchaos run already injects into the same cgroup, a parent or a child:
+    /// both faults then apply (the effective rate compounds).
+    #[arg(long)]
+    pub stack: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,6 +221,7 @@ async fn run_scenario(s: Scenario, out: &OutputArgs) -> Result<()> {
         findings,
         risk_accepted: out.accept_risk,
         quiet: out.quiet,
+        stack: out.stack,
     })
     .await?;
     println!("{}", report.summary_text());

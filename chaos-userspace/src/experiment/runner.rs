@@ -50,6 +50,8 @@ pub struct Setup {
     pub risk_accepted: bool,
     /// No live lines.
     pub quiet: bool,
+    /// Run even where another kchaos run injects into an overlapping cgroup.
+    pub stack: bool,
 }
 
 /// Why a phase stopped early.
@@ -106,7 +108,8 @@ pub async fn execute(setup: Setup) -> Result<Report> {
         term: signal(SignalKind::terminate())?,
         hup: signal(SignalKind::hangup())?,
     };
-    let journal = Journal::create("run").context("writing the run record under /run/kchaos")?;
+    let paths: Vec<_> = setup.targets.iter().map(|t| t.path.clone()).collect();
+    let journal = Journal::create("run", &paths, setup.stack)?;
     let exe = probes::current_exe()?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let t0 = Instant::now();

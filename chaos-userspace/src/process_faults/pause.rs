@@ -38,6 +38,10 @@ pub struct PauseCommand {
     /// No live line (the summary is still printed).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run even where another kchaos run already injects into the same cgroup, a parent or a child:
+    /// both faults then apply (the effective rate compounds).
+    #[arg(long)]
+    pub stack: bool,
 }
 
 /// `kchaos pause-guard`: started by `kchaos pause`, never by users.
@@ -71,8 +75,7 @@ pub async fn run(cmd: PauseCommand) -> Result<()> {
         check_freezable(p)?;
     }
 
-    let mut journal =
-        Journal::create("pause").context("writing the run record under /run/kchaos")?;
+    let mut journal = Journal::create("pause", &paths, cmd.stack)?;
     let mut freeze = Freeze::start(&paths, &mut journal)?;
     let names = freeze.names();
     match freeze.wait_frozen(SETTLE_TIMEOUT) {
