@@ -583,6 +583,8 @@ pub fn write_record(path: &Path, record: &Record) -> io::Result<()> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
+    // A temp file left by an earlier process keeps its mode through O_TRUNC: set it again.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     file.write_all(&serde_json::to_vec_pretty(record)?)?;
     drop(file);
     fs::rename(&tmp, path)
