@@ -5,7 +5,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::{
     engine::targets::{self, TargetArgs},
@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// No live line (the summary is still printed).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run even where another kchaos run already injects into the same cgroup, a parent or a child:
+    /// both faults then apply (the effective rate compounds).
+    #[arg(long)]
+    pub stack: bool,
 }
 
 /// The targets a command names, with its kind's flags already checked.
@@ -88,7 +92,7 @@ pub async fn run(cmd: Command) -> Result<()> {
         }
         (false, d) => d.unwrap_or(UNTIL_STOPPED),
     };
-    crate::require_root(&format!("kchaos {name}"))?;
+    crate::require_root(&format!("kchaos {name}"), crate::ROOT_BECAUSE)?;
     let resolved = targets::resolve(&targets)?;
     kind.preflight(&resolved)?;
     // Opened before anything is prepared: an unwritable path is bad input, with nothing attached.
@@ -137,7 +141,8 @@ pub async fn run(cmd: Command) -> Result<()> {
         rollbacks: Vec::new(),
     };
     // The record comes before anything is prepared: `kchaos stop` finds a run that is starting.
-    let journal = Journal::create(name).context("writing the run record under /run/kchaos")?;
+    let paths: Vec<PathBuf> = resolved.iter().map(|t| t.path.clone()).collect();
+    let journal = Journal::create(name, &paths, run.stack)?;
     println!("kchaos {}", kind.describe());
     for line in kind.plan_lines(&resolved) {
         println!("  {line}");

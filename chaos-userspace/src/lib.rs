@@ -15,12 +15,16 @@ pub mod probe;
 pub mod stop;
 pub mod units;
 
-/// Fails with bad input unless running as root.
-pub fn require_root(what: &str) -> Result<(), error::BadInput> {
+/// Why most commands need root.
+pub const ROOT_BECAUSE: &str =
+    "it loads eBPF programs, attaches them to cgroups and acts on processes of other users";
+
+/// Fails with bad input unless running as root; `because` says what needs it.
+pub fn require_root(what: &str, because: &str) -> Result<(), error::BadInput> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(error::BadInput::new(format!(
-            "{what} needs root (it loads eBPF programs and attaches them to cgroups): run it with sudo"
+            "{what} needs root ({because}): run it with sudo"
         )));
     }
     Ok(())

@@ -98,12 +98,7 @@ fn main() -> ExitCode {
         Command::StressWorker(args) => chaos_userspace::kinds::stress::worker::run(&args),
         Command::PauseGuard(args) => chaos_userspace::kinds::pause::freeze::guard(&args),
         Command::Probe { json } => probe::run(json),
-        Command::Stop => match stop::stop() {
-            0 => Ok(()),
-            n => Err(anyhow::anyhow!(
-                "{n} thing(s) could not be undone; see above"
-            )),
-        },
+        Command::Stop => stop::run(),
         Command::Demo => demo::run(),
         Command::Traffic(args) => traffic::run(&args),
         Command::Run(args) => block_on(chaos_userspace::experiment::run_command(args)),

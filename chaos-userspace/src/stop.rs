@@ -1,74 +1,435 @@
 //! `kchaos stop`: ends every running kchaos and undoes what a killed one left behind.
+//!
+//! Nothing a record says is taken on trust (see `journal`): the record directory must be root's, a
+//! pid is signalled only while it is still the recorded kchaos process, and each entry is undone only
+//! when it names something kchaos makes. A record that fails a check is left alone and said so; stop
+//! then exits non-zero.
+//!
+//! A run between exec and its record is found too. Stop scans /proc for kchaos processes running a
+//! command that writes a record (net, syscall, stress, pause, run, monkey) with the same record
+//! directory, waits for their records, and ends any still without one. This was chosen over a "stop
+//! requested" marker the starting run would check: a marker needs every run to look at it at the
+//! right moment and stop to know when to remove it, and a run that checked just before the marker
+//! appeared would still go on; the scan needs nothing from the run and misses no process that exists
+//! when stop looks.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    fs, io,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
-use crate::journal::{self, Residue};
+use crate::{
+    bounded_read,
+    engine::run_identity::ProcessIdentity,
+    journal::{self, Liveness, Record, RecordOwner, Residue, Verdict},
+};
 
-fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
+/// How long a run gets to end after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+/// How long stop waits for a starting run to write its record.
+const START_WAIT: Duration = Duration::from_secs(2);
+/// The commands that write a record (the hidden helpers, `kill`, `probe` ... write none).
+const RECORDED_COMMANDS: &[&str] = &["net", "syscall", "stress", "pause", "run", "monkey"];
+/// /proc/PID/cmdline and environ: bounded, as anything kchaos reads.
+const PROC_TEXT_LIMIT: u64 = 4 << 20;
+
+/// What stop could not finish.
+#[derive(Default)]
+struct Tally {
+    refused: usize,
+    failed: usize,
+    acted: bool,
 }
 
-/// Returns the number of things it could not undo.
-pub fn stop() -> usize {
-    let records = journal::records();
-    if records.is_empty() {
-        println!("kchaos stop: nothing running, nothing left behind");
-        return 0;
+/// `kchaos stop`. Exit 2 when it may not act (not root, a record directory it can't trust), 1 when an
+/// entry was refused or could not be undone.
+pub fn run() -> anyhow::Result<()> {
+    crate::require_root(
+        "kchaos stop",
+        "it signals kchaos runs of root and undoes what they left behind",
+    )?;
+    let dir = journal::run_dir();
+    let mut checked = if dir.exists() {
+        Some(journal::check_run_dir(&dir)?)
+    } else {
+        None
+    };
+    let mut tally = Tally::default();
+    let starting = wait_for_starting(&dir);
+    if checked.is_none() && dir.exists() {
+        checked = Some(journal::check_run_dir(&dir)?);
     }
-    let mut failures = 0;
-    for (path, record) in records {
-        if record.pid != std::process::id() && alive(record.pid) {
-            println!(
-                "kchaos stop: ending kchaos {} (pid {}) with SIGTERM",
-                record.command, record.pid
-            );
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(record.pid as i32, libc::SIGTERM) };
-            let start = Instant::now();
-            while alive(record.pid) && start.elapsed() < Duration::from_secs(5) {
-                std::thread::sleep(Duration::from_millis(20));
+    let mut handled = BTreeSet::new();
+    if let Some(dir) = &checked {
+        for file in journal::records_in(dir) {
+            if let Ok(r) = &file.record {
+                handled.insert(r.pid);
             }
-            if alive(record.pid) {
-                println!("kchaos stop: pid {} did not end in 5s; SIGKILL", record.pid);
-                // SAFETY: plain kill(2).
-                unsafe { libc::kill(record.pid as i32, libc::SIGKILL) };
-                std::thread::sleep(Duration::from_millis(100));
+            handle_record(&file.path, file.record, &mut tally);
+        }
+    }
+    for run in starting
+        .iter()
+        .filter(|s| !handled.contains(&s.pid) && s.still_running())
+    {
+        tally.acted = true;
+        println!(
+            "kchaos stop: ending kchaos {} (pid {}), which was still starting (no record yet), with \
+             SIGTERM",
+            run.command, run.pid
+        );
+        if !end_process(run.pid, &run.identity, &run.command) {
+            tally.failed += 1;
+        }
+    }
+    if let Some(dir) = &checked {
+        remove_leftover_tmps(dir, &mut tally);
+    }
+    if !tally.acted {
+        println!("kchaos stop: nothing running, nothing left behind");
+    }
+    match (tally.refused, tally.failed) {
+        (0, 0) => Ok(()),
+        (refused, failed) => Err(anyhow::anyhow!(
+            "{refused} record entr{} refused, {failed} thing(s) not undone or ended; see above",
+            if refused == 1 { "y" } else { "ies" }
+        )),
+    }
+}
+
+/// Ends the record's process if it is still that run, then undoes the checked residue.
+fn handle_record(path: &Path, record: Result<Record, String>, tally: &mut Tally) {
+    tally.acted = true;
+    let record = match record {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!(
+                "kchaos stop: refusing record {}: {why}; left alone",
+                path.display()
+            );
+            tally.refused += 1;
+            return;
+        }
+    };
+    let name = format!("kchaos {} (pid {})", record.command, record.pid);
+    match journal::liveness(&record) {
+        Liveness::Running => {
+            println!("kchaos stop: ending {name} with SIGTERM");
+            let Some(identity) = &record.identity else {
+                return;
+            };
+            if !end_process(record.pid, identity, &record.command) {
+                tally.failed += 1;
+                return;
             }
         }
-        // A loader that ended cleanly removed its file; whatever is still listed is residue.
-        let residue: Vec<Residue> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<journal::Record>(&bytes)
-                .map(|r| r.residue)
-                .unwrap_or_default(),
-            Err(_) => continue,
-        };
-        let mut left = Vec::new();
-        for r in residue.into_iter().rev() {
-            match r.undo() {
-                Ok(()) => println!("kchaos stop: undone {}", describe(&r)),
+        Liveness::Gone => {}
+        Liveness::NotThatRun(why) => println!(
+            "kchaos stop: not signalling pid {}: {why}; treating {name} as dead",
+            record.pid
+        ),
+        Liveness::Unknown(e) => {
+            eprintln!(
+                "kchaos stop: cannot tell whether {name} still runs ({e}); left its record {} alone",
+                path.display()
+            );
+            tally.failed += 1;
+            return;
+        }
+    }
+    // A loader that ended cleanly removed its file; whatever is still listed is residue.
+    if fs::symlink_metadata(path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+        println!("kchaos stop: {name} cleaned up after itself");
+        return;
+    }
+    let record = match journal::read_record(path) {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!(
+                "kchaos stop: refusing record {}: {why}; left alone",
+                path.display()
+            );
+            tally.refused += 1;
+            return;
+        }
+    };
+    undo_residue(path, record, &name, tally);
+}
+
+/// Checks every entry first, then undoes the accepted ones newest first; keeps the rest in the record.
+fn undo_residue(path: &Path, mut record: Record, name: &str, tally: &mut Tally) {
+    let mount = crate::engine::cgroup::v2_mount().ok();
+    let owner = RecordOwner {
+        pid: record.pid,
+        start_time: record.identity.as_ref().map(|i| i.start_time),
+        uid: journal::owner_uid(),
+        cgroup_mount: mount.as_deref(),
+    };
+    let checked: Vec<(Residue, Result<Verdict, String>)> = record
+        .residue
+        .iter()
+        .map(|r| (r.clone(), r.check(&owner)))
+        .collect();
+    let mut left = Vec::new();
+    let mut undone = 0;
+    for (r, verdict) in checked.into_iter().rev() {
+        match verdict {
+            Err(why) => {
+                eprintln!(
+                    "kchaos stop: refusing record entry {} of {name} in {}: not made by kchaos \
+                     ({why}); left alone",
+                    describe(&r),
+                    path.display()
+                );
+                tally.refused += 1;
+                left.push(r);
+            }
+            Ok(v) => match r.apply(v) {
+                Ok(()) => {
+                    undone += 1;
+                    let thawed = if matches!(r, Residue::FrozenCgroup { .. }) {
+                        " (thawed)"
+                    } else {
+                        ""
+                    };
+                    println!("kchaos stop: undone {}{thawed}", describe(&r));
+                }
                 Err(e) => {
                     eprintln!("kchaos stop: could not undo {}: {e}", describe(&r));
+                    tally.failed += 1;
                     left.push(r);
                 }
-            }
-        }
-        failures += left.len();
-        if left.is_empty() {
-            let _ = std::fs::remove_file(&path);
-            println!(
-                "kchaos stop: kchaos {} (pid {}) is gone and left nothing to undo; record removed",
-                record.command, record.pid
-            );
+            },
         }
     }
-    failures
+    if left.is_empty() {
+        let _ = fs::remove_file(path);
+        if undone == 0 {
+            println!("kchaos stop: {name} is gone and left nothing to undo; record removed");
+        } else {
+            println!("kchaos stop: {name} is gone; its record is removed");
+        }
+    } else {
+        left.reverse();
+        record.residue = left;
+        if let Err(e) = journal::write_record(path, &record) {
+            eprintln!("kchaos stop: could not rewrite {}: {e}", path.display());
+            tally.failed += 1;
+        }
+    }
+}
+
+/// SIGTERM, a grace period, then SIGKILL; each signal only while the pid is still `identity`. True
+/// when the process has ended.
+fn end_process(pid: u32, identity: &ProcessIdentity, command: &str) -> bool {
+    let is_it = || ProcessIdentity::of(pid).is_ok_and(|live| live.same_process(identity));
+    for (signal, wait) in [
+        (libc::SIGTERM, TERM_GRACE),
+        (libc::SIGKILL, Duration::from_secs(2)),
+    ] {
+        if !is_it() {
+            break;
+        }
+        if signal == libc::SIGKILL {
+            println!(
+                "kchaos stop: kchaos {command} (pid {pid}) did not end in {}s; SIGKILL",
+                TERM_GRACE.as_secs()
+            );
+        }
+        // SAFETY: plain kill(2), on a pid checked just above to be that kchaos process.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                eprintln!("kchaos stop: signalling pid {pid}: {e}");
+                return false;
+            }
+        }
+        let start = Instant::now();
+        while is_it() && start.elapsed() < wait {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if is_it() {
+        eprintln!("kchaos stop: kchaos {command} (pid {pid}) is still running");
+        return false;
+    }
+    println!("kchaos stop: kchaos {command} (pid {pid}) ended");
+    true
+}
+
+/// A kchaos process running a recorded command with this record directory.
+struct Starting {
+    pid: u32,
+    identity: ProcessIdentity,
+    command: String,
+}
+
+impl Starting {
+    fn still_running(&self) -> bool {
+        ProcessIdentity::of(self.pid).is_ok_and(|live| live.same_process(&self.identity))
+    }
+
+    fn has_record(&self, dir: &Path) -> bool {
+        fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                journal::parse_record_name(&e.file_name().to_string_lossy()).is_some_and(
+                    |(pid, start, ext)| {
+                        ext == "json" && pid == self.pid && start == Some(self.identity.start_time)
+                    },
+                )
+            })
+        })
+    }
+}
+
+/// The kchaos runs of this record directory that exist now, after waiting (up to [`START_WAIT`]) for
+/// those without a record yet to write one.
+fn wait_for_starting(dir: &Path) -> Vec<Starting> {
+    let runs = kchaos_runs(dir);
+    for r in runs.iter().filter(|r| !r.has_record(dir)) {
+        println!(
+            "kchaos stop: kchaos {} (pid {}) is starting; waiting up to {}s for its record",
+            r.command,
+            r.pid,
+            START_WAIT.as_secs()
+        );
+    }
+    let start = Instant::now();
+    while runs.iter().any(|r| r.still_running() && !r.has_record(dir))
+        && start.elapsed() < START_WAIT
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    runs
+}
+
+/// Every other process that is a kchaos binary running a recorded command and keeping its records
+/// in `dir`. Its helpers (pause-guard, stress-worker, probe-agent, traffic) run other commands and are
+/// left out by their argv.
+fn kchaos_runs(dir: &Path) -> Vec<Starting> {
+    let own = std::process::id();
+    let ours = same_dir_key(dir, None);
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut runs = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(identity) = ProcessIdentity::of(pid) else {
+            continue;
+        };
+        if !identity.is_kchaos_binary() {
+            continue;
+        }
+        let argv = proc_strings(pid, "cmdline");
+        let Some(command) = argv
+            .get(1)
+            .filter(|c| RECORDED_COMMANDS.contains(&c.as_str()))
+        else {
+            continue;
+        };
+        if same_dir_key(&run_dir_of(pid), Some(pid)) != ours {
+            continue;
+        }
+        runs.push(Starting {
+            pid,
+            identity,
+            command: command.clone(),
+        });
+    }
+    runs
+}
+
+/// The NUL-separated strings of /proc/PID/<file> (cmdline, environ).
+fn proc_strings(pid: u32, file: &str) -> Vec<String> {
+    let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+    bounded_read::read(&path, PROC_TEXT_LIMIT, "process text")
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The record directory process `pid` uses: its KCHAOS_RUN_DIR, else the default.
+fn run_dir_of(pid: u32) -> PathBuf {
+    proc_strings(pid, "environ")
+        .iter()
+        .find_map(|kv| kv.strip_prefix("KCHAOS_RUN_DIR="))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/kchaos"))
+}
+
+/// A directory as compared across processes: resolved when it exists, a relative one taken from the
+/// process's working directory.
+fn same_dir_key(dir: &Path, pid: Option<u32>) -> PathBuf {
+    let absolute = if dir.is_absolute() {
+        dir.to_owned()
+    } else {
+        let cwd = match pid {
+            Some(pid) => fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default(),
+            None => std::env::current_dir().unwrap_or_default(),
+        };
+        cwd.join(dir)
+    };
+    fs::canonicalize(&absolute).unwrap_or(absolute)
+}
+
+/// Removes `<pid>[-<start>].tmp` files no live kchaos run is writing: a run killed while it wrote its
+/// record leaves one, with nothing attached yet (the record comes first).
+fn remove_leftover_tmps(dir: &Path, tally: &mut Tally) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((pid, start, "tmp")) = journal::parse_record_name(&name) else {
+            continue;
+        };
+        let writing = ProcessIdentity::of(pid).is_ok_and(|live| {
+            live.is_kchaos_binary() && start.is_none_or(|s| s == live.start_time)
+        });
+        if writing {
+            continue;
+        }
+        tally.acted = true;
+        match fs::remove_file(entry.path()) {
+            Ok(()) => println!(
+                "kchaos stop: removed {}, a record pid {pid} never finished writing (it is not a \
+                 running kchaos)",
+                entry.path().display()
+            ),
+            Err(e) => {
+                eprintln!(
+                    "kchaos stop: could not remove {}: {e}",
+                    entry.path().display()
+                );
+                tally.failed += 1;
+            }
+        }
+    }
 }
 
 fn describe(r: &Residue) -> String {
     match r {
-        Residue::Fq(fq) => format!("fq qdisc on {} (netns inode {})", fq.dev, fq.netns.inode),
-        Residue::FrozenCgroup { path } => format!("frozen cgroup {} (thawed)", path.display()),
+        Residue::Fq(fq) => format!(
+            "fq qdisc {} on {} (netns inode {})",
+            fq.handle, fq.dev, fq.netns.inode
+        ),
+        Residue::FrozenCgroup { path } => format!("frozen cgroup {}", path.display()),
         Residue::Cgroup { path } => format!("cgroup {}", path.display()),
         Residue::Path { path } => format!("{}", path.display()),
     }

@@ -62,8 +62,12 @@ pub struct RunDir(pub PathBuf);
 
 impl RunDir {
     pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = std::env::temp_dir().join(format!("kchaos-test-run-{}", crate::tag("r")));
         std::fs::create_dir_all(&dir).expect("creating a run dir");
+        // kchaos refuses a record directory anyone but root could write.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .expect("making the run dir root's alone");
         Self(dir)
     }
 

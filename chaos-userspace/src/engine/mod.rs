@@ -9,4 +9,5 @@ pub mod lifecycle;
 pub mod netns;
 pub mod procfs;
 pub mod qdisc;
+pub mod run_identity;
 pub mod targets;

@@ -11,6 +11,10 @@ use crate::{engine::netns, error::BadInput};
 /// Root qdiscs the kernel installs by itself; anything else was configured by someone.
 const DEFAULT_KINDS: &[&str] = &["noqueue", "pfifo_fast", "fq_codel", "mq", "pfifo"];
 
+/// The handle of every fq kchaos installs ("KC" in ASCII): how restoring and `kchaos stop` tell
+/// kchaos's fq from one someone else put on the device.
+pub const FQ_HANDLE: &str = "4b43:";
+
 /// A device of one namespace whose root qdisc kchaos replaced with fq.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FqInstall {
@@ -18,6 +22,9 @@ pub struct FqInstall {
     pub dev: String,
     /// What was there before (restored by deleting fq).
     pub previous: String,
+    /// The fq's handle: [`FQ_HANDLE`] (empty in records of older kchaos, which stop refuses).
+    #[serde(default)]
+    pub handle: String,
 }
 
 /// True when this kernel has sch_fq; tried in a scratch namespace, so no real device is touched.
@@ -47,20 +54,21 @@ pub fn devices(ns_path: &Path) -> io::Result<Vec<(String, String)>> {
         if name == "lo" || name.is_empty() {
             continue;
         }
-        devs.push((name.clone(), root_kind(ns_path, &name)?));
+        devs.push((name.clone(), root_qdisc(ns_path, &name)?.0));
     }
     Ok(devs)
 }
 
-fn root_kind(ns_path: &Path, dev: &str) -> io::Result<String> {
+/// The kind and handle of the device's root qdisc ("qdisc fq 4b43: root refcnt 2 ...").
+fn root_qdisc(ns_path: &Path, dev: &str) -> io::Result<(String, String)> {
     let out = netns::run_checked(
         netns::command_in(ns_path, "tc")?.args(["qdisc", "show", "dev", dev, "root"]),
     )?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("noqueue")
-        .to_owned())
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text.split_whitespace().skip(1);
+    let kind = fields.next().unwrap_or("noqueue").to_owned();
+    let handle = fields.next().unwrap_or_default().to_owned();
+    Ok((kind, handle))
 }
 
 /// Decides, before anything changes, which devices of a namespace need fq. Errors name a device with
@@ -83,6 +91,7 @@ pub fn plan(ns: &netns::NetnsRef, ns_path: &Path) -> Result<Vec<FqInstall>, BadI
             netns: ns.clone(),
             dev,
             previous: kind,
+            handle: FQ_HANDLE.to_owned(),
         });
     }
     Ok(plan)
@@ -102,6 +111,8 @@ pub fn install(fq: &FqInstall) -> io::Result<()> {
             "dev",
             &fq.dev,
             "root",
+            "handle",
+            FQ_HANDLE,
             "fq",
             // Delayed packets wait in fq: the defaults (10000 packets, 100 a flow) would drop a flow
             // of a few thousand packets a second held for tens of ms. Room for 5 s at 20k pps.
@@ -115,13 +126,14 @@ pub fn install(fq: &FqInstall) -> io::Result<()> {
 }
 
 /// Deletes kchaos's fq, which brings back the device's default qdisc. A namespace or device that is
-/// gone took the qdisc with it: nothing to do.
+/// gone took the qdisc with it, and a root qdisc other than kchaos's fq is someone else's: nothing to
+/// do.
 pub fn restore(fq: &FqInstall) -> io::Result<()> {
     let Some(ns_path) = fq.netns.locate() else {
         return Ok(());
     };
-    if root_kind(&ns_path, &fq.dev)
-        .map(|k| k != "fq")
+    if root_qdisc(&ns_path, &fq.dev)
+        .map(|(kind, handle)| kind != "fq" || handle != FQ_HANDLE)
         .unwrap_or(true)
     {
         return Ok(());

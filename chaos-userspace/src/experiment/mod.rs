@@ -21,7 +21,7 @@ pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use self::{
     diagnostic::{Diagnostic, ScenarioErrors},
@@ -65,6 +65,10 @@ pub struct OutputArgs {
     /// No live lines (the summary is still printed).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run even where another kchaos run already injects into the same cgroup, a parent or a child:
+    /// both faults then apply (the effective rate compounds).
+    #[arg(long)]
+    pub stack: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -208,7 +212,7 @@ async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> R
         )
         .into());
     }
-    crate::require_root("kchaos run")?;
+    crate::require_root("kchaos run", crate::ROOT_BECAUSE)?;
     for f in &s.faults {
         let fault_targets: Vec<crate::engine::targets::Target> = targets
             .iter()
@@ -219,8 +223,8 @@ async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> R
             .preflight(&fault_targets)
             .map_err(|e| BadInput::new(format!("fault '{}': {e}", f.name)))?;
     }
-    let journal = crate::journal::Journal::create(command)
-        .context("writing the run record under /run/kchaos")?;
+    let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
+    let journal = crate::journal::Journal::create(command, &paths, out.stack)?;
     let report = runner::execute(runner::Setup {
         scenario: s,
         targets,
@@ -303,7 +307,11 @@ pub fn report_command(args: &ReportArgs) -> Result<()> {
         return Err(BadInput::new("--html needs a file: --html FILE.html").into());
     }
     // Errors name the flag the path came with.
-    let html_flag = if args.out.is_some() { "--out" } else { "--html" };
+    let html_flag = if args.out.is_some() {
+        "--out"
+    } else {
+        "--html"
+    };
     let html_out = create_if_asked(html_path.map(PathBuf::as_path), html_flag)?;
     let junit_out = create_if_asked(args.junit.as_deref(), "--junit")?;
     let report = Report::read_json(file)?;

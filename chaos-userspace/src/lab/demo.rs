@@ -44,7 +44,7 @@ struct Row {
 }
 
 pub fn run() -> Result<()> {
-    crate::require_root("kchaos demo")?;
+    crate::require_root("kchaos demo", crate::ROOT_BECAUSE)?;
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);

@@ -291,7 +291,11 @@ fn unique_name() -> String {
     } else {
         format!("-{n}")
     };
-    format!("kchaos-stress-{}{suffix}", std::process::id())
+    format!(
+        "{}{}{suffix}",
+        crate::journal::MADE_PREFIX,
+        std::process::id()
+    )
 }
 
 /// The directory the io worker writes in: journaled before it is made, so `kchaos stop` removes it
@@ -302,5 +306,8 @@ fn make_io_dir(parent: &Path, journal: &mut Journal) -> Result<PathBuf> {
         .add(Residue::Path { path: dir.clone() })
         .context("journaling the io directory")?;
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The marker is what lets `kchaos stop` remove this directory: a record alone may name no path.
+    crate::engine::run_identity::write_marker(&dir)
+        .with_context(|| format!("marking {} as kchaos's", dir.display()))?;
     Ok(dir)
 }
