@@ -87,6 +87,7 @@ fn run_parts(args: &TestArgs, report: &mut Report) -> Result<()> {
         let vm_args = vm::VmTestArgs {
             kernel: None,
             filter: args.filter.clone(),
+            repeat: 1,
         };
         if let Err(e) = vm::run_suite(&vm_args, report) {
             failed.push(e.context("the VM suite"));

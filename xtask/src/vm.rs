@@ -42,6 +42,9 @@ pub struct VmTestArgs {
     /// scenarios_*.rs) runs that file whole; any other word runs the tests whose name contains it.
     #[arg(last = true)]
     pub filter: Vec<String>,
+    /// Run the selected tests this many times in one boot (to prove a test is not flaky).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
 }
 
 /// A program to run inside the VM: `binary` (a host path, copied in with its libraries) with `args`.
@@ -77,11 +80,15 @@ pub fn run_suite(args: &VmTestArgs, report: &mut Report) -> Result<()> {
     tests.retain(|t| selection.runs(&t.name));
     let mut test_args = vec!["--test-threads=1".to_owned()];
     test_args.extend(selection.test_filters.iter().cloned());
-    let payloads: Vec<Payload> = tests
-        .into_iter()
-        .map(|t| Payload {
-            name: t.name,
-            binary: t.path,
+    let payloads: Vec<Payload> = (1..=args.repeat)
+        .flat_map(|k| tests.iter().map(move |t| (k, t)))
+        .map(|(k, t)| Payload {
+            name: if args.repeat > 1 {
+                format!("{}-run{k}", t.name)
+            } else {
+                t.name.clone()
+            },
+            binary: t.path.clone(),
             args: test_args.clone(),
             // Where `cargo test` runs them: the package's directory.
             cwd: Some(setup::workspace_root().join("tests")),
