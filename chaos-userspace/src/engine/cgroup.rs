@@ -99,6 +99,16 @@ pub fn procs_recursive(dir: &Path) -> io::Result<Vec<u32>> {
     Ok(pids)
 }
 
+/// True when this process lives in `dir` or a cgroup below it.
+pub fn holds_this_process(dir: &Path) -> bool {
+    let Ok(mount) = v2_mount() else {
+        return false;
+    };
+    of_pid(std::process::id())
+        .map(|rel| mount.join(rel.trim_start_matches('/')).starts_with(dir))
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,14 +135,4 @@ mod tests {
         );
         assert_eq!(v2_line("1:cpu:/\n"), None);
     }
-}
-
-/// True when this process lives in `dir` or a cgroup below it.
-pub fn holds_this_process(dir: &Path) -> bool {
-    let Ok(mount) = v2_mount() else {
-        return false;
-    };
-    of_pid(std::process::id())
-        .map(|rel| mount.join(rel.trim_start_matches('/')).starts_with(dir))
-        .unwrap_or(false)
 }
