@@ -190,8 +190,15 @@ fn pause_and_kill_scenario_freezes_a_counter_then_kills_inside_only() {
     // and 20 ms under emulation.
     let during = r["phases"]["during"][0].as_f64().unwrap();
     let planned = kill["planned_start_ms"].as_f64().unwrap();
-    assert!((planned - during - 3000.0).abs() < 1.0, "kill planned at {planned} ms");
-    let late_max = if integration_tests::in_vm() { 20.0 } else { 2.0 };
+    assert!(
+        (planned - during - 3000.0).abs() < 1.0,
+        "kill planned at {planned} ms"
+    );
+    let late_max = if integration_tests::in_vm() {
+        20.0
+    } else {
+        2.0
+    };
     for f in [pause, kill] {
         let late = f["armed_late_ms"].as_f64().unwrap();
         println!("'{}' armed {late:.3} ms after its plan", f["name"]);
