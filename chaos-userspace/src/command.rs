@@ -142,7 +142,7 @@ pub async fn run(cmd: Command) -> Result<()> {
     };
     // The record comes before anything is prepared: `kchaos stop` finds a run that is starting.
     let paths: Vec<PathBuf> = resolved.iter().map(|t| t.path.clone()).collect();
-    let journal = Journal::create(name, &paths, run.stack)?;
+    let journal = Journal::create(name, &[name], &paths, run.stack)?;
     println!("kchaos {}", kind.describe());
     for line in kind.plan_lines(&resolved) {
         println!("  {line}");

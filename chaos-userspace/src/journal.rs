@@ -317,6 +317,10 @@ pub struct Record {
     /// The cgroups the run injects into (for the check against stacking runs).
     #[serde(default)]
     pub targets: Vec<PathBuf>,
+    /// The fault kinds it injects ("net", "pause", ...): runs stack where they share a kind (two drop
+    /// rates compound; a kill during a stress does not). Empty in records of an older kchaos.
+    #[serde(default)]
+    pub kinds: Vec<String>,
     pub residue: Vec<Residue>,
 }
 
@@ -470,7 +474,12 @@ impl Journal {
     /// Writes this run's record, before anything is attached. `targets` are the cgroups the run
     /// injects into; another live run on one of them, a parent or a child is refused (bad input)
     /// unless `stack`.
-    pub fn create(command: &str, targets: &[PathBuf], stack: bool) -> anyhow::Result<Journal> {
+    pub fn create(
+        command: &str,
+        kinds: &[&str],
+        targets: &[PathBuf],
+        stack: bool,
+    ) -> anyhow::Result<Journal> {
         let dir = prepare_run_dir()?;
         let identity =
             ProcessIdentity::of_self().context("reading this process's identity in /proc/self")?;
@@ -487,6 +496,7 @@ impl Journal {
                 command: command.to_owned(),
                 started_unix,
                 targets: targets.to_vec(),
+                kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
                 residue: Vec::new(),
             },
         };
@@ -501,7 +511,8 @@ impl Journal {
             if !stack {
                 // Dropping the journal removes the record again.
                 return Err(BadInput::new(format!(
-                    "another kchaos run already injects into these cgroups:\n  {text}\n\
+                    "another kchaos run already injects a fault of the same kind into these \
+                     cgroups:\n  {text}\n\
                      Two runs there stack: each draws its own packets or calls, so the effective rate \
                      compounds and neither report tells it. End the other run first (`kchaos stop`), \
                      or pass --stack to run both anyway"
@@ -527,6 +538,7 @@ impl Journal {
                 command: String::new(),
                 started_unix: 0,
                 targets: Vec::new(),
+                kinds: Vec::new(),
                 residue: Vec::new(),
             },
         }
@@ -670,15 +682,23 @@ fn clashes(mine: &Record, others: &[RecordFile]) -> Vec<String> {
         if other.pid == mine.pid || !matches!(liveness(other), Liveness::Running) {
             continue;
         }
+        // Only faults of one kind compound; a record that does not say counts as every kind.
+        let shared_kind = mine.kinds.is_empty()
+            || other.kinds.is_empty()
+            || mine.kinds.iter().any(|k| other.kinds.contains(k));
+        if !shared_kind {
+            continue;
+        }
         for ours in &mine.targets {
             for theirs in &other.targets {
                 if overlaps(&resolved(ours), &resolved(theirs)) {
                     lines.push(format!(
-                        "{} overlaps the target {} of kchaos {} (pid {})",
+                        "{} overlaps the target {} of kchaos {} (pid {}, {})",
                         ours.display(),
                         theirs.display(),
                         other.command,
-                        other.pid
+                        other.pid,
+                        other.kinds.join(", ")
                     ));
                 }
             }
@@ -928,6 +948,7 @@ mod tests {
             command: "net".into(),
             started_unix: 1,
             targets: vec!["/sys/fs/cgroup/a".into()],
+            kinds: vec!["net".into()],
             residue: vec![],
         };
         let path = s.0.join(record_name(pid, start, "json"));
@@ -974,6 +995,7 @@ mod tests {
             command: "net".into(),
             started_unix: 1,
             targets: vec!["/cg/a".into()],
+            kinds: vec!["net".into()],
             residue: vec![],
         };
         let mine = Record {
@@ -988,6 +1010,12 @@ mod tests {
         let lines = clashes(&mine, std::slice::from_ref(&file));
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains(&format!("pid {}", live.pid)), "{lines:?}");
+        // Faults of another kind do not compound: a kill during a net fault is no stack.
+        let kill = Record {
+            kinds: vec!["kill".into()],
+            ..mine.clone()
+        };
+        assert!(clashes(&kill, std::slice::from_ref(&file)).is_empty());
         // A dead or unverifiable run does not.
         let stale = RecordFile {
             path: "x".into(),

@@ -845,3 +845,91 @@ fn hybrid_host_workers_join_the_targets_v1_memory_cgroup() {
     let _ = app.kill();
     let _ = app.wait();
 }
+
+/// Every command writes the one report shape: a pause and a kill with `--json`, rendered again by
+/// `kchaos report` as text, HTML and JUnit.
+#[test]
+fn pause_and_kill_write_the_common_report_which_report_renders() {
+    if !root_or_skip("pause_and_kill_write_the_common_report_which_report_renders") {
+        return;
+    }
+    let cg = lab_cgroup();
+    let run_dir = RunDir::new();
+    let mut sleepers: Vec<Child> = (0..2)
+        .map(|_| spawn_in(&cg.path, &["sleep", "100"]))
+        .collect();
+    assert!(eventually(Duration::from_secs(3), || procs(&cg.path).len() == 2));
+    let dir = std::env::temp_dir().join(format!("kchaos-test-{}", tag("rep")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).display().to_string();
+
+    let out = run_dir.run(&[
+        "pause",
+        "--cgroup",
+        &cg_arg(&cg),
+        "--duration",
+        "1s",
+        "--json",
+        &path("pause.json"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_dir.run(&[
+        "kill",
+        "--cgroup",
+        &cg_arg(&cg),
+        "--all",
+        "--signal",
+        "TERM",
+        "--json",
+        &path("kill.json"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(eventually(Duration::from_secs(3), || sleepers
+        .iter_mut()
+        .all(|c| !alive(c))));
+
+    let json = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path(name)).unwrap()).unwrap()
+    };
+    let pause = json("pause.json");
+    assert_eq!(pause["command"], "pause", "{pause}");
+    let f = &pause["faults"][0];
+    assert_eq!(f["kind"], "pause");
+    assert_eq!(f["counters"]["processes"], 2, "{f}");
+    let frozen = f["counters"]["frozen_ms"].as_u64().unwrap();
+    assert!(frozen.abs_diff(1000) <= 10, "frozen {frozen} ms of 1s");
+    let kill = json("kill.json");
+    assert_eq!(kill["command"], "kill", "{kill}");
+    assert_eq!(kill["faults"][0]["counters"]["signalled"], 2, "{kill}");
+    assert_eq!(kill["summary"]["injected_events"], 2);
+
+    for name in ["pause", "kill"] {
+        let (code, text, err) = run_dir.run_text(&["report", &path(&format!("{name}.json"))]);
+        assert_eq!(code, 0, "{err}");
+        assert!(text.contains(&format!("kchaos {name}")), "{text}");
+        let html = path(&format!("{name}.html"));
+        let junit = path(&format!("{name}.xml"));
+        let (code, _, err) = run_dir.run_text(&[
+            "report",
+            &path(&format!("{name}.json")),
+            "--html",
+            &html,
+            "--junit",
+            &junit,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert!(page.contains("<html") && page.contains(name), "{name}.html");
+        let xml = std::fs::read_to_string(&junit).unwrap();
+        assert!(xml.contains("<testsuite"), "{xml}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -224,7 +224,10 @@ async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> R
             .map_err(|e| BadInput::new(format!("fault '{}': {e}", f.name)))?;
     }
     let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
-    let journal = crate::journal::Journal::create(command, &paths, out.stack)?;
+    let mut kinds: Vec<&str> = s.faults.iter().map(|f| f.kind.name()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let journal = crate::journal::Journal::create(command, &kinds, &paths, out.stack)?;
     let report = runner::execute(runner::Setup {
         scenario: s,
         targets,
