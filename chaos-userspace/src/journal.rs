@@ -693,12 +693,16 @@ fn clashes(mine: &Record, others: &[RecordFile]) -> Vec<String> {
             for theirs in &other.targets {
                 if overlaps(&resolved(ours), &resolved(theirs)) {
                     lines.push(format!(
-                        "{} overlaps the target {} of kchaos {} (pid {}, {})",
+                        "{} overlaps the target {} of kchaos {} (pid {}){}",
                         ours.display(),
                         theirs.display(),
                         other.command,
                         other.pid,
-                        other.kinds.join(", ")
+                        if other.kinds.iter().any(|k| *k == other.command) {
+                            String::new()
+                        } else {
+                            format!(", faults {}", other.kinds.join(", "))
+                        }
                     ));
                 }
             }

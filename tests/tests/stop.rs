@@ -101,6 +101,7 @@ fn record(pid: u32, identity: Option<ProcessIdentity>, residue: Vec<Residue>) ->
         command: "net".into(),
         started_unix: 1,
         targets: Vec::new(),
+        kinds: vec!["net".into()],
         residue,
     }
 }
