@@ -163,6 +163,11 @@ pub trait Active {
     fn renew(&mut self, deadline_ns: u64) -> Result<()>;
     /// Waits briefly, after arm, until the effect is in place (a pause: the kernel says frozen).
     fn settle(&mut self) {}
+    /// When the effect took hold, where that is later than the arm (a pause: when the kernel said
+    /// frozen). The fault's window is counted from it, so a pause of 2s keeps the target frozen 2s.
+    fn effective_since(&self) -> Option<std::time::Instant> {
+        None
+    }
     /// Sets a ramp parameter (durations in seconds).
     fn set_param(&mut self, param: &str, _value: f64) -> Result<()> {
         anyhow::bail!("this fault has no parameter '{param}'")

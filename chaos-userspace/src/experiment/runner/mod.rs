@@ -92,6 +92,10 @@ struct FaultRun {
     record: FaultRecord,
     values: BTreeMap<String, f64>,
     armed_at: Option<Instant>,
+    /// When its effect took hold: the arm, or later where the kind says so (a pause: frozen).
+    effective_at: Option<Instant>,
+    /// When its window ends: its length after the effect took hold, and the kernel's deadline then.
+    ends_at: Option<(Instant, u64)>,
     last_sample: Option<Instant>,
 }
 
@@ -166,6 +170,8 @@ pub async fn execute(mut setup: Setup) -> Result<Report> {
                 },
                 values: BTreeMap::new(),
                 armed_at: None,
+                effective_at: None,
+                ends_at: None,
                 last_sample: None,
             })
             .collect(),
@@ -420,7 +426,9 @@ impl Run<'_> {
                             return Ok(Some(Stop::Abort(why)));
                         }
                     }
-                    if now >= deadline {
+                    // The method ends with its last fault (a window counts from when its effect
+                    // took hold, which may be a little after the plan).
+                    if now >= deadline && !(method && self.faults_pending()) {
                         return Ok(None);
                     }
                     if now >= next_tick {

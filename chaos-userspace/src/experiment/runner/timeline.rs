@@ -96,8 +96,9 @@ impl Run<'_> {
                             .iter()
                             .filter_map(|r| next_ramp_step(r, into))
                             .min()
-                            .map(|s| decl.at + s);
-                        Some(start + step.unwrap_or(decl.end()).min(decl.end()))
+                            .map(|s| start + decl.at + s);
+                        let end = f.ends_at.map_or(start + decl.end(), |(e, _)| e);
+                        Some(step.map_or(end, |s| s.min(end)))
                     }
                     State::Idle | State::Done => None,
                 }
@@ -114,25 +115,24 @@ impl Run<'_> {
         });
         for i in 0..self.faults.len() {
             let decl = &self.s.faults[self.faults[i].index];
-            // Its kernel deadline: the planned end, never past the budget, renewed as a lease.
-            let end_ns = self.method_start_ns + decl.end().as_nanos() as u64;
-            let end_ns = budget_end_ns.map_or(end_ns, |b| b.min(end_ns));
             let result = match self.faults[i].state {
                 State::Prepared if elapsed >= decl.at => {
-                    let armed = self.arm(i, elapsed - decl.at, end_ns);
+                    let armed = self.arm(i, elapsed - decl.at, budget_end_ns);
                     // An instant event happens, is counted and is over in one step.
                     if decl.kind.is_instant() {
                         self.finish(i, "instant event");
                     }
                     armed.map_err(|e| ("failed", e))
                 }
-                State::Armed if elapsed >= decl.end() => {
-                    self.finish(i, "end of its time");
-                    Ok(())
-                }
-                State::Armed => self
-                    .step(i, elapsed - decl.at, end_ns, now)
-                    .map_err(|e| ("driving it failed", e)),
+                State::Armed => match self.faults[i].ends_at {
+                    Some((end, _)) if now >= end => {
+                        self.finish(i, "end of its time");
+                        Ok(())
+                    }
+                    ends => self
+                        .step(i, elapsed - decl.at, ends.map_or(0, |(_, ns)| ns), now)
+                        .map_err(|e| ("driving it failed", e)),
+                },
                 _ => Ok(()),
             };
             if let Err((what, e)) = result {
@@ -158,12 +158,21 @@ impl Run<'_> {
         None
     }
 
+    /// Whether a fault is still to be armed or still armed.
+    pub(super) fn faults_pending(&self) -> bool {
+        self.faults
+            .iter()
+            .any(|f| matches!(f.state, State::Prepared | State::Armed))
+    }
+
     fn injected_total(&self) -> u64 {
         self.faults.iter().map(|f| f.record.injected_events).sum()
     }
 
-    /// Arms a prepared fault at its instant (ramps at their values `into` the fault).
-    fn arm(&mut self, i: usize, into: Duration, end_ns: u64) -> Result<()> {
+    /// Arms a prepared fault at its instant (ramps at their values `into` the fault). Its window
+    /// ends its length after the effect took hold, its kernel deadline then too (never past the
+    /// budget's), renewed as a lease.
+    fn arm(&mut self, i: usize, into: Duration, budget_end_ns: Option<u64>) -> Result<()> {
         let decl = &self.s.faults[self.faults[i].index];
         let f = &mut self.faults[i];
         let Some(active) = f.active.as_mut() else {
@@ -175,14 +184,24 @@ impl Run<'_> {
             active.set_param(&r.param, v)?;
             steps.push((r.param.clone(), v, r.unit.format(v)));
         }
+        let planned_end_ns = self.method_start_ns + decl.end().as_nanos() as u64;
         active.arm(
-            lifecycle::lease_deadline_ns(lifecycle::monotonic_ns(), Some(end_ns)),
+            lifecycle::lease_deadline_ns(lifecycle::monotonic_ns(), Some(planned_end_ns)),
             &mut self.journal,
         )?;
         // The instant the fault took effect, before anything that only reports it.
         let armed_at = Instant::now();
         f.state = State::Armed;
         active.settle();
+        let effective = active
+            .effective_since()
+            .map_or(armed_at, Instant::from_std)
+            .max(armed_at);
+        let end = effective + decl.duration;
+        let end_ns = lifecycle::monotonic_ns()
+            + end.saturating_duration_since(Instant::now()).as_nanos() as u64;
+        f.ends_at = Some((end, budget_end_ns.map_or(end_ns, |b| b.min(end_ns))));
+        f.effective_at = Some(effective);
         let t = ms_since(self.t0, armed_at);
         f.record.start_ms = Some(t);
         f.record.armed_late_ms = Some(t - f.record.planned_start_ms);
@@ -321,7 +340,9 @@ impl Run<'_> {
         if was_armed {
             let t = ms_since(self.t0, disarmed_at);
             f.record.end_ms = Some(t);
-            f.record.window_ms = f.record.start_ms.map(|s| t - s);
+            f.record.window_ms = f
+                .effective_at
+                .map(|e| disarmed_at.saturating_duration_since(e).as_secs_f64() * 1e3);
         }
         let detail = format!(
             "'{}' ({why}): {} injected events{}",

@@ -105,11 +105,11 @@ impl Kind for KillSpec {
         })
     }
 
-    /// Nothing to prepare: who is signalled is decided at the instant.
+    /// Who is signalled is decided at the instant; what can be known before is found now.
     fn prepare(&self, targets: &[Target], _journal: &mut Journal) -> Result<KillFault> {
         Ok(KillFault {
             spec: self.clone(),
-            targets: targets.to_vec(),
+            prepared: signal_processes::Prepared::new(targets),
             report: None,
         })
     }
@@ -151,15 +151,15 @@ pub fn target_findings(spec: &KillSpec, target: &Path) -> Vec<(Risk, &'static st
 /// The signal, sent once when the runner arms the fault at its `at`.
 pub struct KillFault {
     spec: KillSpec,
-    targets: Vec<Target>,
+    prepared: signal_processes::Prepared,
     report: Option<KillReport>,
 }
 
 impl Active for KillFault {
     /// Lists the processes and signals the victims: the event itself.
     fn arm(&mut self, _deadline_ns: u64, _journal: &mut Journal) -> Result<()> {
-        self.report = Some(signal_processes::signal_processes(
-            &self.targets,
+        self.report = Some(signal_processes::signal_prepared(
+            &self.prepared,
             self.spec.victims,
             self.spec.signal,
         )?);

@@ -131,7 +131,40 @@ pub fn signal_processes(
     victims: Victims,
     signal: Signal,
 ) -> Result<KillReport, ListError> {
-    let (candidates, skipped) = candidates(targets)?;
+    signal_prepared(&Prepared::new(targets), victims, signal)
+}
+
+/// What can be known about the targets before the instant of a kill, so the instant itself only
+/// lists pids and signals them.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    targets: Vec<Target>,
+    /// This executable's (device, inode): processes running it are kchaos and are left out.
+    own_exe: Option<(u64, u64)>,
+    /// Whether a target holds kchaos itself (then cgroup.kill would hit it).
+    holds_kchaos: bool,
+}
+
+impl Prepared {
+    pub fn new(targets: &[Target]) -> Self {
+        Self {
+            targets: targets.to_vec(),
+            own_exe: fs::metadata("/proc/self/exe")
+                .ok()
+                .map(|m| (m.dev(), m.ino())),
+            holds_kchaos: targets.iter().any(|t| holds_this_process(&t.path)),
+        }
+    }
+}
+
+/// [`signal_processes`] with what was prepared: the victims' names are read after the signals.
+pub fn signal_prepared(
+    prepared: &Prepared,
+    victims: Victims,
+    signal: Signal,
+) -> Result<KillReport, ListError> {
+    let targets = &prepared.targets;
+    let (mut candidates, skipped) = list(targets, prepared.own_exe)?;
     let where_ = targets
         .iter()
         .map(|t| t.path.display().to_string())
@@ -152,12 +185,11 @@ pub fn signal_processes(
 
     // cgroup.kill ends the whole tree at once, including processes forked while we look; it is only
     // right when everything there is a victim (and kchaos is not).
-    let whole_tree = victims == Victims::All
-        && signal == Signal::KILL
-        && skipped == 0
-        && !targets.iter().any(|t| holds_this_process(&t.path));
+    let whole_tree =
+        victims == Victims::All && signal == Signal::KILL && skipped == 0 && !prepared.holds_kchaos;
     if whole_tree && kill_trees(targets).is_ok() {
         report.whole_tree = true;
+        name(&mut candidates);
         report.victims = candidates
             .into_iter()
             .map(|c| (c, Sent::Signalled))
@@ -181,16 +213,37 @@ pub fn signal_processes(
         };
         report.victims.push((v, sent));
     }
+    for (v, _) in &mut report.victims {
+        name(std::slice::from_mut(v));
+    }
     Ok(report)
+}
+
+/// Fills in what to print about each candidate (after the signals: it is only for the report).
+fn name(candidates: &mut [Candidate]) {
+    for c in candidates {
+        c.comm = procfs::comm(c.pid);
+        c.cmdline = procfs::cmdline(c.pid);
+    }
 }
 
 /// The processes of the targets' trees, leaving out kchaos itself and its stress workers (processes of
 /// this very executable); also returns how many were left out.
 pub fn candidates(targets: &[Target]) -> Result<(Vec<Candidate>, usize), ListError> {
-    let me = std::process::id();
     let own_exe = fs::metadata("/proc/self/exe")
         .ok()
         .map(|m| (m.dev(), m.ino()));
+    let (mut found, skipped) = list(targets, own_exe)?;
+    name(&mut found);
+    Ok((found, skipped))
+}
+
+/// The processes of the targets' trees without kchaos's own (unnamed yet), and how many were left out.
+fn list(
+    targets: &[Target],
+    own_exe: Option<(u64, u64)>,
+) -> Result<(Vec<Candidate>, usize), ListError> {
+    let me = std::process::id();
     let mut found = Vec::new();
     for t in targets {
         walk(&t.path, &mut found).map_err(|source| ListError {
@@ -213,8 +266,8 @@ pub fn candidates(targets: &[Target]) -> Result<(Vec<Candidate>, usize), ListErr
         kept.push(Candidate {
             pid,
             cgroup,
-            comm: procfs::comm(pid),
-            cmdline: procfs::cmdline(pid),
+            comm: String::new(),
+            cmdline: String::new(),
         });
     }
     Ok((kept, skipped))

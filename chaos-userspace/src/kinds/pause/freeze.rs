@@ -147,6 +147,11 @@ impl Freeze {
         self.frozen_at.is_some()
     }
 
+    /// When the kernel first reported every path frozen.
+    pub fn frozen_at(&self) -> Option<Instant> {
+        self.frozen_at
+    }
+
     /// From the request to the kernel's "frozen 1".
     pub fn freeze_latency(&self) -> Option<Duration> {
         self.frozen_at.map(|f| f - self.asked_at)

@@ -184,6 +184,10 @@ impl Active for PauseFault {
         Ok(())
     }
 
+    fn effective_since(&self) -> Option<std::time::Instant> {
+        self.freeze.frozen_at()
+    }
+
     /// Waits briefly for the kernel's "frozen 1", so the frozen window is measured from it.
     fn settle(&mut self) {
         let state = match self.freeze.wait_frozen(ARM_SETTLE) {
