@@ -74,7 +74,8 @@ targets:
   - name: app
     cgroup: "${cgroup}"
 steady_state:
-  before: 300ms
+  # Long enough for the probe agent to start inside the cgroup under emulation (the VM suite).
+  before: 2s
   after: 300ms
   probes:
     - name: thread

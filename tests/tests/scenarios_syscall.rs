@@ -118,7 +118,8 @@ fn disk_errors_scenario_fails_open_read_write_with_eio() {
         return;
     }
     let mut live = runs.spawn(&args);
-    live.wait_for("fault.armed        'open-eio'", Duration::from_secs(6));
+    // Both faults' LSM programs are loaded before the timeline starts: seconds under emulation.
+    live.wait_for("fault.armed        'open-eio'", Duration::from_secs(20));
     let d_s = dir.display().to_string();
     let opens = traffic(
         Some(&lab.cgroup.path),
