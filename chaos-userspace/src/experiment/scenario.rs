@@ -2,7 +2,12 @@
 //! abort rules, a budget, rollbacks, and `${var}` variables. Reading checks each field where it is
 //! written (line, column, what is allowed); checks across fields live in validate.rs.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
 
 use super::{
     diagnostic::{Diagnostic, ScenarioErrors},
@@ -197,15 +202,25 @@ const TOP: &[&str] = &[
     "rollbacks",
 ];
 
-/// Reads a scenario file.
+/// The fault-target pairs a scenario may declare in all (a fault without `targets:` hits every
+/// target): 100k faults on one target, or one fault on 100k targets, fit ten times over; 100k faults
+/// each on 100k targets would not fit in memory.
+pub const MAX_FAULT_TARGETS: usize = 1 << 20;
+
+/// Reads a scenario file (at most [`crate::bounded_read::SCENARIO_LIMIT`] bytes).
 pub fn load(path: &Path, vars: &Vars) -> Result<Scenario, ScenarioErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::bounded_read::read_to_string(
+        path,
+        crate::bounded_read::SCENARIO_LIMIT,
+        "scenario file",
+    )
+    .map_err(|e| {
         ScenarioErrors(vec![Diagnostic::new(
             &file,
             Mark { line: 0, col: 0 },
             "",
-            format!("cannot read the file: {e}"),
+            e.to_string(),
         )])
     })?;
     parse(&file, &text, vars)
@@ -364,16 +379,40 @@ fn read(ctx: &mut Ctx, top: &Fields) -> Scenario {
     }
 }
 
+/// Declared names (of targets, of probes), in file order, with a set for lookups by name.
+#[derive(Default)]
+struct Names {
+    list: Vec<String>,
+    set: HashSet<String>,
+}
+
+impl Names {
+    fn contains(&self, name: &str) -> bool {
+        self.set.contains(name)
+    }
+
+    /// The names for an "allowed are" message: the first few, and how many in all.
+    fn allowed(&self) -> String {
+        const SHOWN: usize = 10;
+        let shown = self.list[..self.list.len().min(SHOWN)].join(", ");
+        if self.list.len() > SHOWN {
+            format!("{shown}, ... ({} in all)", self.list.len())
+        } else {
+            shown
+        }
+    }
+}
+
 /// The names of a list's entries: each one's `name`, or `<prefix>-<n>`.
-fn declared_names(ctx: &Ctx, list: Option<&Node>, prefix: &str) -> Vec<String> {
+fn declared_names(ctx: &Ctx, list: Option<&Node>, prefix: &str) -> Names {
     let Some(Node {
         value: Value::Seq(items),
         ..
     }) = list
     else {
-        return Vec::new();
+        return Names::default();
     };
-    items
+    let list: Vec<String> = items
         .iter()
         .enumerate()
         .map(|(i, item)| {
@@ -388,28 +427,47 @@ fn declared_names(ctx: &Ctx, list: Option<&Node>, prefix: &str) -> Vec<String> {
             };
             given.unwrap_or_else(|| format!("{prefix}-{}", i + 1))
         })
-        .collect()
+        .collect();
+    let set = list.iter().cloned().collect();
+    Names { list, set }
 }
 
-/// A unique name: the given one, or `<prefix>-<n>`.
-fn name_of(ctx: &mut Ctx, f: &Fields, prefix: &str, index: usize, taken: &[String]) -> String {
+/// An entry's name: the given one, or `<prefix>-<n>`; and where it is written.
+fn name_of(ctx: &mut Ctx, f: &Fields, prefix: &str, index: usize) -> (String, Mark) {
     let name = f
         .value("name")
         .and_then(|n| ctx.text(n, &f.path_of("name")))
         .unwrap_or_else(|| format!("{prefix}-{}", index + 1));
-    if taken.contains(&name) {
-        let mark = f.get("name").map_or(f.mark, |n| n.mark);
-        ctx.err(
-            mark,
-            &f.path_of("name"),
-            format!("the name '{name}' is used twice: names must be unique"),
-        );
+    (name, f.get("name").map_or(f.mark, |n| n.mark))
+}
+
+/// Flags each name that an earlier entry of `list` used already. `places` holds, for each name, where
+/// it is written and the entry's index in the list. By sorting, not by comparing every pair, nor by
+/// copying each name into a set.
+fn flag_duplicates<'a>(
+    ctx: &mut Ctx,
+    list: &str,
+    names: impl Iterator<Item = &'a str>,
+    places: &[(Mark, usize)],
+) {
+    let mut sorted: Vec<(&str, usize)> = names.zip(0..places.len()).collect();
+    sorted.sort_unstable();
+    for pair in sorted.windows(2) {
+        let ((first, _), (name, at)) = (pair[0], pair[1]);
+        if first == name {
+            let (mark, index) = places[at];
+            ctx.err(
+                mark,
+                &format!("{list}[{index}].name"),
+                format!("the name '{name}' is used twice: names must be unique"),
+            );
+        }
     }
-    name
 }
 
 fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
     let mut out: Vec<TargetDecl> = Vec::new();
+    let mut places = Vec::new();
     for (i, item) in ctx.list(node, "targets", false).into_iter().enumerate() {
         let path = format!("targets[{i}]");
         let Some(f) = ctx.map(
@@ -419,8 +477,7 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
         ) else {
             continue;
         };
-        let taken: Vec<String> = out.iter().map(|t| t.name.clone()).collect();
-        let name = name_of(ctx, &f, "target", i, &taken);
+        let (name, name_mark) = name_of(ctx, &f, "target", i);
         let given: Vec<&str> = ["cgroup", "pid", "container"]
             .into_iter()
             .filter(|k| f.has(k))
@@ -480,6 +537,7 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
             }
         };
         if let Some(what) = what {
+            places.push((name_mark, i));
             out.push(TargetDecl {
                 name,
                 what,
@@ -490,6 +548,7 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
     if out.is_empty() && ctx.errors.is_empty() {
         ctx.err(node.mark, "targets", "list at least one target");
     }
+    flag_duplicates(ctx, "targets", out.iter().map(|t| t.name.as_str()), &places);
     out
 }
 
@@ -506,7 +565,7 @@ const PROBE_FIELDS: &[&str] = &[
     "tolerance",
 ];
 
-fn read_steady_state(ctx: &mut Ctx, node: &Node, targets: &[String]) -> SteadyState {
+fn read_steady_state(ctx: &mut Ctx, node: &Node, targets: &Names) -> SteadyState {
     let mut ss = SteadyState {
         before: Duration::from_secs(1),
         after: Duration::from_secs(2),
@@ -524,6 +583,7 @@ fn read_steady_state(ctx: &mut Ctx, node: &Node, targets: &[String]) -> SteadySt
     let Some(list) = f.value("probes") else {
         return ss;
     };
+    let mut places = Vec::new();
     for (i, item) in ctx
         .list(list, "steady_state.probes", false)
         .into_iter()
@@ -533,16 +593,22 @@ fn read_steady_state(ctx: &mut Ctx, node: &Node, targets: &[String]) -> SteadySt
         let Some(p) = ctx.map(item, &path, PROBE_FIELDS) else {
             continue;
         };
-        let taken: Vec<String> = ss.probes.iter().map(|p| p.name.clone()).collect();
-        let name = name_of(ctx, &p, "probe", i, &taken);
+        let (name, name_mark) = name_of(ctx, &p, "probe", i);
         if let Some(probe) = read_probe(ctx, &p, name, targets) {
+            places.push((name_mark, i));
             ss.probes.push(probe);
         }
     }
+    flag_duplicates(
+        ctx,
+        "steady_state.probes",
+        ss.probes.iter().map(|p| p.name.as_str()),
+        &places,
+    );
     ss
 }
 
-fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Option<ProbeSpec> {
+fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Option<ProbeSpec> {
     let kinds: Vec<&str> = ["tcp", "http", "command"]
         .into_iter()
         .filter(|k| p.has(k))
@@ -654,7 +720,7 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Op
             Value::Null => None,
             Value::Scalar(s) if matches!(s.as_str(), "true" | "false") => {
                 if s == "true" {
-                    targets.first().cloned()
+                    targets.list.first().cloned()
                 } else {
                     None
                 }
@@ -667,7 +733,7 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Op
                         &p.path_of("from_target"),
                         format!(
                             "no target named '{t}': write true (the first target) or one of {}",
-                            targets.join(", ")
+                            targets.allowed()
                         ),
                     );
                 }
@@ -712,10 +778,12 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Op
     })
 }
 
-fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl> {
+fn read_faults(ctx: &mut Ctx, node: &Node, targets: &Names) -> Vec<FaultDecl> {
     let mut allowed: Vec<&str> = vec!["name", "at", "for", "targets", "ramp"];
     allowed.extend(kinds::KINDS);
     let mut out: Vec<FaultDecl> = Vec::new();
+    let mut places = Vec::new();
+    let mut pairs = 0usize;
     let items = ctx.list(node, "faults", false);
     if items.is_empty() {
         ctx.err(node.mark, "faults", "list at least one fault");
@@ -725,8 +793,7 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
         let Some(f) = ctx.map(item, &path, &allowed) else {
             continue;
         };
-        let taken: Vec<String> = out.iter().map(|t| t.name.clone()).collect();
-        let name = name_of(ctx, &f, "fault", i, &taken);
+        let (name, name_mark) = name_of(ctx, &f, "fault", i);
         let at = match f.value("at") {
             Some(n) => ctx.duration(n, &f.path_of("at")),
             None => Some(Duration::ZERO),
@@ -759,20 +826,42 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
                 "a fault lasts longer than 0s",
             );
         }
-        let fault_targets = match f.value("targets") {
-            None => targets.to_vec(),
+        let given_targets = f.value("targets");
+        pairs += match given_targets {
+            None => targets.list.len(),
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => items.len(),
+            Some(_) => 1,
+        };
+        if pairs > MAX_FAULT_TARGETS {
+            ctx.err(
+                item.mark,
+                &path,
+                format!(
+                    "the faults so far hit {pairs} targets in all (a fault without targets: hits every \
+                     target): allowed are {MAX_FAULT_TARGETS} fault-target pairs; split the scenario"
+                ),
+            );
+            break;
+        }
+        let fault_targets = match given_targets {
+            None => targets.list.clone(),
             Some(n) => {
                 let p = f.path_of("targets");
                 let mut v = Vec::new();
+                let mut listed = HashSet::new();
                 for (t, mark) in ctx.strings(n, &p) {
-                    if targets.contains(&t) {
-                        v.push(t);
-                    } else {
+                    if !targets.contains(&t) {
                         ctx.err(
                             mark,
                             &p,
-                            format!("no target named '{t}': allowed are {}", targets.join(", ")),
+                            format!("no target named '{t}': allowed are {}", targets.allowed()),
                         );
+                    } else if listed.insert(t.clone()) {
+                        // A target listed twice is hit once.
+                        v.push(t);
                     }
                 }
                 v
@@ -807,12 +896,13 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
                 _ => Vec::new(),
             })
             .unwrap_or_default();
-        let kind_node = f.get(kind_name).cloned().unwrap_or(Node {
+        let null = Node {
             mark: f.mark,
             value: Value::Null,
-        });
+        };
+        let kind_node = f.get(kind_name).unwrap_or(&null);
         let kind_path = kinds::kind_path(&path, kind_name);
-        let Some(mut kind) = FaultKind::parse(ctx, kind_name, &kind_node, &kind_path, &ramped)
+        let Some(mut kind) = FaultKind::parse(ctx, kind_name, kind_node, &kind_path, &ramped)
         else {
             continue;
         };
@@ -821,6 +911,7 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
             None => Vec::new(),
         };
         if let (Some(at), Some(duration)) = (at, duration) {
+            places.push((name_mark, i));
             out.push(FaultDecl {
                 name,
                 targets: fault_targets,
@@ -832,6 +923,7 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
             });
         }
     }
+    flag_duplicates(ctx, "faults", out.iter().map(|f| f.name.as_str()), &places);
     out
 }
 
@@ -916,7 +1008,7 @@ fn read_ramps(
     out
 }
 
-fn read_abort(ctx: &mut Ctx, node: &Node, probes: &[String]) -> Vec<AbortRule> {
+fn read_abort(ctx: &mut Ctx, node: &Node, probes: &Names) -> Vec<AbortRule> {
     let mut out = Vec::new();
     for (i, item) in ctx.list(node, "abort", false).into_iter().enumerate() {
         let path = format!("abort[{i}]");
@@ -939,10 +1031,10 @@ fn read_abort(ctx: &mut Ctx, node: &Node, probes: &[String]) -> Vec<AbortRule> {
                 &f.path_of("probe"),
                 format!(
                     "no probe named '{probe}': allowed are {}",
-                    if probes.is_empty() {
+                    if probes.list.is_empty() {
                         "(none: add steady_state.probes)".to_owned()
                     } else {
-                        probes.join(", ")
+                        probes.allowed()
                     }
                 ),
             );
@@ -1018,13 +1110,13 @@ fn read_budget(ctx: &mut Ctx, node: &Node) -> Option<Budget> {
 
 fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
     let mut out: Vec<Rollback> = Vec::new();
+    let mut places = Vec::new();
     for (i, item) in ctx.list(node, "rollbacks", false).into_iter().enumerate() {
         let path = format!("rollbacks[{i}]");
         let Some(f) = ctx.map(item, &path, &["name", "command", "timeout"]) else {
             continue;
         };
-        let taken: Vec<String> = out.iter().map(|r| r.name.clone()).collect();
-        let name = name_of(ctx, &f, "rollback", i, &taken);
+        let (name, name_mark) = name_of(ctx, &f, "rollback", i);
         let Some(n) = ctx.required(
             &f,
             "command",
@@ -1050,12 +1142,19 @@ fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
                 .unwrap_or(Duration::from_secs(30)),
             None => Duration::from_secs(30),
         };
+        places.push((name_mark, i));
         out.push(Rollback {
             name,
             argv,
             timeout,
         });
     }
+    flag_duplicates(
+        ctx,
+        "rollbacks",
+        out.iter().map(|r| r.name.as_str()),
+        &places,
+    );
     out
 }
 
