@@ -1423,6 +1423,62 @@ rollbacks:
         assert_eq!((e[0].line, e[0].col), (9, 13));
     }
 
+    #[test]
+    fn names_are_unique_and_references_list_a_few_names() {
+        let e = errors(&GOOD.replace(
+            "  - name: note\n",
+            "  - name: note\n    command: x\n  - name: note\n",
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("rollbacks[1].name: the name 'note' is used twice"),
+            "{e:?}"
+        );
+        let targets: String = (0..20)
+            .map(|i| format!("  - {{name: t{i}, cgroup: c{i}}}\n"))
+            .collect();
+        let text = format!(
+            "title: t\ntargets:\n{targets}faults:\n  - {{for: 1s, targets: [t3, t3, nope], net: {{drop: 1}}}}\n"
+        );
+        let e = match parse("s.yaml", &text, &Vars::default()) {
+            Err(e) => e.0,
+            Ok(_) => panic!("no error"),
+        };
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].message
+                .ends_with("no target named 'nope': allowed are t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, ... (20 in all)"),
+            "{e:?}"
+        );
+        let s = parse("s.yaml", &text.replace(", nope", ""), &Vars::default()).unwrap();
+        assert_eq!(
+            s.faults[0].targets,
+            ["t3"],
+            "a target listed twice is hit once"
+        );
+    }
+
+    #[test]
+    fn fault_target_pairs_are_bounded() {
+        // 1100 targets and 1000 faults that each hit all of them: 1.1 million pairs.
+        let targets: String = (0..1100)
+            .map(|i| format!("  - {{name: t{i}, cgroup: c}}\n"))
+            .collect();
+        let faults = "  - {for: 1s, net: {drop: 1}}\n".repeat(1000);
+        let text = format!("title: t\ntargets:\n{targets}faults:\n{faults}");
+        let e = match parse("s.yaml", &text, &Vars::default()) {
+            Err(e) => e.0,
+            Ok(_) => panic!("no error"),
+        };
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].field, "faults[953]", "{e:?}");
+        assert!(
+            e[0].message
+                .contains("allowed are 1048576 fault-target pairs"),
+            "{e:?}"
+        );
+    }
+
     /// Fuzzing: mutated and random inputs never panic (each either parses or gives located errors),
     /// and whatever parses goes through the checks, the review and the plan without a panic either.
     #[test]

@@ -245,6 +245,36 @@ budget: {max_duration: 20s, max_intensity: {drop: 20%}}
     }
 
     #[test]
+    fn each_fault_starting_inside_another_is_reported_once() {
+        // a 0-10s, b 1-20s, c 3-4s, d 25-26s on one target; e (syscall) overlaps all but is
+        // another kind; f lists the target twice.
+        let text = r#"
+title: sweep
+targets: [{name: t, cgroup: x}]
+faults:
+  - {name: a, at: 0s, for: 10s, net: {drop: 1}}
+  - {name: b, at: 1s, for: 19s, net: {drop: 1}}
+  - {name: c, at: 3s, for: 1s, net: {drop: 1}}
+  - {name: d, at: 25s, for: 1s, net: {drop: 1}}
+  - {name: e, at: 0s, for: 30s, syscall: {syscalls: [connect], errno: EPERM}}
+  - {name: f, at: 40s, for: 1s, targets: [t, t], net: {drop: 1}}
+"#;
+        let e = check(&load(text));
+        let found: Vec<(&str, &str)> = e
+            .iter()
+            .map(|d| {
+                let overlaps = d.message.split("overlaps '").nth(1).unwrap_or("");
+                (
+                    d.field.as_str(),
+                    &overlaps[..overlaps.find('\'').unwrap_or(0)],
+                )
+            })
+            .collect();
+        assert_eq!(found, [("faults[1]", "a"), ("faults[2]", "b")], "{e:?}");
+        assert!(e[0].message.contains("on target t:"), "{e:?}");
+    }
+
+    #[test]
     fn a_fault_outside_the_budget() {
         let e = check(&load(&TWO.replace("max_duration: 20s", "max_duration: 7s")));
         assert!(

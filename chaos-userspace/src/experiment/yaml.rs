@@ -290,6 +290,13 @@ mod tests {
                 .message
                 .contains("duplicate")
         );
+        let many: String = (0..40).map(|i| format!("k{i}: 1\n")).collect();
+        assert!(parse(&many).is_ok());
+        let e = parse(&(many + "k7: 2\n")).unwrap_err();
+        assert!(
+            e.message.contains("duplicate key 'k7'") && e.mark.line == 41,
+            "a large map finds duplicates too: {e:?}"
+        );
         assert!(parse("a: &x 1\nb: *x\n").is_err());
         assert!(
             parse("a: 1\n---\nb: 2\n")
