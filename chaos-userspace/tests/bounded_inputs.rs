@@ -240,7 +240,7 @@ fn validating_100k_targets_is_fast() {
 }
 
 /// Faults that all overlap on one target are each reported once, in linear time (not one error per
-/// pair, which would be 5 billion here).
+/// pair, which would be 5 billion here), and the list stops at 1000 errors.
 #[test]
 fn overlapping_faults_are_found_without_comparing_every_pair() {
     let dir = TempDir::new("overlap");
@@ -252,10 +252,12 @@ fn overlapping_faults_are_found_without_comparing_every_pair() {
     println!("kchaos validate: {n} overlapping faults: {}", m.figures());
     assert_eq!(m.code, Some(2), "{}", tail(&m.stderr));
     assert!(
-        m.stderr
-            .contains(&format!("{} errors in the scenario", n - 1)),
-        "one error per fault after the first: {}",
-        &m.stderr[..m.stderr.len().min(2000)]
+        m.stderr.contains("1001 errors in the scenario")
+            && m.stderr.contains("stopped at 1000 errors")
+            && m.stderr.contains("'fault-001000' (1000s..")
+            && !m.stderr.contains("'fault-001001' (1001s.."),
+        "one error per fault after the first, up to 1000: {}",
+        tail(&m.stderr)
     );
     assert!(
         m.stderr.contains("'fault-000001' (1s..") && m.stderr.contains("overlaps 'fault-000000'"),
@@ -307,4 +309,42 @@ fn a_very_long_ramp_is_planned_quickly() {
     assert!((50..=102).contains(&ramp_lines), "{}", tail(&m.stdout));
     assert!(m.stdout.contains("drop = 100%"), "{}", tail(&m.stdout));
     check_time("planning a long ramp", &m, Duration::from_secs(1));
+}
+
+/// Files at the size limit, shaped to cost the most: millions of tiny values, or a mistake in every
+/// entry. Each is refused within the memory and time bounds, saying why.
+#[test]
+fn hostile_scenarios_within_the_limit_stay_bounded() {
+    let dir = TempDir::new("hostile");
+    let file = dir.0.join("s.yaml");
+    let size = 16 << 20;
+    let head = "title: t\ntargets: [{name: a, cgroup: c}]\nfaults: [";
+    let ones = "1,".repeat((size - head.len() - 8) / 2);
+    let wrong = "  - {for: 1s, targets: [b], net: {drop: 1}}\n".repeat(100_000);
+    for (what, text, expected) in [
+        (
+            "8 million values",
+            format!("{head}{ones}1]\n"),
+            "more than 2000000 values (keys included) in one file",
+        ),
+        (
+            "100k faults, each with a mistake",
+            format!("title: t\ntargets: [{{name: a, cgroup: c}}]\nfaults:\n{wrong}"),
+            "stopped at 1000 errors",
+        ),
+    ] {
+        assert!(text.len() <= size, "{what}: {} bytes", text.len());
+        std::fs::write(&file, &text).unwrap();
+        let m = run(&dir.0, &["validate", file.to_str().unwrap()]);
+        println!("kchaos validate: {what}: {}", m.figures());
+        assert_eq!(m.code, Some(2), "{what}: {}", tail(&m.stderr));
+        assert!(m.stderr.contains(expected), "{what}: {}", tail(&m.stderr));
+        assert!(
+            m.stderr.lines().count() <= 1003,
+            "{what}: {} lines of errors",
+            m.stderr.lines().count()
+        );
+        check_time(what, &m, Duration::from_secs(3));
+        assert!(m.max_rss_mb <= MAX_RSS_MB, "{what}: {:.1} MB", m.max_rss_mb);
+    }
 }

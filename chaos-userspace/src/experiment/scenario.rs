@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     diagnostic::{Diagnostic, ScenarioErrors},
-    fields::{Ctx, Fields, Vars, valid_name},
+    fields::{Ctx, Fields, MAX_ERRORS, Vars, valid_name},
     kinds::{self, FaultKind, Unit},
     yaml::{self, Mark, Node, Value},
 };
@@ -261,8 +261,22 @@ pub fn parse(file: &str, text: &str, vars: &Vars) -> Result<Scenario, ScenarioEr
         Ok(scenario)
     } else {
         errors.sort_by_key(|d| (d.line, d.col));
-        Err(ScenarioErrors(errors))
+        Err(ScenarioErrors(capped(file, errors)))
     }
+}
+
+/// At most [`MAX_ERRORS`] errors, and a last line saying when there were more.
+pub fn capped(file: &str, mut errors: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    if errors.len() > MAX_ERRORS {
+        errors.truncate(MAX_ERRORS);
+        errors.push(Diagnostic::new(
+            file,
+            Mark { line: 0, col: 0 },
+            "",
+            format!("stopped at {MAX_ERRORS} errors: fix these and validate again"),
+        ));
+    }
+    errors
 }
 
 fn read_variables(ctx: &mut Ctx, node: &Node, vars: &mut Vars) {

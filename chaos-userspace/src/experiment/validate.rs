@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use super::{
     containers,
     diagnostic::Diagnostic,
+    fields::MAX_ERRORS,
     kinds::unit_of,
     scenario::{Scenario, TargetDecl, TargetRef},
 };
@@ -19,7 +20,9 @@ use crate::{
 pub fn check(s: &Scenario) -> Vec<Diagnostic> {
     let mut errors = Vec::new();
     let mut err = |mark, field: String, message: String| {
-        errors.push(Diagnostic::new(&s.file, mark, &field, message));
+        if errors.len() <= MAX_ERRORS {
+            errors.push(Diagnostic::new(&s.file, mark, &field, message));
+        }
     };
     if let Some(b) = &s.budget {
         if let Some(max) = b.max_duration {
@@ -103,7 +106,7 @@ pub fn check(s: &Scenario) -> Vec<Diagnostic> {
             );
         }
     }
-    errors
+    super::scenario::capped(&s.file, errors)
 }
 
 /// Faults of one kind that overlap in time on a shared target: `(later, earlier, targets)`, by index,
