@@ -7,14 +7,21 @@ use std::{
 };
 
 /// Where cgroup v2 is mounted: /sys/fs/cgroup on most hosts, /sys/fs/cgroup/unified on hybrid ones.
+/// Found once per process (resolving 100k scenario targets would otherwise read /proc/mounts 100k
+/// times); not finding it is not remembered, so a later mount is seen.
 pub fn v2_mount() -> io::Result<PathBuf> {
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(found) = FOUND.get() {
+        return Ok(found.clone());
+    }
     let mounts = fs::read_to_string("/proc/mounts")?;
-    mount_from(&mounts).ok_or_else(|| {
+    let found = mount_from(&mounts).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             "no cgroup2 file system is mounted (see /proc/mounts)",
         )
-    })
+    })?;
+    Ok(FOUND.get_or_init(|| found).clone())
 }
 
 fn mount_from(mounts: &str) -> Option<PathBuf> {

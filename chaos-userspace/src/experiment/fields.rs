@@ -308,10 +308,16 @@ pub fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// The most errors one reading keeps: a 16 MiB file of mistakes would otherwise hold millions (GBs).
+pub const MAX_ERRORS: usize = 1000;
+
 impl Ctx<'_> {
+    /// Records an error, up to [`MAX_ERRORS`] of them (and one more, so a reader can tell).
     pub fn err(&mut self, mark: Mark, field: &str, message: impl Into<String>) {
-        self.errors
-            .push(Diagnostic::new(&self.file, mark, field, message));
+        if self.errors.len() <= MAX_ERRORS {
+            self.errors
+                .push(Diagnostic::new(&self.file, mark, field, message));
+        }
     }
 
     /// A mapping with only `allowed` keys; unknown keys are errors that list what is allowed.

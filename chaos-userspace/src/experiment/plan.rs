@@ -1,7 +1,7 @@
 //! The timeline of a run, computed before anything is attached: what happens when, and what would
 //! attach where. `--dry-run` prints it; the report keeps it beside what really happened.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use super::{scenario::Scenario, validate::ResolvedTarget};
 use crate::units::format_duration;
@@ -12,6 +12,9 @@ pub struct PlanStep {
     pub at_ms: f64,
     pub what: String,
 }
+
+/// The most steps of one ramp the plan lists.
+const MAX_RAMP_STEPS: u64 = 100;
 
 /// The steps in time order. `targets` are the resolved cgroups (names only when not resolvable).
 pub fn timeline(s: &Scenario, targets: &[ResolvedTarget]) -> Vec<PlanStep> {
@@ -39,10 +42,12 @@ pub fn timeline(s: &Scenario, targets: &[ResolvedTarget]) -> Vec<PlanStep> {
             ),
         });
     }
+    let by_name: HashMap<&str, &ResolvedTarget> =
+        targets.iter().map(|t| (t.name.as_str(), t)).collect();
     let where_ = |names: &[String]| -> String {
         names
             .iter()
-            .map(|n| match targets.iter().find(|t| &t.name == n) {
+            .map(|n| match by_name.get(n.as_str()) {
                 Some(t) => format!("{n} ({})", t.path.display()),
                 None => n.clone(),
             })
@@ -66,9 +71,18 @@ pub fn timeline(s: &Scenario, targets: &[ResolvedTarget]) -> Vec<PlanStep> {
         });
         for r in &f.ramps {
             let step = r.step.max(Duration::from_millis(100));
-            let mut t = Duration::ZERO;
+            let span = r.over.min(f.duration);
+            // A ramp of days in 100ms steps has millions of steps: the plan shows at most
+            // MAX_RAMP_STEPS of them, evenly spaced, and the end.
+            let count = u64::try_from(span.as_nanos() / step.as_nanos()).unwrap_or(u64::MAX);
+            let stride = count.div_ceil(MAX_RAMP_STEPS).max(1);
             let mut last = None;
-            while t <= r.over.min(f.duration) {
+            let shown = (0..=count)
+                .step_by(usize::try_from(stride).unwrap_or(usize::MAX))
+                .chain([count]);
+            for k in shown {
+                let t = step.as_nanos().saturating_mul(u128::from(k));
+                let t = Duration::from_nanos(u64::try_from(t).unwrap_or(u64::MAX));
                 let v = r.value_at(t);
                 if last != Some(v) {
                     steps.push(PlanStep {
@@ -77,7 +91,6 @@ pub fn timeline(s: &Scenario, targets: &[ResolvedTarget]) -> Vec<PlanStep> {
                     });
                     last = Some(v);
                 }
-                t += step;
             }
         }
         if let Some(what) = f.kind.end_step(&f.name) {

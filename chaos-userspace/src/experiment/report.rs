@@ -302,15 +302,24 @@ impl Report {
             .with_context(|| format!("writing the report to {}", path.display()))
     }
 
+    /// Reads a report written by [`Report::write_json`] (at most
+    /// [`crate::bounded_read::REPORT_LIMIT`] bytes); any failure is bad input naming the file.
     pub fn read_json(path: &Path) -> Result<Self> {
+        let bad = |why: String| anyhow::Error::new(crate::error::BadInput::new(why));
         let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| {
-            anyhow::Error::new(crate::error::BadInput::new(format!(
+            crate::bounded_read::read_to_string(path, crate::bounded_read::REPORT_LIMIT, "report")
+                .map_err(|e| bad(e.to_string()))?;
+        Self::from_json_str(&text).map_err(|e| {
+            bad(format!(
                 "{}: not a kchaos experiment report ({e})",
                 path.display()
-            )))
+            ))
         })
+    }
+
+    /// A report from its JSON text.
+    pub fn from_json_str(text: &str) -> serde_json::Result<Self> {
+        serde_json::from_str(text)
     }
 
     /// The human summary.

@@ -2,7 +2,11 @@
 //! it teaches (nothing watching, nothing to stop it, no bounds, too wide a target, no rollback where one
 //! is needed). Each finding has a risk level; `run` refuses high ones unless `--accept-risk`.
 
-use std::{fmt, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    path::Path,
+};
 
 use super::{
     scenario::{Scenario, TargetRef},
@@ -168,8 +172,10 @@ pub fn review(
     }
     // What a kind needs to know about the cgroups it hits (e.g. stress memory without a limit).
     if let Some(root) = cgroup_root {
+        let by_name: HashMap<&str, &ResolvedTarget> =
+            resolved.iter().map(|t| (t.name.as_str(), t)).collect();
         for f in &s.faults {
-            for t in resolved.iter().filter(|t| f.targets.contains(&t.name)) {
+            for t in f.targets.iter().filter_map(|n| by_name.get(n.as_str())) {
                 for (risk, code, why) in f.kind.target_findings(&t.path, root) {
                     out.push(finding(
                         risk,
@@ -180,13 +186,11 @@ pub fn review(
             }
         }
     }
+    // The targets no other target contains (looked up by ancestor, not against every other target).
+    let paths: HashSet<&Path> = resolved.iter().map(|t| t.path.as_path()).collect();
     let trees: Vec<&ResolvedTarget> = resolved
         .iter()
-        .filter(|t| {
-            !resolved
-                .iter()
-                .any(|o| o.path != t.path && t.path.starts_with(&o.path))
-        })
+        .filter(|t| !t.path.ancestors().skip(1).any(|a| paths.contains(a)))
         .collect();
     if trees.len() > 1 {
         out.push(finding(
@@ -197,9 +201,11 @@ pub fn review(
                 trees.len(),
                 trees
                     .iter()
+                    .take(10)
                     .map(|t| t.path.display().to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
+                    + if trees.len() > 10 { ", ..." } else { "" }
             ),
         ));
     }

@@ -2,11 +2,16 @@
 //! abort rules, a budget, rollbacks, and `${var}` variables. Reading checks each field where it is
 //! written (line, column, what is allowed); checks across fields live in validate.rs.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
 
 use super::{
     diagnostic::{Diagnostic, ScenarioErrors},
-    fields::{CommandLine, Ctx, Fields, Vars, valid_name},
+    fields::{CommandLine, Ctx, Fields, MAX_ERRORS, Vars, valid_name},
     yaml::{self, Mark, Node, Value},
 };
 use crate::kind::{self as kinds, FaultKind, Unit};
@@ -206,15 +211,25 @@ const TOP: &[&str] = &[
     "rollbacks",
 ];
 
-/// Reads a scenario file.
+/// The fault-target pairs a scenario may declare in all (a fault without `targets:` hits every
+/// target): 100k faults on one target, or one fault on 100k targets, fit ten times over; 100k faults
+/// each on 100k targets would not fit in memory.
+pub const MAX_FAULT_TARGETS: usize = 1 << 20;
+
+/// Reads a scenario file (at most [`crate::bounded_read::SCENARIO_LIMIT`] bytes).
 pub fn load(path: &Path, vars: &Vars) -> Result<Scenario, ScenarioErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::bounded_read::read_to_string(
+        path,
+        crate::bounded_read::SCENARIO_LIMIT,
+        "scenario file",
+    )
+    .map_err(|e| {
         ScenarioErrors(vec![Diagnostic::new(
             &file,
             Mark { line: 0, col: 0 },
             "",
-            format!("cannot read the file: {e}"),
+            e.to_string(),
         )])
     })?;
     parse(&file, &text, vars)
@@ -255,8 +270,22 @@ pub fn parse(file: &str, text: &str, vars: &Vars) -> Result<Scenario, ScenarioEr
         Ok(scenario)
     } else {
         errors.sort_by_key(|d| (d.line, d.col));
-        Err(ScenarioErrors(errors))
+        Err(ScenarioErrors(capped(file, errors)))
     }
+}
+
+/// At most [`MAX_ERRORS`] errors, and a last line saying when there were more.
+pub fn capped(file: &str, mut errors: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    if errors.len() > MAX_ERRORS {
+        errors.truncate(MAX_ERRORS);
+        errors.push(Diagnostic::new(
+            file,
+            Mark { line: 0, col: 0 },
+            "",
+            format!("stopped at {MAX_ERRORS} errors: fix these and validate again"),
+        ));
+    }
+    errors
 }
 
 fn read_variables(ctx: &mut Ctx, node: &Node, vars: &mut Vars) {
@@ -373,16 +402,40 @@ fn read(ctx: &mut Ctx, top: &Fields) -> Scenario {
     }
 }
 
+/// Declared names (of targets, of probes), in file order, with a set for lookups by name.
+#[derive(Default)]
+struct Names {
+    list: Vec<String>,
+    set: HashSet<String>,
+}
+
+impl Names {
+    fn contains(&self, name: &str) -> bool {
+        self.set.contains(name)
+    }
+
+    /// The names for an "allowed are" message: the first few, and how many in all.
+    fn allowed(&self) -> String {
+        const SHOWN: usize = 10;
+        let shown = self.list[..self.list.len().min(SHOWN)].join(", ");
+        if self.list.len() > SHOWN {
+            format!("{shown}, ... ({} in all)", self.list.len())
+        } else {
+            shown
+        }
+    }
+}
+
 /// The names of a list's entries: each one's `name`, or `<prefix>-<n>`.
-fn declared_names(ctx: &Ctx, list: Option<&Node>, prefix: &str) -> Vec<String> {
+fn declared_names(ctx: &Ctx, list: Option<&Node>, prefix: &str) -> Names {
     let Some(Node {
         value: Value::Seq(items),
         ..
     }) = list
     else {
-        return Vec::new();
+        return Names::default();
     };
-    items
+    let list: Vec<String> = items
         .iter()
         .enumerate()
         .map(|(i, item)| {
@@ -397,28 +450,47 @@ fn declared_names(ctx: &Ctx, list: Option<&Node>, prefix: &str) -> Vec<String> {
             };
             given.unwrap_or_else(|| format!("{prefix}-{}", i + 1))
         })
-        .collect()
+        .collect();
+    let set = list.iter().cloned().collect();
+    Names { list, set }
 }
 
-/// A unique name: the given one, or `<prefix>-<n>`.
-fn name_of(ctx: &mut Ctx, f: &Fields, prefix: &str, index: usize, taken: &[String]) -> String {
+/// An entry's name: the given one, or `<prefix>-<n>`; and where it is written.
+fn name_of(ctx: &mut Ctx, f: &Fields, prefix: &str, index: usize) -> (String, Mark) {
     let name = f
         .value("name")
         .and_then(|n| ctx.text(n, &f.path_of("name")))
         .unwrap_or_else(|| format!("{prefix}-{}", index + 1));
-    if taken.contains(&name) {
-        let mark = f.get("name").map_or(f.mark, |n| n.mark);
-        ctx.err(
-            mark,
-            &f.path_of("name"),
-            format!("the name '{name}' is used twice: names must be unique"),
-        );
+    (name, f.get("name").map_or(f.mark, |n| n.mark))
+}
+
+/// Flags each name that an earlier entry of `list` used already. `places` holds, for each name, where
+/// it is written and the entry's index in the list. By sorting, not by comparing every pair, nor by
+/// copying each name into a set.
+fn flag_duplicates<'a>(
+    ctx: &mut Ctx,
+    list: &str,
+    names: impl Iterator<Item = &'a str>,
+    places: &[(Mark, usize)],
+) {
+    let mut sorted: Vec<(&str, usize)> = names.zip(0..places.len()).collect();
+    sorted.sort_unstable();
+    for pair in sorted.windows(2) {
+        let ((first, _), (name, at)) = (pair[0], pair[1]);
+        if first == name {
+            let (mark, index) = places[at];
+            ctx.err(
+                mark,
+                &format!("{list}[{index}].name"),
+                format!("the name '{name}' is used twice: names must be unique"),
+            );
+        }
     }
-    name
 }
 
 fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
     let mut out: Vec<TargetDecl> = Vec::new();
+    let mut places = Vec::new();
     for (i, item) in ctx.list(node, "targets", false).into_iter().enumerate() {
         let path = format!("targets[{i}]");
         let Some(f) = ctx.map(
@@ -428,8 +500,7 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
         ) else {
             continue;
         };
-        let taken: Vec<String> = out.iter().map(|t| t.name.clone()).collect();
-        let name = name_of(ctx, &f, "target", i, &taken);
+        let (name, name_mark) = name_of(ctx, &f, "target", i);
         let given: Vec<&str> = ["cgroup", "pid", "container"]
             .into_iter()
             .filter(|k| f.has(k))
@@ -489,6 +560,7 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
             }
         };
         if let Some(what) = what {
+            places.push((name_mark, i));
             out.push(TargetDecl {
                 name,
                 what,
@@ -499,6 +571,7 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
     if out.is_empty() && ctx.errors.is_empty() {
         ctx.err(node.mark, "targets", "list at least one target");
     }
+    flag_duplicates(ctx, "targets", out.iter().map(|t| t.name.as_str()), &places);
     out
 }
 
@@ -515,7 +588,7 @@ const PROBE_FIELDS: &[&str] = &[
     "tolerance",
 ];
 
-fn read_steady_state(ctx: &mut Ctx, node: &Node, targets: &[String]) -> SteadyState {
+fn read_steady_state(ctx: &mut Ctx, node: &Node, targets: &Names) -> SteadyState {
     let mut ss = SteadyState {
         before: Duration::from_secs(1),
         after: Duration::from_secs(2),
@@ -533,6 +606,7 @@ fn read_steady_state(ctx: &mut Ctx, node: &Node, targets: &[String]) -> SteadySt
     let Some(list) = f.value("probes") else {
         return ss;
     };
+    let mut places = Vec::new();
     for (i, item) in ctx
         .list(list, "steady_state.probes", false)
         .into_iter()
@@ -542,16 +616,22 @@ fn read_steady_state(ctx: &mut Ctx, node: &Node, targets: &[String]) -> SteadySt
         let Some(p) = ctx.map(item, &path, PROBE_FIELDS) else {
             continue;
         };
-        let taken: Vec<String> = ss.probes.iter().map(|p| p.name.clone()).collect();
-        let name = name_of(ctx, &p, "probe", i, &taken);
+        let (name, name_mark) = name_of(ctx, &p, "probe", i);
         if let Some(probe) = read_probe(ctx, &p, name, targets) {
+            places.push((name_mark, i));
             ss.probes.push(probe);
         }
     }
+    flag_duplicates(
+        ctx,
+        "steady_state.probes",
+        ss.probes.iter().map(|p| p.name.as_str()),
+        &places,
+    );
     ss
 }
 
-fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Option<ProbeSpec> {
+fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Option<ProbeSpec> {
     let kinds: Vec<&str> = ["tcp", "http", "command"]
         .into_iter()
         .filter(|k| p.has(k))
@@ -652,7 +732,7 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Op
             Value::Null => None,
             Value::Scalar(s) if matches!(s.as_str(), "true" | "false") => {
                 if s == "true" {
-                    targets.first().cloned()
+                    targets.list.first().cloned()
                 } else {
                     None
                 }
@@ -665,7 +745,7 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Op
                         &p.path_of("from_target"),
                         format!(
                             "no target named '{t}': write true (the first target) or one of {}",
-                            targets.join(", ")
+                            targets.allowed()
                         ),
                     );
                 }
@@ -710,10 +790,12 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &[String]) -> Op
     })
 }
 
-fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl> {
+fn read_faults(ctx: &mut Ctx, node: &Node, targets: &Names) -> Vec<FaultDecl> {
     let mut allowed: Vec<&str> = vec!["name", "at", "for", "targets", "ramp"];
     allowed.extend(kinds::KINDS);
     let mut out: Vec<FaultDecl> = Vec::new();
+    let mut places = Vec::new();
+    let mut pairs = 0usize;
     let items = ctx.list(node, "faults", false);
     if items.is_empty() {
         ctx.err(node.mark, "faults", "list at least one fault");
@@ -723,8 +805,7 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
         let Some(f) = ctx.map(item, &path, &allowed) else {
             continue;
         };
-        let taken: Vec<String> = out.iter().map(|t| t.name.clone()).collect();
-        let name = name_of(ctx, &f, "fault", i, &taken);
+        let (name, name_mark) = name_of(ctx, &f, "fault", i);
         let at = match f.value("at") {
             Some(n) => ctx.duration(n, &f.path_of("at")),
             None => Some(Duration::ZERO),
@@ -757,20 +838,42 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
                 "a fault lasts longer than 0s",
             );
         }
-        let fault_targets = match f.value("targets") {
-            None => targets.to_vec(),
+        let given_targets = f.value("targets");
+        pairs += match given_targets {
+            None => targets.list.len(),
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => items.len(),
+            Some(_) => 1,
+        };
+        if pairs > MAX_FAULT_TARGETS {
+            ctx.err(
+                item.mark,
+                &path,
+                format!(
+                    "the faults so far hit {pairs} targets in all (a fault without targets: hits every \
+                     target): allowed are {MAX_FAULT_TARGETS} fault-target pairs; split the scenario"
+                ),
+            );
+            break;
+        }
+        let fault_targets = match given_targets {
+            None => targets.list.clone(),
             Some(n) => {
                 let p = f.path_of("targets");
                 let mut v = Vec::new();
+                let mut listed = HashSet::new();
                 for (t, mark) in ctx.strings(n, &p) {
-                    if targets.contains(&t) {
-                        v.push(t);
-                    } else {
+                    if !targets.contains(&t) {
                         ctx.err(
                             mark,
                             &p,
-                            format!("no target named '{t}': allowed are {}", targets.join(", ")),
+                            format!("no target named '{t}': allowed are {}", targets.allowed()),
                         );
+                    } else if listed.insert(t.clone()) {
+                        // A target listed twice is hit once.
+                        v.push(t);
                     }
                 }
                 v
@@ -805,12 +908,13 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
                 _ => Vec::new(),
             })
             .unwrap_or_default();
-        let kind_node = f.get(kind_name).cloned().unwrap_or(Node {
+        let null = Node {
             mark: f.mark,
             value: Value::Null,
-        });
+        };
+        let kind_node = f.get(kind_name).unwrap_or(&null);
         let kind_path = kinds::kind_path(&path, kind_name);
-        let Some(mut kind) = FaultKind::parse(ctx, kind_name, &kind_node, &kind_path, &ramped)
+        let Some(mut kind) = FaultKind::parse(ctx, kind_name, kind_node, &kind_path, &ramped)
         else {
             continue;
         };
@@ -819,6 +923,7 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
             None => Vec::new(),
         };
         if let (Some(at), Some(duration)) = (at, duration) {
+            places.push((name_mark, i));
             out.push(FaultDecl {
                 name,
                 targets: fault_targets,
@@ -830,6 +935,7 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &[String]) -> Vec<FaultDecl>
             });
         }
     }
+    flag_duplicates(ctx, "faults", out.iter().map(|f| f.name.as_str()), &places);
     out
 }
 
@@ -914,7 +1020,7 @@ fn read_ramps(
     out
 }
 
-fn read_abort(ctx: &mut Ctx, node: &Node, probes: &[String]) -> Vec<AbortRule> {
+fn read_abort(ctx: &mut Ctx, node: &Node, probes: &Names) -> Vec<AbortRule> {
     let mut out = Vec::new();
     for (i, item) in ctx.list(node, "abort", false).into_iter().enumerate() {
         let path = format!("abort[{i}]");
@@ -937,10 +1043,10 @@ fn read_abort(ctx: &mut Ctx, node: &Node, probes: &[String]) -> Vec<AbortRule> {
                 &f.path_of("probe"),
                 format!(
                     "no probe named '{probe}': allowed are {}",
-                    if probes.is_empty() {
+                    if probes.list.is_empty() {
                         "(none: add steady_state.probes)".to_owned()
                     } else {
-                        probes.join(", ")
+                        probes.allowed()
                     }
                 ),
             );
@@ -1017,13 +1123,13 @@ fn read_budget(ctx: &mut Ctx, node: &Node) -> Option<Budget> {
 
 fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
     let mut out: Vec<Rollback> = Vec::new();
+    let mut places = Vec::new();
     for (i, item) in ctx.list(node, "rollbacks", false).into_iter().enumerate() {
         let path = format!("rollbacks[{i}]");
         let Some(f) = ctx.map(item, &path, &["name", "command", "timeout"]) else {
             continue;
         };
-        let taken: Vec<String> = out.iter().map(|r| r.name.clone()).collect();
-        let name = name_of(ctx, &f, "rollback", i, &taken);
+        let (name, name_mark) = name_of(ctx, &f, "rollback", i);
         let Some(n) = ctx.required(
             &f,
             "command",
@@ -1040,6 +1146,7 @@ fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
                 .unwrap_or(Duration::from_secs(30)),
             None => Duration::from_secs(30),
         };
+        places.push((name_mark, i));
         out.push(Rollback {
             name,
             argv,
@@ -1047,6 +1154,12 @@ fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
             timeout,
         });
     }
+    flag_duplicates(
+        ctx,
+        "rollbacks",
+        out.iter().map(|r| r.name.as_str()),
+        &places,
+    );
     out
 }
 
@@ -1313,6 +1426,62 @@ rollbacks:
         };
         assert!(e[0].message.contains("'cgroup' has no value"), "{e:?}");
         assert_eq!((e[0].line, e[0].col), (9, 13));
+    }
+
+    #[test]
+    fn names_are_unique_and_references_list_a_few_names() {
+        let e = errors(&GOOD.replace(
+            "  - name: note\n",
+            "  - name: note\n    command: x\n  - name: note\n",
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("rollbacks[1].name: the name 'note' is used twice"),
+            "{e:?}"
+        );
+        let targets: String = (0..20)
+            .map(|i| format!("  - {{name: t{i}, cgroup: c{i}}}\n"))
+            .collect();
+        let text = format!(
+            "title: t\ntargets:\n{targets}faults:\n  - {{for: 1s, targets: [t3, t3, nope], net: {{drop: 1}}}}\n"
+        );
+        let e = match parse("s.yaml", &text, &Vars::default()) {
+            Err(e) => e.0,
+            Ok(_) => panic!("no error"),
+        };
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].message
+                .ends_with("no target named 'nope': allowed are t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, ... (20 in all)"),
+            "{e:?}"
+        );
+        let s = parse("s.yaml", &text.replace(", nope", ""), &Vars::default()).unwrap();
+        assert_eq!(
+            s.faults[0].targets,
+            ["t3"],
+            "a target listed twice is hit once"
+        );
+    }
+
+    #[test]
+    fn fault_target_pairs_are_bounded() {
+        // 1100 targets and 1000 faults that each hit all of them: 1.1 million pairs.
+        let targets: String = (0..1100)
+            .map(|i| format!("  - {{name: t{i}, cgroup: c}}\n"))
+            .collect();
+        let faults = "  - {for: 1s, net: {drop: 1}}\n".repeat(1000);
+        let text = format!("title: t\ntargets:\n{targets}faults:\n{faults}");
+        let e = match parse("s.yaml", &text, &Vars::default()) {
+            Err(e) => e.0,
+            Ok(_) => panic!("no error"),
+        };
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].field, "faults[953]", "{e:?}");
+        assert!(
+            e[0].message
+                .contains("allowed are 1048576 fault-target pairs"),
+            "{e:?}"
+        );
     }
 
     /// Fuzzing: mutated and random inputs never panic (each either parses or gives located errors),

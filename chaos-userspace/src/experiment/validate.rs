@@ -1,11 +1,12 @@
 //! Checks across fields (a fault outside the budget, faults that conflict), and resolving the targets
 //! to cgroup directories. Needs no privileges: it only reads the scenario, /proc and the cgroup tree.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use super::{
     containers,
     diagnostic::Diagnostic,
+    fields::MAX_ERRORS,
     scenario::{Scenario, TargetDecl, TargetRef},
 };
 use crate::{
@@ -19,7 +20,9 @@ use crate::{
 pub fn check(s: &Scenario) -> Vec<Diagnostic> {
     let mut errors = Vec::new();
     let mut err = |mark, field: String, message: String| {
-        errors.push(Diagnostic::new(&s.file, mark, &field, message));
+        if errors.len() <= MAX_ERRORS {
+            errors.push(Diagnostic::new(&s.file, mark, &field, message));
+        }
     };
     if let Some(b) = &s.budget {
         if let Some(max) = b.max_duration {
@@ -84,36 +87,79 @@ pub fn check(s: &Scenario) -> Vec<Diagnostic> {
             }
         }
     }
-    for (j, b) in s.faults.iter().enumerate() {
-        for a in &s.faults[..j] {
-            let overlap = a.at < b.end() && b.at < a.end();
-            let shared: Vec<&String> = a.targets.iter().filter(|t| b.targets.contains(t)).collect();
-            if !overlap || shared.is_empty() {
-                continue;
-            }
-            if let Some(why) = a.kind.conflicts_with(&b.kind) {
-                err(
-                    b.mark,
-                    format!("faults[{j}]"),
-                    format!(
-                        "'{}' ({}..{}) overlaps '{}' ({}..{}) on target {}: {why}",
-                        b.name,
-                        format_duration(b.at),
-                        format_duration(b.end()),
-                        a.name,
-                        format_duration(a.at),
-                        format_duration(a.end()),
-                        shared
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                );
-            }
+    for (later, earlier, shared) in overlaps(s) {
+        let (a, b) = (&s.faults[earlier], &s.faults[later]);
+        if let Some(why) = a.kind.conflicts_with(&b.kind) {
+            err(
+                b.mark,
+                format!("faults[{later}]"),
+                format!(
+                    "'{}' ({}..{}) overlaps '{}' ({}..{}) on target {}: {why}",
+                    b.name,
+                    format_duration(b.at),
+                    format_duration(b.end()),
+                    a.name,
+                    format_duration(a.at),
+                    format_duration(a.end()),
+                    shared
+                ),
+            );
         }
     }
-    errors
+    super::scenario::capped(&s.file, errors)
+}
+
+/// Faults of one kind that overlap in time on a shared target: `(later, earlier, targets)`, by index,
+/// each fault reported against one fault that was already running when it started. (Only faults of
+/// the same kind can conflict: see `FaultKind::conflicts_with`.)
+///
+/// A sweep per target and kind over the faults sorted by start, so n log n in the fault-target pairs
+/// instead of all pairs: a fault starts inside another's window exactly when the latest end among the
+/// faults that started before it lies past its start, and each such fault is reported.
+fn overlaps(s: &Scenario) -> Vec<(usize, usize, String)> {
+    // Every (target, kind, start, fault) once, sorted: each target's faults of one kind, by start.
+    let mut hits: Vec<(&str, &str, Duration, usize)> = s
+        .faults
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| {
+            f.targets
+                .iter()
+                .map(move |t| (t.as_str(), f.kind.name(), f.at, i))
+        })
+        .collect();
+    hits.sort_unstable();
+    hits.dedup();
+    let mut found: BTreeMap<(usize, usize), Vec<&str>> = BTreeMap::new();
+    // The fault with the latest end among those of this target and kind started so far.
+    let mut open: Option<usize> = None;
+    for (k, &(target, kind, _, i)) in hits.iter().enumerate() {
+        if k == 0 || (hits[k - 1].0, hits[k - 1].1) != (target, kind) {
+            open = None;
+        }
+        let f = &s.faults[i];
+        if let Some(o) = open
+            && s.faults[o].end() > f.at
+            && s.faults[o].at < f.end()
+        {
+            found.entry((i, o)).or_default().push(target);
+        }
+        if open.is_none_or(|o| f.end() > s.faults[o].end()) {
+            open = Some(i);
+        }
+    }
+    found
+        .into_iter()
+        .map(|((later, earlier), mut targets)| {
+            const SHOWN: usize = 10;
+            targets.sort_unstable();
+            let mut text = targets[..targets.len().min(SHOWN)].join(", ");
+            if targets.len() > SHOWN {
+                text += &format!(", ... ({} in all)", targets.len());
+            }
+            (later, earlier, text)
+        })
+        .collect()
 }
 
 /// A scenario target and the cgroup it resolved to.
@@ -199,6 +245,36 @@ budget: {max_duration: 20s, max_intensity: {drop: 20%}}
             .replace("targets: [a]", "targets: [b]")
             .replace("{name: one,", "{name: one, targets: [a],");
         assert!(check(&load(&apart)).is_empty());
+    }
+
+    #[test]
+    fn each_fault_starting_inside_another_is_reported_once() {
+        // a 0-10s, b 1-20s, c 3-4s, d 25-26s on one target; e (syscall) overlaps all but is
+        // another kind; f lists the target twice.
+        let text = r#"
+title: sweep
+targets: [{name: t, cgroup: x}]
+faults:
+  - {name: a, at: 0s, for: 10s, net: {drop: 1}}
+  - {name: b, at: 1s, for: 19s, net: {drop: 1}}
+  - {name: c, at: 3s, for: 1s, net: {drop: 1}}
+  - {name: d, at: 25s, for: 1s, net: {drop: 1}}
+  - {name: e, at: 0s, for: 30s, syscall: {syscalls: [connect], errno: EPERM}}
+  - {name: f, at: 40s, for: 1s, targets: [t, t], net: {drop: 1}}
+"#;
+        let e = check(&load(text));
+        let found: Vec<(&str, &str)> = e
+            .iter()
+            .map(|d| {
+                let overlaps = d.message.split("overlaps '").nth(1).unwrap_or("");
+                (
+                    d.field.as_str(),
+                    &overlaps[..overlaps.find('\'').unwrap_or(0)],
+                )
+            })
+            .collect();
+        assert_eq!(found, [("faults[1]", "a"), ("faults[2]", "b")], "{e:?}");
+        assert!(e[0].message.contains("on target t:"), "{e:?}");
     }
 
     #[test]
