@@ -11,7 +11,6 @@ use crate::{
     engine::targets::{self, TargetArgs},
     error::BadInput,
     experiment::{
-        report::Report,
         runner::{self, Style},
         scenario::{FaultDecl, Scenario, SteadyState, TargetDecl, TargetRef},
         validate::ResolvedTarget,
@@ -20,6 +19,7 @@ use crate::{
     journal::Journal,
     kind::FaultKind,
     output::create_if_asked,
+    report::Report,
     units,
 };
 

@@ -148,7 +148,7 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + serde::Serialize + Sized {
     /// The live line's text for these counters.
     fn live_line(counters: &Counters) -> String;
     /// More lines for a command's summary, from what the fault recorded (its result, its counters).
-    fn summary_lines(&self, _record: &crate::experiment::report::FaultRecord) -> Vec<String> {
+    fn summary_lines(&self, _record: &crate::report::FaultRecord) -> Vec<String> {
         Vec::new()
     }
 }
@@ -350,7 +350,7 @@ macro_rules! registry {
                 match self { $( FaultKind::$variant(_) => <$spec as Kind>::live_line(counters), )+ }
             }
 
-            pub fn summary_lines(&self, record: &crate::experiment::report::FaultRecord) -> Vec<String> {
+            pub fn summary_lines(&self, record: &crate::report::FaultRecord) -> Vec<String> {
                 match self { $( FaultKind::$variant(s) => s.summary_lines(record), )+ }
             }
         }

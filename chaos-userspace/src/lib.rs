@@ -12,6 +12,7 @@ pub mod kinds;
 pub mod lab;
 pub mod output;
 pub mod probe;
+pub mod report;
 pub mod stop;
 pub mod units;
 

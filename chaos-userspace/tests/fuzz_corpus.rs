@@ -56,7 +56,7 @@ fn the_seeds_parse() {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     for name in ["completed.json", "aborted.json"] {
         let text = std::fs::read_to_string(fuzz.join("report").join(name)).unwrap();
-        if let Err(e) = chaos_userspace::experiment::report::Report::from_json_str(&text) {
+        if let Err(e) = chaos_userspace::report::Report::from_json_str(&text) {
             panic!("{name}: {e}");
         }
     }

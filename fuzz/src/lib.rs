@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use chaos_userspace::experiment::{
-    fields::Vars, html, junit, plan, report::Report, review, scenario, validate,
+use chaos_userspace::{
+    experiment::{fields::Vars, plan, review, scenario, validate},
+    report::{Report, html, junit},
 };
 
 /// Scenario text: it parses, or every error has a place and a message; what parses goes through the

@@ -7,12 +7,9 @@
 pub mod containers;
 pub mod diagnostic;
 pub mod fields;
-pub mod html;
-pub mod junit;
 pub mod monkey;
 pub mod plan;
 pub mod probes;
-pub mod report;
 pub mod review;
 pub mod runner;
 pub mod scenario;
@@ -26,7 +23,6 @@ use anyhow::Result;
 use self::{
     diagnostic::{Diagnostic, ScenarioErrors},
     fields::Vars,
-    report::Report,
     review::{Finding, Risk},
     scenario::Scenario,
     validate::ResolvedTarget,
@@ -34,6 +30,7 @@ use self::{
 use crate::{
     error::BadInput,
     output::{OutputFile, create_if_asked},
+    report::{Report, html, junit},
 };
 
 #[derive(Debug, clap::Args)]

@@ -3,10 +3,8 @@
 
 use super::Run;
 use crate::{
-    experiment::{
-        probes::{self, ProbeResult},
-        report::ProbeSample,
-    },
+    experiment::probes::{self, ProbeResult},
+    report::ProbeSample,
     units::format_duration,
 };
 

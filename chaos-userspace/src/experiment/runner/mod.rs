@@ -24,10 +24,6 @@ use self::timeline::{ActiveFault, State};
 use super::{
     plan,
     probes::{self, ProbeResult, Worker},
-    report::{
-        self, Event, FaultRecord, Phases, ProbeRecord, ProbeSample, Report, RollbackRecord,
-        ScenarioInfo, Summary,
-    },
     review::Finding,
     scenario::{Check, Scenario},
     validate::ResolvedTarget,
@@ -37,6 +33,10 @@ use crate::{
     engine::targets::Target,
     journal::Journal,
     kind::FaultKind,
+    report::{
+        self, Event, FaultRecord, Phases, ProbeRecord, ProbeSample, Report, RollbackRecord,
+        ScenarioInfo, Summary,
+    },
     units::format_duration,
 };
 

@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::experiment::{plan, report::RollbackRecord, scenario::Rollback};
+use crate::{
+    experiment::{plan, scenario::Rollback},
+    report::RollbackRecord,
+};
 
 /// Runs one rollback command with its timeout; keeps the end of its output.
 pub fn rollback(r: &Rollback) -> RollbackRecord {

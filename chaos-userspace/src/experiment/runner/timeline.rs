@@ -13,12 +13,9 @@ use tokio::time::Instant;
 use super::{Run, SAMPLE_EVERY, Style};
 use crate::{
     engine::lifecycle,
-    experiment::{
-        report::{CounterSample, RampStep},
-        scenario::Ramp,
-        validate::ResolvedTarget,
-    },
+    experiment::{scenario::Ramp, validate::ResolvedTarget},
     kind::Active,
+    report::{CounterSample, RampStep},
 };
 
 /// Where a fault is in its life.

@@ -34,9 +34,10 @@ use crate::{
     engine::procfs,
     engine::targets::Target,
     error::BadInput,
-    experiment::{fields::Ctx, report::FaultRecord, review::Risk, yaml::Node},
+    experiment::{fields::Ctx, review::Risk, yaml::Node},
     journal::Journal,
     kind::{Active, Counters, Kind, MonkeyCaps, TargetFinding, Unit},
+    report::FaultRecord,
 };
 
 pub const EXAMPLES: &str = "Workers run as processes in the target cgroup (counted by its accounting, held to \

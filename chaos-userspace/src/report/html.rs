@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{junit::escape, report::Report};
+use super::{Report, junit::escape};
 
 const W: f64 = 1100.0;
 const LEFT: f64 = 70.0;

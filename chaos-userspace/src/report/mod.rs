@@ -1,12 +1,16 @@
-//! The experiment's journal and report: every event timestamped, per-fault kernel counters, every probe
-//! result, the hypothesis per phase, and the numbers a person asks for first (injected events,
-//! availability during faults, error rate, time to recover after each fault, why it ended).
+//! The one report of every run (an experiment, or a fault command as a one-fault experiment): every
+//! event timestamped, per-fault plan and timing and kernel counters, every probe result, the
+//! hypothesis per phase, and the numbers a person asks for first (injected events, availability during
+//! faults, error rate, time to recover after each fault, why it ended). `html` and `junit` render it.
+
+pub mod html;
+pub mod junit;
 
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result};
 
-use super::{
+use crate::experiment::{
     plan::PlanStep,
     probes::{self, ProbeResult, Stats},
     review::Finding,

@@ -1,7 +1,7 @@
 //! The report as JUnit XML, for CI dashboards: the steady-state hypothesis before and after, each probe
 //! in each phase, and the experiment itself, each a test case.
 
-use super::report::Report;
+use super::Report;
 
 /// Escapes text for XML attributes and content.
 pub fn escape(text: &str) -> String {
