@@ -8,6 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Result, bail};
 
 use crate::{
+    engine::journal::Journal,
     engine::targets::{self, TargetArgs},
     error::BadInput,
     experiment::{
@@ -16,7 +17,6 @@ use crate::{
         validate::ResolvedTarget,
         yaml::Mark,
     },
-    journal::Journal,
     kind::FaultKind,
     output::create_if_asked,
     report::Report,

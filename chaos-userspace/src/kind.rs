@@ -11,10 +11,10 @@ use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
 use anyhow::Result;
 
 use crate::{
+    engine::journal::Journal,
     engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
-    journal::Journal,
 };
 
 /// A kind's counters, flat ("egress.dropped" -> n): one shape for the live line, the report, the budget

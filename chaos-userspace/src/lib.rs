@@ -6,7 +6,6 @@ pub mod command;
 pub mod engine;
 pub mod error;
 pub mod experiment;
-pub mod journal;
 pub mod kind;
 pub mod kinds;
 pub mod lab;

@@ -22,8 +22,8 @@ use std::{
 
 use crate::{
     bounded_read,
+    engine::journal::{self, Liveness, Record, RecordOwner, Residue, Verdict},
     engine::run_identity::ProcessIdentity,
-    journal::{self, Liveness, Record, RecordOwner, Residue, Verdict},
 };
 
 /// How long a run gets to end after SIGTERM before SIGKILL.

@@ -15,8 +15,8 @@ use std::{
 };
 
 use chaos_userspace::{
+    engine::journal::{Record, Residue},
     engine::run_identity::{self, ProcessIdentity},
-    journal::{Record, Residue},
     lab::LabCgroup,
 };
 use integration_tests::{

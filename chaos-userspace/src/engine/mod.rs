@@ -5,6 +5,7 @@ pub mod btf;
 pub mod capabilities;
 pub mod cgroup;
 pub mod ebpf;
+pub mod journal;
 pub mod lifecycle;
 pub mod netns;
 pub mod procfs;

@@ -224,7 +224,7 @@ async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> R
     let mut kinds: Vec<&str> = s.faults.iter().map(|f| f.kind.name()).collect();
     kinds.sort_unstable();
     kinds.dedup();
-    let journal = crate::journal::Journal::create(command, &kinds, &paths, out.stack)?;
+    let journal = crate::engine::journal::Journal::create(command, &kinds, &paths, out.stack)?;
     let report = runner::execute(runner::Setup {
         scenario: s,
         targets,

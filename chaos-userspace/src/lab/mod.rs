@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{engine::cgroup, journal};
+use crate::engine::{cgroup, journal};
 
 /// Runs `ip ARGS`, failing with its stderr.
 pub fn ip(args: &[&str]) -> io::Result<()> {

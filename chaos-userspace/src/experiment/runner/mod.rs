@@ -29,9 +29,9 @@ use super::{
     validate::ResolvedTarget,
 };
 use crate::{
+    engine::journal::Journal,
     engine::lifecycle::{self, EndReason, Signals},
     engine::targets::Target,
-    journal::Journal,
     kind::FaultKind,
     report::{
         self, Event, FaultRecord, Phases, ProbeRecord, ProbeSample, Report, RollbackRecord,

@@ -8,8 +8,8 @@ use tokio::time::Instant;
 
 use super::{Setup, Style, execute};
 use crate::{
+    engine::journal::Journal,
     experiment::{fields::Vars, scenario, validate::ResolvedTarget},
-    journal::Journal,
     kind::{Active, Counters, FaultKind},
 };
 

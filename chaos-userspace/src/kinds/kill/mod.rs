@@ -15,10 +15,10 @@ use self::{
 };
 use crate::{
     engine::cgroup::holds_this_process,
+    engine::journal::Journal,
     engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
-    journal::Journal,
     kind::{Active, Counters, Kind, TargetFinding},
 };
 

@@ -15,11 +15,11 @@ use chaos_common::{
 
 use super::peers::Peer;
 use crate::{
+    engine::journal::{Journal, Residue},
     engine::netns::NetnsRef,
     engine::qdisc::{self, FqInstall},
     engine::targets::Target,
     error::BadInput,
-    journal::{Journal, Residue},
     units,
 };
 

@@ -13,10 +13,10 @@ use anyhow::Result;
 use chaos_common::NetCounters;
 
 use crate::{
+    engine::journal::Journal,
     engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
-    journal::Journal,
     kind::{Active, Counters, Kind, MonkeyCaps, TargetFinding, Unit},
     units::pct,
 };

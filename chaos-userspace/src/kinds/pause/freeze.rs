@@ -19,8 +19,8 @@ use anyhow::Result;
 
 use crate::{
     engine::cgroup::{self, holds_this_process},
+    engine::journal::{Journal, Residue},
     error::BadInput,
-    journal::{Journal, Residue},
 };
 
 /// `kchaos pause-guard`: started by `kchaos pause`, never by users.

@@ -11,6 +11,7 @@ use anyhow::Result;
 use self::freeze::{Freeze, check_freezable};
 use crate::{
     engine::cgroup::holds_this_process,
+    engine::journal::Journal,
     engine::targets::Target,
     error::BadInput,
     experiment::{
@@ -18,7 +19,6 @@ use crate::{
         review::Risk,
         yaml::{Node, Value},
     },
-    journal::Journal,
     kind::{Active, Counters, Kind, TargetFinding},
 };
 

@@ -31,11 +31,11 @@ use self::{
     workers::Measurement,
 };
 use crate::{
+    engine::journal::Journal,
     engine::procfs,
     engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
-    journal::Journal,
     kind::{Active, Counters, Kind, MonkeyCaps, TargetFinding, Unit},
     report::FaultRecord,
 };

@@ -17,8 +17,8 @@ use super::{
 };
 use crate::{
     engine::cgroup,
+    engine::journal::{Journal, Residue},
     engine::targets::Target,
-    journal::{Journal, Residue},
     kinds::kill::signal_processes as kill,
 };
 
@@ -293,7 +293,7 @@ fn unique_name() -> String {
     };
     format!(
         "{}{}{suffix}",
-        crate::journal::MADE_PREFIX,
+        crate::engine::journal::MADE_PREFIX,
         std::process::id()
     )
 }

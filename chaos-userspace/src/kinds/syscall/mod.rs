@@ -13,10 +13,10 @@ pub use self::fault::{
 use anyhow::Result;
 
 use crate::{
+    engine::journal::Journal,
     engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
-    journal::Journal,
     kind::{Active, Counters, Kind, MonkeyCaps, Unit},
     units::pct,
 };
