@@ -698,7 +698,7 @@ fn clashes(mine: &Record, others: &[RecordFile]) -> Vec<String> {
                         theirs.display(),
                         other.command,
                         other.pid,
-                        if other.kinds.iter().any(|k| *k == other.command) {
+                        if other.kinds.contains(&other.command) {
                             String::new()
                         } else {
                             format!(", faults {}", other.kinds.join(", "))
