@@ -497,8 +497,11 @@ mod tests {
             (false, "HTTP 503".into())
         );
         server.join().unwrap();
-        // Nothing listens there now.
-        let (ok, _) = attempt(&Check::Tcp { address: addr }, Duration::from_millis(500));
+        // A port bound but not listening (held, so no other process can take it meanwhile): refused.
+        let (fd, closed) = bound_not_listening();
+        let (ok, _) = attempt(&Check::Tcp { address: closed }, Duration::from_millis(500));
+        // SAFETY: fd is the socket bound_not_listening opened, closed once here.
+        unsafe { libc::close(fd) };
         assert!(!ok);
         let cmd = |s: &str| Check::Command {
             argv: vec!["/bin/sh".into(), "-c".into(), s.into()],
@@ -513,5 +516,28 @@ mod tests {
         let (ok, detail) = attempt(&cmd("sleep 5"), Duration::from_millis(200));
         assert!(!ok && detail.contains("timed out"), "{detail}");
         assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    /// A TCP socket bound to a loopback port without listen(2): connects to it are refused.
+    fn bound_not_listening() -> (i32, std::net::SocketAddr) {
+        // SAFETY: plain socket/bind/getsockname calls on a socket this function owns; the sockaddr
+        // structures are zeroed and sized as the calls expect.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(libc::bind(fd, (&raw const sa).cast(), len), 0);
+            let mut got: libc::sockaddr_in = std::mem::zeroed();
+            let mut got_len = len;
+            assert_eq!(
+                libc::getsockname(fd, (&raw mut got).cast(), &mut got_len),
+                0
+            );
+            let port = u16::from_be(got.sin_port);
+            (fd, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        }
     }
 }
