@@ -146,13 +146,16 @@ fn review_of(s: &Scenario, ok: &[ResolvedTarget], missing: &[(String, String)]) 
 }
 
 fn print_findings(findings: &[Finding]) {
+    use std::io::Write as _;
     if findings.is_empty() {
         println!("safety review: no findings");
         return;
     }
-    println!("safety review:");
+    // One write for many lines (100k targets not found are 100k findings), not one per line.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let _ = writeln!(out, "safety review:");
     for f in findings {
-        println!("  {f}");
+        let _ = writeln!(out, "  {f}");
     }
 }
 
