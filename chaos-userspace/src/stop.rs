@@ -104,14 +104,7 @@ fn handle_record(path: &Path, record: Result<Record, String>, tally: &mut Tally)
     tally.acted = true;
     let record = match record {
         Ok(r) => r,
-        Err(why) => {
-            eprintln!(
-                "kchaos stop: refusing record {}: {why}; left alone",
-                path.display()
-            );
-            tally.refused += 1;
-            return;
-        }
+        Err(why) => return refuse_record(path, &why, tally),
     };
     let name = format!("kchaos {} (pid {})", record.command, record.pid);
     match journal::liveness(&record) {
@@ -146,16 +139,18 @@ fn handle_record(path: &Path, record: Result<Record, String>, tally: &mut Tally)
     }
     let record = match journal::read_record(path) {
         Ok(r) => r,
-        Err(why) => {
-            eprintln!(
-                "kchaos stop: refusing record {}: {why}; left alone",
-                path.display()
-            );
-            tally.refused += 1;
-            return;
-        }
+        Err(why) => return refuse_record(path, &why, tally),
     };
     undo_residue(path, record, &name, tally);
+}
+
+/// A record that cannot be read or trusted: said, counted, left alone.
+fn refuse_record(path: &Path, why: &str, tally: &mut Tally) {
+    eprintln!(
+        "kchaos stop: refusing record {}: {why}; left alone",
+        path.display()
+    );
+    tally.refused += 1;
 }
 
 /// Checks every entry first, then undoes the accepted ones newest first; keeps the rest in the record.

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, process::Command};
 
-use integration_tests::{Running, kernel_label, lab, root_or_skip, skip, tag, traffic};
+use integration_tests::{RunDir, kernel_label, lab, root_or_skip, skip, tag, traffic};
 use lab::{EchoServer, Lab};
 
 const PROBES: &str = "2000";
@@ -85,7 +85,9 @@ fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
     let base = rtts(Some(&lab.cgroup.path), to);
     let before_qdisc = root_qdisc(&lab.host_if);
 
-    let running = Running::start(&[
+    let runs = RunDir::new();
+
+    let running = runs.start(&[
         "net",
         "--cgroup",
         &lab.cgroup.path.display().to_string(),
@@ -205,7 +207,8 @@ fn stop_restores_the_qdisc_a_sigkilled_loader_left() {
         return;
     };
     let before = root_qdisc(&lab.host_if);
-    let running = Running::start(&[
+    let runs = RunDir::new();
+    let running = runs.start(&[
         "net",
         "--cgroup",
         &lab.cgroup.path.display().to_string(),
@@ -227,7 +230,7 @@ fn stop_restores_the_qdisc_a_sigkilled_loader_left() {
         "fq",
         "expected the netlink-owned qdisc to outlive the loader"
     );
-    let out = integration_tests::run(&["stop"]);
+    let out = runs.run(&["stop"]);
     assert!(
         out.status.success(),
         "{}",

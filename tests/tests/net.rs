@@ -9,7 +9,7 @@ use std::{
 };
 
 use integration_tests::{
-    RunDir, Running, attach_type, cgroup_programs, kchaos, lab, root_or_skip, run, run_with, tag,
+    RunDir, TempFile, attach_type, cgroup_programs, kchaos, lab, root_or_skip, run_with, tag,
     traffic,
 };
 use lab::{EchoServer, Lab};
@@ -73,15 +73,16 @@ fn drop_rate_within_2pp_over_20k_packets_and_nothing_outside() {
     let lab = Lab::create(&tag("t")).unwrap();
     let to = SocketAddr::from((lab.server_addr, 7000));
     let _srv = EchoServer::start(&lab.netns, to).unwrap();
-    let report = std::env::temp_dir().join(format!("kchaos-test-{}.json", tag("r")));
-    let running = Running::start(&[
+    let report = TempFile::new("net.json");
+    let runs = RunDir::new();
+    let running = runs.start(&[
         "net",
         "--cgroup",
         &cg_arg(&lab),
         "--drop",
         "30",
         "--json",
-        report.to_str().unwrap(),
+        report.s(),
         "--quiet",
     ]);
 
@@ -103,8 +104,7 @@ fn drop_rate_within_2pp_over_20k_packets_and_nothing_outside() {
         "a process outside the cgroup lost packets"
     );
     // The kernel's own count of drops is exactly what the client missed (egress only: echoes pass).
-    let totals = report_totals(&report);
-    let _ = std::fs::remove_file(&report);
+    let totals = report_totals(&report.0);
     // Under emulation (the VM suite) a datagram or two can be lost with no fault: allow 0.25 % there.
     let dropped = totals["egress"]["dropped"].as_u64().unwrap();
     let allowed = if integration_tests::in_vm() {
@@ -134,7 +134,8 @@ fn partition_blocks_exactly_the_peer_and_port_both_ways() {
         .iter()
         .map(|a| EchoServer::start(&lab.netns, *a).unwrap())
         .collect();
-    let running = Running::start(&[
+    let runs = RunDir::new();
+    let running = runs.start(&[
         "net",
         "--cgroup",
         &cg_arg(&lab),
@@ -253,7 +254,8 @@ fn process_in_its_own_netns_is_hit_both_ways() {
 
     for (direction, server_gets) in [("egress", 0), ("ingress", 300)] {
         let before = server.received.load(std::sync::atomic::Ordering::Relaxed);
-        let running = Running::start(&[
+        let runs = RunDir::new();
+        let running = runs.start(&[
             "net",
             "--cgroup",
             &cg_arg(&target),
@@ -282,7 +284,8 @@ fn child_cgroup_made_after_the_start_is_hit() {
     let lab = Lab::create(&tag("t")).unwrap();
     let to = SocketAddr::from((lab.server_addr, 7000));
     let _srv = EchoServer::start(&lab.netns, to).unwrap();
-    let running = Running::start(&["net", "--cgroup", &cg_arg(&lab), "--drop", "100", "--quiet"]);
+    let runs = RunDir::new();
+    let running = runs.start(&["net", "--cgroup", &cg_arg(&lab), "--drop", "100", "--quiet"]);
     let child = lab.cgroup.child("made-later").unwrap();
     assert_eq!(
         echo(Some(&child), None, to, 300).1,
@@ -347,10 +350,7 @@ fn nothing_is_left_after_a_run_and_after_sigkill() {
     );
 
     // A loader killed with SIGKILL while injecting: its fd-owned links die with it.
-    let running = Running::start_with(
-        &["net", "--cgroup", &cg_arg(&lab), "--drop", "100", "--quiet"],
-        Some(&runs),
-    );
+    let running = runs.start(&["net", "--cgroup", &cg_arg(&lab), "--drop", "100", "--quiet"]);
     assert_eq!(attached(&lab).len(), 1, "one egress program while running");
     assert_eq!(
         echo(Some(&lab.cgroup.path), None, to, 300).1,
@@ -412,7 +412,7 @@ fn bad_input_exits_2_and_attaches_nothing() {
         ),
     ];
     for (args, expect) in cases {
-        let out = run(&args);
+        let out = RunDir::new().run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
@@ -422,7 +422,7 @@ fn bad_input_exits_2_and_attaches_nothing() {
         assert_eq!(attached(&lab), progs, "{args:?} left programs loaded");
     }
     if !chaos_userspace::engine::qdisc::kernel_has_fq() {
-        let out = run(&["net", "--cgroup", &cg, "--delay", "10ms"]);
+        let out = RunDir::new().run(&["net", "--cgroup", &cg, "--delay", "10ms"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("sch_fq"), "{stderr}");

@@ -6,8 +6,7 @@ use std::path::Path;
 
 use chaos_userspace::kinds::syscall::BackendSupport;
 use integration_tests::{
-    RunDir, Running, attach_type, cgroup_programs, lab::LabCgroup, root_or_skip, run, skip, tag,
-    traffic,
+    RunDir, attach_type, cgroup_programs, lab::LabCgroup, root_or_skip, run, skip, tag, traffic,
 };
 
 fn cgroup(name: &str) -> LabCgroup {
@@ -65,7 +64,8 @@ fn connect_fails_at_the_configured_rate_only_inside_the_cgroup() {
     }
     let cg = cgroup("sc");
     let cg_path = cg.path.display().to_string();
-    let running = Running::start(&[
+    let runs = RunDir::new();
+    let running = runs.start(&[
         "syscall",
         "--cgroup",
         &cg_path,
@@ -120,7 +120,8 @@ fn after_and_max_are_exact() {
     }
     let cg = cgroup("sa");
     let cg_path = cg.path.display().to_string();
-    let running = Running::start(&[
+    let runs = RunDir::new();
+    let running = runs.start(&[
         "syscall",
         "--cgroup",
         &cg_path,
@@ -162,7 +163,8 @@ fn bind_sendmsg_and_socket_fail_through_cgroup_hooks() {
         ("sendmsg", libc::ENOBUFS, "ENOBUFS"),
         ("socket", libc::EMFILE, "EMFILE"),
     ] {
-        let running = Running::start(&[
+        let runs = RunDir::new();
+        let running = runs.start(&[
             "syscall",
             "--cgroup",
             &cg_path,
@@ -203,7 +205,7 @@ fn unavailable_backends_are_refused_with_the_reason() {
         integration_tests::kernel_label()
     );
     // fsync has only the kprobe backend.
-    let out = run(&[
+    let out = RunDir::new().run(&[
         "syscall",
         "--cgroup",
         &cg_path,
@@ -239,7 +241,7 @@ fn unavailable_backends_are_refused_with_the_reason() {
                 .contains("CONFIG_KPROBES")
         );
     }
-    let out = run(&[
+    let out = RunDir::new().run(&[
         "syscall",
         "--cgroup",
         &cg_path,
@@ -433,7 +435,8 @@ fn lsm_backend_fails_file_and_process_calls() {
 
     // open under --path-prefix fails; elsewhere it works; outside the cgroup it works.
     let prefix = dir.display().to_string();
-    let running = Running::start(&[
+    let runs = RunDir::new();
+    let running = runs.start(&[
         "syscall",
         "--cgroup",
         &cg_path,
@@ -474,7 +477,8 @@ fn lsm_backend_fails_file_and_process_calls() {
         ("mmap", libc::ENOMEM, "ENOMEM"),
         ("connect", libc::ECONNREFUSED, "ECONNREFUSED"),
     ] {
-        let running = Running::start(&[
+        let runs = RunDir::new();
+        let running = runs.start(&[
             "syscall",
             "--cgroup",
             &cg_path,
