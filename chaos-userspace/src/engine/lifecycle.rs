@@ -62,6 +62,43 @@ impl Signals {
     }
 }
 
+/// The calling thread at real-time priority (SCHED_FIFO, the lowest RT level) while it lives: the
+/// runner's loop holds it while faults are on their timeline, so a fault is armed at its instant
+/// instead of waiting behind the target's busy processes for a CPU (milliseconds on a loaded host,
+/// tens under emulation). The loop only sleeps between instants, so it takes no CPU from anyone;
+/// processes it starts (stress workers) do not inherit it (SCHED_RESET_ON_FORK). Best effort: without
+/// the privilege it changes nothing.
+pub struct Realtime {
+    raised: bool,
+}
+
+impl Realtime {
+    pub fn enter() -> Self {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sched_setscheduler on the calling thread (0) with a valid, initialised sched_param.
+        let raised = unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+        } == 0;
+        if !raised {
+            tracing::debug!(
+                "real-time priority refused ({}): arming waits for a CPU like any process",
+                std::io::Error::last_os_error()
+            );
+        }
+        Self { raised }
+    }
+}
+
+impl Drop for Realtime {
+    fn drop(&mut self) {
+        if self.raised {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: as in enter; back to the default policy.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+        }
+    }
+}
+
 /// CLOCK_MONOTONIC now, in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -261,7 +261,9 @@ pub async fn execute(mut setup: Setup) -> Result<Report> {
             "phase.during",
             format!("faults for {}", format_duration(s.method_length())),
         );
+        let realtime = lifecycle::Realtime::enter();
         stop = run.pump(start + s.method_length(), true).await?;
+        drop(realtime);
         if stop.is_some() {
             let decided = Instant::now();
             let n = run.finish_all("abort");

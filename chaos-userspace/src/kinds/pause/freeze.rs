@@ -112,7 +112,7 @@ impl Freeze {
                 source,
             })?;
         }
-        self.processes = process_count(&self.paths);
+        // (How many processes froze is counted once the kernel says they did: see poll.)
         Ok(())
     }
 
