@@ -199,16 +199,26 @@ impl Injector {
         if !status.success() {
             bail!("kchaos net failed ({status})");
         }
-        let text = std::fs::read_to_string(&self.report)?;
+        let report = crate::report::Report::read_json(&self.report);
         let _ = std::fs::remove_file(&self.report);
-        let v: serde_json::Value = serde_json::from_str(&text)?;
-        let e = &v["totals"]["egress"];
-        let i = &v["totals"]["ingress"];
+        let report = report?;
+        let counters = report
+            .faults
+            .first()
+            .map(|f| f.counters.clone())
+            .unwrap_or_default();
+        // Both directions together.
+        let both = |what: &str| {
+            ["egress", "ingress"]
+                .iter()
+                .map(|dir| counters.get(&format!("{dir}.{what}")).copied().unwrap_or(0))
+                .sum::<u64>()
+        };
         Ok(format!(
             "seen {} dropped {} partitioned {}",
-            e["seen"].as_u64().unwrap_or(0) + i["seen"].as_u64().unwrap_or(0),
-            e["dropped"].as_u64().unwrap_or(0) + i["dropped"].as_u64().unwrap_or(0),
-            e["partitioned"].as_u64().unwrap_or(0) + i["partitioned"].as_u64().unwrap_or(0)
+            both("seen"),
+            both("dropped"),
+            both("partitioned")
         ))
     }
 }
