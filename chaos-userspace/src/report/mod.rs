@@ -8,7 +8,7 @@ pub mod junit;
 
 use std::{collections::BTreeMap, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::experiment::{
     plan::PlanStep,
@@ -300,13 +300,7 @@ pub fn outcome(
 }
 
 impl Report {
-    pub fn write_json(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("writing the report to {}", path.display()))
-    }
-
-    /// Reads a report written by [`Report::write_json`] (at most
+    /// Reads a JSON report (`--json`, `--report`; at most
     /// [`crate::bounded_read::REPORT_LIMIT`] bytes); any failure is bad input naming the file.
     pub fn read_json(path: &Path) -> Result<Self> {
         let bad = |why: String| anyhow::Error::new(crate::error::BadInput::new(why));

@@ -123,17 +123,6 @@ pub struct ListError {
     pub source: io::Error,
 }
 
-/// Sends `signal` to the chosen processes of the targets' trees, never to kchaos itself; used by
-/// the `kill` kind. No candidate is not an error: the report says
-/// so (no victims).
-pub fn signal_processes(
-    targets: &[Target],
-    victims: Victims,
-    signal: Signal,
-) -> Result<KillReport, ListError> {
-    signal_prepared(&Prepared::new(targets), victims, signal)
-}
-
 /// What can be known about the targets before the instant of a kill, so the instant itself only
 /// lists pids and signals them.
 #[derive(Clone, Debug)]
@@ -157,7 +146,9 @@ impl Prepared {
     }
 }
 
-/// [`signal_processes`] with what was prepared: the victims' names are read after the signals.
+/// Sends `signal` to the chosen processes of the targets' trees, never to kchaos itself; the
+/// victims' names are read after the signals. No candidate is not an error: the report says so (no
+/// victims).
 pub fn signal_prepared(
     prepared: &Prepared,
     victims: Victims,
