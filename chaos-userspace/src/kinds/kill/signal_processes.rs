@@ -48,7 +48,7 @@ pub enum Sent {
     Failed(io::Error),
 }
 
-/// The outcome of [`signal_processes`].
+/// The outcome of [`signal_prepared`].
 #[derive(Debug)]
 pub struct KillReport {
     pub signal: Signal,
