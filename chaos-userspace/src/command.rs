@@ -5,11 +5,14 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     engine::journal::Journal,
-    engine::targets::{self, TargetArgs},
+    engine::{
+        lifecycle::Signals,
+        targets::{self, TargetArgs},
+    },
     error::BadInput,
     experiment::{
         runner::{self, Style},
@@ -66,6 +69,8 @@ pub struct Command {
 /// Runs one fault on the command's targets as a one-fault experiment, prints its summary, writes its
 /// report. Exit 0 when it ran as asked (to its end or until a signal), an error when the fault failed.
 pub async fn run(cmd: Command) -> Result<()> {
+    // From here on a Ctrl-C or SIGTERM (`kchaos stop`) ends the run through its cleanup.
+    let signals = Signals::install().context("installing signal handlers")?;
     let Command { kind, targets, run } = cmd;
     let name = kind.name();
     let duration = match (kind.is_instant(), run.duration) {
@@ -157,6 +162,7 @@ pub async fn run(cmd: Command) -> Result<()> {
         command: name,
         journal,
         prepare: None,
+        signals,
     })
     .await?;
     for line in summary(&report, &kind) {

@@ -186,6 +186,8 @@ pub fn validate_command(args: &ValidateArgs) -> Result<()> {
 
 /// What `run` and `monkey` share after the scenario is built.
 async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> Result<()> {
+    // From here on a Ctrl-C or SIGTERM (`kchaos stop`) ends the run through its cleanup.
+    let signals = crate::engine::lifecycle::Signals::install()?;
     let files = (
         create_if_asked(out.report.as_deref(), "--report")?,
         create_if_asked(out.junit.as_deref(), "--junit")?,
@@ -238,6 +240,7 @@ async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> R
         command,
         journal,
         prepare: None,
+        signals,
     })
     .await?;
     println!("{}", report.summary_text());

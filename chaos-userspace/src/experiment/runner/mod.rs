@@ -73,6 +73,9 @@ pub struct Setup {
     pub journal: Journal,
     /// How each fault is prepared: by its kind, unless a test hands in fakes.
     pub prepare: Option<Box<PrepareFn>>,
+    /// Ctrl-C, SIGTERM and SIGHUP, caught by the caller before it made anything (a `kchaos stop`
+    /// right after the start ends the run through its cleanup, not with the default action).
+    pub signals: Signals,
 }
 
 /// Prepares one fault on its targets (a test's fake instead of the kind's own `prepare`).
@@ -125,19 +128,27 @@ struct Run<'a> {
     abort_to_detached_ms: Option<f64>,
 }
 
-pub async fn execute(mut setup: Setup) -> Result<Report> {
-    // Signals are caught from the start, so a Ctrl-C while faults are prepared is not lost.
-    let signals = Signals::install().context("installing signal handlers")?;
-    let journal = std::mem::replace(&mut setup.journal, Journal::scratch());
-    let prepare = setup.prepare.take();
-    let s = &setup.scenario;
+pub async fn execute(setup: Setup) -> Result<Report> {
+    let Setup {
+        scenario,
+        targets,
+        findings,
+        risk_accepted,
+        quiet,
+        style,
+        command,
+        journal,
+        prepare,
+        signals,
+    } = setup;
+    let s = &scenario;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let t0 = Instant::now();
     let mut run = Run {
         s,
-        targets: &setup.targets,
-        quiet: setup.quiet,
-        style: setup.style,
+        targets: &targets,
+        quiet,
+        style,
         t0,
         t0_ns: lifecycle::monotonic_ns(),
         t0_unix_ms: unix_ms(),
@@ -199,8 +210,7 @@ pub async fn execute(mut setup: Setup) -> Result<Report> {
         for p in &s.steady_state.probes {
             let cgroup = match &p.from_target {
                 Some(name) => Some(
-                    setup
-                        .targets
+                    targets
                         .iter()
                         .find(|t| &t.name == name)
                         .map(|t| t.path.clone())
@@ -353,7 +363,7 @@ pub async fn execute(mut setup: Setup) -> Result<Report> {
             signal,
         },
         rollbacks,
-        &setup,
+        (findings, risk_accepted, command),
     ))
 }
 
@@ -454,7 +464,7 @@ impl Run<'_> {
         before_held: bool,
         end: Completion,
         rollbacks: Vec<RollbackRecord>,
-        setup: &Setup,
+        (findings, risk_accepted, command): (Vec<Finding>, bool, &str),
     ) -> Report {
         let s = self.s;
         let probes: Vec<ProbeRecord> = s
@@ -485,7 +495,7 @@ impl Run<'_> {
         Report {
             kchaos_version: env!("CARGO_PKG_VERSION").into(),
             kernel: kernel_release(),
-            command: setup.command.into(),
+            command: command.into(),
             scenario: ScenarioInfo {
                 file: s.file.clone(),
                 title: s.title.clone(),
@@ -495,8 +505,8 @@ impl Run<'_> {
             started_unix_ms: self.t0_unix_ms,
             duration_ms,
             targets: self.targets.to_vec(),
-            findings: setup.findings.clone(),
-            risk_accepted: setup.risk_accepted,
+            findings,
+            risk_accepted,
             plan: plan::timeline(s, self.targets),
             phases: self.phases,
             events: self.events,
