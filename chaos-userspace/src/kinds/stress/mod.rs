@@ -386,6 +386,7 @@ impl Active for StressFault {
             alive += s.workers.alive();
             workers += s.workers.list.len();
             let now = s.measure();
+            add("workers.cpu_ms", (now.workers_cpu_s * 1e3).round() as u64);
             load.peak_held_bytes = load.peak_held_bytes.max(now.memory_held_bytes);
             let ramp_at = std::time::Duration::from_nanos(
                 crate::engine::lifecycle::monotonic_ns().saturating_sub(s.start_ns),

@@ -95,6 +95,9 @@ pub struct Measurement {
     pub memory_anon_bytes: u64,
     /// VmRSS of every worker together.
     pub workers_rss_bytes: u64,
+    /// CPU time of every worker together since it started (its exec included): what the target
+    /// cgroup's accounting is charged for them.
+    pub workers_cpu_s: f64,
     /// Written and fsynced by the io worker (its own count: a write counts once fsync returned).
     pub bytes_written: u64,
     pub fsyncs: u64,
@@ -265,6 +268,7 @@ impl Workers {
                 0
             };
             m.workers_rss_bytes += rss;
+            m.workers_cpu_s += w.last_cpu.as_secs_f64();
             let status = w.status();
             match w.kind {
                 WorkerKind::Cpu { .. } => m.cpu_s += w.last_cpu.as_secs_f64(),
