@@ -12,25 +12,9 @@ use std::{
 };
 
 use chaos_userspace::engine::{cgroup, procfs};
-use integration_tests::{RunDir, lab::LabCgroup, root_or_skip, spawn_in, tag};
+use integration_tests::{RunDir, TempDir, lab::LabCgroup, root_or_skip, spawn_in, tag};
 
 /// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kchaos-test-{what}-{}", tag("t")));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn lab_cgroup() -> LabCgroup {
     LabCgroup::create(&format!("kchaos-test-{}", tag("s"))).expect("creating a test cgroup")
 }
@@ -859,9 +843,9 @@ fn pause_and_kill_write_the_common_report_which_report_renders() {
         .map(|_| spawn_in(&cg.path, &["sleep", "100"]))
         .collect();
     assert!(eventually(Duration::from_secs(3), || procs(&cg.path).len() == 2));
-    let dir = std::env::temp_dir().join(format!("kchaos-test-{}", tag("rep")));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = |name: &str| dir.join(name).display().to_string();
+    // Removed when dropped, also when an assertion fails.
+    let dir = TempDir::new("rep");
+    let path = |name: &str| dir.0.join(name).display().to_string();
 
     let out = run_dir.run(&[
         "pause",
@@ -931,5 +915,4 @@ fn pause_and_kill_write_the_common_report_which_report_renders() {
         let xml = std::fs::read_to_string(&junit).unwrap();
         assert!(xml.contains("<testsuite"), "{xml}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
