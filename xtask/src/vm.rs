@@ -258,10 +258,8 @@ const MIN_QEMU_MAJOR: u32 = 10;
 /// qemu-system-x86_64 at least `MIN_QEMU_MAJOR`: on Debian 12, whose own is 7.2, from
 /// bookworm-backports (which apt pins below bookworm, so nothing else is upgraded from it).
 fn ensure_qemu() -> Result<()> {
-    if let Some(major) = qemu_major() {
-        if major >= MIN_QEMU_MAJOR {
-            return Ok(());
-        }
+    if qemu_major().is_some_and(|major| major >= MIN_QEMU_MAJOR) {
+        return Ok(());
     }
     let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     if !os.lines().any(|l| l == "VERSION_CODENAME=bookworm") {
