@@ -75,6 +75,10 @@ pub struct ValidateArgs {
     /// Set a variable: KEY=VALUE (repeatable).
     #[arg(long = "var", value_name = "KEY=VALUE")]
     pub vars: Vec<String>,
+    /// Pass a scenario with high-risk findings, as `kchaos run --accept-risk` would run it. Without
+    /// it, validate exits 2 where `run` would refuse: a CI lint step fails where the run would.
+    #[arg(long)]
+    pub accept_risk: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -177,9 +181,17 @@ pub fn validate_command(args: &ValidateArgs) -> Result<()> {
     );
     print_findings(&findings);
     if review::highest(&findings) == Some(Risk::High) {
-        println!(
-            "`kchaos run` refuses this scenario unless --accept-risk (high-risk findings above)"
-        );
+        if args.accept_risk {
+            println!(
+                "high-risk findings above, accepted (--accept-risk): `kchaos run --accept-risk` runs it"
+            );
+        } else {
+            return Err(BadInput::new(
+                "`kchaos run` refuses this scenario unless --accept-risk (high-risk findings \
+                 above); `validate --accept-risk` passes it as `run --accept-risk` would run it",
+            )
+            .into());
+        }
     }
     Ok(())
 }
