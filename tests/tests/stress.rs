@@ -387,6 +387,37 @@ fn kill_hits_only_the_cgroup_and_never_kchaos() {
     }));
     assert!(outside.iter_mut().all(alive), "a process outside was hit");
 
+    // --count above what the cgroup holds: said in a line, and never more than there are.
+    let out = run_dir.run(&["kill", "--cgroup", &cg_arg(&cg), "--count", "5"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("--count 5 asked for more processes than")
+            && stdout.contains("(1): signalling those 1"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim().starts_with("signalled "))
+            .count(),
+        1,
+        "{stdout}"
+    );
+    assert!(eventually(Duration::from_secs(3), || inside
+        .iter_mut()
+        .all(|c| !alive(c))));
+    assert!(outside.iter_mut().all(alive), "a process outside was hit");
+    inside = (0..3)
+        .map(|_| spawn_in(&cg.path, &["sleep", "100"]))
+        .collect();
+    assert!(eventually(Duration::from_secs(3), || procs(&cg.path).len() == 3));
+
     // --all with SIGKILL goes through cgroup.kill; a kchaos stress worker in the cgroup is spared.
     let stress = run_dir.start(&[
         "stress",
