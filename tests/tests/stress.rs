@@ -228,7 +228,7 @@ fn memory_held_within_5pct() {
     std::thread::sleep(Duration::from_millis(300));
     let held = rss();
     let (code, lines) = running.terminate();
-    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(code, 143, "{lines:?}");
     let r = read_report(&report);
     let reported = r["memory"]["held_bytes"].as_u64().unwrap();
     println!(
@@ -344,7 +344,7 @@ fn fds_are_held_up_to_the_limit() {
         procfs::fds_on(worker, "/dev/zero")
     );
     let (code, lines) = running.terminate();
-    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(code, 143, "{lines:?}");
     assert_eq!(read_report(&report)["fds"]["held"], 1000);
 }
 
@@ -443,7 +443,7 @@ fn kill_hits_only_the_cgroup_and_never_kchaos() {
         .all(|c| !alive(c))));
     assert_eq!(procs(&cg.path).len(), 1, "the stress worker was killed");
     let (code, lines) = stress.terminate();
-    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(code, 143, "{lines:?}");
 
     // Nothing but the stress worker: --all with SIGKILL uses cgroup.kill, here with another signal.
     let mut more: Vec<Child> = (0..2)
@@ -856,7 +856,7 @@ fn hybrid_host_workers_join_the_targets_v1_memory_cgroup() {
         usage() as f64 / 1048576.0
     );
     let (code, lines) = running.terminate();
-    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(code, 143, "{lines:?}");
     let _ = app.kill();
     let _ = app.wait();
 }

@@ -278,9 +278,13 @@ fn write_outputs(
     Ok(())
 }
 
-/// Exit 0 only when the run completed and the steady state held.
+/// Exit 0 only when the run completed and the steady state held; 128 + the signal when a signal
+/// ended it.
 fn verdict(report: &Report) -> Result<()> {
     let s = &report.summary;
+    if let Some(ended) = s.signal.as_ref().and_then(|r| r.as_signal()) {
+        return Err(ended.into());
+    }
     if !s.completed {
         anyhow::bail!("the experiment did not complete: {}", s.end_reason);
     }
