@@ -332,3 +332,47 @@ fn a_background_run_needs_an_end_and_reports_why_it_failed() {
     assert_eq!(egress_programs(&cg.path), 0);
     assert_eq!(runs.records(), Vec::<std::path::PathBuf>::new());
 }
+
+#[test]
+fn a_killed_run_is_listed_as_dead_not_running_and_frees_its_name() {
+    if !root_or_skip("a_killed_run_is_listed_as_dead_not_running_and_frees_its_name") {
+        return;
+    }
+    let t = tag("k");
+    let cg = LabCgroup::create(&format!("kchaos-runs-{t}")).unwrap();
+    let runs = RunDir::new();
+    let _stop = StopAll(&runs);
+    let name = format!("killed-{t}");
+    let pid = detach(&runs, &cg.path, &name, "10");
+    // Its status file exists and was written by a live run.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(run_named(&status(&runs), &name).is_some());
+    // SAFETY: kill(2) on the pid the detached run printed, checked alive just above.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let start = Instant::now();
+    while alive(pid) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(pid), "pid {pid} survived SIGKILL");
+    // Its record and status file stay for `kchaos stop`, but it is not running.
+    let st = status(&runs);
+    assert!(run_named(&st, &name).is_none(), "a dead run listed: {st:#}");
+    let dead = st["dead"].as_array().expect("dead");
+    assert_eq!(dead.len(), 1, "{st:#}");
+    assert_eq!(dead[0]["name"], name.as_str(), "{st:#}");
+    assert_eq!(dead[0]["pid"], pid, "{st:#}");
+    let (_, table, _) = runs.run_text(&["status"]);
+    assert!(table.contains("no kchaos run is running"), "{table}");
+    assert!(table.contains("not running any more"), "{table}");
+    // The name is free again: a new run may take it.
+    let pid2 = detach(&runs, &cg.path, &name, "10");
+    assert_ne!(pid, pid2);
+    let (code, out, err) = runs.run_text(&["stop", "--name", &name]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(!alive(pid2));
+    // The dead one's record and status are cleared by a bare stop.
+    let (code, out, err) = runs.run_text(&["stop"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(runs.records(), Vec::<std::path::PathBuf>::new());
+    assert_eq!(egress_programs(&cg.path), 0);
+}
