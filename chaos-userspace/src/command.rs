@@ -75,7 +75,7 @@ pub struct Command {
 /// report. Exit 0 when it ran as asked (to its end or until a signal), an error when the fault failed.
 pub async fn run(cmd: Command) -> Result<()> {
     // From here on a Ctrl-C or SIGTERM (`kchaos stop`) ends the run through its cleanup.
-    let signals = Signals::install().context("installing signal handlers")?;
+    let mut signals = Signals::install().context("installing signal handlers")?;
     let Command { kind, targets, run } = cmd;
     crate::detach::adopt(run.control.ready_fd)?;
     let name = kind.name();
@@ -112,7 +112,7 @@ pub async fn run(cmd: Command) -> Result<()> {
     };
     crate::require_root(&format!("kchaos {name}"), crate::ROOT_BECAUSE)?;
     if run.control.launches_detached() {
-        return crate::detach::launch(&[]);
+        return crate::detach::launch(&[], &mut signals).await;
     }
     let resolved = targets::resolve(&targets)?;
     kind.preflight(&resolved)?;

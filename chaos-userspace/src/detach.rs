@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::error::BadInput;
+use crate::{engine::lifecycle::Signals, error::BadInput};
 
 /// The descriptor the child finds its pipe on.
 const CHILD_FD: i32 = 3;
@@ -47,8 +47,9 @@ fn child() -> std::sync::MutexGuard<'static, Child> {
 
 /// In the caller: starts this command again in the background and waits until it is armed (Ok) or
 /// has failed (bad input carrying the child's reason: exit 2).
-/// `extra` are more arguments for the child (a monkey's seed, so it draws what this one printed).
-pub fn launch(extra: &[String]) -> Result<()> {
+/// `extra` are more arguments for the child (a monkey's seed, so it draws what this one printed). A
+/// Ctrl-C or SIGTERM while waiting ends the background run too (SIGTERM: its cleanup).
+pub async fn launch(extra: &[String], signals: &mut Signals) -> Result<()> {
     let exe = std::env::current_exe().context("finding the kchaos executable")?;
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     // Right after the subcommand: `kchaos net --ready-fd 3 ...`, clear of any trailing value.
@@ -95,10 +96,23 @@ pub fn launch(extra: &[String]) -> Result<()> {
         .with_context(|| format!("starting {} in the background", exe.display()))?;
     // Only the child holds the writing end now: its end (exit, crash) is the pipe's end.
     drop(write);
-    let mut line = String::new();
-    BufReader::new(fs::File::from(read))
-        .read_line(&mut line)
-        .context("reading from the background run")?;
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(fs::File::from(read))
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    let line = tokio::select! {
+        read = reader => read
+            .context("waiting for the background run")?
+            .context("reading from the background run")?,
+        reason = signals.recv() => {
+            // SAFETY: kill(2) on our own child, not yet reaped (so its pid is still its own).
+            unsafe { libc::kill(spawned.id() as i32, libc::SIGTERM) };
+            let _ = spawned.wait();
+            anyhow::bail!("{reason} while waiting for the background run to arm: it was ended");
+        }
+    };
     let line = line.trim_end();
     if let Some(rest) = line.strip_prefix("ready ") {
         println!("{rest}");

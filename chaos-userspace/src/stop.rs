@@ -573,3 +573,23 @@ fn describe(r: &Residue) -> String {
         Residue::Path { path } => format!("{}", path.display()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_read_from_either_form_of_the_flag() {
+        let argv = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            name_in(&argv(&["kchaos", "net", "--name", "loss", "--drop", "5"])),
+            Some("loss".into())
+        );
+        assert_eq!(
+            name_in(&argv(&["kchaos", "run", "f.yaml", "--name=game-day"])),
+            Some("game-day".into())
+        );
+        assert_eq!(name_in(&argv(&["kchaos", "net", "--drop", "5"])), None);
+        assert_eq!(name_in(&argv(&["kchaos", "net", "--name"])), None);
+    }
+}

@@ -1071,6 +1071,52 @@ mod tests {
     }
 
     #[test]
+    fn a_name_is_taken_only_by_a_live_run() {
+        let live = Record {
+            pid: std::process::id(),
+            identity: Some(ProcessIdentity::of_self().unwrap()),
+            command: "net".into(),
+            name: Some("loss".into()),
+            started_unix: 1,
+            targets: vec!["/cg/a".into()],
+            kinds: vec!["net".into()],
+            residue: vec![],
+        };
+        let file = |r: Record| RecordFile {
+            path: "x".into(),
+            record: Ok(r),
+        };
+        let mine = Record {
+            pid: std::process::id() + 1,
+            ..live.clone()
+        };
+        let others = [file(live.clone())];
+        assert_eq!(same_name(&mine, &others).map(|r| r.pid), Some(live.pid));
+        let other_name = Record {
+            name: Some("other".into()),
+            ..mine.clone()
+        };
+        assert!(same_name(&other_name, &others).is_none());
+        // A dead or unverifiable run's record, or a record of an older kchaos (no name), frees it.
+        let stale = [file(Record {
+            identity: None,
+            ..live.clone()
+        })];
+        assert!(same_name(&mine, &stale).is_none());
+        let unnamed = [file(Record {
+            name: None,
+            ..live.clone()
+        })];
+        let mine_unnamed = Record {
+            name: None,
+            ..mine.clone()
+        };
+        assert!(same_name(&mine_unnamed, &unnamed).is_none());
+        // Its own record is not another run.
+        assert!(same_name(&live, &others).is_none());
+    }
+
+    #[test]
     fn clashing_targets_are_the_same_cgroup_a_parent_or_a_child() {
         assert!(overlaps(Path::new("/cg/a"), Path::new("/cg/a")));
         assert!(overlaps(Path::new("/cg/a"), Path::new("/cg/a/b")));

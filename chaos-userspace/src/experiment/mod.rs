@@ -195,7 +195,7 @@ async fn run_scenario(
     child_args: &[String],
 ) -> Result<()> {
     // From here on a Ctrl-C or SIGTERM (`kchaos stop`) ends the run through its cleanup.
-    let signals = crate::engine::lifecycle::Signals::install()?;
+    let mut signals = crate::engine::lifecycle::Signals::install()?;
     let files = (
         create_if_asked(out.report.as_deref(), "--report")?,
         create_if_asked(out.junit.as_deref(), "--junit")?,
@@ -224,7 +224,7 @@ async fn run_scenario(
     }
     crate::require_root("kchaos run", crate::ROOT_BECAUSE)?;
     if out.control.launches_detached() {
-        return crate::detach::launch(child_args);
+        return crate::detach::launch(child_args, &mut signals).await;
     }
     for f in &s.faults {
         let fault_targets: Vec<crate::engine::targets::Target> = targets
