@@ -516,8 +516,20 @@ impl Run<'_> {
         self.refresh_live(true);
     }
 
-    /// Enters a phase, and says so at once.
+    /// Enters a phase, and says so at once. The faults' start fixes when the run ends at the latest
+    /// (preparing and the steady state before may have taken longer than planned).
     fn set_phase(&mut self, phase: Phase) {
+        if phase == Phase::During {
+            let s = self.s;
+            let now = Instant::now();
+            let mut end = now + s.method_length() + s.steady_state.after;
+            if let Some(b) = self.budget_end {
+                end = end.min(b);
+            }
+            self.live.lock().ends_unix_ms = Some(
+                crate::live::unix_ms() + end.saturating_duration_since(now).as_millis() as u64,
+            );
+        }
         self.live.lock().phase = phase;
         self.refresh_live(true);
     }
