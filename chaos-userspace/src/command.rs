@@ -72,7 +72,8 @@ pub struct Command {
 }
 
 /// Runs one fault on the command's targets as a one-fault experiment, prints its summary, writes its
-/// report. Exit 0 when it ran as asked (to its end or until a signal), an error when the fault failed.
+/// report. Exit 0 when it ran as asked to its end, 128 + the signal when a signal ended it, an error
+/// when the fault failed.
 pub async fn run(cmd: Command) -> Result<()> {
     // From here on a Ctrl-C or SIGTERM (`kchaos stop`) ends the run through its cleanup.
     let mut signals = Signals::install().context("installing signal handlers")?;
@@ -256,7 +257,8 @@ pub fn summary(report: &Report, kind: &FaultKind) -> Vec<String> {
     out
 }
 
-/// Ok when the fault ran as asked: to its end, or until a signal (Ctrl-C, SIGTERM, `kchaos stop`).
+/// Ok when the fault ran as asked to its end; a signal (Ctrl-C, SIGTERM, `kchaos stop`) that ended it
+/// early is [`crate::error::EndedBySignal`] (exit 130, 143).
 fn verdict(report: &Report) -> Result<()> {
     let errors: Vec<&String> = report.faults.iter().flat_map(|f| &f.errors).collect();
     if !errors.is_empty() {
@@ -270,7 +272,10 @@ fn verdict(report: &Report) -> Result<()> {
         );
     }
     let s = &report.summary;
-    if !s.completed && s.signal.is_none() {
+    if let Some(ended) = s.signal.as_ref().and_then(|r| r.as_signal()) {
+        return Err(ended.into());
+    }
+    if !s.completed {
         bail!("{}", s.end_reason);
     }
     Ok(())

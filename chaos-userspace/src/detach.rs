@@ -110,7 +110,13 @@ pub async fn launch(extra: &[String], signals: &mut Signals) -> Result<()> {
             // SAFETY: kill(2) on our own child, not yet reaped (so its pid is still its own).
             unsafe { libc::kill(spawned.id() as i32, libc::SIGTERM) };
             let _ = spawned.wait();
-            anyhow::bail!("{reason} while waiting for the background run to arm: it was ended");
+            let ended = anyhow::anyhow!(
+                "{reason} while waiting for the background run to arm: it was ended"
+            );
+            return Err(match reason.as_signal() {
+                Some(signal) => ended.context(signal),
+                None => ended,
+            });
         }
     };
     let line = line.trim_end();
@@ -208,16 +214,17 @@ pub fn announce_ready(name: &str) {
 }
 
 /// In the detached child, as it exits: tells a caller still waiting why it failed; removes the log
-/// of a run that ended well.
+/// of a run that ended well (to its end, or ended by a signal: `kchaos stop`).
 pub fn finish(result: &Result<()>) {
     let mut c = child();
     if let (Some(mut pipe), Err(e)) = (c.pipe.take(), result) {
         let why = format!("{e:#}").replace('\n', "\\n");
         let _ = writeln!(pipe, "error {why}");
     }
-    if result.is_ok()
-        && let Some(log) = c.log.take()
-    {
+    let failed = result
+        .as_ref()
+        .is_err_and(|e| crate::error::signal_exit_code(e).is_none());
+    if !failed && let Some(log) = c.log.take() {
         let _ = fs::remove_file(log);
     }
 }

@@ -44,6 +44,23 @@ pub fn flag_value_line(err: &clap::Error) -> Option<String> {
     Some(format!("{flag} {value}: {why}"))
 }
 
+/// The run ended on a signal (Ctrl-C, SIGTERM, SIGHUP), after undoing what it had attached and
+/// writing its report: the CLI exits 128 + the signal's number, as a shell reports a process that
+/// signal ended (130 for Ctrl-C, 143 for SIGTERM), so a pipeline tells it from "done as planned".
+#[derive(Debug, thiserror::Error)]
+#[error("ended by {name}; everything it attached is undone")]
+pub struct EndedBySignal {
+    pub signo: i32,
+    pub name: &'static str,
+}
+
+/// The exit code for an error that is [`EndedBySignal`] (or wraps one).
+pub fn signal_exit_code(err: &anyhow::Error) -> Option<u8> {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<EndedBySignal>())
+        .and_then(|e| u8::try_from(128 + e.signo).ok())
+}
+
 /// True when `err` or anything it wraps is bad input.
 pub fn is_bad_input(err: &anyhow::Error) -> bool {
     err.chain()

@@ -21,7 +21,13 @@ Faults end when the run ends, however it ends.\n\n\
 Examples:\n  kchaos probe\n  kchaos net --cgroup system.slice/docker-<id>.scope --drop 5 --duration 1m\n  \
 kchaos net --pid 4242 --partition 10.0.0.7:5432 --duration 30s --json report.json\n  \
 kchaos net --cgroup app --drop 5 --duration 10m --name loss --detach --metrics 127.0.0.1:9464\n  \
-kchaos status\n  kchaos stop --name loss\n  kchaos stop"
+kchaos status\n  kchaos stop --name loss\n  kchaos stop\n\n\
+Exit status (every command): 0 done as planned; 1 aborted, deviated or failed (the report says why); \
+2 bad input or refused (nothing attached); 130, 143, 129 ended by SIGINT, SIGTERM, SIGHUP (128 + the \
+signal; everything attached is undone first).\n\n\
+Environment: KCHAOS_LOG=debug (or a tracing filter) logs to stderr, colour only on a terminal and \
+never with NO_COLOR; KCHAOS_RUN_DIR holds the run records (default /run/kchaos); KCHAOS_VAR_<name> \
+sets a scenario variable."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -77,7 +83,7 @@ A run killed without its cleanup is listed apart as dead, with what `kchaos stop
         after_help = "Examples:\n  kchaos run scenarios/packet-loss-ramp.yaml --var cgroup=app.slice/api.service --var server=10.0.0.7:80\n  \
 kchaos run game-day.yaml --dry-run\n  kchaos run loss.yaml --report run.json --junit run.xml\n\n\
 Exit status: 0 completed and the steady state held; 1 aborted or deviated (the report says why);\n\
-2 bad input or refused by the safety review (nothing attached)."
+2 bad input or refused by the safety review (nothing attached); 130/143/129 ended by SIGINT/SIGTERM/SIGHUP."
     )]
     Run(chaos_userspace::experiment::RunArgs),
     /// Check a scenario file without running it (no privileges needed): errors and a safety review.
@@ -102,6 +108,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Escapes only for a terminal: `KCHAOS_LOG=debug kchaos ... 2>log` stays plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -134,6 +145,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if let Some(code) = error::signal_exit_code(&err) {
+                eprintln!("kchaos: {err:#}");
+                return ExitCode::from(code);
+            }
             eprintln!("kchaos: error: {err:#}");
             ExitCode::from(if error::is_bad_input(&err) { 2 } else { 1 })
         }

@@ -6,6 +6,7 @@
 //! assertion fails.
 
 mod bpf;
+pub mod chaostoolkit;
 mod host;
 mod kchaos;
 pub mod lab;

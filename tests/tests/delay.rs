@@ -106,7 +106,7 @@ fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
     let hit = rtts(Some(&lab.cgroup.path), to);
     let outside = rtts(None, to);
     let (code, out) = running.terminate();
-    assert_eq!(code, 0, "{out:?}");
+    assert_eq!(code, 143, "{out:?}");
     assert_eq!(
         root_qdisc(&lab.host_if),
         before_qdisc,

@@ -541,7 +541,7 @@ fn a_cgroup_path_outside_the_cgroup2_mount_is_refused_naming_the_mount() {
         );
         let (code, stdout, stderr) = text(
             &Command::new(kchaos())
-                .args(["validate", &s])
+                .args(["validate", &s, "--accept-risk"])
                 .output()
                 .unwrap(),
         );
@@ -565,7 +565,7 @@ fn the_root_cgroup_in_a_scenario_is_high_risk_however_spelled() {
         );
         let (code, stdout, stderr) = text(
             &Command::new(kchaos())
-                .args(["validate", &s])
+                .args(["validate", &s, "--accept-risk"])
                 .output()
                 .unwrap(),
         );

@@ -89,7 +89,7 @@ fn drop_rate_within_2pp_over_20k_packets_and_nothing_outside() {
     let (sent, received) = echo(Some(&lab.cgroup.path), None, to, 20_000);
     let (out_sent, out_received) = echo(None, None, to, 5_000);
     let (code, lines) = running.terminate();
-    assert_eq!(code, 0, "kchaos net output: {lines:?}");
+    assert_eq!(code, 143, "kchaos net output: {lines:?}");
 
     let loss = 100.0 * (sent - received) as f64 / sent as f64;
     println!(
@@ -231,7 +231,7 @@ fn partition_blocks_exactly_the_peer_and_port_both_ways() {
         "datagrams from another port of the peer were lost"
     );
     let (code, lines) = running.terminate();
-    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(code, 143, "{lines:?}");
 }
 
 #[test]
@@ -272,7 +272,11 @@ fn process_in_its_own_netns_is_hit_both_ways() {
             "{direction}: the client in its own netns still got echoes"
         );
         assert_eq!(got, server_gets, "{direction}: the server received {got}");
-        assert_eq!(running.terminate().0, 0);
+        assert_eq!(
+            running.terminate().0,
+            143,
+            "SIGTERM ends a run with 128 + 15"
+        );
     }
 }
 
@@ -293,7 +297,11 @@ fn child_cgroup_made_after_the_start_is_hit() {
         "a child cgroup made after the start was not hit"
     );
     assert_eq!(echo(None, None, to, 300).1, 300);
-    assert_eq!(running.terminate().0, 0);
+    assert_eq!(
+        running.terminate().0,
+        143,
+        "SIGTERM ends a run with 128 + 15"
+    );
     assert_eq!(
         echo(Some(&child), None, to, 300).1,
         300,

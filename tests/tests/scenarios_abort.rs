@@ -213,7 +213,7 @@ fn sigterm_ends_the_run_detaches_and_reports_why() {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(live.child.id() as i32, libc::SIGTERM) };
     let (code, lines, _) = live.finish();
-    assert_eq!(code, 1, "{lines:?}");
+    assert_eq!(code, 143, "SIGTERM ends a run with 128 + 15: {lines:?}");
     let r = read_report(&report.0);
     assert_eq!(r["summary"]["end_reason"], "terminated (SIGTERM)");
     assert!(r["summary"]["abort_to_detached_ms"].as_f64().unwrap() < 100.0);

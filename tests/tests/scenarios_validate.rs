@@ -99,16 +99,24 @@ fn validate_names_file_line_column_field_and_what_is_allowed() {
         "bare.yaml",
         "title: bare\ntargets: [{cgroup: app}]\nfaults: [{for: 1s, net: {drop: 5}}]\n",
     );
-    let (code, out, _) = run_text(&["validate", bare.s()]);
-    assert_eq!(code, 0);
+    // validate exits 2 where run would refuse (a CI lint step fails where the run would), and 0
+    // with --accept-risk, as run --accept-risk would run it.
+    let (code, out, err) = run_text(&["validate", bare.s()]);
+    assert_eq!(code, 2, "{out} {err}");
     for finding in [
         "[  HIGH] no-steady-state-probe",
         "[  HIGH] no-abort-rule",
         "[  HIGH] no-budget",
-        "refuses this scenario unless --accept-risk",
     ] {
         assert!(out.contains(finding), "missing {finding} in {out}");
     }
+    assert!(
+        err.contains("refuses this scenario unless --accept-risk"),
+        "{err}"
+    );
+    let (code, out, err) = run_text(&["validate", bare.s(), "--accept-risk"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("accepted (--accept-risk)"), "{out}");
 }
 
 #[test]

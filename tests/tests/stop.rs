@@ -528,7 +528,7 @@ fn stop_by_a_user_without_root_exits_2_and_the_run_goes_on() {
     );
     assert_eq!(runs.records().len(), 1, "{:?}", runs.records());
     let (code, _) = running.terminate();
-    assert_eq!(code, 0);
+    assert_eq!(code, 143);
 }
 
 #[test]
@@ -659,7 +659,7 @@ fn a_second_run_on_the_same_cgroup_is_refused_unless_stack() {
         "{stdout}{stderr}"
     );
     let (code, _) = first.terminate();
-    assert_eq!(code, 0);
+    assert_eq!(code, 143);
     assert_eq!(egress_programs(&cg.path), 0);
     assert!(runs.records().is_empty(), "{:?}", runs.records());
 }

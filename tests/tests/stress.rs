@@ -228,7 +228,7 @@ fn memory_held_within_5pct() {
     std::thread::sleep(Duration::from_millis(300));
     let held = rss();
     let (code, lines) = running.terminate();
-    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(code, 143, "{lines:?}");
     let r = read_report(&report);
     let reported = r["memory"]["held_bytes"].as_u64().unwrap();
     println!(
@@ -344,7 +344,7 @@ fn fds_are_held_up_to_the_limit() {
         procfs::fds_on(worker, "/dev/zero")
     );
     let (code, lines) = running.terminate();
-    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(code, 143, "{lines:?}");
     assert_eq!(read_report(&report)["fds"]["held"], 1000);
 }
 
@@ -387,6 +387,37 @@ fn kill_hits_only_the_cgroup_and_never_kchaos() {
     }));
     assert!(outside.iter_mut().all(alive), "a process outside was hit");
 
+    // --count above what the cgroup holds: said in a line, and never more than there are.
+    let out = run_dir.run(&["kill", "--cgroup", &cg_arg(&cg), "--count", "5"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("--count 5 asked for more processes than")
+            && stdout.contains("(1): signalling those 1"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim().starts_with("signalled "))
+            .count(),
+        1,
+        "{stdout}"
+    );
+    assert!(eventually(Duration::from_secs(3), || inside
+        .iter_mut()
+        .all(|c| !alive(c))));
+    assert!(outside.iter_mut().all(alive), "a process outside was hit");
+    inside = (0..3)
+        .map(|_| spawn_in(&cg.path, &["sleep", "100"]))
+        .collect();
+    assert!(eventually(Duration::from_secs(3), || procs(&cg.path).len() == 3));
+
     // --all with SIGKILL goes through cgroup.kill; a kchaos stress worker in the cgroup is spared.
     let stress = run_dir.start(&[
         "stress",
@@ -412,7 +443,7 @@ fn kill_hits_only_the_cgroup_and_never_kchaos() {
         .all(|c| !alive(c))));
     assert_eq!(procs(&cg.path).len(), 1, "the stress worker was killed");
     let (code, lines) = stress.terminate();
-    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(code, 143, "{lines:?}");
 
     // Nothing but the stress worker: --all with SIGKILL uses cgroup.kill, here with another signal.
     let mut more: Vec<Child> = (0..2)
@@ -825,7 +856,7 @@ fn hybrid_host_workers_join_the_targets_v1_memory_cgroup() {
         usage() as f64 / 1048576.0
     );
     let (code, lines) = running.terminate();
-    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(code, 143, "{lines:?}");
     let _ = app.kill();
     let _ = app.wait();
 }

@@ -80,7 +80,7 @@ fn connect_fails_at_the_configured_rate_only_inside_the_cgroup() {
     let inside = calls(Some(&cg.path), "connect", 20_000, None);
     let outside = calls(None, "connect", 5_000, None);
     let (code, lines) = running.terminate();
-    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(code, 143, "{lines:?}");
     let failed = errors(&inside, libc::ECONNREFUSED);
     let rate = 100.0 * failed as f64 / 20_000.0;
     println!(

@@ -21,6 +21,19 @@ pub enum EndReason {
     Aborted(String),
 }
 
+impl EndReason {
+    /// The signal that ended the run, as an error for the CLI's exit code; None for the other ends.
+    pub fn as_signal(&self) -> Option<crate::error::EndedBySignal> {
+        let (signo, name) = match self {
+            EndReason::Interrupted => (libc::SIGINT, "SIGINT (Ctrl-C)"),
+            EndReason::Terminated => (libc::SIGTERM, "SIGTERM"),
+            EndReason::HungUp => (libc::SIGHUP, "SIGHUP"),
+            EndReason::Duration | EndReason::Aborted(_) => return None,
+        };
+        Some(crate::error::EndedBySignal { signo, name })
+    }
+}
+
 impl fmt::Display for EndReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -78,6 +78,10 @@ pub struct ValidateArgs {
     /// Set a variable: KEY=VALUE (repeatable).
     #[arg(long = "var", value_name = "KEY=VALUE")]
     pub vars: Vec<String>,
+    /// Pass a scenario with high-risk findings, as `kchaos run --accept-risk` would run it. Without
+    /// it, validate exits 2 where `run` would refuse: a CI lint step fails where the run would.
+    #[arg(long)]
+    pub accept_risk: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,9 +184,17 @@ pub fn validate_command(args: &ValidateArgs) -> Result<()> {
     );
     print_findings(&findings);
     if review::highest(&findings) == Some(Risk::High) {
-        println!(
-            "`kchaos run` refuses this scenario unless --accept-risk (high-risk findings above)"
-        );
+        if args.accept_risk {
+            println!(
+                "high-risk findings above, accepted (--accept-risk): `kchaos run --accept-risk` runs it"
+            );
+        } else {
+            return Err(BadInput::new(
+                "`kchaos run` refuses this scenario unless --accept-risk (high-risk findings \
+                 above); `validate --accept-risk` passes it as `run --accept-risk` would run it",
+            )
+            .into());
+        }
     }
     Ok(())
 }
@@ -299,9 +311,13 @@ fn write_outputs(
     Ok(())
 }
 
-/// Exit 0 only when the run completed and the steady state held.
+/// Exit 0 only when the run completed and the steady state held; 128 + the signal when a signal
+/// ended it.
 fn verdict(report: &Report) -> Result<()> {
     let s = &report.summary;
+    if let Some(ended) = s.signal.as_ref().and_then(|r| r.as_signal()) {
+        return Err(ended.into());
+    }
     if !s.completed {
         anyhow::bail!("the experiment did not complete: {}", s.end_reason);
     }

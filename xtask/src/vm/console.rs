@@ -276,8 +276,8 @@ fn qemu_command(boot: &Boot) -> Command {
     .arg(boot.initrd)
     // loglevel=5 (after quiet): kernel warnings reach the console, routine notices don't.
     // tsc=reliable: under load, emulation's clock skew can make the watchdog mark the TSC unstable
-    // mid-run, and the code patching that follows raced with the other vCPU into an int3 oops once
-    // (multi-threaded TCG); the TSC of one emulator is coherent across its vCPUs anyway.
+    // mid-run, and that starts more kernel text patching (see MIN_QEMU_MAJOR in vm.rs for why
+    // patching needs care under TCG); the TSC of one emulator is coherent across its vCPUs anyway.
     .args([
         "-append",
         "console=ttyS0 quiet loglevel=5 tsc=reliable panic=-1",

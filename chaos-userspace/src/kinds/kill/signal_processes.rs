@@ -60,6 +60,8 @@ pub struct KillReport {
     pub candidates: usize,
     /// Whether SIGKILL went through cgroup.kill (every process of the trees, at once).
     pub whole_tree: bool,
+    /// How many `--count` asked for (None for `--all`).
+    pub asked: Option<usize>,
     pub victims: Vec<(Candidate, Sent)>,
 }
 
@@ -87,6 +89,15 @@ impl KillReport {
             out.push(format!(
                 "leaving out {} kchaos process(es) in {}",
                 self.skipped, self.where_
+            ));
+        }
+        if let Some(asked) = self.asked
+            && asked > self.candidates
+        {
+            // Never more than asked, and never silently fewer.
+            out.push(format!(
+                "--count {asked} asked for more processes than {} has ({}): signalling those {}",
+                self.where_, self.candidates, self.candidates
             ));
         }
         out.push(if self.whole_tree {
@@ -168,6 +179,10 @@ pub fn signal_prepared(
         skipped,
         candidates: total,
         whole_tree: false,
+        asked: match victims {
+            Victims::All => None,
+            Victims::Count(n) => Some(n),
+        },
         victims: Vec::new(),
     };
     if candidates.is_empty() {
