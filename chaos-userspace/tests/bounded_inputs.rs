@@ -237,7 +237,7 @@ fn validate_generated(tag: &str, targets: usize, faults: usize) {
     std::fs::write(&file, &text).unwrap();
     let m = timed(
         &dir.0,
-        &["validate", file.to_str().unwrap()],
+        &["validate", file.to_str().unwrap(), "--accept-risk"],
         Duration::from_secs(2),
     );
     println!(
