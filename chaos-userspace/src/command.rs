@@ -8,6 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    control::Control,
     engine::journal::Journal,
     engine::{
         lifecycle::Signals,
@@ -21,6 +22,8 @@ use crate::{
         yaml::Mark,
     },
     kind::FaultKind,
+    live::{Live, Snapshot},
+    metrics,
     output::create_if_asked,
     report::Report,
     units,
@@ -57,6 +60,8 @@ pub struct RunArgs {
     /// both faults then apply (the effective rate compounds).
     #[arg(long)]
     pub stack: bool,
+    #[command(flatten)]
+    pub control: Control,
 }
 
 /// The targets a command names, with its kind's flags already checked.
@@ -71,8 +76,9 @@ pub struct Command {
 /// when the fault failed.
 pub async fn run(cmd: Command) -> Result<()> {
     // From here on a Ctrl-C or SIGTERM (`kchaos stop`) ends the run through its cleanup.
-    let signals = Signals::install().context("installing signal handlers")?;
+    let mut signals = Signals::install().context("installing signal handlers")?;
     let Command { kind, targets, run } = cmd;
+    crate::detach::adopt(run.control.ready_fd)?;
     let name = kind.name();
     let duration = match (kind.is_instant(), run.duration) {
         (true, Some(_)) => {
@@ -96,9 +102,19 @@ pub async fn run(cmd: Command) -> Result<()> {
             ))
             .into());
         }
+        (false, None) if run.control.detach => {
+            return Err(BadInput::new(format!(
+                "--detach needs --duration DUR (e.g. 5m): a run in the background must end by \
+                 itself (kchaos {name} ... --detach --duration 5m)"
+            ))
+            .into());
+        }
         (false, d) => d.unwrap_or(UNTIL_STOPPED),
     };
     crate::require_root(&format!("kchaos {name}"), crate::ROOT_BECAUSE)?;
+    if run.control.launches_detached() {
+        return crate::detach::launch(&[], &mut signals).await;
+    }
     let resolved = targets::resolve(&targets)?;
     kind.preflight(&resolved)?;
     // Opened before anything is prepared: an unwritable path is bad input, with nothing attached.
@@ -146,10 +162,29 @@ pub async fn run(cmd: Command) -> Result<()> {
         budget: None,
         rollbacks: Vec::new(),
     };
+    let run_name = run.control.name_or_default(name);
+    let live = Live::new(Snapshot {
+        name: run_name.clone(),
+        pid: std::process::id(),
+        command: name.into(),
+        ..Snapshot::default()
+    });
+    // Bound before anything is prepared: a taken port is bad input with nothing attached.
+    let server = match run.control.metrics {
+        Some(addr) => Some(metrics::Server::start(addr, live.clone())?),
+        None => None,
+    };
     // The record comes before anything is prepared: `kchaos stop` finds a run that is starting.
     let paths: Vec<PathBuf> = resolved.iter().map(|t| t.path.clone()).collect();
-    let journal = Journal::create(name, &[name], &paths, run.stack)?;
+    let journal = Journal::create(name, &run_name, &[name], &paths, run.stack)?;
+    crate::detach::redirect_output(journal.dir(), &run_name)?;
     println!("kchaos {}", kind.describe());
+    if run.control.name.is_some() || crate::detach::is_detached() {
+        println!("  run '{run_name}' (pid {})", std::process::id());
+    }
+    if let Some(s) = &server {
+        println!("  metrics: http://{}/metrics", s.addr());
+    }
     for line in kind.plan_lines(&resolved) {
         println!("  {line}");
     }
@@ -164,6 +199,7 @@ pub async fn run(cmd: Command) -> Result<()> {
         journal,
         prepare: None,
         signals,
+        live,
     })
     .await?;
     for line in summary(&report, &kind) {
@@ -174,7 +210,22 @@ pub async fn run(cmd: Command) -> Result<()> {
         out.write_json(&report)?;
         println!("  report: {path}");
     }
+    if let Some(s) = &server {
+        linger(s, run.control.metrics_linger);
+    }
     verdict(&report)
+}
+
+/// Keeps serving /metrics after the run until a scrape has read its final figures, at most `max`.
+pub fn linger(server: &metrics::Server, max: Option<Duration>) {
+    let Some(max) = max.filter(|m| !m.is_zero()) else {
+        return;
+    };
+    println!(
+        "  metrics: serving the final figures until the next scrape (at most {})",
+        units::format_duration(max)
+    );
+    server.linger(server.scrapes(), max);
 }
 
 /// The command's summary: what ran for how long and why it ended, then its counters.

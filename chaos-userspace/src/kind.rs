@@ -55,6 +55,71 @@ pub struct MonkeyCaps {
     pub max_cpu_load: f64,
 }
 
+/// How one of a kind's counters appears in `/metrics` (see `crate::metrics`).
+#[derive(Clone, Copy, Debug)]
+pub struct MetricMap {
+    /// The counter's key; with `label`, the part after its first '.' ("dropped" of "egress.dropped").
+    pub key: &'static str,
+    /// The label the key's first part goes into ("direction" = egress), if the key has one.
+    pub label: Option<&'static str>,
+    /// The family's name after `kchaos_`; a counter's without the `_total` the encoder adds.
+    pub name: &'static str,
+    pub help: &'static str,
+    /// A counter (only ever grows), else a gauge.
+    pub counter: bool,
+    /// Turns the value into base units (ms into seconds: 0.001; percent into a ratio: 0.01).
+    pub scale: f64,
+}
+
+impl MetricMap {
+    /// A counter `key` of one label, in the same unit.
+    pub const fn counter(
+        label: &'static str,
+        key: &'static str,
+        name: &'static str,
+        help: &'static str,
+    ) -> Self {
+        Self {
+            key,
+            label: Some(label),
+            name,
+            help,
+            counter: true,
+            scale: 1.0,
+        }
+    }
+
+    /// A gauge for the counter `key` (no label), times `scale`.
+    pub const fn gauge(
+        key: &'static str,
+        name: &'static str,
+        help: &'static str,
+        scale: f64,
+    ) -> Self {
+        Self {
+            key,
+            label: None,
+            name,
+            help,
+            counter: false,
+            scale,
+        }
+    }
+
+    /// The same, as a counter.
+    pub const fn total(self) -> Self {
+        Self {
+            counter: true,
+            ..self
+        }
+    }
+
+    /// The same, times `scale`.
+    pub const fn scaled(self, scale: f64) -> Self {
+        Self { scale, ..self }
+    }
+}
+
 /// A safety-review finding about one target: its risk, a stable code, and why.
 pub type TargetFinding = (Risk, &'static str, String);
 
@@ -72,6 +137,9 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + serde::Serialize + Sized {
     const REQUIRES_DURATION: bool = false;
     /// The `kchaos monkey --types` this kind draws.
     const MONKEY_TYPES: &'static [&'static str] = &[];
+
+    /// How its counters appear in `/metrics`; a counter it does not list is left out.
+    const METRICS: &'static [MetricMap] = &[];
 
     /// Its command-line flags (the targets and how long it runs are shared by every kind).
     type Args: clap::Args + fmt::Debug;
@@ -147,6 +215,10 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + serde::Serialize + Sized {
     fn injected_events(counters: &Counters) -> u64;
     /// The live line's text for these counters.
     fn live_line(counters: &Counters) -> String;
+    /// Labels its metrics carry besides run, fault and kind (a syscall fault's errno).
+    fn metric_labels(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// More lines for a command's summary, from what the fault recorded (its result, its counters).
     fn summary_lines(&self, _record: &crate::report::FaultRecord) -> Vec<String> {
         Vec::new()
@@ -233,6 +305,18 @@ macro_rules! registry {
 
         /// Every kind's ramp-able parameters.
         const PARAM_LISTS: &[&[(&str, Unit)]] = &[$( <$spec as Kind>::PARAMS, )+];
+
+        /// The live line of the kind named `name` for these counters.
+        pub fn live_line_of(name: &str, counters: &Counters) -> Option<String> {
+            $( if name == <$spec as Kind>::NAME { return Some(<$spec as Kind>::live_line(counters)); } )+
+            None
+        }
+
+        /// How the counters of the kind named `name` appear in `/metrics`.
+        pub fn metric_maps(name: &str) -> &'static [MetricMap] {
+            $( if name == <$spec as Kind>::NAME { return <$spec as Kind>::METRICS; } )+
+            &[]
+        }
 
         /// Whether the kind named `name` is an instant event.
         pub fn is_instant_kind(name: &str) -> bool {
@@ -348,6 +432,10 @@ macro_rules! registry {
 
             pub fn live_line(&self, counters: &Counters) -> String {
                 match self { $( FaultKind::$variant(_) => <$spec as Kind>::live_line(counters), )+ }
+            }
+
+            pub fn metric_labels(&self) -> Vec<(String, String)> {
+                match self { $( FaultKind::$variant(s) => s.metric_labels(), )+ }
             }
 
             pub fn summary_lines(&self, record: &crate::report::FaultRecord) -> Vec<String> {

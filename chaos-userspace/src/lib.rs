@@ -3,15 +3,20 @@
 
 pub mod bounded_read;
 pub mod command;
+pub mod control;
+pub mod detach;
 pub mod engine;
 pub mod error;
 pub mod experiment;
 pub mod kind;
 pub mod kinds;
 pub mod lab;
+pub mod live;
+pub mod metrics;
 pub mod output;
 pub mod probe;
 pub mod report;
+pub mod status;
 pub mod stop;
 pub mod units;
 

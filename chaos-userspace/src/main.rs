@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use chaos_userspace::{
-    error,
+    detach, error,
     kind::KindCommand,
     lab::{demo, traffic},
-    probe, stop,
+    probe, status, stop,
 };
 use clap::{Parser, Subcommand};
 
@@ -19,7 +19,9 @@ use clap::{Parser, Subcommand};
 cgroup: only processes in that cgroup (and cgroups below it) are hit, everything else runs untouched. \
 Faults end when the run ends, however it ends.\n\n\
 Examples:\n  kchaos probe\n  kchaos net --cgroup system.slice/docker-<id>.scope --drop 5 --duration 1m\n  \
-kchaos net --pid 4242 --partition 10.0.0.7:5432 --duration 30s --json report.json\n  kchaos stop\n\n\
+kchaos net --pid 4242 --partition 10.0.0.7:5432 --duration 30s --json report.json\n  \
+kchaos net --cgroup app --drop 5 --duration 10m --name loss --detach --metrics 127.0.0.1:9464\n  \
+kchaos status\n  kchaos stop --name loss\n  kchaos stop\n\n\
 Exit status (every command): 0 done as planned; 1 aborted, deviated or failed (the report says why); \
 2 bad input or refused (nothing attached); 130, 143, 129 ended by SIGINT, SIGTERM, SIGHUP (128 + the \
 signal; everything attached is undone first).\n\n\
@@ -49,8 +51,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// End every running kchaos and undo anything a killed one left behind.
-    Stop,
+    /// End every running kchaos and undo anything a killed one left behind; with --name, one run.
+    #[command(
+        after_help = "Examples:\n  kchaos stop                 # every run, and what killed ones left behind\n  \
+kchaos stop --name db-loss   # one run (see `kchaos status`)\n\n\
+Exit status: 0 done; 1 something could not be undone or ended (said above); 2 not root, an\n\
+untrusted record directory, or no run of that name."
+    )]
+    Stop {
+        /// End only the run of this name (its `--name`, or <command>-<pid>), then undo its residue.
+        #[arg(long, value_name = "NAME", value_parser = chaos_userspace::control::parse_name)]
+        name: Option<String>,
+    },
+    /// List the running kchaos runs: name, pid, faults, targets, armed since, time left, counters.
+    #[command(
+        after_help = "Examples:\n  kchaos status\n  kchaos status --json | jq '.runs[].name'\n\n\
+A run killed without its cleanup is listed apart as dead, with what `kchaos stop` would undo."
+    )]
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// A self-contained demo: a lab (netns, veth, cgroup), drop then partition, a table of results.
     Demo,
     /// Traffic generators for labs and tests (run inside a cgroup/netns).
@@ -109,7 +131,8 @@ fn main() -> ExitCode {
         Command::StressWorker(args) => chaos_userspace::kinds::stress::worker::run(&args),
         Command::PauseGuard(args) => chaos_userspace::kinds::pause::freeze::guard(&args),
         Command::Probe { json } => probe::run(json),
-        Command::Stop => stop::run(),
+        Command::Stop { name } => stop::run(name.as_deref()),
+        Command::Status { json } => status::run(json),
         Command::Demo => demo::run(),
         Command::Traffic(args) => traffic::run(&args),
         Command::Run(args) => block_on(chaos_userspace::experiment::run_command(args)),
@@ -118,6 +141,7 @@ fn main() -> ExitCode {
         Command::Monkey(args) => block_on(chaos_userspace::experiment::monkey_command(args)),
         Command::ProbeAgent(args) => chaos_userspace::experiment::probe_agent_command(&args),
     };
+    detach::finish(&result);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

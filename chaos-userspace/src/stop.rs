@@ -24,6 +24,7 @@ use crate::{
     bounded_read,
     engine::journal::{self, Liveness, Record, RecordOwner, Residue, Verdict},
     engine::run_identity::ProcessIdentity,
+    error::BadInput,
 };
 
 /// How long a run gets to end after SIGTERM before SIGKILL.
@@ -43,13 +44,88 @@ struct Tally {
     acted: bool,
 }
 
-/// `kchaos stop`. Exit 2 when it may not act (not root, a record directory it can't trust), 1 when an
-/// entry was refused or could not be undone.
-pub fn run() -> anyhow::Result<()> {
+/// `kchaos stop [--name NAME]`. Exit 2 when it may not act (not root, a record directory it can't
+/// trust, no run of that name), 1 when an entry was refused or could not be undone.
+pub fn run(name: Option<&str>) -> anyhow::Result<()> {
     crate::require_root(
         "kchaos stop",
         "it signals kchaos runs of root and undoes what they left behind",
     )?;
+    match name {
+        Some(name) => stop_one(name),
+        None => stop_all(),
+    }
+}
+
+/// `kchaos stop --name NAME`: ends the run of that name (the verified kchaos process, SIGTERM, a
+/// grace period, then SIGKILL) and undoes what it left behind, as [`stop_all`] does for every run.
+fn stop_one(name: &str) -> anyhow::Result<()> {
+    let dir = journal::run_dir();
+    let not_found = |running: Vec<String>| {
+        BadInput::new(format!(
+            "no kchaos run is named '{name}' ({}); `kchaos status` lists the runs",
+            if running.is_empty() {
+                "none is running".to_owned()
+            } else {
+                format!("running: {}", running.join(", "))
+            }
+        ))
+    };
+    if !dir.exists() {
+        return Err(not_found(Vec::new()).into());
+    }
+    let checked = journal::check_run_dir(&dir)?;
+    // A run of that name still starting (no record yet) is found by its command line.
+    let starting: Vec<Starting> = kchaos_runs(&checked)
+        .into_iter()
+        .filter(|s| s.name.as_deref() == Some(name) && !s.has_record(&checked))
+        .collect();
+    let start = Instant::now();
+    while starting
+        .iter()
+        .any(|s| s.still_running() && !s.has_record(&checked))
+        && start.elapsed() < START_WAIT
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let files = journal::records_in(&checked);
+    let mut running = Vec::new();
+    let mut tally = Tally::default();
+    let mut handled = BTreeSet::new();
+    for file in files {
+        let Ok(record) = &file.record else { continue };
+        if record.name.as_deref() != Some(name) {
+            if matches!(journal::liveness(record), Liveness::Running)
+                && let Some(n) = &record.name
+            {
+                running.push(n.clone());
+            }
+            continue;
+        }
+        handled.insert(record.pid);
+        handle_record(&file.path, file.record, &mut tally);
+    }
+    for run in starting
+        .iter()
+        .filter(|s| !handled.contains(&s.pid) && s.still_running())
+    {
+        tally.acted = true;
+        println!(
+            "kchaos stop: ending kchaos {} '{name}' (pid {}), which was still starting, with SIGTERM",
+            run.command, run.pid
+        );
+        if !end_process(run.pid, &run.identity, &run.command) {
+            tally.failed += 1;
+        }
+    }
+    if !tally.acted {
+        return Err(not_found(running).into());
+    }
+    tally.result()
+}
+
+/// Bare `kchaos stop`: every run of the record directory, and whatever killed runs left behind.
+fn stop_all() -> anyhow::Result<()> {
     let dir = journal::run_dir();
     let mut checked = if dir.exists() {
         Some(journal::check_run_dir(&dir)?)
@@ -90,17 +166,38 @@ pub fn run() -> anyhow::Result<()> {
     if !tally.acted {
         println!("kchaos stop: nothing running, nothing left behind");
     }
-    match (tally.refused, tally.failed) {
-        (0, 0) => Ok(()),
-        (refused, failed) => Err(anyhow::anyhow!(
-            "{refused} record entr{} refused, {failed} thing(s) not undone or ended; see above",
-            if refused == 1 { "y" } else { "ies" }
-        )),
+    tally.result()
+}
+
+impl Tally {
+    fn result(&self) -> anyhow::Result<()> {
+        match (self.refused, self.failed) {
+            (0, 0) => Ok(()),
+            (refused, failed) => Err(anyhow::anyhow!(
+                "{refused} record entr{} refused, {failed} thing(s) not undone or ended; see above",
+                if refused == 1 { "y" } else { "ies" }
+            )),
+        }
     }
 }
 
-/// Ends the record's process if it is still that run, then undoes the checked residue.
+/// Ends the record's process if it is still that run, then undoes the checked residue; the run's
+/// status file goes with its record.
 fn handle_record(path: &Path, record: Result<Record, String>, tally: &mut Tally) {
+    handle_record_inner(path, record, tally);
+    if fs::symlink_metadata(path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+        remove_plain_file(&journal::status_path(path));
+    }
+}
+
+/// Removes `path` if it is a plain file (a link is left alone).
+fn remove_plain_file(path: &Path) {
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
+        let _ = fs::remove_file(path);
+    }
+}
+
+fn handle_record_inner(path: &Path, record: Result<Record, String>, tally: &mut Tally) {
     tally.acted = true;
     let record = match record {
         Ok(r) => r,
@@ -259,6 +356,8 @@ struct Starting {
     pid: u32,
     identity: ProcessIdentity,
     command: String,
+    /// Its `--name`, from its command line.
+    name: Option<String>,
 }
 
 impl Starting {
@@ -341,9 +440,21 @@ fn kchaos_runs(dir: &Path) -> Vec<Starting> {
             pid,
             identity,
             command: command.clone(),
+            name: name_in(&argv),
         });
     }
     runs
+}
+
+/// The value of `--name` in a command line.
+fn name_in(argv: &[String]) -> Option<String> {
+    argv.iter().enumerate().find_map(|(i, a)| {
+        if a == "--name" {
+            argv.get(i + 1).cloned()
+        } else {
+            a.strip_prefix("--name=").map(str::to_owned)
+        }
+    })
 }
 
 /// The NUL-separated strings of /proc/PID/<file> (cmdline, environ).
@@ -384,16 +495,49 @@ fn same_dir_key(dir: &Path, pid: Option<u32>) -> PathBuf {
 }
 
 /// Removes `<pid>[-<start>].tmp` files no live kchaos run is writing: a run killed while it wrote its
-/// record leaves one, with nothing attached yet (the record comes first).
+/// record leaves one, with nothing attached yet (the record comes first). Likewise the status files
+/// of runs that are gone, and the logs of detached runs no running kchaos has.
 fn remove_leftover_tmps(dir: &Path, tally: &mut Tally) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
+    let live_names: BTreeSet<String> = journal::records_in(dir)
+        .into_iter()
+        .filter_map(|f| f.record.ok())
+        .filter(|r| matches!(journal::liveness(r), Liveness::Running))
+        .filter_map(|r| r.name)
+        .collect();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((pid, start, "tmp")) = journal::parse_record_name(&name) else {
+        if let Some(run) = name.strip_suffix(".log")
+            && !live_names.contains(run)
+            && entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            tally.acted = true;
+            if fs::remove_file(entry.path()).is_ok() {
+                println!(
+                    "kchaos stop: removed {}, the log of a detached run that has ended",
+                    entry.path().display()
+                );
+            }
+            continue;
+        }
+        let Some((pid, start, ext)) = journal::parse_record_name(&name) else {
             continue;
         };
+        if ext == journal::STATUS_EXT || ext == journal::STATUS_TMP_EXT {
+            let record = entry.path().with_extension("json");
+            let running = ProcessIdentity::of(pid).is_ok_and(|live| {
+                live.is_kchaos_binary() && start.is_none_or(|s| s == live.start_time)
+            });
+            if !running && !record.exists() {
+                remove_plain_file(&entry.path());
+            }
+            continue;
+        }
+        if ext != "tmp" {
+            continue;
+        }
         let writing = ProcessIdentity::of(pid).is_ok_and(|live| {
             live.is_kchaos_binary() && start.is_none_or(|s| s == live.start_time)
         });
@@ -427,5 +571,25 @@ fn describe(r: &Residue) -> String {
         Residue::FrozenCgroup { path } => format!("frozen cgroup {}", path.display()),
         Residue::Cgroup { path } => format!("cgroup {}", path.display()),
         Residue::Path { path } => format!("{}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_read_from_either_form_of_the_flag() {
+        let argv = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            name_in(&argv(&["kchaos", "net", "--name", "loss", "--drop", "5"])),
+            Some("loss".into())
+        );
+        assert_eq!(
+            name_in(&argv(&["kchaos", "run", "f.yaml", "--name=game-day"])),
+            Some("game-day".into())
+        );
+        assert_eq!(name_in(&argv(&["kchaos", "net", "--drop", "5"])), None);
+        assert_eq!(name_in(&argv(&["kchaos", "net", "--name"])), None);
     }
 }

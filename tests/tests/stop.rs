@@ -99,6 +99,7 @@ fn record(pid: u32, identity: Option<ProcessIdentity>, residue: Vec<Residue>) ->
         pid,
         identity,
         command: "net".into(),
+        name: None,
         started_unix: 1,
         targets: Vec::new(),
         kinds: vec!["net".into()],

@@ -54,7 +54,12 @@ fn run_parts(args: &TestArgs, report: &mut Report) -> Result<()> {
         failed.push(e);
     }
 
-    setup::ensure_debian_packages(&[("ip", "iproute2"), ("tc", "iproute2")])?;
+    // prometheus: the metrics test scrapes a run with a real server.
+    setup::ensure_debian_packages(&[
+        ("ip", "iproute2"),
+        ("tc", "iproute2"),
+        ("prometheus", "prometheus"),
+    ])?;
     setup::step("integration tests on this kernel");
     let selection = cargo_tests::select(&args.filter, &cargo_tests::integration_test_files()?);
     let mut host = Command::new(env!("CARGO"));

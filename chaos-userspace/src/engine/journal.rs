@@ -313,6 +313,10 @@ pub struct Record {
     #[serde(default)]
     pub identity: Option<ProcessIdentity>,
     pub command: String,
+    /// The run's name (`--name`, else `<command>-<pid>`): unique among live runs. None in records of
+    /// an older kchaos.
+    #[serde(default)]
+    pub name: Option<String>,
     pub started_unix: u64,
     /// The cgroups the run injects into (for the check against stacking runs).
     #[serde(default)]
@@ -447,7 +451,7 @@ pub fn check_run_dir(dir: &Path) -> Result<PathBuf, BadInput> {
 }
 
 /// Makes the record directory (0700) if it is missing, then checks it.
-fn prepare_run_dir() -> Result<PathBuf, BadInput> {
+pub fn prepare_run_dir() -> Result<PathBuf, BadInput> {
     let dir = run_dir();
     if !dir.exists() {
         fs::DirBuilder::new()
@@ -476,6 +480,7 @@ impl Journal {
     /// unless `stack`.
     pub fn create(
         command: &str,
+        name: &str,
         kinds: &[&str],
         targets: &[PathBuf],
         stack: bool,
@@ -494,6 +499,7 @@ impl Journal {
                 pid,
                 identity: Some(identity),
                 command: command.to_owned(),
+                name: Some(name.to_owned()),
                 started_unix,
                 targets: targets.to_vec(),
                 kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
@@ -505,7 +511,16 @@ impl Journal {
             .with_context(|| format!("writing the run record {}", journal.path.display()))?;
         // Checked after our own record is written: of two runs starting together, the later one to
         // look always sees the other.
-        let clashes = clashes(&journal.record, &records_in(&dir));
+        let records = records_in(&dir);
+        if let Some(other) = same_name(&journal.record, &records) {
+            return Err(BadInput::new(format!(
+                "a kchaos run named '{name}' is already running (kchaos {}, pid {}): pick another \
+                 --name, or end that one first (`kchaos stop --name {name}`)",
+                other.command, other.pid
+            ))
+            .into());
+        }
+        let clashes = clashes(&journal.record, &records);
         if !clashes.is_empty() {
             let text = clashes.join("\n  ");
             if !stack {
@@ -536,6 +551,7 @@ impl Journal {
                 pid: std::process::id(),
                 identity: None,
                 command: String::new(),
+                name: None,
                 started_unix: 0,
                 targets: Vec::new(),
                 kinds: Vec::new(),
@@ -574,6 +590,63 @@ impl Journal {
         }
         write_record(&self.path, &self.record)
     }
+
+    /// The record directory (empty for a scratch journal).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new(""))
+    }
+
+    /// The run's name.
+    pub fn name(&self) -> &str {
+        self.record.name.as_deref().unwrap_or("")
+    }
+
+    /// Writes what the run shows about itself to its status file, beside its record (`kchaos status`
+    /// reads it while the record names a live run).
+    pub fn publish_status(&self, snapshot: &crate::live::Snapshot) -> io::Result<()> {
+        if self.path.as_os_str().is_empty() {
+            return Ok(());
+        }
+        write_private(
+            &status_path(&self.path),
+            &self.path.with_extension(STATUS_TMP_EXT),
+            &serde_json::to_vec(snapshot)?,
+        )
+    }
+}
+
+/// The extension of a run's status file, beside its record `<pid>-<start>.json`.
+pub const STATUS_EXT: &str = "status";
+/// The extension of a status file being written.
+pub const STATUS_TMP_EXT: &str = "status-tmp";
+
+/// The status file of the record at `record`.
+pub fn status_path(record: &Path) -> PathBuf {
+    record.with_extension(STATUS_EXT)
+}
+
+/// Reads the status file of the record at `record`; None when it is missing, not root's alone or
+/// not a status.
+pub fn read_status(record: &Path) -> Option<crate::live::Snapshot> {
+    let path = status_path(record);
+    let meta = fs::symlink_metadata(&path).ok()?;
+    if !meta.file_type().is_file() || meta.uid() != owner_uid() || meta.mode() & 0o022 != 0 {
+        return None;
+    }
+    let bytes = bounded_read::read(&path, bounded_read::RECORD_LIMIT, "run status").ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The live run other than `mine` that has `mine`'s name, if any.
+fn same_name<'a>(mine: &Record, others: &'a [RecordFile]) -> Option<&'a Record> {
+    others.iter().find_map(|file| {
+        let other = file.record.as_ref().ok()?;
+        (other.pid != mine.pid
+            && other.name.is_some()
+            && other.name == mine.name
+            && matches!(liveness(other), Liveness::Running))
+        .then_some(other)
+    })
 }
 
 impl Drop for Journal {
@@ -581,8 +654,11 @@ impl Drop for Journal {
         for (r, e) in self.undo_all() {
             tracing::error!("could not undo {r:?}: {e}; `kchaos stop` will retry");
         }
-        if self.record.residue.is_empty() && !self.path.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.path);
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(status_path(&self.path));
+            if self.record.residue.is_empty() {
+                let _ = fs::remove_file(&self.path);
+            }
         }
     }
 }
@@ -606,19 +682,27 @@ pub fn parse_record_name(name: &str) -> Option<(u32, Option<u64>, &str)> {
 /// Writes a record: a 0600 temp file, then renamed over the record, so a reader never sees half of
 /// one.
 pub fn write_record(path: &Path, record: &Record) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    write_private(
+        path,
+        &path.with_extension("tmp"),
+        &serde_json::to_vec_pretty(record)?,
+    )
+}
+
+/// Writes `bytes` to `path` through the 0600 file `tmp`, renamed over it.
+fn write_private(path: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
+        .open(tmp)?;
     // A temp file left by an earlier process keeps its mode through O_TRUNC: set it again.
     file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    file.write_all(&serde_json::to_vec_pretty(record)?)?;
+    file.write_all(bytes)?;
     drop(file);
-    fs::rename(&tmp, path)
+    fs::rename(tmp, path)
 }
 
 /// One record file, read and checked, or why it can't be trusted.
@@ -950,6 +1034,7 @@ mod tests {
             pid,
             identity: Some(ProcessIdentity::of_self().unwrap()),
             command: "net".into(),
+            name: Some("n".into()),
             started_unix: 1,
             targets: vec!["/sys/fs/cgroup/a".into()],
             kinds: vec!["net".into()],
@@ -986,6 +1071,52 @@ mod tests {
     }
 
     #[test]
+    fn a_name_is_taken_only_by_a_live_run() {
+        let live = Record {
+            pid: std::process::id(),
+            identity: Some(ProcessIdentity::of_self().unwrap()),
+            command: "net".into(),
+            name: Some("loss".into()),
+            started_unix: 1,
+            targets: vec!["/cg/a".into()],
+            kinds: vec!["net".into()],
+            residue: vec![],
+        };
+        let file = |r: Record| RecordFile {
+            path: "x".into(),
+            record: Ok(r),
+        };
+        let mine = Record {
+            pid: std::process::id() + 1,
+            ..live.clone()
+        };
+        let others = [file(live.clone())];
+        assert_eq!(same_name(&mine, &others).map(|r| r.pid), Some(live.pid));
+        let other_name = Record {
+            name: Some("other".into()),
+            ..mine.clone()
+        };
+        assert!(same_name(&other_name, &others).is_none());
+        // A dead or unverifiable run's record, or a record of an older kchaos (no name), frees it.
+        let stale = [file(Record {
+            identity: None,
+            ..live.clone()
+        })];
+        assert!(same_name(&mine, &stale).is_none());
+        let unnamed = [file(Record {
+            name: None,
+            ..live.clone()
+        })];
+        let mine_unnamed = Record {
+            name: None,
+            ..mine.clone()
+        };
+        assert!(same_name(&mine_unnamed, &unnamed).is_none());
+        // Its own record is not another run.
+        assert!(same_name(&live, &others).is_none());
+    }
+
+    #[test]
     fn clashing_targets_are_the_same_cgroup_a_parent_or_a_child() {
         assert!(overlaps(Path::new("/cg/a"), Path::new("/cg/a")));
         assert!(overlaps(Path::new("/cg/a"), Path::new("/cg/a/b")));
@@ -997,6 +1128,7 @@ mod tests {
             pid: std::process::id(),
             identity: Some(ProcessIdentity::of_self().unwrap()),
             command: "net".into(),
+            name: Some("n".into()),
             started_unix: 1,
             targets: vec!["/cg/a".into()],
             kinds: vec!["net".into()],

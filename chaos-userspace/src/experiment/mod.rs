@@ -29,6 +29,7 @@ use self::{
 };
 use crate::{
     error::BadInput,
+    live::{Live, Snapshot},
     output::{OutputFile, create_if_asked},
     report::{Report, html, junit},
 };
@@ -66,6 +67,8 @@ pub struct OutputArgs {
     /// both faults then apply (the effective rate compounds).
     #[arg(long)]
     pub stack: bool,
+    #[command(flatten)]
+    pub control: crate::control::Control,
 }
 
 #[derive(Debug, clap::Args)]
@@ -197,9 +200,14 @@ pub fn validate_command(args: &ValidateArgs) -> Result<()> {
 }
 
 /// What `run` and `monkey` share after the scenario is built.
-async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> Result<()> {
+async fn run_scenario(
+    s: Scenario,
+    out: &OutputArgs,
+    command: &'static str,
+    child_args: &[String],
+) -> Result<()> {
     // From here on a Ctrl-C or SIGTERM (`kchaos stop`) ends the run through its cleanup.
-    let signals = crate::engine::lifecycle::Signals::install()?;
+    let mut signals = crate::engine::lifecycle::Signals::install()?;
     let files = (
         create_if_asked(out.report.as_deref(), "--report")?,
         create_if_asked(out.junit.as_deref(), "--junit")?,
@@ -227,6 +235,9 @@ async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> R
         .into());
     }
     crate::require_root("kchaos run", crate::ROOT_BECAUSE)?;
+    if out.control.launches_detached() {
+        return crate::detach::launch(child_args, &mut signals).await;
+    }
     for f in &s.faults {
         let fault_targets: Vec<crate::engine::targets::Target> = targets
             .iter()
@@ -241,7 +252,25 @@ async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> R
     let mut kinds: Vec<&str> = s.faults.iter().map(|f| f.kind.name()).collect();
     kinds.sort_unstable();
     kinds.dedup();
-    let journal = crate::engine::journal::Journal::create(command, &kinds, &paths, out.stack)?;
+    let name = out.control.name_or_default(command);
+    let live = Live::new(Snapshot {
+        name: name.clone(),
+        pid: std::process::id(),
+        command: command.into(),
+        ..Snapshot::default()
+    });
+    // Bound before anything is prepared: a taken port is bad input with nothing attached.
+    let server = match out.control.metrics {
+        Some(addr) => Some(crate::metrics::Server::start(addr, live.clone())?),
+        None => None,
+    };
+    let journal =
+        crate::engine::journal::Journal::create(command, &name, &kinds, &paths, out.stack)?;
+    crate::detach::redirect_output(journal.dir(), &name)?;
+    println!("run '{name}' (pid {})", std::process::id());
+    if let Some(s) = &server {
+        println!("metrics: http://{}/metrics", s.addr());
+    }
     let report = runner::execute(runner::Setup {
         scenario: s,
         targets,
@@ -253,10 +282,14 @@ async fn run_scenario(s: Scenario, out: &OutputArgs, command: &'static str) -> R
         journal,
         prepare: None,
         signals,
+        live,
     })
     .await?;
     println!("{}", report.summary_text());
     write_outputs(&report, files.0, files.1)?;
+    if let Some(s) = &server {
+        crate::command::linger(s, out.control.metrics_linger);
+    }
     verdict(&report)
 }
 
@@ -296,19 +329,26 @@ fn verdict(report: &Report) -> Result<()> {
 
 /// `kchaos run FILE`.
 pub async fn run_command(args: RunArgs) -> Result<()> {
+    crate::detach::adopt(args.out.control.ready_fd)?;
     let s = load(&args.file, &args.vars)?;
-    run_scenario(s, &args.out, "run").await
+    run_scenario(s, &args.out, "run", &[]).await
 }
 
 /// `kchaos monkey`.
 pub async fn monkey_command(args: monkey::MonkeyArgs) -> Result<()> {
+    crate::detach::adopt(args.out.control.ready_fd)?;
     let (s, seed) = monkey::scenario(&args)?;
     let errors = validate::check(&s);
     if !errors.is_empty() {
         return Err(BadInput::new(monkey::describe_errors(&errors)).into());
     }
     println!("kchaos monkey: seed {seed} (--seed {seed} replays this draw)");
-    run_scenario(s, &args.out, "monkey").await
+    // A background monkey draws the same faults as this one said it would.
+    let child_args = match args.seed {
+        Some(_) => Vec::new(),
+        None => vec![format!("--seed={seed}")],
+    };
+    run_scenario(s, &args.out, "monkey", &child_args).await
 }
 
 /// `kchaos report FILE.json`.

@@ -25,6 +25,9 @@ impl Run<'_> {
             .probes
             .iter()
             .position(|p| p.name == r.probe)?;
+        if let Some(p) = self.live.lock().probes.get_mut(index) {
+            p.observe(r.ok, r.latency_ms / 1e3);
+        }
         let phase = self.phase_of(r.t_ns);
         self.probe_results[index].push(ProbeSample::from_result(&r, self.t0_ns, phase));
         if phase != "during" || self.after_start_ns.is_some() {

@@ -28,6 +28,7 @@ use super::{
     scenario::{Check, Scenario},
     validate::ResolvedTarget,
 };
+use crate::live::{FaultState, FaultStatus, Live, Phase, ProbeStatus};
 use crate::{
     engine::journal::Journal,
     engine::lifecycle::{self, EndReason, Signals},
@@ -76,6 +77,9 @@ pub struct Setup {
     /// Ctrl-C, SIGTERM and SIGHUP, caught by the caller before it made anything (a `kchaos stop`
     /// right after the start ends the run through its cleanup, not with the default action).
     pub signals: Signals,
+    /// What the run shows outside itself (`kchaos status`, `--metrics`): the runner keeps it
+    /// current; the caller fills in the name, pid and command.
+    pub live: Live,
 }
 
 /// Prepares one fault on its targets (a test's fake instead of the kind's own `prepare`).
@@ -126,6 +130,11 @@ struct Run<'a> {
     prepare: Option<Box<PrepareFn>>,
     budget_end: Option<Instant>,
     abort_to_detached_ms: Option<f64>,
+    live: Live,
+    /// When the status file was last written.
+    published: Option<Instant>,
+    /// Whether a caller of `--detach` has been told the faults are armed.
+    announced: bool,
 }
 
 pub async fn execute(setup: Setup) -> Result<Report> {
@@ -140,6 +149,7 @@ pub async fn execute(setup: Setup) -> Result<Report> {
         journal,
         prepare,
         signals,
+        live,
     } = setup;
     let s = &scenario;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -194,13 +204,18 @@ pub async fn execute(setup: Setup) -> Result<Report> {
             .and_then(|b| b.max_duration)
             .map(|d| t0 + d),
         abort_to_detached_ms: None,
+        live,
+        published: None,
+        announced: false,
     };
+    run.start_live();
     run.event("run.start", format!("'{}' from {}", s.title, s.file));
 
     // Everything slow happens now, before the first window opens; a fault that cannot be prepared
     // ends the run with nothing armed and everything prepared so far undone.
     if let Err(e) = run.prepare_all() {
         run.finish_all("preparing failed");
+        run.set_phase(Phase::Ended);
         return Err(e);
     }
 
@@ -227,6 +242,7 @@ pub async fn execute(setup: Setup) -> Result<Report> {
     let mut before_held = true;
     // Before: the hypothesis must hold, or nothing is injected.
     if !s.steady_state.probes.is_empty() && !s.steady_state.before.is_zero() {
+        run.set_phase(Phase::Before);
         run.event(
             "phase.before",
             format!("probing for {}", format_duration(s.steady_state.before)),
@@ -260,6 +276,7 @@ pub async fn execute(setup: Setup) -> Result<Report> {
         let start = Instant::now();
         run.method_start = Some(start);
         run.method_start_ns = lifecycle::monotonic_ns();
+        run.set_phase(Phase::During);
         let start_ms = run.ms();
         // The plan, from the method's real start.
         for f in &mut run.faults {
@@ -298,6 +315,7 @@ pub async fn execute(setup: Setup) -> Result<Report> {
     let signalled = matches!(stop, Some(Stop::Signal(_)));
     if method_ran && !signalled && !s.steady_state.probes.is_empty() {
         run.after_start_ns = Some(lifecycle::monotonic_ns());
+        run.set_phase(Phase::After);
         let start_ms = run.ms();
         run.event(
             "phase.after",
@@ -318,6 +336,7 @@ pub async fn execute(setup: Setup) -> Result<Report> {
     while let Ok(r) = run.rx.try_recv() {
         run.record_result(r);
     }
+    run.set_phase(Phase::Ended);
 
     let mut rollbacks = Vec::new();
     if method_ran {
@@ -437,7 +456,9 @@ impl Run<'_> {
                         if let Some(why) = self.tick_method(now) {
                             return Ok(Some(Stop::Abort(why)));
                         }
+                        self.announce_armed();
                     }
+                    self.refresh_live(false);
                     // The method ends with its last fault (a window counts from when its effect
                     // took hold, which may be a little after the plan).
                     if now >= deadline && !(method && self.faults_pending()) {
@@ -452,6 +473,111 @@ impl Run<'_> {
                 }
             }
         }
+    }
+
+    /// Fills in what the live snapshot knows before anything runs: the faults, the probes, the
+    /// budget, when the run ends at the latest.
+    fn start_live(&mut self) {
+        let s = self.s;
+        let planned = s.steady_state.before + s.method_length() + s.steady_state.after;
+        let end = self.budget_end.map_or(planned, |b| {
+            planned.min(b.saturating_duration_since(self.t0))
+        });
+        {
+            let mut snap = self.live.lock();
+            snap.phase = Phase::Preparing;
+            snap.started_unix_ms = self.t0_unix_ms;
+            snap.ends_unix_ms = Some(self.t0_unix_ms + end.as_millis() as u64);
+            snap.max_injected_events = s.budget.as_ref().and_then(|b| b.max_injected_events);
+            snap.faults = s
+                .faults
+                .iter()
+                .map(|f| FaultStatus {
+                    name: f.name.clone(),
+                    kind: f.kind.name().into(),
+                    description: f.describe(),
+                    targets: self
+                        .targets
+                        .iter()
+                        .filter(|t| f.targets.contains(&t.name))
+                        .map(|t| t.path.display().to_string())
+                        .collect(),
+                    labels: f.kind.metric_labels(),
+                    ..FaultStatus::default()
+                })
+                .collect();
+            snap.probes = s
+                .steady_state
+                .probes
+                .iter()
+                .map(|p| ProbeStatus::new(&p.name))
+                .collect();
+        }
+        self.refresh_live(true);
+    }
+
+    /// Enters a phase, and says so at once. The faults' start fixes when the run ends at the latest
+    /// (preparing and the steady state before may have taken longer than planned).
+    fn set_phase(&mut self, phase: Phase) {
+        if phase == Phase::During {
+            let s = self.s;
+            let now = Instant::now();
+            let mut end = now + s.method_length() + s.steady_state.after;
+            if let Some(b) = self.budget_end {
+                end = end.min(b);
+            }
+            self.live.lock().ends_unix_ms = Some(
+                crate::live::unix_ms() + end.saturating_duration_since(now).as_millis() as u64,
+            );
+        }
+        self.live.lock().phase = phase;
+        self.refresh_live(true);
+    }
+
+    /// Copies each fault's state and counters into the live snapshot; writes the status file when
+    /// `now` is asked or a second has passed since the last write.
+    fn refresh_live(&mut self, now: bool) {
+        let mut snap = self.live.lock();
+        for (f, status) in self.faults.iter().zip(snap.faults.iter_mut()) {
+            status.state = match f.state {
+                State::Idle => FaultState::Pending,
+                State::Prepared => FaultState::Prepared,
+                State::Armed => FaultState::Armed,
+                State::Done => FaultState::Done,
+            };
+            status.armed_since_unix_ms = f.record.start_ms.map(|ms| self.t0_unix_ms + ms as u64);
+            status.ends_unix_ms = match (f.record.end_ms, f.ends_at) {
+                (Some(ms), _) => Some(self.t0_unix_ms + ms as u64),
+                (None, Some((end, _))) => Some(
+                    self.t0_unix_ms + end.saturating_duration_since(self.t0).as_millis() as u64,
+                ),
+                (None, None) => None,
+            };
+            status.injected_events = f.record.injected_events;
+            if status.counters != f.record.counters {
+                status.counters.clone_from(&f.record.counters);
+            }
+        }
+        snap.injected_events = self.faults.iter().map(|f| f.record.injected_events).sum();
+        snap.updated_unix_ms = crate::live::unix_ms();
+        let due = now || self.published.is_none_or(|p| p.elapsed() >= SAMPLE_EVERY);
+        if due {
+            self.published = Some(Instant::now());
+            if let Err(e) = self.journal.publish_status(&snap) {
+                tracing::warn!("writing the run's status file: {e}");
+            }
+        }
+    }
+
+    /// Tells a caller of `--detach` that the run is under way, once every fault is prepared and
+    /// those due by now are armed.
+    fn announce_armed(&mut self) {
+        if self.announced || self.faults.iter().any(|f| f.state == State::Idle) {
+            return;
+        }
+        self.announced = true;
+        self.refresh_live(true);
+        crate::detach::announce_ready(self.journal.name());
     }
 
     fn signalled(&mut self, reason: EndReason) -> Stop {

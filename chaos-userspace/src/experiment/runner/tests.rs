@@ -96,6 +96,7 @@ fn setup(yaml: &str, log: &SharedLog, fail_prepare: Option<&'static str>) -> Set
         command: "run",
         journal: Journal::scratch(),
         signals: crate::engine::lifecycle::Signals::install().unwrap(),
+        live: crate::live::Live::default(),
         prepare: Some(Box::new(move |_kind: &FaultKind, _targets, _journal| {
             let name = names[next].clone();
             next += 1;

@@ -364,6 +364,7 @@ impl Run<'_> {
             }
             self.finish(i, why);
         }
+        self.refresh_live(true);
         armed
     }
 }

@@ -19,7 +19,7 @@ use crate::{
     engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
-    kind::{Active, Counters, Kind, TargetFinding},
+    kind::{Active, Counters, Kind, MetricMap, TargetFinding},
 };
 
 pub const EXAMPLES: &str = "Examples:\n  kchaos kill --cgroup app                 (SIGKILL to one random process)\n  \
@@ -63,6 +63,35 @@ impl KillSpec {
 impl Kind for KillSpec {
     const NAME: &'static str = "kill";
     const INSTANT: bool = true;
+    const METRICS: &'static [MetricMap] = &[
+        MetricMap::gauge(
+            "signalled",
+            "kill_signalled_processes",
+            "Processes the fault signalled.",
+            1.0,
+        )
+        .total(),
+        MetricMap::gauge(
+            "already_gone",
+            "kill_already_gone_processes",
+            "Chosen processes that had exited before the signal.",
+            1.0,
+        )
+        .total(),
+        MetricMap::gauge(
+            "failed",
+            "kill_failed_processes",
+            "Processes the signal could not be sent to.",
+            1.0,
+        )
+        .total(),
+        MetricMap::gauge(
+            "candidates",
+            "kill_candidate_processes",
+            "Processes of the targets the fault chose from.",
+            1.0,
+        ),
+    ];
     type Args = KillArgs;
     type Active = KillFault;
 

@@ -17,7 +17,7 @@ use crate::{
     engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
-    kind::{Active, Counters, Kind, MonkeyCaps, TargetFinding, Unit},
+    kind::{Active, Counters, Kind, MetricMap, MonkeyCaps, TargetFinding, Unit},
     units::pct,
 };
 
@@ -31,6 +31,45 @@ impl Kind for NetSpec {
     const PARAMS: &'static [(&'static str, Unit)] =
         &[("drop", Unit::Percent), ("delay", Unit::Duration)];
     const MONKEY_TYPES: &'static [&'static str] = &["net-drop", "net-delay", "net-partition"];
+    const METRICS: &'static [MetricMap] = &[
+        MetricMap::counter(
+            "direction",
+            "seen",
+            "net_packets_seen",
+            "Packets of the target cgroups the fault's programs saw, per direction.",
+        ),
+        MetricMap::counter(
+            "direction",
+            "matched",
+            "net_packets_matched",
+            "Packets that matched the fault's filter (peers, ports), per direction.",
+        ),
+        MetricMap::counter(
+            "direction",
+            "dropped",
+            "net_packets_dropped",
+            "Packets the fault dropped (--drop), per direction.",
+        ),
+        MetricMap::counter(
+            "direction",
+            "partitioned",
+            "net_packets_partitioned",
+            "Packets the fault dropped to or from a partitioned peer, per direction.",
+        ),
+        MetricMap::counter(
+            "direction",
+            "delayed",
+            "net_packets_delayed",
+            "Packets the fault delayed (--delay), per direction.",
+        ),
+        MetricMap::counter(
+            "direction",
+            "delay_ns_total",
+            "net_delay_seconds",
+            "Delay the fault added over all delayed packets, per direction.",
+        )
+        .scaled(1e-9),
+    ];
     type Args = NetArgs;
     type Active = NetFault;
 

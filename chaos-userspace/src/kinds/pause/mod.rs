@@ -19,7 +19,7 @@ use crate::{
         review::Risk,
         yaml::{Node, Value},
     },
-    kind::{Active, Counters, Kind, TargetFinding},
+    kind::{Active, Counters, Kind, MetricMap, TargetFinding},
 };
 
 pub const EXAMPLES: &str = "Examples:\n  kchaos pause --cgroup app --duration 10s\n  \
@@ -40,6 +40,39 @@ const ARM_SETTLE: Duration = Duration::from_millis(200);
 impl Kind for PauseSpec {
     const NAME: &'static str = "pause";
     const REQUIRES_DURATION: bool = true;
+    const METRICS: &'static [MetricMap] = &[
+        MetricMap::gauge(
+            "frozen",
+            "pause_frozen",
+            "1 while the target cgroups are frozen.",
+            1.0,
+        ),
+        MetricMap::gauge(
+            "frozen_ms",
+            "pause_frozen_seconds",
+            "How long the target cgroups have been frozen.",
+            1e-3,
+        )
+        .total(),
+        MetricMap::gauge(
+            "processes",
+            "pause_processes",
+            "Processes in the frozen cgroups.",
+            1.0,
+        ),
+        MetricMap::gauge(
+            "freeze_us",
+            "pause_freeze_latency_seconds",
+            "How long the kernel took to freeze the cgroups.",
+            1e-6,
+        ),
+        MetricMap::gauge(
+            "thaw_us",
+            "pause_thaw_latency_seconds",
+            "How long the kernel took to thaw the cgroups.",
+            1e-6,
+        ),
+    ];
     type Args = PauseArgs;
     type Active = PauseFault;
 

@@ -36,7 +36,7 @@ use crate::{
     engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
-    kind::{Active, Counters, Kind, MonkeyCaps, TargetFinding, Unit},
+    kind::{Active, Counters, Kind, MetricMap, MonkeyCaps, TargetFinding, Unit},
     report::FaultRecord,
 };
 
@@ -50,6 +50,85 @@ impl Kind for StressSpec {
     const NAME: &'static str = "stress";
     const PARAMS: &'static [(&'static str, Unit)] = &[("cpu_load", Unit::Percent)];
     const MONKEY_TYPES: &'static [&'static str] = &["cpu"];
+    const METRICS: &'static [MetricMap] = &[
+        MetricMap::gauge(
+            "cpu.load_pct",
+            "stress_cpu_target_ratio",
+            "The CPU load asked of each worker (1 = one whole CPU).",
+            0.01,
+        ),
+        MetricMap::gauge(
+            "cpu.achieved_pct",
+            "stress_cpu_achieved_ratio",
+            "The CPU load each worker achieved since it started (1 = one whole CPU).",
+            0.01,
+        ),
+        MetricMap::gauge("cpu.workers", "stress_cpu_workers", "CPU workers.", 1.0),
+        MetricMap::gauge(
+            "cpu.cpu_ms",
+            "stress_cpu_seconds",
+            "CPU time the CPU workers used.",
+            1e-3,
+        )
+        .total(),
+        MetricMap::gauge(
+            "workers.cpu_ms",
+            "stress_workers_cpu_seconds",
+            "CPU time every stress worker used.",
+            1e-3,
+        )
+        .total(),
+        MetricMap::gauge(
+            "workers.alive",
+            "stress_workers_alive",
+            "Stress workers still running.",
+            1.0,
+        ),
+        MetricMap::gauge(
+            "memory.target_bytes",
+            "stress_memory_target_bytes",
+            "Memory the fault is to hold.",
+            1.0,
+        ),
+        MetricMap::gauge(
+            "memory.held_bytes",
+            "stress_memory_held_bytes",
+            "Memory the fault holds.",
+            1.0,
+        ),
+        MetricMap::gauge(
+            "io.target_bytes_per_s",
+            "stress_io_target_bytes_per_second",
+            "The write rate asked of the I/O workers.",
+            1.0,
+        ),
+        MetricMap::gauge(
+            "io.bytes_written",
+            "stress_io_written_bytes",
+            "Bytes the I/O workers wrote.",
+            1.0,
+        )
+        .total(),
+        MetricMap::gauge(
+            "io.fsyncs",
+            "stress_io_fsyncs",
+            "fsync calls of the I/O workers.",
+            1.0,
+        )
+        .total(),
+        MetricMap::gauge(
+            "fds.target",
+            "stress_fds_target",
+            "Open file descriptors the fault is to hold.",
+            1.0,
+        ),
+        MetricMap::gauge(
+            "fds.open",
+            "stress_fds_open",
+            "Open file descriptors the fault holds.",
+            1.0,
+        ),
+    ];
     type Args = StressArgs;
     type Active = StressFault;
 

@@ -17,7 +17,7 @@ use crate::{
     engine::targets::Target,
     error::BadInput,
     experiment::{fields::Ctx, review::Risk, yaml::Node},
-    kind::{Active, Counters, Kind, MonkeyCaps, Unit},
+    kind::{Active, Counters, Kind, MetricMap, MonkeyCaps, Unit},
     units::pct,
 };
 
@@ -35,6 +35,26 @@ impl Kind for SyscallSpec {
     const NAME: &'static str = "syscall";
     const PARAMS: &'static [(&'static str, Unit)] = &[("percent", Unit::Percent)];
     const MONKEY_TYPES: &'static [&'static str] = &["syscall"];
+    const METRICS: &'static [MetricMap] = &[
+        MetricMap::counter(
+            "op",
+            "calls",
+            "syscall_calls",
+            "Calls of the operation by the target cgroups while the fault's programs ran.",
+        ),
+        MetricMap::counter(
+            "op",
+            "matched",
+            "syscall_matched",
+            "Calls that matched the fault's filter (path prefix, destination, after).",
+        ),
+        MetricMap::counter(
+            "op",
+            "injected",
+            "syscall_failed",
+            "Calls the fault made fail, with the errno label's error.",
+        ),
+    ];
     type Args = SyscallArgs;
     type Active = SyscallFault;
 
@@ -125,6 +145,10 @@ impl Kind for SyscallSpec {
     }
 
     /// The kernel's count of errors it returned.
+    fn metric_labels(&self) -> Vec<(String, String)> {
+        vec![("errno".into(), self.errno_name.clone())]
+    }
+
     fn injected_events(counters: &Counters) -> u64 {
         counters
             .iter()

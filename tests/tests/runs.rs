@@ -1,0 +1,378 @@
+//! Runs with a name: `--detach` returns once the fault is armed, `kchaos status` lists every running
+//! run with the kernel's counters, `kchaos stop --name` ends one run and leaves another alone, a
+//! second live run of one name is refused, and a background run must have an end.
+//!
+//! Every test keeps its records in its own KCHAOS_RUN_DIR and ends whatever it started on the way
+//! out (a `kchaos stop` there), also when an assertion fails.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    RunDir, attach_type, cgroup_programs, lab::EchoServer, lab::LabCgroup, root_or_skip, tag,
+    traffic,
+};
+use serde_json::Value;
+
+/// Ends every run of the test's record directory when dropped (declare it after the RunDir, so it
+/// drops first).
+struct StopAll<'a>(&'a RunDir);
+
+impl Drop for StopAll<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["stop"]);
+    }
+}
+
+/// A UDP echo server on loopback, on a free port.
+fn echo_server() -> (EchoServer, SocketAddr) {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    (EchoServer::start_in(None, addr).expect("echo server"), addr)
+}
+
+/// Datagrams sent and echoes received by a client in `cg`.
+fn echo(cg: &Path, to: SocketAddr, count: u64) -> (u64, u64) {
+    let v = traffic(
+        Some(cg),
+        None,
+        &[
+            "udp-echo",
+            "--to",
+            &to.to_string(),
+            "--count",
+            &count.to_string(),
+            "--rate",
+            integration_tests::udp_rate(),
+        ],
+    );
+    (v["sent"].as_u64().unwrap(), v["received"].as_u64().unwrap())
+}
+
+fn status(runs: &RunDir) -> Value {
+    let (code, out, err) = runs.run_text(&["status", "--json"]);
+    assert_eq!(code, 0, "kchaos status --json: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON {out:?}: {e}"))
+}
+
+fn run_named<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .find(|r| r["name"] == name)
+}
+
+/// The egress drop counter `kchaos status` shows for the run `name`.
+fn dropped_in_status(status: &Value, name: &str) -> Option<u64> {
+    run_named(status, name)?["faults"][0]["counters"]["egress.dropped"].as_u64()
+}
+
+/// The programs on the cgroup's egress hook (the kernel's own listing).
+fn egress_programs(cg: &Path) -> usize {
+    cgroup_programs(cg, attach_type::INET_EGRESS).len()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Starts a detached drop fault; returns its pid from what `--detach` printed.
+fn detach(runs: &RunDir, cg: &Path, name: &str, drop: &str) -> u32 {
+    let (code, out, err) = runs.run_text(&[
+        "net",
+        "--cgroup",
+        &cg.display().to_string(),
+        "--drop",
+        drop,
+        "--duration",
+        "2m",
+        "--name",
+        name,
+        "--detach",
+    ]);
+    assert_eq!(code, 0, "--detach: stdout {out} stderr {err}");
+    assert!(out.contains(&format!("'{name}'")), "{out}");
+    let pid: u32 = out
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    // Returned once armed: the kernel has the program on the cgroup already.
+    assert_eq!(egress_programs(cg), 1, "{name} is not attached at return");
+    assert!(alive(pid), "{name}'s pid {pid} is not running");
+    pid
+}
+
+#[test]
+fn detached_runs_are_listed_with_counters_and_stopped_one_by_one() {
+    if !root_or_skip("detached_runs_are_listed_with_counters_and_stopped_one_by_one") {
+        return;
+    }
+    let t = tag("n");
+    let cg_a = LabCgroup::create(&format!("kchaos-runs-{t}-a")).unwrap();
+    let cg_b = LabCgroup::create(&format!("kchaos-runs-{t}-b")).unwrap();
+    let (_server, to) = echo_server();
+    let runs = RunDir::new();
+    let _stop = StopAll(&runs);
+    let (a, b) = (format!("loss-{t}"), format!("cut-{t}"));
+
+    let pid_a = detach(&runs, &cg_a.path, &a, "50");
+    let pid_b = detach(&runs, &cg_b.path, &b, "100");
+
+    // The fault is on: the client in A loses about half; the kernel's count is what it missed.
+    let (sent, received) = echo(&cg_a.path, to, 400);
+    assert!(
+        received < sent && received > 0,
+        "A: sent {sent} received {received}"
+    );
+    let missed = sent - received;
+    // The status file is refreshed each second: within a few the count is there.
+    let start = Instant::now();
+    let mut st = status(&runs);
+    while dropped_in_status(&st, &a) != Some(missed) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(200));
+        st = status(&runs);
+    }
+    assert_eq!(dropped_in_status(&st, &a), Some(missed), "{st:#}");
+    for (name, pid, cg) in [(&a, pid_a, &cg_a), (&b, pid_b, &cg_b)] {
+        let r = run_named(&st, name).unwrap_or_else(|| panic!("{name} not listed: {st:#}"));
+        assert_eq!(r["pid"], pid, "{r:#}");
+        assert_eq!(r["kinds"], serde_json::json!(["net"]), "{r:#}");
+        assert_eq!(r["phase"], "during", "{r:#}");
+        assert_eq!(r["faults"][0]["state"], "armed", "{r:#}");
+        assert!(r["armed_since_unix_ms"].as_u64().is_some(), "{r:#}");
+        let left = r["time_left_s"].as_f64().expect("time left");
+        assert!(left > 60.0 && left <= 120.0, "{r:#}");
+        assert_eq!(
+            r["targets"][0].as_str(),
+            Some(cg.path.to_str().unwrap()),
+            "{r:#}"
+        );
+    }
+    assert_eq!(st["dead"], serde_json::json!([]), "{st:#}");
+    // The table says the same.
+    let (code, table, _) = runs.run_text(&["status"]);
+    assert_eq!(code, 0);
+    assert!(table.contains(&a) && table.contains(&b), "{table}");
+    assert!(
+        table.contains(&format!("dropped {missed} ")),
+        "A's drops in the table: {table}"
+    );
+
+    // Stopping A by name ends A alone.
+    let (code, out, err) = runs.run_text(&["stop", "--name", &a]);
+    assert_eq!(code, 0, "stop --name: {out} {err}");
+    assert!(!alive(pid_a), "A (pid {pid_a}) still runs");
+    assert_eq!(
+        egress_programs(&cg_a.path),
+        0,
+        "A's program is still attached"
+    );
+    assert!(alive(pid_b), "stopping A ended B");
+    assert_eq!(egress_programs(&cg_b.path), 1, "B's program went with A");
+    let st = status(&runs);
+    assert!(run_named(&st, &a).is_none(), "A still listed: {st:#}");
+    assert!(run_named(&st, &b).is_some(), "B not listed: {st:#}");
+    let (sent, received) = echo(&cg_a.path, to, 200);
+    assert_eq!(sent, received, "A's cgroup still loses packets");
+    let (sent_b, received_b) = echo(&cg_b.path, to, 50);
+    assert_eq!(
+        (sent_b, received_b),
+        (50, 0),
+        "B no longer drops everything"
+    );
+
+    // An unknown name: exit 2, and B untouched.
+    let (code, _, err) = runs.run_text(&["stop", "--name", "no-such-run"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no kchaos run is named 'no-such-run'"),
+        "{err}"
+    );
+    assert!(err.contains(&b), "the error lists the running ones: {err}");
+    assert!(alive(pid_b));
+
+    let (code, out, err) = runs.run_text(&["stop", "--name", &b]);
+    assert_eq!(code, 0, "stop --name B: {out} {err}");
+    assert!(!alive(pid_b));
+    assert_eq!(egress_programs(&cg_b.path), 0);
+    // Nothing left: no record, status file or log.
+    assert_eq!(runs.records(), Vec::<std::path::PathBuf>::new());
+    let st = status(&runs);
+    assert_eq!(st["runs"], serde_json::json!([]), "{st:#}");
+}
+
+#[test]
+fn a_second_live_run_of_one_name_is_refused() {
+    if !root_or_skip("a_second_live_run_of_one_name_is_refused") {
+        return;
+    }
+    let t = tag("d");
+    let cg_a = LabCgroup::create(&format!("kchaos-runs-{t}-a")).unwrap();
+    let cg_b = LabCgroup::create(&format!("kchaos-runs-{t}-b")).unwrap();
+    let runs = RunDir::new();
+    let _stop = StopAll(&runs);
+    let name = format!("dup-{t}");
+    let pid = detach(&runs, &cg_a.path, &name, "10");
+    for detached in [true, false] {
+        let cg = cg_b.path.display().to_string();
+        let mut args = vec![
+            "net",
+            "--cgroup",
+            &cg,
+            "--drop",
+            "10",
+            "--duration",
+            "1m",
+            "--name",
+            &name,
+        ];
+        if detached {
+            args.push("--detach");
+        }
+        let (code, out, err) = runs.run_text(&args);
+        assert_eq!(code, 2, "detached {detached}: {out} {err}");
+        assert!(
+            err.contains(&format!("a kchaos run named '{name}' is already running"))
+                && err.contains(&format!("pid {pid}")),
+            "{err}"
+        );
+        assert_eq!(egress_programs(&cg_b.path), 0, "the refused run attached");
+    }
+    assert!(alive(pid), "the refusal ended the first run");
+    let st = status(&runs);
+    assert_eq!(st["runs"].as_array().map(Vec::len), Some(1), "{st:#}");
+    // Its name is free again once it has ended.
+    let (code, _, err) = runs.run_text(&["stop", "--name", &name]);
+    assert_eq!(code, 0, "{err}");
+    detach(&runs, &cg_b.path, &name, "10");
+    let (code, _, err) = runs.run_text(&["stop"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(runs.records(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn a_background_run_needs_an_end_and_reports_why_it_failed() {
+    if !root_or_skip("a_background_run_needs_an_end_and_reports_why_it_failed") {
+        return;
+    }
+    let t = tag("e");
+    let cg = LabCgroup::create(&format!("kchaos-runs-{t}")).unwrap();
+    let cg_s = cg.path.display().to_string();
+    let runs = RunDir::new();
+    let _stop = StopAll(&runs);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["net", "--cgroup", &cg_s, "--drop", "5", "--detach"],
+            "--detach needs --duration",
+        ),
+        (
+            &[
+                "net",
+                "--cgroup",
+                &cg_s,
+                "--drop",
+                "5",
+                "--duration",
+                "1m",
+                "--name",
+                "a/b",
+            ],
+            "--name a/b",
+        ),
+        // Failures in the background run come back with its reason.
+        (
+            &[
+                "net",
+                "--cgroup",
+                "kchaos-no-such-cgroup-here",
+                "--drop",
+                "5",
+                "--duration",
+                "1m",
+                "--detach",
+            ],
+            "kchaos-no-such-cgroup-here",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, out, err) = runs.run_text(args);
+        assert_eq!(code, 2, "{args:?}: {out} {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(egress_programs(&cg.path), 0, "{args:?} attached");
+    }
+    // A taken metrics port: refused in the background run before anything is attached.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, out, err) = runs.run_text(&[
+        "net",
+        "--cgroup",
+        &cg_s,
+        "--drop",
+        "5",
+        "--duration",
+        "1m",
+        "--detach",
+        "--metrics",
+        &addr,
+    ]);
+    assert_eq!(code, 2, "{out} {err}");
+    assert!(err.contains("--metrics") && err.contains(&addr), "{err}");
+    assert_eq!(egress_programs(&cg.path), 0);
+    assert_eq!(runs.records(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn a_killed_run_is_listed_as_dead_not_running_and_frees_its_name() {
+    if !root_or_skip("a_killed_run_is_listed_as_dead_not_running_and_frees_its_name") {
+        return;
+    }
+    let t = tag("k");
+    let cg = LabCgroup::create(&format!("kchaos-runs-{t}")).unwrap();
+    let runs = RunDir::new();
+    let _stop = StopAll(&runs);
+    let name = format!("killed-{t}");
+    let pid = detach(&runs, &cg.path, &name, "10");
+    // Its status file exists and was written by a live run.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(run_named(&status(&runs), &name).is_some());
+    // SAFETY: kill(2) on the pid the detached run printed, checked alive just above.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let start = Instant::now();
+    while alive(pid) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(pid), "pid {pid} survived SIGKILL");
+    // Its record and status file stay for `kchaos stop`, but it is not running.
+    let st = status(&runs);
+    assert!(run_named(&st, &name).is_none(), "a dead run listed: {st:#}");
+    let dead = st["dead"].as_array().expect("dead");
+    assert_eq!(dead.len(), 1, "{st:#}");
+    assert_eq!(dead[0]["name"], name.as_str(), "{st:#}");
+    assert_eq!(dead[0]["pid"], pid, "{st:#}");
+    let (_, table, _) = runs.run_text(&["status"]);
+    assert!(table.contains("no kchaos run is running"), "{table}");
+    assert!(table.contains("not running any more"), "{table}");
+    // The name is free again: a new run may take it.
+    let pid2 = detach(&runs, &cg.path, &name, "10");
+    assert_ne!(pid, pid2);
+    let (code, out, err) = runs.run_text(&["stop", "--name", &name]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(!alive(pid2));
+    // The dead one's record and status are cleared by a bare stop.
+    let (code, out, err) = runs.run_text(&["stop"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(runs.records(), Vec::<std::path::PathBuf>::new());
+    assert_eq!(egress_programs(&cg.path), 0);
+}
