@@ -276,8 +276,10 @@ pub async fn execute(setup: Setup) -> Result<Report> {
         let start = Instant::now();
         run.method_start = Some(start);
         run.method_start_ns = lifecycle::monotonic_ns();
+        // The plan counts from `start`, the instant the timeline's waits count from (not from
+        // after the status write below, which would put every plan that much late).
+        let start_ms = start.saturating_duration_since(run.t0).as_secs_f64() * 1e3;
         run.set_phase(Phase::During);
-        let start_ms = run.ms();
         // The plan, from the method's real start.
         for f in &mut run.faults {
             let decl = &s.faults[f.index];
