@@ -28,7 +28,7 @@ pub(crate) use console::strip_escapes;
 
 /// Workspace directories copied into the VM at their host paths: the tests find them through
 /// `env!("CARGO_MANIFEST_DIR")`, a host path fixed at compile time.
-const WORKSPACE_DATA: &[&str] = &["scenarios"];
+const WORKSPACE_DATA: &[&str] = &["scenarios", "integrations/grafana"];
 
 /// The whole VM run's limit unless $KCHAOS_VM_TIMEOUT (seconds) says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
