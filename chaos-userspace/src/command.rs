@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// both faults then apply (the effective rate compounds).
     #[arg(long)]
     pub stack: bool,
+    /// Say what would be done (the fault, the targets and the processes in them now, how long);
+    /// attach, signal or write nothing.
+    #[arg(long, conflicts_with_all = ["detach", "json", "metrics"])]
+    pub dry_run: bool,
     #[command(flatten)]
     pub control: Control,
 }
@@ -111,6 +115,9 @@ pub async fn run(cmd: Command) -> Result<()> {
         }
         (false, d) => d.unwrap_or(UNTIL_STOPPED),
     };
+    if run.dry_run {
+        return dry_run(&kind, &targets, duration);
+    }
     crate::require_root(&format!("kchaos {name}"), crate::ROOT_BECAUSE)?;
     if run.control.launches_detached() {
         return crate::detach::launch(&[], &mut signals).await;
@@ -255,6 +262,41 @@ pub fn summary(report: &Report, kind: &FaultKind) -> Vec<String> {
         }
     }
     out
+}
+
+/// `--dry-run`: what the command would do, from what can be known without attaching anything.
+fn dry_run(kind: &FaultKind, targets: &TargetArgs, duration: Duration) -> Result<()> {
+    let resolved = targets::resolve(targets)?;
+    println!("kchaos {} (dry run: nothing is attached)", kind.describe());
+    for t in &resolved {
+        let procs = crate::engine::cgroup::procs_recursive(&t.path).map_or_else(
+            |e| format!("processes unknown: {e}"),
+            |p| format!("{} process(es) now", p.len()),
+        );
+        println!("  target {} ({}): {procs}", t.path.display(), t.origin);
+    }
+    for line in kind.plan_lines(&resolved) {
+        println!("  {line}");
+    }
+    println!(
+        "  {}",
+        if kind.is_instant() {
+            "once, at the start".to_owned()
+        } else if duration == UNTIL_STOPPED {
+            "until Ctrl-C, SIGTERM or `kchaos stop`".to_owned()
+        } else {
+            format!("for {}", units::format_duration(duration))
+        }
+    );
+    // Whether this kernel can run it takes root (test programs are loaded); without, say so.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        kind.preflight(&resolved)?;
+        println!("  this kernel offers what it needs");
+    } else {
+        println!("  not root: whether this kernel offers what it needs was not checked");
+    }
+    Ok(())
 }
 
 /// Ok when the fault ran as asked to its end; a signal (Ctrl-C, SIGTERM, `kchaos stop`) that ended it

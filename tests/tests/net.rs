@@ -444,3 +444,61 @@ fn bad_input_exits_2_and_attaches_nothing() {
         assert_eq!(attached(&lab), progs);
     }
 }
+
+#[test]
+fn dry_run_says_what_it_would_do_and_attaches_nothing() {
+    if !root_or_skip("dry_run_says_what_it_would_do_and_attaches_nothing") {
+        return;
+    }
+    let lab = Lab::create(&tag("y")).unwrap();
+    let cg = cg_arg(&lab);
+    let progs = attached(&lab);
+    let runs = RunDir::new();
+    let mut sleeper = integration_tests::spawn_in(&lab.cgroup.path, &["sleep", "30"]);
+    let procs = lab.cgroup.path.join("cgroup.procs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::fs::read_to_string(&procs)
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sleeper never joined the lab"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = runs.run(&[
+        "net",
+        "--cgroup",
+        &cg,
+        "--drop",
+        "50",
+        "--duration",
+        "1m30s",
+        "--dry-run",
+    ]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for said in [
+        "drop 50% (egress) (dry run: nothing is attached)",
+        "1 process(es) now",
+        "for 90s",
+        "this kernel offers what it needs",
+    ] {
+        assert!(stdout.contains(said), "missing '{said}': {stdout}");
+    }
+    assert_eq!(attached(&lab), progs, "a dry run attached a program");
+    assert!(
+        runs.records().is_empty(),
+        "a dry run left {:?}",
+        runs.records()
+    );
+}
