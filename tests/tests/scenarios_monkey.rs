@@ -15,11 +15,17 @@ fn monkey_injects_bounded_random_faults_with_probes() {
     let svc = Service::start(&lab, 7400, true);
     let report = TempFile::new("monkey.json");
     let cg = lab.cgroup.path.display().to_string();
+    // A second target: every fault hits both.
+    let second =
+        integration_tests::lab::LabCgroup::create(&format!("kchaos-test-{}", tag("m2"))).unwrap();
+    let cg2 = second.path.display().to_string();
     let url = format!("http://{}/health", svc.addr);
     let (code, out, err) = runs.run_text(&[
         "monkey",
         "--cgroup",
         &cg,
+        "--cgroup",
+        &cg2,
         "--duration",
         "3s",
         "--probability",
@@ -67,6 +73,11 @@ fn monkey_injects_bounded_random_faults_with_probes() {
             .unwrap();
         assert!((1.0..=20.0).contains(&drop), "{f}");
         assert!(f["start_ms"].as_f64().is_some() && f["end_ms"].as_f64().is_some());
+        let attached = f["attached"].to_string();
+        assert!(
+            attached.contains(&format!("{cg} ")) && attached.contains(&format!("{cg2} ")),
+            "each fault hits both targets: {attached}"
+        );
     }
     let res = probe_results(&r, "probe-1");
     assert!(

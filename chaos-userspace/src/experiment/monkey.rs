@@ -17,9 +17,13 @@ use crate::{error::BadInput, units};
 
 #[derive(Debug, clap::Args)]
 pub struct MonkeyArgs {
-    /// The target cgroup (absolute, or relative to the cgroup2 mount).
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: String,
+    /// A target cgroup (absolute, or relative to the cgroup2 mount). May be repeated; each fault
+    /// hits every target.
+    #[arg(long = "cgroup", value_name = "PATH", required_unless_present = "pids")]
+    pub cgroups: Vec<String>,
+    /// Target the cgroup of this process (read from /proc/PID/cgroup). May be repeated.
+    #[arg(long = "pid", value_name = "PID", value_parser = units::parse_whole::<u32>, allow_hyphen_values = true)]
+    pub pids: Vec<u32>,
     /// How long the monkey plays (faults start only within it).
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub duration: Duration,
@@ -147,7 +151,8 @@ fn parse_probe(text: &str, index: usize, args: &MonkeyArgs) -> Result<ProbeSpec,
         check,
         interval: args.probe_interval,
         timeout: args.probe_interval.max(Duration::from_millis(100)) * 2,
-        from_target: args.from_target.then(|| "target".to_owned()),
+        // From inside the first target: probes run from one place.
+        from_target: args.from_target.then(|| "target-1".to_owned()),
         tolerance: Tolerance {
             success_rate: 100.0,
             p95_latency: None,
@@ -191,7 +196,7 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
             let len = Duration::from_secs(secs).min(args.duration - t);
             faults.push(FaultDecl {
                 name: format!("monkey-{}-{ty}", faults.len() + 1),
-                targets: vec!["target".into()],
+                targets: target_names(args),
                 at: t,
                 duration: len,
                 kind,
@@ -237,7 +242,15 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
         file: format!("(kchaos monkey, seed {seed})"),
         title: format!(
             "monkey on {} for {}",
-            args.cgroup,
+            target_decls(args)
+                .iter()
+                .map(|t| match &t.what {
+                    TargetRef::Pid(pid) => format!("pid {pid}"),
+                    TargetRef::Cgroup(cg) => cg.clone(),
+                    TargetRef::Container { id, .. } => id.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
             units::format_duration(args.duration)
         ),
         description: format!(
@@ -246,11 +259,7 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
             args.probability
         ),
         variables: BTreeMap::from([("seed".to_owned(), seed.to_string())]),
-        targets: vec![TargetDecl {
-            name: "target".into(),
-            what: TargetRef::Cgroup(args.cgroup.clone()),
-            mark: Mark::default(),
-        }],
+        targets: target_decls(args),
         allow_host: false,
         steady_state: SteadyState {
             before: if probes.is_empty() {
@@ -276,6 +285,25 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
         rollbacks: Vec::new(),
     };
     Ok((scenario, seed))
+}
+
+/// The targets, `target-1` ... in the order given: the cgroups, then the pids.
+fn target_decls(args: &MonkeyArgs) -> Vec<TargetDecl> {
+    args.cgroups
+        .iter()
+        .map(|cg| TargetRef::Cgroup(cg.clone()))
+        .chain(args.pids.iter().map(|&pid| TargetRef::Pid(pid)))
+        .enumerate()
+        .map(|(i, what)| TargetDecl {
+            name: format!("target-{}", i + 1),
+            what,
+            mark: Mark::default(),
+        })
+        .collect()
+}
+
+fn target_names(args: &MonkeyArgs) -> Vec<String> {
+    target_decls(args).into_iter().map(|t| t.name).collect()
 }
 
 /// Errors as text (a generated scenario has no file positions to show).
