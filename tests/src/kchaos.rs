@@ -91,11 +91,20 @@ impl RunDir {
         Running::spawn(args, Some(self))
     }
 
-    /// The run records (files) in it.
+    /// Every file in it (records, the status files of running runs, logs of detached ones): empty
+    /// when nothing is left behind.
     pub fn records(&self) -> Vec<PathBuf> {
         std::fs::read_dir(&self.0)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
+    }
+
+    /// The run records alone (`*.json`), without the status files beside them.
+    pub fn record_files(&self) -> Vec<PathBuf> {
+        self.records()
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect()
     }
 }
 

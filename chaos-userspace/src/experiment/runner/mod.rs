@@ -273,10 +273,11 @@ pub async fn execute(setup: Setup) -> Result<Report> {
     let mut method_ran = false;
     if stop.is_none() {
         method_ran = true;
+        // Said first: the status file's write must not fall between the start and the plan.
+        run.set_phase(Phase::During);
         let start = Instant::now();
         run.method_start = Some(start);
         run.method_start_ns = lifecycle::monotonic_ns();
-        run.set_phase(Phase::During);
         let start_ms = run.ms();
         // The plan, from the method's real start.
         for f in &mut run.faults {
