@@ -61,6 +61,24 @@ pub fn signal_exit_code(err: &anyhow::Error) -> Option<u8> {
         .and_then(|e| u8::try_from(128 + e.signo).ok())
 }
 
+/// The closest of `allowed` to `given` (ignoring case) when it is near enough to be a typo.
+pub fn did_you_mean<'a>(given: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    let given = given.to_ascii_lowercase();
+    allowed
+        .iter()
+        .map(|a| (strsim::osa_distance(&given, &a.to_ascii_lowercase()), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+/// " (did you mean 'X'?)" when `given` is near one of `allowed`, else "".
+pub fn hint(given: &str, allowed: &[&str]) -> String {
+    did_you_mean(given, allowed)
+        .map(|s| format!(" (did you mean '{s}'?)"))
+        .unwrap_or_default()
+}
+
 /// True when `err` or anything it wraps is bad input.
 pub fn is_bad_input(err: &anyhow::Error) -> bool {
     err.chain()

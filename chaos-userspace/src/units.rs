@@ -13,8 +13,9 @@ fn split_number(text: &str) -> (&str, &str) {
     )
 }
 
-/// Parses a duration: a number with a unit ns, us, ms, s, m or h ("1.5s", "200ms"). A bare number is
-/// refused, since "10" could mean anything.
+/// Parses a duration: a number with a unit ns, us, ms, s, m or h ("1.5s", "200ms"), or several whole
+/// ones in a row as humantime writes them ("1m30s", "1h 5m"). A bare number is refused, since "10"
+/// could mean anything.
 pub fn parse_duration(text: &str) -> Result<Duration, BadInput> {
     if text.trim().starts_with('-') {
         return Err(negative(text, "a duration of 0 or more, e.g. 250ms"));
@@ -22,24 +23,35 @@ pub fn parse_duration(text: &str) -> Result<Duration, BadInput> {
     let (num, unit) = split_number(text);
     let bad = || {
         BadInput::new(format!(
-            "'{text}' is not a duration: write a number and a unit (ns, us, ms, s, m, h), e.g. 250ms or 1.5s"
+            "'{text}' is not a duration: write a number and a unit (ns, us, ms, s, m, h), e.g. 250ms, \
+             1.5s or 1m30s"
         ))
     };
-    let value: f64 = num.parse().map_err(|_| bad())?;
-    let ns_per_unit = match unit {
+    let Ok(value) = num.parse::<f64>() else {
+        return Err(bad());
+    };
+    if unit_ns(unit).is_none() {
+        // "1m30s": humantime's grammar (whole numbers, units in a row); it refuses a bare number.
+        return humantime::parse_duration(text.trim()).map_err(|_| bad());
+    }
+    let ns = value * unit_ns(unit).unwrap_or(f64::NAN);
+    if !ns.is_finite() || ns > 1e18 {
+        return Err(BadInput::new(format!("'{text}' is too long a duration")));
+    }
+    Ok(Duration::from_nanos(ns.round() as u64))
+}
+
+/// Nanoseconds in one of the units a single-number duration may carry.
+fn unit_ns(unit: &str) -> Option<f64> {
+    Some(match unit {
         "ns" => 1.0,
         "us" | "µs" => 1e3,
         "ms" => 1e6,
         "s" => 1e9,
         "m" | "min" => 60e9,
         "h" => 3600e9,
-        _ => return Err(bad()),
-    };
-    let ns = value * ns_per_unit;
-    if !ns.is_finite() || ns > 1e18 {
-        return Err(BadInput::new(format!("'{text}' is too long a duration")));
-    }
-    Ok(Duration::from_nanos(ns.round() as u64))
+        _ => return None,
+    })
 }
 
 /// Parses a percentage 0..=100 (fractions allowed; a trailing % is accepted).
@@ -153,6 +165,15 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("10us").unwrap(), Duration::from_micros(10));
+        // Compound, as humantime writes them.
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h 5m").unwrap(), Duration::from_secs(3900));
+        assert_eq!(
+            parse_duration("2s500ms").unwrap(),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(parse_duration("1.5m30s").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("1m30").is_err());
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("-1s").is_err());

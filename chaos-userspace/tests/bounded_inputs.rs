@@ -285,7 +285,7 @@ fn overlapping_faults_are_found_without_comparing_every_pair() {
     std::fs::write(&file, &text).unwrap();
     let m = timed(
         &dir.0,
-        &["validate", file.to_str().unwrap()],
+        &["validate", file.to_str().unwrap(), "--accept-risk"],
         Duration::from_secs(2),
     );
     println!("kchaos validate: {n} overlapping faults: {}", m.figures());
@@ -384,7 +384,7 @@ fn hostile_scenarios_within_the_limit_stay_bounded() {
         std::fs::write(&file, &text).unwrap();
         let m = timed(
             &dir.0,
-            &["validate", file.to_str().unwrap()],
+            &["validate", file.to_str().unwrap(), "--accept-risk"],
             Duration::from_secs(3),
         );
         println!("kchaos validate: {what}: {}", m.figures());

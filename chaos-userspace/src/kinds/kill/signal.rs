@@ -86,8 +86,10 @@ pub fn parse_signal(text: &str) -> Result<Signal, BadInput> {
             name: Some(name),
         })
         .ok_or_else(|| {
+            let names: Vec<&str> = NAMED.iter().map(|(n, _)| *n).collect();
             BadInput::new(format!(
-                "'{t}' is not a signal: use a name such as KILL, TERM, INT, STOP, USR1, or a number"
+                "'{t}' is not a signal{}: use a name such as KILL, TERM, INT, STOP, USR1, or a number",
+                crate::error::hint(bare, &names)
             ))
         })
 }

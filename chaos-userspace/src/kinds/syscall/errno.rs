@@ -72,14 +72,18 @@ pub fn parse(text: &str) -> Result<i32, BadInput> {
         .find(|(name, _)| name.eq_ignore_ascii_case(t))
         .map(|&(_, n)| n)
         .ok_or_else(|| {
-            BadInput::new(format!(
-                "--errno {t}: unknown errno; use a number or one of {}",
-                ERRNOS
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
+            let names: Vec<&str> = ERRNOS.iter().map(|(n, _)| *n).collect();
+            // A near name is the likely fix; only without one is the whole list worth its length.
+            BadInput::new(match crate::error::did_you_mean(t, &names) {
+                Some(near) => format!(
+                    "--errno {t}: unknown errno (did you mean '{near}'?); use a number from 1 to \
+                     4095 or a name"
+                ),
+                None => format!(
+                    "--errno {t}: unknown errno; use a number from 1 to 4095 or one of {}",
+                    names.join(", ")
+                ),
+            })
         })
 }
 

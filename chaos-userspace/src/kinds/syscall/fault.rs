@@ -345,13 +345,11 @@ impl SyscallSpec {
         for name in &a.syscalls {
             let name = name.trim().to_ascii_lowercase();
             let op = op_by_name(&name).ok_or_else(|| {
+                let names: Vec<&str> = OPS.iter().flat_map(|o| o.names.iter()).copied().collect();
                 BadInput::new(format!(
-                    "--syscall {name}: unknown; allowed are {}",
-                    OPS.iter()
-                        .flat_map(|o| o.names.iter())
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "--syscall {name}: unknown{}; allowed are {}",
+                    crate::error::hint(&name, &names),
+                    names.join(", ")
                 ))
             })?;
             if !ops.contains(&op.id) {
