@@ -191,6 +191,7 @@ pub async fn run(cmd: Command) -> Result<()> {
     }
     if let Some(s) = &server {
         println!("  metrics: http://{}/metrics", s.addr());
+        crate::detach::note_metrics(s.addr());
     }
     for line in kind.plan_lines(&resolved) {
         println!("  {line}");

@@ -34,11 +34,14 @@ const CHILD_FD: i32 = 3;
 struct Child {
     pipe: Option<fs::File>,
     log: Option<PathBuf>,
+    /// Where its metrics are served (the port `--metrics ADDR:0` got), for the caller to print.
+    metrics: Option<std::net::SocketAddr>,
 }
 
 static CHILD: Mutex<Child> = Mutex::new(Child {
     pipe: None,
     log: None,
+    metrics: None,
 });
 
 fn child() -> std::sync::MutexGuard<'static, Child> {
@@ -194,15 +197,22 @@ pub fn redirect_output(dir: &std::path::Path, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// In the detached child: where its metrics are served, for the line the caller prints.
+pub fn note_metrics(addr: std::net::SocketAddr) {
+    child().metrics = Some(addr);
+}
+
 /// In the detached child, when every fault is armed: tells the caller, which prints `line` and
 /// returns. Does nothing in a foreground run or when said already.
 pub fn announce_ready(name: &str) {
     let mut c = child();
-    let log = c
-        .log
-        .as_ref()
-        .map(|p| format!("; output: {}", p.display()))
+    let mut log = c
+        .metrics
+        .map(|a| format!("; metrics: http://{a}/metrics"))
         .unwrap_or_default();
+    if let Some(p) = &c.log {
+        log += &format!("; output: {}", p.display());
+    }
     if let Some(mut pipe) = c.pipe.take() {
         let _ = writeln!(
             pipe,

@@ -1,4 +1,6 @@
-//! `kchaos stop`: ends every running kchaos and undoes what a killed one left behind.
+//! `kchaos stop`: ends every running kchaos and undoes what a killed one left behind; `kchaos stop
+//! --name NAME` does the same for the runs of that name alone (a run still starting is found by the
+//! `--name` on its command line).
 //!
 //! Nothing a record says is taken on trust (see `journal`): the record directory must be root's, a
 //! pid is signalled only while it is still the recorded kchaos process, and each entry is undone only

@@ -91,19 +91,20 @@ impl RunDir {
         Running::spawn(args, Some(self))
     }
 
-    /// The run records (`<pid>-<start>.json`, one a run), without the status files and logs beside.
-    pub fn run_records(&self) -> Vec<PathBuf> {
-        self.records()
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect()
-    }
-
-    /// Every file in it: records, status files, logs (none may outlive the runs).
+    /// Every file in it (records, the status files of running runs, logs of detached ones): empty
+    /// when nothing is left behind.
     pub fn records(&self) -> Vec<PathBuf> {
         std::fs::read_dir(&self.0)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
+    }
+
+    /// The run records alone (`*.json`), without the status files beside them.
+    pub fn record_files(&self) -> Vec<PathBuf> {
+        self.records()
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect()
     }
 }
 

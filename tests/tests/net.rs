@@ -375,13 +375,8 @@ fn nothing_is_left_after_a_run_and_after_sigkill() {
     assert_eq!((attached(&lab), qdiscs(&lab)), before);
     // The killed loader's record is left (and its status file); `kchaos stop` finds it and clears
     // both.
-    let records: Vec<_> = runs
-        .records()
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
     assert_eq!(
-        records.len(),
+        runs.record_files().len(),
         1,
         "the killed loader left no record for `kchaos stop`: {:?}",
         runs.records()

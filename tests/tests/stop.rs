@@ -526,7 +526,7 @@ fn stop_by_a_user_without_root_exits_2_and_the_run_goes_on() {
         1,
         "the fault is no longer attached"
     );
-    assert_eq!(runs.run_records().len(), 1, "{:?}", runs.records());
+    assert_eq!(runs.record_files().len(), 1, "{:?}", runs.records());
     let (code, _) = running.terminate();
     assert_eq!(code, 143);
 }
@@ -638,7 +638,7 @@ fn a_second_run_on_the_same_cgroup_is_refused_unless_stack() {
             1,
             "{target}: the refused run attached something"
         );
-        assert_eq!(runs.run_records().len(), 1, "{:?}", runs.records());
+        assert_eq!(runs.record_files().len(), 1, "{:?}", runs.records());
     }
     let out = runs.run(&[
         "net",

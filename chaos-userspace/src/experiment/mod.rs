@@ -270,6 +270,7 @@ async fn run_scenario(
     println!("run '{name}' (pid {})", std::process::id());
     if let Some(s) = &server {
         println!("metrics: http://{}/metrics", s.addr());
+        crate::detach::note_metrics(s.addr());
     }
     let report = runner::execute(runner::Setup {
         scenario: s,

@@ -273,13 +273,13 @@ pub async fn execute(setup: Setup) -> Result<Report> {
     let mut method_ran = false;
     if stop.is_none() {
         method_ran = true;
+        // Said first: the status file's write must not fall between the start and the plan.
+        run.set_phase(Phase::During);
         let start = Instant::now();
         run.method_start = Some(start);
         run.method_start_ns = lifecycle::monotonic_ns();
-        // The plan counts from `start`, the instant the timeline's waits count from (not from
-        // after the status write below, which would put every plan that much late).
+        // The plan counts from `start`, the instant the timeline's waits count from.
         let start_ms = start.saturating_duration_since(run.t0).as_secs_f64() * 1e3;
-        run.set_phase(Phase::During);
         // The plan, from the method's real start.
         for f in &mut run.faults {
             let decl = &s.faults[f.index];
