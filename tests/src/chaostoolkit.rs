@@ -49,14 +49,7 @@ impl ChaosToolkit {
         let copy = TempDir::new("ctk-extension");
         copy_tree(&extension_dir(), &copy.0).map_err(|e| format!("copying the extension: {e}"))?;
         step(
-            Command::new(self.venv.join("bin/python3"))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
+            pip_install(&self.venv)
                 .args(["--no-deps", "--force-reinstall"])
                 .arg(&copy.0),
             "pip install integrations/chaostoolkit",
@@ -84,15 +77,7 @@ impl ChaosToolkit {
             "python3 -m venv",
         )?;
         step(
-            Command::new(venv.join("bin/python3"))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(PACKAGES),
+            pip_install(&venv).args(PACKAGES),
             "pip install chaostoolkit (is PyPI reachable?)",
         )?;
         std::fs::write(&complete, PACKAGES.join("\n"))
@@ -166,6 +151,20 @@ impl ChaosToolkit {
             .unwrap_or_else(|| panic!("chaos run wrote no journal; it printed:\n{text}"));
         (code, text, journal)
     }
+}
+
+/// `pip install`, quietly, with the venv's own interpreter (not its `pip` script, whose first line
+/// names an interpreter by absolute path).
+fn pip_install(venv: &Path) -> Command {
+    let mut cmd = Command::new(venv.join("bin/python3"));
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    cmd
 }
 
 /// Copies the package's files (not caches or build output).

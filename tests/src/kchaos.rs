@@ -108,6 +108,16 @@ impl RunDir {
     }
 }
 
+/// Stops every run recorded in a run dir when dropped: a failed assertion must not leave a detached
+/// fault behind.
+pub struct StopAll<'a>(pub &'a RunDir);
+
+impl Drop for StopAll<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["stop"]);
+    }
+}
+
 impl Default for RunDir {
     fn default() -> Self {
         Self::new()

@@ -28,3 +28,51 @@ pub fn traffic(cgroup: Option<&Path>, netns: Option<&Path>, mode: &[&str]) -> se
 pub fn errno_count(v: &serde_json::Value, errno: i32) -> u64 {
     v["errnos"][errno.to_string()].as_u64().unwrap_or(0)
 }
+
+/// One TCP connect to `to` from inside `cgroup` (`kchaos traffic tcp-connect`, 1 s timeout): its JSON
+/// result, `{"connected": true|false, "errno": ...}`.
+pub fn tcp_connect_from(cgroup: &Path, to: std::net::SocketAddr) -> serde_json::Value {
+    traffic(
+        Some(cgroup),
+        None,
+        &["tcp-connect", "--to", &to.to_string(), "--timeout", "1s"],
+    )
+}
+
+/// A UDP echo server on loopback, on a free port.
+pub fn loopback_echo_server() -> (crate::lab::EchoServer, std::net::SocketAddr) {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    (
+        crate::lab::EchoServer::start_in(None, addr).expect("echo server"),
+        addr,
+    )
+}
+
+/// `count` numbered UDP datagrams to an echo server at `to` from inside `cgroup` and/or `netns`, at
+/// the rate the kernel under test keeps up with: (sent, echoes received).
+pub fn udp_echo(
+    cgroup: Option<&Path>,
+    netns: Option<&Path>,
+    to: std::net::SocketAddr,
+    count: u64,
+) -> (u64, u64) {
+    let v = traffic(
+        cgroup,
+        netns,
+        &[
+            "udp-echo",
+            "--to",
+            &to.to_string(),
+            "--count",
+            &count.to_string(),
+            "--rate",
+            crate::udp_rate(),
+        ],
+    );
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no '{k}' in {v}"));
+    (n("sent"), n("received"))
+}

@@ -10,7 +10,7 @@ use std::{
 };
 
 use integration_tests::{
-    RunDir, Service, TempDir, TempFile,
+    RunDir, Service, StopAll, TempDir, TempFile,
     chaostoolkit::{ChaosToolkit, activity, extension_dir},
     in_vm,
     lab::Lab,
@@ -50,16 +50,6 @@ fn running(runs: &RunDir) -> Vec<String> {
         .flatten()
         .filter_map(|r| r["name"].as_str().map(str::to_owned))
         .collect()
-}
-
-/// Stops every run recorded in `runs` when dropped (a failed assertion must not leave a detached
-/// fault behind).
-struct StopAll<'a>(&'a RunDir);
-
-impl Drop for StopAll<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.run(&["stop"]);
-    }
 }
 
 /// UDP from the lab's cgroup to its namespace for `secs`: what a drop fault gets to count.
@@ -302,17 +292,7 @@ fn a_hypothesis_broken_by_the_fault_deviates_and_the_rollback_leaves_nothing_inj
     assert!(running(&runs).is_empty(), "{:?}", running(&runs));
     no_residue(&lab);
     // And the target reaches its dependency again.
-    let v = integration_tests::traffic(
-        Some(&lab.cgroup.path),
-        None,
-        &[
-            "tcp-connect",
-            "--to",
-            &svc.addr.to_string(),
-            "--timeout",
-            "1s",
-        ],
-    );
+    let v = integration_tests::tcp_connect_from(&lab.cgroup.path, svc.addr);
     assert_eq!(v["connected"], true, "{v}");
 }
 

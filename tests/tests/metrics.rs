@@ -6,14 +6,15 @@
 use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use integration_tests::{
-    RunDir, TempDir, TempFile, lab::EchoServer, lab::LabCgroup, root_or_skip, skip, tag, traffic,
+    RunDir, TempDir, TempFile, lab::LabCgroup, loopback_echo_server, root_or_skip, skip, tag,
+    traffic,
 };
 use serde_json::Value;
 
@@ -181,16 +182,6 @@ fn prometheus_or_skip(test: &str) -> bool {
     found
 }
 
-/// A UDP echo server on loopback, on a free port.
-fn echo_server() -> (EchoServer, SocketAddr) {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    (EchoServer::start_in(None, addr).expect("echo server"), addr)
-}
-
 #[test]
 fn prometheus_stores_the_dropped_total_of_the_json_report() {
     let test = "prometheus_stores_the_dropped_total_of_the_json_report";
@@ -198,7 +189,7 @@ fn prometheus_stores_the_dropped_total_of_the_json_report() {
         return;
     }
     let cg = LabCgroup::create(&format!("kchaos-metrics-{}", tag("p"))).unwrap();
-    let (_server, to) = echo_server();
+    let (_server, to) = loopback_echo_server();
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let prom = Prometheus::start(metrics);
     let report = TempFile::new("metrics.json");

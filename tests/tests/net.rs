@@ -10,26 +10,9 @@ use std::{
 
 use integration_tests::{
     RunDir, TempFile, attach_type, cgroup_programs, kchaos, lab, root_or_skip, run_with, tag,
-    traffic,
+    traffic, udp_echo,
 };
 use lab::{EchoServer, Lab};
-
-fn echo(cg: Option<&Path>, ns: Option<&Path>, to: SocketAddr, count: u64) -> (u64, u64) {
-    let v = traffic(
-        cg,
-        ns,
-        &[
-            "udp-echo",
-            "--to",
-            &to.to_string(),
-            "--count",
-            &count.to_string(),
-            "--rate",
-            integration_tests::udp_rate(),
-        ],
-    );
-    (v["sent"].as_u64().unwrap(), v["received"].as_u64().unwrap())
-}
 
 fn cg_arg(lab: &Lab) -> String {
     lab.cgroup.path.display().to_string()
@@ -86,8 +69,8 @@ fn drop_rate_within_2pp_over_20k_packets_and_nothing_outside() {
         "--quiet",
     ]);
 
-    let (sent, received) = echo(Some(&lab.cgroup.path), None, to, 20_000);
-    let (out_sent, out_received) = echo(None, None, to, 5_000);
+    let (sent, received) = udp_echo(Some(&lab.cgroup.path), None, to, 20_000);
+    let (out_sent, out_received) = udp_echo(None, None, to, 5_000);
     let (code, lines) = running.terminate();
     assert_eq!(code, 143, "kchaos net output: {lines:?}");
 
@@ -146,22 +129,22 @@ fn partition_blocks_exactly_the_peer_and_port_both_ways() {
 
     // Target -> peers.
     assert_eq!(
-        echo(Some(&lab.cgroup.path), None, s7000, 500).1,
+        udp_echo(Some(&lab.cgroup.path), None, s7000, 500).1,
         0,
         "the partitioned peer:port answered"
     );
     assert_eq!(
-        echo(Some(&lab.cgroup.path), None, s7001, 500).1,
+        udp_echo(Some(&lab.cgroup.path), None, s7001, 500).1,
         500,
         "another port of the peer was cut off"
     );
     assert_eq!(
-        echo(Some(&lab.cgroup.path), None, alt7000, 500).1,
+        udp_echo(Some(&lab.cgroup.path), None, alt7000, 500).1,
         500,
         "another address was cut off"
     );
     assert_eq!(
-        echo(None, None, s7000, 500).1,
+        udp_echo(None, None, s7000, 500).1,
         500,
         "a process outside the cgroup was cut off"
     );
@@ -247,7 +230,7 @@ fn process_in_its_own_netns_is_hit_both_ways() {
     let server = EchoServer::start_in(None, to).unwrap();
     let ns = container.netns.path();
     assert_eq!(
-        echo(Some(&target.cgroup.path), Some(&ns), to, 300).1,
+        udp_echo(Some(&target.cgroup.path), Some(&ns), to, 300).1,
         300,
         "the lab does not work without a fault"
     );
@@ -265,7 +248,7 @@ fn process_in_its_own_netns_is_hit_both_ways() {
             direction,
             "--quiet",
         ]);
-        let (_, received) = echo(Some(&target.cgroup.path), Some(&ns), to, 300);
+        let (_, received) = udp_echo(Some(&target.cgroup.path), Some(&ns), to, 300);
         let got = server.received.load(std::sync::atomic::Ordering::Relaxed) - before;
         assert_eq!(
             received, 0,
@@ -292,18 +275,18 @@ fn child_cgroup_made_after_the_start_is_hit() {
     let running = runs.start(&["net", "--cgroup", &cg_arg(&lab), "--drop", "100", "--quiet"]);
     let child = lab.cgroup.child("made-later").unwrap();
     assert_eq!(
-        echo(Some(&child), None, to, 300).1,
+        udp_echo(Some(&child), None, to, 300).1,
         0,
         "a child cgroup made after the start was not hit"
     );
-    assert_eq!(echo(None, None, to, 300).1, 300);
+    assert_eq!(udp_echo(None, None, to, 300).1, 300);
     assert_eq!(
         running.terminate().0,
         143,
         "SIGTERM ends a run with 128 + 15"
     );
     assert_eq!(
-        echo(Some(&child), None, to, 300).1,
+        udp_echo(Some(&child), None, to, 300).1,
         300,
         "the fault outlived the run"
     );
@@ -350,7 +333,7 @@ fn nothing_is_left_after_a_run_and_after_sigkill() {
         before,
         "the kernel still lists kchaos's programs or qdiscs"
     );
-    assert_eq!(echo(Some(&lab.cgroup.path), None, to, 300).1, 300);
+    assert_eq!(udp_echo(Some(&lab.cgroup.path), None, to, 300).1, 300);
     assert!(
         runs.records().is_empty(),
         "a clean run left its record: {:?}",
@@ -361,14 +344,14 @@ fn nothing_is_left_after_a_run_and_after_sigkill() {
     let running = runs.start(&["net", "--cgroup", &cg_arg(&lab), "--drop", "100", "--quiet"]);
     assert_eq!(attached(&lab).len(), 1, "one egress program while running");
     assert_eq!(
-        echo(Some(&lab.cgroup.path), None, to, 300).1,
+        udp_echo(Some(&lab.cgroup.path), None, to, 300).1,
         0,
         "the fault was not injecting"
     );
     running.sigkill();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
-        echo(Some(&lab.cgroup.path), None, to, 300).1,
+        udp_echo(Some(&lab.cgroup.path), None, to, 300).1,
         300,
         "faults outlived a SIGKILLed loader"
     );

@@ -6,54 +6,15 @@
 //! out (a `kchaos stop` there), also when an assertion fails.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
     path::Path,
     time::{Duration, Instant},
 };
 
 use integration_tests::{
-    RunDir, attach_type, cgroup_programs, lab::EchoServer, lab::LabCgroup, root_or_skip, tag,
-    traffic,
+    RunDir, StopAll, attach_type, cgroup_programs, lab::LabCgroup, loopback_echo_server,
+    root_or_skip, tag, udp_echo,
 };
 use serde_json::Value;
-
-/// Ends every run of the test's record directory when dropped (declare it after the RunDir, so it
-/// drops first).
-struct StopAll<'a>(&'a RunDir);
-
-impl Drop for StopAll<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.run(&["stop"]);
-    }
-}
-
-/// A UDP echo server on loopback, on a free port.
-fn echo_server() -> (EchoServer, SocketAddr) {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    (EchoServer::start_in(None, addr).expect("echo server"), addr)
-}
-
-/// Datagrams sent and echoes received by a client in `cg`.
-fn echo(cg: &Path, to: SocketAddr, count: u64) -> (u64, u64) {
-    let v = traffic(
-        Some(cg),
-        None,
-        &[
-            "udp-echo",
-            "--to",
-            &to.to_string(),
-            "--count",
-            &count.to_string(),
-            "--rate",
-            integration_tests::udp_rate(),
-        ],
-    );
-    (v["sent"].as_u64().unwrap(), v["received"].as_u64().unwrap())
-}
 
 fn status(runs: &RunDir) -> Value {
     let (code, out, err) = runs.run_text(&["status", "--json"]);
@@ -122,7 +83,7 @@ fn detached_runs_are_listed_with_counters_and_stopped_one_by_one() {
     let t = tag("n");
     let cg_a = LabCgroup::create(&format!("kchaos-runs-{t}-a")).unwrap();
     let cg_b = LabCgroup::create(&format!("kchaos-runs-{t}-b")).unwrap();
-    let (_server, to) = echo_server();
+    let (_server, to) = loopback_echo_server();
     let runs = RunDir::new();
     let _stop = StopAll(&runs);
     let (a, b) = (format!("loss-{t}"), format!("cut-{t}"));
@@ -131,7 +92,7 @@ fn detached_runs_are_listed_with_counters_and_stopped_one_by_one() {
     let pid_b = detach(&runs, &cg_b.path, &b, "100");
 
     // The fault is on: the client in A loses about half; the kernel's count is what it missed.
-    let (sent, received) = echo(&cg_a.path, to, 400);
+    let (sent, received) = udp_echo(Some(&cg_a.path), None, to, 400);
     assert!(
         received < sent && received > 0,
         "A: sent {sent} received {received}"
@@ -184,9 +145,9 @@ fn detached_runs_are_listed_with_counters_and_stopped_one_by_one() {
     let st = status(&runs);
     assert!(run_named(&st, &a).is_none(), "A still listed: {st:#}");
     assert!(run_named(&st, &b).is_some(), "B not listed: {st:#}");
-    let (sent, received) = echo(&cg_a.path, to, 200);
+    let (sent, received) = udp_echo(Some(&cg_a.path), None, to, 200);
     assert_eq!(sent, received, "A's cgroup still loses packets");
-    let (sent_b, received_b) = echo(&cg_b.path, to, 50);
+    let (sent_b, received_b) = udp_echo(Some(&cg_b.path), None, to, 50);
     assert_eq!(
         (sent_b, received_b),
         (50, 0),

@@ -33,17 +33,7 @@ fn partition_aborts_on_the_failing_probe_and_detaches_within_100ms() {
     // from inside it show below: a connect of the test's here would race the abort.)
     live.wait_for("abort.detached", Duration::from_secs(5));
     // kchaos is still running (the after phase); the target reaches its dependency again.
-    let back = traffic(
-        Some(&lab.cgroup.path),
-        None,
-        &[
-            "tcp-connect",
-            "--to",
-            &svc.addr.to_string(),
-            "--timeout",
-            "1s",
-        ],
-    );
+    let back = integration_tests::tcp_connect_from(&lab.cgroup.path, svc.addr);
     assert_eq!(back["connected"], true, "after the abort: {back}");
     let (code, lines, err) = live.finish();
     println!("{}", lines.join("\n"));
