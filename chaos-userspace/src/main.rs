@@ -75,6 +75,22 @@ A run killed without its cleanup is listed apart as dead, with what `kchaos stop
     },
     /// A self-contained demo: a lab (netns, veth, cgroup), drop then partition, a table of results.
     Demo,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(
+        after_help = "Examples:\n  kchaos completions bash > /etc/bash_completion.d/kchaos\n  \
+kchaos completions zsh > \"${fpath[1]}/_kchaos\""
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (kchaos.1 and one per subcommand, kchaos-net.1 ...) into a directory.
+    #[command(after_help = "Example:\n  kchaos man /usr/local/share/man/man1 && man kchaos-net")]
+    Man {
+        /// The directory to write them into (made if missing).
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
     /// Traffic generators for labs and tests (run inside a cgroup/netns).
     #[command(hide = true)]
     Traffic(traffic::TrafficArgs),
@@ -99,6 +115,29 @@ Exit status: 0 completed and the steady state held; 1 aborted or deviated (the r
     /// A steady-state probe inside a target cgroup, started by `kchaos run`.
     #[command(hide = true)]
     ProbeAgent(chaos_userspace::experiment::ProbeAgentArgs),
+}
+
+/// kchaos.1 and a page per visible subcommand (kchaos-net.1 ...), from the clap definitions.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut written = 0;
+    let mut write = |name: &str, page: clap::Command| -> anyhow::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(page).render(&mut buf)?;
+        std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
+        written += 1;
+        Ok(())
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("kchaos-{}", sub.get_name());
+        write(&name, sub.clone().name(name.clone()))?;
+    }
+    write("kchaos", cmd.clone())?;
+    println!("kchaos man: {written} pages in {}", dir.display());
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -134,6 +173,16 @@ fn main() -> ExitCode {
         Command::Stop { name } => stop::run(name.as_deref()),
         Command::Status { json } => status::run(json),
         Command::Demo => demo::run(),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "kchaos",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => write_man_pages(&dir),
         Command::Traffic(args) => traffic::run(&args),
         Command::Run(args) => block_on(chaos_userspace::experiment::run_command(args)),
         Command::Validate(args) => chaos_userspace::experiment::validate_command(&args),
