@@ -107,19 +107,7 @@ fn stop_one(name: &str) -> anyhow::Result<()> {
         handled.insert(record.pid);
         handle_record(&file.path, file.record, &mut tally);
     }
-    for run in starting
-        .iter()
-        .filter(|s| !handled.contains(&s.pid) && s.still_running())
-    {
-        tally.acted = true;
-        println!(
-            "kchaos stop: ending kchaos {} '{name}' (pid {}), which was still starting, with SIGTERM",
-            run.command, run.pid
-        );
-        if !end_process(run.pid, &run.identity, &run.command) {
-            tally.failed += 1;
-        }
-    }
+    end_starting(&starting, &handled, &format!(" '{name}'"), &mut tally);
     if !tally.acted {
         return Err(not_found(running).into());
     }
@@ -148,20 +136,7 @@ fn stop_all() -> anyhow::Result<()> {
             handle_record(&file.path, file.record, &mut tally);
         }
     }
-    for run in starting
-        .iter()
-        .filter(|s| !handled.contains(&s.pid) && s.still_running())
-    {
-        tally.acted = true;
-        println!(
-            "kchaos stop: ending kchaos {} (pid {}), which was still starting (no record yet), with \
-             SIGTERM",
-            run.command, run.pid
-        );
-        if !end_process(run.pid, &run.identity, &run.command) {
-            tally.failed += 1;
-        }
-    }
+    end_starting(&starting, &handled, "", &mut tally);
     if let Some(dir) = &checked {
         remove_leftover_tmps(dir, &mut tally);
     }
@@ -354,6 +329,25 @@ fn end_process(pid: u32, identity: &ProcessIdentity, command: &str) -> bool {
 }
 
 /// A kchaos process running a recorded command with this record directory.
+/// Ends the runs still starting (no record yet) that no record handled: SIGTERM to each verified
+/// kchaos process. `label` follows the command in the line (a run's name, or nothing).
+fn end_starting(starting: &[Starting], handled: &BTreeSet<u32>, label: &str, tally: &mut Tally) {
+    for run in starting
+        .iter()
+        .filter(|s| !handled.contains(&s.pid) && s.still_running())
+    {
+        tally.acted = true;
+        println!(
+            "kchaos stop: ending kchaos {}{label} (pid {}), which was still starting (no record \
+             yet), with SIGTERM",
+            run.command, run.pid
+        );
+        if !end_process(run.pid, &run.identity, &run.command) {
+            tally.failed += 1;
+        }
+    }
+}
+
 struct Starting {
     pid: u32,
     identity: ProcessIdentity,

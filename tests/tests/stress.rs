@@ -364,14 +364,22 @@ fn kill_hits_only_the_cgroup_and_never_kchaos() {
     assert!(eventually(Duration::from_secs(3), || procs(&cg.path).len() == 3));
     let inside_pids: Vec<u32> = inside.iter().map(Child::id).collect();
 
-    let out = run_dir.run(&["kill", "--cgroup", &cg_arg(&cg), "--count", "2"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    print!("{stdout}");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Runs `kchaos kill` on the cgroup with these flags; its stdout, once it succeeded.
+    let kill = |flags: &[&str]| {
+        let cg = cg_arg(&cg);
+        let mut args = vec!["kill", "--cgroup", cg.as_str()];
+        args.extend(flags);
+        let out = run_dir.run(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{stdout}");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let stdout = kill(&["--count", "2"]);
     let signalled: Vec<u32> = stdout
         .lines()
         .filter_map(|l| l.trim().strip_prefix("signalled "))
@@ -388,14 +396,7 @@ fn kill_hits_only_the_cgroup_and_never_kchaos() {
     assert!(outside.iter_mut().all(alive), "a process outside was hit");
 
     // --count above what the cgroup holds: said in a line, and never more than there are.
-    let out = run_dir.run(&["kill", "--cgroup", &cg_arg(&cg), "--count", "5"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    print!("{stdout}");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = kill(&["--count", "5"]);
     assert!(
         stdout.contains("--count 5 asked for more processes than")
             && stdout.contains("(1): signalling those 1"),
@@ -429,14 +430,7 @@ fn kill_hits_only_the_cgroup_and_never_kchaos() {
         "5",
         "--quiet",
     ]);
-    let out = run_dir.run(&["kill", "--cgroup", &cg_arg(&cg), "--all"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    print!("{stdout}");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = kill(&["--all"]);
     assert!(stdout.contains("leaving out 1 kchaos process"), "{stdout}");
     assert!(eventually(Duration::from_secs(3), || inside
         .iter_mut()
@@ -456,16 +450,7 @@ fn kill_hits_only_the_cgroup_and_never_kchaos() {
     assert!(stdout.contains("cgroup.kill"), "{stdout}");
     let mut last = spawn_in(&cg.path, &["sleep", "100"]);
     assert!(eventually(Duration::from_secs(3), || procs(&cg.path).len() == 1));
-    let out = run_dir.run(&[
-        "kill",
-        "--cgroup",
-        &cg_arg(&cg),
-        "--all",
-        "--signal",
-        "TERM",
-    ]);
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(out.status.success());
+    kill(&["--all", "--signal", "TERM"]);
     assert!(eventually(Duration::from_secs(3), || !alive(&mut last)));
     assert!(more.iter_mut().all(|c| !alive(c)));
     assert!(outside.iter_mut().all(alive), "a process outside was hit");
