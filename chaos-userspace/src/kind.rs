@@ -494,6 +494,7 @@ use crate::{
     kinds::stress::StressSpec,
     kinds::syscall::SyscallSpec,
     kinds::{kill::KillSpec, pause::PauseSpec},
+    kinds::time::TimeSpec,
 };
 
 registry! {
@@ -512,4 +513,7 @@ registry! {
     /// Signal random processes of the target cgroups, or all of them (never kchaos itself).
     #[command(after_help = crate::kinds::kill::EXAMPLES)]
     Kill(KillSpec),
+    /// Shift or drift the clocks of the target cgroups' processes (vDSO hooks, leased).
+    #[command(after_help = crate::kinds::time::EXAMPLES)]
+    Time(TimeSpec),
 }

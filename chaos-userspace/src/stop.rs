@@ -567,6 +567,7 @@ fn describe(r: &Residue) -> String {
         Residue::FrozenCgroup { path } => format!("frozen cgroup {}", path.display()),
         Residue::Cgroup { path } => format!("cgroup {}", path.display()),
         Residue::Path { path } => format!("{}", path.display()),
+        Residue::TimeHooks { tag } => format!("vDSO time hooks (tag {tag:016x})"),
     }
 }
 

@@ -61,6 +61,8 @@ pub enum Residue {
     Cgroup { path: PathBuf },
     /// A directory kchaos created (with its [`run_identity::MARKER`]), or something inside one: remove it.
     Path { path: PathBuf },
+    /// vDSO time hooks tagged `tag` in target processes: restore the vDSO where they are.
+    TimeHooks { tag: u64 },
 }
 
 /// What `kchaos stop` may do about one checked entry.
@@ -104,6 +106,18 @@ impl Residue {
                 Ok(_) => fs::remove_file(path),
                 Err(_) => Ok(()),
             },
+            Residue::TimeHooks { tag } => {
+                let (_, _, failed) =
+                    crate::kinds::time::process::restore_all(*tag).map_err(io::Error::other)?;
+                if failed.is_empty() {
+                    Ok(())
+                } else {
+                    Err(io::Error::other(format!(
+                        "disarmed but not restored: {}",
+                        failed.join(", ")
+                    )))
+                }
+            }
         }
     }
 
@@ -115,6 +129,8 @@ impl Residue {
             Residue::FrozenCgroup { path } => check_cgroup(path, owner, CgroupUse::Thaw),
             Residue::Cgroup { path } => check_cgroup(path, owner, CgroupUse::Remove),
             Residue::Path { path } => check_path(path, owner),
+            // Only processes whose hook page carries the tag are touched.
+            Residue::TimeHooks { .. } => Ok(Verdict::Undo),
         }
     }
 

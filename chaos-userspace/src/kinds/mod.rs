@@ -7,3 +7,4 @@ pub mod net;
 pub mod pause;
 pub mod stress;
 pub mod syscall;
+pub mod time;

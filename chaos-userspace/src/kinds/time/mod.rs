@@ -1,0 +1,628 @@
+//! The `time` kind: the clocks of every process in the targets shifted by an offset, or drifting,
+//! through their vDSO (`clock_gettime`, `gettimeofday`, `time`).
+//!
+//! Each process gets, by ptrace (attach, an injected mmap, detach), a page of hooks that call the
+//! original vDSO code and shift its result, and a control block the loader rewrites as a lease: every
+//! clock has a window (in that clock's own time) outside which the hooks return the real time. A
+//! loader that dies stops renewing it, and the clocks come back by themselves within the lease;
+//! `undo` and `kchaos stop` (from the journal's tag) put the original vDSO bytes back and unmap the
+//! page where no thread is using it. Processes born or moved into the targets later are found on
+//! each tick (a forked child inherits the hooks; an exec'd one gets a fresh vDSO and is hooked
+//! again). A program that makes the clock syscalls itself (not through the vDSO) is not shifted.
+
+pub mod code;
+pub mod process;
+pub mod ptrace;
+pub mod vdso;
+mod yaml;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use self::{
+    code::{ClockEntry, Control},
+    process::{PatchError, Patched},
+};
+use crate::{
+    engine::{
+        journal::{Journal, Residue},
+        lifecycle,
+        targets::Target,
+    },
+    error::BadInput,
+    experiment::{fields::Ctx, review::Risk, yaml::Node},
+    kind::{Active, Counters, Kind, MetricMap, TargetFinding, Unit},
+};
+
+pub const EXAMPLES: &str = "Examples:\n  kchaos time --cgroup app --offset +1h --duration 30s\n  \
+kchaos time --cgroup app --offset -90d --clock realtime,monotonic\n  \
+kchaos time --cgroup app --drift 500 --duration 10m   (the clock gains 0.5 ms a second)\n\
+Processes that read the clock with a raw syscall instead of the vDSO (rare; not glibc, musl or Go's \
+time.Now) are not shifted.";
+
+/// The clock groups a fault may shift.
+pub const CLOCKS: &[&str] = &["realtime", "monotonic", "boottime"];
+
+/// The clock ids each group covers (coarse and raw variants follow their clock).
+fn clock_ids(name: &str) -> &'static [usize] {
+    match name {
+        "realtime" => &[
+            libc::CLOCK_REALTIME as usize,
+            libc::CLOCK_REALTIME_COARSE as usize,
+            libc::CLOCK_TAI as usize,
+        ],
+        "monotonic" => &[
+            libc::CLOCK_MONOTONIC as usize,
+            libc::CLOCK_MONOTONIC_RAW as usize,
+            libc::CLOCK_MONOTONIC_COARSE as usize,
+        ],
+        "boottime" => &[libc::CLOCK_BOOTTIME as usize],
+        _ => &[],
+    }
+}
+
+/// The largest offset: ±100 years.
+const MAX_OFFSET_NS: i128 = 100 * 365 * 86_400 * 1_000_000_000;
+/// The largest drift: a clock at twice (or zero) speed.
+const MAX_DRIFT_PPM: i64 = 1_000_000;
+/// How far a clock may read before its lease window opened before it counts as stepped back.
+const FLOOR_SLACK_NS: i64 = 1_000_000_000;
+/// The control blocks are rewritten when the lease moved this much.
+const RENEW_EVERY_NS: u64 = 500_000_000;
+
+/// `kchaos time` flags.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TimeArgs {
+    /// Shift the clock by DUR: +1h, -90d, 30s, -1m30s (a leading - goes back in time).
+    #[arg(long, value_name = "DUR", allow_hyphen_values = true)]
+    pub offset: Option<String>,
+    /// Make the clock drift by PPM parts per million (500 = 0.5 ms gained each second; negative
+    /// loses), from the fault's start; adds to --offset.
+    #[arg(long, value_name = "PPM", allow_hyphen_values = true)]
+    pub drift: Option<i64>,
+    /// The clocks to shift: realtime (with its coarse and TAI forms; also gettimeofday and time),
+    /// monotonic (with raw and coarse), boottime.
+    #[arg(long = "clock", value_name = "CLOCKS", value_delimiter = ',', default_value = "realtime")]
+    pub clocks: Vec<String>,
+}
+
+/// What a time fault does.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TimeSpec {
+    /// The offset, ns (negative: back in time).
+    pub offset_ns: i64,
+    pub drift_ppm: i64,
+    pub clocks: Vec<String>,
+}
+
+/// "+1h", "-90d", "30s" as signed ns.
+pub fn parse_offset(text: &str) -> Result<i64, BadInput> {
+    let t = text.trim();
+    let (sign, rest) = match t.strip_prefix('-') {
+        Some(r) => (-1i128, r),
+        None => (1, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let d = crate::units::parse_duration(rest.trim()).map_err(|_| {
+        BadInput::new(format!(
+            "--offset '{text}': expected a duration with an optional sign, e.g. +1h, -90d, 30s, -1m30s"
+        ))
+    })?;
+    let ns = sign * d.as_nanos() as i128;
+    if ns.abs() > MAX_OFFSET_NS {
+        return Err(BadInput::new(format!(
+            "--offset '{text}': at most 100 years either way"
+        )));
+    }
+    Ok(ns as i64)
+}
+
+/// The checked clock names, in their canonical order.
+pub fn parse_clocks(names: &[String]) -> Result<Vec<String>, BadInput> {
+    let mut out = Vec::new();
+    for n in names {
+        let n = n.trim().to_ascii_lowercase();
+        if n.is_empty() {
+            continue;
+        }
+        if !CLOCKS.contains(&n.as_str()) {
+            return Err(BadInput::new(format!(
+                "--clock '{n}': allowed are {}",
+                CLOCKS.join(", ")
+            )));
+        }
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    if out.is_empty() {
+        return Err(BadInput::new(format!(
+            "--clock: name at least one of {}",
+            CLOCKS.join(", ")
+        )));
+    }
+    out.sort_by_key(|c| CLOCKS.iter().position(|k| k == c));
+    Ok(out)
+}
+
+pub fn check_drift(ppm: i64) -> Result<i64, BadInput> {
+    if ppm.abs() > MAX_DRIFT_PPM {
+        return Err(BadInput::new(format!(
+            "--drift {ppm}: allowed is -{MAX_DRIFT_PPM} to {MAX_DRIFT_PPM} ppm"
+        )));
+    }
+    Ok(ppm)
+}
+
+fn format_offset(ns: i64) -> String {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    format!(
+        "{}{}",
+        if ns < 0 { "-" } else { "+" },
+        crate::units::format_duration(d)
+    )
+}
+
+impl TimeSpec {
+    pub fn describe(&self) -> String {
+        let mut what = Vec::new();
+        if self.offset_ns != 0 || self.drift_ppm == 0 {
+            what.push(format!("shift by {}", format_offset(self.offset_ns)));
+        }
+        if self.drift_ppm != 0 {
+            what.push(format!("drift {:+} ppm", self.drift_ppm));
+        }
+        format!(
+            "{} the {} clock{} of the target's processes (vDSO)",
+            what.join(" and "),
+            self.clocks.join(", "),
+            if self.clocks.len() == 1 { "" } else { "s" }
+        )
+    }
+}
+
+impl Kind for TimeSpec {
+    const NAME: &'static str = "time";
+    const PARAMS: &'static [(&'static str, Unit)] = &[("offset", Unit::Duration)];
+    const METRICS: &'static [MetricMap] = &[
+        MetricMap::gauge(
+            "processes",
+            "time_processes",
+            "Processes whose clocks the fault shifts now.",
+            1.0,
+        ),
+        MetricMap::gauge(
+            "patched",
+            "time_patched_processes",
+            "Processes the fault hooked (including ones re-hooked after exec).",
+            1.0,
+        )
+        .total(),
+        MetricMap::gauge(
+            "failed",
+            "time_failed_processes",
+            "Processes the fault could not hook.",
+            1.0,
+        )
+        .total(),
+    ];
+    type Args = TimeArgs;
+    type Active = TimeFault;
+
+    fn from_args(args: &TimeArgs) -> Result<Self, BadInput> {
+        if args.offset.is_none() && args.drift.is_none() {
+            return Err(BadInput::new(
+                "give --offset DUR (e.g. +1h, -90d) or --drift PPM (or both)",
+            ));
+        }
+        Ok(TimeSpec {
+            offset_ns: args.offset.as_deref().map(parse_offset).transpose()?.unwrap_or(0),
+            drift_ppm: args.drift.map(check_drift).transpose()?.unwrap_or(0),
+            clocks: parse_clocks(&args.clocks)?,
+        })
+    }
+
+    fn from_yaml(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> Option<Self> {
+        yaml::parse(ctx, node, path, ramped)
+    }
+
+    fn describe(&self) -> String {
+        TimeSpec::describe(self)
+    }
+
+    fn check_param(&self, param: &str, value: f64) -> Result<(), String> {
+        if param != "offset" {
+            return Err(format!(
+                "a time fault cannot ramp '{param}': allowed is offset"
+            ));
+        }
+        if !(0.0..=(MAX_OFFSET_NS / 1_000_000_000) as f64).contains(&value) {
+            return Err(format!(
+                "offset {value}s: a ramp moves the offset forward, from 0 to at most 100 years"
+            ));
+        }
+        Ok(())
+    }
+
+    fn intensities(&self) -> Vec<(&'static str, f64)> {
+        vec![("offset", self.offset_ns.unsigned_abs() as f64 / 1e9)]
+    }
+
+    fn overlap_conflict(&self) -> Option<&'static str> {
+        Some(
+            "two time faults of one target at once would hook the same vDSO functions, and the first \
+             to end would restore them under the other: merge them into one, or move one so they do \
+             not overlap",
+        )
+    }
+
+    fn target_findings(&self, target: &Path, _cgroup_root: &Path) -> Vec<TargetFinding> {
+        let mut out = Vec::new();
+        if crate::engine::cgroup::holds_this_process(target) {
+            out.push((
+                Risk::Medium,
+                "time-holds-kchaos",
+                format!(
+                    "{} holds kchaos itself: kchaos keeps its own clock, but the shell or service \
+                     that started it will see the shifted time",
+                    target.display()
+                ),
+            ));
+        }
+        out
+    }
+
+    fn end_step(&self, name: &str) -> Option<String> {
+        Some(format!(
+            "restore the vDSO of '{name}' (clocks go back to real time by themselves when the lease \
+             lapses)"
+        ))
+    }
+
+    fn preflight(&self, _targets: &[Target]) -> Result<(), BadInput> {
+        if !cfg!(target_arch = "x86_64") {
+            return Err(BadInput::new(
+                "time faults hook x86_64 vDSO code: this build is for another architecture",
+            ));
+        }
+        if std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+            .is_ok_and(|s| s.trim() == "3")
+        {
+            return Err(BadInput::new(
+                "kernel.yama.ptrace_scope is 3 (ptrace disabled until reboot): time faults attach \
+                 to the target's processes with ptrace",
+            ));
+        }
+        vdso::own().map(|_| ()).map_err(|e| {
+            BadInput::new(format!("time faults need the kernel's vDSO: {e}"))
+        })
+    }
+
+    fn plan_lines(&self, _targets: &[Target]) -> Vec<String> {
+        vec![
+            "backend: ptrace + vDSO hooks (clock_gettime, gettimeofday, time), leased".into(),
+            "note: raw clock syscalls (not through the vDSO) are not shifted".into(),
+        ]
+    }
+
+    /// Hooks every process of the targets, disarmed, and journals the run's tag first.
+    fn prepare(&self, targets: &[Target], journal: &mut Journal) -> Result<TimeFault> {
+        let own = vdso::own().map_err(anyhow::Error::msg)?;
+        let tag = new_tag();
+        let residue = Residue::TimeHooks { tag };
+        journal.add(residue.clone())?;
+        let mut fault = TimeFault {
+            spec: self.clone(),
+            cgroups: targets.iter().map(|t| t.path.clone()).collect(),
+            own,
+            tag,
+            residue,
+            procs: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            armed: false,
+            deadline_ns: 0,
+            written_deadline_ns: 0,
+            starts: [0; code::CLOCK_SLOTS],
+            offset_ns: self.offset_ns,
+            patched: 0,
+            relocated_fallbacks: 0,
+            restored: None,
+        };
+        fault.scan();
+        Ok(fault)
+    }
+
+    fn injected_events(counters: &Counters) -> u64 {
+        counters.get("patched").copied().unwrap_or(0)
+    }
+
+    fn live_line(counters: &Counters) -> String {
+        let n = |k: &str| counters.get(k).copied().unwrap_or(0);
+        format!(
+            "{} process(es) on the shifted clock ({} hooked in all, {} could not be)",
+            n("processes"),
+            n("patched"),
+            n("failed")
+        )
+    }
+}
+
+/// A tag for this run's hook pages: what `stop` looks for.
+fn new_tag() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let t = u64::from_le_bytes(b);
+    if n == 8 && t != 0 {
+        t
+    } else {
+        (u64::from(std::process::id()) << 32) ^ lifecycle::monotonic_ns() | 1
+    }
+}
+
+/// The value of clock `id` now, ns.
+fn clock_ns(id: usize) -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer.
+    unsafe { libc::clock_gettime(id as libc::clockid_t, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// The fault while it runs: the hooked processes and their control blocks.
+pub struct TimeFault {
+    spec: TimeSpec,
+    cgroups: Vec<PathBuf>,
+    own: &'static vdso::OwnVdso,
+    tag: u64,
+    residue: Residue,
+    procs: BTreeMap<u32, Patched>,
+    /// Processes (pid, start time) that could not be hooked, and why; not retried.
+    refused: BTreeMap<(u32, u64), String>,
+    armed: bool,
+    /// The lease: CLOCK_MONOTONIC ns.
+    deadline_ns: u64,
+    written_deadline_ns: u64,
+    /// Each clock's value at the arm (the drift counts from it).
+    starts: [i64; code::CLOCK_SLOTS],
+    offset_ns: i64,
+    patched: u64,
+    relocated_fallbacks: u64,
+    restored: Option<String>,
+}
+
+impl TimeFault {
+    /// The control block now: each selected clock's lease window in its own time.
+    fn control(&self) -> Control {
+        let mut c = Control {
+            offset_ns: self.offset_ns,
+            drift_ppm: self.spec.drift_ppm,
+            ..Control::default()
+        };
+        if !self.armed {
+            return c;
+        }
+        let mono = lifecycle::monotonic_ns();
+        let left = self.deadline_ns.saturating_sub(mono) as i64;
+        for name in &self.spec.clocks {
+            for &id in clock_ids(name) {
+                let now = clock_ns(id);
+                c.clocks[id] = ClockEntry {
+                    floor: now - FLOOR_SLACK_NS,
+                    deadline: now + left,
+                    start: self.starts[id],
+                    enabled: left > 0,
+                };
+            }
+        }
+        c
+    }
+
+    /// Hooks the targets' processes not hooked yet, and again those that exec'd.
+    fn scan(&mut self) {
+        let own = self.own;
+        // An exec replaced the vDSO (or the process is gone): look again.
+        self.procs.retain(|_, p| process::still_hooked(p, own));
+        let control = self.control();
+        for path in &self.cgroups {
+            for pid in process::procs(path) {
+                if self.procs.contains_key(&pid) || pid == std::process::id() {
+                    continue;
+                }
+                let Some(st) = process::start_time(pid) else {
+                    continue;
+                };
+                if self.refused.contains_key(&(pid, st)) {
+                    continue;
+                }
+                match process::patch(pid, own, self.tag, &control, self.armed) {
+                    Ok(p) => {
+                        self.patched += 1;
+                        if p.relocated != (true, true) {
+                            self.relocated_fallbacks += 1;
+                        }
+                        self.procs.insert(pid, p);
+                    }
+                    Err(PatchError::Gone | PatchError::NoVdso) => {}
+                    // Tried again on a later tick.
+                    Err(PatchError::NotRunning | PatchError::Busy) => {}
+                    Err(e) => {
+                        tracing::warn!("time: pid {pid} not hooked: {e}");
+                        self.refused.insert((pid, st), e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rewrites every control block (the lease, the offset).
+    fn write_all(&mut self) {
+        let control = self.control();
+        let mut gone = Vec::new();
+        for (pid, p) in self.procs.iter_mut() {
+            if process::write_control(p, &control).is_err() {
+                gone.push(*pid);
+            }
+        }
+        for pid in gone {
+            self.procs.remove(&pid);
+        }
+        self.written_deadline_ns = self.deadline_ns;
+    }
+
+    fn set_all_armed(&mut self, armed: bool) {
+        for p in self.procs.values() {
+            let _ = process::set_armed(p, armed);
+        }
+    }
+}
+
+impl Active for TimeFault {
+    /// Opens every hooked process's lease window and arms it (two small writes each).
+    fn arm(&mut self, deadline_ns: u64, _journal: &mut Journal) -> Result<()> {
+        for (i, s) in self.starts.iter_mut().enumerate() {
+            *s = clock_ns(i);
+        }
+        self.armed = true;
+        self.deadline_ns = deadline_ns;
+        self.write_all();
+        self.set_all_armed(true);
+        // Those that came meanwhile.
+        self.scan();
+        Ok(())
+    }
+
+    fn renew(&mut self, deadline_ns: u64) -> Result<()> {
+        self.deadline_ns = deadline_ns;
+        if self.armed && deadline_ns >= self.written_deadline_ns + RENEW_EVERY_NS {
+            self.write_all();
+        }
+        self.scan();
+        Ok(())
+    }
+
+    fn set_param(&mut self, param: &str, value: f64) -> Result<()> {
+        if param != "offset" {
+            anyhow::bail!("a time fault has no parameter '{param}'");
+        }
+        self.offset_ns = (value * 1e9) as i64;
+        if self.armed {
+            self.write_all();
+        }
+        Ok(())
+    }
+
+    /// `processes` (hooked now), `patched` (hooks made, in all), `failed`, `syscall_fallback`
+    /// (processes whose hooks call the syscall: the vDSO prologue could not be relocated).
+    fn counters(&self) -> Result<Counters> {
+        Ok(Counters::from([
+            ("processes".into(), self.procs.len() as u64),
+            ("patched".into(), self.patched),
+            ("failed".into(), self.refused.len() as u64),
+            ("syscall_fallback".into(), self.relocated_fallbacks),
+        ]))
+    }
+
+    fn attachments(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "vDSO hooks (clock_gettime, gettimeofday, time) in {} process(es) of {}: {}",
+            self.procs.len(),
+            self.cgroups
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.spec.describe()
+        )];
+        for ((pid, _), why) in self.refused.iter().take(5) {
+            out.push(format!("pid {pid} not hooked: {why}"));
+        }
+        if let Some(r) = &self.restored {
+            out.push(r.clone());
+        }
+        out
+    }
+
+    /// Real time again at once (one byte each).
+    fn disarm(&mut self, _journal: &mut Journal) -> Result<()> {
+        self.armed = false;
+        self.set_all_armed(false);
+        Ok(())
+    }
+
+    fn result(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "offset_ns": self.offset_ns,
+            "drift_ppm": self.spec.drift_ppm,
+            "clocks": self.spec.clocks,
+            "restored": self.restored,
+        }))
+    }
+
+    /// Restores the vDSO of every process carrying this run's tag (also those that left the
+    /// targets) and unmaps the hook pages.
+    fn undo(mut self: Box<Self>, journal: &mut Journal) -> Result<()> {
+        self.set_all_armed(false);
+        self.procs.clear();
+        let (clean, left, failed) =
+            process::restore_all(self.tag).map_err(anyhow::Error::msg)?;
+        self.restored = Some(format!(
+            "restored the vDSO of {} process(es); {left} kept a disarmed hook page",
+            clean + left
+        ));
+        if !failed.is_empty() {
+            anyhow::bail!(
+                "could not restore the vDSO of {} (they are disarmed: real time); `kchaos stop` \
+                 retries: {}",
+                failed.len(),
+                failed.join(", ")
+            );
+        }
+        journal.remove(&self.residue)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_with_signs() {
+        assert_eq!(parse_offset("+1h").unwrap(), 3_600_000_000_000);
+        assert_eq!(parse_offset("-90d").unwrap(), -90 * 86_400 * 1_000_000_000);
+        assert_eq!(parse_offset("30s").unwrap(), 30_000_000_000);
+        assert!(parse_offset("soon").is_err());
+        assert!(parse_offset("+200y").is_err());
+        assert_eq!(format_offset(-90 * 86_400 * 1_000_000_000), "-90d");
+    }
+
+    #[test]
+    fn flags_need_a_shift_and_known_clocks() {
+        let a = TimeArgs {
+            clocks: vec!["realtime".into()],
+            ..TimeArgs::default()
+        };
+        assert!(TimeSpec::from_args(&a).unwrap_err().to_string().contains("--offset"));
+        let a = TimeArgs {
+            offset: Some("-1h".into()),
+            clocks: vec!["monotonic".into(), "realtime".into(), "realtime".into()],
+            ..TimeArgs::default()
+        };
+        let s = TimeSpec::from_args(&a).unwrap();
+        assert_eq!(s.clocks, vec!["realtime", "monotonic"]);
+        let a = TimeArgs {
+            offset: Some("1h".into()),
+            clocks: vec!["wall".into()],
+            ..TimeArgs::default()
+        };
+        assert!(TimeSpec::from_args(&a).unwrap_err().to_string().contains("allowed are"));
+        assert!(check_drift(2_000_000).is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! kchaos's own vDSO: the image every 64-bit process of this kernel has mapped, and where in it the
+//! time functions start. Targets' vDSOs are compared against it, and `stop` restores their first
+//! bytes from it.
+
+use std::{fs, io, sync::OnceLock};
+
+/// The image and the offsets of the functions a time fault redirects.
+#[derive(Debug)]
+pub struct OwnVdso {
+    pub image: Vec<u8>,
+    pub clock_gettime: u64,
+    pub gettimeofday: u64,
+    pub time: u64,
+    /// A `syscall` instruction outside the patched bytes: where a stopped tracee runs injected calls.
+    pub syscall_insn: u64,
+}
+
+impl OwnVdso {
+    /// The three patch sites (offsets), each 5 bytes.
+    pub fn sites(&self) -> [u64; 3] {
+        [self.gettimeofday, self.time, self.clock_gettime]
+    }
+}
+
+/// Why the vDSO cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum VdsoError {
+    #[error("this process has no [vdso] mapping")]
+    Missing,
+    #[error("reading the vDSO: {0}")]
+    Io(#[from] io::Error),
+    #[error("the vDSO is not a 64-bit ELF image kchaos can read ({0})")]
+    Format(&'static str),
+    #[error("the vDSO exports no {0}")]
+    NoSymbol(&'static str),
+}
+
+static OWN: OnceLock<Result<OwnVdso, String>> = OnceLock::new();
+
+/// This process's vDSO, read once.
+pub fn own() -> Result<&'static OwnVdso, String> {
+    OWN.get_or_init(|| read_own().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn read_own() -> Result<OwnVdso, VdsoError> {
+    let (start, end) = vdso_range(&fs::read_to_string("/proc/self/maps")?).ok_or(VdsoError::Missing)?;
+    let mut image = vec![0u8; (end - start) as usize];
+    crate::kinds::time::ptrace::read_mem(std::process::id(), start, &mut image)?;
+    parse(image)
+}
+
+/// The `[vdso]` range in a maps text.
+pub fn vdso_range(maps: &str) -> Option<(u64, u64)> {
+    maps.lines()
+        .find(|l| l.ends_with("[vdso]"))
+        .and_then(|l| parse_range(l.split_whitespace().next()?))
+}
+
+/// "start-end" in hex.
+pub fn parse_range(text: &str) -> Option<(u64, u64)> {
+    let (a, b) = text.split_once('-')?;
+    Some((
+        u64::from_str_radix(a, 16).ok()?,
+        u64::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Finds the symbols in an image (ELF64, the dynamic symbol table through the section headers).
+pub fn parse(image: Vec<u8>) -> Result<OwnVdso, VdsoError> {
+    let fmt = VdsoError::Format;
+    if image.get(..5) != Some(b"\x7fELF\x02") {
+        return Err(fmt("no ELF64 header"));
+    }
+    let phoff = u64_at(&image, 0x20).ok_or(fmt("header"))? as usize;
+    let shoff = u64_at(&image, 0x28).ok_or(fmt("header"))? as usize;
+    let phentsize = u16_at(&image, 0x36).ok_or(fmt("header"))? as usize;
+    let phnum = u16_at(&image, 0x38).ok_or(fmt("header"))? as usize;
+    let shentsize = u16_at(&image, 0x3a).ok_or(fmt("header"))? as usize;
+    let shnum = u16_at(&image, 0x3c).ok_or(fmt("header"))? as usize;
+    // Symbol values are link addresses: relative to the first PT_LOAD's.
+    let mut load_vaddr = None;
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(&image, ph) == Some(1) {
+            load_vaddr = u64_at(&image, ph + 0x10);
+            break;
+        }
+    }
+    let load_vaddr = load_vaddr.ok_or(fmt("no PT_LOAD"))?;
+    let section = |i: usize| -> Option<(u32, u64, u64, u32, u64)> {
+        let sh = shoff + i * shentsize;
+        Some((
+            u32_at(&image, sh + 4)?,    // type
+            u64_at(&image, sh + 0x18)?, // offset
+            u64_at(&image, sh + 0x20)?, // size
+            u32_at(&image, sh + 0x28)?, // link
+            u64_at(&image, sh + 0x38)?, // entsize
+        ))
+    };
+    let mut symbols: Vec<(String, u64)> = Vec::new();
+    for i in 0..shnum {
+        let Some((kind, off, size, link, entsize)) = section(i) else {
+            return Err(fmt("section headers"));
+        };
+        if kind != 11 || entsize < 24 {
+            continue;
+        }
+        let (_, str_off, str_size, _, _) = section(link as usize).ok_or(fmt("string table"))?;
+        let strtab = image
+            .get(str_off as usize..(str_off + str_size) as usize)
+            .ok_or(fmt("string table"))?;
+        for s in 0..(size / entsize) as usize {
+            let at = off as usize + s * entsize as usize;
+            let name_off = u32_at(&image, at).ok_or(fmt("symbol"))? as usize;
+            let value = u64_at(&image, at + 8).ok_or(fmt("symbol"))?;
+            let name = strtab
+                .get(name_off..)
+                .and_then(|n| n.split(|&b| b == 0).next())
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_default();
+            if value != 0 {
+                symbols.push((name, value.wrapping_sub(load_vaddr)));
+            }
+        }
+    }
+    let find = |names: [&'static str; 2]| -> Result<u64, VdsoError> {
+        names
+            .iter()
+            .find_map(|n| symbols.iter().find(|(s, _)| s == n).map(|(_, v)| *v))
+            .filter(|v| (*v as usize) + 16 <= image.len())
+            .ok_or(VdsoError::NoSymbol(names[0]))
+    };
+    let clock_gettime = find(["__vdso_clock_gettime", "clock_gettime"])?;
+    let gettimeofday = find(["__vdso_gettimeofday", "gettimeofday"])?;
+    let time = find(["__vdso_time", "time"])?;
+    let patched = [clock_gettime, gettimeofday, time];
+    let syscall_insn = image
+        .windows(2)
+        .enumerate()
+        .find(|(i, w)| {
+            *w == [0x0f, 0x05] && patched.iter().all(|p| *i as u64 + 1 < *p || *i as u64 >= p + 5)
+        })
+        .map(|(i, _)| i as u64)
+        .ok_or(fmt("no syscall instruction"))?;
+    Ok(OwnVdso {
+        image,
+        clock_gettime,
+        gettimeofday,
+        time,
+        syscall_insn,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_time_functions_in_this_vdso() {
+        let Ok(v) = super::own() else {
+            return;
+        };
+        assert!(v.clock_gettime != v.gettimeofday && v.time != v.clock_gettime);
+        assert_eq!(&v.image[v.syscall_insn as usize..][..2], &[0x0f, 0x05]);
+    }
+}
