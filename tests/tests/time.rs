@@ -1,0 +1,419 @@
+//! `kchaos time`: the clocks real processes read. A small C helper (built here with cc) prints its
+//! vDSO readings beside the same clocks read with a raw syscall, which the fault does not touch (the
+//! documented limit), so each line carries its own reference: the shift is the difference.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chaos_userspace::kinds::time::vdso;
+use integration_tests::{
+    RunDir, StopAll, TempDir, TempFile, lab::LabCgroup, read_report, root_or_skip, skip, spawn_in,
+    tag,
+};
+
+const HELPER: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+static long long ns(struct timespec t) { return t.tv_sec * 1000000000LL + t.tv_nsec; }
+static long long sys_ns(int c) { struct timespec t; syscall(SYS_clock_gettime, c, &t); return ns(t); }
+int main(int argc, char **argv) {
+  if (argc > 2 && !strcmp(argv[1], "check")) {
+    usleep(atoi(argv[2]) * 1000);
+    struct timespec r; clock_gettime(CLOCK_REALTIME, &r);
+    long long d = ns(r) - sys_ns(CLOCK_REALTIME);
+    return d < 1000000000LL && d > -1000000000LL ? 0 : 1;
+  }
+  if (argc > 2 && !strcmp(argv[1], "bench")) {
+    long n = atol(argv[2]); struct timespec r;
+    long long s = sys_ns(CLOCK_MONOTONIC);
+    for (long i = 0; i < n; i++) clock_gettime(CLOCK_REALTIME, &r);
+    printf("%.3f\n", (double)(sys_ns(CLOCK_MONOTONIC) - s) / n);
+    return 0;
+  }
+  for (;;) {
+    struct timespec r, m; struct timeval tv;
+    clock_gettime(CLOCK_REALTIME, &r); long long sr = sys_ns(CLOCK_REALTIME);
+    clock_gettime(CLOCK_MONOTONIC, &m); long long sm = sys_ns(CLOCK_MONOTONIC);
+    gettimeofday(&tv, NULL); time_t t = time(NULL);
+    printf("%lld %lld %lld %lld %lld %lld\n", ns(r), sr, ns(m), sm,
+           (long long)tv.tv_sec * 1000000LL + tv.tv_usec, (long long)t);
+    fflush(stdout);
+    usleep(10000);
+  }
+}
+"#;
+
+const NS: i64 = 1_000_000_000;
+const HOUR: i64 = 3600 * NS;
+
+/// The helper built with cc (dynamic and, where the static libc is installed, static).
+struct Helper {
+    _dir: TempDir,
+    dynamic: PathBuf,
+    static_: Option<PathBuf>,
+}
+
+fn helper(test: &str) -> Option<Helper> {
+    let dir = TempDir::new("time-helper");
+    let src = dir.0.join("clk.c");
+    std::fs::write(&src, HELPER).unwrap();
+    let build = |out: &Path, extra: &[&str]| {
+        Command::new("cc")
+            .args(["-O2", "-o"])
+            .arg(out)
+            .arg(&src)
+            .args(extra)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let dynamic = dir.0.join("clk");
+    if !build(&dynamic, &[]) {
+        skip(test, "no C compiler (cc) to build the clock helper");
+        return None;
+    }
+    let st = dir.0.join("clk-static");
+    let static_ = build(&st, &["-static"]).then_some(st);
+    Some(Helper {
+        _dir: dir,
+        dynamic,
+        static_,
+    })
+}
+
+/// One line of the helper: vDSO minus syscall readings, ns.
+#[derive(Clone, Copy, Debug)]
+struct Reading {
+    realtime: i64,
+    monotonic: i64,
+    gettimeofday: i64,
+    /// time() minus the syscall realtime's whole seconds.
+    time_s: i64,
+}
+
+/// A running helper whose latest line is kept.
+struct Clock {
+    child: Child,
+    latest: Arc<Mutex<Option<(Instant, Reading)>>>,
+}
+
+impl Clock {
+    fn watch(mut child: Child) -> Self {
+        let out = child.stdout.take().unwrap();
+        let latest = Arc::new(Mutex::new(None));
+        let l = latest.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Vec<i64> = line
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                if v.len() == 6 {
+                    let r = Reading {
+                        realtime: v[0] - v[1],
+                        monotonic: v[2] - v[3],
+                        gettimeofday: v[4] * 1000 - v[1],
+                        time_s: v[5] - v[1].div_euclid(NS),
+                    };
+                    *l.lock().unwrap() = Some((Instant::now(), r));
+                }
+            }
+        });
+        Self { child, latest }
+    }
+
+    fn inside(cg: &Path, bin: &Path) -> Self {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "echo $$ > '{}/cgroup.procs' && exec \"$0\"",
+                cg.display()
+            ))
+            .arg(bin)
+            .stdout(Stdio::piped());
+        Self::watch(c.spawn().unwrap())
+    }
+
+    fn outside(bin: &Path) -> Self {
+        Self::watch(Command::new(bin).stdout(Stdio::piped()).spawn().unwrap())
+    }
+
+    /// A line printed after now.
+    fn read(&self) -> Reading {
+        let asked = Instant::now();
+        let end = asked + Duration::from_secs(3);
+        while Instant::now() < end {
+            if let Some((at, r)) = *self.latest.lock().unwrap()
+                && at > asked
+            {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("the clock helper printed nothing for 3 s");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Clock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts the reading is shifted by `offset` (realtime, gettimeofday, time) within 10 ms, and
+/// monotonic by `mono`.
+fn assert_shift(r: Reading, offset: i64, mono: i64, what: &str) {
+    let ms = |v: i64| v as f64 / 1e6;
+    assert!(
+        (r.realtime - offset).abs() < 10_000_000,
+        "{what}: CLOCK_REALTIME off by {:.3} ms, wanted {:.3} ms ({r:?})",
+        ms(r.realtime),
+        ms(offset)
+    );
+    assert!(
+        (r.gettimeofday - offset).abs() < 10_000_000,
+        "{what}: gettimeofday off by {:.3} ms, wanted {:.3} ms ({r:?})",
+        ms(r.gettimeofday),
+        ms(offset)
+    );
+    assert!(
+        (r.monotonic - mono).abs() < 10_000_000,
+        "{what}: CLOCK_MONOTONIC off by {:.3} ms, wanted {:.3} ms ({r:?})",
+        ms(r.monotonic),
+        ms(mono)
+    );
+    assert!(
+        (r.time_s - offset.div_euclid(NS)).abs() <= 1,
+        "{what}: time() off by {} s, wanted {} s ({r:?})",
+        r.time_s,
+        offset / NS
+    );
+}
+
+/// Whether `pid`'s vDSO is byte for byte kchaos's own (no hook left).
+fn vdso_is_original(pid: u32) -> bool {
+    let own = vdso::own().unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let (start, end) = vdso::vdso_range(&maps).unwrap();
+    let mut image = vec![0u8; (end - start) as usize];
+    chaos_userspace::kinds::time::ptrace::read_mem(pid, start, &mut image).unwrap();
+    image == own.image
+}
+
+/// Mappings of `pid` whose second page starts with the hook page's magic.
+fn hook_pages(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines()
+        .filter_map(|l| vdso::parse_range(l.split_whitespace().next()?))
+        .filter(|(s, e)| e - s == 8192)
+        .filter(|(s, _)| {
+            let mut b = [0u8; 8];
+            chaos_userspace::kinds::time::ptrace::read_mem(pid, s + 4096, &mut b).is_ok()
+                && b == *b"KCHAOSTM"
+        })
+        .count()
+}
+
+fn cgroup(name: &str) -> LabCgroup {
+    LabCgroup::create(&format!("kchaos-test-{}", tag(name))).unwrap()
+}
+
+#[test]
+fn offset_shifts_inside_only_follows_new_processes_and_ends_clean() {
+    const NAME: &str = "offset_shifts_inside_only_follows_new_processes_and_ends_clean";
+    if !root_or_skip(NAME) {
+        return;
+    }
+    let Some(h) = helper(NAME) else { return };
+    let cg = cgroup("tm");
+    let runs = RunDir::new();
+    let _stop = StopAll(&runs);
+    let inside = Clock::inside(&cg.path, &h.dynamic);
+    let statik = h.static_.as_ref().map(|s| Clock::inside(&cg.path, s));
+    let outside = Clock::outside(&h.dynamic);
+    assert_shift(inside.read(), 0, 0, "inside, before");
+    let cg_arg = cg.path.display().to_string();
+    let mut live = runs.start(&[
+        "time",
+        "--cgroup",
+        &cg_arg,
+        "--offset",
+        "+1h",
+        "--clock",
+        "realtime,monotonic",
+        "--duration",
+        "4s",
+    ]);
+    assert_shift(inside.read(), HOUR, HOUR, "inside");
+    assert_shift(outside.read(), 0, 0, "outside");
+    match &statik {
+        Some(s) => assert_shift(s.read(), HOUR, HOUR, "inside, statically linked"),
+        None => skip(NAME, "no static libc: the statically linked helper was not built"),
+    }
+    // Started inside after the arm: hooked by the next tick, then shifted.
+    let late = Clock::inside(&cg.path, &h.dynamic);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_shift(late.read(), HOUR, HOUR, "started after the arm");
+    // A probe-style check process: exec'd inside, reading after 300 ms: shifted (exit 1).
+    let check = spawn_in(
+        &cg.path,
+        &[h.dynamic.to_str().unwrap(), "check", "300"],
+    )
+    .wait()
+    .unwrap();
+    assert_eq!(check.code(), Some(1), "a late exec'd process was not shifted");
+    live.wait_for("ended", Duration::from_secs(8));
+    let (code, lines, err) = live.finish();
+    println!("{}", lines.join("\n"));
+    assert_eq!(code, 0, "{lines:#?} {err}");
+    for (c, what) in [(&inside, "inside"), (&late, "late")] {
+        assert_shift(c.read(), 0, 0, &format!("{what}, after the run"));
+        assert!(vdso_is_original(c.pid()), "{what}: the vDSO was not restored");
+        assert_eq!(hook_pages(c.pid()), 0, "{what}: a hook page is left");
+    }
+    assert!(runs.record_files().is_empty(), "{:?}", runs.record_files());
+}
+
+#[test]
+fn ninety_days_back_and_drift_that_grows() {
+    const NAME: &str = "ninety_days_back_and_drift_that_grows";
+    if !root_or_skip(NAME) {
+        return;
+    }
+    let Some(h) = helper(NAME) else { return };
+    let cg = cgroup("td");
+    let runs = RunDir::new();
+    let _stop = StopAll(&runs);
+    let c = Clock::inside(&cg.path, &h.dynamic);
+    // In the cgroup (it printed) before kchaos starts.
+    assert_shift(c.read(), 0, 0, "before");
+    let cg_arg = cg.path.display().to_string();
+    {
+        let live = runs.start(&["time", "--cgroup", &cg_arg, "--offset", "-90d"]);
+        let back = -90 * 86_400 * NS;
+        assert_shift(c.read(), back, 0, "-90d");
+        let (code, _) = live.terminate();
+        assert_eq!(code, 143);
+        assert_shift(c.read(), 0, 0, "after -90d");
+    }
+    // 10% fast: 100 ms gained over each second.
+    let live = runs.start(&["time", "--cgroup", &cg_arg, "--drift", "100000"]);
+    let t0 = Instant::now();
+    let a = c.read();
+    std::thread::sleep(Duration::from_secs(1));
+    let b = c.read();
+    let elapsed = t0.elapsed().as_nanos() as i64;
+    let gained = b.realtime - a.realtime;
+    println!(
+        "drift +100000 ppm: {:.1} ms gained over {:.1} ms",
+        gained as f64 / 1e6,
+        elapsed as f64 / 1e6
+    );
+    assert!(
+        gained > elapsed / 20 && gained < elapsed / 5,
+        "gained {gained} ns over {elapsed} ns"
+    );
+    assert!(b.monotonic.abs() < 10_000_000, "monotonic is not selected");
+    let (code, _) = live.terminate();
+    assert_eq!(code, 143);
+    assert_shift(c.read(), 0, 0, "after the drift");
+    assert!(vdso_is_original(c.pid()));
+}
+
+#[test]
+fn a_killed_kchaos_lets_clocks_return_and_stop_restores_the_vdso() {
+    const NAME: &str = "a_killed_kchaos_lets_clocks_return_and_stop_restores_the_vdso";
+    if !root_or_skip(NAME) {
+        return;
+    }
+    let Some(h) = helper(NAME) else { return };
+    let cg = cgroup("tk");
+    let runs = RunDir::new();
+    let _stop = StopAll(&runs);
+    let c = Clock::inside(&cg.path, &h.dynamic);
+    // In the cgroup (it printed) before kchaos starts.
+    assert_shift(c.read(), 0, 0, "before");
+    let cg_arg = cg.path.display().to_string();
+    let live = runs.start(&["time", "--cgroup", &cg_arg, "--offset", "+1h"]);
+    assert_shift(c.read(), HOUR, 0, "armed");
+    live.sigkill();
+    let killed = Instant::now();
+    // The lease (3 s) lapses: real time again, with the hooks still in place.
+    let back = loop {
+        let r = c.read();
+        if r.realtime.abs() < 10_000_000 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "still shifted 5 s after SIGKILL: {r:?}"
+        );
+    };
+    println!(
+        "real time again {:.0} ms after SIGKILL",
+        back.as_secs_f64() * 1e3
+    );
+    assert!(!vdso_is_original(c.pid()), "the hooks were expected to stay");
+    let out = runs.run(&["stop"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(vdso_is_original(c.pid()), "stop did not restore the vDSO");
+    assert_eq!(hook_pages(c.pid()), 0, "stop left a hook page");
+    assert_shift(c.read(), 0, 0, "after stop");
+    assert!(runs.record_files().is_empty(), "{:?}", runs.record_files());
+}
+
+#[test]
+fn a_scenario_with_a_time_fault_and_a_probe_inside() {
+    const NAME: &str = "a_scenario_with_a_time_fault_and_a_probe_inside";
+    if !root_or_skip(NAME) {
+        return;
+    }
+    let Some(h) = helper(NAME) else { return };
+    let cg = cgroup("ts");
+    let runs = RunDir::new();
+    let _stop = StopAll(&runs);
+    let bin = h.dynamic.display();
+    // The probe passes while the clock is real: it fails only while the fault shifts it.
+    let yaml = format!(
+        "title: clock skew\n\
+         targets: [{{name: app, cgroup: '{}'}}]\n\
+         steady_state:\n  before: 1s\n  after: 1s\n  probes:\n    - name: clock\n      \
+         command: ['{bin}', check, '150']\n      from_target: app\n      interval: 300ms\n      \
+         timeout: 2s\n\
+         faults:\n  - name: skew\n    at: 0s\n    for: 3s\n    time: {{offset: 2h, clocks: [realtime]}}\n",
+        cg.path.display()
+    );
+    let file = TempFile::with("time.yaml", &yaml);
+    let report = TempFile::new("time-report.json");
+    let out = runs.run(&["run", file.s(), "--report", report.s(), "--accept-risk"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("{text}");
+    let r = read_report(&report.0);
+    let results = integration_tests::probe_results(&r, "clock");
+    let ok_before = integration_tests::probe_count(&results, "before", true);
+    let bad_during = integration_tests::probe_count(&results, "during", false);
+    let ok_after = integration_tests::probe_count(&results, "after", true);
+    let bad_after = integration_tests::probe_count(&results, "after", false);
+    println!("probe: {ok_before} ok before, {bad_during} shifted during, {ok_after} ok after");
+    assert!(ok_before >= 1 && bad_during >= 3 && ok_after >= 1 && bad_after == 0, "{r}");
+    let fault = &r["faults"][0];
+    assert_eq!(fault["kind"], "time");
+    assert!(fault["counters"]["patched"].as_u64().unwrap() >= 1, "{fault}");
+    assert!(runs.record_files().is_empty());
+}
