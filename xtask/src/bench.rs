@@ -8,7 +8,7 @@ use crate::{build, setup};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: net, syscall, stress.
+    /// Which benchmark: net, syscall, stress, time.
     pub which: String,
     /// Run it inside the Debian 6.12 test VM (net: also EDT delay precision beside netem, which needs
     /// sch_fq). Under emulation absolute numbers mean little: read the ratios.
@@ -23,7 +23,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "net" => run_bin("bench-net"),
         "syscall" => run_bin("bench-syscall"),
         "stress" => crate::bench_stress::run(),
-        other => bail!("unknown benchmark '{other}': allowed are net, syscall, stress"),
+        "time" => run_bin("bench-time"),
+        other => bail!("unknown benchmark '{other}': allowed are net, syscall, stress, time"),
     }
 }
 
