@@ -493,8 +493,8 @@ use crate::{
     kinds::net::NetSpec,
     kinds::stress::StressSpec,
     kinds::syscall::SyscallSpec,
-    kinds::{kill::KillSpec, pause::PauseSpec},
     kinds::time::TimeSpec,
+    kinds::{kill::KillSpec, pause::PauseSpec},
 };
 
 registry! {

@@ -228,27 +228,34 @@ fn offset_shifts_inside_only_follows_new_processes_and_ends_clean() {
     assert_shift(outside.read(), 0, 0, "outside");
     match &statik {
         Some(s) => assert_shift(s.read(), HOUR, HOUR, "inside, statically linked"),
-        None => skip(NAME, "no static libc: the statically linked helper was not built"),
+        None => skip(
+            NAME,
+            "no static libc: the statically linked helper was not built",
+        ),
     }
     // Started inside after the arm: hooked by the next tick, then shifted.
     let late = Clock::inside(&cg.path, &h.dynamic);
     std::thread::sleep(Duration::from_millis(300));
     assert_shift(late.read(), HOUR, HOUR, "started after the arm");
     // A probe-style check process: exec'd inside, reading after 300 ms: shifted (exit 1).
-    let check = spawn_in(
-        &cg.path,
-        &[h.dynamic.to_str().unwrap(), "check", "300"],
-    )
-    .wait()
-    .unwrap();
-    assert_eq!(check.code(), Some(1), "a late exec'd process was not shifted");
+    let check = spawn_in(&cg.path, &[h.dynamic.to_str().unwrap(), "check", "300"])
+        .wait()
+        .unwrap();
+    assert_eq!(
+        check.code(),
+        Some(1),
+        "a late exec'd process was not shifted"
+    );
     live.wait_for("ended", Duration::from_secs(8));
     let (code, lines, err) = live.finish();
     println!("{}", lines.join("\n"));
     assert_eq!(code, 0, "{lines:#?} {err}");
     for (c, what) in [(&inside, "inside"), (&late, "late")] {
         assert_shift(c.read(), 0, 0, &format!("{what}, after the run"));
-        assert!(vdso_is_original(c.pid()), "{what}: the vDSO was not restored");
+        assert!(
+            vdso_is_original(c.pid()),
+            "{what}: the vDSO was not restored"
+        );
         assert_eq!(hook_pages(c.pid()), 0, "{what}: a hook page is left");
     }
     assert!(runs.record_files().is_empty(), "{:?}", runs.record_files());
@@ -333,9 +340,13 @@ fn a_killed_kchaos_lets_clocks_return_and_stop_restores_the_vdso() {
         "real time again {:.0} ms after SIGKILL",
         back.as_secs_f64() * 1e3
     );
-    assert!(!vdso_is_original(c.pid()), "the hooks were expected to stay");
+    assert!(
+        !vdso_is_original(c.pid()),
+        "the hooks were expected to stay"
+    );
     let out = runs.run(&["stop"]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     println!("{text}");
     assert!(out.status.success(), "{text}");
     assert!(vdso_is_original(c.pid()), "stop did not restore the vDSO");
@@ -368,7 +379,8 @@ fn a_scenario_with_a_time_fault_and_a_probe_inside() {
     let file = TempFile::with("time.yaml", &yaml);
     let report = TempFile::new("time-report.json");
     let out = runs.run(&["run", file.s(), "--report", report.s(), "--accept-risk"]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     println!("{text}");
     let r = read_report(&report.0);
     let results = integration_tests::probe_results(&r, "clock");
@@ -377,9 +389,15 @@ fn a_scenario_with_a_time_fault_and_a_probe_inside() {
     let ok_after = integration_tests::probe_count(&results, "after", true);
     let bad_after = integration_tests::probe_count(&results, "after", false);
     println!("probe: {ok_before} ok before, {bad_during} shifted during, {ok_after} ok after");
-    assert!(ok_before >= 1 && bad_during >= 3 && ok_after >= 1 && bad_after == 0, "{r}");
+    assert!(
+        ok_before >= 1 && bad_during >= 3 && ok_after >= 1 && bad_after == 0,
+        "{r}"
+    );
     let fault = &r["faults"][0];
     assert_eq!(fault["kind"], "time");
-    assert!(fault["counters"]["patched"].as_u64().unwrap() >= 1, "{fault}");
+    assert!(
+        fault["counters"]["patched"].as_u64().unwrap() >= 1,
+        "{fault}"
+    );
     assert!(runs.record_files().is_empty());
 }

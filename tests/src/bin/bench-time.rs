@@ -46,9 +46,8 @@ fn main() -> Result<()> {
             if i == 2 && !has_faketime {
                 continue;
             }
-            let running = (i == 1).then(|| {
-                Running::start(&["time", "--cgroup", &t, "--offset", "+1h", "--quiet"])
-            });
+            let running = (i == 1)
+                .then(|| Running::start(&["time", "--cgroup", &t, "--offset", "+1h", "--quiet"]));
             let (n, s) = loop_ns(&bin, &target.path, i == 2)?;
             ns[i].push(n);
             shift[i] = s;
@@ -58,14 +57,19 @@ fn main() -> Result<()> {
         }
     }
     let base = median(&mut ns[0]);
-    println!("\nbench time: {ROUNDS} rounds x {CALLS} clock_gettime(CLOCK_REALTIME) calls, interleaved");
+    println!(
+        "\nbench time: {ROUNDS} rounds x {CALLS} clock_gettime(CLOCK_REALTIME) calls, interleaved"
+    );
     println!(
         "{:<30} {:>9} {:>16} {:>12}",
         "configuration", "ns/call", "ratio (median)", "shift seen"
     );
     for (i, name) in names.iter().enumerate() {
         if ns[i].is_empty() {
-            println!("{name:<30} {:>9}", "n/a (no faketime: apt-get install faketime)");
+            println!(
+                "{name:<30} {:>9}",
+                "n/a (no faketime: apt-get install faketime)"
+            );
             continue;
         }
         let m = median(&mut ns[i]);

@@ -443,6 +443,9 @@ mod tests {
         // An unrelocatable prologue (a ret first) falls back to the syscall.
         let mut s = sites.clone();
         s.gettimeofday_head = vec![0xc3, 0x90, 0x90, 0x90, 0x90, 0x90];
-        assert_eq!(assemble(0x7fff_e000_0000, &s).unwrap().relocated, (true, false));
+        assert_eq!(
+            assemble(0x7fff_e000_0000, &s).unwrap().relocated,
+            (true, false)
+        );
     }
 }

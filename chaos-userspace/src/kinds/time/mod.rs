@@ -19,7 +19,6 @@ mod yaml;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use anyhow::Result;
@@ -87,7 +86,12 @@ pub struct TimeArgs {
     pub drift: Option<i64>,
     /// The clocks to shift: realtime (with its coarse and TAI forms; also gettimeofday and time),
     /// monotonic (with raw and coarse), boottime.
-    #[arg(long = "clock", value_name = "CLOCKS", value_delimiter = ',', default_value = "realtime")]
+    #[arg(
+        long = "clock",
+        value_name = "CLOCKS",
+        value_delimiter = ',',
+        default_value = "realtime"
+    )]
     pub clocks: Vec<String>,
 }
 
@@ -158,13 +162,26 @@ pub fn check_drift(ppm: i64) -> Result<i64, BadInput> {
     Ok(ppm)
 }
 
+/// "-90d", "+1h30m", "+250ms".
 fn format_offset(ns: i64) -> String {
-    let d = Duration::from_nanos(ns.unsigned_abs());
-    format!(
-        "{}{}",
-        if ns < 0 { "-" } else { "+" },
-        crate::units::format_duration(d)
-    )
+    let mut left = ns.unsigned_abs();
+    let mut out = String::from(if ns < 0 { "-" } else { "+" });
+    for (unit, size) in [
+        ("d", 86_400_000_000_000u64),
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+    ] {
+        if left >= size {
+            out.push_str(&format!("{}{unit}", left / size));
+            left %= size;
+        }
+    }
+    if out.len() == 1 {
+        out.push_str("0s");
+    }
+    out
 }
 
 impl TimeSpec {
@@ -220,7 +237,12 @@ impl Kind for TimeSpec {
             ));
         }
         Ok(TimeSpec {
-            offset_ns: args.offset.as_deref().map(parse_offset).transpose()?.unwrap_or(0),
+            offset_ns: args
+                .offset
+                .as_deref()
+                .map(parse_offset)
+                .transpose()?
+                .unwrap_or(0),
             drift_ppm: args.drift.map(check_drift).transpose()?.unwrap_or(0),
             clocks: parse_clocks(&args.clocks)?,
         })
@@ -297,9 +319,9 @@ impl Kind for TimeSpec {
                  to the target's processes with ptrace",
             ));
         }
-        vdso::own().map(|_| ()).map_err(|e| {
-            BadInput::new(format!("time faults need the kernel's vDSO: {e}"))
-        })
+        vdso::own()
+            .map(|_| ())
+            .map_err(|e| BadInput::new(format!("time faults need the kernel's vDSO: {e}")))
     }
 
     fn plan_lines(&self, _targets: &[Target]) -> Vec<String> {
@@ -330,7 +352,6 @@ impl Kind for TimeSpec {
             offset_ns: self.offset_ns,
             patched: 0,
             relocated_fallbacks: 0,
-            restored: None,
         };
         fault.scan();
         Ok(fault)
@@ -394,7 +415,6 @@ pub struct TimeFault {
     offset_ns: i64,
     patched: u64,
     relocated_fallbacks: u64,
-    restored: Option<String>,
 }
 
 impl TimeFault {
@@ -543,9 +563,6 @@ impl Active for TimeFault {
         for ((pid, _), why) in self.refused.iter().take(5) {
             out.push(format!("pid {pid} not hooked: {why}"));
         }
-        if let Some(r) = &self.restored {
-            out.push(r.clone());
-        }
         out
     }
 
@@ -561,7 +578,6 @@ impl Active for TimeFault {
             "offset_ns": self.offset_ns,
             "drift_ppm": self.spec.drift_ppm,
             "clocks": self.spec.clocks,
-            "restored": self.restored,
         }))
     }
 
@@ -570,12 +586,11 @@ impl Active for TimeFault {
     fn undo(mut self: Box<Self>, journal: &mut Journal) -> Result<()> {
         self.set_all_armed(false);
         self.procs.clear();
-        let (clean, left, failed) =
-            process::restore_all(self.tag).map_err(anyhow::Error::msg)?;
-        self.restored = Some(format!(
-            "restored the vDSO of {} process(es); {left} kept a disarmed hook page",
+        let (clean, left, failed) = process::restore_all(self.tag).map_err(anyhow::Error::msg)?;
+        tracing::debug!(
+            "time: restored the vDSO of {} process(es); {left} kept a disarmed hook page",
             clean + left
-        ));
+        );
         if !failed.is_empty() {
             anyhow::bail!(
                 "could not restore the vDSO of {} (they are disarmed: real time); `kchaos stop` \
@@ -601,6 +616,7 @@ mod tests {
         assert!(parse_offset("soon").is_err());
         assert!(parse_offset("+200y").is_err());
         assert_eq!(format_offset(-90 * 86_400 * 1_000_000_000), "-90d");
+        assert_eq!(format_offset(5_400_000_000_000), "+1h30m");
     }
 
     #[test]
@@ -609,7 +625,12 @@ mod tests {
             clocks: vec!["realtime".into()],
             ..TimeArgs::default()
         };
-        assert!(TimeSpec::from_args(&a).unwrap_err().to_string().contains("--offset"));
+        assert!(
+            TimeSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("--offset")
+        );
         let a = TimeArgs {
             offset: Some("-1h".into()),
             clocks: vec!["monotonic".into(), "realtime".into(), "realtime".into()],
@@ -622,7 +643,52 @@ mod tests {
             clocks: vec!["wall".into()],
             ..TimeArgs::default()
         };
-        assert!(TimeSpec::from_args(&a).unwrap_err().to_string().contains("allowed are"));
+        assert!(
+            TimeSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("allowed are")
+        );
         assert!(check_drift(2_000_000).is_err());
+    }
+
+    fn scenario(fault: &str) -> Result<crate::experiment::scenario::Scenario, String> {
+        let text = format!("title: t\ntargets: [{{name: app, cgroup: a}}]\nfaults:\n  - {fault}\n");
+        crate::experiment::scenario::parse(
+            "s.yaml",
+            &text,
+            &crate::experiment::fields::Vars::default(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_scenario_fault_with_its_fields_and_a_ramp() {
+        let s = scenario("{at: 0s, for: 5s, time: {offset: -90d, clocks: [realtime, monotonic]}}")
+            .unwrap();
+        assert_eq!(
+            s.faults[0].describe(),
+            "time: shift by -90d the realtime, monotonic clocks of the target's processes (vDSO)"
+        );
+        let s = scenario(
+            "{at: 0s, for: 5s, time: {}, ramp: {offset: {from: 0s, to: 1h, over: 4s, step: 1s}}}",
+        )
+        .unwrap();
+        assert_eq!(s.faults[0].ramps.len(), 1);
+        let e = scenario("{at: 0s, for: 5s, time: {}}").unwrap_err();
+        assert!(e.contains("faults[0].time: give offset"), "{e}");
+        let e = scenario("{at: 0s, for: 5s, time: {offset: soon}}").unwrap_err();
+        assert!(e.contains("faults[0].time.offset: offset 'soon'"), "{e}");
+        let e = scenario("{at: 0s, for: 5s, time: {drift: 5, clocks: [wall]}}").unwrap_err();
+        assert!(
+            e.contains("faults[0].time.clocks: clocks 'wall': allowed are"),
+            "{e}"
+        );
+        // Two time faults of one target at once conflict.
+        let s = scenario(
+            "{at: 0s, for: 5s, time: {offset: 1h}}\n  - {at: 1s, for: 1s, time: {drift: 5}}",
+        )
+        .unwrap();
+        assert_eq!(crate::experiment::validate::check(&s).len(), 1);
     }
 }

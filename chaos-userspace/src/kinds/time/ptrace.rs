@@ -83,8 +83,7 @@ impl Stopped {
             }
             for tid in new {
                 // SAFETY: PTRACE_SEIZE and PTRACE_INTERRUPT take a tid and no memory.
-                let seized =
-                    unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, 0usize) } == 0;
+                let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, 0usize) } == 0;
                 if !seized {
                     let e = last_err();
                     if e.raw_os_error() == Some(libc::ESRCH) {
@@ -92,7 +91,9 @@ impl Stopped {
                     }
                     return Err(io::Error::new(
                         e.kind(),
-                        format!("ptrace(SEIZE) of thread {tid}: {e} (already traced by a debugger?)"),
+                        format!(
+                            "ptrace(SEIZE) of thread {tid}: {e} (already traced by a debugger?)"
+                        ),
                     ));
                 }
                 s.threads.insert(tid, 0);

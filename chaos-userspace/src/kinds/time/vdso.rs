@@ -45,7 +45,8 @@ pub fn own() -> Result<&'static OwnVdso, String> {
 }
 
 fn read_own() -> Result<OwnVdso, VdsoError> {
-    let (start, end) = vdso_range(&fs::read_to_string("/proc/self/maps")?).ok_or(VdsoError::Missing)?;
+    let (start, end) =
+        vdso_range(&fs::read_to_string("/proc/self/maps")?).ok_or(VdsoError::Missing)?;
     let mut image = vec![0u8; (end - start) as usize];
     crate::kinds::time::ptrace::read_mem(std::process::id(), start, &mut image)?;
     parse(image)
@@ -150,7 +151,10 @@ pub fn parse(image: Vec<u8>) -> Result<OwnVdso, VdsoError> {
         .windows(2)
         .enumerate()
         .find(|(i, w)| {
-            *w == [0x0f, 0x05] && patched.iter().all(|p| *i as u64 + 1 < *p || *i as u64 >= p + 5)
+            *w == [0x0f, 0x05]
+                && patched
+                    .iter()
+                    .all(|p| *i as u64 + 1 < *p || *i as u64 >= p + 5)
         })
         .map(|(i, _)| i as u64)
         .ok_or(fmt("no syscall instruction"))?;
