@@ -14,7 +14,10 @@ use super::{
     fields::{CommandLine, Ctx, Fields, MAX_ERRORS, Vars, valid_name},
     yaml::{self, Mark, Node, Value},
 };
-use crate::kind::{self as kinds, FaultKind, Unit};
+use crate::{
+    engine::{containers::Runtime, pods},
+    kind::{self as kinds, FaultKind, Unit},
+};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Scenario {
@@ -46,10 +49,31 @@ pub struct TargetDecl {
 pub enum TargetRef {
     Cgroup(String),
     Pid(u32),
+    /// A container by its runtime's name or its id.
     Container {
-        id: String,
-        runtime: super::containers::Runtime,
+        name: String,
+        runtime: Runtime,
     },
+    /// A Kubernetes pod on this node (NAMESPACE/NAME), or one container of it.
+    Pod {
+        pod: String,
+        container: Option<String>,
+    },
+}
+
+impl TargetRef {
+    /// How it was named, short: "pid 42", the cgroup path, "container web", "pod ns/web/app".
+    pub fn describe(&self) -> String {
+        match self {
+            TargetRef::Pid(pid) => format!("pid {pid}"),
+            TargetRef::Cgroup(cg) => cg.clone(),
+            TargetRef::Container { name, .. } => format!("container {name}"),
+            TargetRef::Pod { pod, container } => match container {
+                Some(c) => format!("pod {pod} container {c}"),
+                None => format!("pod {pod}"),
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -496,21 +520,23 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
         let Some(f) = ctx.map(
             item,
             &path,
-            &["name", "cgroup", "pid", "container", "runtime"],
+            &["name", "cgroup", "pid", "container", "pod", "runtime"],
         ) else {
             continue;
         };
         let (name, name_mark) = name_of(ctx, &f, "target", i);
-        let given: Vec<&str> = ["cgroup", "pid", "container"]
+        // A pod target may name one container of the pod.
+        let given: Vec<&str> = ["cgroup", "pid", "container", "pod"]
             .into_iter()
-            .filter(|k| f.has(k))
+            .filter(|k| f.has(k) && !(*k == "container" && f.has("pod")))
             .collect();
         if given.len() != 1 {
             ctx.err(
                 f.mark,
                 &path,
                 format!(
-                    "a target is exactly one of cgroup: PATH, pid: N, container: ID (found {})",
+                    "a target is exactly one of cgroup: PATH, pid: N, container: NAME|ID, pod: \
+                     NAMESPACE/NAME (with an optional container: NAME) (found {})",
                     if given.is_empty() {
                         "none".to_owned()
                     } else {
@@ -524,9 +550,21 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
             ctx.err(
                 f.mark,
                 &f.path_of("runtime"),
-                "runtime applies to container: targets only",
+                "runtime applies to container: targets only (not in a pod: target)",
             );
         }
+        let text = |ctx: &mut Ctx, key: &str| {
+            f.value(key)
+                .and_then(|n| ctx.text(n, &f.path_of(key)))
+                .and_then(|t| {
+                    if t.trim().is_empty() {
+                        ctx.err(f.mark, &f.path_of(key), "must not be empty");
+                        None
+                    } else {
+                        Some(t)
+                    }
+                })
+        };
         let what = match given[0] {
             "cgroup" => f
                 .value("cgroup")
@@ -536,25 +574,37 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
                 .value("pid")
                 .and_then(|n| ctx.uint(n, &f.path_of("pid"), u32::MAX as u64))
                 .map(|p| TargetRef::Pid(p as u32)),
+            "pod" => {
+                let pod = text(ctx, "pod").and_then(|p| match pods::parse_pod(&p) {
+                    Ok(_) => Some(p),
+                    Err(e) => {
+                        ctx.err(f.mark, &f.path_of("pod"), e);
+                        None
+                    }
+                });
+                let container = if f.has("container") {
+                    match text(ctx, "container") {
+                        Some(c) => Some(Some(c)),
+                        None => None,
+                    }
+                } else {
+                    Some(None)
+                };
+                match (pod, container) {
+                    (Some(pod), Some(container)) => Some(TargetRef::Pod { pod, container }),
+                    _ => None,
+                }
+            }
             _ => {
-                let id = f
-                    .value("container")
-                    .and_then(|n| ctx.text(n, &f.path_of("container")));
+                let name = text(ctx, "container");
                 let runtime = match f.value("runtime") {
                     Some(n) => ctx
-                        .choice(n, &f.path_of("runtime"), super::containers::Runtime::NAMES)
-                        .and_then(|r| super::containers::Runtime::from_name(&r)),
-                    None => Some(super::containers::Runtime::Any),
+                        .choice(n, &f.path_of("runtime"), Runtime::NAMES)
+                        .and_then(|r| Runtime::from_name(&r)),
+                    None => Some(Runtime::Any),
                 };
-                match (id, runtime) {
-                    (Some(id), Some(runtime)) => {
-                        if let Err(e) = super::containers::check_id(&id) {
-                            ctx.err(f.mark, &f.path_of("container"), e);
-                            None
-                        } else {
-                            Some(TargetRef::Container { id, runtime })
-                        }
-                    }
+                match (name, runtime) {
+                    (Some(name), Some(runtime)) => Some(TargetRef::Container { name, runtime }),
                     _ => None,
                 }
             }
