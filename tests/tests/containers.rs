@@ -12,7 +12,7 @@ use std::{
 
 use integration_tests::{
     RunDir, StopAll, TempDir, TempFile, in_vm, lab, root_or_skip, skb_programs_in_tree, skip, tag,
-    traffic, udp_echo,
+    traffic,
 };
 use lab::{EchoServer, Lab};
 
@@ -211,9 +211,20 @@ fn podman_lab(t: &str) -> Result<(Pod, Container, Container, IpAddr), String> {
 /// Loss in percent of `PACKETS` UDP datagrams a container sends to the echo at `to` (the container's
 /// own traffic: from its cgroup and its network namespace).
 fn loss_of(c: &Container, to: SocketAddr) -> (f64, u64, u64) {
+    let (sent, received) = echoes(&c.cgroup, &c.netns, to);
+    (
+        100.0 * (sent - received) as f64 / sent as f64,
+        sent,
+        received,
+    )
+}
+
+/// `PACKETS` datagrams at `RATE` from inside `cgroup` and `netns` to the echo at `to`: (sent,
+/// echoes received).
+fn echoes(cgroup: &Path, netns: &Path, to: SocketAddr) -> (u64, u64) {
     let v = traffic(
-        Some(&c.cgroup),
-        Some(&c.netns),
+        Some(cgroup),
+        Some(netns),
         &[
             "udp-echo",
             "--to",
@@ -225,12 +236,7 @@ fn loss_of(c: &Container, to: SocketAddr) -> (f64, u64, u64) {
         ],
     );
     let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no '{k}' in {v}"));
-    let (sent, received) = (n("sent"), n("received"));
-    (
-        100.0 * (sent - received) as f64 / sent as f64,
-        sent,
-        received,
-    )
+    (n("sent"), n("received"))
 }
 
 /// A new container's first datagrams are lost while its bridge port and neighbour entries settle:
@@ -344,6 +350,34 @@ fn drop_by_container_name_and_by_pid_hits_that_container_alone() {
             && err.contains(&format!("{} (podman/cri-o", a.name)),
         "{err}"
     );
+
+    // A restart gives the container a new cgroup (here at the same path, with a new id): the run
+    // does not follow it, it ends at once saying its target is gone.
+    let running = runs.start(&[
+        "net",
+        "--container",
+        &a.name,
+        "--drop",
+        "30",
+        "--duration",
+        "60s",
+        "--quiet",
+    ]);
+    let restarted = std::time::Instant::now();
+    podman(&["restart", "-t", "0", &a.name]).expect("podman restart");
+    let (code, lines, stderr) = running.finish();
+    let took = restarted.elapsed();
+    let all = format!("{}\n{stderr}", lines.join("\n"));
+    println!("after the restart kchaos ended in {took:?} with {code}: {all}");
+    assert_ne!(code, 0, "{all}");
+    assert!(
+        all.contains("is gone") && all.contains("does not follow"),
+        "{all}"
+    );
+    assert!(
+        took.as_secs() < 15,
+        "the run went on {took:?} after its target went"
+    );
 }
 
 const APP: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
@@ -406,8 +440,8 @@ fn pod_container_drop_spares_its_sidecar_in_the_same_netns() {
         ],
         &[("KCHAOS_STATE_ROOT", state.0.to_str().unwrap())],
     );
-    let (sent_a, got_a) = udp_echo(Some(&app), Some(&netns), to, PACKETS);
-    let (sent_s, got_s) = udp_echo(Some(&sidecar), Some(&netns), to, PACKETS);
+    let (sent_a, got_a) = echoes(&app, &netns, to);
+    let (sent_s, got_s) = echoes(&sidecar, &netns, to);
     let (code, lines) = running.terminate();
     let loss = 100.0 * (sent_a - got_a) as f64 / sent_a as f64;
     println!(
