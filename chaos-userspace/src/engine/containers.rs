@@ -216,7 +216,7 @@ impl Known {
     }
 
     /// Whether `--runtime` lets this one through.
-    fn from_runtime(&self, runtime: Runtime) -> bool {
+    fn is_of(&self, runtime: Runtime) -> bool {
         match runtime {
             Runtime::Any => true,
             Runtime::Docker => self.source == "docker",
@@ -412,7 +412,7 @@ pub fn resolve_name(
     }
     let all: Vec<Known> = known(roots)
         .into_iter()
-        .filter(|k| k.from_runtime(runtime))
+        .filter(|k| k.is_of(runtime))
         .collect();
     let lower = given.to_ascii_lowercase();
     let mut matched: Vec<&Known> = all.iter().filter(|k| k.name == given).collect();

@@ -12,6 +12,7 @@ pub mod probes;
 pub mod review;
 pub mod runner;
 pub mod scenario;
+pub mod schema;
 pub mod validate;
 pub mod yaml;
 

@@ -222,7 +222,8 @@ pub struct Rollback {
     pub timeout: Duration,
 }
 
-const TOP: &[&str] = &[
+/// The top-level keys of a scenario file.
+pub const TOP: &[&str] = &[
     "title",
     "description",
     "variables",
@@ -512,16 +513,22 @@ fn flag_duplicates<'a>(
     }
 }
 
+pub const TARGET_FIELDS: &[&str] = &["name", "cgroup", "pid", "container", "pod", "runtime"];
+pub const STEADY_STATE_FIELDS: &[&str] = &["before", "after", "probes"];
+pub const TOLERANCE_FIELDS: &[&str] = &["success_rate", "p95_latency", "window"];
+/// A fault's keys besides its kind's block (one of `kinds::KINDS`).
+pub const FAULT_FIELDS: &[&str] = &["name", "at", "for", "targets", "ramp"];
+pub const RAMP_FIELDS: &[&str] = &["from", "to", "over", "step"];
+pub const ABORT_FIELDS: &[&str] = &["probe", "for", "success_rate", "p95_latency"];
+pub const BUDGET_FIELDS: &[&str] = &["max_duration", "max_injected_events", "max_intensity"];
+pub const ROLLBACK_FIELDS: &[&str] = &["name", "command", "timeout"];
+
 fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
     let mut out: Vec<TargetDecl> = Vec::new();
     let mut places = Vec::new();
     for (i, item) in ctx.list(node, "targets", false).into_iter().enumerate() {
         let path = format!("targets[{i}]");
-        let Some(f) = ctx.map(
-            item,
-            &path,
-            &["name", "cgroup", "pid", "container", "pod", "runtime"],
-        ) else {
+        let Some(f) = ctx.map(item, &path, TARGET_FIELDS) else {
             continue;
         };
         let (name, name_mark) = name_of(ctx, &f, "target", i);
@@ -583,10 +590,7 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
                     }
                 });
                 let container = if f.has("container") {
-                    match text(ctx, "container") {
-                        Some(c) => Some(Some(c)),
-                        None => None,
-                    }
+                    text(ctx, "container").map(Some)
                 } else {
                     Some(None)
                 };
@@ -625,7 +629,7 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
     out
 }
 
-const PROBE_FIELDS: &[&str] = &[
+pub const PROBE_FIELDS: &[&str] = &[
     "name",
     "tcp",
     "http",
@@ -644,7 +648,7 @@ fn read_steady_state(ctx: &mut Ctx, node: &Node, targets: &Names) -> SteadyState
         after: Duration::from_secs(2),
         probes: Vec::new(),
     };
-    let Some(f) = ctx.map(node, "steady_state", &["before", "after", "probes"]) else {
+    let Some(f) = ctx.map(node, "steady_state", STEADY_STATE_FIELDS) else {
         return ss;
     };
     if let Some(n) = f.value("before") {
@@ -810,7 +814,7 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
     };
     if let Some(n) = p.value("tolerance") {
         let path = p.path_of("tolerance");
-        if let Some(t) = ctx.map(n, &path, &["success_rate", "p95_latency", "window"]) {
+        if let Some(t) = ctx.map(n, &path, TOLERANCE_FIELDS) {
             if let Some(n) = t.value("success_rate") {
                 tolerance.success_rate = ctx.percent(n, &t.path_of("success_rate"))?;
             }
@@ -841,7 +845,7 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
 }
 
 fn read_faults(ctx: &mut Ctx, node: &Node, targets: &Names) -> Vec<FaultDecl> {
-    let mut allowed: Vec<&str> = vec!["name", "at", "for", "targets", "ramp"];
+    let mut allowed: Vec<&str> = FAULT_FIELDS.to_vec();
     allowed.extend(kinds::KINDS);
     let mut out: Vec<FaultDecl> = Vec::new();
     let mut places = Vec::new();
@@ -1011,7 +1015,7 @@ fn read_ramps(
         };
         let p = f.path_of(param);
         let Some(n) = f.value(param) else { continue };
-        let Some(r) = ctx.map(n, &p, &["from", "to", "over", "step"]) else {
+        let Some(r) = ctx.map(n, &p, RAMP_FIELDS) else {
             continue;
         };
         let value = |ctx: &mut Ctx, k: &str| -> Option<f64> {
@@ -1074,11 +1078,7 @@ fn read_abort(ctx: &mut Ctx, node: &Node, probes: &Names) -> Vec<AbortRule> {
     let mut out = Vec::new();
     for (i, item) in ctx.list(node, "abort", false).into_iter().enumerate() {
         let path = format!("abort[{i}]");
-        let Some(f) = ctx.map(
-            item,
-            &path,
-            &["probe", "for", "success_rate", "p95_latency"],
-        ) else {
+        let Some(f) = ctx.map(item, &path, ABORT_FIELDS) else {
             continue;
         };
         let Some(n) = ctx.required(&f, "probe", "the name of a steady_state probe") else {
@@ -1135,11 +1135,7 @@ fn read_abort(ctx: &mut Ctx, node: &Node, probes: &Names) -> Vec<AbortRule> {
 }
 
 fn read_budget(ctx: &mut Ctx, node: &Node) -> Option<Budget> {
-    let f = ctx.map(
-        node,
-        "budget",
-        &["max_duration", "max_injected_events", "max_intensity"],
-    )?;
+    let f = ctx.map(node, "budget", BUDGET_FIELDS)?;
     let mut b = Budget {
         mark: node.mark,
         ..Budget::default()
@@ -1176,7 +1172,7 @@ fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
     let mut places = Vec::new();
     for (i, item) in ctx.list(node, "rollbacks", false).into_iter().enumerate() {
         let path = format!("rollbacks[{i}]");
-        let Some(f) = ctx.map(item, &path, &["name", "command", "timeout"]) else {
+        let Some(f) = ctx.map(item, &path, ROLLBACK_FIELDS) else {
             continue;
         };
         let (name, name_mark) = name_of(ctx, &f, "rollback", i);
