@@ -135,6 +135,9 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + serde::Serialize + Sized {
     /// A command of this kind must say when it ends (`--duration`): a pause without an end would
     /// leave the target frozen until someone thaws it.
     const REQUIRES_DURATION: bool = false;
+    /// The keys of its scenario block (`net: {drop: 10, ...}`), for the scenario JSON Schema; empty:
+    /// the block takes no keys (`pause: {}`).
+    const YAML_FIELDS: &'static [&'static str] = &[];
     /// The `kchaos monkey --types` this kind draws.
     const MONKEY_TYPES: &'static [&'static str] = &[];
 
@@ -299,6 +302,9 @@ macro_rules! registry {
 
         /// Every kind's name, in registry order.
         pub const KINDS: &[&str] = &[$( <$spec as Kind>::NAME, )+];
+
+        /// Every kind's name and the keys of its scenario block.
+        pub const KIND_FIELDS: &[(&str, &[&str])] = &[$( (<$spec as Kind>::NAME, <$spec as Kind>::YAML_FIELDS), )+];
 
         /// Every kind's monkey types.
         pub const MONKEY_TYPE_LISTS: &[&[&str]] = &[$( <$spec as Kind>::MONKEY_TYPES, )+];

@@ -91,6 +91,12 @@ kchaos completions zsh > \"${fpath[1]}/_kchaos\""
         #[arg(value_name = "DIR")]
         dir: std::path::PathBuf,
     },
+    /// Print the JSON Schema of scenario files (scenarios/scenario.schema.json is this output).
+    #[command(
+        hide = true,
+        after_help = "Example:\n  kchaos schema > scenarios/scenario.schema.json"
+    )]
+    Schema,
     /// Traffic generators for labs and tests (run inside a cgroup/netns).
     #[command(hide = true)]
     Traffic(traffic::TrafficArgs),
@@ -183,6 +189,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Man { dir } => write_man_pages(&dir),
+        Command::Schema => {
+            print!("{}", chaos_userspace::experiment::schema::text());
+            Ok(())
+        }
         Command::Traffic(args) => traffic::run(&args),
         Command::Run(args) => block_on(chaos_userspace::experiment::run_command(args)),
         Command::Validate(args) => chaos_userspace::experiment::validate_command(&args),

@@ -86,6 +86,11 @@ impl RunDir {
         Running::start_with(args, Some(self))
     }
 
+    /// Starts kchaos with its records here and these environment variables, and waits for "armed".
+    pub fn start_env(&self, args: &[&str], env: &[(&str, &str)]) -> Running {
+        Running::start_env(args, Some(self), env)
+    }
+
     /// Starts kchaos with its records here, without waiting for anything.
     pub fn spawn(&self, args: &[&str]) -> Running {
         Running::spawn(args, Some(self))
@@ -148,7 +153,14 @@ impl Running {
 
     /// The same, keeping its run record in `run_dir` (see [`RunDir`]).
     pub fn start_with(args: &[&str], run_dir: Option<&RunDir>) -> Self {
-        let mut running = Self::spawn(args, run_dir);
+        Self::start_env(args, run_dir, &[])
+    }
+
+    /// The same, with these environment variables set for kchaos.
+    pub fn start_env(args: &[&str], run_dir: Option<&RunDir>, env: &[(&str, &str)]) -> Self {
+        let mut cmd = command(args, run_dir);
+        cmd.envs(env.iter().copied());
+        let mut running = Self::spawn_command(cmd);
         let armed = running.read_until(Duration::from_secs(20), |line| {
             line.trim_start().starts_with("armed")
         });
@@ -168,7 +180,11 @@ impl Running {
 
     /// Starts kchaos with `args` without waiting for anything.
     pub fn spawn(args: &[&str], run_dir: Option<&RunDir>) -> Self {
-        let mut child = command(args, run_dir)
+        Self::spawn_command(command(args, run_dir))
+    }
+
+    fn spawn_command(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

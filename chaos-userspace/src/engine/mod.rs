@@ -4,10 +4,12 @@
 pub mod btf;
 pub mod capabilities;
 pub mod cgroup;
+pub mod containers;
 pub mod ebpf;
 pub mod journal;
 pub mod lifecycle;
 pub mod netns;
+pub mod pods;
 pub mod procfs;
 pub mod qdisc;
 pub mod run_identity;

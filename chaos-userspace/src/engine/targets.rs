@@ -1,11 +1,19 @@
-//! The blast radius: which cgroups a fault may touch, from `--cgroup` and `--pid`.
+//! The blast radius: which cgroups a fault may touch, from `--cgroup`, `--pid`, `--container` and
+//! `--pod` (the same forms a scenario's `targets:` has).
 //!
 //! A target is a cgroup v2 directory; every cgroup below it is a target too (containers nest), also
 //! ones created after the start, because the kernel runs a cgroup's programs for its descendants.
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::{engine::cgroup, error::BadInput};
+use crate::{
+    engine::{
+        cgroup,
+        containers::{self, HostRoots, Runtime},
+        pods,
+    },
+    error::BadInput,
+};
 
 /// What the user asked for, as given on the command line or in a scenario file.
 #[derive(Clone, Debug, Default, clap::Args, serde::Serialize, serde::Deserialize)]
@@ -19,6 +27,22 @@ pub struct TargetArgs {
     #[arg(long = "pid", value_name = "PID", value_parser = crate::units::parse_whole::<u32>, allow_hyphen_values = true)]
     #[serde(default)]
     pub pids: Vec<u32>,
+    /// Target a container by its name or id (a unique prefix), as docker ps, podman ps, nerdctl ps
+    /// or crictl ps show it; read from the runtime's state on this host. With --pod: the container of
+    /// that name in the pod. May be repeated.
+    #[arg(long = "container", value_name = "NAME|ID")]
+    #[serde(default)]
+    pub containers: Vec<String>,
+    /// Look --container up in this runtime's state only (when a name is in several).
+    #[arg(long, value_name = "RUNTIME", value_parser = clap::builder::PossibleValuesParser::new(Runtime::NAMES), requires = "containers", conflicts_with = "pod")]
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Target a Kubernetes pod on this node, NAMESPACE/NAME (found through kubelet's cgroups and
+    /// /var/log/pods, no API server); with --container NAME only that container of it, sparing its
+    /// sidecars.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    #[serde(default)]
+    pub pod: Option<String>,
     /// Allow targeting the root cgroup or a cgroup that holds kchaos itself.
     #[arg(long)]
     #[serde(default)]
@@ -39,11 +63,37 @@ pub struct Target {
 /// Resolves the user's targets, refusing what would widen the blast radius past one container.
 /// Nested duplicates collapse into the outermost target.
 pub fn resolve(args: &TargetArgs) -> Result<Vec<Target>, BadInput> {
-    if args.cgroups.is_empty() && args.pids.is_empty() {
-        return Err(BadInput::new("no target: give --cgroup PATH or --pid PID"));
+    if args.cgroups.is_empty()
+        && args.pids.is_empty()
+        && args.containers.is_empty()
+        && args.pod.is_none()
+    {
+        return Err(BadInput::new(
+            "no target: give --cgroup PATH, --pid PID, --container NAME or --pod NAMESPACE/NAME",
+        ));
     }
     let mount = cgroup::v2_mount().map_err(|e| BadInput::new(format!("cgroup v2: {e}")))?;
     let mut found = Vec::new();
+    let roots = HostRoots::host(mount.clone());
+    if let Some(pod) = &args.pod {
+        for t in pods::resolve(&roots, pod, &args.containers)? {
+            found.push((t.path, t.origin));
+        }
+    } else {
+        let runtime = match args.runtime.as_deref() {
+            None => Runtime::Any,
+            Some(name) => Runtime::from_name(name).ok_or_else(|| {
+                BadInput::new(format!(
+                    "--runtime {name}: allowed are {}",
+                    Runtime::NAMES.join(", ")
+                ))
+            })?,
+        };
+        for given in &args.containers {
+            let (path, what) = containers::resolve_name(&roots, given, runtime)?;
+            found.push((path, format!("--container {given}: {what}")));
+        }
+    }
     for given in &args.cgroups {
         let path = cgroup_path(&mount, given)?;
         found.push((path, format!("--cgroup {given}")));

@@ -4,7 +4,6 @@
 //! `kchaos validate FILE`, `kchaos run FILE`, `kchaos report FILE.json`, `kchaos monkey`. Fault kinds
 //! plug in through `crate::kind` only.
 
-pub mod containers;
 pub mod diagnostic;
 pub mod fields;
 pub mod monkey;
@@ -13,6 +12,7 @@ pub mod probes;
 pub mod review;
 pub mod runner;
 pub mod scenario;
+pub mod schema;
 pub mod validate;
 pub mod yaml;
 

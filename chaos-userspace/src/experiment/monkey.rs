@@ -19,11 +19,14 @@ use crate::{error::BadInput, units};
 pub struct MonkeyArgs {
     /// A target cgroup (absolute, or relative to the cgroup2 mount). May be repeated; each fault
     /// hits every target.
-    #[arg(long = "cgroup", value_name = "PATH", required_unless_present = "pids")]
+    #[arg(long = "cgroup", value_name = "PATH", required_unless_present_any = ["pids", "containers"])]
     pub cgroups: Vec<String>,
     /// Target the cgroup of this process (read from /proc/PID/cgroup). May be repeated.
     #[arg(long = "pid", value_name = "PID", value_parser = units::parse_whole::<u32>, allow_hyphen_values = true)]
     pub pids: Vec<u32>,
+    /// Target a container by its runtime's name or id (as `kchaos net --container`). May be repeated.
+    #[arg(long = "container", value_name = "NAME|ID")]
+    pub containers: Vec<String>,
     /// How long the monkey plays (faults start only within it).
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub duration: Duration,
@@ -244,11 +247,7 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
             "monkey on {} for {}",
             target_decls(args)
                 .iter()
-                .map(|t| match &t.what {
-                    TargetRef::Pid(pid) => format!("pid {pid}"),
-                    TargetRef::Cgroup(cg) => cg.clone(),
-                    TargetRef::Container { id, .. } => id.clone(),
-                })
+                .map(|t| t.what.describe())
                 .collect::<Vec<_>>()
                 .join(", "),
             units::format_duration(args.duration)
@@ -287,12 +286,16 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
     Ok((scenario, seed))
 }
 
-/// The targets, `target-1` ... in the order given: the cgroups, then the pids.
+/// The targets, `target-1` ... in the order given: the cgroups, then the pids, then the containers.
 fn target_decls(args: &MonkeyArgs) -> Vec<TargetDecl> {
     args.cgroups
         .iter()
         .map(|cg| TargetRef::Cgroup(cg.clone()))
         .chain(args.pids.iter().map(|&pid| TargetRef::Pid(pid)))
+        .chain(args.containers.iter().map(|c| TargetRef::Container {
+            name: c.clone(),
+            runtime: crate::engine::containers::Runtime::Any,
+        }))
         .enumerate()
         .map(|(i, what)| TargetDecl {
             name: format!("target-{}", i + 1),

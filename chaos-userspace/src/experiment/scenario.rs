@@ -14,7 +14,10 @@ use super::{
     fields::{CommandLine, Ctx, Fields, MAX_ERRORS, Vars, valid_name},
     yaml::{self, Mark, Node, Value},
 };
-use crate::kind::{self as kinds, FaultKind, Unit};
+use crate::{
+    engine::{containers::Runtime, pods},
+    kind::{self as kinds, FaultKind, Unit},
+};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Scenario {
@@ -46,10 +49,31 @@ pub struct TargetDecl {
 pub enum TargetRef {
     Cgroup(String),
     Pid(u32),
+    /// A container by its runtime's name or its id.
     Container {
-        id: String,
-        runtime: super::containers::Runtime,
+        name: String,
+        runtime: Runtime,
     },
+    /// A Kubernetes pod on this node (NAMESPACE/NAME), or one container of it.
+    Pod {
+        pod: String,
+        container: Option<String>,
+    },
+}
+
+impl TargetRef {
+    /// How it was named, short: "pid 42", the cgroup path, "container web", "pod ns/web/app".
+    pub fn describe(&self) -> String {
+        match self {
+            TargetRef::Pid(pid) => format!("pid {pid}"),
+            TargetRef::Cgroup(cg) => cg.clone(),
+            TargetRef::Container { name, .. } => format!("container {name}"),
+            TargetRef::Pod { pod, container } => match container {
+                Some(c) => format!("pod {pod} container {c}"),
+                None => format!("pod {pod}"),
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -198,7 +222,8 @@ pub struct Rollback {
     pub timeout: Duration,
 }
 
-const TOP: &[&str] = &[
+/// The top-level keys of a scenario file.
+pub const TOP: &[&str] = &[
     "title",
     "description",
     "variables",
@@ -488,29 +513,37 @@ fn flag_duplicates<'a>(
     }
 }
 
+pub const TARGET_FIELDS: &[&str] = &["name", "cgroup", "pid", "container", "pod", "runtime"];
+pub const STEADY_STATE_FIELDS: &[&str] = &["before", "after", "probes"];
+pub const TOLERANCE_FIELDS: &[&str] = &["success_rate", "p95_latency", "window"];
+/// A fault's keys besides its kind's block (one of `kinds::KINDS`).
+pub const FAULT_FIELDS: &[&str] = &["name", "at", "for", "targets", "ramp"];
+pub const RAMP_FIELDS: &[&str] = &["from", "to", "over", "step"];
+pub const ABORT_FIELDS: &[&str] = &["probe", "for", "success_rate", "p95_latency"];
+pub const BUDGET_FIELDS: &[&str] = &["max_duration", "max_injected_events", "max_intensity"];
+pub const ROLLBACK_FIELDS: &[&str] = &["name", "command", "timeout"];
+
 fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
     let mut out: Vec<TargetDecl> = Vec::new();
     let mut places = Vec::new();
     for (i, item) in ctx.list(node, "targets", false).into_iter().enumerate() {
         let path = format!("targets[{i}]");
-        let Some(f) = ctx.map(
-            item,
-            &path,
-            &["name", "cgroup", "pid", "container", "runtime"],
-        ) else {
+        let Some(f) = ctx.map(item, &path, TARGET_FIELDS) else {
             continue;
         };
         let (name, name_mark) = name_of(ctx, &f, "target", i);
-        let given: Vec<&str> = ["cgroup", "pid", "container"]
+        // A pod target may name one container of the pod.
+        let given: Vec<&str> = ["cgroup", "pid", "container", "pod"]
             .into_iter()
-            .filter(|k| f.has(k))
+            .filter(|k| f.has(k) && !(*k == "container" && f.has("pod")))
             .collect();
         if given.len() != 1 {
             ctx.err(
                 f.mark,
                 &path,
                 format!(
-                    "a target is exactly one of cgroup: PATH, pid: N, container: ID (found {})",
+                    "a target is exactly one of cgroup: PATH, pid: N, container: NAME|ID, pod: \
+                     NAMESPACE/NAME (with an optional container: NAME) (found {})",
                     if given.is_empty() {
                         "none".to_owned()
                     } else {
@@ -524,9 +557,21 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
             ctx.err(
                 f.mark,
                 &f.path_of("runtime"),
-                "runtime applies to container: targets only",
+                "runtime applies to container: targets only (not in a pod: target)",
             );
         }
+        let text = |ctx: &mut Ctx, key: &str| {
+            f.value(key)
+                .and_then(|n| ctx.text(n, &f.path_of(key)))
+                .and_then(|t| {
+                    if t.trim().is_empty() {
+                        ctx.err(f.mark, &f.path_of(key), "must not be empty");
+                        None
+                    } else {
+                        Some(t)
+                    }
+                })
+        };
         let what = match given[0] {
             "cgroup" => f
                 .value("cgroup")
@@ -536,25 +581,34 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
                 .value("pid")
                 .and_then(|n| ctx.uint(n, &f.path_of("pid"), u32::MAX as u64))
                 .map(|p| TargetRef::Pid(p as u32)),
+            "pod" => {
+                let pod = text(ctx, "pod").and_then(|p| match pods::parse_pod(&p) {
+                    Ok(_) => Some(p),
+                    Err(e) => {
+                        ctx.err(f.mark, &f.path_of("pod"), e);
+                        None
+                    }
+                });
+                let container = if f.has("container") {
+                    text(ctx, "container").map(Some)
+                } else {
+                    Some(None)
+                };
+                match (pod, container) {
+                    (Some(pod), Some(container)) => Some(TargetRef::Pod { pod, container }),
+                    _ => None,
+                }
+            }
             _ => {
-                let id = f
-                    .value("container")
-                    .and_then(|n| ctx.text(n, &f.path_of("container")));
+                let name = text(ctx, "container");
                 let runtime = match f.value("runtime") {
                     Some(n) => ctx
-                        .choice(n, &f.path_of("runtime"), super::containers::Runtime::NAMES)
-                        .and_then(|r| super::containers::Runtime::from_name(&r)),
-                    None => Some(super::containers::Runtime::Any),
+                        .choice(n, &f.path_of("runtime"), Runtime::NAMES)
+                        .and_then(|r| Runtime::from_name(&r)),
+                    None => Some(Runtime::Any),
                 };
-                match (id, runtime) {
-                    (Some(id), Some(runtime)) => {
-                        if let Err(e) = super::containers::check_id(&id) {
-                            ctx.err(f.mark, &f.path_of("container"), e);
-                            None
-                        } else {
-                            Some(TargetRef::Container { id, runtime })
-                        }
-                    }
+                match (name, runtime) {
+                    (Some(name), Some(runtime)) => Some(TargetRef::Container { name, runtime }),
                     _ => None,
                 }
             }
@@ -575,7 +629,7 @@ fn read_targets(ctx: &mut Ctx, node: &Node) -> Vec<TargetDecl> {
     out
 }
 
-const PROBE_FIELDS: &[&str] = &[
+pub const PROBE_FIELDS: &[&str] = &[
     "name",
     "tcp",
     "http",
@@ -594,7 +648,7 @@ fn read_steady_state(ctx: &mut Ctx, node: &Node, targets: &Names) -> SteadyState
         after: Duration::from_secs(2),
         probes: Vec::new(),
     };
-    let Some(f) = ctx.map(node, "steady_state", &["before", "after", "probes"]) else {
+    let Some(f) = ctx.map(node, "steady_state", STEADY_STATE_FIELDS) else {
         return ss;
     };
     if let Some(n) = f.value("before") {
@@ -760,7 +814,7 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
     };
     if let Some(n) = p.value("tolerance") {
         let path = p.path_of("tolerance");
-        if let Some(t) = ctx.map(n, &path, &["success_rate", "p95_latency", "window"]) {
+        if let Some(t) = ctx.map(n, &path, TOLERANCE_FIELDS) {
             if let Some(n) = t.value("success_rate") {
                 tolerance.success_rate = ctx.percent(n, &t.path_of("success_rate"))?;
             }
@@ -791,7 +845,7 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
 }
 
 fn read_faults(ctx: &mut Ctx, node: &Node, targets: &Names) -> Vec<FaultDecl> {
-    let mut allowed: Vec<&str> = vec!["name", "at", "for", "targets", "ramp"];
+    let mut allowed: Vec<&str> = FAULT_FIELDS.to_vec();
     allowed.extend(kinds::KINDS);
     let mut out: Vec<FaultDecl> = Vec::new();
     let mut places = Vec::new();
@@ -961,7 +1015,7 @@ fn read_ramps(
         };
         let p = f.path_of(param);
         let Some(n) = f.value(param) else { continue };
-        let Some(r) = ctx.map(n, &p, &["from", "to", "over", "step"]) else {
+        let Some(r) = ctx.map(n, &p, RAMP_FIELDS) else {
             continue;
         };
         let value = |ctx: &mut Ctx, k: &str| -> Option<f64> {
@@ -1024,11 +1078,7 @@ fn read_abort(ctx: &mut Ctx, node: &Node, probes: &Names) -> Vec<AbortRule> {
     let mut out = Vec::new();
     for (i, item) in ctx.list(node, "abort", false).into_iter().enumerate() {
         let path = format!("abort[{i}]");
-        let Some(f) = ctx.map(
-            item,
-            &path,
-            &["probe", "for", "success_rate", "p95_latency"],
-        ) else {
+        let Some(f) = ctx.map(item, &path, ABORT_FIELDS) else {
             continue;
         };
         let Some(n) = ctx.required(&f, "probe", "the name of a steady_state probe") else {
@@ -1085,11 +1135,7 @@ fn read_abort(ctx: &mut Ctx, node: &Node, probes: &Names) -> Vec<AbortRule> {
 }
 
 fn read_budget(ctx: &mut Ctx, node: &Node) -> Option<Budget> {
-    let f = ctx.map(
-        node,
-        "budget",
-        &["max_duration", "max_injected_events", "max_intensity"],
-    )?;
+    let f = ctx.map(node, "budget", BUDGET_FIELDS)?;
     let mut b = Budget {
         mark: node.mark,
         ..Budget::default()
@@ -1126,7 +1172,7 @@ fn read_rollbacks(ctx: &mut Ctx, node: &Node) -> Vec<Rollback> {
     let mut places = Vec::new();
     for (i, item) in ctx.list(node, "rollbacks", false).into_iter().enumerate() {
         let path = format!("rollbacks[{i}]");
-        let Some(f) = ctx.map(item, &path, &["name", "command", "timeout"]) else {
+        let Some(f) = ctx.map(item, &path, ROLLBACK_FIELDS) else {
             continue;
         };
         let (name, name_mark) = name_of(ctx, &f, "rollback", i);

@@ -4,7 +4,6 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use super::{
-    containers,
     diagnostic::Diagnostic,
     fields::MAX_ERRORS,
     scenario::{Scenario, TargetDecl, TargetRef},
@@ -191,11 +190,13 @@ pub fn resolve_target(t: &TargetDecl, allow_host: bool) -> Result<ResolvedTarget
     match &t.what {
         TargetRef::Cgroup(p) => args.cgroups.push(p.clone()),
         TargetRef::Pid(pid) => args.pids.push(*pid),
-        TargetRef::Container { id, runtime } => {
-            let mount = crate::engine::cgroup::v2_mount()
-                .map_err(|e| BadInput::new(format!("cgroup v2: {e}")))?;
-            let path = containers::resolve(&mount, id, *runtime)?;
-            args.cgroups.push(path.display().to_string());
+        TargetRef::Container { name, runtime } => {
+            args.containers.push(name.clone());
+            args.runtime = Some(runtime.name().to_owned());
+        }
+        TargetRef::Pod { pod, container } => {
+            args.pod = Some(pod.clone());
+            args.containers.extend(container.clone());
         }
     }
     let found =

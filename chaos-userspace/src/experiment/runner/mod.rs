@@ -471,10 +471,37 @@ impl Run<'_> {
                         if method && let Some(why) = self.check_abort_rules() {
                             return Ok(Some(Stop::Abort(why)));
                         }
+                        if method
+                            && self.faults_pending()
+                            && let Some(why) = self.target_gone()
+                        {
+                            return Ok(Some(Stop::Abort(why)));
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// A target whose cgroup is gone (removed, or replaced by a new one of the same path: another
+    /// cgroup id): a stopped or restarted container. kchaos does not follow it to a new cgroup; the
+    /// run ends saying so, rather than running on with a fault that hits nothing.
+    fn target_gone(&mut self) -> Option<String> {
+        let t = self
+            .targets
+            .iter()
+            .find(|t| crate::engine::cgroup::id(&t.path).ok() != Some(t.id))?;
+        let why = format!(
+            "target '{}' ({}) is gone: its cgroup {} (id {}) no longer exists; a stopped or \
+             restarted container gets a new cgroup, which kchaos does not follow (run again to \
+             target the new one)",
+            t.name,
+            t.origin,
+            t.path.display(),
+            t.id
+        );
+        self.event("target.gone", why.clone());
+        Some(why)
     }
 
     /// Fills in what the live snapshot knows before anything runs: the faults, the probes, the

@@ -85,8 +85,9 @@ fn setup(yaml: &str, log: &SharedLog, fail_prepare: Option<&'static str>) -> Set
         scenario,
         targets: vec![ResolvedTarget {
             name: "a".into(),
-            path: "/nonexistent".into(),
-            id: 0,
+            // A directory that stays for the run: a target whose directory goes ends the run.
+            path: std::env::temp_dir(),
+            id: crate::engine::cgroup::id(&std::env::temp_dir()).unwrap(),
             origin: "test".into(),
         }],
         findings: Vec::new(),

@@ -61,6 +61,7 @@ impl KillSpec {
 }
 
 impl Kind for KillSpec {
+    const YAML_FIELDS: &'static [&'static str] = yaml::FIELDS;
     const NAME: &'static str = "kill";
     const INSTANT: bool = true;
     const METRICS: &'static [MetricMap] = &[

@@ -27,6 +27,7 @@ kchaos net --cgroup app --delay 50ms --jitter 10ms --dst 10.0.0.0/8   (needs sch
 kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24";
 
 impl Kind for NetSpec {
+    const YAML_FIELDS: &'static [&'static str] = yaml::NET_FIELDS;
     const NAME: &'static str = "net";
     const PARAMS: &'static [(&'static str, Unit)] =
         &[("drop", Unit::Percent), ("delay", Unit::Duration)];

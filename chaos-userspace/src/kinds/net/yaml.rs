@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::{Direction, NetArgs, NetSpec, Proto, peers::Peer};
 use crate::experiment::{fields::Ctx, yaml::Node};
 
-const NET_FIELDS: &[&str] = &[
+pub const NET_FIELDS: &[&str] = &[
     "drop",
     "delay",
     "jitter",

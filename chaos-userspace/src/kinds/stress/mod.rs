@@ -47,6 +47,7 @@ kchaos stress --pid 4242 --memory 512M --ramp 10s --duration 30s --json report.j
 kchaos stress --cgroup app --io-write 20M --io-dir /var/lib/app --fds 5000";
 
 impl Kind for StressSpec {
+    const YAML_FIELDS: &'static [&'static str] = yaml::FIELDS;
     const NAME: &'static str = "stress";
     const PARAMS: &'static [(&'static str, Unit)] = &[("cpu_load", Unit::Percent)];
     const MONKEY_TYPES: &'static [&'static str] = &["cpu"];

@@ -32,6 +32,7 @@ kprobe   every operation incl. fsync, via bpf_override_return: needs CONFIG_BPF_
 fmod_ret not available: aya 0.14 cannot load fmod_ret programs";
 
 impl Kind for SyscallSpec {
+    const YAML_FIELDS: &'static [&'static str] = yaml::FIELDS;
     const NAME: &'static str = "syscall";
     const PARAMS: &'static [(&'static str, Unit)] = &[("percent", Unit::Percent)];
     const MONKEY_TYPES: &'static [&'static str] = &["syscall"];
