@@ -188,7 +188,7 @@ pub fn assemble(page: u64, sites: &Sites) -> Result<Code, AsmError> {
     let mut hook_gtod = a.create_label();
     let mut hook_time = a.create_label();
 
-    // hook_clock_gettime(edi = clock, rsi = ts)
+    // hook_clock_gettime(edi = clock, rsi = ts), with adjust inlined: the hot path.
     a.set_label(&mut hook_cg)?;
     a.push(rdi)?;
     a.push(rsi)?;
@@ -197,15 +197,14 @@ pub fn assemble(page: u64, sites: &Sites) -> Result<Code, AsmError> {
     a.add(rsp, 8)?;
     a.pop(rsi)?;
     a.pop(rdi)?;
-    let mut cg_out = a.create_label();
+    let mut cg_err = a.create_label();
+    let mut cg_ok = a.create_label();
     a.test(eax, eax)?;
-    a.jnz(cg_out)?;
-    a.test(rsi, rsi)?;
-    a.jz(cg_out)?;
-    a.push(rax)?;
-    a.call(adjust)?;
-    a.pop(rax)?;
-    a.set_label(&mut cg_out)?;
+    a.jnz(cg_err)?;
+    emit_adjust(&mut a, data, cg_ok)?;
+    a.set_label(&mut cg_ok)?;
+    a.xor(eax, eax)?;
+    a.set_label(&mut cg_err)?;
     a.ret()?;
 
     // hook_gettimeofday(rdi = tv, rsi = tz)
@@ -274,75 +273,11 @@ pub fn assemble(page: u64, sites: &Sites) -> Result<Code, AsmError> {
     a.add(rsp, 24)?;
     a.ret()?;
 
-    // adjust(edi = clock id, rsi = timespec): shifts it in place when the fault is armed for this
-    // clock and the clock's value lies within its lease window. Uses only call-clobbered registers.
+    // adjust(edi = clock id, rsi = timespec), for gettimeofday and time.
     a.set_label(&mut adjust)?;
-    let mut done = a.create_label();
-    let mut drift = a.create_label();
-    let mut store = a.create_label();
-    a.cmp(edi, (CLOCK_SLOTS - 1) as i32)?;
-    a.ja(done)?;
-    a.mov(r8, data)?;
-    a.cmp(byte_ptr(r8 + OFF_ARMED as i32), 0)?;
-    a.je(done)?;
-    a.movzx(eax, byte_ptr(r8 + OFF_INDEX as i32))?;
-    a.and(eax, 1)?;
-    a.imul_3(eax, eax, BUFFER_LEN as i32)?;
-    a.lea(r9, ptr(r8 + rax + OFF_BUFFERS as i32))?;
-    a.mov(eax, edi)?;
-    a.shl(eax, 5)?;
-    a.lea(r10, ptr(r9 + rax + B_CLOCKS as i32))?;
-    a.cmp(qword_ptr(r10 + 24), 0)?;
-    a.je(done)?;
-    a.mov(rax, qword_ptr(rsi))?;
-    a.imul_3(rax, rax, NS)?;
-    a.add(rax, qword_ptr(rsi + 8))?;
-    a.cmp(rax, qword_ptr(r10))?;
-    a.jl(done)?;
-    a.cmp(rax, qword_ptr(r10 + 8))?;
-    a.jge(done)?;
-    a.cmp(qword_ptr(r9 + B_DRIFT), 0)?;
-    a.jne(drift)?;
-    a.mov(rax, qword_ptr(rsi))?;
-    a.add(rax, qword_ptr(r9 + B_OFF_SEC))?;
-    a.mov(rcx, qword_ptr(rsi + 8))?;
-    a.add(rcx, qword_ptr(r9 + B_OFF_NSEC))?;
-    a.cmp(rcx, NS)?;
-    a.jl(store)?;
-    a.sub(rcx, NS)?;
-    a.inc(rax)?;
-    a.set_label(&mut store)?;
-    a.mov(qword_ptr(rsi), rax)?;
-    a.mov(qword_ptr(rsi + 8), rcx)?;
-    a.set_label(&mut done)?;
-    a.ret()?;
-    // With drift: delta = offset + (value - start) * ppm / 1e6, split into whole seconds (floored)
-    // and nanoseconds.
-    a.set_label(&mut drift)?;
-    a.sub(rax, qword_ptr(r10 + 16))?;
-    a.imul(qword_ptr(r9 + B_DRIFT))?;
-    a.mov(rcx, 1_000_000u64)?;
-    a.idiv(rcx)?;
-    a.add(rax, qword_ptr(r9 + B_OFF_NS))?;
-    a.cqo()?;
-    a.mov(rcx, NS as u64)?;
-    a.idiv(rcx)?;
-    let mut positive = a.create_label();
-    let mut store2 = a.create_label();
-    a.test(rdx, rdx)?;
-    a.jns(positive)?;
-    a.add(rdx, rcx)?;
-    a.dec(rax)?;
-    a.set_label(&mut positive)?;
-    a.add(rax, qword_ptr(rsi))?;
-    a.add(rdx, qword_ptr(rsi + 8))?;
-    a.cmp(rdx, rcx)?;
-    a.jl(store2)?;
-    a.sub(rdx, rcx)?;
-    a.inc(rax)?;
-    a.set_label(&mut store2)?;
-    a.mov(qword_ptr(rsi), rax)?;
-    a.mov(qword_ptr(rsi + 8), rdx)?;
+    let mut adjusted = a.create_label();
+    emit_adjust(&mut a, data, adjusted)?;
+    a.set_label(&mut adjusted)?;
     a.ret()?;
 
     // The originals: the relocated prologue and a jump back, else the syscall.
@@ -373,6 +308,78 @@ pub fn assemble(page: u64, sites: &Sites) -> Result<Code, AsmError> {
         bytes,
         relocated: (cg, gtod),
     })
+}
+
+/// Shifts the timespec at rsi of clock edi in place when the fault is armed for that clock and the
+/// clock's value lies within its lease window; every way out jumps to `out`. Uses only
+/// call-clobbered registers (rax, rcx, rdx, r8-r10).
+fn emit_adjust(a: &mut CodeAssembler, data: u64, out: CodeLabel) -> Result<(), AsmError> {
+    let mut drift = a.create_label();
+    let mut store = a.create_label();
+    a.cmp(edi, (CLOCK_SLOTS - 1) as i32)?;
+    a.ja(out)?;
+    a.mov(r8, data)?;
+    a.cmp(byte_ptr(r8 + OFF_ARMED as i32), 0)?;
+    a.je(out)?;
+    a.movzx(eax, byte_ptr(r8 + OFF_INDEX as i32))?;
+    a.and(eax, 1)?;
+    a.shl(eax, BUFFER_LEN.trailing_zeros())?;
+    a.lea(r9, ptr(r8 + rax + OFF_BUFFERS as i32))?;
+    a.mov(eax, edi)?;
+    a.shl(eax, CLOCK_ENTRY.trailing_zeros())?;
+    a.lea(r10, ptr(r9 + rax + B_CLOCKS as i32))?;
+    a.cmp(qword_ptr(r10 + 24), 0)?;
+    a.je(out)?;
+    a.mov(rax, qword_ptr(rsi))?;
+    a.imul_3(rax, rax, NS)?;
+    a.add(rax, qword_ptr(rsi + 8))?;
+    a.cmp(rax, qword_ptr(r10))?;
+    a.jl(out)?;
+    a.cmp(rax, qword_ptr(r10 + 8))?;
+    a.jge(out)?;
+    a.cmp(qword_ptr(r9 + B_DRIFT), 0)?;
+    a.jne(drift)?;
+    a.mov(rax, qword_ptr(rsi))?;
+    a.add(rax, qword_ptr(r9 + B_OFF_SEC))?;
+    a.mov(rcx, qword_ptr(rsi + 8))?;
+    a.add(rcx, qword_ptr(r9 + B_OFF_NSEC))?;
+    a.cmp(rcx, NS)?;
+    a.jl(store)?;
+    a.sub(rcx, NS)?;
+    a.inc(rax)?;
+    a.set_label(&mut store)?;
+    a.mov(qword_ptr(rsi), rax)?;
+    a.mov(qword_ptr(rsi + 8), rcx)?;
+    a.jmp(out)?;
+    // With drift: delta = offset + (value - start) * ppm / 1e6, split into whole seconds (floored)
+    // and nanoseconds.
+    a.set_label(&mut drift)?;
+    a.sub(rax, qword_ptr(r10 + 16))?;
+    a.imul(qword_ptr(r9 + B_DRIFT))?;
+    a.mov(rcx, 1_000_000u64)?;
+    a.idiv(rcx)?;
+    a.add(rax, qword_ptr(r9 + B_OFF_NS))?;
+    a.cqo()?;
+    a.mov(rcx, NS as u64)?;
+    a.idiv(rcx)?;
+    let mut positive = a.create_label();
+    let mut store2 = a.create_label();
+    a.test(rdx, rdx)?;
+    a.jns(positive)?;
+    a.add(rdx, rcx)?;
+    a.dec(rax)?;
+    a.set_label(&mut positive)?;
+    a.add(rax, qword_ptr(rsi))?;
+    a.add(rdx, qword_ptr(rsi + 8))?;
+    a.cmp(rdx, rcx)?;
+    a.jl(store2)?;
+    a.sub(rdx, rcx)?;
+    a.inc(rax)?;
+    a.set_label(&mut store2)?;
+    a.mov(qword_ptr(rsi), rax)?;
+    a.mov(qword_ptr(rsi + 8), rdx)?;
+    a.jmp(out)?;
+    Ok(())
 }
 
 /// Emits the original of the vDSO function at `site`; true when through its relocated prologue.
