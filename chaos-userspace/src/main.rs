@@ -91,6 +91,10 @@ kchaos completions zsh > \"${fpath[1]}/_kchaos\""
         #[arg(value_name = "DIR")]
         dir: std::path::PathBuf,
     },
+    /// Do nothing until a signal ends it: what deploy/kubernetes/daemonset.yaml runs, so that a
+    /// kchaos is ready on every node for `kubectl exec`.
+    #[command(hide = true)]
+    Idle,
     /// Print the JSON Schema of scenario files (scenarios/scenario.schema.json is this output).
     #[command(
         hide = true,
@@ -189,6 +193,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Man { dir } => write_man_pages(&dir),
+        Command::Idle => loop {
+            // SIGTERM's default action ends it (kchaos is not pid 1 with hostPID).
+            std::thread::park();
+        },
         Command::Schema => {
             print!("{}", chaos_userspace::experiment::schema::text());
             Ok(())
