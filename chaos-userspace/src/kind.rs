@@ -136,8 +136,9 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + serde::Serialize + Sized {
     /// leave the target frozen until someone thaws it.
     const REQUIRES_DURATION: bool = false;
     /// The keys of its scenario block (`net: {drop: 10, ...}`), for the scenario JSON Schema; empty:
-    /// the block takes no keys (`pause: {}`).
-    const YAML_FIELDS: &'static [&'static str] = &[];
+    /// the block takes no keys (`pause: {}`). No default, so a new kind cannot leave its schema empty
+    /// by omission.
+    const YAML_FIELDS: &'static [&'static str];
     /// The `kchaos monkey --types` this kind draws.
     const MONKEY_TYPES: &'static [&'static str] = &[];
 
