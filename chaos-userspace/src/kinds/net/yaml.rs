@@ -7,6 +7,8 @@ use crate::experiment::{fields::Ctx, yaml::Node};
 
 const NET_FIELDS: &[&str] = &[
     "drop",
+    "drop_correlation",
+    "loss_model",
     "delay",
     "jitter",
     "partition",
@@ -23,6 +25,18 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     let mut args = NetArgs::default();
     if let Some(n) = f.value("drop") {
         args.drop = ctx.percent(n, &f.path_of("drop"));
+    }
+    if let Some(n) = f.value("drop_correlation") {
+        args.drop_correlation = ctx.percent(n, &f.path_of("drop_correlation"));
+    }
+    if let Some(n) = f.value("loss_model") {
+        let p = f.path_of("loss_model");
+        if let Some(text) = ctx.text(n, &p) {
+            match super::loss::LossModel::parse(&text) {
+                Ok(m) => args.loss_model = Some(m),
+                Err(e) => ctx.err(n.mark, &p, e.0.replace("--loss-model", "loss_model")),
+            }
+        }
     }
     if let Some(n) = f.value("delay") {
         args.delay = ctx.duration(n, &f.path_of("delay"));
