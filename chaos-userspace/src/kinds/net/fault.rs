@@ -310,15 +310,15 @@ impl NetSpec {
         if let Some(m) = self.loss_model {
             parts.push(format!("{m} ({:?})", self.direction).to_lowercase());
         }
-        if self.drop_correlation.is_some() || self.loss_model.is_some() {
-            if let Some(chain) = self.loss_chain() {
-                let th = super::loss::theory(&chain);
-                parts.push(format!(
-                    "expected loss {:.2}%, mean burst {:.2} packets",
-                    th.loss * 100.0,
-                    th.mean_burst
-                ));
-            }
+        if (self.drop_correlation.is_some() || self.loss_model.is_some())
+            && let Some(chain) = self.loss_chain()
+        {
+            let th = super::loss::theory(&chain);
+            parts.push(format!(
+                "expected loss {:.2}%, mean burst {:.2} packets",
+                th.loss * 100.0,
+                th.mean_burst
+            ));
         }
         if !self.delay.is_zero() {
             let mut d = format!("delay {}", units::format_duration(self.delay));
@@ -667,6 +667,38 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("--jitter 5ms needs --delay")
+        );
+    }
+
+    #[test]
+    fn features_are_what_the_spec_uses() {
+        let mut a = args();
+        a.drop = Some(1.0);
+        assert_eq!(NetSpec::from_args(&a).unwrap().features(), (FEAT_DROP, 0));
+        a.drop_correlation = Some(25.0);
+        let s = NetSpec::from_args(&a).unwrap();
+        assert_eq!(s.features(), (FEAT_LOSS_CHAIN, 0));
+        assert_eq!(s.config().egress.drop_threshold, 0, "the chain decides");
+        let mut a = args();
+        a.loss_model = Some(LossModel::parse("gemodel:1,30").unwrap());
+        a.direction = Direction::Both;
+        a.proto = Some(Proto::Udp);
+        a.delay = Some(Duration::from_millis(5));
+        let s = NetSpec::from_args(&a).unwrap();
+        assert_eq!(
+            s.features(),
+            (
+                FEAT_FILTER | FEAT_LOSS_CHAIN | FEAT_DELAY,
+                FEAT_FILTER | FEAT_LOSS_CHAIN
+            )
+        );
+        assert!(s.needs_egress() && s.needs_ingress());
+        a.drop = Some(1.0);
+        assert!(
+            NetSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("both decide loss")
         );
     }
 

@@ -92,14 +92,13 @@ impl LossModel {
         if let LossModel::FourState {
             p13, p31, p32, p14, ..
         } = model
+            && (p13 + p14 > 100.0 || p31 + p32 > 100.0)
         {
-            if p13 + p14 > 100.0 || p31 + p32 > 100.0 {
-                return Err(bad(
-                    "P13 + P14 and P31 + P32 are probabilities of leaving one state: each sum at \
-                     most 100"
-                        .into(),
-                ));
-            }
+            return Err(bad(
+                "P13 + P14 and P31 + P32 are probabilities of leaving one state: each sum at most \
+                 100"
+                .into(),
+            ));
         }
         Ok(model)
     }
@@ -263,7 +262,7 @@ pub fn simulate(chain: &LossChain, packets: u64, seed: u64) -> (u64, u64) {
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u64
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32
     };
     let (mut state, mut lost, mut bursts, mut prev_lost) = (0usize, 0, 0, false);
     for _ in 0..packets {
