@@ -578,8 +578,12 @@ impl Drop for NetFault {
     }
 }
 
+/// clap's error line already names the flag and the value: keep only why.
 fn parse_loss_model(text: &str) -> Result<LossModel, String> {
-    LossModel::parse(text).map_err(|e| e.0)
+    LossModel::parse(text).map_err(|e| {
+        let prefix = format!("--loss-model {text}: ");
+        e.0.strip_prefix(&prefix).unwrap_or(&e.0).to_owned()
+    })
 }
 
 fn fill_peers(ebpf: &mut Ebpf, map: &str, peers: &[Peer]) -> Result<()> {
