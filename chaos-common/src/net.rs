@@ -19,6 +19,39 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 
+/// Bits of the read-only globals `NET_EGRESS_FEATURES` / `NET_INGRESS_FEATURES`, set by the loader
+/// before the object is loaded. The verifier sees them as constants and removes the code of every
+/// feature a fault does not use, so a packet pays only for what is configured.
+///
+/// Parse the headers (`--dst/--port/--proto`, `--partition`).
+pub const FEAT_FILTER: u64 = 1 << 0;
+/// Independent random drop (`drop_threshold`).
+pub const FEAT_DROP: u64 = 1 << 1;
+/// A loss model: a Markov chain in `DirectionFault::loss`, its state in `NET_LOSS_STATE`.
+pub const FEAT_LOSS_CHAIN: u64 = 1 << 2;
+/// EDT delay (egress): the only feature that reads the precise clock.
+pub const FEAT_DELAY: u64 = 1 << 3;
+
+/// States a loss model's chain may have.
+pub const LOSS_STATES: usize = 4;
+/// The threshold that a u32 draw is always below: probability 1.
+pub const ALWAYS: u64 = 1 << 32;
+
+/// A loss model as a Markov chain over at most four states, one step per packet: the packet draws
+/// the next state from the current one, then is lost with the new state's loss probability. Every
+/// netem loss model fits: correlated loss (kept/lost), Gilbert-Elliott (good/bad) and the 4-state
+/// model (netem's states 1-4 as 0-3). State 0 is where a chain starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LossChain {
+    /// `next[s]`: cumulative thresholds on a u32 draw; the next state is the number of the three
+    /// thresholds the draw is not below (so no branch decides it). Unused states hold `ALWAYS`.
+    pub next: [[u64; LOSS_STATES - 1]; LOSS_STATES],
+    /// `lose[s]`: a packet entering state s is lost when a draw is below it (0 never, `ALWAYS` always,
+    /// neither costs a draw).
+    pub lose: [u64; LOSS_STATES],
+}
+
 /// What one direction does to a matching packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,6 +63,8 @@ pub struct DirectionFault {
     pub delay_ns: u64,
     /// The delay varies uniformly in `[delay - jitter, delay + jitter]`.
     pub jitter_ns: u64,
+    /// The loss model (with `FEAT_LOSS_CHAIN`).
+    pub loss: LossChain,
 }
 
 /// Narrows which packets the drop and delay faults apply to. A partition ignores it.
@@ -135,9 +170,10 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<DirectionFault>(), 24);
+        assert_eq!(size_of::<LossChain>(), 8 * (12 + 4));
+        assert_eq!(size_of::<DirectionFault>(), 24 + 128);
         assert_eq!(size_of::<PacketFilter>(), 8);
-        assert_eq!(size_of::<NetConfig>(), 8 + 24 + 24 + 8);
+        assert_eq!(size_of::<NetConfig>(), 8 + 152 + 152 + 8);
         assert_eq!(size_of::<PeerKey>(), 18);
         assert_eq!(size_of::<NetCounters>(), 48);
     }

@@ -4,14 +4,15 @@
 //! the socket lives: at egress before the packet reaches any device, at ingress after the socket lookup.
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
     macros::{cgroup_skb, map},
     maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::SkBuffContext,
 };
 use chaos_common::{
-    DIR_COUNT, DIR_EGRESS, DIR_INGRESS, DirectionFault, FILTER_DST, FILTER_PARTITION, NetConfig,
-    NetCounters, PEER_KEY_PORT_BITS, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PeerKey,
+    ALWAYS, DIR_COUNT, DIR_EGRESS, DIR_INGRESS, DirectionFault, FEAT_DELAY, FEAT_DROP, FEAT_FILTER,
+    FEAT_LOSS_CHAIN, FILTER_DST, FILTER_PARTITION, LossChain, NetConfig, NetCounters,
+    PEER_KEY_PORT_BITS, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PeerKey,
 };
 
 use crate::packet::{self, Peer};
@@ -26,8 +27,22 @@ const INGRESS_DROP: i32 = 0;
 /// Peer sets hold at most this many CIDR[:PORT] entries each.
 pub const MAX_PEERS: u32 = 1024;
 
+/// `FEAT_*` bits of the egress program, set by the loader (read-only: the verifier drops the code of
+/// every feature left out, so an unconfigured fault costs nothing per packet).
+#[unsafe(no_mangle)]
+static NET_EGRESS_FEATURES: u64 = 0;
+/// `FEAT_*` bits of the ingress program.
+#[unsafe(no_mangle)]
+static NET_INGRESS_FEATURES: u64 = 0;
+
 #[map]
 static NET_CONFIG: Array<NetConfig> = Array::with_max_entries(1, 0);
+
+/// The current state of each direction's loss chain. One shared value (not per CPU): the target's
+/// packets form one sequence, as they do through netem's one qdisc. Concurrent senders may race on
+/// it; each step still moves from a state the chain was in.
+#[map]
+static NET_LOSS_STATE: Array<u32> = Array::with_max_entries(DIR_COUNT, 0);
 
 #[map]
 static NET_COUNTERS: PerCpuArray<NetCounters> = PerCpuArray::with_max_entries(DIR_COUNT, 0);
@@ -61,11 +76,27 @@ pub fn net_ingress(ctx: SkBuffContext) -> i32 {
 /// Returns true when the packet is to be dropped; stamps a later departure time when it is delayed.
 #[inline(always)]
 fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
+    // SAFETY: read-only globals of this object, set before load.
+    let features = unsafe {
+        if dir == DIR_EGRESS {
+            core::ptr::read_volatile(&NET_EGRESS_FEATURES)
+        } else {
+            core::ptr::read_volatile(&NET_INGRESS_FEATURES)
+        }
+    };
     let Some(cfg) = NET_CONFIG.get(0) else {
         return false;
     };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The lease needs only the coarse clock (it lags by at most a tick); a delay needs the precise
+    // one, which is read once for both.
+    // SAFETY: helpers without arguments.
+    let now = unsafe {
+        if features & FEAT_DELAY != 0 {
+            bpf_ktime_get_ns()
+        } else {
+            bpf_ktime_get_coarse_ns()
+        }
+    };
     if now >= cfg.deadline_ns {
         return false;
     }
@@ -77,8 +108,8 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
     counters.seen += 1;
     let egress = dir == DIR_EGRESS;
 
-    let filter = &cfg.filter;
-    if filter.needs_headers != 0 {
+    if features & FEAT_FILTER != 0 {
+        let filter = &cfg.filter;
         let Some(peer) = packet::parse(ctx, egress) else {
             return false;
         };
@@ -94,12 +125,18 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
 
     let fault = if egress { &cfg.egress } else { &cfg.ingress };
     // SAFETY: a helper without arguments.
-    if fault.drop_threshold != 0 && (unsafe { bpf_get_prandom_u32() } as u64) < fault.drop_threshold
+    if features & FEAT_DROP != 0
+        && fault.drop_threshold != 0
+        && (unsafe { bpf_get_prandom_u32() } as u64) < fault.drop_threshold
     {
         counters.dropped += 1;
         return true;
     }
-    if fault.delay_ns != 0 {
+    if features & FEAT_LOSS_CHAIN != 0 && chain_loses(&fault.loss, dir) {
+        counters.dropped += 1;
+        return true;
+    }
+    if features & FEAT_DELAY != 0 && fault.delay_ns != 0 {
         let delay = delay_ns(fault);
         // SAFETY: tstamp is writable from cgroup_skb with CAP_BPF; the kernel holds skb for the run.
         unsafe {
@@ -115,6 +152,27 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
         counters.delay_ns_total += delay;
     }
     false
+}
+
+/// One step of the loss chain: draws the next state, then whether the packet is lost in it. The next
+/// state is the count of thresholds the draw reached, so no branch depends on the state.
+#[inline(always)]
+fn chain_loses(chain: &LossChain, dir: u32) -> bool {
+    let Some(state) = NET_LOSS_STATE.get_ptr_mut(dir) else {
+        return false;
+    };
+    // SAFETY: an entry of this program's own map; a racing writer stores a valid state too, and the
+    // mask keeps any value an index.
+    let s = (unsafe { *state } as usize) & 3;
+    // SAFETY: a helper without arguments.
+    let draw = unsafe { bpf_get_prandom_u32() } as u64;
+    let next = &chain.next[s];
+    let n = (draw >= next[0]) as usize + (draw >= next[1]) as usize + (draw >= next[2]) as usize;
+    // SAFETY: as above.
+    unsafe { *state = n as u32 };
+    let lose = chain.lose[n & 3];
+    // SAFETY: a helper without arguments.
+    lose >= ALWAYS || (lose != 0 && (unsafe { bpf_get_prandom_u32() } as u64) < lose)
 }
 
 /// The configured delay, spread uniformly over ±jitter with a multiply-shift instead of a division.

@@ -9,7 +9,9 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::CgroupSkb,
 };
-use chaos_common::{DIR_EGRESS, DirectionFault, NetConfig, NetCounters, percent_to_threshold};
+use chaos_common::{
+    DIR_EGRESS, DirectionFault, FEAT_DELAY, FEAT_DROP, NetConfig, NetCounters, percent_to_threshold,
+};
 use integration_tests::root_or_skip;
 
 /// `union bpf_attr` as BPF_PROG_TEST_RUN reads it.
@@ -68,7 +70,12 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let mut ebpf = chaos_userspace::engine::ebpf::load().expect("load the object");
+        // Both the drop and the delay code kept (the loader sets only what a fault uses).
+        let mut ebpf = chaos_userspace::engine::ebpf::load_with_globals(&[(
+            "NET_EGRESS_FEATURES",
+            FEAT_DROP | FEAT_DELAY,
+        )])
+        .expect("load the object");
         let prog: &mut CgroupSkb = ebpf.program_mut("net_egress").unwrap().try_into().unwrap();
         prog.load().expect("load net_egress");
         let fd = prog.fd().unwrap().as_fd().as_raw_fd();
@@ -229,6 +236,7 @@ fn drop_verdict_and_lease() {
         drop_threshold: percent_to_threshold(100.0),
         delay_ns: 10 * MS,
         jitter_ns: 0,
+        ..Default::default()
     };
     h.configure(drop_all, u64::MAX);
     assert_eq!(

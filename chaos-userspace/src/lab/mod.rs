@@ -136,6 +136,19 @@ impl EchoServer {
                 }
             };
             sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+            // A large receive buffer, so a busy host's scheduling delays don't lose datagrams that a
+            // test then counts as the fault's.
+            let size: libc::c_int = 8 << 20;
+            // SAFETY: setsockopt with a valid int option value on our own socket.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&sock),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&size as *const libc::c_int).cast(),
+                    4,
+                );
+            }
             let _ = tx.send(Ok(()));
             let mut buf = [0u8; 2048];
             while !s.load(Ordering::Relaxed) {

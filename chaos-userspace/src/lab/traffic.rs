@@ -213,7 +213,7 @@ fn udp_echo(
                 }
             }
         }
-        (seen.len() as u64, rtts)
+        (seen, rtts)
     });
     let mut send_errors = 0u64;
     for seq in 0..count {
@@ -225,11 +225,26 @@ fn udp_echo(
             send_errors += 1;
         }
     }
-    let (received, rtts) = receiver
+    let (seen, rtts) = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?;
-    let mut v =
-        serde_json::json!({"sent": count, "received": received, "send_errors": send_errors});
+    // Runs of consecutive sequence numbers that never came back: the loss bursts.
+    let mut bursts = 0u64;
+    let mut prev_lost = false;
+    for seq in 0..count {
+        let lost = !seen.contains(&seq);
+        if lost && !prev_lost {
+            bursts += 1;
+        }
+        prev_lost = lost;
+    }
+    let received = seen.len() as u64;
+    let mut v = serde_json::json!({
+        "sent": count,
+        "received": received,
+        "send_errors": send_errors,
+        "loss_bursts": bursts,
+    });
     if rtt {
         v["rtt_us"] = serde_json::json!(rtts);
     }

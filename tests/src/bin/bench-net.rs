@@ -95,32 +95,100 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The kernel's run-time statistics of our programs while traffic flows (kernel.bpf_stats_enabled).
+/// Sends `count` small UDP datagrams from the cgroup as fast as the kernel takes them.
+fn udp_flood(cgroup: &Path, to: SocketAddr, count: u64) -> Result<()> {
+    let out = Command::new(kchaos())
+        .args(["traffic", "--cgroup"])
+        .arg(cgroup)
+        .args([
+            "udp-send",
+            "--to",
+            &to.to_string(),
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "10000000",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!("udp-send failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// (runs, total ns) so far of the egress programs attached to `cg` (only this run's: other kchaos runs
+/// on the machine load programs of the same name).
+fn egress_stats(cg: &str) -> (u64, u128) {
+    let ids = integration_tests::cgroup_programs(
+        Path::new(cg),
+        integration_tests::attach_type::INET_EGRESS,
+    );
+    let (mut ns, mut runs) = (0u128, 0u64);
+    for p in aya::programs::loaded_programs().flatten() {
+        if ids.contains(&p.id()) {
+            ns += p.run_time().as_nanos();
+            runs += p.run_count();
+        }
+    }
+    (runs, ns)
+}
+
+/// The kernel's run-time statistics of our programs while traffic flows (kernel.bpf_stats_enabled):
+/// TCP bulk (few, large GSO packets) and a flood of small UDP datagrams (many runs, warm caches), for
+/// the common path (`--drop 0`) and for each kind of loss decision.
 fn per_run_cost(target: &str, untargeted: &str, cgroup: &Path, to: SocketAddr) -> Result<()> {
     let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(sysctl)?.trim().to_owned();
     std::fs::write(sysctl, "1")?;
+    let udp_to = SocketAddr::from((to.ip(), 9));
     let result = (|| -> Result<()> {
-        println!("\nper program run (kernel.bpf_stats_enabled):");
-        for (label, cg) in [("targeted, 0% drop", target), ("not targeted", untargeted)] {
-            let running = Running::start(&["net", "--cgroup", cg, "--drop", "0", "--quiet"]);
-            send(cgroup, to)?;
-            let (mut ns, mut runs) = (0u128, 0u64);
-            for p in aya::programs::loaded_programs().flatten() {
-                if p.name_as_str() == Some("net_egress") {
-                    ns += p.run_time().as_nanos();
-                    runs += p.run_count();
+        println!("\nper program run (kernel.bpf_stats_enabled), median of {ROUNDS}:");
+        let configs: [(&str, &str, &[&str]); 6] = [
+            ("TCP, targeted, --drop 0", target, &["--drop", "0"]),
+            ("TCP, not targeted", untargeted, &["--drop", "0"]),
+            ("UDP, --drop 0", target, &["--drop", "0"]),
+            ("UDP, --drop 1", target, &["--drop", "1"]),
+            (
+                "UDP, --drop 1 --drop-correlation 25",
+                target,
+                &["--drop", "1", "--drop-correlation", "25"],
+            ),
+            (
+                "UDP, --loss-model gemodel:1,30",
+                target,
+                &["--loss-model", "gemodel:1,30"],
+            ),
+        ];
+        for (label, cg, extra) in configs {
+            let mut per_run = Vec::new();
+            let mut total_runs = 0;
+            for _ in 0..ROUNDS {
+                let mut args = vec!["net", "--cgroup", cg];
+                args.extend_from_slice(extra);
+                args.push("--quiet");
+                let running = Running::start(&args);
+                if label.starts_with("TCP") {
+                    send(cgroup, to)?;
+                } else {
+                    udp_flood(cgroup, udp_to, 100_000)?;
+                }
+                let (runs, ns) = egress_stats(cg);
+                running.terminate();
+                total_runs += runs;
+                if runs > 0 {
+                    per_run.push(ns as f64 / runs as f64);
                 }
             }
-            running.terminate();
-            if runs == 0 {
+            if per_run.is_empty() {
                 println!(
-                    "  {label:<20} 0 runs: the program never ran for this traffic (0 ns per packet)"
+                    "  {label:<38} 0 runs: the program never ran for this traffic (0 ns per packet)"
                 );
             } else {
+                let lo = per_run.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = per_run.iter().copied().fold(0.0, f64::max);
                 println!(
-                    "  {label:<20} {runs} runs, {:.1} ns per run",
-                    ns as f64 / runs as f64
+                    "  {label:<38} {total_runs} runs, {:.1} ns per run (range {lo:.1}-{hi:.1})",
+                    median(&mut per_run)
                 );
             }
         }

@@ -9,11 +9,12 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use chaos_common::{
-    DIR_EGRESS, DIR_INGRESS, DirectionFault, FILTER_DST, FILTER_PARTITION, NetConfig, NetCounters,
-    PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter, PeerKey, percent_to_threshold,
+    DIR_EGRESS, DIR_INGRESS, DirectionFault, FEAT_DELAY, FEAT_DROP, FEAT_FILTER, FEAT_LOSS_CHAIN,
+    FILTER_DST, FILTER_PARTITION, LossChain, NetConfig, NetCounters, PROTO_ANY, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, PacketFilter, PeerKey, percent_to_threshold,
 };
 
-use super::peers::Peer;
+use super::{loss::LossModel, peers::Peer};
 use crate::{
     engine::journal::{Journal, Residue},
     engine::netns::NetnsRef,
@@ -62,6 +63,16 @@ pub struct NetArgs {
     /// Drop each matching packet with this probability, in percent (0-100, fractions allowed).
     #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
     pub drop: Option<f64>,
+    /// Make --drop bursty, as netem's `loss P% CORR%`: a packet repeats the previous packet's fate
+    /// with this weight (0-100). The loss rate stays --drop; the mean burst grows to
+    /// 1/((1-P)(1-CORR)).
+    #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
+    pub drop_correlation: Option<f64>,
+    /// A loss model instead of --drop, in netem's order and percentages:
+    /// gemodel:P[,R[,1-H[,1-K]]] (Gilbert-Elliott: P good->bad, R bad->good, 1-H loss in bad, 1-K
+    /// loss in good) or 4state:P13[,P31[,P32[,P23[,P14]]]]. Left out: netem's defaults.
+    #[arg(long, value_name = "MODEL", value_parser = parse_loss_model)]
+    pub loss_model: Option<LossModel>,
     /// Delay each matching packet the target sends (EDT; needs sch_fq, which kchaos installs).
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub delay: Option<Duration>,
@@ -92,6 +103,9 @@ pub struct NetSpec {
     /// None: no drop fault (programs for it are not attached); Some(0.0) attaches them idle, as a ramp
     /// starting at 0 needs.
     pub drop_percent: Option<f64>,
+    /// With `drop_percent`: bursty loss at the same rate.
+    pub drop_correlation: Option<f64>,
+    pub loss_model: Option<LossModel>,
     pub delay: Duration,
     pub jitter: Duration,
     pub partitions: Vec<Peer>,
@@ -119,13 +133,31 @@ impl NetSpec {
                 units::format_duration(jitter)
             )));
         }
-        if a.drop.is_none() && a.delay.is_none() && partitions.is_empty() {
+        if let (Some(c), None) = (a.drop_correlation, a.drop) {
+            return Err(BadInput::new(format!(
+                "--drop-correlation {c} needs --drop: it makes a loss rate bursty, e.g. --drop 5 \
+                 --drop-correlation 25"
+            )));
+        }
+        if let (Some(m), Some(d)) = (a.loss_model, a.drop) {
+            return Err(BadInput::new(format!(
+                "--loss-model {m} and --drop {d} both decide loss: give one (a loss model sets its \
+                 own rate)"
+            )));
+        }
+        if a.drop.is_none() && a.loss_model.is_none() && a.delay.is_none() && partitions.is_empty()
+        {
             return Err(BadInput::new(
-                "nothing to inject: give --drop PCT, --delay DUR or --partition CIDR[:PORT]",
+                "nothing to inject: give --drop PCT, --loss-model MODEL, --delay DUR or --partition \
+                 CIDR[:PORT]",
             ));
         }
         // A zero delay alone would attach programs that do nothing and report success.
-        if a.drop.is_none() && partitions.is_empty() && a.delay.is_some_and(|d| d.is_zero()) {
+        if a.drop.is_none()
+            && a.loss_model.is_none()
+            && partitions.is_empty()
+            && a.delay.is_some_and(|d| d.is_zero())
+        {
             return Err(BadInput::new(
                 "--delay 0s injects nothing: give e.g. --delay 50ms, or add --drop PCT or --partition",
             ));
@@ -148,6 +180,8 @@ impl NetSpec {
         }
         Ok(Self {
             drop_percent: a.drop,
+            drop_correlation: a.drop_correlation,
+            loss_model: a.loss_model,
             delay,
             jitter,
             partitions,
@@ -158,9 +192,59 @@ impl NetSpec {
         })
     }
 
+    /// The loss chain, when loss is a model rather than independent drops.
+    pub fn loss_chain(&self) -> Option<LossChain> {
+        let model = match (self.loss_model, self.drop_percent, self.drop_correlation) {
+            (Some(m), _, _) => m,
+            (None, Some(percent), Some(correlation)) => LossModel::Correlated {
+                percent,
+                correlation,
+            },
+            _ => return None,
+        };
+        Some(model.chain())
+    }
+
+    /// The `FEAT_*` bits of the egress and the ingress program: what each must do per packet. The
+    /// verifier removes the code of every other feature.
+    pub fn features(&self) -> (u64, u64) {
+        let mut common = 0;
+        if !self.partitions.is_empty()
+            || !self.dsts.is_empty()
+            || self.port.is_some()
+            || self.proto.is_some()
+        {
+            common |= FEAT_FILTER;
+        }
+        let mut loss = 0;
+        if self.loss_chain().is_some() {
+            loss |= FEAT_LOSS_CHAIN;
+        } else if self.drop_percent.is_some() {
+            loss |= FEAT_DROP;
+        }
+        let mut egress = common;
+        let mut ingress = common;
+        if self.direction != Direction::Ingress {
+            egress |= loss;
+        }
+        if self.direction != Direction::Egress {
+            ingress |= loss;
+        }
+        if !self.delay.is_zero() {
+            egress |= FEAT_DELAY;
+        }
+        (egress, ingress)
+    }
+
     /// The kernel's view of this spec, not yet armed (deadline 0).
     pub fn config(&self) -> NetConfig {
-        let drop = percent_to_threshold(self.drop_percent.unwrap_or(0.0));
+        let chain = self.loss_chain();
+        let drop = if chain.is_some() {
+            0
+        } else {
+            percent_to_threshold(self.drop_percent.unwrap_or(0.0))
+        };
+        let chain = chain.unwrap_or_default();
         let egress_on = self.direction != Direction::Ingress;
         let ingress_on = self.direction != Direction::Egress;
         let proto = match self.proto {
@@ -183,11 +267,13 @@ impl NetSpec {
                 drop_threshold: if egress_on { drop } else { 0 },
                 delay_ns: self.delay.as_nanos() as u64,
                 jitter_ns: self.jitter.as_nanos() as u64,
+                loss: chain,
             },
             ingress: DirectionFault {
                 drop_threshold: if ingress_on { drop } else { 0 },
                 delay_ns: 0,
                 jitter_ns: 0,
+                loss: chain,
             },
             filter: PacketFilter {
                 proto,
@@ -201,19 +287,38 @@ impl NetSpec {
     fn needs_egress(&self) -> bool {
         !self.partitions.is_empty()
             || !self.delay.is_zero()
-            || (self.drop_percent.is_some() && self.direction != Direction::Ingress)
+            || ((self.drop_percent.is_some() || self.loss_model.is_some())
+                && self.direction != Direction::Ingress)
     }
 
     fn needs_ingress(&self) -> bool {
         !self.partitions.is_empty()
-            || (self.drop_percent.is_some() && self.direction != Direction::Egress)
+            || ((self.drop_percent.is_some() || self.loss_model.is_some())
+                && self.direction != Direction::Egress)
     }
 
     /// One line saying what this fault does.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(drop) = self.drop_percent {
-            parts.push(format!("drop {drop}% ({:?})", self.direction).to_lowercase());
+            let mut d = format!("drop {drop}%");
+            if let Some(c) = self.drop_correlation {
+                d += &format!(" correlation {c}%");
+            }
+            parts.push(format!("{d} ({:?})", self.direction).to_lowercase());
+        }
+        if let Some(m) = self.loss_model {
+            parts.push(format!("{m} ({:?})", self.direction).to_lowercase());
+        }
+        if (self.drop_correlation.is_some() || self.loss_model.is_some())
+            && let Some(chain) = self.loss_chain()
+        {
+            let th = super::loss::theory(&chain);
+            parts.push(format!(
+                "expected loss {:.2}%, mean burst {:.2} packets",
+                th.loss * 100.0,
+                th.mean_burst
+            ));
         }
         if !self.delay.is_zero() {
             let mut d = format!("delay {}", units::format_duration(self.delay));
@@ -284,7 +389,11 @@ impl NetFault {
     /// whatever was attached is detached again (dropping `Ebpf` closes the links) and qdiscs restored.
     pub fn attach(spec: NetSpec, targets: &[Target], journal: &mut Journal) -> Result<Self> {
         Self::preflight(&spec)?;
-        let mut ebpf = crate::engine::ebpf::load()?;
+        let (egress_features, ingress_features) = spec.features();
+        let mut ebpf = crate::engine::ebpf::load_with_globals(&[
+            ("NET_EGRESS_FEATURES", egress_features),
+            ("NET_INGRESS_FEATURES", ingress_features),
+        ])?;
         let config = spec.config();
         Array::<_, NetConfig>::try_from(ebpf.map_mut("NET_CONFIG").context("map NET_CONFIG")?)?
             .set(0, config, 0)
@@ -393,6 +502,8 @@ impl NetFault {
         let fresh = self.spec.config();
         self.config.egress.drop_threshold = fresh.egress.drop_threshold;
         self.config.ingress.drop_threshold = fresh.ingress.drop_threshold;
+        self.config.egress.loss = fresh.egress.loss;
+        self.config.ingress.loss = fresh.ingress.loss;
         self.write_config()
     }
 
@@ -465,6 +576,14 @@ impl Drop for NetFault {
             }
         }
     }
+}
+
+/// clap's error line already names the flag and the value: keep only why.
+fn parse_loss_model(text: &str) -> Result<LossModel, String> {
+    LossModel::parse(text).map_err(|e| {
+        let prefix = format!("--loss-model {text}: ");
+        e.0.strip_prefix(&prefix).unwrap_or(&e.0).to_owned()
+    })
 }
 
 fn fill_peers(ebpf: &mut Ebpf, map: &str, peers: &[Peer]) -> Result<()> {
@@ -552,6 +671,38 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("--jitter 5ms needs --delay")
+        );
+    }
+
+    #[test]
+    fn features_are_what_the_spec_uses() {
+        let mut a = args();
+        a.drop = Some(1.0);
+        assert_eq!(NetSpec::from_args(&a).unwrap().features(), (FEAT_DROP, 0));
+        a.drop_correlation = Some(25.0);
+        let s = NetSpec::from_args(&a).unwrap();
+        assert_eq!(s.features(), (FEAT_LOSS_CHAIN, 0));
+        assert_eq!(s.config().egress.drop_threshold, 0, "the chain decides");
+        let mut a = args();
+        a.loss_model = Some(LossModel::parse("gemodel:1,30").unwrap());
+        a.direction = Direction::Both;
+        a.proto = Some(Proto::Udp);
+        a.delay = Some(Duration::from_millis(5));
+        let s = NetSpec::from_args(&a).unwrap();
+        assert_eq!(
+            s.features(),
+            (
+                FEAT_FILTER | FEAT_LOSS_CHAIN | FEAT_DELAY,
+                FEAT_FILTER | FEAT_LOSS_CHAIN
+            )
+        );
+        assert!(s.needs_egress() && s.needs_ingress());
+        a.drop = Some(1.0);
+        assert!(
+            NetSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("both decide loss")
         );
     }
 

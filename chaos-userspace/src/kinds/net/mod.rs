@@ -2,6 +2,7 @@
 //! kernel side in chaos-ebpf/src/net.rs).
 
 pub mod fault;
+pub mod loss;
 pub mod peers;
 mod yaml;
 
@@ -23,6 +24,8 @@ use crate::{
 
 pub const EXAMPLES: &str = "Examples:\n  kchaos net --cgroup /sys/fs/cgroup/app --drop 30 --duration 10s\n  \
 kchaos net --cgroup app --drop 1.5 --proto udp --port 53 --direction both\n  \
+kchaos net --cgroup app --drop 5 --drop-correlation 50   (bursty loss, same rate)\n  \
+kchaos net --cgroup app --loss-model gemodel:1,30   (Gilbert-Elliott: bursts of 1/0.3 packets)\n  \
 kchaos net --cgroup app --delay 50ms --jitter 10ms --dst 10.0.0.0/8   (needs sch_fq)\n  \
 kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24";
 

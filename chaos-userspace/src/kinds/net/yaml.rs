@@ -7,6 +7,8 @@ use crate::experiment::{fields::Ctx, yaml::Node};
 
 pub const NET_FIELDS: &[&str] = &[
     "drop",
+    "drop_correlation",
+    "loss_model",
     "delay",
     "jitter",
     "partition",
@@ -23,6 +25,18 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     let mut args = NetArgs::default();
     if let Some(n) = f.value("drop") {
         args.drop = ctx.percent(n, &f.path_of("drop"));
+    }
+    if let Some(n) = f.value("drop_correlation") {
+        args.drop_correlation = ctx.percent(n, &f.path_of("drop_correlation"));
+    }
+    if let Some(n) = f.value("loss_model") {
+        let p = f.path_of("loss_model");
+        if let Some(text) = ctx.text(n, &p) {
+            match super::loss::LossModel::parse(&text) {
+                Ok(m) => args.loss_model = Some(m),
+                Err(e) => ctx.err(n.mark, &p, e.0.replace("--loss-model", "loss_model")),
+            }
+        }
     }
     if let Some(n) = f.value("delay") {
         args.delay = ctx.duration(n, &f.path_of("delay"));
@@ -90,9 +104,56 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
         Ok(spec) => Some(spec),
         Err(e) => {
             // The checks across fields speak in flags (--delay); here they are fields.
-            let text = e.0.replace("--", "");
+            let text =
+                e.0.replace("--drop-correlation", "drop_correlation")
+                    .replace("--loss-model", "loss_model")
+                    .replace("--", "");
             ctx.err(f.mark, path, text);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        experiment::{fields::Vars, scenario},
+        kind::FaultKind,
+        kinds::net::loss::LossModel,
+    };
+
+    fn net(fault: &str) -> Result<super::NetSpec, String> {
+        let text = format!(
+            "title: t\ntargets: [{{name: a, cgroup: x}}]\nfaults:\n  - {{name: f, at: 0s, for: 1s, \
+             net: {fault}}}\n"
+        );
+        let s = scenario::parse("s.yaml", &text, &Vars::default()).map_err(|e| format!("{e:?}"))?;
+        match &s.faults[0].kind {
+            FaultKind::Net(spec) => Ok(spec.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    #[test]
+    fn loss_fields() {
+        let s = net("{drop: 5, drop_correlation: 25}").unwrap();
+        assert_eq!(
+            (s.drop_percent, s.drop_correlation),
+            (Some(5.0), Some(25.0))
+        );
+        let s = net("{loss_model: 'gemodel:1,30'}").unwrap();
+        assert_eq!(
+            s.loss_model,
+            Some(LossModel::parse("gemodel:1,30").unwrap())
+        );
+        let e = net("{loss_model: 'gemodel:1,300'}").unwrap_err();
+        assert!(
+            e.contains("loss_model gemodel:1,300: 300 is not a percentage"),
+            "{e}"
+        );
+        let e = net("{drop_correlation: 25}").unwrap_err();
+        assert!(e.contains("drop_correlation 25 needs drop"), "{e}");
+        let e = net("{drop: 1, loss_model: 'gemodel:1'}").unwrap_err();
+        assert!(e.contains("both decide loss"), "{e}");
     }
 }
