@@ -61,6 +61,9 @@ pub enum Proto {
 pub struct NetArgs {
     /// Drop each matching packet with this probability, in percent (0-100, fractions allowed).
     #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
+    pub percent: Option<f64>,
+    /// The old spelling of --percent (deprecated: works for one release, with a warning).
+    #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true, hide = true, conflicts_with = "percent")]
     pub drop: Option<f64>,
     /// Delay each matching packet the target sends (EDT; needs sch_fq, which kchaos installs).
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
@@ -103,6 +106,7 @@ pub struct NetSpec {
 
 impl NetSpec {
     pub fn from_args(a: &NetArgs) -> Result<Self, BadInput> {
+        let drop = a.percent.or(a.drop);
         let partitions = a
             .partitions
             .iter()
@@ -119,21 +123,21 @@ impl NetSpec {
                 units::format_duration(jitter)
             )));
         }
-        if a.drop.is_none() && a.delay.is_none() && partitions.is_empty() {
+        if drop.is_none() && a.delay.is_none() && partitions.is_empty() {
             return Err(BadInput::new(
-                "nothing to inject: give --drop PCT, --delay DUR or --partition CIDR[:PORT]",
+                "nothing to inject: give --percent PCT (drop), --delay DUR or --partition CIDR[:PORT]",
             ));
         }
         // A zero delay alone would attach programs that do nothing and report success.
-        if a.drop.is_none() && partitions.is_empty() && a.delay.is_some_and(|d| d.is_zero()) {
+        if drop.is_none() && partitions.is_empty() && a.delay.is_some_and(|d| d.is_zero()) {
             return Err(BadInput::new(
-                "--delay 0s injects nothing: give e.g. --delay 50ms, or add --drop PCT or --partition",
+                "--delay 0s injects nothing: give e.g. --delay 50ms, or add --percent PCT or --partition",
             ));
         }
         if a.delay.is_some() && a.direction == Direction::Ingress {
             return Err(BadInput::new(
                 "--delay applies to what the target sends (EDT is honoured by the egress qdisc); \
-                 drop --direction ingress, or use --drop for ingress",
+                 drop --direction ingress, or use --percent (drop) for ingress",
             ));
         }
         let delay = a.delay.unwrap_or_default();
@@ -147,7 +151,7 @@ impl NetSpec {
             )));
         }
         Ok(Self {
-            drop_percent: a.drop,
+            drop_percent: drop,
             delay,
             jitter,
             partitions,
@@ -500,7 +504,7 @@ mod tests {
     #[test]
     fn drop_follows_direction() {
         let mut a = args();
-        a.drop = Some(50.0);
+        a.percent = Some(50.0);
         let c = NetSpec::from_args(&a).unwrap().config();
         assert_eq!(
             (c.egress.drop_threshold, c.ingress.drop_threshold),
@@ -535,15 +539,15 @@ mod tests {
         a.delay = Some(Duration::ZERO);
         assert_eq!(
             NetSpec::from_args(&a).unwrap_err().to_string(),
-            "--delay 0s injects nothing: give e.g. --delay 50ms, or add --drop PCT or --partition"
+            "--delay 0s injects nothing: give e.g. --delay 50ms, or add --percent PCT or --partition"
         );
         a.jitter = Some(Duration::ZERO);
         assert!(
             NetSpec::from_args(&a).is_err(),
             "a zero jitter adds nothing"
         );
-        // With another effect a zero delay is harmless; --drop 0 attaches idle, as documented.
-        a.drop = Some(0.0);
+        // With another effect a zero delay is harmless; --percent 0 attaches idle, as documented.
+        a.percent = Some(0.0);
         assert!(NetSpec::from_args(&a).is_ok());
         let mut a = args();
         a.jitter = Some(Duration::from_millis(5));

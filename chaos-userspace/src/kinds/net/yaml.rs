@@ -6,6 +6,7 @@ use super::{Direction, NetArgs, NetSpec, Proto, peers::Peer};
 use crate::experiment::{fields::Ctx, yaml::Node};
 
 const NET_FIELDS: &[&str] = &[
+    "percent",
     "drop",
     "delay",
     "jitter",
@@ -21,8 +22,18 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     let f = ctx.map(node, path, NET_FIELDS)?;
     let before = ctx.errors.len();
     let mut args = NetArgs::default();
+    if let Some(n) = f.value("percent") {
+        args.percent = ctx.percent(n, &f.path_of("percent"));
+    }
     if let Some(n) = f.value("drop") {
-        args.drop = ctx.percent(n, &f.path_of("drop"));
+        // The old name of `percent`, for one release.
+        let p = f.path_of("drop");
+        if f.has("percent") {
+            ctx.err(n.mark, &p, "give percent or its old name drop, not both");
+        } else {
+            crate::output::deprecated(&p, &f.path_of("percent"));
+            args.percent = ctx.percent(n, &p);
+        }
     }
     if let Some(n) = f.value("delay") {
         args.delay = ctx.duration(n, &f.path_of("delay"));
@@ -80,8 +91,8 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     }
     // A ramped parameter needs its programs attached even when the fault names no fixed value; the
     // ramp sets the real value before the fault is armed.
-    if ramped.iter().any(|p| p == "drop") && args.drop.is_none() {
-        args.drop = Some(0.0);
+    if ramped.iter().any(|p| p == "percent") && args.percent.is_none() {
+        args.percent = Some(0.0);
     }
     if ramped.iter().any(|p| p == "delay") && args.delay.is_none_or(|d| d.is_zero()) {
         args.delay = Some(Duration::from_millis(1).max(args.jitter.unwrap_or_default()));
