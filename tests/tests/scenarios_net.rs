@@ -104,13 +104,23 @@ fn packet_loss_ramp_scenario_against_the_lab() {
         .collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
 
-    // JUnit: each hypothesis and each probe phase is a test case, all passing.
+    // JUnit: each hypothesis, each probe phase and the fault is a test case, all passing, each with
+    // the wall-clock time it began and how long it took.
     let xml = std::fs::read_to_string(&junit.0).unwrap();
-    assert_eq!(xml.matches("<testcase ").count(), 6, "{xml}");
+    assert_eq!(xml.matches("<testcase ").count(), 7, "{xml}");
     assert!(
         xml.contains("name=\"steady state before\"")
             && xml.contains("name=\"dependency-connect during\"")
+            && xml.contains("classname=\"kchaos.fault.net\""),
+        "{xml}"
     );
+    let case_timestamps = xml
+        .lines()
+        .filter(|l| {
+            l.contains("<testcase ") && l.contains("timestamp=\"20") && l.contains(" time=\"")
+        })
+        .count();
+    assert_eq!(case_timestamps, 7, "{xml}");
     assert!(
         xml.contains("failures=\"0\"") && !xml.contains("<failure"),
         "{xml}"

@@ -3,7 +3,25 @@
 
 use std::fmt::Write as _;
 
-use super::{Report, junit::escape};
+use super::Report;
+
+/// Escapes text for XML attributes and content.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // XML 1.0 forbids most control characters even escaped.
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 const W: f64 = 1100.0;
 const LEFT: f64 = 70.0;
