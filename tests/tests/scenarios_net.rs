@@ -144,6 +144,27 @@ fn packet_loss_ramp_scenario_against_the_lab() {
         !page.contains("src=\"http") && !page.contains("href=\"http"),
         "not self-contained"
     );
+    // Each attempt is drawn once: a successful one as a dot at its latency, a failed one as a cross
+    // apart from the latency plot; an empty safety review says so.
+    let attempts: Vec<&serde_json::Value> = r["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["results"].as_array().unwrap())
+        .collect();
+    let failed = attempts.iter().filter(|a| a["ok"] == false).count();
+    assert_eq!(
+        page.matches("class=\"ok-attempt\"").count(),
+        attempts.len() - failed
+    );
+    assert_eq!(page.matches("class=\"failed-attempt\"").count(), failed);
+    println!("html: {} attempts, {failed} failed", attempts.len());
+    if r["findings"].as_array().unwrap().is_empty() {
+        assert!(
+            page.contains("no findings"),
+            "an empty safety review is not said"
+        );
+    }
     drop(svc);
     no_residue(&lab);
 }

@@ -130,7 +130,9 @@ fn timeline_svg(r: &Report) -> String {
     let x = |t: f64| LEFT + PLOT_W * (t / total_ms).clamp(0.0, 1.0);
     let lanes = r.faults.len() as f64;
     let lane_h = 22.0;
-    let top = 20.0 + lanes * lane_h;
+    // A strip above the latency plot for failed attempts, a row per probe.
+    let fail_strip = 8.0 + 6.0 * r.probes.len() as f64;
+    let top = 20.0 + lanes * lane_h + fail_strip;
     let lat_h = 220.0;
     let gap = 40.0;
     let ok_top = top + lat_h + gap;
@@ -211,44 +213,61 @@ fn timeline_svg(r: &Report) -> String {
             );
         }
     }
-    // Latency plot.
+    // Latency plot: the latency of successful attempts only. A failed attempt has no latency (a
+    // timeout is not a slow answer): it is a red mark in the strip above the plot, and it breaks the
+    // line, so successes on either side of it are not joined.
     let max_lat = r
         .probes
         .iter()
-        .flat_map(|p| p.results.iter().map(|r| r.latency_ms))
+        .flat_map(|p| p.results.iter().filter(|q| q.ok).map(|q| q.latency_ms))
         .fold(1.0_f64, f64::max)
         * 1.1;
     let ly = |ms: f64| top + lat_h - lat_h * (ms / max_lat).clamp(0.0, 1.0);
-    axis(&mut s, top, lat_h, max_lat, "latency ms");
+    axis(&mut s, top, lat_h, max_lat, "latency ms (ok)");
+    let fail_y = top - 4.0;
     for (i, p) in r.probes.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let pts: Vec<String> = p
-            .results
-            .iter()
-            .map(|q| format!("{:.1},{:.1}", x(q.t_ms), ly(q.latency_ms)))
-            .collect();
-        if !pts.is_empty() {
+        for run in p.results.split(|q| !q.ok) {
+            if run.len() < 2 {
+                continue;
+            }
+            let pts: Vec<String> = run
+                .iter()
+                .map(|q| format!("{:.1},{:.1}", x(q.t_ms), ly(q.latency_ms)))
+                .collect();
             let _ = writeln!(
                 s,
-                "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\"/>",
+                "<polyline class=\"latency\" points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\"/>",
                 pts.join(" ")
             );
         }
         for q in &p.results {
-            let _ = writeln!(
-                s,
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{}\"><title>{}</title></circle>",
-                x(q.t_ms),
-                ly(q.latency_ms),
-                if q.ok { "#2a7d2a" } else { "#c62828" },
-                escape(&format!(
-                    "{} @{:.2}s: {:.1} ms, {}",
-                    p.name,
-                    q.t_ms / 1e3,
-                    q.latency_ms,
-                    q.detail
-                ))
-            );
+            let tip = escape(&format!(
+                "{} @{:.2}s: {}, {}",
+                p.name,
+                q.t_ms / 1e3,
+                if q.ok {
+                    format!("{:.1} ms", q.latency_ms)
+                } else {
+                    format!("failed after {:.1} ms", q.latency_ms)
+                },
+                q.detail
+            ));
+            if q.ok {
+                let _ = writeln!(
+                    s,
+                    "<circle class=\"ok-attempt\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"#2a7d2a\"><title>{tip}</title></circle>",
+                    x(q.t_ms),
+                    ly(q.latency_ms),
+                );
+            } else {
+                let _ = writeln!(
+                    s,
+                    "<path class=\"failed-attempt\" d=\"M{0:.1},{1:.1}l5,5m0,-5l-5,5\" stroke=\"#c62828\" stroke-width=\"1.5\"><title>{tip}</title></path>",
+                    x(q.t_ms) - 2.5,
+                    fail_y - 5.0 - 6.0 * i as f64,
+                );
+            }
         }
     }
     // Success rate (rolling over each probe's window).
@@ -289,7 +308,7 @@ fn timeline_svg(r: &Report) -> String {
             LEFT + 18.0,
             ok_top + ok_h + 34.0 + 16.0 * i as f64,
             escape(&format!(
-                "{} - {}{} (dots: each attempt, green ok, red failed)",
+                "{} - {}{} (dots: each successful attempt; red crosses above the plot: failed attempts)",
                 p.name,
                 p.check,
                 p.from_target
@@ -361,6 +380,11 @@ fn axis(s: &mut String, top: f64, h: f64, max: f64, label: &str) {
     );
 }
 
+/// A table's one row when it has nothing to list, so an empty table says so.
+fn empty_row(columns: usize, text: &str) -> String {
+    format!("<tr class=\"empty\"><td colspan=\"{columns}\"><i>{text}</i></td></tr>\n")
+}
+
 fn nice_step(raw: f64) -> f64 {
     for s in [
         0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -391,6 +415,9 @@ fn tables(h: &mut String, r: &Report) {
             escape(x.why.as_deref().unwrap_or(""))
         );
     }
+    if r.hypothesis.is_empty() {
+        *h += &empty_row(7, "no steady-state probes: nothing was checked");
+    }
     *h += "</table>\n<h2>Faults</h2><table><tr><th>fault</th><th>what</th><th>armed</th><th>detached</th><th>injected</th><th>kernel counters</th><th>attached</th></tr>\n";
     for f in &r.faults {
         let counters = f
@@ -413,7 +440,13 @@ fn tables(h: &mut String, r: &Report) {
             escape(&f.attached.join("; "))
         );
     }
+    if r.faults.is_empty() {
+        *h += &empty_row(7, "no faults");
+    }
     *h += "</table>\n<h2>Safety review</h2><table><tr><th>risk</th><th>check</th><th>finding</th></tr>\n";
+    if r.findings.is_empty() {
+        *h += &empty_row(3, "no findings");
+    }
     for f in &r.findings {
         let _ = writeln!(
             h,
@@ -424,6 +457,9 @@ fn tables(h: &mut String, r: &Report) {
         );
     }
     *h += "</table>\n<h2>Events</h2><table><tr><th>t</th><th>event</th><th>detail</th></tr>\n";
+    if r.events.is_empty() {
+        *h += &empty_row(3, "no events");
+    }
     for e in &r.events {
         let _ = writeln!(
             h,
