@@ -263,3 +263,124 @@ fn monkey_and_stress_percent_plan_what_their_old_spellings_planned() {
     let (code, _, err) = run_text(&["net", "--cgroup", "x", "--percent", "5", "--drop", "5"]);
     assert_eq!(code, 2, "both spellings at once are refused: {err}");
 }
+
+/// The HTML page of a fault command's report renders in headless Chromium (Debian's `chromium`): its
+/// DOM has the timeline and the tables, it links to nothing outside itself, and a screenshot is written
+/// where the test prints.
+#[test]
+fn report_html_renders_in_headless_chromium_self_contained() {
+    let test = "report_html_renders_in_headless_chromium_self_contained";
+    if !root_or_skip(test) {
+        return;
+    }
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        skip(test, "no headless Chromium here (apt-get install chromium)");
+        return;
+    };
+    let lab = Lab::create(&tag("h")).unwrap();
+    let cg = lab.cgroup.path.display().to_string();
+    let dir = TempDir::new("html");
+    let json = dir.0.join("r.json");
+    let page = dir.0.join("r.html");
+    let runs = RunDir::new();
+    let (code, out, err) = runs.run_text(&[
+        "net",
+        "--cgroup",
+        &cg,
+        "--percent",
+        "50",
+        "--duration",
+        "1s",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, _, err) = run_text(&[
+        "report",
+        json.to_str().unwrap(),
+        "--html",
+        page.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    for attr in [
+        "src=\"http",
+        "href=\"http",
+        "src='http",
+        "href='http",
+        "url(http",
+    ] {
+        assert!(
+            !html.contains(attr),
+            "an external link ({attr}) in the page"
+        );
+    }
+    let chrome = |extra: &[&str]| {
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.0.join("profile").display()
+            ))
+            .args(extra)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .expect("running chromium")
+    };
+    let dom = chrome(&["--dump-dom"]);
+    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    for needle in [
+        "<svg",
+        "<h2>Faults</h2>",
+        "<h2>Safety review</h2>",
+        "kchaos net",
+    ] {
+        assert!(
+            dom_text.contains(needle),
+            "{needle} not in the rendered DOM"
+        );
+    }
+    // The screenshot stays for a person to look at (the temporary directory does not).
+    let shot = std::env::temp_dir().join("kchaos-report-screenshot.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = chrome(&[
+        &format!("--screenshot={}", shot.display()),
+        "--window-size=1280,1400",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(&shot).expect("no screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    println!(
+        "screenshot of the report page: {} ({} bytes)",
+        shot.display(),
+        png.len()
+    );
+    integration_tests::no_residue(&lab);
+}
