@@ -159,6 +159,11 @@ fn packet_loss_ramp_scenario_against_the_lab() {
     );
     assert_eq!(page.matches("class=\"failed-attempt\"").count(), failed);
     println!("html: {} attempts, {failed} failed", attempts.len());
+    // The fault's per-second chart: the kernel's drops per second and the ramp's intensity curve.
+    assert!(
+        page.contains("class=\"rate\"") && page.contains("class=\"intensity\""),
+        "no per-second chart"
+    );
     if r["findings"].as_array().unwrap().is_empty() {
         assert!(
             page.contains("no findings"),

@@ -57,6 +57,7 @@ th{{background:#f4f4f4}} .ok{{color:#2a7d2a;font-weight:600}} .bad{{color:#c6282
     cards(&mut h, r);
     let _ = writeln!(h, "<h2>Timeline</h2>");
     h += &timeline_svg(r);
+    per_second(&mut h, r);
     tables(&mut h, r);
     h += "</body></html>\n";
     h
@@ -378,6 +379,93 @@ fn axis(s: &mut String, top: f64, h: f64, max: f64, label: &str) {
         top + h / 2.0,
         top + h / 2.0
     );
+}
+
+/// A chart per fault: the events the kernel counted per second (from the per-second counter samples),
+/// and the intensity its ramp set, as a step line on its own scale.
+fn per_second(h: &mut String, r: &Report) {
+    *h += "<h2>Per second</h2>\n";
+    if r.faults.is_empty() {
+        *h += "<p><i>no faults</i></p>\n";
+        return;
+    }
+    let total_ms = r.duration_ms.max(1.0);
+    let x = |t: f64| LEFT + PLOT_W * (t / total_ms).clamp(0.0, 1.0);
+    let ch = 120.0;
+    for (i, f) in r.faults.iter().enumerate() {
+        let color = FAULT_COLORS[i % FAULT_COLORS.len()];
+        // Rates between consecutive cumulative samples.
+        let rates: Vec<(f64, f64)> = f
+            .samples
+            .windows(2)
+            .filter(|w| w[1].t_ms > w[0].t_ms)
+            .map(|w| {
+                let n = w[1].injected_events.saturating_sub(w[0].injected_events) as f64;
+                (w[1].t_ms, n * 1e3 / (w[1].t_ms - w[0].t_ms))
+            })
+            .collect();
+        let max_rate = rates.iter().map(|(_, v)| *v).fold(1.0_f64, f64::max) * 1.1;
+        let _ = writeln!(
+            h,
+            "<div class=\"fault-chart\"><b>{}</b> &mdash; {}",
+            escape(&f.name),
+            escape(&f.description)
+        );
+        let height = ch + 30.0;
+        let _ = writeln!(
+            h,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" viewBox=\"0 0 {W} {height}\" role=\"img\" aria-label=\"per second\">"
+        );
+        let mut s = String::new();
+        axis(&mut s, 10.0, ch, max_rate, "events/s");
+        let y = |v: f64, max: f64| 10.0 + ch - ch * (v / max).clamp(0.0, 1.0);
+        if rates.is_empty() {
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\">no per-second samples</text>",
+                LEFT + 8.0,
+                10.0 + ch / 2.0
+            );
+        } else {
+            let pts: Vec<String> = rates
+                .iter()
+                .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v, max_rate)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "<polyline class=\"rate\" points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"><title>injected events per second</title></polyline>",
+                pts.join(" ")
+            );
+        }
+        if !f.ramp_steps.is_empty() {
+            // The intensity: each step held until the next, then to the fault's end.
+            let max = f
+                .ramp_steps
+                .iter()
+                .map(|st| st.value)
+                .fold(0.0_f64, f64::max);
+            let max = if max > 0.0 { max * 1.1 } else { 1.0 };
+            let end = f.end_ms.unwrap_or(f.planned_end_ms);
+            let mut pts = Vec::new();
+            for (k, st) in f.ramp_steps.iter().enumerate() {
+                let next = f.ramp_steps.get(k + 1).map_or(end, |n| n.t_ms);
+                pts.push(format!("{:.1},{:.1}", x(st.t_ms), y(st.value, max)));
+                pts.push(format!("{:.1},{:.1}", x(next), y(st.value, max)));
+            }
+            let last = &f.ramp_steps[f.ramp_steps.len() - 1];
+            let _ = writeln!(
+                s,
+                "<polyline class=\"intensity\" points=\"{}\" fill=\"none\" stroke=\"#333\" stroke-dasharray=\"4 2\" stroke-width=\"1.5\"><title>{}</title></polyline><text x=\"{:.1}\" y=\"22\">dashed: {} (up to {})</text>",
+                pts.join(" "),
+                escape(&last.param),
+                LEFT + PLOT_W - 220.0,
+                escape(&last.param),
+                escape(&last.display)
+            );
+        }
+        *h += &s;
+        *h += "</svg></div>\n";
+    }
 }
 
 /// A table's one row when it has nothing to list, so an empty table says so.
