@@ -132,6 +132,9 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + serde::Serialize + Sized {
     const INSTANT: bool = false;
     /// Parameters a ramp can move and `budget.max_intensity` can cap.
     const PARAMS: &'static [(&'static str, Unit)] = &[];
+    /// Old names of its parameters and scenario fields, and the new ones (`drop` -> `percent`): they
+    /// still work for one release, with a deprecation line.
+    const RENAMED: &'static [(&'static str, &'static str)] = &[];
     /// A command of this kind must say when it ends (`--duration`): a pause without an end would
     /// leave the target frozen until someone thaws it.
     const REQUIRES_DURATION: bool = false;
@@ -310,6 +313,9 @@ macro_rules! registry {
         /// Every kind's monkey types.
         pub const MONKEY_TYPE_LISTS: &[&[&str]] = &[$( <$spec as Kind>::MONKEY_TYPES, )+];
 
+        /// Every kind's renamed parameters (old, new).
+        const RENAMED_LISTS: &[&[(&str, &str)]] = &[$( <$spec as Kind>::RENAMED, )+];
+
         /// Every kind's ramp-able parameters.
         const PARAM_LISTS: &[&[(&str, Unit)]] = &[$( <$spec as Kind>::PARAMS, )+];
 
@@ -384,6 +390,16 @@ macro_rules! registry {
             pub fn ramp_params(&self) -> Vec<&'static str> {
                 let params = match self { $( FaultKind::$variant(_) => <$spec as Kind>::PARAMS, )+ };
                 params.iter().map(|(p, _)| *p).collect()
+            }
+
+            /// Its renamed parameters and fields: (old, new).
+            pub fn renamed(&self) -> &'static [(&'static str, &'static str)] {
+                match self { $( FaultKind::$variant(_) => <$spec as Kind>::RENAMED, )+ }
+            }
+
+            /// The new name of `param` if it is an old one of this kind.
+            pub fn renamed_param(&self, param: &str) -> Option<&'static str> {
+                self.renamed().iter().find(|(old, _)| *old == param).map(|(_, new)| *new)
             }
 
             pub fn check_param(&self, param: &str, value: f64) -> Result<(), String> {
@@ -486,6 +502,25 @@ pub fn intensity_params() -> Vec<(&'static str, Unit)> {
         }
     }
     out
+}
+
+/// Every kind's old parameter names and the new ones, once each.
+pub fn renamed_params() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in RENAMED_LISTS.iter().flat_map(|l| l.iter()) {
+        if !out.contains(r) {
+            out.push(*r);
+        }
+    }
+    out
+}
+
+/// The new name of an old parameter name of any kind (`drop` -> `percent`).
+pub fn renamed_param(param: &str) -> Option<&'static str> {
+    renamed_params()
+        .into_iter()
+        .find(|(old, _)| *old == param)
+        .map(|(_, new)| new)
 }
 
 /// The unit of a ramp-able parameter of any kind.

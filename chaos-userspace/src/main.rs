@@ -18,9 +18,9 @@ use clap::{Parser, Subcommand};
     long_about = "kchaos injects network and system faults with eBPF programs attached to a target \
 cgroup: only processes in that cgroup (and cgroups below it) are hit, everything else runs untouched. \
 Faults end when the run ends, however it ends.\n\n\
-Examples:\n  kchaos probe\n  kchaos net --cgroup system.slice/docker-<id>.scope --drop 5 --duration 1m\n  \
+Examples:\n  kchaos probe\n  kchaos net --cgroup system.slice/docker-<id>.scope --percent 5 --duration 1m\n  \
 kchaos net --pid 4242 --partition 10.0.0.7:5432 --duration 30s --json report.json\n  \
-kchaos net --cgroup app --drop 5 --duration 10m --name loss --detach --metrics 127.0.0.1:9464\n  \
+kchaos net --cgroup app --percent 5 --duration 10m --name loss --detach --metrics 127.0.0.1:9464\n  \
 kchaos status\n  kchaos stop --name loss\n  kchaos stop\n\n\
 Exit status (every command): 0 done as planned; 1 aborted, deviated or failed (the report says why); \
 2 bad input or refused (nothing attached); 130, 143, 129 ended by SIGINT, SIGTERM, SIGHUP (128 + the \
@@ -47,9 +47,9 @@ enum Command {
     PauseGuard(chaos_userspace::kinds::pause::freeze::GuardArgs),
     /// Show which kernel hooks this machine offers and what each enables.
     Probe {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        /// Print JSON instead of a table (to stdout, or into FILE: `--json FILE` as every command).
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        json: Option<std::path::PathBuf>,
     },
     /// End every running kchaos and undo anything a killed one left behind; with --name, one run.
     #[command(
@@ -69,9 +69,9 @@ untrusted record directory, or no run of that name."
 A run killed without its cleanup is listed apart as dead, with what `kchaos stop` would undo."
     )]
     Status {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        /// Print JSON instead of a table (to stdout, or into FILE: `--json FILE` as every command).
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        json: Option<std::path::PathBuf>,
     },
     /// A self-contained demo: a lab (netns, veth, cgroup), drop then partition, a table of results.
     Demo,
@@ -107,7 +107,7 @@ kchaos completions zsh > \"${fpath[1]}/_kchaos\""
     /// Run an experiment: a scenario file with probes, faults on a timeline, abort rules, a budget.
     #[command(
         after_help = "Examples:\n  kchaos run scenarios/packet-loss-ramp.yaml --var cgroup=app.slice/api.service --var server=10.0.0.7:80\n  \
-kchaos run game-day.yaml --dry-run\n  kchaos run loss.yaml --report run.json --junit run.xml\n\n\
+kchaos run game-day.yaml --dry-run\n  kchaos run loss.yaml --json run.json --junit run.xml\n\n\
 Exit status: 0 completed and the steady state held; 1 aborted or deviated (the report says why);\n\
 2 bad input or refused by the safety review (nothing attached); 130/143/129 ended by SIGINT/SIGTERM/SIGHUP."
     )]
@@ -118,8 +118,8 @@ Exit status: 0 completed and the steady state held; 1 aborted or deviated (the r
     Report(chaos_userspace::experiment::ReportArgs),
     /// Random faults of bounded intensity on one cgroup, with probes, abort rules and a report.
     #[command(
-        after_help = "Example:\n  kchaos monkey --cgroup app --duration 5m --probability 0.2 --types net-drop,net-delay \\\n    \
---probe tcp:10.0.0.7:5432 --from-target --report monkey.json"
+        after_help = "Example:\n  kchaos monkey --cgroup app --duration 5m --percent 20 --types net-drop,net-delay \\\n    \
+--probe tcp:10.0.0.7:5432 --from-target --json monkey.json"
     )]
     Monkey(chaos_userspace::experiment::monkey::MonkeyArgs),
     /// A steady-state probe inside a target cgroup, started by `kchaos run`.
@@ -179,9 +179,9 @@ fn main() -> ExitCode {
         Command::Fault(cmd) => block_on(cmd.run()),
         Command::StressWorker(args) => chaos_userspace::kinds::stress::worker::run(&args),
         Command::PauseGuard(args) => chaos_userspace::kinds::pause::freeze::guard(&args),
-        Command::Probe { json } => probe::run(json),
+        Command::Probe { json } => probe::run(json.as_deref()),
         Command::Stop { name } => stop::run(name.as_deref()),
-        Command::Status { json } => status::run(json),
+        Command::Status { json } => status::run(json.as_deref()),
         Command::Demo => demo::run(),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -113,6 +113,45 @@ impl Drop for OutputFile {
     }
 }
 
+/// `--json [FILE]` of a command that shows a state (`probe`, `status`): pretty JSON on stdout for a
+/// bare `--json` (or `--json -`), else into FILE.
+pub fn print_or_write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    if path == Path::new("-") {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    } else {
+        create_output(path, "--json")?.write_json(value)
+    }
+}
+
+/// One line on stderr for an old spelling that still works for one release: `old` is what the user
+/// wrote (a flag or a scenario field with its path), `new` what to write instead. Each old spelling is
+/// named once a run (`faults[3].net.drop` after `faults[0].net.drop` is not named again).
+pub fn deprecated(old: &str, new: &str) {
+    static SAID: std::sync::Mutex<Option<std::collections::HashSet<String>>> =
+        std::sync::Mutex::new(None);
+    // The spelling without list indices: one line for a field in every fault, not one a fault.
+    let mut key = String::with_capacity(old.len());
+    let mut in_index = false;
+    for c in old.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            _ if in_index => continue,
+            _ => {}
+        }
+        key.push(c);
+    }
+    let Ok(mut said) = SAID.lock() else { return };
+    if !said.get_or_insert_default().insert(key) {
+        return;
+    }
+    eprintln!(
+        "kchaos: warning: {old} is deprecated, write {new} instead (the old spelling works until the \
+         next release)"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,10 +75,10 @@ impl ProbeReport {
 }
 
 /// `kchaos probe [--json]`.
-pub fn run(json: bool) -> Result<()> {
+pub fn run(json: Option<&std::path::Path>) -> Result<()> {
     let report = ProbeReport::new(&Capabilities::detect());
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(path) = json {
+        crate::output::print_or_write_json(path, &report)?;
     } else {
         report.print();
     }

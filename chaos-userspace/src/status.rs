@@ -123,14 +123,14 @@ fn view(path: &Path, record: Record) -> RunView {
 }
 
 /// `kchaos status [--json]`.
-pub fn run(json: bool) -> Result<()> {
+pub fn run(json: Option<&std::path::Path>) -> Result<()> {
     crate::require_root(
         "kchaos status",
         "the run records under the record directory are root's alone",
     )?;
     let status = collect()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+    if let Some(path) = json {
+        crate::output::print_or_write_json(path, &status)?;
         return Ok(());
     }
     for line in lines(&status, unix_ms()) {

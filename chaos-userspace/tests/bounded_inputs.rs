@@ -222,7 +222,7 @@ fn generated(targets: usize, faults: usize) -> String {
     for f in 0..faults {
         writeln!(
             text,
-            "  - name: fault-{f:06}\n    at: {f}s\n    for: 1s\n    net: {{drop: 10%}}"
+            "  - name: fault-{f:06}\n    at: {f}s\n    for: 1s\n    net: {{percent: 10%}}"
         )
         .unwrap();
     }
@@ -339,7 +339,7 @@ fn a_very_long_ramp_is_planned_quickly() {
     std::fs::write(
         &file,
         "title: long\ntargets: [{name: a, cgroup: kchaos-no-such-cgroup}]\n\
-         faults:\n  - {at: 0s, for: 270000h, net: {}, ramp: {drop: {from: 0%, to: 100%, over: 270000h, step: 100ms}}}\n",
+         faults:\n  - {at: 0s, for: 270000h, net: {}, ramp: {percent: {from: 0%, to: 100%, over: 270000h, step: 100ms}}}\n",
     )
     .unwrap();
     let m = timed(
@@ -347,14 +347,14 @@ fn a_very_long_ramp_is_planned_quickly() {
         &["run", file.to_str().unwrap(), "--dry-run"],
         Duration::from_secs(1),
     );
-    let ramp_lines = m.stdout.lines().filter(|l| l.contains("drop =")).count();
+    let ramp_lines = m.stdout.lines().filter(|l| l.contains("percent =")).count();
     println!(
         "kchaos run --dry-run: a ramp of 9.7e9 steps: {}, {ramp_lines} ramp lines",
         m.figures()
     );
     assert_eq!(m.code, Some(0), "{}", tail(&m.stderr));
     assert!((50..=102).contains(&ramp_lines), "{}", tail(&m.stdout));
-    assert!(m.stdout.contains("drop = 100%"), "{}", tail(&m.stdout));
+    assert!(m.stdout.contains("percent = 100%"), "{}", tail(&m.stdout));
     check_time("planning a long ramp", &m, Duration::from_secs(1));
 }
 
@@ -367,7 +367,7 @@ fn hostile_scenarios_within_the_limit_stay_bounded() {
     let size = 16 << 20;
     let head = "title: t\ntargets: [{name: a, cgroup: c}]\nfaults: [";
     let ones = "1,".repeat((size - head.len() - 8) / 2);
-    let wrong = "  - {for: 1s, targets: [b], net: {drop: 1}}\n".repeat(100_000);
+    let wrong = "  - {for: 1s, targets: [b], net: {percent: 1}}\n".repeat(100_000);
     for (what, text, expected) in [
         (
             "8 million values",

@@ -1,9 +1,13 @@
-//! The command line's own documentation: shell completions and man pages generated from the same
-//! definitions as `--help` (no privileges needed).
+//! The command line itself: shell completions and man pages generated from the same definitions as
+//! `--help`, and one vocabulary (`--percent`, `--json FILE`) whose old spellings still work, with one
+//! deprecation line, for one release.
 
-use std::process::Command;
+use std::{net::SocketAddr, process::Command};
 
-use integration_tests::{TempDir, run_text, skip};
+use integration_tests::{
+    RunDir, TempDir, TempFile, lab, root_or_skip, run_text, skip, tag, udp_echo,
+};
+use lab::{EchoServer, Lab};
 
 #[test]
 fn bash_completion_is_valid_shell_and_completes_the_subcommands_and_flags() {
@@ -45,9 +49,9 @@ fn bash_completion_is_valid_shell_and_completes_the_subcommands_and_flags() {
     let subcommands = complete("kchaos ne");
     assert!(subcommands.lines().any(|l| l == "net"), "{subcommands}");
     let flags = complete("kchaos net --dr");
-    for flag in ["--drop", "--dry-run"] {
-        assert!(flags.lines().any(|l| l == flag), "{flag} not in {flags}");
-    }
+    assert!(flags.lines().any(|l| l == "--dry-run"), "{flags}");
+    let flags = complete("kchaos net --pe");
+    assert!(flags.lines().any(|l| l == "--percent"), "{flags}");
 }
 
 #[test]
@@ -76,11 +80,307 @@ fn man_pages_cover_every_visible_subcommand() {
     }
     let net = std::fs::read_to_string(dir.0.join("kchaos-net.1")).unwrap();
     assert!(
-        net.contains("\\-\\-drop") && net.contains("\\-\\-dry\\-run"),
+        net.contains("\\-\\-percent")
+            && net.contains("\\-\\-dry\\-run")
+            && !net.contains("\\-\\-drop"),
         "{net}"
     );
     assert!(
         out.contains(&format!("{} pages", listed.len() + 1)),
         "{out}"
     );
+}
+
+const DEPRECATED: &str = "is deprecated, write";
+
+/// `kchaos net --percent 100` drops every datagram the target sends, and so does the old `--drop 100`,
+/// which says once on stderr that it is deprecated; the kernel's drop count is what the client missed.
+#[test]
+fn net_percent_and_the_old_drop_spelling_drop_the_same_packets() {
+    if !root_or_skip("net_percent_and_the_old_drop_spelling_drop_the_same_packets") {
+        return;
+    }
+    let lab = Lab::create(&tag("v")).unwrap();
+    let to = SocketAddr::from((lab.server_addr, 7000));
+    let _srv = EchoServer::start(&lab.netns, to).unwrap();
+    let cg = lab.cgroup.path.display().to_string();
+    for (flag, old) in [("--percent", false), ("--drop", true)] {
+        let report = TempFile::new("vocab.json");
+        let runs = RunDir::new();
+        let running = runs.start(&[
+            "net",
+            "--cgroup",
+            &cg,
+            flag,
+            "100",
+            "--duration",
+            "3s",
+            "--json",
+            report.s(),
+        ]);
+        let (sent, received) = udp_echo(Some(&lab.cgroup.path), None, to, 500);
+        let (code, lines, stderr) = running.finish();
+        assert_eq!(code, 0, "{flag}: {lines:?} {stderr}");
+        println!("{flag} 100: sent {sent}, received {received}");
+        assert_eq!((sent, received), (500, 0), "{flag}: {lines:?}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report.0).unwrap()).unwrap();
+        assert_eq!(
+            v["faults"][0]["counters"]["egress.dropped"], 500,
+            "{flag}: {v}"
+        );
+        let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains(DEPRECATED)).collect();
+        if old {
+            assert_eq!(warnings.len(), 1, "{stderr}");
+            assert!(
+                warnings[0].contains("--drop PCT") && warnings[0].contains("--percent PCT"),
+                "{stderr}"
+            );
+        } else {
+            assert!(warnings.is_empty(), "{stderr}");
+        }
+    }
+    integration_tests::no_residue(&lab);
+}
+
+/// `kchaos run --json FILE` writes the report, and so does the old `--report FILE` (with a warning);
+/// a scenario's old field names (`drop:` in the fault, the ramp and the budget) run the same fault.
+#[test]
+fn run_json_and_the_old_report_flag_and_field_names_write_the_same_report() {
+    if !root_or_skip("run_json_and_the_old_report_flag_and_field_names_write_the_same_report") {
+        return;
+    }
+    let lab = Lab::create(&tag("v")).unwrap();
+    let cg = lab.cgroup.path.display().to_string();
+    let scenario = |key: &str| {
+        format!(
+            "title: vocabulary\ntargets: [{{name: app, cgroup: \"{cg}\"}}]\n\
+             faults:\n  - {{name: loss, at: 0s, for: 1s, net: {{{key}: 5}}, \
+             ramp: {{{key}: {{from: 5%, to: 10%, over: 1s}}}}}}\n\
+             budget: {{max_intensity: {{{key}: 50%}}}}\n"
+        )
+    };
+    for (flag, key, old) in [("--json", "percent", false), ("--report", "drop", true)] {
+        let file = TempFile::with("vocab.yaml", &scenario(key));
+        let report = TempFile::new("vocab-run.json");
+        let runs = RunDir::new();
+        let (code, out, err) = runs.run_text(&[
+            "run",
+            file.s(),
+            flag,
+            report.s(),
+            "--quiet",
+            "--accept-risk",
+        ]);
+        assert_eq!(code, 0, "{flag} {key}: {out} {err}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report.0).unwrap()).unwrap();
+        assert_eq!(v["faults"][0]["kind"], "net", "{v}");
+        let text = v.to_string();
+        assert!(
+            text.contains("\"percent\""),
+            "the ramp is of percent: {text}"
+        );
+        let warnings: Vec<&str> = err.lines().filter(|l| l.contains(DEPRECATED)).collect();
+        if old {
+            // --report, faults[].net.drop, faults[].ramp.drop, budget.max_intensity.drop.
+            assert_eq!(warnings.len(), 4, "{err}");
+            for what in [
+                "--report FILE",
+                "faults[0].net.drop",
+                "faults[0].ramp.drop",
+                "max_intensity.drop",
+            ] {
+                assert!(warnings.iter().any(|w| w.contains(what)), "{what}: {err}");
+            }
+        } else {
+            assert!(warnings.is_empty(), "{err}");
+        }
+    }
+    integration_tests::no_residue(&lab);
+}
+
+/// `kchaos monkey --percent 100` draws what the old `--probability 1` drew (same seed, same plan);
+/// `stress --percent` and the old `--cpu-load` plan the same load; each old spelling warns once.
+#[test]
+fn monkey_and_stress_percent_plan_what_their_old_spellings_planned() {
+    let plan = |args: &[&str]| {
+        let (code, out, err) = run_text(args);
+        assert_eq!(code, 0, "{args:?}: {out} {err}");
+        (out, err.lines().filter(|l| l.contains(DEPRECATED)).count())
+    };
+    let monkey = |chance: &[&str]| {
+        let mut a = vec![
+            "monkey",
+            "--cgroup",
+            "kchaos-no-such-cgroup",
+            "--duration",
+            "5s",
+            "--types",
+            "net-drop",
+            "--seed",
+            "7",
+            "--dry-run",
+        ];
+        a.extend_from_slice(chance);
+        plan(&a)
+    };
+    let (new, new_warnings) = monkey(&["--percent", "100"]);
+    let (old, old_warnings) = monkey(&["--probability", "1"]);
+    assert!(new.contains("monkey-1-net-drop"), "{new}");
+    assert_eq!(new, old);
+    assert_eq!((new_warnings, old_warnings), (0, 1));
+
+    // The test's own cgroup (--allow-host: it holds kchaos too); a dry run attaches nothing.
+    let pid = std::process::id().to_string();
+    let stress = |load: &str| {
+        let (out, warnings) = plan(&[
+            "stress",
+            "--pid",
+            &pid,
+            "--allow-host",
+            "--cpu",
+            "1",
+            load,
+            "30",
+            "--duration",
+            "5s",
+            "--dry-run",
+        ]);
+        // Without the count of processes in the cgroup now, which moves between the two runs.
+        let out: Vec<String> = out
+            .lines()
+            .filter(|l| !l.contains("process(es) now"))
+            .map(str::to_owned)
+            .collect();
+        (out.join("\n"), warnings)
+    };
+    let (new, new_warnings) = stress("--percent");
+    let (old, old_warnings) = stress("--cpu-load");
+    assert!(new.contains("30%"), "{new}");
+    assert_eq!(new, old);
+    assert_eq!((new_warnings, old_warnings), (0, 1));
+    let (code, _, err) = run_text(&["net", "--cgroup", "x", "--percent", "5", "--drop", "5"]);
+    assert_eq!(code, 2, "both spellings at once are refused: {err}");
+}
+
+/// The HTML page of a fault command's report renders in headless Chromium (Debian's `chromium`): its
+/// DOM has the timeline and the tables, it links to nothing outside itself, and a screenshot is written
+/// where the test prints.
+#[test]
+fn report_html_renders_in_headless_chromium_self_contained() {
+    let test = "report_html_renders_in_headless_chromium_self_contained";
+    if !root_or_skip(test) {
+        return;
+    }
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        skip(test, "no headless Chromium here (apt-get install chromium)");
+        return;
+    };
+    let lab = Lab::create(&tag("h")).unwrap();
+    let cg = lab.cgroup.path.display().to_string();
+    let dir = TempDir::new("html");
+    let json = dir.0.join("r.json");
+    let page = dir.0.join("r.html");
+    let runs = RunDir::new();
+    let (code, out, err) = runs.run_text(&[
+        "net",
+        "--cgroup",
+        &cg,
+        "--percent",
+        "50",
+        "--duration",
+        "1s",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, _, err) = run_text(&[
+        "report",
+        json.to_str().unwrap(),
+        "--html",
+        page.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    for attr in [
+        "src=\"http",
+        "href=\"http",
+        "src='http",
+        "href='http",
+        "url(http",
+    ] {
+        assert!(
+            !html.contains(attr),
+            "an external link ({attr}) in the page"
+        );
+    }
+    let chrome = |extra: &[&str]| {
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.0.join("profile").display()
+            ))
+            .args(extra)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .expect("running chromium")
+    };
+    let dom = chrome(&["--dump-dom"]);
+    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    for needle in [
+        "<svg",
+        "<h2>Faults</h2>",
+        "<h2>Safety review</h2>",
+        "kchaos net",
+    ] {
+        assert!(
+            dom_text.contains(needle),
+            "{needle} not in the rendered DOM"
+        );
+    }
+    // The screenshot stays for a person to look at (the temporary directory does not).
+    let shot = std::env::temp_dir().join("kchaos-report-screenshot.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = chrome(&[
+        &format!("--screenshot={}", shot.display()),
+        "--window-size=1280,1400",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(&shot).expect("no screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    println!(
+        "screenshot of the report page: {} ({} bytes)",
+        shot.display(),
+        png.len()
+    );
+    integration_tests::no_residue(&lab);
 }

@@ -108,7 +108,8 @@ fn game_day_overlapping_faults_on_two_services() {
     assert!(api_res.iter().any(|x| x["detail"] == "HTTP 200"));
     assert!(web.accepted() >= 40);
     let xml = std::fs::read_to_string(&junit.0).unwrap();
-    assert_eq!(xml.matches("<testcase ").count(), 9, "{xml}");
+    // 9 for the hypotheses, the probes and the experiment, one for each of the 2 faults.
+    assert_eq!(xml.matches("<testcase ").count(), 11, "{xml}");
     drop((web, db));
     no_residue(&lab);
 }

@@ -104,13 +104,23 @@ fn packet_loss_ramp_scenario_against_the_lab() {
         .collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
 
-    // JUnit: each hypothesis and each probe phase is a test case, all passing.
+    // JUnit: each hypothesis, each probe phase and the fault is a test case, all passing, each with
+    // the wall-clock time it began and how long it took.
     let xml = std::fs::read_to_string(&junit.0).unwrap();
-    assert_eq!(xml.matches("<testcase ").count(), 6, "{xml}");
+    assert_eq!(xml.matches("<testcase ").count(), 7, "{xml}");
     assert!(
         xml.contains("name=\"steady state before\"")
             && xml.contains("name=\"dependency-connect during\"")
+            && xml.contains("classname=\"kchaos.fault.net\""),
+        "{xml}"
     );
+    let case_timestamps = xml
+        .lines()
+        .filter(|l| {
+            l.contains("<testcase ") && l.contains("timestamp=\"20") && l.contains(" time=\"")
+        })
+        .count();
+    assert_eq!(case_timestamps, 7, "{xml}");
     assert!(
         xml.contains("failures=\"0\"") && !xml.contains("<failure"),
         "{xml}"
@@ -134,6 +144,32 @@ fn packet_loss_ramp_scenario_against_the_lab() {
         !page.contains("src=\"http") && !page.contains("href=\"http"),
         "not self-contained"
     );
+    // Each attempt is drawn once: a successful one as a dot at its latency, a failed one as a cross
+    // apart from the latency plot; an empty safety review says so.
+    let attempts: Vec<&serde_json::Value> = r["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["results"].as_array().unwrap())
+        .collect();
+    let failed = attempts.iter().filter(|a| a["ok"] == false).count();
+    assert_eq!(
+        page.matches("class=\"ok-attempt\"").count(),
+        attempts.len() - failed
+    );
+    assert_eq!(page.matches("class=\"failed-attempt\"").count(), failed);
+    println!("html: {} attempts, {failed} failed", attempts.len());
+    // The fault's per-second chart: the kernel's drops per second and the ramp's intensity curve.
+    assert!(
+        page.contains("class=\"rate\"") && page.contains("class=\"intensity\""),
+        "no per-second chart"
+    );
+    if r["findings"].as_array().unwrap().is_empty() {
+        assert!(
+            page.contains("no findings"),
+            "an empty safety review is not said"
+        );
+    }
     drop(svc);
     no_residue(&lab);
 }

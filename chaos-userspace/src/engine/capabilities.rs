@@ -98,7 +98,7 @@ impl Capabilities {
             row(
                 "cgroup_skb",
                 &self.cgroup_skb,
-                "net: --drop, --delay stamping, --partition",
+                "net: --percent (drop), --delay stamping, --partition",
             ),
             row(
                 "cgroup_sock_addr",

@@ -48,8 +48,11 @@ pub struct RunArgs {
 /// What an experiment writes and how it may start: shared by `kchaos run` and `kchaos monkey`.
 #[derive(Debug, Default, clap::Args)]
 pub struct OutputArgs {
-    /// Write the JSON report (the journal) here.
+    /// Write the JSON report (the journal) here (`kchaos report FILE` renders it).
     #[arg(long, value_name = "FILE.json")]
+    pub json: Option<PathBuf>,
+    /// The old spelling of --json (deprecated: works for one release, with a warning).
+    #[arg(long, value_name = "FILE.json", hide = true, conflicts_with = "json")]
     pub report: Option<PathBuf>,
     /// Write each hypothesis and probe as a JUnit test case here.
     #[arg(long, value_name = "FILE.xml")]
@@ -86,7 +89,7 @@ pub struct ValidateArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// A JSON report: `kchaos run --report`, or any fault command's `--json`.
+    /// A JSON report: `kchaos run --json`, `kchaos monkey --json`, or any fault command's `--json`.
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Write a self-contained HTML page here (`--html FILE.html`; `--html --out FILE.html` works too).
@@ -208,8 +211,15 @@ async fn run_scenario(
 ) -> Result<()> {
     // From here on a Ctrl-C or SIGTERM (`kchaos stop`) ends the run through its cleanup.
     let mut signals = crate::engine::lifecycle::Signals::install()?;
+    if out.report.is_some() {
+        crate::output::deprecated("--report FILE", "--json FILE");
+    }
     let files = (
-        create_if_asked(out.report.as_deref(), "--report")?,
+        match (&out.json, &out.report) {
+            (Some(p), _) => Some(crate::output::create_output(p, "--json")?),
+            (None, Some(p)) => Some(crate::output::create_output(p, "--report")?),
+            (None, None) => None,
+        },
         create_if_asked(out.junit.as_deref(), "--junit")?,
     );
     let (targets, missing, diags) = resolve(&s);
@@ -338,6 +348,9 @@ pub async fn run_command(args: RunArgs) -> Result<()> {
 /// `kchaos monkey`.
 pub async fn monkey_command(args: monkey::MonkeyArgs) -> Result<()> {
     crate::detach::adopt(args.out.control.ready_fd)?;
+    if args.probability.is_some() {
+        crate::output::deprecated("--probability", "--percent (0-100)");
+    }
     let (s, seed) = monkey::scenario(&args)?;
     let errors = validate::check(&s);
     if !errors.is_empty() {

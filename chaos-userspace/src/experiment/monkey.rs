@@ -30,9 +30,13 @@ pub struct MonkeyArgs {
     /// How long the monkey plays (faults start only within it).
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub duration: Duration,
-    /// Chance, each second with no fault running, that a fault starts (0-1, or a percentage: 30%).
-    #[arg(long, value_name = "P", value_parser = parse_probability, allow_hyphen_values = true)]
-    pub probability: f64,
+    /// Chance, each second with no fault running, that a fault starts, in percent (0-100).
+    #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true, required_unless_present = "probability")]
+    pub percent: Option<f64>,
+    /// The old spelling of --percent, as 0-1 or 30% (deprecated: works for one release, with a
+    /// warning).
+    #[arg(long, value_name = "P", value_parser = parse_probability, allow_hyphen_values = true, hide = true, conflicts_with = "percent")]
+    pub probability: Option<f64>,
     /// Fault types to choose from, comma-separated: net-drop, net-delay, net-partition, syscall
     /// (connects fail with ECONNREFUSED), cpu (one CPU worker in the target).
     #[arg(
@@ -80,6 +84,17 @@ pub struct MonkeyArgs {
     pub seed: Option<u64>,
     #[command(flatten)]
     pub out: super::OutputArgs,
+}
+
+impl MonkeyArgs {
+    /// The chance a fault starts in a free second, 0-1 (from --percent, or the old --probability).
+    pub fn chance(&self) -> f64 {
+        match (self.percent, self.probability) {
+            (Some(p), _) => p / 100.0,
+            (None, Some(p)) => p,
+            (None, None) => 0.0,
+        }
+    }
 }
 
 fn parse_probability(text: &str) -> Result<f64, BadInput> {
@@ -167,6 +182,7 @@ fn parse_probe(text: &str, index: usize, args: &MonkeyArgs) -> Result<ProbeSpec,
 
 /// The monkey's run as a scenario, and the seed it was drawn with.
 pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
+    let chance = args.chance();
     if args.max_fault < Duration::from_secs(1) {
         return Err(BadInput::new("--max-fault: allowed is 1s or more"));
     }
@@ -192,7 +208,7 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
     let mut faults = Vec::new();
     let mut t = Duration::ZERO;
     while t < args.duration {
-        if rng.unit() < args.probability {
+        if rng.unit() < chance {
             let ty = &args.types[(rng.next_u64() % args.types.len() as u64) as usize];
             let kind = FaultKind::random(ty, &caps, &mut || rng.unit())?;
             let secs = 1 + rng.next_u64() % args.max_fault.as_secs().max(1);
@@ -230,17 +246,19 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
     let before = Duration::from_secs(1);
     let after = Duration::from_secs(2);
     let mut max_intensity = BTreeMap::new();
+    // One `percent` over the kinds (drop, failed calls, CPU load): each draw keeps to its own cap,
+    // the budget to the highest of them (a partition drops everything to its peers).
     max_intensity.insert(
-        "drop".to_owned(),
+        "percent".to_owned(),
         if args.types.iter().any(|t| t == "net-partition") {
             100.0
         } else {
             args.max_drop
+                .max(args.max_syscall_percent)
+                .max(args.max_cpu_load)
         },
     );
     max_intensity.insert("delay".to_owned(), args.max_delay.as_secs_f64());
-    max_intensity.insert("percent".to_owned(), args.max_syscall_percent);
-    max_intensity.insert("cpu_load".to_owned(), args.max_cpu_load);
     let scenario = Scenario {
         file: format!("(kchaos monkey, seed {seed})"),
         title: format!(
@@ -253,9 +271,9 @@ pub fn scenario(args: &MonkeyArgs) -> Result<(Scenario, u64), BadInput> {
             units::format_duration(args.duration)
         ),
         description: format!(
-            "random {} faults, p={} per second, seed {seed}",
+            "random {} faults, {}% a second, seed {seed}",
             args.types.join("/"),
-            args.probability
+            chance * 100.0
         ),
         variables: BTreeMap::from([("seed".to_owned(), seed.to_string())]),
         targets: target_decls(args),
@@ -336,8 +354,8 @@ mod tests {
             "app",
             "--duration",
             "60s",
-            "--probability",
-            "0.5",
+            "--percent",
+            "50",
         ];
         v.extend(extra);
         Cli::parse_from(v).m
@@ -364,7 +382,7 @@ mod tests {
         for f in &s.faults {
             for (p, v) in f.kind.intensities() {
                 match p {
-                    "drop" => assert!((1.0..=20.0).contains(&v), "{v}"),
+                    "percent" => assert!((1.0..=20.0).contains(&v), "{v}"),
                     _ => assert!(v <= 0.2, "{v}"),
                 }
             }
@@ -397,10 +415,10 @@ mod tests {
         for f in &s.faults {
             seen.insert(f.kind.name());
             for (p, v) in f.kind.intensities() {
-                match p {
-                    "percent" => assert!((1.0..=25.0).contains(&v), "{v}"),
-                    "cpu_load" => assert!((10.0..=40.0).contains(&v), "{v}"),
-                    other => panic!("{other}"),
+                match (f.kind.name(), p) {
+                    ("syscall", "percent") => assert!((1.0..=25.0).contains(&v), "{v}"),
+                    ("stress", "percent") => assert!((10.0..=40.0).contains(&v), "{v}"),
+                    other => panic!("{other:?}"),
                 }
             }
         }

@@ -146,7 +146,7 @@ mod tests {
     fn steps_in_order_with_ramp_values() {
         let s = scenario::parse(
             "s.yaml",
-            "title: t\ntargets: [{name: app, cgroup: a}]\nsteady_state: {before: 2s, after: 1s, probes: [{name: p, tcp: \"127.0.0.1:1\"}]}\nfaults:\n  - {name: f, at: 1s, for: 3s, net: {}, ramp: {drop: {from: 0, to: 30, over: 3s}}}\nrollbacks: [{command: \"echo hi\"}]\n",
+            "title: t\ntargets: [{name: app, cgroup: a}]\nsteady_state: {before: 2s, after: 1s, probes: [{name: p, tcp: \"127.0.0.1:1\"}]}\nfaults:\n  - {name: f, at: 1s, for: 3s, net: {}, ramp: {percent: {from: 0, to: 30, over: 3s}}}\nrollbacks: [{command: \"echo hi\"}]\n",
             &Vars::default(),
         )
         .unwrap();
@@ -160,7 +160,7 @@ mod tests {
             ],
             "{text}"
         );
-        assert!(text.contains("'f' drop = 20%"), "{text}");
+        assert!(text.contains("'f' percent = 20%"), "{text}");
         assert!(text.contains("rollback 'rollback-1': echo hi"), "{text}");
     }
 }

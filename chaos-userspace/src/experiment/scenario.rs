@@ -958,7 +958,12 @@ fn read_faults(ctx: &mut Ctx, node: &Node, targets: &Names) -> Vec<FaultDecl> {
         let ramp_node = f.value("ramp");
         let ramped: Vec<String> = ramp_node
             .map(|n| match &n.value {
-                Value::Map(e) => e.iter().map(|(k, _)| k.name.clone()).collect(),
+                Value::Map(e) => e
+                    .iter()
+                    .map(|(k, _)| {
+                        kinds::renamed_param(&k.name).map_or_else(|| k.name.clone(), str::to_owned)
+                    })
+                    .collect(),
                 _ => Vec::new(),
             })
             .unwrap_or_default();
@@ -1001,20 +1006,38 @@ fn read_ramps(
     fault_for: Option<Duration>,
 ) -> Vec<Ramp> {
     let params = kind.ramp_params();
-    let Some(f) = ctx.map(node, path, &params) else {
+    let mut allowed = params.clone();
+    allowed.extend(kind.renamed().iter().map(|(old, _)| *old));
+    let Some(f) = ctx.map(node, path, &allowed) else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for key in f.keys() {
-        let param = key.name.as_str();
+        let written = key.name.as_str();
+        let p = f.path_of(written);
+        // An old name (drop, cpu_load) still works for one release.
+        let param = match kind.renamed_param(written) {
+            Some(new) if f.has(new) => {
+                ctx.err(
+                    key.mark,
+                    &p,
+                    format!("give {new} or its old name {written}, not both"),
+                );
+                continue;
+            }
+            Some(new) => {
+                crate::output::deprecated(&p, &f.path_of(new));
+                new
+            }
+            None => written,
+        };
         if !params.contains(&param) {
             continue;
         }
         let Some(unit) = kinds::unit_of(param) else {
             continue;
         };
-        let p = f.path_of(param);
-        let Some(n) = f.value(param) else { continue };
+        let Some(n) = f.value(written) else { continue };
         let Some(r) = ctx.map(n, &p, RAMP_FIELDS) else {
             continue;
         };
@@ -1148,11 +1171,39 @@ fn read_budget(ctx: &mut Ctx, node: &Node) -> Option<Budget> {
     }
     if let Some(n) = f.value("max_intensity") {
         let params = kinds::intensity_params();
-        let names: Vec<&str> = params.iter().map(|(p, _)| *p).collect();
+        let mut names: Vec<&str> = params.iter().map(|(p, _)| *p).collect();
+        names.extend(kinds::renamed_params().iter().map(|(old, _)| *old));
         if let Some(m) = ctx.map(n, "budget.max_intensity", &names) {
             for (param, unit) in &params {
-                if let Some(n) = m.value(param) {
-                    let p = m.path_of(param);
+                // Old names (drop, cpu_load) of a parameter still work for one release.
+                let olds = kinds::renamed_params()
+                    .into_iter()
+                    .filter(|(_, new)| new == param)
+                    .map(|(old, _)| old);
+                let written: Vec<&str> = std::iter::once(*param)
+                    .chain(olds)
+                    .filter(|k| m.has(k))
+                    .collect();
+                if written.len() > 1 {
+                    let mark = m.get(written[1]).map_or(m.mark, |n| n.mark);
+                    ctx.err(
+                        mark,
+                        &m.path_of(written[1]),
+                        format!(
+                            "give one of {} (old names of {param}), not several",
+                            written.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+                let Some(key) = written.first().copied() else {
+                    continue;
+                };
+                if key != *param {
+                    crate::output::deprecated(&m.path_of(key), &m.path_of(param));
+                }
+                if let Some(n) = m.value(key) {
+                    let p = m.path_of(key);
                     let v = match unit {
                         Unit::Percent => ctx.percent(n, &p),
                         Unit::Duration => ctx.duration(n, &p).map(|d| d.as_secs_f64()),
@@ -1265,14 +1316,14 @@ faults:
     for: 4s
     net: { direction: egress }
     ramp:
-      drop: { from: 0%, to: 40%, over: 4s }
+      percent: { from: 0%, to: 40%, over: 4s }
 abort:
   - probe: echo
     for: 1s
 budget:
   max_duration: 20s
   max_injected_events: 100000
-  max_intensity: { drop: 50% }
+  max_intensity: { percent: 50% }
 rollbacks:
   - name: note
     command: "true"
@@ -1308,7 +1359,7 @@ rollbacks:
         };
         assert_eq!(spec.drop_percent, Some(0.0), "a drop ramp attaches drop");
         assert_eq!(s.abort[0].violated_for, Duration::from_secs(1));
-        assert_eq!(s.budget.as_ref().unwrap().max_intensity["drop"], 50.0);
+        assert_eq!(s.budget.as_ref().unwrap().max_intensity["percent"], 50.0);
         assert_eq!(s.rollbacks[0].argv, ["/bin/sh", "-c", "true"]);
         assert_eq!(s.total_length(), Duration::from_secs(6));
     }
@@ -1339,13 +1390,13 @@ rollbacks:
 
     #[test]
     fn each_error_names_place_field_and_what_is_allowed() {
-        let e = errors(&GOOD.replace("net: { direction: egress }", "net: { dorp: 5 }"));
+        let e = errors(&GOOD.replace("net: { direction: egress }", "net: { percnt: 5 }"));
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
             e[0].starts_with("s.yaml:24:12:")
-                && e[0].contains("faults[0].net.dorp")
-                && e[0].contains("did you mean 'drop'")
-                && e[0].contains("allowed are drop, delay"),
+                && e[0].contains("faults[0].net.percnt")
+                && e[0].contains("did you mean 'percent'")
+                && e[0].contains("allowed are percent, drop, drop_correlation, loss_model, delay"),
             "{e:?}"
         );
         let e = errors(&GOOD.replace("for: 4s", "for: 4"));
@@ -1355,7 +1406,7 @@ rollbacks:
         );
         let e = errors(&GOOD.replace("to: 40%", "to: 140%"));
         assert!(
-            e[0].contains("faults[0].ramp.drop.to") && e[0].contains("0 to 100"),
+            e[0].contains("faults[0].ramp.percent.to") && e[0].contains("0 to 100"),
             "{e:?}"
         );
         let e = errors(&GOOD.replace("steady_state:", "steady_sate:"));
@@ -1374,8 +1425,50 @@ rollbacks:
             e[0].contains("exactly one kind: net, syscall, stress"),
             "{e:?}"
         );
-        let e = errors(&GOOD.replace("max_intensity: { drop: 50% }", "max_intensity: { cpu: 5 }"));
+        let e = errors(&GOOD.replace(
+            "max_intensity: { percent: 50% }",
+            "max_intensity: { cpu: 5 }",
+        ));
         assert!(e[0].contains("budget.max_intensity.cpu"), "{e:?}");
+    }
+
+    #[test]
+    fn old_names_of_percent_still_read_the_same() {
+        let new = parse("s.yaml", GOOD, &vars(&[("cgroup", "lab")])).unwrap();
+        let old_text = GOOD
+            .replace(
+                "net: { direction: egress }",
+                "net: { direction: egress, drop: 5 }",
+            )
+            .replace("      percent: { from", "      drop: { from")
+            .replace(
+                "max_intensity: { percent: 50% }",
+                "max_intensity: { drop: 50% }",
+            );
+        let old = parse("s.yaml", &old_text, &vars(&[("cgroup", "lab")])).unwrap();
+        assert_eq!(old.faults[0].ramps, new.faults[0].ramps);
+        assert_eq!(old.faults[0].ramps[0].param, "percent");
+        assert_eq!(old.budget.as_ref().unwrap().max_intensity["percent"], 50.0);
+        let e = errors(&old_text.replace("drop: 5", "drop: 5, percent: 5"));
+        assert!(
+            e[0].contains("faults[0].net.drop") && e[0].contains("not both"),
+            "{e:?}"
+        );
+        let stress = |load: &str| {
+            GOOD.replace(
+                "net: { direction: egress }",
+                &format!("stress: {{ cpu: 1, {load}: 30% }}"),
+            )
+            .replace("      percent: { from", &format!("      {load}: {{ from"))
+            .replace(
+                "max_intensity: { percent: 50% }",
+                "max_intensity: { cpu_load: 50% }",
+            )
+        };
+        let old = parse("s.yaml", &stress("cpu_load"), &vars(&[("cgroup", "lab")])).unwrap();
+        let new = parse("s.yaml", &stress("percent"), &vars(&[("cgroup", "lab")])).unwrap();
+        assert_eq!(old.faults[0].kind, new.faults[0].kind);
+        assert_eq!(old.faults[0].ramps[0].param, "percent");
     }
 
     #[test]
@@ -1385,10 +1478,9 @@ rollbacks:
                 "net: { direction: egress }",
                 "syscall: { syscalls: [connect], errno: ECONNREFUSED }",
             )
-            .replace("drop: { from: 0%, to: 40%", "percent: { from: 10%, to: 40%")
             .replace(
-                "max_intensity: { drop: 50% }",
-                "max_intensity: { percent: 50% }",
+                "percent: { from: 0%, to: 40%",
+                "percent: { from: 10%, to: 40%",
             );
         let s = parse("s.yaml", &sys, &vars(&[("cgroup", "lab")])).unwrap();
         let FaultKind::Syscall(spec) = &s.faults[0].kind else {
@@ -1420,15 +1512,15 @@ rollbacks:
         let stress = GOOD
             .replace(
                 "net: { direction: egress }",
-                "stress: { cpu: 2, cpu_load: 50%, memory: 64M }",
+                "stress: { cpu: 2, percent: 50%, memory: 64M }",
             )
             .replace(
-                "drop: { from: 0%, to: 40%",
-                "cpu_load: { from: 10%, to: 40%",
+                "percent: { from: 0%, to: 40%",
+                "percent: { from: 10%, to: 40%",
             )
             .replace(
-                "max_intensity: { drop: 50% }",
-                "max_intensity: { cpu_load: 30% }",
+                "max_intensity: { percent: 50% }",
+                "max_intensity: { percent: 30% }",
             );
         let s = parse("s.yaml", &stress, &vars(&[("cgroup", "lab")])).unwrap();
         let FaultKind::Stress(spec) = &s.faults[0].kind else {
@@ -1440,17 +1532,17 @@ rollbacks:
         let v = crate::experiment::validate::check(&s);
         assert!(
             v[0].message
-                .contains("cpu_load 40%, above budget.max_intensity.cpu_load 30%"),
+                .contains("percent 40%, above budget.max_intensity.percent 30%"),
             "{v:?}"
         );
         let e = errors(&stress.replace("memory: 64M", "memory: 64Q"));
         assert!(
-            e[0].starts_with("s.yaml:24:46: faults[0].stress.memory: '64Q' is not a size"),
+            e[0].starts_with("s.yaml:24:45: faults[0].stress.memory: '64Q' is not a size"),
             "{e:?}"
         );
         let e = errors(&stress.replace("cpu: 2, ", ""));
         assert!(
-            e.iter().any(|e| e.contains("cpu_load needs cpu: N")),
+            e.iter().any(|e| e.contains("percent needs cpu: N")),
             "{e:?}"
         );
     }

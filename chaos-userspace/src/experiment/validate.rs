@@ -229,9 +229,9 @@ title: two faults
 targets: [{name: a, cgroup: "${cgroup}"}, {name: b, cgroup: y}]
 steady_state: {before: 1s, after: 1s}
 faults:
-  - {name: one, at: 0s, for: 5s, net: {drop: 10}}
+  - {name: one, at: 0s, for: 5s, net: {percent: 10}}
   - {name: two, at: 3s, for: 5s, targets: [a], net: {delay: 10ms}}
-budget: {max_duration: 20s, max_intensity: {drop: 20%}}
+budget: {max_duration: 20s, max_intensity: {percent: 20%}}
 "#;
 
     #[test]
@@ -287,11 +287,11 @@ faults:
                     && d.message.contains("outside budget.max_duration 7s")),
             "{e:?}"
         );
-        let e = check(&load(&TWO.replace("drop: 10}", "drop: 30}")));
+        let e = check(&load(&TWO.replace("percent: 10}", "percent: 30}")));
         assert!(
             e.iter().any(|d| d.field == "faults[0].net"
                 && d.message
-                    .contains("drop 30%, above budget.max_intensity.drop 20%")),
+                    .contains("percent 30%, above budget.max_intensity.percent 20%")),
             "{e:?}"
         );
         let e = check(&load(&TWO.replace("max_duration: 20s", "max_duration: 9s")));

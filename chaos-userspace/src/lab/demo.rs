@@ -81,7 +81,7 @@ pub fn run() -> Result<()> {
         ),
         (
             "drop 30% (egress)",
-            vec!["--drop".into(), "30".into()],
+            vec!["--percent".into(), "30".into()],
             vec![
                 ("A (target) -> :7000", inside, to7000),
                 ("B (outside) -> :7000", None, to7000),

@@ -3,7 +3,25 @@
 
 use std::fmt::Write as _;
 
-use super::{Report, junit::escape};
+use super::Report;
+
+/// Escapes text for XML attributes and content.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // XML 1.0 forbids most control characters even escaped.
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 const W: f64 = 1100.0;
 const LEFT: f64 = 70.0;
@@ -39,6 +57,7 @@ th{{background:#f4f4f4}} .ok{{color:#2a7d2a;font-weight:600}} .bad{{color:#c6282
     cards(&mut h, r);
     let _ = writeln!(h, "<h2>Timeline</h2>");
     h += &timeline_svg(r);
+    per_second(&mut h, r);
     tables(&mut h, r);
     h += "</body></html>\n";
     h
@@ -112,7 +131,9 @@ fn timeline_svg(r: &Report) -> String {
     let x = |t: f64| LEFT + PLOT_W * (t / total_ms).clamp(0.0, 1.0);
     let lanes = r.faults.len() as f64;
     let lane_h = 22.0;
-    let top = 20.0 + lanes * lane_h;
+    // A strip above the latency plot for failed attempts, a row per probe.
+    let fail_strip = 8.0 + 6.0 * r.probes.len() as f64;
+    let top = 20.0 + lanes * lane_h + fail_strip;
     let lat_h = 220.0;
     let gap = 40.0;
     let ok_top = top + lat_h + gap;
@@ -193,44 +214,61 @@ fn timeline_svg(r: &Report) -> String {
             );
         }
     }
-    // Latency plot.
+    // Latency plot: the latency of successful attempts only. A failed attempt has no latency (a
+    // timeout is not a slow answer): it is a red mark in the strip above the plot, and it breaks the
+    // line, so successes on either side of it are not joined.
     let max_lat = r
         .probes
         .iter()
-        .flat_map(|p| p.results.iter().map(|r| r.latency_ms))
+        .flat_map(|p| p.results.iter().filter(|q| q.ok).map(|q| q.latency_ms))
         .fold(1.0_f64, f64::max)
         * 1.1;
     let ly = |ms: f64| top + lat_h - lat_h * (ms / max_lat).clamp(0.0, 1.0);
-    axis(&mut s, top, lat_h, max_lat, "latency ms");
+    axis(&mut s, top, lat_h, max_lat, "latency ms (ok)");
+    let fail_y = top - 4.0;
     for (i, p) in r.probes.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let pts: Vec<String> = p
-            .results
-            .iter()
-            .map(|q| format!("{:.1},{:.1}", x(q.t_ms), ly(q.latency_ms)))
-            .collect();
-        if !pts.is_empty() {
+        for run in p.results.split(|q| !q.ok) {
+            if run.len() < 2 {
+                continue;
+            }
+            let pts: Vec<String> = run
+                .iter()
+                .map(|q| format!("{:.1},{:.1}", x(q.t_ms), ly(q.latency_ms)))
+                .collect();
             let _ = writeln!(
                 s,
-                "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\"/>",
+                "<polyline class=\"latency\" points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\"/>",
                 pts.join(" ")
             );
         }
         for q in &p.results {
-            let _ = writeln!(
-                s,
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{}\"><title>{}</title></circle>",
-                x(q.t_ms),
-                ly(q.latency_ms),
-                if q.ok { "#2a7d2a" } else { "#c62828" },
-                escape(&format!(
-                    "{} @{:.2}s: {:.1} ms, {}",
-                    p.name,
-                    q.t_ms / 1e3,
-                    q.latency_ms,
-                    q.detail
-                ))
-            );
+            let tip = escape(&format!(
+                "{} @{:.2}s: {}, {}",
+                p.name,
+                q.t_ms / 1e3,
+                if q.ok {
+                    format!("{:.1} ms", q.latency_ms)
+                } else {
+                    format!("failed after {:.1} ms", q.latency_ms)
+                },
+                q.detail
+            ));
+            if q.ok {
+                let _ = writeln!(
+                    s,
+                    "<circle class=\"ok-attempt\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"#2a7d2a\"><title>{tip}</title></circle>",
+                    x(q.t_ms),
+                    ly(q.latency_ms),
+                );
+            } else {
+                let _ = writeln!(
+                    s,
+                    "<path class=\"failed-attempt\" d=\"M{0:.1},{1:.1}l5,5m0,-5l-5,5\" stroke=\"#c62828\" stroke-width=\"1.5\"><title>{tip}</title></path>",
+                    x(q.t_ms) - 2.5,
+                    fail_y - 5.0 - 6.0 * i as f64,
+                );
+            }
         }
     }
     // Success rate (rolling over each probe's window).
@@ -271,7 +309,7 @@ fn timeline_svg(r: &Report) -> String {
             LEFT + 18.0,
             ok_top + ok_h + 34.0 + 16.0 * i as f64,
             escape(&format!(
-                "{} - {}{} (dots: each attempt, green ok, red failed)",
+                "{} - {}{} (dots: each successful attempt; red crosses above the plot: failed attempts)",
                 p.name,
                 p.check,
                 p.from_target
@@ -343,6 +381,98 @@ fn axis(s: &mut String, top: f64, h: f64, max: f64, label: &str) {
     );
 }
 
+/// A chart per fault: the events the kernel counted per second (from the per-second counter samples),
+/// and the intensity its ramp set, as a step line on its own scale.
+fn per_second(h: &mut String, r: &Report) {
+    *h += "<h2>Per second</h2>\n";
+    if r.faults.is_empty() {
+        *h += "<p><i>no faults</i></p>\n";
+        return;
+    }
+    let total_ms = r.duration_ms.max(1.0);
+    let x = |t: f64| LEFT + PLOT_W * (t / total_ms).clamp(0.0, 1.0);
+    let ch = 120.0;
+    for (i, f) in r.faults.iter().enumerate() {
+        let color = FAULT_COLORS[i % FAULT_COLORS.len()];
+        // Rates between consecutive cumulative samples.
+        let rates: Vec<(f64, f64)> = f
+            .samples
+            .windows(2)
+            .filter(|w| w[1].t_ms > w[0].t_ms)
+            .map(|w| {
+                let n = w[1].injected_events.saturating_sub(w[0].injected_events) as f64;
+                (w[1].t_ms, n * 1e3 / (w[1].t_ms - w[0].t_ms))
+            })
+            .collect();
+        let max_rate = rates.iter().map(|(_, v)| *v).fold(1.0_f64, f64::max) * 1.1;
+        let _ = writeln!(
+            h,
+            "<div class=\"fault-chart\"><b>{}</b> &mdash; {}",
+            escape(&f.name),
+            escape(&f.description)
+        );
+        let height = ch + 30.0;
+        let _ = writeln!(
+            h,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" viewBox=\"0 0 {W} {height}\" role=\"img\" aria-label=\"per second\">"
+        );
+        let mut s = String::new();
+        axis(&mut s, 10.0, ch, max_rate, "events/s");
+        let y = |v: f64, max: f64| 10.0 + ch - ch * (v / max).clamp(0.0, 1.0);
+        if rates.is_empty() {
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\">no per-second samples</text>",
+                LEFT + 8.0,
+                10.0 + ch / 2.0
+            );
+        } else {
+            let pts: Vec<String> = rates
+                .iter()
+                .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v, max_rate)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "<polyline class=\"rate\" points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"><title>injected events per second</title></polyline>",
+                pts.join(" ")
+            );
+        }
+        if !f.ramp_steps.is_empty() {
+            // The intensity: each step held until the next, then to the fault's end.
+            let max = f
+                .ramp_steps
+                .iter()
+                .map(|st| st.value)
+                .fold(0.0_f64, f64::max);
+            let max = if max > 0.0 { max * 1.1 } else { 1.0 };
+            let end = f.end_ms.unwrap_or(f.planned_end_ms);
+            let mut pts = Vec::new();
+            for (k, st) in f.ramp_steps.iter().enumerate() {
+                let next = f.ramp_steps.get(k + 1).map_or(end, |n| n.t_ms);
+                pts.push(format!("{:.1},{:.1}", x(st.t_ms), y(st.value, max)));
+                pts.push(format!("{:.1},{:.1}", x(next), y(st.value, max)));
+            }
+            let last = &f.ramp_steps[f.ramp_steps.len() - 1];
+            let _ = writeln!(
+                s,
+                "<polyline class=\"intensity\" points=\"{}\" fill=\"none\" stroke=\"#333\" stroke-dasharray=\"4 2\" stroke-width=\"1.5\"><title>{}</title></polyline><text x=\"{:.1}\" y=\"22\">dashed: {} (up to {})</text>",
+                pts.join(" "),
+                escape(&last.param),
+                LEFT + PLOT_W - 220.0,
+                escape(&last.param),
+                escape(&last.display)
+            );
+        }
+        *h += &s;
+        *h += "</svg></div>\n";
+    }
+}
+
+/// A table's one row when it has nothing to list, so an empty table says so.
+fn empty_row(columns: usize, text: &str) -> String {
+    format!("<tr class=\"empty\"><td colspan=\"{columns}\"><i>{text}</i></td></tr>\n")
+}
+
 fn nice_step(raw: f64) -> f64 {
     for s in [
         0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -373,6 +503,9 @@ fn tables(h: &mut String, r: &Report) {
             escape(x.why.as_deref().unwrap_or(""))
         );
     }
+    if r.hypothesis.is_empty() {
+        *h += &empty_row(7, "no steady-state probes: nothing was checked");
+    }
     *h += "</table>\n<h2>Faults</h2><table><tr><th>fault</th><th>what</th><th>armed</th><th>detached</th><th>injected</th><th>kernel counters</th><th>attached</th></tr>\n";
     for f in &r.faults {
         let counters = f
@@ -395,7 +528,13 @@ fn tables(h: &mut String, r: &Report) {
             escape(&f.attached.join("; "))
         );
     }
+    if r.faults.is_empty() {
+        *h += &empty_row(7, "no faults");
+    }
     *h += "</table>\n<h2>Safety review</h2><table><tr><th>risk</th><th>check</th><th>finding</th></tr>\n";
+    if r.findings.is_empty() {
+        *h += &empty_row(3, "no findings");
+    }
     for f in &r.findings {
         let _ = writeln!(
             h,
@@ -406,6 +545,9 @@ fn tables(h: &mut String, r: &Report) {
         );
     }
     *h += "</table>\n<h2>Events</h2><table><tr><th>t</th><th>event</th><th>detail</th></tr>\n";
+    if r.events.is_empty() {
+        *h += &empty_row(3, "no events");
+    }
     for e in &r.events {
         let _ = writeln!(
             h,

@@ -1,42 +1,33 @@
 //! The report as JUnit XML, for CI dashboards: the steady-state hypothesis before and after, each probe
 //! in each phase, and the experiment itself, each a test case.
 
-use super::Report;
+use std::time::Duration;
 
-/// Escapes text for XML attributes and content.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // XML 1.0 forbids most control characters even escaped.
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => out.push('?'),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
+
+use super::Report;
 
 struct Case {
     class: String,
     name: String,
-    time_s: f64,
+    /// When it began and how long it took, in ms from the run's start.
+    span: Option<(f64, f64)>,
     failure: Option<String>,
     out: String,
 }
 
+/// The report as JUnit XML (through `quick-junit`): a suite for the experiment, a case each for the
+/// steady state before and after, each probe in each phase, and the experiment itself, each with the
+/// wall-clock time it began and how long it took.
 pub fn render(r: &Report) -> String {
     let mut cases = Vec::new();
-    let phase_len = |p: Option<(f64, f64)>| p.map_or(0.0, |(a, b)| (b - a) / 1e3);
+    let phase_of = |name: &str| match name {
+        "before" => r.phases.before,
+        "during" => r.phases.during,
+        _ => r.phases.after,
+    };
     for phase in ["before", "after"] {
-        let ran = match phase {
-            "before" => r.phases.before,
-            _ => r.phases.after,
-        };
+        let ran = phase_of(phase);
         let hs: Vec<_> = r.hypothesis.iter().filter(|h| h.phase == phase).collect();
         if r.probes.is_empty() {
             continue;
@@ -57,7 +48,7 @@ pub fn render(r: &Report) -> String {
         cases.push(Case {
             class: "kchaos.hypothesis".into(),
             name: format!("steady state {phase}"),
-            time_s: phase_len(ran),
+            span: ran,
             failure,
             out: String::new(),
         });
@@ -93,61 +84,66 @@ pub fn render(r: &Report) -> String {
         cases.push(Case {
             class: format!("kchaos.probe.{}", h.probe),
             name: format!("{} {}", h.probe, h.phase),
-            time_s: 0.0,
+            span: phase_of(&h.phase),
             failure,
             out: stats,
+        });
+    }
+    for f in &r.faults {
+        cases.push(Case {
+            class: format!("kchaos.fault.{}", f.kind),
+            name: format!("{} ({})", f.name, f.kind),
+            span: f.start_ms.map(|s| (s, f.end_ms.unwrap_or(s))),
+            failure: (!f.errors.is_empty()).then(|| f.errors.join("; ")),
+            out: f.description.clone(),
         });
     }
     cases.push(Case {
         class: "kchaos.experiment".into(),
         name: "completed without abort".into(),
-        time_s: r.duration_ms / 1e3,
+        span: Some((0.0, r.duration_ms)),
         failure: (!r.summary.completed).then(|| r.summary.end_reason.clone()),
         out: r.summary_text(),
     });
 
-    let failures = cases.iter().filter(|c| c.failure.is_some()).count();
-    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    x += &format!(
-        "<testsuites name=\"kchaos\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">\n",
-        cases.len(),
-        r.duration_ms / 1e3
-    );
-    x += &format!(
-        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{:.3}\">\n",
-        escape(&r.scenario.title),
-        cases.len(),
-        r.duration_ms / 1e3
-    );
-    for c in &cases {
-        x += &format!(
-            "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\">\n",
-            escape(&c.class),
-            escape(&c.name),
-            c.time_s
-        );
-        if let Some(f) = &c.failure {
-            x += &format!(
-                "      <failure message=\"{}\">{}</failure>\n",
-                escape(f),
-                escape(f)
-            );
+    let at = |ms: f64| {
+        chrono::DateTime::from_timestamp_millis(r.started_unix_ms as i64 + ms.max(0.0) as i64)
+            .map(|t| t.fixed_offset())
+    };
+    let secs = |ms: f64| Duration::from_secs_f64((ms / 1e3).max(0.0));
+    let mut suite = TestSuite::new(r.scenario.title.as_str());
+    if let Some(t) = at(0.0) {
+        suite.set_timestamp(t);
+    }
+    suite.set_time(secs(r.duration_ms));
+    for c in cases {
+        let status = match &c.failure {
+            None => TestCaseStatus::success(),
+            Some(why) => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                s.set_message(why.as_str()).set_description(why.as_str());
+                s
+            }
+        };
+        let mut case = TestCase::new(c.name, status);
+        case.set_classname(c.class);
+        if let Some((start, end)) = c.span {
+            if let Some(t) = at(start) {
+                case.set_timestamp(t);
+            }
+            case.set_time(secs(end - start));
         }
         if !c.out.is_empty() {
-            x += &format!("      <system-out>{}</system-out>\n", escape(&c.out));
+            case.set_system_out(c.out);
         }
-        x += "    </testcase>\n";
+        suite.add_test_case(case);
     }
-    x += "  </testsuite>\n</testsuites>\n";
-    x
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes() {
-        assert_eq!(escape("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot;?");
+    let mut report = quick_junit::Report::new("kchaos");
+    if let Some(t) = at(0.0) {
+        report.set_timestamp(t);
     }
+    report.set_time(secs(r.duration_ms));
+    report.add_test_suite(suite);
+    // Serializing into memory fails only on a writer error, which a String has not.
+    report.to_string().unwrap_or_default()
 }

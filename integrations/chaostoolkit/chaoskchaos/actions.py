@@ -65,7 +65,7 @@ def start_fault(
     """Starts one kchaos fault in the background and returns once it is armed.
 
     ``kind`` is a kchaos fault command (net, syscall, stress, pause, kill); ``arguments`` its flags
-    by name, e.g. ``{"drop": 5}`` for ``--drop 5`` or ``{"syscall": "connect", "errno":
+    by name, e.g. ``{"percent": 5}`` for ``--percent 5`` or ``{"syscall": "connect", "errno":
     "ECONNREFUSED", "percent": 30}``. ``duration`` (e.g. ``"30s"``) bounds the fault: it ends then
     even if nothing stops it. Returns the run's status (name, pid, counters so far). The control
     ``chaoskchaos.control`` stops it when the experiment ends; ``stop_run`` stops it earlier."""

@@ -83,8 +83,8 @@ def run_json(
 
 
 def flags(arguments: Optional[Dict[str, Any]]) -> List[str]:
-    """``{"drop": 5, "dst": ["10.0.0.7", "10.0.0.8"], "egress_only": True}`` as
-    ``--drop 5 --dst 10.0.0.7 --dst 10.0.0.8 --egress-only``: the command line's own flags, so
+    """``{"percent": 5, "dst": ["10.0.0.7", "10.0.0.8"], "egress_only": True}`` as
+    ``--percent 5 --dst 10.0.0.7 --dst 10.0.0.8 --egress-only``: the command line's own flags, so
     every option kchaos has is reachable with the names its ``--help`` shows."""
     out: List[str] = []
     for key, value in (arguments or {}).items():

@@ -179,7 +179,7 @@ async fn ramp_steps_happen_at_their_instants() {
     let log = SharedLog::default();
     note(&log, "start".into());
     let report = execute(setup(
-        "faults:\n  - {name: f, at: 1s, for: 3s, net: {}, ramp: {drop: {from: 0, to: 30, over: 2s, step: 500ms}}}\n",
+        "faults:\n  - {name: f, at: 1s, for: 3s, net: {}, ramp: {percent: {from: 0, to: 30, over: 2s, step: 500ms}}}\n",
         &log,
         None,
     ))
@@ -192,12 +192,12 @@ async fn ramp_steps_happen_at_their_instants() {
     assert_eq!(
         sets,
         [
-            (1000, "set f drop=0".to_owned()),
+            (1000, "set f percent=0".to_owned()),
             (1000, "arm f".to_owned()),
-            (1500, "set f drop=7.5".to_owned()),
-            (2000, "set f drop=15".to_owned()),
-            (2500, "set f drop=22.5".to_owned()),
-            (3000, "set f drop=30".to_owned()),
+            (1500, "set f percent=7.5".to_owned()),
+            (2000, "set f percent=15".to_owned()),
+            (2500, "set f percent=22.5".to_owned()),
+            (3000, "set f percent=30".to_owned()),
         ]
     );
     assert_eq!(report.faults[0].ramp_steps.len(), 5);
@@ -244,7 +244,7 @@ async fn a_fault_that_cannot_be_prepared_leaves_nothing_prepared() {
     let log = SharedLog::default();
     note(&log, "start".into());
     let err = execute(setup(
-        "faults:\n  - {name: one, at: 0s, for: 1s, pause: {}}\n  - {name: two, at: 0s, for: 1s, targets: [a], net: {drop: 1}}\n",
+        "faults:\n  - {name: one, at: 0s, for: 1s, pause: {}}\n  - {name: two, at: 0s, for: 1s, targets: [a], net: {percent: 1}}\n",
         &log,
         Some("two"),
     ))

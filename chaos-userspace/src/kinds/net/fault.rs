@@ -62,13 +62,16 @@ pub enum Proto {
 pub struct NetArgs {
     /// Drop each matching packet with this probability, in percent (0-100, fractions allowed).
     #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
+    pub percent: Option<f64>,
+    /// The old spelling of --percent (deprecated: works for one release, with a warning).
+    #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true, hide = true, conflicts_with = "percent")]
     pub drop: Option<f64>,
-    /// Make --drop bursty, as netem's `loss P% CORR%`: a packet repeats the previous packet's fate
-    /// with this weight (0-100). The loss rate stays --drop; the mean burst grows to
+    /// Make --percent (drop) bursty, as netem's `loss P% CORR%`: a packet repeats the previous packet's fate
+    /// with this weight (0-100). The loss rate stays --percent; the mean burst grows to
     /// 1/((1-P)(1-CORR)).
     #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
     pub drop_correlation: Option<f64>,
-    /// A loss model instead of --drop, in netem's order and percentages:
+    /// A loss model instead of --percent, in netem's order and percentages:
     /// gemodel:P[,R[,1-H[,1-K]]] (Gilbert-Elliott: P good->bad, R bad->good, 1-H loss in bad, 1-K
     /// loss in good) or 4state:P13[,P31[,P32[,P23[,P14]]]]. Left out: netem's defaults.
     #[arg(long, value_name = "MODEL", value_parser = parse_loss_model)]
@@ -117,6 +120,7 @@ pub struct NetSpec {
 
 impl NetSpec {
     pub fn from_args(a: &NetArgs) -> Result<Self, BadInput> {
+        let drop = a.percent.or(a.drop);
         let partitions = a
             .partitions
             .iter()
@@ -133,39 +137,38 @@ impl NetSpec {
                 units::format_duration(jitter)
             )));
         }
-        if let (Some(c), None) = (a.drop_correlation, a.drop) {
+        if let (Some(c), None) = (a.drop_correlation, drop) {
             return Err(BadInput::new(format!(
-                "--drop-correlation {c} needs --drop: it makes a loss rate bursty, e.g. --drop 5 \
+                "--drop-correlation {c} needs --percent: it makes a loss rate bursty, e.g. --percent 5 \
                  --drop-correlation 25"
             )));
         }
-        if let (Some(m), Some(d)) = (a.loss_model, a.drop) {
+        if let (Some(m), Some(d)) = (a.loss_model, drop) {
             return Err(BadInput::new(format!(
-                "--loss-model {m} and --drop {d} both decide loss: give one (a loss model sets its \
+                "--loss-model {m} and --percent {d} both decide loss: give one (a loss model sets its \
                  own rate)"
             )));
         }
-        if a.drop.is_none() && a.loss_model.is_none() && a.delay.is_none() && partitions.is_empty()
-        {
+        if drop.is_none() && a.loss_model.is_none() && a.delay.is_none() && partitions.is_empty() {
             return Err(BadInput::new(
-                "nothing to inject: give --drop PCT, --loss-model MODEL, --delay DUR or --partition \
-                 CIDR[:PORT]",
+                "nothing to inject: give --percent PCT (drop), --loss-model MODEL, --delay DUR or \
+                 --partition CIDR[:PORT]",
             ));
         }
         // A zero delay alone would attach programs that do nothing and report success.
-        if a.drop.is_none()
+        if drop.is_none()
             && a.loss_model.is_none()
             && partitions.is_empty()
             && a.delay.is_some_and(|d| d.is_zero())
         {
             return Err(BadInput::new(
-                "--delay 0s injects nothing: give e.g. --delay 50ms, or add --drop PCT or --partition",
+                "--delay 0s injects nothing: give e.g. --delay 50ms, or add --percent PCT or --partition",
             ));
         }
         if a.delay.is_some() && a.direction == Direction::Ingress {
             return Err(BadInput::new(
                 "--delay applies to what the target sends (EDT is honoured by the egress qdisc); \
-                 drop --direction ingress, or use --drop for ingress",
+                 drop --direction ingress, or use --percent (drop) for ingress",
             ));
         }
         let delay = a.delay.unwrap_or_default();
@@ -179,7 +182,7 @@ impl NetSpec {
             )));
         }
         Ok(Self {
-            drop_percent: a.drop,
+            drop_percent: drop,
             drop_correlation: a.drop_correlation,
             loss_model: a.loss_model,
             delay,
@@ -619,7 +622,7 @@ mod tests {
     #[test]
     fn drop_follows_direction() {
         let mut a = args();
-        a.drop = Some(50.0);
+        a.percent = Some(50.0);
         let c = NetSpec::from_args(&a).unwrap().config();
         assert_eq!(
             (c.egress.drop_threshold, c.ingress.drop_threshold),
@@ -654,15 +657,15 @@ mod tests {
         a.delay = Some(Duration::ZERO);
         assert_eq!(
             NetSpec::from_args(&a).unwrap_err().to_string(),
-            "--delay 0s injects nothing: give e.g. --delay 50ms, or add --drop PCT or --partition"
+            "--delay 0s injects nothing: give e.g. --delay 50ms, or add --percent PCT or --partition"
         );
         a.jitter = Some(Duration::ZERO);
         assert!(
             NetSpec::from_args(&a).is_err(),
             "a zero jitter adds nothing"
         );
-        // With another effect a zero delay is harmless; --drop 0 attaches idle, as documented.
-        a.drop = Some(0.0);
+        // With another effect a zero delay is harmless; --percent 0 attaches idle, as documented.
+        a.percent = Some(0.0);
         assert!(NetSpec::from_args(&a).is_ok());
         let mut a = args();
         a.jitter = Some(Duration::from_millis(5));
@@ -677,7 +680,7 @@ mod tests {
     #[test]
     fn features_are_what_the_spec_uses() {
         let mut a = args();
-        a.drop = Some(1.0);
+        a.percent = Some(1.0);
         assert_eq!(NetSpec::from_args(&a).unwrap().features(), (FEAT_DROP, 0));
         a.drop_correlation = Some(25.0);
         let s = NetSpec::from_args(&a).unwrap();
@@ -697,7 +700,7 @@ mod tests {
             )
         );
         assert!(s.needs_egress() && s.needs_ingress());
-        a.drop = Some(1.0);
+        a.percent = Some(1.0);
         assert!(
             NetSpec::from_args(&a)
                 .unwrap_err()

@@ -22,9 +22,9 @@ use crate::{
     units::pct,
 };
 
-pub const EXAMPLES: &str = "Examples:\n  kchaos net --cgroup /sys/fs/cgroup/app --drop 30 --duration 10s\n  \
-kchaos net --cgroup app --drop 1.5 --proto udp --port 53 --direction both\n  \
-kchaos net --cgroup app --drop 5 --drop-correlation 50   (bursty loss, same rate)\n  \
+pub const EXAMPLES: &str = "Examples:\n  kchaos net --cgroup /sys/fs/cgroup/app --percent 30 --duration 10s\n  \
+kchaos net --cgroup app --percent 1.5 --proto udp --port 53 --direction both\n  \
+kchaos net --cgroup app --percent 5 --drop-correlation 50   (bursty loss, same rate)\n  \
 kchaos net --cgroup app --loss-model gemodel:1,30   (Gilbert-Elliott: bursts of 1/0.3 packets)\n  \
 kchaos net --cgroup app --delay 50ms --jitter 10ms --dst 10.0.0.0/8   (needs sch_fq)\n  \
 kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24";
@@ -33,7 +33,8 @@ impl Kind for NetSpec {
     const YAML_FIELDS: &'static [&'static str] = yaml::NET_FIELDS;
     const NAME: &'static str = "net";
     const PARAMS: &'static [(&'static str, Unit)] =
-        &[("drop", Unit::Percent), ("delay", Unit::Duration)];
+        &[("percent", Unit::Percent), ("delay", Unit::Duration)];
+    const RENAMED: &'static [(&'static str, &'static str)] = &[("drop", "percent")];
     const MONKEY_TYPES: &'static [&'static str] = &["net-drop", "net-delay", "net-partition"];
     const METRICS: &'static [MetricMap] = &[
         MetricMap::counter(
@@ -52,7 +53,7 @@ impl Kind for NetSpec {
             "direction",
             "dropped",
             "net_packets_dropped",
-            "Packets the fault dropped (--drop), per direction.",
+            "Packets the fault dropped (--percent), per direction.",
         ),
         MetricMap::counter(
             "direction",
@@ -78,6 +79,9 @@ impl Kind for NetSpec {
     type Active = NetFault;
 
     fn from_args(args: &NetArgs) -> Result<Self, BadInput> {
+        if args.drop.is_some() {
+            crate::output::deprecated("--drop PCT", "--percent PCT");
+        }
         NetSpec::from_args(args)
     }
 
@@ -91,8 +95,8 @@ impl Kind for NetSpec {
 
     fn check_param(&self, param: &str, value: f64) -> Result<(), String> {
         match param {
-            "drop" if (0.0..=100.0).contains(&value) => Ok(()),
-            "drop" => Err(format!("{value}% is not allowed: 0 to 100")),
+            "percent" if (0.0..=100.0).contains(&value) => Ok(()),
+            "percent" => Err(format!("{value}% is not allowed: 0 to 100")),
             "delay" if value <= 5.0 && Duration::from_secs_f64(value.max(0.0)) >= self.jitter => {
                 Ok(())
             }
@@ -102,14 +106,14 @@ impl Kind for NetSpec {
                 Unit::Duration.format(value)
             )),
             other => Err(format!(
-                "a net fault cannot ramp '{other}': allowed are drop, delay"
+                "a net fault cannot ramp '{other}': allowed are percent (drop), delay"
             )),
         }
     }
 
     fn prepare_ramp(&mut self, param: &str, start: f64) {
         match param {
-            "drop" => self.drop_percent = Some(start),
+            "percent" => self.drop_percent = Some(start),
             "delay" => self.delay = Duration::from_secs_f64(start.max(0.0)),
             _ => {}
         }
@@ -118,11 +122,11 @@ impl Kind for NetSpec {
     fn intensities(&self) -> Vec<(&'static str, f64)> {
         let mut v = Vec::new();
         if let Some(d) = self.drop_percent {
-            v.push(("drop", d));
+            v.push(("percent", d));
         }
         if !self.partitions.is_empty() {
             // Everything to a partitioned peer is lost: as intense as a drop can be.
-            v.push(("drop", 100.0));
+            v.push(("percent", 100.0));
         }
         if !self.delay.is_zero() {
             v.push(("delay", (self.delay + self.jitter).as_secs_f64()));
@@ -162,7 +166,7 @@ impl Kind for NetSpec {
             "net-drop" => {
                 // Whole tenths of a percent, at least 1%.
                 let p = 1.0 + draw() * (caps.max_drop_percent - 1.0).max(0.0);
-                args.drop = Some((p * 10.0).round() / 10.0);
+                args.percent = Some((p * 10.0).round() / 10.0);
             }
             "net-delay" => {
                 let max_ms = caps.max_delay.as_millis().max(1) as f64;
@@ -251,7 +255,7 @@ impl Active for NetFault {
 
     fn set_param(&mut self, param: &str, value: f64) -> Result<()> {
         match param {
-            "drop" => self.set_drop_percent(value.clamp(0.0, 100.0)),
+            "percent" => self.set_drop_percent(value.clamp(0.0, 100.0)),
             "delay" => self.set_delay(Duration::from_secs_f64(value.max(0.0))),
             other => anyhow::bail!("a net fault has no parameter '{other}'"),
         }

@@ -6,6 +6,7 @@ use super::{Direction, NetArgs, NetSpec, Proto, peers::Peer};
 use crate::experiment::{fields::Ctx, yaml::Node};
 
 pub const NET_FIELDS: &[&str] = &[
+    "percent",
     "drop",
     "drop_correlation",
     "loss_model",
@@ -23,8 +24,18 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     let f = ctx.map(node, path, NET_FIELDS)?;
     let before = ctx.errors.len();
     let mut args = NetArgs::default();
+    if let Some(n) = f.value("percent") {
+        args.percent = ctx.percent(n, &f.path_of("percent"));
+    }
     if let Some(n) = f.value("drop") {
-        args.drop = ctx.percent(n, &f.path_of("drop"));
+        // The old name of `percent`, for one release.
+        let p = f.path_of("drop");
+        if f.has("percent") {
+            ctx.err(n.mark, &p, "give percent or its old name drop, not both");
+        } else {
+            crate::output::deprecated(&p, &f.path_of("percent"));
+            args.percent = ctx.percent(n, &p);
+        }
     }
     if let Some(n) = f.value("drop_correlation") {
         args.drop_correlation = ctx.percent(n, &f.path_of("drop_correlation"));
@@ -94,8 +105,8 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     }
     // A ramped parameter needs its programs attached even when the fault names no fixed value; the
     // ramp sets the real value before the fault is armed.
-    if ramped.iter().any(|p| p == "drop") && args.drop.is_none() {
-        args.drop = Some(0.0);
+    if ramped.iter().any(|p| p == "percent") && args.percent.is_none() {
+        args.percent = Some(0.0);
     }
     if ramped.iter().any(|p| p == "delay") && args.delay.is_none_or(|d| d.is_zero()) {
         args.delay = Some(Duration::from_millis(1).max(args.jitter.unwrap_or_default()));
@@ -136,7 +147,7 @@ mod tests {
 
     #[test]
     fn loss_fields() {
-        let s = net("{drop: 5, drop_correlation: 25}").unwrap();
+        let s = net("{percent: 5, drop_correlation: 25}").unwrap();
         assert_eq!(
             (s.drop_percent, s.drop_correlation),
             (Some(5.0), Some(25.0))
@@ -152,8 +163,8 @@ mod tests {
             "{e}"
         );
         let e = net("{drop_correlation: 25}").unwrap_err();
-        assert!(e.contains("drop_correlation 25 needs drop"), "{e}");
-        let e = net("{drop: 1, loss_model: 'gemodel:1'}").unwrap_err();
+        assert!(e.contains("drop_correlation 25 needs percent"), "{e}");
+        let e = net("{percent: 1, loss_model: 'gemodel:1'}").unwrap_err();
         assert!(e.contains("both decide loss"), "{e}");
     }
 }

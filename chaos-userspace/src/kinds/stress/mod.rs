@@ -42,14 +42,15 @@ use crate::{
 
 pub const EXAMPLES: &str = "Workers run as processes in the target cgroup (counted by its accounting, held to \
 its limits) and die with kchaos, however it ends.\n\nExamples:\n  \
-kchaos stress --cgroup app --cpu 2 --cpu-load 50 --duration 1m\n  \
+kchaos stress --cgroup app --cpu 2 --percent 50 --duration 1m\n  \
 kchaos stress --pid 4242 --memory 512M --ramp 10s --duration 30s --json report.json\n  \
 kchaos stress --cgroup app --io-write 20M --io-dir /var/lib/app --fds 5000";
 
 impl Kind for StressSpec {
     const YAML_FIELDS: &'static [&'static str] = yaml::FIELDS;
     const NAME: &'static str = "stress";
-    const PARAMS: &'static [(&'static str, Unit)] = &[("cpu_load", Unit::Percent)];
+    const PARAMS: &'static [(&'static str, Unit)] = &[("percent", Unit::Percent)];
+    const RENAMED: &'static [(&'static str, &'static str)] = &[("cpu_load", "percent")];
     const MONKEY_TYPES: &'static [&'static str] = &["cpu"];
     const METRICS: &'static [MetricMap] = &[
         MetricMap::gauge(
@@ -134,6 +135,9 @@ impl Kind for StressSpec {
     type Active = StressFault;
 
     fn from_args(args: &StressArgs) -> Result<Self, BadInput> {
+        if args.cpu_load.is_some() {
+            crate::output::deprecated("--cpu-load PCT", "--percent PCT");
+        }
         StressSpec::from_args(args)
     }
 
@@ -147,16 +151,16 @@ impl Kind for StressSpec {
 
     fn check_param(&self, param: &str, value: f64) -> Result<(), String> {
         match param {
-            "cpu_load" if (0.0..=100.0).contains(&value) => Ok(()),
-            "cpu_load" => Err(format!("{value}% is not allowed: 0 to 100 (of one CPU)")),
+            "percent" if (0.0..=100.0).contains(&value) => Ok(()),
+            "percent" => Err(format!("{value}% is not allowed: 0 to 100 (of one CPU)")),
             other => Err(format!(
-                "a stress fault cannot ramp '{other}': allowed is cpu_load"
+                "a stress fault cannot ramp '{other}': allowed is percent (of one CPU, each cpu worker)"
             )),
         }
     }
 
     fn prepare_ramp(&mut self, param: &str, start: f64) {
-        if param == "cpu_load"
+        if param == "percent"
             && let Some(cpu) = self.cpu.as_mut()
         {
             cpu.load_pct = start;
@@ -165,7 +169,7 @@ impl Kind for StressSpec {
 
     fn intensities(&self) -> Vec<(&'static str, f64)> {
         self.cpu
-            .map(|c| ("cpu_load", c.load_pct))
+            .map(|c| ("percent", c.load_pct))
             .into_iter()
             .collect()
     }
@@ -197,7 +201,7 @@ impl Kind for StressSpec {
         let load = low + draw() * (caps.max_cpu_load - low).max(0.0);
         StressSpec::from_args(&StressArgs {
             cpu: Some(1),
-            cpu_load: Some(load.round().max(1.0)),
+            percent: Some(load.round().max(1.0)),
             ..StressArgs::default()
         })
     }
@@ -438,7 +442,7 @@ impl Active for StressFault {
 
     fn set_param(&mut self, param: &str, value: f64) -> Result<()> {
         match param {
-            "cpu_load" => self
+            "percent" => self
                 .loads
                 .get_mut()
                 .iter_mut()

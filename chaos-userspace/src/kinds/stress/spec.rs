@@ -9,11 +9,14 @@ use crate::{error::BadInput, units};
 /// `kchaos stress` options: what load to put on the target.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct StressArgs {
-    /// Run N CPU workers, each busy for --cpu-load percent of one CPU.
+    /// Run N CPU workers, each busy for --percent of one CPU.
     #[arg(long, value_name = "N", value_parser = units::parse_whole::<u32>, allow_hyphen_values = true)]
     pub cpu: Option<u32>,
     /// Load of each CPU worker, in percent of one CPU (default 100).
     #[arg(long, value_name = "PCT", requires = "cpu", value_parser = units::parse_percent, allow_hyphen_values = true)]
+    pub percent: Option<f64>,
+    /// The old spelling of --percent (deprecated: works for one release, with a warning).
+    #[arg(long, value_name = "PCT", requires = "cpu", conflicts_with = "percent", hide = true, value_parser = units::parse_percent, allow_hyphen_values = true)]
     pub cpu_load: Option<f64>,
     /// Allocate this much memory, touch every page and hold it (e.g. 512M, 2G).
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size, allow_hyphen_values = true)]
@@ -87,10 +90,10 @@ impl StressSpec {
                 )));
             }
             Some(workers) => {
-                let load_pct = args.cpu_load.unwrap_or(100.0);
+                let load_pct = args.percent.or(args.cpu_load).unwrap_or(100.0);
                 if load_pct <= 0.0 {
                     return Err(BadInput::new(
-                        "--cpu-load 0 loads nothing: give a percentage above 0, up to 100",
+                        "--percent 0 loads nothing: give a percentage above 0, up to 100",
                     ));
                 }
                 Some(CpuSpec { workers, load_pct })
@@ -253,7 +256,7 @@ mod tests {
             },
             StressArgs {
                 cpu: Some(1),
-                cpu_load: Some(0.0),
+                percent: Some(0.0),
                 ..args()
             },
             StressArgs {

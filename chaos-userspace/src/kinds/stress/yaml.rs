@@ -8,7 +8,9 @@ use crate::{
     units,
 };
 
-pub const FIELDS: &[&str] = &["cpu", "cpu_load", "memory", "io_write", "io_dir", "fds"];
+pub const FIELDS: &[&str] = &[
+    "cpu", "percent", "cpu_load", "memory", "io_write", "io_dir", "fds",
+];
 
 /// Reads `stress: {...}`; each error at the field it is about.
 pub fn parse(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> Option<StressSpec> {
@@ -22,18 +24,42 @@ pub fn parse(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> Optio
             v => args.cpu = v.map(|v| v as u32),
         }
     }
-    if let Some(n) = f.value("cpu_load") {
-        let p = f.path_of("cpu_load");
+    // `cpu_load` is the old name of `percent`, for one release.
+    let load_key = match (f.has("percent"), f.has("cpu_load")) {
+        (true, true) => {
+            let n = f.get("cpu_load").map_or(f.mark, |n| n.mark);
+            ctx.err(
+                n,
+                &f.path_of("cpu_load"),
+                "give percent or its old name cpu_load, not both",
+            );
+            None
+        }
+        (false, true) => {
+            crate::output::deprecated(&f.path_of("cpu_load"), &f.path_of("percent"));
+            Some("cpu_load")
+        }
+        (true, false) => Some("percent"),
+        (false, false) => None,
+    };
+    if let Some(key) = load_key
+        && let Some(n) = f.value(key)
+    {
+        let p = f.path_of(key);
         if !f.has("cpu") {
-            ctx.err(n.mark, &p, "cpu_load needs cpu: N (how many CPU workers)");
+            ctx.err(
+                n.mark,
+                &p,
+                format!("{key} needs cpu: N (how many CPU workers)"),
+            );
         }
         match ctx.percent(n, &p) {
             Some(v) if v <= 0.0 => ctx.err(
                 n.mark,
                 &p,
-                "cpu_load 0% loads nothing: allowed is above 0, up to 100%",
+                format!("{key} 0% loads nothing: allowed is above 0, up to 100%"),
             ),
-            v => args.cpu_load = v,
+            v => args.percent = v,
         }
     }
     let size = |ctx: &mut Ctx, key: &str, parse: fn(&str) -> Result<u64, BadInput>| {
@@ -80,11 +106,11 @@ pub fn parse(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> Optio
             v => args.fds = v,
         }
     }
-    if ramped.iter().any(|p| p == "cpu_load") && args.cpu.is_none() {
+    if ramped.iter().any(|p| p == "percent") && args.cpu.is_none() {
         ctx.err(
             f.mark,
             path,
-            "a cpu_load ramp needs cpu: N (the CPU workers it loads)",
+            "a percent ramp needs cpu: N (the CPU workers it loads)",
         );
     }
     if ctx.errors.len() > before {
