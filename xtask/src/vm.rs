@@ -4,10 +4,11 @@
 //! Each payload's verdict is read from marker lines on the serial console, never from qemu's exit
 //! code: a panic, a timeout or a payload without its end marker is a failure.
 
+pub mod build_kernel;
 pub mod cargo_tests;
 mod console;
 mod initramfs;
-mod kernel;
+pub mod kernel;
 mod modules;
 
 use std::{
@@ -188,6 +189,13 @@ pub fn boot_payloads(
     })
 }
 
+/// `cargo xtask build-kernel`: the kprobe kernel, built unless cached.
+pub fn build_kprobe_kernel() -> Result<()> {
+    let dir = build_kernel::obtain(&vm_dir()?)?;
+    println!("{}", dir.display());
+    Ok(())
+}
+
 /// Prints one line per payload and fails if any failed.
 fn summarize(results: &[PayloadResult]) -> Result<()> {
     let mut failed = Vec::new();
@@ -340,7 +348,7 @@ impl Drop for TempDir {
     }
 }
 
-/// Removes the temporary directories (`run-<pid>`, `download-<pid>`, `<x>.unpacking-<pid>`) of
+/// Removes the temporary directories (`run-<pid>`, `download-<pid>`, `kbuild-<pid>`, `<x>.unpacking-<pid>`) of
 /// runs that were killed before they could clean up: their pid no longer exists.
 fn remove_stale_dirs(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
@@ -362,6 +370,7 @@ fn temp_dir_pid(name: &str) -> Option<u32> {
     let pid = name
         .strip_prefix("run-")
         .or_else(|| name.strip_prefix("download-"))
+        .or_else(|| name.strip_prefix("kbuild-"))
         .or_else(|| name.rsplit_once(".unpacking-").map(|(_, pid)| pid))?;
     pid.parse().ok()
 }
