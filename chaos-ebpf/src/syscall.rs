@@ -5,17 +5,21 @@
 //! first step is `in_targets`: one hash lookup per cgroup level the targets span, however many
 //! targets there are).
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 
 use aya_ebpf::{
     bindings::path,
     helpers::{
-        bpf_d_path, bpf_get_current_ancestor_cgroup_id, bpf_get_prandom_u32, bpf_probe_read_kernel,
+        bpf_d_path, bpf_get_current_ancestor_cgroup_id, bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
         generated::{bpf_ktime_get_coarse_ns, bpf_override_return, bpf_set_retval},
     },
-    macros::{cgroup_sock, cgroup_sock_addr, fexit, kprobe, lsm, map},
+    macros::{cgroup_sock, cgroup_sock_addr, kprobe, lsm, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
-    programs::{FExitContext, LsmContext, ProbeContext, SockAddrContext, SockContext},
+    programs::{LsmContext, ProbeContext, SockAddrContext, SockContext},
 };
 use chaos_common::{
     MAX_TARGET_LEVELS, OP_ACCEPT, OP_BIND, OP_CONNECT, OP_COUNT, OP_FORK, OP_FSYNC, OP_MKDIR,
@@ -59,11 +63,17 @@ static LSM_NEG_ERRNO: u64 = 0;
 /// The errno to fail this call with, or None to let it through. `filtered_out` calls are counted but
 /// never fail. Counters are per-CPU; only `--after` and `--max` use shared atomic counters (exact
 /// across CPUs), and only when they are set.
+/// `now` reads CLOCK_MONOTONIC: [`coarse_now`] where the program type may (cgroup hooks: a jiffy's
+/// resolution is plenty for the lease and costs no clocksource read), [`fine_now`] elsewhere (6.12
+/// refuses bpf_ktime_get_coarse_ns to LSM and tracing programs).
 #[inline(always)]
-fn decide(cfg: &SyscallConfig, op: u32, filtered_out: bool) -> Option<u32> {
-    // The coarse clock (a jiffy's resolution) is plenty for the lease and costs no clocksource read.
-    // SAFETY: helpers without arguments.
-    if cfg.ops & (1 << op) == 0 || unsafe { bpf_ktime_get_coarse_ns() } >= cfg.deadline_ns {
+fn decide(
+    cfg: &SyscallConfig,
+    op: u32,
+    filtered_out: bool,
+    now: impl FnOnce() -> u64,
+) -> Option<u32> {
+    if cfg.ops & (1 << op) == 0 || now() >= cfg.deadline_ns {
         return None;
     }
     let counters = SYS_COUNTERS.get_ptr_mut(op)?;
@@ -104,6 +114,18 @@ fn decide(cfg: &SyscallConfig, op: u32, filtered_out: bool) -> Option<u32> {
     }
     counters.injected += 1;
     Some(cfg.errno)
+}
+
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn fine_now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Is the current task in (or below) one of the targets? The first step of every host-wide hook:
@@ -179,7 +201,7 @@ fn sock_addr(ctx: &SockAddrContext, op: u32, v6: bool) -> i32 {
     let filtered = op != OP_BIND
         && (cfg.dst_filter != 0 || cfg.dst_port != 0)
         && sock_addr_filtered_out(ctx, cfg, v6);
-    cgroup_verdict(decide(cfg, op, filtered))
+    cgroup_verdict(decide(cfg, op, filtered, coarse_now))
 }
 
 #[inline(always)]
@@ -248,7 +270,7 @@ pub fn sys_sock_create(_ctx: SockContext) -> i32 {
     let Some(cfg) = SYS_CONFIG.get(0) else {
         return CGROUP_ALLOW;
     };
-    cgroup_verdict(decide(cfg, OP_SOCKET, false))
+    cgroup_verdict(decide(cfg, OP_SOCKET, false, coarse_now))
 }
 
 // ---- BPF LSM hooks: host-wide; -errno denies ------------------------------------------------------
@@ -261,7 +283,7 @@ fn lsm_verdict(op: u32, filtered_out: impl FnOnce(&SyscallConfig) -> bool) -> i3
     if !in_targets(cfg) {
         return 0;
     }
-    if decide(cfg, op, filtered_out(cfg)).is_none() {
+    if decide(cfg, op, filtered_out(cfg), fine_now).is_none() {
         return 0;
     }
     // SAFETY: a read-only global of this object.
@@ -426,7 +448,7 @@ fn kprobe_override(ctx: &ProbeContext, op: u32) -> u32 {
     if !in_targets(cfg) {
         return 0;
     }
-    if let Some(e) = decide(cfg, op, false) {
+    if let Some(e) = decide(cfg, op, false, fine_now) {
         // SAFETY: the probe's own registers; the kernel skips the syscall and returns -errno.
         unsafe { bpf_override_return(ctx.regs, (-(e as i64)) as u64) };
     }
@@ -459,9 +481,10 @@ syscall_kprobe!(kp_fork, OP_FORK);
 syscall_kprobe!(kp_mmap, OP_MMAP);
 
 // ---- fmod_ret (BPF_MODIFY_RETURN) on security_* functions and error-injectable syscalls ------------
-// Written as fexit so aya's parser accepts the object; loaded only as fmod_ret, through
-// chaos-userspace's kinds/syscall/fmod_ret.rs (aya 0.14 has no fmod_ret type). A non-zero return
-// skips the function and becomes its return value.
+// In an `fexit` section so aya's parser accepts the object, but not through aya's #[fexit] macro,
+// whose wrapper always returns 0; loaded only as fmod_ret, by chaos-userspace's
+// kinds/syscall/fmod_ret.rs (aya 0.14 has no fmod_ret type). A non-zero return skips the function
+// and becomes its return value. The context is the function's arguments, one u64 each.
 
 #[inline(always)]
 fn fmod_ret(op: u32, filtered_out: bool) -> i32 {
@@ -471,16 +494,25 @@ fn fmod_ret(op: u32, filtered_out: bool) -> i32 {
     if !in_targets(cfg) {
         return 0;
     }
-    match decide(cfg, op, filtered_out) {
+    match decide(cfg, op, filtered_out, fine_now) {
         Some(e) => -(e as i32),
         None => 0,
     }
 }
 
+/// Argument `n` of the traced function.
+#[inline(always)]
+fn fmod_arg(ctx: *mut c_void, n: usize) -> u64 {
+    // SAFETY: a tracing program's context is an array of the function's arguments; the verifier
+    // checks `n` against the function's BTF prototype.
+    unsafe { *(ctx as *const u64).add(n) }
+}
+
 macro_rules! fmod_ret_program {
     ($name:ident, $op:expr) => {
-        #[fexit]
-        pub fn $name(_ctx: FExitContext) -> i32 {
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = "fexit")]
+        pub fn $name(_ctx: *mut c_void) -> i32 {
             fmod_ret($op, false)
         }
     };
@@ -501,16 +533,18 @@ fmod_ret_program!(fm_mmap, OP_MMAP);
 
 /// security_socket_create(family, type, protocol, kern): the kernel's own sockets are not the
 /// process's socket() calls.
-#[fexit]
-pub fn fm_socket(ctx: FExitContext) -> i32 {
-    let kern: i32 = ctx.arg(3);
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fexit")]
+pub fn fm_socket(ctx: *mut c_void) -> i32 {
+    let kern = fmod_arg(ctx, 3) as i32;
     fmod_ret(OP_SOCKET, kern != 0)
 }
 
 /// security_file_permission(file, mask): read or write by the mask.
-#[fexit]
-pub fn fm_file_permission(ctx: FExitContext) -> i32 {
-    let mask: i32 = ctx.arg(1);
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fexit")]
+pub fn fm_file_permission(ctx: *mut c_void) -> i32 {
+    let mask = fmod_arg(ctx, 1) as i32;
     let op = if mask & MAY_WRITE != 0 {
         OP_WRITE
     } else if mask & MAY_READ != 0 {

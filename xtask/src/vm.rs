@@ -36,7 +36,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 #[derive(clap::Args, Default, Clone)]
 pub struct VmTestArgs {
-    /// A kernel .deb or an unpacked directory to boot instead of the default Debian kernel.
+    /// A kernel .deb or an unpacked directory to boot instead of the default Debian kernel;
+    /// `kprobe`: the kernel xtask builds from Debian's linux-source-6.12 with bpf_override_return.
     #[arg(long)]
     pub kernel: Option<std::path::PathBuf>,
     /// Which tests: a test file's name (tests/tests/NAME.rs, or NAME_*.rs: `scenarios` runs every
@@ -46,7 +47,14 @@ pub struct VmTestArgs {
     /// Run the selected tests this many times in one boot (to prove a test is not flaky).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeat: u32,
+    /// Without --kernel, the syscall suite also runs on the kprobe kernel (Debian's source with
+    /// bpf_override_return, built once by xtask: 15-20 min on 2 cores, then cached); this skips it.
+    #[arg(long)]
+    pub skip_kprobe_kernel: bool,
 }
+
+/// The test files that also run on the kprobe kernel (where every syscall backend exists).
+const KPROBE_KERNEL_SUITES: &[&str] = &["syscall"];
 
 /// A program to run inside the VM: `binary` (a host path, copied in with its libraries) with `args`.
 #[derive(Clone, Debug)]
@@ -95,12 +103,39 @@ pub fn run_suite(args: &VmTestArgs, report: &mut Report) -> Result<()> {
             cwd: Some(setup::workspace_root().join("tests")),
         })
         .collect();
-    let run = boot_payloads(
-        args.kernel.as_deref(),
-        Some(&kchaos),
-        &payloads,
-        timeout_from_env()?,
-    )?;
+    let first = run_on(args.kernel.as_deref(), &kchaos, &payloads, report);
+    if args.kernel.is_some() || args.skip_kprobe_kernel {
+        return first;
+    }
+    let kprobe_payloads: Vec<Payload> = payloads
+        .iter()
+        .filter(|p| {
+            KPROBE_KERNEL_SUITES
+                .iter()
+                .any(|s| p.name == *s || p.name.starts_with(&format!("{s}-run")))
+        })
+        .cloned()
+        .collect();
+    if kprobe_payloads.is_empty() {
+        return first;
+    }
+    let second = run_on(
+        Some(Path::new(kernel::KPROBE_KERNEL)),
+        &kchaos,
+        &kprobe_payloads,
+        report,
+    );
+    first.and(second)
+}
+
+/// Boots `kernel`, runs `payloads`, adds their counts to `report`.
+fn run_on(
+    kernel: Option<&Path>,
+    kchaos: &Path,
+    payloads: &[Payload],
+    report: &mut Report,
+) -> Result<()> {
+    let run = boot_payloads(kernel, Some(kchaos), payloads, timeout_from_env()?)?;
     let mut part = Part::new(&format!("VM {}", run.kernel_release));
     for r in &run.results {
         part.read_output(&r.name, &r.output);

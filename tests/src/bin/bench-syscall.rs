@@ -6,7 +6,8 @@
 //!    program run costs, bpf_stats' clock reads included) and with `--percent 50` and `--after/--max`
 //!    (the shared atomic). Each figure is the best and the median of many short rounds: a round in
 //!    which the task was preempted mid-program counts the time it was off the CPU.
-//! 2. A tight syscall loop (connect; open, write and fsync where a host-wide backend covers them):
+//! 2. A tight syscall loop (connect; open, write and fsync where a host-wide backend covers them;
+//!    backends: cgroup, lsm, kprobe, fmod_ret, those this kernel has):
 //!    nothing attached, attached elsewhere (a process outside the targets), targeted at 0 %, and
 //!    under `strace -e inject` (the usual userspace way), as ratios of calls per second to the first,
 //!    interleaved in one run.
@@ -36,6 +37,7 @@ fn main() -> Result<()> {
         ("cgroup", &support.cgroup),
         ("lsm", &support.lsm),
         ("kprobe", &support.kprobe),
+        ("fmod_ret", &support.fmod_ret),
     ]
     .into_iter()
     .filter_map(|(b, s)| match s {
@@ -58,6 +60,9 @@ fn main() -> Result<()> {
     std::fs::write(sysctl, before)?;
     result?;
 
+    if std::env::var_os("KCHAOS_BENCH_COSTS_ONLY").is_some() {
+        return Ok(());
+    }
     let target = LabCgroup::create(&format!("kchaos-bench-{}", tag("t")))?;
     let other = LabCgroup::create(&format!("kchaos-bench-{}", tag("o")))?;
     let has_strace = Command::new("strace").arg("-V").output().is_ok();
@@ -80,9 +85,19 @@ fn main() -> Result<()> {
         }
     }
     if host_wide.contains(&"kprobe") {
-        bench_op("fsync", "EIO", &["kprobe"], &target, &other, has_strace)?;
+        let fsync: Vec<&str> = host_wide.iter().copied().filter(|&b| b != "lsm").collect();
+        bench_op("fsync", "EIO", &fsync, &target, &other, has_strace)?;
     }
     Ok(())
+}
+
+/// TARGET_COUNTS, or $KCHAOS_BENCH_TARGETS ("1,100"): e.g. to compare with a kchaos that
+/// takes fewer targets.
+fn target_counts() -> Vec<usize> {
+    std::env::var("KCHAOS_BENCH_TARGETS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| TARGET_COUNTS.to_vec())
 }
 
 /// The connect program each backend runs.
@@ -90,6 +105,7 @@ fn connect_program(backend: &str) -> &'static str {
     match backend {
         "cgroup" => "sys_connect4",
         "lsm" => "lsm_socket_conn",
+        "fmod_ret" => "fm_connect",
         _ => "kp_connect",
     }
 }
@@ -112,7 +128,7 @@ fn per_run_costs(backends: &[&str]) -> Result<()> {
         format!("{best:.1} / {median:.1}")
     );
     for &backend in backends {
-        for n in TARGET_COUNTS {
+        for n in target_counts() {
             let fault: &[&str] = &["--percent", "0"];
             cost_row(backend, n, "0%", fault)?;
         }
@@ -154,7 +170,9 @@ fn cost_row(backend: &str, n: usize, label: &str, fault: &[&str]) -> Result<()> 
     args.extend(fault.iter().map(|s| s.to_string()));
     let before: HashSet<u32> = program_ids(connect_program(backend));
     let started = std::time::Instant::now();
-    let running = Running::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Attaching to 10,000 cgroups takes a while on a busy host: more than Running::start waits.
+    let mut running = Running::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    running.wait_for("armed", std::time::Duration::from_secs(600));
     let attach = started.elapsed();
     let ids: Vec<u32> = if backend == "cgroup" {
         cgroup_programs(last, attach_type::INET4_CONNECT)

@@ -90,6 +90,26 @@ const CONFIG: &[(&str, &str)] = &[
     ),
 ];
 
+/// The cached kernel tree, if it is built (without building it).
+pub fn cached() -> Result<Option<PathBuf>> {
+    let Ok(version) = capture(
+        "asking dpkg for the kernel source's version",
+        Command::new("dpkg-query").args(["-W", "-f", "${Version}", SOURCE_PACKAGE]),
+    ) else {
+        return Ok(None);
+    };
+    let dest = super::vm_dir()?.join(cache_key(&version));
+    Ok(dest.join("boot").is_dir().then_some(dest))
+}
+
+fn cache_key(version: &str) -> String {
+    format!(
+        "kprobe-kernel-{}-{:016x}",
+        version.trim().replace(['~', ':', '+'], "_"),
+        config_hash()
+    )
+}
+
 /// `<cache>/vm/kprobe-kernel-…/`, building it first when it is not cached: a tree `kernel::obtain`
 /// reads (boot/vmlinuz-<release>, boot/config-<release>).
 pub fn obtain(vm_dir: &Path) -> Result<PathBuf> {
@@ -109,11 +129,7 @@ pub fn obtain(vm_dir: &Path) -> Result<PathBuf> {
         "asking dpkg for the kernel source's version",
         Command::new("dpkg-query").args(["-W", "-f", "${Version}", SOURCE_PACKAGE]),
     )?;
-    let key = format!(
-        "kprobe-kernel-{}-{:016x}",
-        version.trim().replace(['~', ':', '+'], "_"),
-        config_hash()
-    );
+    let key = cache_key(&version);
     let dest = vm_dir.join(&key);
     if dest.join("boot").is_dir() {
         step(&format!("kprobe kernel: cached in {}", dest.display()));

@@ -40,6 +40,7 @@ pub enum Backend {
     Lsm,
     /// fmod_ret (BPF trampolines) on the security_* functions the LSM hooks sit in, and on fsync
     /// where the kernel lists syscalls for error injection; never picked by `auto`.
+    #[value(name = "fmod_ret", alias = "fmod-ret")]
     FmodRet,
     /// kprobe on the syscall + bpf_override_return (CONFIG_BPF_KPROBE_OVERRIDE).
     Kprobe,

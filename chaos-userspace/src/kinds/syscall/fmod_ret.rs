@@ -280,7 +280,7 @@ mod tests {
     }
 
     #[test]
-    fn every_fmod_ret_program_is_in_the_object_and_relocates() {
+    fn every_fmod_ret_program_is_in_the_object() {
         let obj = Object::parse(crate::engine::ebpf::object()).unwrap();
         for op in super::super::fault::OPS {
             for &(prog, _) in op.fmod_ret {
