@@ -24,8 +24,9 @@ pub const OP_MMAP: u32 = 14;
 /// Number of operations (size of the counters array).
 pub const OP_COUNT: u32 = 15;
 
-/// Most cgroups a hook-wide (LSM, kprobe) program checks the current task against.
-pub const MAX_SYSCALL_TARGETS: u32 = 8;
+/// Most cgroup levels between the shallowest and the deepest target (the host-wide programs probe
+/// the task's ancestor at each level in that range: a bounded loop for the verifier).
+pub const MAX_TARGET_LEVELS: u32 = 32;
 /// Longest `--path-prefix`, in bytes.
 pub const PATH_PREFIX_MAX: usize = 128;
 
@@ -53,13 +54,13 @@ pub struct SyscallConfig {
     pub dst_port: u32,
     /// Bytes used in `prefix` (0 = any path).
     pub prefix_len: u32,
+    /// Target cgroups for the host-wide hooks (LSM, kprobe) are the keys of the `SYS_TARGETS` hash;
+    /// the current task is a target when its ancestor (bpf_get_current_ancestor_cgroup_id) at some
+    /// level from `target_min_level` to `target_max_level` is one of them, which also covers cgroups
+    /// created below a target later. At most `MAX_TARGET_LEVELS` lookups, however many targets.
+    pub target_min_level: u32,
+    pub target_max_level: u32,
     pub _pad: u32,
-    /// Target cgroups for the host-wide hooks (LSM, kprobe): the current task is a target when its
-    /// ancestor at `target_levels[i]` is `target_ids[i]` (bpf_get_current_ancestor_cgroup_id), which
-    /// also covers cgroups created below a target later. A cgroup-array map would do the same, but
-    /// sleepable programs (file_open, for bpf_d_path) may not use one.
-    pub target_ids: [u64; MAX_SYSCALL_TARGETS as usize],
-    pub target_levels: [u32; MAX_SYSCALL_TARGETS as usize],
     /// `--path-prefix`: opens of paths under it only.
     pub prefix: [u8; PATH_PREFIX_MAX],
 }
@@ -77,15 +78,16 @@ impl Default for SyscallConfig {
             dst_filter: 0,
             dst_port: 0,
             prefix_len: 0,
+            target_min_level: 0,
+            target_max_level: 0,
             _pad: 0,
-            target_ids: [0; MAX_SYSCALL_TARGETS as usize],
-            target_levels: [0; MAX_SYSCALL_TARGETS as usize],
             prefix: [0; PATH_PREFIX_MAX],
         }
     }
 }
 
-/// Shared (not per-CPU) so `--after` and `--max` are exact across CPUs: updated with atomic adds.
+/// Shared (not per-CPU) so `--after` and `--max` are exact across CPUs: updated with atomic adds, and
+/// only when `--after`/`--max` are set (a shared cache line costs every CPU that touches it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallState {
@@ -131,10 +133,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(
-            size_of::<SyscallConfig>(),
-            5 * 8 + 6 * 4 + 8 * 8 + 8 * 4 + PATH_PREFIX_MAX
-        );
+        assert_eq!(size_of::<SyscallConfig>(), 5 * 8 + 8 * 4 + PATH_PREFIX_MAX);
         assert_eq!(size_of::<SyscallState>(), 16);
         assert_eq!(size_of::<SyscallCounters>(), 24);
         const { assert!(OP_COUNT <= 64) };

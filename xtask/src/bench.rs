@@ -11,7 +11,9 @@ pub struct BenchArgs {
     /// Which benchmark: net, syscall, stress, time.
     pub which: String,
     /// Run it inside the Debian 6.12 test VM (net: also EDT delay precision beside netem, which needs
-    /// sch_fq). Under emulation absolute numbers mean little: read the ratios.
+    /// sch_fq; syscall: the host-wide backends, lsm and fmod_ret, and kprobe too on the kprobe
+    /// kernel when it is built and cached). Under emulation absolute numbers mean little: read the
+    /// ratios.
     #[arg(long)]
     pub vm: bool,
 }
@@ -19,7 +21,8 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match args.which.as_str() {
         "net" if args.vm => net_in_vm(),
-        _ if args.vm => bail!("--vm is for the net benchmark"),
+        "syscall" if args.vm => syscall_in_vm(),
+        _ if args.vm => bail!("--vm is for the net and syscall benchmarks"),
         "net" => run_bin("bench-net"),
         "syscall" => run_bin("bench-syscall"),
         "stress" => crate::bench_stress::run(),
@@ -61,6 +64,41 @@ fn net_in_vm() -> Result<()> {
     for r in &results {
         if r.exit_code != 0 {
             bail!("{} failed inside the VM (exit {})", r.name, r.exit_code);
+        }
+    }
+    Ok(())
+}
+
+/// The syscall benchmark on the Debian kernel, then on the kprobe kernel if `cargo xtask
+/// build-kernel` has built it (building it here would take a quarter of an hour or more).
+fn syscall_in_vm() -> Result<()> {
+    let kchaos = build::build_kchaos()?;
+    let bench = build_bin("bench-syscall")?;
+    let payload = crate::vm::Payload {
+        name: "bench-syscall".into(),
+        binary: bench,
+        args: vec![],
+        cwd: None,
+    };
+    let mut kernels: Vec<Option<std::path::PathBuf>> = vec![None];
+    if crate::vm::build_kernel::cached()?.is_some() {
+        kernels.push(Some(crate::vm::kernel::KPROBE_KERNEL.into()));
+    } else {
+        setup::step(
+            "bench: the kprobe kernel is not built (cargo xtask build-kernel): Debian's only",
+        );
+    }
+    for kernel in kernels {
+        let results = crate::vm::run_payloads(
+            kernel.as_deref(),
+            Some(&kchaos),
+            std::slice::from_ref(&payload),
+            std::time::Duration::from_secs(40 * 60),
+        )?;
+        for r in &results {
+            if r.exit_code != 0 {
+                bail!("{} failed inside the VM (exit {})", r.name, r.exit_code);
+            }
         }
     }
     Ok(())

@@ -35,6 +35,9 @@ enum Command {
     Test(test::TestArgs),
     /// Run the integration tests inside a Debian 6.12 kernel under qemu (TCG).
     VmTest(vm::VmTestArgs),
+    /// Build (once, then cached) the test kernel with bpf_override_return from Debian's
+    /// linux-source-6.12; `vm-test` does it when it needs it.
+    BuildKernel,
     /// Benchmarks, printed as ratios against a baseline measured in the same run.
     Bench(bench::BenchArgs),
 }
@@ -46,6 +49,7 @@ fn main() {
         Command::Run { args } => build::run(&args),
         Command::Test(args) => test::run(&args),
         Command::VmTest(args) => vm::run(&args),
+        Command::BuildKernel => vm::build_kprobe_kernel(),
         Command::Bench(args) => bench::run(&args),
     };
     if let Err(err) = result {

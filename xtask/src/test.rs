@@ -93,6 +93,8 @@ fn run_parts(args: &TestArgs, report: &mut Report) -> Result<()> {
             kernel: None,
             filter: args.filter.clone(),
             repeat: 1,
+            skip_kprobe_kernel: false,
+            build_kprobe_kernel: false,
         };
         if let Err(e) = vm::run_suite(&vm_args, report) {
             failed.push(e.context("the VM suite"));

@@ -4,10 +4,11 @@
 //! Each payload's verdict is read from marker lines on the serial console, never from qemu's exit
 //! code: a panic, a timeout or a payload without its end marker is a failure.
 
+pub mod build_kernel;
 pub mod cargo_tests;
 mod console;
 mod initramfs;
-mod kernel;
+pub mod kernel;
 mod modules;
 
 use std::{
@@ -20,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     build, setup,
-    tally::{Part, Report},
+    tally::{Outcome, Part, Report, TestRecord},
 };
 
 pub use console::PayloadResult;
@@ -35,7 +36,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 #[derive(clap::Args, Default, Clone)]
 pub struct VmTestArgs {
-    /// A kernel .deb or an unpacked directory to boot instead of the default Debian kernel.
+    /// A kernel .deb or an unpacked directory to boot instead of the default Debian kernel;
+    /// `kprobe`: the kernel xtask builds from Debian's linux-source-6.12 with bpf_override_return.
     #[arg(long)]
     pub kernel: Option<std::path::PathBuf>,
     /// Which tests: a test file's name (tests/tests/NAME.rs, or NAME_*.rs: `scenarios` runs every
@@ -45,7 +47,19 @@ pub struct VmTestArgs {
     /// Run the selected tests this many times in one boot (to prove a test is not flaky).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeat: u32,
+    /// Without --kernel, the syscall suite also runs on the kprobe kernel (Debian's source with
+    /// bpf_override_return) when it is cached (`cargo xtask build-kernel`); otherwise that part is
+    /// counted as skipped. This skips it even when cached.
+    #[arg(long, conflicts_with = "build_kprobe_kernel")]
+    pub skip_kprobe_kernel: bool,
+    /// Build the kprobe kernel first when it is not cached (once: 15-20 min or more on 2 cores; its
+    /// build has not been timed on an idle machine yet), so its part always runs.
+    #[arg(long)]
+    pub build_kprobe_kernel: bool,
 }
+
+/// The test files that also run on the kprobe kernel (where every syscall backend exists).
+const KPROBE_KERNEL_SUITES: &[&str] = &["syscall"];
 
 /// A program to run inside the VM: `binary` (a host path, copied in with its libraries) with `args`.
 #[derive(Clone, Debug)]
@@ -94,12 +108,57 @@ pub fn run_suite(args: &VmTestArgs, report: &mut Report) -> Result<()> {
             cwd: Some(setup::workspace_root().join("tests")),
         })
         .collect();
-    let run = boot_payloads(
-        args.kernel.as_deref(),
-        Some(&kchaos),
-        &payloads,
-        timeout_from_env()?,
-    )?;
+    let first = run_on(args.kernel.as_deref(), &kchaos, &payloads, report);
+    if args.kernel.is_some() || args.skip_kprobe_kernel {
+        return first;
+    }
+    let kprobe_payloads: Vec<Payload> = payloads
+        .iter()
+        .filter(|p| {
+            KPROBE_KERNEL_SUITES
+                .iter()
+                .any(|s| p.name == *s || p.name.starts_with(&format!("{s}-run")))
+        })
+        .cloned()
+        .collect();
+    if kprobe_payloads.is_empty() {
+        return first;
+    }
+    // Building the kernel takes longer than the rest of the suite, so a run builds it only when
+    // asked; otherwise each test file it would run there is counted as skipped, with the reason.
+    if !args.build_kprobe_kernel && build_kernel::cached()?.is_none() {
+        let mut part = Part::new("VM kprobe kernel");
+        for p in &kprobe_payloads {
+            part.tests.push(TestRecord {
+                binary: p.name.clone(),
+                name: "(every test of this file)".to_owned(),
+                outcome: Outcome::Skipped(
+                    "the kprobe kernel is not built: `cargo xtask build-kernel` (or vm-test \
+                     --build-kprobe-kernel) builds and caches it"
+                        .to_owned(),
+                ),
+            });
+        }
+        report.add(part);
+        return first;
+    }
+    let second = run_on(
+        Some(Path::new(kernel::KPROBE_KERNEL)),
+        &kchaos,
+        &kprobe_payloads,
+        report,
+    );
+    first.and(second)
+}
+
+/// Boots `kernel`, runs `payloads`, adds their counts to `report`.
+fn run_on(
+    kernel: Option<&Path>,
+    kchaos: &Path,
+    payloads: &[Payload],
+    report: &mut Report,
+) -> Result<()> {
+    let run = boot_payloads(kernel, Some(kchaos), payloads, timeout_from_env()?)?;
     let mut part = Part::new(&format!("VM {}", run.kernel_release));
     for r in &run.results {
         part.read_output(&r.name, &r.output);
@@ -186,6 +245,13 @@ pub fn boot_payloads(
             .failure
             .map(|e| e.context(format!("on kernel {} ({})", kernel.release, kernel.source))),
     })
+}
+
+/// `cargo xtask build-kernel`: the kprobe kernel, built unless cached.
+pub fn build_kprobe_kernel() -> Result<()> {
+    let dir = build_kernel::obtain(&vm_dir()?)?;
+    println!("{}", dir.display());
+    Ok(())
 }
 
 /// Prints one line per payload and fails if any failed.
@@ -340,7 +406,7 @@ impl Drop for TempDir {
     }
 }
 
-/// Removes the temporary directories (`run-<pid>`, `download-<pid>`, `<x>.unpacking-<pid>`) of
+/// Removes the temporary directories (`run-<pid>`, `download-<pid>`, `kbuild-<pid>`, `<x>.unpacking-<pid>`) of
 /// runs that were killed before they could clean up: their pid no longer exists.
 fn remove_stale_dirs(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
@@ -362,6 +428,7 @@ fn temp_dir_pid(name: &str) -> Option<u32> {
     let pid = name
         .strip_prefix("run-")
         .or_else(|| name.strip_prefix("download-"))
+        .or_else(|| name.strip_prefix("kbuild-"))
         .or_else(|| name.rsplit_once(".unpacking-").map(|(_, pid)| pid))?;
     pid.parse().ok()
 }

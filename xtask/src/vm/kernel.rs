@@ -16,6 +16,8 @@ use crate::setup::{self, step};
 const DEFAULT_PACKAGE: &str = "linux-image-6.12.100+deb12-amd64";
 /// What payloads see as $KCHAOS_KERNEL_LABEL on the default kernel.
 const DEFAULT_LABEL: &str = "vm-debian-6.12";
+/// `--kernel kprobe`: the kernel xtask builds from Debian's source with bpf_override_return.
+pub const KPROBE_KERNEL: &str = "kprobe";
 /// Written into an unpacked tree once it is complete; names the .deb it came from.
 const STAMP: &str = ".kchaos-unpacked-from";
 
@@ -35,6 +37,14 @@ pub struct Kernel {
 
 /// Finds, downloads or unpacks the kernel: `custom` is a .deb or an unpacked tree, None the default.
 pub fn obtain(custom: Option<&Path>, vm_dir: &Path) -> Result<Kernel> {
+    if custom.is_some_and(|c| c == Path::new(KPROBE_KERNEL) && !c.exists()) {
+        let root = super::build_kernel::obtain(vm_dir)?;
+        return locate(
+            &root,
+            Some(super::build_kernel::LABEL),
+            &root.display().to_string(),
+        );
+    }
     let Some(custom) = custom else {
         let deb = download_default(vm_dir)?;
         let root = unpack(&deb, vm_dir)?;

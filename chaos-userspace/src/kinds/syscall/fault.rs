@@ -9,11 +9,11 @@ use std::{fmt, os::fd::AsFd as _, path::PathBuf};
 use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf,
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, Lsm},
 };
 use chaos_common::{
-    MAX_SYSCALL_TARGETS, OP_ACCEPT, OP_BIND, OP_CONNECT, OP_FORK, OP_FSYNC, OP_MKDIR, OP_MMAP,
+    MAX_TARGET_LEVELS, OP_ACCEPT, OP_BIND, OP_CONNECT, OP_FORK, OP_FSYNC, OP_MKDIR, OP_MMAP,
     OP_OPEN, OP_READ, OP_RECVMSG, OP_RENAME, OP_SENDMSG, OP_SOCKET, OP_UNLINK, OP_WRITE,
     PATH_PREFIX_MAX, PeerKey, SyscallConfig, SyscallCounters, SyscallState, percent_to_threshold,
 };
@@ -38,7 +38,9 @@ pub enum Backend {
     Cgroup,
     /// BPF LSM hooks (needs `bpf` in the kernel's LSM list).
     Lsm,
-    /// fmod_ret on security_* functions: not loadable with aya 0.14 (no fmod_ret support).
+    /// fmod_ret (BPF trampolines) on the security_* functions the LSM hooks sit in, and on fsync
+    /// where the kernel lists syscalls for error injection; never picked by `auto`.
+    #[value(name = "fmod_ret", alias = "fmod-ret")]
     FmodRet,
     /// kprobe on the syscall + bpf_override_return (CONFIG_BPF_KPROBE_OVERRIDE).
     Kprobe,
@@ -65,6 +67,10 @@ pub struct OpInfo {
     pub lsm: &'static [(&'static str, &'static str)],
     /// (program, syscalls it is attached to).
     pub kprobe: (&'static str, &'static [&'static str]),
+    /// (program, kernel function) pairs of the fmod_ret backend: a `security_*` function, or
+    /// `sys:NAME` for the syscall itself (on the error-injection list only where the kernel has
+    /// CONFIG_FUNCTION_ERROR_INJECTION).
+    pub fmod_ret: &'static [(&'static str, &'static str)],
     pub sensible: &'static [i32],
 }
 
@@ -78,6 +84,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &["sys_connect4", "sys_connect6"],
         lsm: &[("lsm_socket_connect", "socket_connect")],
         kprobe: ("kp_connect", &["connect"]),
+        fmod_ret: &[("fm_connect", "security_socket_connect")],
         sensible: &[
             ECONNREFUSED,
             ETIMEDOUT,
@@ -99,6 +106,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &["sys_bind4", "sys_bind6"],
         lsm: &[("lsm_socket_bind", "socket_bind")],
         kprobe: ("kp_bind", &["bind"]),
+        fmod_ret: &[("fm_bind", "security_socket_bind")],
         sensible: &[EADDRINUSE, EADDRNOTAVAIL, EACCES, EPERM, EINVAL, ENOMEM],
     },
     OpInfo {
@@ -107,6 +115,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &[],
         lsm: &[("lsm_socket_accept", "socket_accept")],
         kprobe: ("kp_accept", &["accept", "accept4"]),
+        fmod_ret: &[("fm_accept", "security_socket_accept")],
         sensible: &[
             EAGAIN,
             ECONNABORTED,
@@ -124,6 +133,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &["sys_sendmsg4", "sys_sendmsg6"],
         lsm: &[("lsm_socket_sendmsg", "socket_sendmsg")],
         kprobe: ("kp_sendmsg", &["sendto", "sendmsg"]),
+        fmod_ret: &[("fm_sendmsg", "security_socket_sendmsg")],
         sensible: &[
             EAGAIN,
             ECONNRESET,
@@ -145,6 +155,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &[],
         lsm: &[("lsm_socket_recvmsg", "socket_recvmsg")],
         kprobe: ("kp_recvmsg", &["recvfrom", "recvmsg"]),
+        fmod_ret: &[("fm_recvmsg", "security_socket_recvmsg")],
         sensible: &[
             EAGAIN,
             ECONNRESET,
@@ -161,6 +172,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &["sys_sock_create"],
         lsm: &[("lsm_socket_create", "socket_create")],
         kprobe: ("kp_socket", &["socket"]),
+        fmod_ret: &[("fm_socket", "security_socket_create")],
         sensible: &[
             EACCES,
             EAFNOSUPPORT,
@@ -178,6 +190,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &[],
         lsm: &[("lsm_file_open", "file_open")],
         kprobe: ("kp_open", &["openat", "open"]),
+        fmod_ret: &[("fm_open", "security_file_open")],
         sensible: &[
             ENOENT,
             EACCES,
@@ -202,6 +215,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &[],
         lsm: &[("lsm_file_permission", "file_permission")],
         kprobe: ("kp_read", &["read", "pread64", "readv"]),
+        fmod_ret: &[("fm_file_permission", "security_file_permission")],
         sensible: &[
             EIO, EAGAIN, EINTR, EBADF, EFAULT, EINVAL, EISDIR, ECONNRESET, ENOMEM,
         ],
@@ -212,6 +226,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &[],
         lsm: &[("lsm_file_permission", "file_permission")],
         kprobe: ("kp_write", &["write", "pwrite64", "writev"]),
+        fmod_ret: &[("fm_file_permission", "security_file_permission")],
         sensible: &[
             EIO, ENOSPC, EDQUOT, EAGAIN, EINTR, EFBIG, EPIPE, EBADF, EROFS, ECONNRESET, EPERM,
         ],
@@ -222,6 +237,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &[],
         lsm: &[],
         kprobe: ("kp_fsync", &["fsync", "fdatasync"]),
+        fmod_ret: &[("fm_fsync", "sys:fsync"), ("fm_fsync", "sys:fdatasync")],
         sensible: &[EIO, ENOSPC, EDQUOT, EROFS, EINVAL, EBADF, EINTR],
     },
     OpInfo {
@@ -230,6 +246,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &[],
         lsm: &[("lsm_inode_mkdir", "inode_mkdir")],
         kprobe: ("kp_mkdir", &["mkdir", "mkdirat"]),
+        fmod_ret: &[("fm_mkdir", "security_inode_mkdir")],
         sensible: &[
             EACCES, EEXIST, ENOSPC, EDQUOT, EROFS, ENOENT, EPERM, EMLINK, EIO, ENOMEM,
         ],
@@ -240,6 +257,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &[],
         lsm: &[("lsm_inode_unlink", "inode_unlink")],
         kprobe: ("kp_unlink", &["unlink", "unlinkat"]),
+        fmod_ret: &[("fm_unlink", "security_inode_unlink")],
         sensible: &[EACCES, EBUSY, EIO, ENOENT, EPERM, EROFS, ENOMEM],
     },
     OpInfo {
@@ -248,6 +266,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &[],
         lsm: &[("lsm_inode_rename", "inode_rename")],
         kprobe: ("kp_rename", &["rename", "renameat", "renameat2"]),
+        fmod_ret: &[("fm_rename", "security_inode_rename")],
         sensible: &[
             EACCES, EBUSY, EDQUOT, EEXIST, ENOTEMPTY, EIO, ENOSPC, EROFS, EXDEV, EPERM,
         ],
@@ -258,6 +277,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &[],
         lsm: &[("lsm_task_alloc", "task_alloc")],
         kprobe: ("kp_fork", &["clone", "clone3", "fork", "vfork"]),
+        fmod_ret: &[("fm_fork", "security_task_alloc")],
         sensible: &[EAGAIN, ENOMEM, EPERM, ENOSPC],
     },
     OpInfo {
@@ -266,6 +286,7 @@ pub const OPS: &[OpInfo] = &[
         cgroup: &[],
         lsm: &[("lsm_mmap_file", "mmap_file")],
         kprobe: ("kp_mmap", &["mmap"]),
+        fmod_ret: &[("fm_mmap", "security_mmap_file")],
         sensible: &[ENOMEM, EACCES, EAGAIN, EPERM, ENFILE, ENODEV, EOVERFLOW],
     },
 ];
@@ -400,12 +421,6 @@ impl SyscallSpec {
                 )));
             }
         }
-        if a.backend == Backend::FmodRet {
-            return Err(BadInput::new(
-                "--backend fmod_ret: kchaos is built on aya 0.14, which cannot load fmod_ret programs \
-                 (newer aya needs rustc 1.98); use --backend lsm, which reaches the same security_* hooks",
-            ));
-        }
         Ok(Self {
             ops,
             op_names,
@@ -459,18 +474,12 @@ impl SyscallSpec {
             ops: self.ops.iter().fold(0, |m, &o| m | (1u64 << o)),
             errno: self.errno as u32,
             n_targets: targets.len() as u32,
+            target_min_level: targets.iter().map(|&(_, l)| l).min().unwrap_or(0),
+            target_max_level: targets.iter().map(|&(_, l)| l).max().unwrap_or(0),
             dst_filter: u32::from(!self.dsts.is_empty()),
             dst_port: self.dsts.first().and_then(|p| p.port).map_or(0, u32::from),
             ..Default::default()
         };
-        for (i, &(id, level)) in targets
-            .iter()
-            .take(MAX_SYSCALL_TARGETS as usize)
-            .enumerate()
-        {
-            cfg.target_ids[i] = id;
-            cfg.target_levels[i] = level;
-        }
         if let Some(p) = &self.path_prefix {
             let bytes = p.as_os_str().as_encoded_bytes();
             let bytes = if bytes.len() > 1 {
@@ -492,29 +501,43 @@ pub struct BackendSupport {
     pub cgroup: Result<(), String>,
     pub lsm: Result<(), String>,
     pub kprobe: Result<(), String>,
+    pub fmod_ret: Result<(), String>,
 }
 
 impl BackendSupport {
     /// Asks the running kernel (only the capabilities the backends need).
     pub fn probe() -> Self {
+        let btf = capabilities::btf();
         Self::from_verdicts(
             &capabilities::cgroup_sock_addr(),
-            &capabilities::bpf_lsm(&capabilities::btf()),
+            &capabilities::bpf_lsm(&btf),
             &capabilities::bpf_override_return(&capabilities::kprobes()),
+            &capabilities::trampolines(&btf),
         )
     }
 
     /// From a full capability probe (`kchaos probe`).
     pub fn from_capabilities(c: &Capabilities) -> Self {
-        Self::from_verdicts(&c.cgroup_sock_addr, &c.bpf_lsm, &c.bpf_override_return)
+        Self::from_verdicts(
+            &c.cgroup_sock_addr,
+            &c.bpf_lsm,
+            &c.bpf_override_return,
+            &c.trampolines,
+        )
     }
 
-    fn from_verdicts(cgroup: &Verdict, lsm: &Verdict, kprobe: &Verdict) -> Self {
+    fn from_verdicts(
+        cgroup: &Verdict,
+        lsm: &Verdict,
+        kprobe: &Verdict,
+        fmod_ret: &Verdict,
+    ) -> Self {
         let support = |v: &Verdict| v.as_ref().map(|_| ()).map_err(Clone::clone);
         Self {
             cgroup: support(cgroup),
             lsm: support(lsm),
             kprobe: support(kprobe),
+            fmod_ret: support(fmod_ret),
         }
     }
 
@@ -522,6 +545,7 @@ impl BackendSupport {
         match b {
             Backend::Cgroup => &self.cgroup,
             Backend::Lsm => &self.lsm,
+            Backend::FmodRet => &self.fmod_ret,
             _ => &self.kprobe,
         }
     }
@@ -542,6 +566,7 @@ fn choose_backend(
         // LSM's socket_sendmsg sees no destination address, so it can't honour --dst.
         Backend::Lsm => !op.lsm.is_empty() && (!dst || op.id != OP_SENDMSG),
         Backend::Kprobe => !prefix && !dst,
+        Backend::FmodRet => !op.fmod_ret.is_empty() && !prefix && !dst,
         _ => false,
     };
     let candidates = match requested {
@@ -622,6 +647,24 @@ fn target_refs(targets: &[Target]) -> Result<Vec<(u64, u32)>> {
         .collect()
 }
 
+/// The host-wide programs probe one ancestor per level from the shallowest target to the deepest,
+/// in a loop the verifier must see bounded.
+fn check_levels(refs: &[(u64, u32)]) -> Result<(), BadInput> {
+    let (Some(min), Some(max)) = (
+        refs.iter().map(|&(_, l)| l).min(),
+        refs.iter().map(|&(_, l)| l).max(),
+    ) else {
+        return Ok(());
+    };
+    if max - min >= MAX_TARGET_LEVELS {
+        return Err(BadInput::new(format!(
+            "the target cgroups span levels {min} to {max} below the cgroup2 root; syscall faults \
+             take targets within {MAX_TARGET_LEVELS} levels of each other (run one fault per group)"
+        )));
+    }
+    Ok(())
+}
+
 /// Per-operation totals.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct OpTotals {
@@ -637,6 +680,8 @@ pub struct SyscallFault {
     spec: SyscallSpec,
     plan: Vec<(u32, Backend)>,
     config: SyscallConfig,
+    /// fmod_ret links (their own fds, outside aya); dropped before `ebpf`.
+    fmod_ret: Vec<super::fmod_ret::FmodRet>,
     ebpf: Ebpf,
     pub attachments: Vec<String>,
 }
@@ -647,10 +692,8 @@ impl SyscallFault {
         spec: &SyscallSpec,
         targets: &[Target],
     ) -> Result<Vec<(u32, Backend)>, BadInput> {
-        if targets.len() > MAX_SYSCALL_TARGETS as usize {
-            return Err(BadInput::new(format!(
-                "at most {MAX_SYSCALL_TARGETS} targets for syscall faults"
-            )));
+        if let Ok(refs) = target_refs(targets) {
+            check_levels(&refs)?;
         }
         plan(spec, &BackendSupport::probe())
     }
@@ -667,11 +710,24 @@ impl SyscallFault {
         };
         // Read-only globals are constants to the verifier: LSM programs must provably return within
         // [-4095, 0], and bpf_d_path needs a constant offset into struct file.
-        let mut ebpf = crate::engine::ebpf::load_with_globals(&[
-            ("FILE_F_PATH_OFFSET", f_path),
-            ("LSM_NEG_ERRNO", (-(spec.errno as i64)) as u64),
-        ])?;
-        let config = spec.config(&target_refs(targets)?);
+        let refs = target_refs(targets)?;
+        let mut ebpf = crate::engine::ebpf::load_sized(
+            &[
+                ("FILE_F_PATH_OFFSET", f_path),
+                ("LSM_NEG_ERRNO", (-(spec.errno as i64)) as u64),
+            ],
+            &[("SYS_TARGETS", refs.len().max(1) as u32)],
+        )?;
+        let config = spec.config(&refs);
+        {
+            let mut ids = HashMap::<_, u64, u8>::try_from(
+                ebpf.map_mut("SYS_TARGETS").context("map SYS_TARGETS")?,
+            )?;
+            for &(id, _) in &refs {
+                ids.insert(id, 1, 0)
+                    .with_context(|| format!("adding cgroup id {id} to SYS_TARGETS"))?;
+            }
+        }
         Array::<_, SyscallConfig>::try_from(ebpf.map_mut("SYS_CONFIG").context("map SYS_CONFIG")?)?
             .set(0, config, 0)?;
         {
@@ -695,10 +751,15 @@ impl SyscallFault {
             spec,
             plan: plan.clone(),
             config,
+            fmod_ret: Vec::new(),
             ebpf,
             attachments: Vec::new(),
         };
-        let btf = if plan.iter().any(|&(_, b)| b == Backend::Lsm) {
+        let mut fmod_programs = None;
+        let btf = if plan
+            .iter()
+            .any(|&(_, b)| b == Backend::Lsm || b == Backend::FmodRet)
+        {
             Some(Btf::from_sys_fs()?)
         } else {
             None
@@ -731,6 +792,29 @@ impl SyscallFault {
                             .with_context(|| format!("attaching the LSM program to {hook}"))?;
                         fault.attachments.push(format!(
                             "lsm/{hook} (host-wide; checks the target cgroups first)"
+                        ));
+                    }
+                }
+                Backend::FmodRet => {
+                    for &(name, target) in op.fmod_ret {
+                        let function = match target.strip_prefix("sys:") {
+                            Some(s) => syscall_symbol(s),
+                            None => target.to_owned(),
+                        };
+                        if fault.fmod_ret.iter().any(|l| l.target == function) {
+                            continue;
+                        }
+                        if fmod_programs.is_none() {
+                            fmod_programs = Some(super::fmod_ret::Programs::relocate(
+                                crate::engine::ebpf::object(),
+                                &fault.ebpf,
+                            )?);
+                        }
+                        let btf = btf.as_ref().context("BTF")?;
+                        let programs = fmod_programs.as_ref().context("fmod_ret programs")?;
+                        fault.fmod_ret.push(programs.attach(name, &function, btf)?);
+                        fault.attachments.push(format!(
+                            "fmod_ret/{function} (host-wide; checks the target cgroups first)"
                         ));
                     }
                 }
@@ -884,6 +968,7 @@ mod tests {
             cgroup: Ok(()),
             lsm: Err("no lsm".into()),
             kprobe: Err("no kprobes".into()),
+            fmod_ret: Err("no trampolines".into()),
         };
         let s = SyscallSpec::from_args(&args("connect,socket", "EPERM")).unwrap();
         assert_eq!(
@@ -897,6 +982,7 @@ mod tests {
             cgroup: Ok(()),
             lsm: Ok(()),
             kprobe: Ok(()),
+            fmod_ret: Ok(()),
         };
         let s = SyscallSpec::from_args(&args("open,fsync,connect", "EIO")).unwrap();
         assert_eq!(
@@ -920,9 +1006,12 @@ mod tests {
             .unwrap()
             .config(&[(42, 1), (77, 3)]);
         assert_eq!(
-            (c.n_targets, c.target_ids[1], c.target_levels[1]),
-            (2, 77, 3)
+            (c.n_targets, c.target_min_level, c.target_max_level),
+            (2, 1, 3)
         );
+        assert!(check_levels(&[(1, 1), (2, 32)]).is_ok());
+        let err = check_levels(&[(1, 1), (2, 33)]).unwrap_err().to_string();
+        assert!(err.contains("levels 1 to 33"), "{err}");
         assert_eq!(
             (c.after, c.max, c.threshold, c.errno),
             (5, 7, 1 << 31, libc::EACCES as u32)

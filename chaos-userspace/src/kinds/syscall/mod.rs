@@ -4,6 +4,7 @@
 
 pub mod errno;
 pub mod fault;
+pub mod fmod_ret;
 mod yaml;
 
 pub use self::fault::{
