@@ -122,10 +122,12 @@ pub async fn run(cmd: Command) -> Result<()> {
     if run.control.launches_detached() {
         return crate::detach::launch(&[], &mut signals).await;
     }
+    // Opened first, before targets are resolved and the kernel is probed (which takes a second
+    // under emulation): an unwritable path is bad input at once, with nothing attached; the file
+    // is removed again if the run is refused later.
+    let json = create_if_asked(run.json.as_deref(), "--json")?;
     let resolved = targets::resolve(&targets)?;
     kind.preflight(&resolved)?;
-    // Opened before anything is prepared: an unwritable path is bad input, with nothing attached.
-    let json = create_if_asked(run.json.as_deref(), "--json")?;
     let targets: Vec<ResolvedTarget> = resolved
         .iter()
         .enumerate()

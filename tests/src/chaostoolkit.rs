@@ -3,6 +3,7 @@
 //! tree holds it, and `chaos` runs.
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
@@ -104,6 +105,16 @@ impl ChaosToolkit {
             .env("KCHAOS_BIN", &kchaos)
             .env("KCHAOS_RUN_DIR", &run_dir.0)
             .envs(env.iter().copied());
+        // A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
+        // across exec: Python then installs no KeyboardInterrupt handler, and the Ctrl-C tests
+        // would test nothing. chaos gets SIGINT's default back, as a terminal would give it.
+        // SAFETY: between fork and exec only async-signal-safe calls are allowed; signal() is one.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         cmd
     }
 

@@ -24,7 +24,7 @@ fn partition_aborts_on_the_failing_probe_and_detaches_within_100ms() {
     let report = TempFile::new("partition.json");
     let path = scenario("dependency-partition.yaml");
     let v = scenario_vars(&lab, svc.addr);
-    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    let mut args = vec!["run", path.to_str().unwrap(), "--json", report.s()];
     args.extend(v.iter().map(String::as_str));
     let started = Instant::now();
     let mut live = runs.spawn(&args);
@@ -131,7 +131,7 @@ budget: {max_duration: 15s, max_injected_events: 300}\n";
     let file = TempFile::with("budget.yaml", text);
     let report = TempFile::new("budget.json");
     let cg = format!("cgroup={}", lab.cgroup.path.display());
-    let mut live = runs.spawn(&["run", file.s(), "--var", &cg, "--report", report.s()]);
+    let mut live = runs.spawn(&["run", file.s(), "--var", &cg, "--json", report.s()]);
     live.wait_for("fault.armed", Duration::from_secs(10));
     let started = Instant::now();
     // 4000 datagrams over 2 s from the target: every one dropped until the budget is spent.
@@ -195,7 +195,7 @@ fn sigterm_ends_the_run_detaches_and_reports_why() {
     let report = TempFile::new("term.json");
     let path = scenario("packet-loss-ramp.yaml");
     let v = scenario_vars(&lab, svc.addr);
-    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    let mut args = vec!["run", path.to_str().unwrap(), "--json", report.s()];
     args.extend(v.iter().map(String::as_str));
     let mut live = runs.spawn(&args);
     live.wait_for("fault.armed", Duration::from_secs(10));
@@ -228,7 +228,7 @@ fn nothing_is_injected_when_the_steady_state_does_not_hold_before() {
     let report = TempFile::new("before.json");
     let path = scenario("dependency-partition.yaml");
     let v = scenario_vars(&lab, server);
-    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    let mut args = vec!["run", path.to_str().unwrap(), "--json", report.s()];
     args.extend(v.iter().map(String::as_str));
     let started = Instant::now();
     let (code, out, _) = runs.run_text(&args);

@@ -30,7 +30,7 @@ fn game_day_overlapping_faults_on_two_services() {
     let mut args = vec![
         "run",
         path.to_str().unwrap(),
-        "--report",
+        "--json",
         report.s(),
         "--junit",
         junit.s(),
@@ -133,7 +133,7 @@ fn mixed_game_day_net_syscall_and_stress_on_two_services() {
         format!("http=http://{}/health", web.addr),
         format!("db={}", db.addr),
     ];
-    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    let mut args = vec!["run", path.to_str().unwrap(), "--json", report.s()];
     for v in &vars {
         args.extend(["--var", v.as_str()]);
     }

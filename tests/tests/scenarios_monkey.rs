@@ -45,7 +45,7 @@ fn monkey_injects_bounded_random_faults_with_probes() {
         "3s",
         "--seed",
         "42",
-        "--report",
+        "--json",
         report.s(),
         "--quiet",
     ]);

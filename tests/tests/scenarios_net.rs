@@ -25,7 +25,7 @@ fn packet_loss_ramp_scenario_against_the_lab() {
     let mut args = vec![
         "run",
         path.to_str().unwrap(),
-        "--report",
+        "--json",
         report.s(),
         "--junit",
         junit.s(),

@@ -93,7 +93,7 @@ fn pause_and_kill_scenario_freezes_a_counter_then_kills_inside_only() {
     let report = TempFile::new("pause-kill.json");
     let path = scenario("pause-and-kill.yaml");
     let v = scenario_vars(&lab, svc.addr);
-    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    let mut args = vec!["run", path.to_str().unwrap(), "--json", report.s()];
     args.extend(v.iter().map(String::as_str));
     let mut live = runs.spawn(&args);
     live.wait_for("'freeze' pause:", Duration::from_secs(6));

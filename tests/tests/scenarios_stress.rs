@@ -20,7 +20,7 @@ fn cpu_memory_pressure_scenario_loads_the_cgroup_as_the_kernel_counts_it() {
     let report = TempFile::new("pressure.json");
     let path = scenario("cpu-memory-pressure.yaml");
     let v = scenario_vars(&lab, svc.addr);
-    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    let mut args = vec!["run", path.to_str().unwrap(), "--json", report.s()];
     args.extend(v.iter().map(String::as_str));
     let cpu_before = cgroup_cpu_ms(&lab.cgroup.path);
     let mut live = runs.spawn(&args);

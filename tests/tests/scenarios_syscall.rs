@@ -21,7 +21,7 @@ fn connect_errors_scenario_matches_the_errnos_real_processes_saw() {
     let report = TempFile::new("connect.json");
     let path = scenario("connect-errors.yaml");
     let v = scenario_vars(&lab, svc.addr);
-    let mut args = vec!["run", path.to_str().unwrap(), "--report", report.s()];
+    let mut args = vec!["run", path.to_str().unwrap(), "--json", report.s()];
     args.extend(v.iter().map(String::as_str));
     let mut live = runs.spawn(&args);
     // Once the ramp is at its top, a real process in the app's cgroup makes 20000 connect() calls.
@@ -95,7 +95,7 @@ fn disk_errors_scenario_fails_open_read_write_with_eio() {
     let args = [
         "run",
         path.to_str().unwrap(),
-        "--report",
+        "--json",
         report.s(),
         "--var",
         &cg,

@@ -378,7 +378,7 @@ fn a_scenario_with_a_time_fault_and_a_probe_inside() {
     );
     let file = TempFile::with("time.yaml", &yaml);
     let report = TempFile::new("time-report.json");
-    let out = runs.run(&["run", file.s(), "--report", report.s(), "--accept-risk"]);
+    let out = runs.run(&["run", file.s(), "--json", report.s(), "--accept-risk"]);
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     println!("{text}");
