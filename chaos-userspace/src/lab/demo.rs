@@ -198,11 +198,12 @@ impl Injector {
         let status = self.child.wait()?;
         // 128 + SIGTERM is how kchaos says it ended by the SIGTERM sent just above: what the
         // demo asked for, not a failure.
+        let report = crate::report::Report::read_json(&self.report);
+        // Removed whatever happened, also when kchaos failed.
+        let _ = std::fs::remove_file(&self.report);
         if !status.success() && status.code() != Some(128 + libc::SIGTERM) {
             bail!("kchaos net failed ({status})");
         }
-        let report = crate::report::Report::read_json(&self.report);
-        let _ = std::fs::remove_file(&self.report);
         let report = report?;
         let counters = report
             .faults
