@@ -14,7 +14,7 @@ use integration_tests::{
     RunDir, StopAll, TempDir, TempFile, in_vm, lab, root_or_skip, skb_programs_in_tree, skip, tag,
     traffic,
 };
-use lab::{EchoServer, Lab};
+use lab::{EchoServer, Lab, LabCgroup};
 
 /// Datagrams per measurement: at 30 % the standard deviation of the loss is 0.32 pp, so 30 ± 2 pp is
 /// over 6 sigma.
@@ -34,6 +34,9 @@ fn rate() -> &'static str {
 fn podman(args: &[&str]) -> Result<String, String> {
     let out = Command::new("podman")
         .arg("--log-level=error")
+        // For every command alike (run, restart, rm): with cgroupfs a container's --cgroup-parent is
+        // a plain path under the cgroup2 root, one the test made.
+        .args(["--cgroup-manager", "cgroupfs"])
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -97,12 +100,16 @@ fn install_podman() -> Result<(), String> {
     Ok(())
 }
 
-/// What the test made with podman: an image, a network, containers. Removed on drop, also when an
-/// assertion failed.
+/// What the test made with podman: an image, a network, containers, and the cgroup they live under.
+/// Removed on drop, also when an assertion failed.
 struct Pod {
     image: String,
     network: String,
     containers: Vec<String>,
+    /// The containers' `--cgroup-parent`: without one, Podman's cgroupfs manager makes
+    /// `libpod_parent` at the cgroup2 root and never removes it. Dropped (removed) after the
+    /// containers, as the last field.
+    parent: LabCgroup,
 }
 
 impl Drop for Pod {
@@ -150,6 +157,10 @@ struct Container {
 
 fn run_container(made: &mut Pod, name: &str) -> Result<Container, String> {
     made.containers.push(name.to_owned());
+    let parent = format!(
+        "/{}",
+        made.parent.path.file_name().unwrap().to_string_lossy()
+    );
     podman(&[
         "--runtime",
         "runc",
@@ -157,6 +168,8 @@ fn run_container(made: &mut Pod, name: &str) -> Result<Container, String> {
         "-d",
         "--name",
         name,
+        "--cgroup-parent",
+        &parent,
         "--network",
         &made.network,
         // Podman asks for the host's maximum; a sandboxed host may refuse raising it.
@@ -198,6 +211,8 @@ fn podman_lab(t: &str) -> Result<(Pod, Container, Container, IpAddr), String> {
         image: format!("localhost/kchaos-test-{t}:latest"),
         network: format!("kchaos-{t}"),
         containers: Vec::new(),
+        parent: LabCgroup::create(&format!("kchaos-podman-{t}"))
+            .map_err(|e| format!("a cgroup for the containers: {e}"))?,
     };
     build_image(&mut made)?;
     podman(&["network", "create", &made.network])?;
