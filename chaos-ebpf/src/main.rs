@@ -13,6 +13,17 @@ mod net;
 mod packet;
 mod syscall;
 
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use chaos_common::net::ALWAYS;
+
+/// True with probability `threshold / 2^32`: 0 never, `ALWAYS` (2^32) or more always, neither of
+/// which draws a random number. Every per-packet and per-call rate goes through here.
+#[inline(always)]
+fn chance(threshold: u64) -> bool {
+    // SAFETY: a helper without arguments.
+    threshold >= ALWAYS || (threshold != 0 && (unsafe { bpf_get_prandom_u32() } as u64) < threshold)
+}
+
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

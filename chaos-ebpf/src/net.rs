@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use chaos_common::{
-    ALWAYS, DIR_COUNT, DIR_EGRESS, DIR_INGRESS, DirectionFault, FEAT_DELAY, FEAT_DROP, FEAT_FILTER,
+    DIR_COUNT, DIR_EGRESS, DIR_INGRESS, DirectionFault, FEAT_DELAY, FEAT_DROP, FEAT_FILTER,
     FEAT_LOSS_CHAIN, FILTER_DST, FILTER_PARTITION, LossChain, NetConfig, NetCounters,
     PEER_KEY_PORT_BITS, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PeerKey,
 };
@@ -124,15 +124,9 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
     counters.matched += 1;
 
     let fault = if egress { &cfg.egress } else { &cfg.ingress };
-    // SAFETY: a helper without arguments.
-    if features & FEAT_DROP != 0
-        && fault.drop_threshold != 0
-        && (unsafe { bpf_get_prandom_u32() } as u64) < fault.drop_threshold
+    if (features & FEAT_DROP != 0 && crate::chance(fault.drop_threshold))
+        || (features & FEAT_LOSS_CHAIN != 0 && chain_loses(&fault.loss, dir))
     {
-        counters.dropped += 1;
-        return true;
-    }
-    if features & FEAT_LOSS_CHAIN != 0 && chain_loses(&fault.loss, dir) {
         counters.dropped += 1;
         return true;
     }
@@ -168,11 +162,13 @@ fn chain_loses(chain: &LossChain, dir: u32) -> bool {
     let draw = unsafe { bpf_get_prandom_u32() } as u64;
     let next = &chain.next[s];
     let n = (draw >= next[0]) as usize + (draw >= next[1]) as usize + (draw >= next[2]) as usize;
-    // SAFETY: as above.
-    unsafe { *state = n as u32 };
-    let lose = chain.lose[n & 3];
-    // SAFETY: a helper without arguments.
-    lose >= ALWAYS || (lose != 0 && (unsafe { bpf_get_prandom_u32() } as u64) < lose)
+    // The entry is shared by every CPU: written only when the state changes (rarely, in a bursty
+    // chain), so the common packet does not take the cache line from the other CPUs.
+    if n != s {
+        // SAFETY: as above.
+        unsafe { *state = n as u32 };
+    }
+    crate::chance(chain.lose[n & 3])
 }
 
 /// The configured delay, spread uniformly over ±jitter with a multiply-shift instead of a division.

@@ -13,8 +13,7 @@ use core::{
 use aya_ebpf::{
     bindings::path,
     helpers::{
-        bpf_d_path, bpf_get_current_ancestor_cgroup_id, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_d_path, bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_ktime_get_coarse_ns, bpf_override_return, bpf_set_retval},
     },
     macros::{cgroup_sock, cgroup_sock_addr, kprobe, lsm, map},
@@ -96,14 +95,7 @@ fn decide(
             return None;
         }
     }
-    // threshold 0 never fails, 2^32 always does: no random number needed for either.
-    if cfg.threshold == 0 {
-        return None;
-    }
-    // SAFETY: helper without arguments.
-    if cfg.threshold <= u32::MAX as u64
-        && (unsafe { bpf_get_prandom_u32() } as u64) >= cfg.threshold
-    {
+    if !crate::chance(cfg.threshold) {
         return None;
     }
     if cfg.max != u64::MAX {
@@ -133,10 +125,13 @@ fn fine_now() -> u64 {
 /// O(targets)).
 #[inline(always)]
 fn in_targets(cfg: &SyscallConfig) -> bool {
-    let mut level = cfg.target_min_level;
+    if cfg.n_targets == 0 {
+        return false;
+    }
     let mut i = 0;
     while i < MAX_TARGET_LEVELS {
-        if level > cfg.target_max_level || cfg.n_targets == 0 {
+        let level = cfg.target_min_level + i;
+        if level > cfg.target_max_level {
             return false;
         }
         // SAFETY: a helper reading the current task's cgroup ancestry.
@@ -149,7 +144,6 @@ fn in_targets(cfg: &SyscallConfig) -> bool {
         if unsafe { SYS_TARGETS.get(&id) }.is_some() {
             return true;
         }
-        level += 1;
         i += 1;
     }
     false
@@ -273,17 +267,35 @@ pub fn sys_sock_create(_ctx: SockContext) -> i32 {
     cgroup_verdict(decide(cfg, OP_SOCKET, false, coarse_now))
 }
 
+/// The verdict of a host-wide hook (LSM, kprobe, fmod_ret), which runs for every process on the host:
+/// the operation check first (one AND), then the target check (a lookup per target level), then the
+/// decision.
+#[inline(always)]
+fn host_wide(op: u32, filtered_out: impl FnOnce(&SyscallConfig) -> bool) -> Option<u32> {
+    let cfg = SYS_CONFIG.get(0)?;
+    if cfg.ops & (1 << op) == 0 || !in_targets(cfg) {
+        return None;
+    }
+    decide(cfg, op, filtered_out(cfg), fine_now)
+}
+
+/// read or write by a `MAY_*` mask (file_permission's), None for neither.
+#[inline(always)]
+fn rw_op(mask: i32) -> Option<u32> {
+    if mask & MAY_WRITE != 0 {
+        Some(OP_WRITE)
+    } else if mask & MAY_READ != 0 {
+        Some(OP_READ)
+    } else {
+        None
+    }
+}
+
 // ---- BPF LSM hooks: host-wide; -errno denies ------------------------------------------------------
 
 #[inline(always)]
 fn lsm_verdict(op: u32, filtered_out: impl FnOnce(&SyscallConfig) -> bool) -> i32 {
-    let Some(cfg) = SYS_CONFIG.get(0) else {
-        return 0;
-    };
-    if !in_targets(cfg) {
-        return 0;
-    }
-    if decide(cfg, op, filtered_out(cfg), fine_now).is_none() {
+    if host_wide(op, filtered_out).is_none() {
         return 0;
     }
     // SAFETY: a read-only global of this object.
@@ -402,11 +414,7 @@ pub fn lsm_file_permission(ctx: LsmContext) -> i32 {
     let mask: i32 = ctx.arg(1);
     // One verdict call: two inlined ones merge their results through a stack slot, which loses the
     // [-4095, 0] bounds the verifier needs at exit.
-    let op = if mask & MAY_WRITE != 0 {
-        OP_WRITE
-    } else if mask & MAY_READ != 0 {
-        OP_READ
-    } else {
+    let Some(op) = rw_op(mask) else {
         return 0;
     };
     lsm_verdict(op, |_| false)
@@ -442,13 +450,7 @@ pub fn lsm_mmap_file(_ctx: LsmContext) -> i32 {
 
 #[inline(always)]
 fn kprobe_override(ctx: &ProbeContext, op: u32) -> u32 {
-    let Some(cfg) = SYS_CONFIG.get(0) else {
-        return 0;
-    };
-    if !in_targets(cfg) {
-        return 0;
-    }
-    if let Some(e) = decide(cfg, op, false, fine_now) {
+    if let Some(e) = host_wide(op, |_| false) {
         // SAFETY: the probe's own registers; the kernel skips the syscall and returns -errno.
         unsafe { bpf_override_return(ctx.regs, (-(e as i64)) as u64) };
     }
@@ -488,16 +490,7 @@ syscall_kprobe!(kp_mmap, OP_MMAP);
 
 #[inline(always)]
 fn fmod_ret(op: u32, filtered_out: bool) -> i32 {
-    let Some(cfg) = SYS_CONFIG.get(0) else {
-        return 0;
-    };
-    if !in_targets(cfg) {
-        return 0;
-    }
-    match decide(cfg, op, filtered_out, fine_now) {
-        Some(e) => -(e as i32),
-        None => 0,
-    }
+    host_wide(op, |_| filtered_out).map_or(0, |e| -(e as i32))
 }
 
 /// Argument `n` of the traced function.
@@ -545,11 +538,7 @@ pub fn fm_socket(ctx: *mut c_void) -> i32 {
 #[unsafe(link_section = "fexit")]
 pub fn fm_file_permission(ctx: *mut c_void) -> i32 {
     let mask = fmod_arg(ctx, 1) as i32;
-    let op = if mask & MAY_WRITE != 0 {
-        OP_WRITE
-    } else if mask & MAY_READ != 0 {
-        OP_READ
-    } else {
+    let Some(op) = rw_op(mask) else {
         return 0;
     };
     fmod_ret(op, false)

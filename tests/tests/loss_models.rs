@@ -15,9 +15,10 @@ use lab::{EchoServer, Lab};
 
 const PACKETS: u64 = 40_000;
 
-/// Runs `kchaos net --cgroup LAB ARGS…` while the lab cgroup sends PACKETS datagrams: (loss rate,
-/// mean burst length, the kernel's drop count, datagrams sent).
-fn measure(lab: &Lab, to: SocketAddr, args: &[&str]) -> (f64, f64, u64, u64) {
+/// Runs `kchaos net --cgroup LAB ARGS…` while the lab cgroup sends PACKETS datagrams, then (fault
+/// still armed) a process outside the cgroup sends 5,000 to the same echo: (loss rate, mean burst
+/// length, the kernel's drop count, datagrams sent, (outside sent, outside received)).
+fn measure(lab: &Lab, to: SocketAddr, args: &[&str]) -> (f64, f64, u64, u64, (u64, u64)) {
     let report = TempFile::new("loss.json");
     let runs = RunDir::new();
     let cg = lab.cgroup.path.display().to_string();
@@ -38,6 +39,7 @@ fn measure(lab: &Lab, to: SocketAddr, args: &[&str]) -> (f64, f64, u64, u64) {
             udp_rate(),
         ],
     );
+    let outside = udp_echo(None, None, to, 5_000);
     let (code, lines) = running.terminate();
     assert_eq!(code, 143, "kchaos net output: {lines:?}");
     let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no '{k}' in {v}"));
@@ -53,6 +55,7 @@ fn measure(lab: &Lab, to: SocketAddr, args: &[&str]) -> (f64, f64, u64, u64) {
         lost as f64 / bursts.max(1) as f64,
         dropped,
         sent,
+        outside,
     )
 }
 
@@ -61,8 +64,7 @@ fn check(label: &str, args: &[&str], model: LossModel) {
     let to = SocketAddr::from((lab.server_addr, 7000));
     let _srv = EchoServer::start(&lab.netns, to).unwrap();
     let th = theory(&model.chain());
-    let (loss, burst, dropped, sent) = measure(&lab, to, args);
-    let (out_sent, out_received) = udp_echo(None, None, to, 5_000);
+    let (loss, burst, dropped, sent, (out_sent, out_received)) = measure(&lab, to, args);
     println!(
         "{label}: loss {:.2}% (theory {:.2}%), mean burst {burst:.3} (theory {:.3}); kernel dropped \
          {dropped} of {sent}; outside {out_received}/{out_sent}",
@@ -115,7 +117,7 @@ fn correlated_drop_keeps_the_rate_and_makes_bursts() {
     }
     check(
         "drop 10 correlation 50",
-        &["--drop", "10", "--drop-correlation", "50"],
+        &["--percent", "10", "--drop-correlation", "50"],
         LossModel::Correlated {
             percent: 10.0,
             correlation: 50.0,

@@ -2,7 +2,11 @@
 //! runs where the kernel has it (the VM kernel) and says SKIP with the reason elsewhere; the kprobe
 //! backend's availability answer is checked against what the kernel really offers.
 
-use std::path::Path;
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use chaos_userspace::kinds::syscall::BackendSupport;
 use integration_tests::{
@@ -45,8 +49,9 @@ fn cgroup_hooks(cg: &Path) -> Vec<u32> {
     .collect()
 }
 
-/// kchaos's host-wide programs (LSM, kprobe) by name; only meaningful when no other kchaos runs.
-fn our_programs() -> usize {
+/// The ids of loaded programs named like kchaos's host-wide ones (LSM, kprobe, fmod_ret). A tracer
+/// may load programs with such names too, so a test compares against what was there before it.
+fn our_programs() -> BTreeSet<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| {
@@ -57,7 +62,21 @@ fn our_programs() -> usize {
                     || n.starts_with("fm_")
             })
         })
-        .count()
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Such programs loaded since `before` and still there 2 s on (the kernel frees a program once its
+/// last fd and link are gone, which under emulation can lag the loader's exit).
+fn programs_left(before: &BTreeSet<u32>) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left: Vec<u32> = our_programs().difference(before).copied().collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -433,6 +452,7 @@ fn lsm_backend_fails_file_and_process_calls() {
     if !root_or_skip("lsm_backend_fails_file_and_process_calls") {
         return;
     }
+    let before = our_programs();
     if let Err(why) = BackendSupport::probe().lsm {
         skip(
             "lsm_backend_fails_file_and_process_calls",
@@ -519,7 +539,7 @@ fn lsm_backend_fails_file_and_process_calls() {
         assert_eq!(total_errors(&outside), 0, "{op}: outside the cgroup");
     }
     drop(cleanup);
-    assert_eq!(our_programs(), 0);
+    assert_eq!(programs_left(&before), Vec::<u32>::new());
 }
 
 /// Removes directories when dropped (also when an assertion fails).
@@ -554,6 +574,7 @@ fn available_backends() -> Vec<&'static str> {
 /// untargeted sibling none, and nothing stays attached.
 #[test]
 fn many_targets_on_every_backend() {
+    let before = our_programs();
     let test = "many_targets_on_every_backend";
     if !root_or_skip(test) {
         return;
@@ -637,7 +658,11 @@ fn many_targets_on_every_backend() {
             if backend != "cgroup" {
                 // Host-wide programs can only be counted by name (meaningful in the VM, where
                 // no other kchaos runs); the cgroup backend's are checked on the target above.
-                assert_eq!(our_programs(), 0, "{backend}: programs left loaded");
+                assert_eq!(
+                    programs_left(&before),
+                    Vec::<u32>::new(),
+                    "{backend}: programs left loaded"
+                );
             }
         }
     }
@@ -648,6 +673,7 @@ fn many_targets_on_every_backend() {
 /// outside; `--after`/`--max` are exact; nothing stays attached.
 #[test]
 fn kprobe_backend_fails_every_operation() {
+    let before = our_programs();
     let test = "kprobe_backend_fails_every_operation";
     if !root_or_skip(test) {
         return;
@@ -708,7 +734,11 @@ fn kprobe_backend_fails_every_operation() {
             "{op}: {rate:.2}% not within 30±2"
         );
         assert_eq!(total_errors(&outside), 0, "{op}: outside the cgroup");
-        assert_eq!(our_programs(), 0, "{op}: programs left after the run");
+        assert_eq!(
+            programs_left(&before),
+            Vec::<u32>::new(),
+            "{op}: programs left after the run"
+        );
     }
     // --after 100 --max 50 on fsync: calls 100..150 fail, no other.
     let runs = RunDir::new();
@@ -738,7 +768,7 @@ fn kprobe_backend_fails_every_operation() {
         .collect();
     assert_eq!(at, (100..150).collect::<Vec<u64>>(), "{seen}");
     drop(cleanup);
-    assert_eq!(our_programs(), 0);
+    assert_eq!(programs_left(&before), Vec::<u32>::new());
     assert_eq!(
         total_errors(&calls(Some(&cg.path), "fsync", 200, Some(&dir))),
         0,
@@ -752,6 +782,7 @@ fn kprobe_backend_fails_every_operation() {
 /// refused with the kernel's answer elsewhere.
 #[test]
 fn fmod_ret_backend_fails_calls() {
+    let before = our_programs();
     let test = "fmod_ret_backend_fails_calls";
     if !root_or_skip(test) {
         return;
@@ -802,7 +833,11 @@ fn fmod_ret_backend_fails_calls() {
             "{op}: {n} of 2000 failed with {name} at 50%: {inside}"
         );
         assert_eq!(total_errors(&outside), 0, "{op}: outside the cgroup");
-        assert_eq!(our_programs(), 0, "{op}: programs left after the run");
+        assert_eq!(
+            programs_left(&before),
+            Vec::<u32>::new(),
+            "{op}: programs left after the run"
+        );
     }
     let out = RunDir::new().run(&[
         "syscall",
@@ -827,5 +862,5 @@ fn fmod_ret_backend_fails_calls() {
         assert!(stderr.contains("fmod_ret fm_fsync"), "{stderr}");
     }
     drop(cleanup);
-    assert_eq!(our_programs(), 0);
+    assert_eq!(programs_left(&before), Vec::<u32>::new());
 }

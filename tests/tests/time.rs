@@ -66,10 +66,10 @@ struct Reading {
     time_s: i64,
 }
 
-/// A running helper whose latest line is kept.
+/// A running helper whose latest line is kept, with its number (lines counted from 1).
 struct Clock {
     child: Child,
-    latest: Arc<Mutex<Option<(Instant, Reading)>>>,
+    latest: Arc<Mutex<Option<(u64, Reading)>>>,
 }
 
 impl Clock {
@@ -78,6 +78,7 @@ impl Clock {
         let latest = Arc::new(Mutex::new(None));
         let l = latest.clone();
         std::thread::spawn(move || {
+            let mut number = 0;
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let v: Vec<i64> = line
                     .split_whitespace()
@@ -90,7 +91,8 @@ impl Clock {
                         gettimeofday: v[4] * 1000 - v[1],
                         time_s: v[5] - v[1].div_euclid(NS),
                     };
-                    *l.lock().unwrap() = Some((Instant::now(), r));
+                    number += 1;
+                    *l.lock().unwrap() = Some((number, r));
                 }
             }
         });
@@ -113,13 +115,14 @@ impl Clock {
         Self::watch(Command::new(bin).stdout(Stdio::piped()).spawn().unwrap())
     }
 
-    /// A line printed after now.
+    /// A line computed after now: the second line after the one last seen (the next one may have been
+    /// computed before now and read after).
     fn read(&self) -> Reading {
-        let asked = Instant::now();
-        let end = asked + Duration::from_secs(3);
+        let seen = self.latest.lock().unwrap().map_or(0, |(n, _)| n);
+        let end = Instant::now() + Duration::from_secs(3);
         while Instant::now() < end {
-            if let Some((at, r)) = *self.latest.lock().unwrap()
-                && at > asked
+            if let Some((n, r)) = *self.latest.lock().unwrap()
+                && n >= seen + 2
             {
                 return r;
             }

@@ -1,6 +1,7 @@
 //! cgroup v2: finding the mount, reading a process's cgroup, ids, moving processes.
 
 use std::{
+    collections::VecDeque,
     fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -114,6 +115,34 @@ pub fn holds_this_process(dir: &Path) -> bool {
     of_pid(std::process::id())
         .map(|rel| mount.join(rel.trim_start_matches('/')).starts_with(dir))
         .unwrap_or(false)
+}
+
+/// The cgroup directories below `root`, at most `max_depth` levels down, for which
+/// `is_match(parent, name)` holds, breadth first; a match is not searched below. Unreadable
+/// directories are passed over (the tree changes while it is read).
+pub fn find_below(
+    root: &Path,
+    max_depth: usize,
+    mut is_match: impl FnMut(&Path, &str) -> bool,
+) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut queue = VecDeque::from([(root.to_path_buf(), 0usize)]);
+    while let Some((dir, depth)) = queue.pop_front() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if is_match(&dir, &entry.file_name().to_string_lossy()) {
+                found.push(entry.path());
+            } else if depth + 1 < max_depth {
+                queue.push_back((entry.path(), depth + 1));
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]

@@ -8,10 +8,7 @@
 //! docker/<id>, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope, libpod_parent/libpod-<id>,
 //! kubepods/.../pod<uid>/<id>); kchaos searches the cgroup2 tree for the one directory that matches.
 
-use std::{
-    collections::VecDeque,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use crate::error::BadInput;
 
@@ -138,28 +135,13 @@ const MAX_DEPTH: usize = 6;
 pub fn resolve(root: &Path, id: &str, runtime: Runtime) -> Result<PathBuf, BadInput> {
     check_id(id).map_err(BadInput::new)?;
     let id = id.to_ascii_lowercase();
-    let mut found = Vec::new();
-    let mut queue = VecDeque::from([(root.to_path_buf(), 0usize)]);
-    while let Some((dir, depth)) = queue.pop_front() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let bare_ok = dir.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n == "docker" || n.starts_with("pod")
-            });
-            if matches_id(&name, &id, runtime, bare_ok) {
-                found.push(entry.path());
-            } else if depth + 1 < MAX_DEPTH {
-                queue.push_back((entry.path(), depth + 1));
-            }
-        }
-    }
+    let mut found = super::cgroup::find_below(root, MAX_DEPTH, |dir, name| {
+        let bare_ok = dir.file_name().is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n == "docker" || n.starts_with("pod")
+        });
+        matches_id(name, &id, runtime, bare_ok)
+    });
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(BadInput::new(format!(

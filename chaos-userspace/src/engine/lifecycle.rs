@@ -114,13 +114,31 @@ impl Drop for Realtime {
 
 /// CLOCK_MONOTONIC now, in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+/// Clock `id` now, in ns (negative for a realtime clock set before 1970).
+pub fn clock_ns(id: libc::clockid_t) -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: ts is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// 64 random bits from getrandom, or (where it fails) from the pid and the clock: enough to pick
+/// victims or tag a run's pages, not for anything secret.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let got = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if got == 8 {
+        u64::from_le_bytes(b)
+    } else {
+        monotonic_ns() ^ u64::from(std::process::id()) << 32
+    }
 }
 
 /// How far ahead the loader arms the kernel's deadline. A loader that stops ticking (SIGSTOP, a hang)

@@ -12,10 +12,7 @@
 //! A container of the pod is found by its name through kubelet's links
 //! /var/log/containers/<pod>_<namespace>_<container>-<id>.log, whose id names its cgroup.
 
-use std::{
-    collections::VecDeque,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use super::containers::{self, HostRoots, Runtime};
 use crate::error::BadInput;
@@ -59,25 +56,7 @@ fn is_pod_cgroup(dir_name: &str, uid: &str) -> bool {
 
 /// Every cgroup below `root` that is the pod `uid`'s.
 fn pod_cgroups(root: &Path, uid: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut queue = VecDeque::from([(root.to_path_buf(), 0usize)]);
-    while let Some((dir, depth)) = queue.pop_front() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_pod_cgroup(&name, uid) {
-                found.push(entry.path());
-            } else if depth + 1 < MAX_DEPTH {
-                queue.push_back((entry.path(), depth + 1));
-            }
-        }
-    }
-    found
+    super::cgroup::find_below(root, MAX_DEPTH, |_, name| is_pod_cgroup(name, uid))
 }
 
 /// One resolved pod target: the cgroup and how it was named.

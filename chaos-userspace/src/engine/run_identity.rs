@@ -103,6 +103,16 @@ fn read_stat(pid: u32) -> io::Result<Stat> {
     })
 }
 
+/// When `pid` started (field 22 of /proc/PID/stat, clock ticks since boot); None when it is gone.
+pub fn start_time(pid: u32) -> Option<u64> {
+    read_stat(pid).ok().map(|s| s.start_time)
+}
+
+/// The state letter (field 3) of a /proc/PID/stat or /proc/PID/task/TID/stat text.
+pub fn state_in(stat_text: &str) -> Option<char> {
+    parse_stat(stat_text).map(|s| s.state)
+}
+
 /// State (field 3) and start time (field 22) from the text of /proc/PID/stat.
 fn parse_stat(text: &str) -> Option<Stat> {
     // The name (field 2) is in parentheses and may itself hold spaces and parentheses: count the

@@ -395,6 +395,28 @@ impl Ctx<'_> {
         }
     }
 
+    /// The key of a renamed field that `f` holds: `new`, or its `old` name (which still works for
+    /// one release, with a deprecation line); None when neither is there, or both (an error).
+    pub fn renamed<'k>(&mut self, f: &Fields<'_>, new: &'k str, old: &'k str) -> Option<&'k str> {
+        match (f.has(new), f.has(old)) {
+            (true, true) => {
+                let mark = f.get(old).map_or(f.mark, |n| n.mark);
+                self.err(
+                    mark,
+                    &f.path_of(old),
+                    format!("give {new} or its old name {old}, not both"),
+                );
+                None
+            }
+            (false, true) => {
+                crate::output::deprecated(&f.path_of(old), &f.path_of(new));
+                Some(old)
+            }
+            (true, false) => Some(new),
+            (false, false) => None,
+        }
+    }
+
     pub fn required<'n>(&mut self, f: &Fields<'n>, key: &str, what: &str) -> Option<&'n Node> {
         let v = f.value(key);
         if v.is_none() {

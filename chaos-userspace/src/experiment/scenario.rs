@@ -1015,18 +1015,12 @@ fn read_ramps(
     for key in f.keys() {
         let written = key.name.as_str();
         let p = f.path_of(written);
-        // An old name (drop, cpu_load) still works for one release.
         let param = match kind.renamed_param(written) {
-            Some(new) if f.has(new) => {
-                ctx.err(
-                    key.mark,
-                    &p,
-                    format!("give {new} or its old name {written}, not both"),
-                );
-                continue;
-            }
+            // An old name (drop, cpu_load) still works for one release.
             Some(new) => {
-                crate::output::deprecated(&p, &f.path_of(new));
+                if ctx.renamed(&f, new, written).is_none() {
+                    continue;
+                }
                 new
             }
             None => written,

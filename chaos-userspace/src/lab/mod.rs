@@ -146,7 +146,7 @@ impl EchoServer {
                     libc::SOL_SOCKET,
                     libc::SO_RCVBUFFORCE,
                     (&size as *const libc::c_int).cast(),
-                    4,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
                 );
             }
             let _ = tx.send(Ok(()));

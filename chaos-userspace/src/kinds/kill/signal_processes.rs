@@ -319,13 +319,7 @@ struct XorShift(u64);
 
 impl XorShift {
     fn seeded() -> Self {
-        let mut seed = 0u64;
-        // SAFETY: getrandom writes at most 8 bytes into `seed`.
-        let got = unsafe { libc::getrandom((&mut seed as *mut u64).cast(), 8, 0) };
-        if got != 8 {
-            seed = crate::engine::lifecycle::monotonic_ns() ^ u64::from(std::process::id()) << 32;
-        }
-        Self(seed | 1)
+        Self(crate::engine::lifecycle::random_u64() | 1)
     }
 
     fn next(&mut self) -> u64 {

@@ -313,9 +313,7 @@ impl NetSpec {
         if let Some(m) = self.loss_model {
             parts.push(format!("{m} ({:?})", self.direction).to_lowercase());
         }
-        if (self.drop_correlation.is_some() || self.loss_model.is_some())
-            && let Some(chain) = self.loss_chain()
-        {
+        if let Some(chain) = self.loss_chain() {
             let th = super::loss::theory(&chain);
             parts.push(format!(
                 "expected loss {:.2}%, mean burst {:.2} packets",

@@ -24,18 +24,10 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     let f = ctx.map(node, path, NET_FIELDS)?;
     let before = ctx.errors.len();
     let mut args = NetArgs::default();
-    if let Some(n) = f.value("percent") {
-        args.percent = ctx.percent(n, &f.path_of("percent"));
-    }
-    if let Some(n) = f.value("drop") {
-        // The old name of `percent`, for one release.
-        let p = f.path_of("drop");
-        if f.has("percent") {
-            ctx.err(n.mark, &p, "give percent or its old name drop, not both");
-        } else {
-            crate::output::deprecated(&p, &f.path_of("percent"));
-            args.percent = ctx.percent(n, &p);
-        }
+    if let Some(key) = ctx.renamed(&f, "percent", "drop")
+        && let Some(n) = f.value(key)
+    {
+        args.percent = ctx.percent(n, &f.path_of(key));
     }
     if let Some(n) = f.value("drop_correlation") {
         args.drop_correlation = ctx.percent(n, &f.path_of("drop_correlation"));

@@ -25,23 +25,7 @@ pub fn parse(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> Optio
         }
     }
     // `cpu_load` is the old name of `percent`, for one release.
-    let load_key = match (f.has("percent"), f.has("cpu_load")) {
-        (true, true) => {
-            let n = f.get("cpu_load").map_or(f.mark, |n| n.mark);
-            ctx.err(
-                n,
-                &f.path_of("cpu_load"),
-                "give percent or its old name cpu_load, not both",
-            );
-            None
-        }
-        (false, true) => {
-            crate::output::deprecated(&f.path_of("cpu_load"), &f.path_of("percent"));
-            Some("cpu_load")
-        }
-        (true, false) => Some("percent"),
-        (false, false) => None,
-    };
+    let load_key = ctx.renamed(&f, "percent", "cpu_load");
     if let Some(key) = load_key
         && let Some(n) = f.value(key)
     {

@@ -15,7 +15,7 @@ use aya::{
 use chaos_common::{
     MAX_TARGET_LEVELS, OP_ACCEPT, OP_BIND, OP_CONNECT, OP_FORK, OP_FSYNC, OP_MKDIR, OP_MMAP,
     OP_OPEN, OP_READ, OP_RECVMSG, OP_RENAME, OP_SENDMSG, OP_SOCKET, OP_UNLINK, OP_WRITE,
-    PATH_PREFIX_MAX, PeerKey, SyscallConfig, SyscallCounters, SyscallState, percent_to_threshold,
+    PATH_PREFIX_MAX, PeerKey, SyscallConfig, SyscallCounters, percent_to_threshold,
 };
 
 use crate::kinds::net::peers::Peer;
@@ -906,14 +906,6 @@ impl SyscallFault {
             });
         }
         Ok(out)
-    }
-
-    /// The shared --after/--max state (for reports).
-    pub fn state(&self) -> Result<SyscallState> {
-        Ok(Array::<_, SyscallState>::try_from(
-            self.ebpf.map("SYS_STATE").context("map SYS_STATE")?,
-        )?
-        .get(&0, 0)?)
     }
 }
 

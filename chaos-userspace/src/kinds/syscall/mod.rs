@@ -30,7 +30,8 @@ cgroup   connect, bind, sendmsg (unconnected UDP), socket: attached to the targe
 lsm      connect, bind, accept, sendmsg, recvmsg, socket, open (+ --path-prefix), read, write,\n           \
 mkdir, unlink, rename, fork, mmap: needs `bpf` in the LSM list\n  \
 kprobe   every operation incl. fsync, via bpf_override_return: needs CONFIG_BPF_KPROBE_OVERRIDE\n  \
-fmod_ret not available: aya 0.14 cannot load fmod_ret programs";
+fmod_ret the lsm operations through security_* functions, and fsync/fdatasync where the kernel\n           \
+lists them for error injection: needs BPF trampolines (never picked by auto; ask with --backend)";
 
 impl Kind for SyscallSpec {
     const YAML_FIELDS: &'static [&'static str] = yaml::FIELDS;

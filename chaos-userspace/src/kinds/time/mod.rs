@@ -373,28 +373,9 @@ impl Kind for TimeSpec {
     }
 }
 
-/// A tag for this run's hook pages: what `stop` looks for.
+/// A tag for this run's hook pages: what `stop` looks for (never 0).
 fn new_tag() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    let t = u64::from_le_bytes(b);
-    if n == 8 && t != 0 {
-        t
-    } else {
-        (u64::from(std::process::id()) << 32) ^ lifecycle::monotonic_ns() | 1
-    }
-}
-
-/// The value of clock `id` now, ns.
-fn clock_ns(id: usize) -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to a valid pointer.
-    unsafe { libc::clock_gettime(id as libc::clockid_t, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    lifecycle::random_u64().max(1)
 }
 
 /// The fault while it runs: the hooked processes and their control blocks.
@@ -433,7 +414,7 @@ impl TimeFault {
         let left = self.deadline_ns.saturating_sub(mono) as i64;
         for name in &self.spec.clocks {
             for &id in clock_ids(name) {
-                let now = clock_ns(id);
+                let now = lifecycle::clock_ns(id as libc::clockid_t);
                 c.clocks[id] = ClockEntry {
                     floor: now - FLOOR_SLACK_NS,
                     deadline: now + left,
@@ -452,11 +433,11 @@ impl TimeFault {
         self.procs.retain(|_, p| process::still_hooked(p, own));
         let control = self.control();
         for path in &self.cgroups {
-            for pid in process::procs(path) {
+            for pid in crate::engine::cgroup::procs_recursive(path).unwrap_or_default() {
                 if self.procs.contains_key(&pid) || pid == std::process::id() {
                     continue;
                 }
-                let Some(st) = process::start_time(pid) else {
+                let Some(st) = crate::engine::run_identity::start_time(pid) else {
                     continue;
                 };
                 if self.refused.contains_key(&(pid, st)) {
@@ -508,7 +489,7 @@ impl Active for TimeFault {
     /// Opens every hooked process's lease window and arms it (two small writes each).
     fn arm(&mut self, deadline_ns: u64, _journal: &mut Journal) -> Result<()> {
         for (i, s) in self.starts.iter_mut().enumerate() {
-            *s = clock_ns(i);
+            *s = lifecycle::clock_ns(i as libc::clockid_t);
         }
         self.armed = true;
         self.deadline_ns = deadline_ns;

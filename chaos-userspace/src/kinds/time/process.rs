@@ -1,7 +1,9 @@
 //! One target process: redirecting its vDSO time functions to the hook page (mapped into it by an
 //! injected mmap), updating its control block, and restoring it.
 
-use std::{fs, fs::File, io, path::Path};
+use std::{fs, fs::File, io};
+
+use crate::{engine::run_identity, kinds::pause::freeze};
 
 use super::{
     code::{self, Code, Control, MAP_LEN, PAGE, Sites},
@@ -65,13 +67,6 @@ enum Found {
     },
 }
 
-/// A process's start time, None when it is gone.
-pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 fn maps(pid: u32) -> Result<String, PatchError> {
     fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| PatchError::Gone)
 }
@@ -122,11 +117,8 @@ fn not_running(pid: u32) -> bool {
     let stopped = fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| {
             d.flatten().any(|t| {
-                fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
-                    s.rfind(')')
-                        .and_then(|i| s.get(i + 2..i + 3))
-                        .is_some_and(|st| st == "T" || st == "t")
-                })
+                fs::read_to_string(t.path().join("stat"))
+                    .is_ok_and(|s| matches!(run_identity::state_in(&s), Some('T' | 't')))
             })
         })
         .unwrap_or(false);
@@ -135,8 +127,8 @@ fn not_running(pid: u32) -> bool {
         .zip(crate::engine::cgroup::v2_mount().ok())
         .is_some_and(|(cg, mount)| {
             let dir = mount.join(cg.trim_start_matches('/'));
-            fs::read_to_string(dir.join("cgroup.events"))
-                .is_ok_and(|t| t.lines().any(|l| l.trim() == "frozen 1"))
+            freeze::is_frozen(&dir)
+                // Asked to freeze, and still on the way there.
                 || fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|t| t.trim() == "1")
         });
     stopped || frozen
@@ -186,7 +178,7 @@ pub fn patch(
     if pid == std::process::id() {
         return Err(PatchError::Foreign);
     }
-    let start_time = start_time(pid).ok_or(PatchError::Gone)?;
+    let start_time = run_identity::start_time(pid).ok_or(PatchError::Gone)?;
     let mem = ptrace::open_mem(pid).map_err(|_| PatchError::Gone)?;
     let (vdso, page, fresh, relocated) = match inspect(pid, own, &mem)? {
         Found::Hooked { vdso, page, .. } => (vdso, page, false, (true, true)),
@@ -442,11 +434,6 @@ pub fn restore_all(tag: u64) -> Result<(usize, usize, Vec<String>), String> {
         }
     }
     Ok(out)
-}
-
-/// The pids of a cgroup tree.
-pub fn procs(path: &Path) -> Vec<u32> {
-    crate::engine::cgroup::procs_recursive(path).unwrap_or_default()
 }
 
 #[cfg(test)]
