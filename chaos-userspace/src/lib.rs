@@ -15,6 +15,7 @@ pub mod live;
 pub mod metrics;
 pub mod output;
 pub mod probe;
+pub mod progress;
 pub mod report;
 pub mod status;
 pub mod stop;

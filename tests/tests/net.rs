@@ -97,11 +97,8 @@ fn drop_rate_within_2pp_over_20k_packets_and_nothing_outside() {
     };
     assert!((sent - received).abs_diff(dropped) <= allowed, "{totals}");
     assert_eq!(totals["egress"]["seen"].as_u64().unwrap(), sent, "{totals}");
-    assert_eq!(
-        totals["ingress"]["seen"].as_u64().unwrap(),
-        0,
-        "ingress is not attached for egress drop"
-    );
+    // Ingress is not attached for an egress drop, and the report does not pretend it counted.
+    assert_eq!(totals["ingress"], serde_json::json!({}), "{totals}");
 }
 
 #[test]

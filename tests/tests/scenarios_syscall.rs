@@ -34,6 +34,24 @@ fn connect_errors_scenario_matches_the_errnos_real_processes_saw() {
     let (code, lines, err) = live.finish();
     println!("{}", lines.join("\n"));
     assert_eq!(code, 0, "stdout {lines:#?}\nstderr {err}");
+    // stderr is a pipe here, so the progress line is a plain line every 5 s. The first falls in the
+    // fault's window (1 s to 7 s) after the 20000 calls began: it shows the fault armed and injecting.
+    let first_progress = err
+        .lines()
+        .find(|l| l.contains("] during"))
+        .unwrap_or_else(|| panic!("no progress line while the fault ran: {err}"));
+    let per_second: u64 = first_progress
+        .split("connect-refused: armed, ")
+        .nth(1)
+        .and_then(|rest| rest.split(" injected/s").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the fault is not armed in {first_progress:?}"));
+    assert!(per_second > 0, "{first_progress}");
+    assert!(
+        first_progress.contains("left | ")
+            && first_progress.contains("| probe dependency-connect: "),
+        "{first_progress}"
+    );
     let refused_seen = errno_count(&seen, libc::ECONNREFUSED);
     let calls = seen["calls"].as_u64().unwrap();
     assert_eq!(

@@ -72,6 +72,8 @@ fn net_in_vm() -> Result<()> {
 /// The syscall benchmark on the Debian kernel, then on the kprobe kernel if `cargo xtask
 /// build-kernel` has built it (building it here would take a quarter of an hour or more).
 fn syscall_in_vm() -> Result<()> {
+    // strace -e inject is the peer beside kchaos; the VM image takes it from the host.
+    setup::ensure_debian_packages(&[("strace", "strace")])?;
     let kchaos = build::build_kchaos()?;
     let bench = build_bin("bench-syscall")?;
     let payload = crate::vm::Payload {

@@ -6,6 +6,7 @@ pub mod capabilities;
 pub mod cgroup;
 pub mod containers;
 pub mod ebpf;
+pub mod fds;
 pub mod journal;
 pub mod lifecycle;
 pub mod netns;

@@ -49,7 +49,8 @@ pub struct MonkeyArgs {
     /// Peers a net-partition may cut the target off from: CIDR[:PORT] (repeatable).
     #[arg(long = "peer", value_name = "CIDR[:PORT]")]
     pub peers: Vec<String>,
-    /// A steady-state probe: tcp:HOST:PORT, http://URL, or cmd:SHELL-COMMAND (repeatable).
+    /// A steady-state probe: tcp:HOST:PORT, http://URL or https://URL, or cmd:SHELL-COMMAND
+    /// (repeatable).
     #[arg(long = "probe", value_name = "PROBE")]
     pub probes: Vec<String>,
     /// Run the probes from inside the target cgroup.
@@ -147,11 +148,12 @@ fn parse_probe(text: &str, index: usize, args: &MonkeyArgs) -> Result<ProbeSpec,
                 ))
             })?,
         }
-    } else if text.starts_with("http://") {
-        super::probes::parse_http_url(text).map_err(|e| BadInput::new(format!("--probe {e}")))?;
+    } else if text.starts_with("http://") || text.starts_with("https://") {
+        super::probes::check_http_url(text).map_err(|e| BadInput::new(format!("--probe {e}")))?;
         Check::Http {
             url: text.to_owned(),
             statuses: Vec::new(),
+            ca: None,
         }
     } else if let Some(cmd) = text.strip_prefix("cmd:") {
         Check::Command {
@@ -161,7 +163,7 @@ fn parse_probe(text: &str, index: usize, args: &MonkeyArgs) -> Result<ProbeSpec,
         }
     } else {
         return Err(BadInput::new(format!(
-            "--probe {text}: allowed are tcp:IP:PORT, http://HOST[:PORT]/PATH, cmd:SHELL-COMMAND"
+            "--probe {text}: allowed are tcp:IP:PORT, http://HOST[:PORT]/PATH, https://..., cmd:SHELL-COMMAND"
         )));
     };
     Ok(ProbeSpec {

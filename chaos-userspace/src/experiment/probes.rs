@@ -3,13 +3,13 @@
 //! sockets see the target's faults), and judged against a tolerance (success rate, p95 latency).
 
 use std::{
-    collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpStream, ToSocketAddrs as _},
+    collections::{BTreeMap, HashMap},
+    io::{BufRead as _, BufReader, Write as _},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, LazyLock, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -33,43 +33,75 @@ pub struct ProbeResult {
     pub detail: String,
 }
 
-/// `http://host[:port][/path]`: the address to connect to, the Host header, the path.
-pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("'{url}' is not allowed: plain http://HOST[:PORT]/PATH URLs only (no https)")
+/// An `http://` or `https://` URL with a host: what the HTTP probe takes.
+pub fn check_http_url(url: &str) -> Result<(), String> {
+    let uri: ureq::http::Uri = url.parse().map_err(|e| {
+        format!("'{url}' is not a URL ({e}): write http://HOST[:PORT]/PATH or https://...")
     })?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].to_owned()),
-        None => (rest, "/".to_owned()),
-    };
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("'{url}': no closing ] in the host"))?;
-        (h.to_owned(), after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), Some(p)),
-            None => (authority.to_owned(), None),
-        }
-    };
-    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '@') {
-        return Err(format!("'{url}': no usable host"));
-    }
-    let port = match port {
-        None => 80,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("'{url}': the port must be 1 to 65535"))?,
-    };
-    if path.contains(|c: char| c.is_control() || c == ' ') {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(format!(
-            "'{url}': the path has spaces or control characters"
+            "'{url}' is not allowed: http://HOST[:PORT]/PATH or https://HOST[:PORT]/PATH only"
         ));
     }
-    Ok((host, port, path))
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("'{url}': no host"));
+    }
+    if uri.port_u16() == Some(0) {
+        return Err(format!("'{url}': the port must be 1 to 65535"));
+    }
+    Ok(())
+}
+
+/// The certificates of a PEM file (`ca:` of an https probe): the roots its server is checked against
+/// instead of Mozilla's.
+pub fn read_ca(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = crate::bounded_read::read(path, 1 << 20, "CA file").map_err(|e| e.to_string())?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("ca {}: {e}", path.display())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "ca {}: no PEM certificate in it (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// One HTTP client per CA file (None: Mozilla's roots), shared by the attempts of every probe.
+static AGENTS: LazyLock<Mutex<HashMap<Option<PathBuf>, ureq::Agent>>> =
+    LazyLock::new(Default::default);
+
+fn agent_for(ca: Option<&Path>) -> Result<ureq::Agent, String> {
+    let key = ca.map(Path::to_path_buf);
+    let mut agents = AGENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(agent) = agents.get(&key) {
+        return Ok(agent.clone());
+    }
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(path) = ca {
+        tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(read_ca(path)?)));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        // A status is a result to judge, not an error.
+        .http_status_as_error(false)
+        // Every attempt connects anew: a pooled connection would not meet a partition or a
+        // connect() fault.
+        .max_idle_connections(0)
+        // A redirect is a result too (3xx counts as healthy unless expect_status says otherwise).
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .user_agent("kchaos-probe")
+        .tls_config(tls.build())
+        .build()
+        .into();
+    agents.insert(key, agent.clone());
+    Ok(agent)
 }
 
 /// Runs one attempt: (ok, what happened). Latency is measured by the caller.
@@ -79,7 +111,7 @@ fn attempt(check: &Check, timeout: Duration) -> (bool, String) {
             Ok(_) => (true, "connected".into()),
             Err(e) => (false, e.to_string()),
         },
-        Check::Http { url, statuses } => match http_get(url, timeout) {
+        Check::Http { url, statuses, ca } => match http_get(url, ca.as_deref(), timeout) {
             Ok(status) => {
                 let ok = if statuses.is_empty() {
                     (200..400).contains(&status)
@@ -101,66 +133,16 @@ fn attempt(check: &Check, timeout: Duration) -> (bool, String) {
     }
 }
 
-fn http_get(url: &str, timeout: Duration) -> Result<u16, String> {
-    let start = Instant::now();
-    let (host, port, path) = parse_http_url(url)?;
-    let addr: SocketAddr = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolving {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} has no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    let left = |start: Instant| {
-        timeout
-            .checked_sub(start.elapsed())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| "timed out".to_owned())
-    };
-    stream
-        .set_write_timeout(Some(left(start)?))
+/// A GET through ureq (rustls for https), within `timeout` in all; the response's status.
+fn http_get(url: &str, ca: Option<&Path>, timeout: Duration) -> Result<u16, String> {
+    let response = agent_for(ca)?
+        .get(url)
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
+        .call()
         .map_err(|e| e.to_string())?;
-    let host_header = if addr.is_ipv6() && host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    stream
-        .write_all(
-            format!(
-                "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: kchaos-probe\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .map_err(|e| e.to_string())?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 512];
-    while !head.contains(&b'\n') && head.len() < 4096 {
-        stream
-            .set_read_timeout(Some(left(start)?))
-            .map_err(|e| e.to_string())?;
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err("timed out".into());
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    let status = line
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("HTTP/"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP response: {:?}",
-                line.lines().next().unwrap_or("")
-            )
-        })?;
-    Ok(status)
+    Ok(response.status().as_u16())
 }
 
 /// Runs argv with `env` added to the environment (the values of the variables it refers to).
@@ -415,6 +397,7 @@ pub fn current_exe() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read as _;
 
     fn r(ok: bool, ms: f64) -> ProbeResult {
         ProbeResult {
@@ -451,17 +434,138 @@ mod tests {
 
     #[test]
     fn http_urls() {
-        assert_eq!(
-            parse_http_url("http://10.0.0.1:8080/health").unwrap(),
-            ("10.0.0.1".into(), 8080, "/health".into())
+        for ok in [
+            "http://10.0.0.1:8080/health",
+            "http://[::1]/",
+            "https://db.internal/ready?full=1",
+        ] {
+            assert_eq!(check_http_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("ftp://x/", "not allowed"),
+            ("http://x:0/", "port"),
+            ("http://x/a b", "not a URL"),
+            ("/health", "not allowed"),
+        ] {
+            let e = check_http_url(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    /// https through rustls against a real TLS server (openssl s_server on loopback, a certificate
+    /// made here): the server's own certificate as `ca` is trusted; without it, Mozilla's roots do not
+    /// know it and the attempt fails in the handshake.
+    #[test]
+    fn https_checks_the_server_against_the_ca_file() {
+        if std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIP https_checks_the_server_against_the_ca_file: no openssl here");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("kchaos-https-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A private CA, and the server's certificate it signs (for 127.0.0.1).
+        let file = |name: &str| dir.join(name);
+        std::fs::write(file("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-subj",
+                "/CN=kchaos-test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+            &[
+                "req",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "req.csr",
+            ],
+            &[
+                "x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            ],
+        ];
+        for (i, step) in steps.iter().enumerate() {
+            let mut cmd = std::process::Command::new("openssl");
+            cmd.args(*step).current_dir(&dir).stderr(Stdio::null());
+            if i < 2 {
+                cmd.args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+                    .args(["-nodes", "-days", "1"]);
+            } else {
+                cmd.args(["-CAcreateserial", "-days", "1", "-extfile", "ext"])
+                    .args(["-out", "cert.pem"]);
+            }
+            assert!(cmd.status().unwrap().success(), "openssl {step:?}");
+        }
+        let (key, cert, ca) = (file("key.pem"), file("cert.pem"), file("ca.pem"));
+        // Port 0: the kernel picks a free one, which the server prints.
+        let mut server = std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-accept",
+                "127.0.0.1:0",
+                "-www",
+                "-naccept",
+                "2",
+            ])
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        let port = lines
+            .find_map(|l| {
+                l.ok()?
+                    .strip_prefix("ACCEPT 127.0.0.1:")
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+            })
+            .expect("s_server's ACCEPT line");
+        let url = format!("https://127.0.0.1:{port}/");
+        let trusted = attempt(
+            &Check::Http {
+                url: url.clone(),
+                statuses: vec![],
+                ca: Some(ca),
+            },
+            Duration::from_secs(5),
         );
-        assert_eq!(
-            parse_http_url("http://[::1]/").unwrap(),
-            ("::1".into(), 80, "/".into())
+        let unknown = attempt(
+            &Check::Http {
+                url,
+                statuses: vec![],
+                ca: None,
+            },
+            Duration::from_secs(5),
         );
-        assert!(parse_http_url("https://x/").is_err());
-        assert!(parse_http_url("http://x:0/").is_err());
-        assert!(parse_http_url("http://x/a b").is_err());
+        let _ = server.kill();
+        let _ = server.wait();
+        let not_a_cert = read_ca(&key);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            not_a_cert
+                .as_ref()
+                .is_err_and(|e| e.contains("no PEM certificate")),
+            "{:?}",
+            not_a_cert.map(|c| c.len())
+        );
+        assert_eq!(trusted, (true, "HTTP 200".into()));
+        assert!(
+            !unknown.0 && unknown.1.contains("UnknownIssuer"),
+            "{unknown:?}"
+        );
     }
 
     #[test]
@@ -487,6 +591,7 @@ mod tests {
         let http = |path: &str| Check::Http {
             url: format!("http://{addr}{path}"),
             statuses: vec![],
+            ca: None,
         };
         assert_eq!(
             attempt(&http("/ok"), Duration::from_secs(2)),

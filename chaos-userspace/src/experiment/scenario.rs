@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -104,8 +104,15 @@ pub struct ProbeSpec {
 pub enum Check {
     /// A TCP connect.
     Tcp { address: SocketAddr },
-    /// A plain-HTTP GET; healthy when the status is one of `statuses` (empty: 200-399).
-    Http { url: String, statuses: Vec<u16> },
+    /// An HTTP GET (http:// or https://); healthy when the status is one of `statuses` (empty:
+    /// 200-399). `ca`: a PEM file whose certificates an https server is checked against instead of
+    /// Mozilla's roots (a private CA, a self-signed server).
+    Http {
+        url: String,
+        statuses: Vec<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca: Option<PathBuf>,
+    },
     /// A command (argv); healthy when it exits with `exit_code`. `env` holds the values of the variables
     /// it refers to (KCHAOS_VAR_<name>), set in its environment.
     Command {
@@ -635,6 +642,7 @@ pub const PROBE_FIELDS: &[&str] = &[
     "http",
     "command",
     "expect_status",
+    "ca",
     "expect_exit",
     "interval",
     "timeout",
@@ -699,7 +707,11 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
         return None;
     }
     let kind = kinds[0];
-    for (field, owner) in [("expect_status", "http"), ("expect_exit", "command")] {
+    for (field, owner) in [
+        ("expect_status", "http"),
+        ("ca", "http"),
+        ("expect_exit", "command"),
+    ] {
         if p.has(field) && kind != owner {
             ctx.err(
                 p.get(field).map_or(p.mark, |n| n.mark),
@@ -726,10 +738,25 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
         }
         "http" => {
             let url = ctx.text(node, &p.path_of("http"))?;
-            if let Err(e) = super::probes::parse_http_url(&url) {
+            if let Err(e) = super::probes::check_http_url(&url) {
                 ctx.err(node.mark, &p.path_of("http"), e);
                 return None;
             }
+            // Read now: a CA file that is missing or holds no certificate is bad input before
+            // anything runs, not a probe that fails every attempt.
+            let ca = match p.value("ca") {
+                Some(n) => {
+                    let path = p.path_of("ca");
+                    let file = PathBuf::from(ctx.text(n, &path)?);
+                    if !url.starts_with("https://") {
+                        ctx.err(n.mark, &path, "ca applies to https:// URLs only");
+                    } else if let Err(e) = super::probes::read_ca(&file) {
+                        ctx.err(n.mark, &path, e);
+                    }
+                    Some(file)
+                }
+                None => None,
+            };
             let mut statuses = Vec::new();
             if let Some(n) = p.value("expect_status") {
                 let path = p.path_of("expect_status");
@@ -741,7 +768,7 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
                     }
                 }
             }
-            Check::Http { url, statuses }
+            Check::Http { url, statuses, ca }
         }
         _ => {
             // A single string runs through the shell, as a user would type it; variables reach it

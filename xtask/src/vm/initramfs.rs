@@ -24,6 +24,8 @@ use crate::setup::step;
 const TC_DIST_DIRS: &[&str] = &["/usr/lib/x86_64-linux-gnu/tc", "/usr/lib/tc"];
 /// The host's iproute2 tools, at the same paths inside (the tests shell out to `ip` and `tc`).
 const HOST_TOOLS: &[(&str, &str)] = &[("ip", "usr/sbin/ip"), ("tc", "usr/sbin/tc")];
+/// Copied in when the host has them: the peers benchmarks put beside kchaos (`strace -e inject`).
+const OPTIONAL_HOST_TOOLS: &[(&str, &str)] = &[("strace", "usr/bin/strace")];
 
 pub struct Contents<'a> {
     pub kernel: &'a Kernel,
@@ -70,6 +72,11 @@ fn assemble(c: &Contents) -> Result<Image> {
         let host =
             find_on_path(cmd).with_context(|| format!("`{cmd}` (iproute2) is not installed"))?;
         image.add_binary(at, &host)?;
+    }
+    for (cmd, at) in OPTIONAL_HOST_TOOLS {
+        if let Some(host) = find_on_path(cmd) {
+            image.add_binary(at, &host)?;
+        }
     }
     add_tc_distributions(&mut image);
     add_etc(&mut image);

@@ -29,6 +29,7 @@ use super::{
     validate::ResolvedTarget,
 };
 use crate::live::{FaultState, FaultStatus, Live, Phase, ProbeStatus};
+use crate::progress::Progress;
 use crate::{
     engine::journal::Journal,
     engine::lifecycle::{self, EndReason, Signals},
@@ -135,6 +136,8 @@ struct Run<'a> {
     published: Option<Instant>,
     /// Whether a caller of `--detach` has been told the faults are armed.
     announced: bool,
+    /// `kchaos run` and `monkey`: the line between events (none with --quiet).
+    progress: Option<Progress>,
 }
 
 pub async fn execute(setup: Setup) -> Result<Report> {
@@ -207,6 +210,7 @@ pub async fn execute(setup: Setup) -> Result<Report> {
         live,
         published: None,
         announced: false,
+        progress: (style == Style::Experiment && !quiet).then(Progress::for_stderr),
     };
     run.start_live();
     run.event("run.start", format!("'{}' from {}", s.title, s.file));
@@ -404,6 +408,9 @@ impl Run<'_> {
     fn event(&mut self, kind: &str, detail: String) {
         let t_ms = self.ms();
         if !self.quiet && self.style == Style::Experiment {
+            if let Some(p) = &mut self.progress {
+                p.clear();
+            }
             println!("[{:>6.2}s] {kind:<18} {detail}", t_ms / 1e3);
         }
         tracing::info!("{kind}: {detail}");
@@ -461,6 +468,7 @@ impl Run<'_> {
                         self.announce_armed();
                     }
                     self.refresh_live(false);
+                    self.show_progress(now);
                     // The method ends with its last fault (a window counts from when its effect
                     // took hold, which may be a little after the plan).
                     if now >= deadline && !(method && self.faults_pending()) {
@@ -598,6 +606,17 @@ impl Run<'_> {
         }
     }
 
+    /// Draws the progress line when it is due.
+    fn show_progress(&mut self, now: Instant) {
+        if let Some(p) = &mut self.progress {
+            let snap = self.live.lock();
+            if let Some(line) = p.due(now.into_std(), &snap, unix_ms()) {
+                drop(snap);
+                p.show(&line);
+            }
+        }
+    }
+
     /// Tells a caller of `--detach` that the run is under way, once every fault is prepared and
     /// those due by now are armed.
     fn announce_armed(&mut self) {
@@ -703,7 +722,7 @@ async fn precise_wait(until: Instant) {
 pub fn describe_check(c: &Check) -> String {
     match c {
         Check::Tcp { address } => format!("tcp connect {address}"),
-        Check::Http { url, statuses } => {
+        Check::Http { url, statuses, .. } => {
             if statuses.is_empty() {
                 format!("http GET {url} (200-399)")
             } else {

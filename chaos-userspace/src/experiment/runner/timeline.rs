@@ -289,8 +289,26 @@ impl Run<'_> {
                 None => now,
             });
             if self.style == Style::Command && !self.quiet {
+                // Time left (a command without --duration runs until stopped: none), the events
+                // injected over the last second, then the kind's own counters since the arm.
+                let left = f
+                    .ends_at
+                    .map(|(end, _)| end.saturating_duration_since(now))
+                    .filter(|_| decl.duration < crate::command::UNTIL_STOPPED)
+                    .map_or(String::new(), |d| {
+                        format!(
+                            ", {} left",
+                            humantime::format_duration(Duration::from_secs(
+                                d.as_millis().div_ceil(1000) as u64
+                            ))
+                        )
+                    });
+                let last_second = f
+                    .record
+                    .injected_events
+                    .saturating_sub(f.record.samples.last().map_or(0, |s| s.injected_events));
                 println!(
-                    "[{:>5.1}s] {}",
+                    "[{:>5.1}s{left}] {last_second} injected in the last second | {}",
                     armed_for.unwrap_or_default().as_secs_f64(),
                     decl.kind.live_line(&counters)
                 );

@@ -28,39 +28,13 @@ impl Signal {
     };
 }
 
-/// The standard signals by name (numbers differ between architectures, so they come from libc).
-const NAMED: [(&str, i32); 30] = [
-    ("HUP", libc::SIGHUP),
-    ("INT", libc::SIGINT),
-    ("QUIT", libc::SIGQUIT),
-    ("ILL", libc::SIGILL),
-    ("TRAP", libc::SIGTRAP),
-    ("ABRT", libc::SIGABRT),
-    ("BUS", libc::SIGBUS),
-    ("FPE", libc::SIGFPE),
-    ("KILL", libc::SIGKILL),
-    ("USR1", libc::SIGUSR1),
-    ("SEGV", libc::SIGSEGV),
-    ("USR2", libc::SIGUSR2),
-    ("PIPE", libc::SIGPIPE),
-    ("ALRM", libc::SIGALRM),
-    ("TERM", libc::SIGTERM),
-    ("STKFLT", libc::SIGSTKFLT),
-    ("CHLD", libc::SIGCHLD),
-    ("CONT", libc::SIGCONT),
-    ("STOP", libc::SIGSTOP),
-    ("TSTP", libc::SIGTSTP),
-    ("TTIN", libc::SIGTTIN),
-    ("TTOU", libc::SIGTTOU),
-    ("URG", libc::SIGURG),
-    ("XCPU", libc::SIGXCPU),
-    ("XFSZ", libc::SIGXFSZ),
-    ("VTALRM", libc::SIGVTALRM),
-    ("PROF", libc::SIGPROF),
-    ("WINCH", libc::SIGWINCH),
-    ("IO", libc::SIGIO),
-    ("SYS", libc::SIGSYS),
-];
+/// The standard signals by name without SIG (nix's list: numbers differ between architectures).
+fn named() -> impl Iterator<Item = (&'static str, i32)> {
+    nix::sys::signal::Signal::iterator().map(|s| {
+        let name = s.as_str();
+        (name.strip_prefix("SIG").unwrap_or(name), s as i32)
+    })
+}
 
 /// Parses a signal: a name with or without SIG (any case) or a number from 1 to SIGRTMAX.
 pub fn parse_signal(text: &str) -> Result<Signal, BadInput> {
@@ -70,23 +44,19 @@ pub fn parse_signal(text: &str) -> Result<Signal, BadInput> {
         if !(1..=max).contains(&number) {
             return Err(BadInput::new(format!("signal numbers go from 1 to {max}")));
         }
-        let name = NAMED
-            .iter()
-            .find(|(_, n)| *n == number)
-            .map(|(name, _)| *name);
+        let name = named().find(|(_, n)| *n == number).map(|(name, _)| name);
         return Ok(Signal { number, name });
     }
     let upper = t.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    NAMED
-        .iter()
+    named()
         .find(|(name, _)| *name == bare)
-        .map(|&(name, number)| Signal {
+        .map(|(name, number)| Signal {
             number,
             name: Some(name),
         })
         .ok_or_else(|| {
-            let names: Vec<&str> = NAMED.iter().map(|(n, _)| *n).collect();
+            let names: Vec<&str> = named().map(|(n, _)| n).collect();
             BadInput::new(format!(
                 "'{t}' is not a signal{}: use a name such as KILL, TERM, INT, STOP, USR1, or a number",
                 crate::error::hint(bare, &names)
@@ -108,6 +78,8 @@ mod tests {
             parse_signal("34").unwrap().to_string(),
             format!("signal {}", 34)
         );
+        assert_eq!(parse_signal("SIGWINCH").unwrap().number, libc::SIGWINCH);
+        assert_eq!(parse_signal("stkflt").unwrap().number, libc::SIGSTKFLT);
         assert!(parse_signal("0").is_err());
         assert!(parse_signal("999").is_err());
         assert!(

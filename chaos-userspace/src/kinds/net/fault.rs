@@ -376,7 +376,13 @@ pub struct NetFault {
 
 impl NetFault {
     /// Checks what the spec needs from the kernel before anything is attached.
-    pub fn preflight(spec: &NetSpec) -> Result<(), BadInput> {
+    pub fn preflight(spec: &NetSpec, targets: usize) -> Result<(), BadInput> {
+        // A link per target and direction, each an fd for the fault's life.
+        let directions = usize::from(spec.needs_egress()) + usize::from(spec.needs_ingress());
+        crate::engine::fds::reserve_links(
+            (directions * targets) as u64,
+            &format!("{directions} cgroup_skb hook(s) on {targets} target(s)"),
+        )?;
         if !spec.delay.is_zero() && !qdisc::kernel_has_fq() {
             return Err(BadInput::new(
                 "--delay needs the sch_fq qdisc (CONFIG_NET_SCH_FQ), which this kernel lacks: EDT \
@@ -389,7 +395,7 @@ impl NetFault {
     /// Loads and attaches the programs to every target, unarmed; `arm` starts injecting. On error,
     /// whatever was attached is detached again (dropping `Ebpf` closes the links) and qdiscs restored.
     pub fn attach(spec: NetSpec, targets: &[Target], journal: &mut Journal) -> Result<Self> {
-        Self::preflight(&spec)?;
+        Self::preflight(&spec, targets.len())?;
         let (egress_features, ingress_features) = spec.features();
         let mut ebpf = crate::engine::ebpf::load_with_globals(&[
             ("NET_EGRESS_FEATURES", egress_features),
@@ -524,6 +530,11 @@ impl NetFault {
         Array::<_, NetConfig>::try_from(self.ebpf.map_mut("NET_CONFIG").context("map NET_CONFIG")?)?
             .set(0, self.config, 0)
             .context("writing the net config")
+    }
+
+    /// Which directions have a program attached: (egress, ingress).
+    pub fn directions(&self) -> (bool, bool) {
+        (self.spec.needs_egress(), self.spec.needs_ingress())
     }
 
     /// The kernel's counters, summed over CPUs.

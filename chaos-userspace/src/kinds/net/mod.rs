@@ -187,8 +187,8 @@ impl Kind for NetSpec {
         NetSpec::from_args(&args)
     }
 
-    fn preflight(&self, _targets: &[Target]) -> Result<(), BadInput> {
-        NetFault::preflight(self)
+    fn preflight(&self, targets: &[Target]) -> Result<(), BadInput> {
+        NetFault::preflight(self, targets.len())
     }
 
     fn prepare(&self, targets: &[Target], journal: &mut Journal) -> Result<NetFault> {
@@ -226,7 +226,15 @@ impl Kind for NetSpec {
             }
             s
         };
-        format!("{} | {}", line("egress"), line("ingress"))
+        ["egress", "ingress"]
+            .into_iter()
+            .filter(|dir| {
+                let prefix = format!("{dir}.");
+                counters.keys().any(|k| k.starts_with(&prefix))
+            })
+            .map(line)
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 }
 
@@ -264,8 +272,14 @@ impl Active for NetFault {
     fn counters(&self) -> Result<Counters> {
         let t = self.totals()?;
         let mut m = Counters::new();
-        direction_counters(&mut m, "egress", &t.egress);
-        direction_counters(&mut m, "ingress", &t.ingress);
+        // Only the directions a program watches: an unattached one would read as "seen 0".
+        let (egress, ingress) = self.directions();
+        if egress {
+            direction_counters(&mut m, "egress", &t.egress);
+        }
+        if ingress {
+            direction_counters(&mut m, "ingress", &t.ingress);
+        }
         Ok(m)
     }
 

@@ -123,37 +123,6 @@ fn memory_refusal(bytes: u64, max: Option<(u64, PathBuf)>, available: u64) -> Op
     None
 }
 
-/// RLIMIT_NOFILE as (soft, hard).
-pub fn nofile_limit() -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into a valid rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((lim.rlim_cur, lim.rlim_max))
-}
-
-/// Raises the soft RLIMIT_NOFILE towards `wanted`, never past the hard limit; returns the new soft one.
-pub fn raise_nofile(wanted: u64) -> io::Result<u64> {
-    let (soft, hard) = nofile_limit()?;
-    let target = wanted.min(hard);
-    if target <= soft {
-        return Ok(soft);
-    }
-    let lim = libc::rlimit {
-        rlim_cur: target,
-        rlim_max: hard,
-    };
-    // SAFETY: setrlimit reads a valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(target)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

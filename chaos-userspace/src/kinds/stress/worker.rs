@@ -15,10 +15,10 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{
-    limits::{self, IO_FILE_WRAP},
+    limits::IO_FILE_WRAP,
     ramp::{self, Ramp},
 };
-use crate::{engine::cgroup, engine::lifecycle};
+use crate::{engine::cgroup, engine::fds, engine::lifecycle};
 
 /// `kchaos stress-worker`: filled in by the loader, never by users.
 #[derive(Debug, clap::Args)]
@@ -476,8 +476,8 @@ fn fds(
     status: &mut WorkerStatus,
     reporter: &mut Reporter,
 ) -> Result<()> {
-    let (soft, _) = limits::nofile_limit()?;
-    status.fd_limit = limits::raise_nofile(count.saturating_add(FD_RESERVE)).unwrap_or(soft);
+    let (soft, _) = fds::nofile_limit()?;
+    status.fd_limit = fds::raise_nofile(count.saturating_add(FD_RESERVE)).unwrap_or(soft);
     let mut held: Vec<File> = Vec::new();
     while !stopping() {
         let want = ((count as f64 * clock.fraction()).ceil() as u64).min(count);

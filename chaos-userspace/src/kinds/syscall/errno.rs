@@ -1,60 +1,33 @@
-//! Errno names users type (ECONNREFUSED, EIO, ...) and numbers.
+//! Errno names users type (ECONNREFUSED, EIO, ...) and numbers. The names are nix's (the kernel's
+//! own list for this architecture, one name per number), with the second names users also write.
+
+use std::sync::LazyLock;
+
+use nix::errno::Errno;
 
 use crate::error::BadInput;
 
-/// (name, number) of the errnos kchaos accepts by name.
-pub const ERRNOS: &[(&str, i32)] = &[
-    ("EPERM", libc::EPERM),
-    ("ENOENT", libc::ENOENT),
-    ("EINTR", libc::EINTR),
-    ("EIO", libc::EIO),
-    ("ENXIO", libc::ENXIO),
-    ("E2BIG", libc::E2BIG),
-    ("EBADF", libc::EBADF),
-    ("EAGAIN", libc::EAGAIN),
-    ("EWOULDBLOCK", libc::EWOULDBLOCK),
-    ("ENOMEM", libc::ENOMEM),
-    ("EACCES", libc::EACCES),
-    ("EFAULT", libc::EFAULT),
-    ("EBUSY", libc::EBUSY),
-    ("EEXIST", libc::EEXIST),
-    ("EXDEV", libc::EXDEV),
-    ("ENOTDIR", libc::ENOTDIR),
-    ("EISDIR", libc::EISDIR),
-    ("EINVAL", libc::EINVAL),
-    ("ENFILE", libc::ENFILE),
-    ("EMFILE", libc::EMFILE),
-    ("ETXTBSY", libc::ETXTBSY),
-    ("EFBIG", libc::EFBIG),
-    ("ENOSPC", libc::ENOSPC),
-    ("ESPIPE", libc::ESPIPE),
-    ("EROFS", libc::EROFS),
-    ("EMLINK", libc::EMLINK),
-    ("EPIPE", libc::EPIPE),
-    ("ENAMETOOLONG", libc::ENAMETOOLONG),
-    ("ENOSYS", libc::ENOSYS),
-    ("ENOTEMPTY", libc::ENOTEMPTY),
-    ("ELOOP", libc::ELOOP),
-    ("EDQUOT", libc::EDQUOT),
-    ("ENOBUFS", libc::ENOBUFS),
-    ("EADDRINUSE", libc::EADDRINUSE),
-    ("EADDRNOTAVAIL", libc::EADDRNOTAVAIL),
-    ("ENETDOWN", libc::ENETDOWN),
-    ("ENETUNREACH", libc::ENETUNREACH),
-    ("ECONNABORTED", libc::ECONNABORTED),
-    ("ECONNRESET", libc::ECONNRESET),
-    ("EISCONN", libc::EISCONN),
-    ("ENOTCONN", libc::ENOTCONN),
-    ("ETIMEDOUT", libc::ETIMEDOUT),
-    ("ECONNREFUSED", libc::ECONNREFUSED),
-    ("EHOSTDOWN", libc::EHOSTDOWN),
-    ("EHOSTUNREACH", libc::EHOSTUNREACH),
-    ("EALREADY", libc::EALREADY),
-    ("EINPROGRESS", libc::EINPROGRESS),
-    ("EPROTONOSUPPORT", libc::EPROTONOSUPPORT),
-    ("EAFNOSUPPORT", libc::EAFNOSUPPORT),
-    ("EMSGSIZE", libc::EMSGSIZE),
+/// Second names of numbers nix knows by another (EWOULDBLOCK is EAGAIN's number).
+const ALIASES: &[(&str, Errno)] = &[
+    ("EWOULDBLOCK", Errno::EWOULDBLOCK),
+    ("EDEADLOCK", Errno::EDEADLOCK),
+    ("ENOTSUP", Errno::ENOTSUP),
 ];
+
+/// (name, number) of every errno kchaos accepts by name, in number order, aliases last.
+pub static ERRNOS: LazyLock<Vec<(String, i32)>> = LazyLock::new(|| {
+    (1..4096)
+        .map(Errno::from_raw)
+        .filter(|e| *e != Errno::UnknownErrno)
+        .map(|e| (format!("{e:?}"), e as i32))
+        .chain(ALIASES.iter().map(|(n, e)| ((*n).to_owned(), *e as i32)))
+        .collect()
+});
+
+/// Every name, for "did you mean" and lists.
+pub fn names() -> Vec<&'static str> {
+    ERRNOS.iter().map(|(n, _)| n.as_str()).collect()
+}
 
 /// Parses `ECONNREFUSED`, `econnrefused` or `111`.
 pub fn parse(text: &str) -> Result<i32, BadInput> {
@@ -70,9 +43,9 @@ pub fn parse(text: &str) -> Result<i32, BadInput> {
     ERRNOS
         .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case(t))
-        .map(|&(_, n)| n)
+        .map(|(_, n)| *n)
         .ok_or_else(|| {
-            let names: Vec<&str> = ERRNOS.iter().map(|(n, _)| *n).collect();
+            let names = names();
             // A near name is the likely fix; only without one is the whole list worth its length.
             BadInput::new(match crate::error::did_you_mean(t, &names) {
                 Some(near) => format!(
@@ -87,12 +60,12 @@ pub fn parse(text: &str) -> Result<i32, BadInput> {
         })
 }
 
-/// The name of an errno number, if it has one here.
+/// The name of an errno number, if it has one.
 pub fn name(n: i32) -> String {
-    ERRNOS
-        .iter()
-        .find(|&&(_, v)| v == n)
-        .map_or_else(|| format!("errno {n}"), |&(name, _)| name.to_owned())
+    match Errno::from_raw(n) {
+        Errno::UnknownErrno => format!("errno {n}"),
+        e => format!("{e:?}"),
+    }
 }
 
 #[cfg(test)]
@@ -112,5 +85,16 @@ mod tests {
                 .contains("ECONNREFUSED")
         );
         assert_eq!(name(libc::EIO), "EIO");
+        assert_eq!(name(4000), "errno 4000");
+        // nix's list, and the second names.
+        assert_eq!(parse("EHWPOISON").unwrap(), libc::EHWPOISON);
+        assert_eq!(parse("ewouldblock").unwrap(), libc::EAGAIN);
+        assert_eq!(name(libc::EAGAIN), "EAGAIN");
+        assert!(
+            parse("ECONREFUSED")
+                .unwrap_err()
+                .to_string()
+                .contains("did you mean 'ECONNREFUSED'")
+        );
     }
 }

@@ -695,7 +695,22 @@ impl SyscallFault {
         if let Ok(refs) = target_refs(targets) {
             check_levels(&refs)?;
         }
-        plan(spec, &BackendSupport::probe())
+        let plan = plan(spec, &BackendSupport::probe())?;
+        // A link per target and cgroup hook, each an fd for the fault's life.
+        let cgroup_hooks: usize = plan
+            .iter()
+            .filter(|&&(_, b)| b == Backend::Cgroup)
+            .filter_map(|&(id, _)| OPS.iter().find(|o| o.id == id))
+            .map(|op| op.cgroup.len())
+            .sum();
+        crate::engine::fds::reserve_links(
+            (cgroup_hooks * targets.len()) as u64,
+            &format!(
+                "{cgroup_hooks} cgroup hook(s) on {} target(s)",
+                targets.len()
+            ),
+        )?;
+        Ok(plan)
     }
 
     pub fn attach(spec: SyscallSpec, targets: &[Target]) -> Result<Self> {
@@ -740,13 +755,6 @@ impl SyscallFault {
                 trie.insert(&Key::new(bits, key), 1, 0)?;
             }
         }
-        let cgroup_files = targets
-            .iter()
-            .map(|t| {
-                std::fs::File::open(&t.path)
-                    .with_context(|| format!("opening {}", t.path.display()))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let mut fault = Self {
             spec,
             plan: plan.clone(),
@@ -772,8 +780,11 @@ impl SyscallFault {
             match backend {
                 Backend::Cgroup => {
                     for &name in op.cgroup {
-                        for (t, f) in targets.iter().zip(&cgroup_files) {
-                            fault.attach_cgroup(name, f, &t.path.display().to_string())?;
+                        for t in targets {
+                            // Open only while attaching: the link keeps what it needs.
+                            let dir = std::fs::File::open(&t.path)
+                                .with_context(|| format!("opening {}", t.path.display()))?;
+                            fault.attach_cgroup(name, &dir, &t.path.display().to_string())?;
                         }
                     }
                 }
@@ -823,19 +834,22 @@ impl SyscallFault {
                     let prog: &mut KProbe =
                         fault.ebpf.program_mut(name).context(name)?.try_into()?;
                     prog.load().with_context(|| format!("loading {name}"))?;
-                    let mut any = false;
+                    let mut refused = Vec::new();
                     for s in syscalls {
                         let sym = syscall_symbol(s);
                         // Not every architecture has every syscall (fork, open): skip those missing.
-                        if prog.attach(&sym, 0).is_ok() {
-                            any = true;
-                            fault
+                        match prog.attach(&sym, 0) {
+                            Ok(_) => fault
                                 .attachments
-                                .push(format!("kprobe/{sym} + bpf_override_return"));
+                                .push(format!("kprobe/{sym} + bpf_override_return")),
+                            Err(e) => refused.push(format!("{sym}: {:#}", anyhow::Error::from(e))),
                         }
                     }
-                    if !any {
-                        anyhow::bail!("could not attach a kprobe to any of {syscalls:?}");
+                    if refused.len() == syscalls.len() {
+                        anyhow::bail!(
+                            "could not attach a kprobe to any of {syscalls:?}: {}",
+                            refused.join("; ")
+                        );
                     }
                 }
             }

@@ -66,7 +66,7 @@ pub fn parse(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> Optio
             match errno::parse(&t) {
                 Ok(_) => args.errno = t,
                 Err(_) => {
-                    let names: Vec<&str> = errno::ERRNOS.iter().map(|(n, _)| *n).collect();
+                    let names = errno::names();
                     let hint = did_you_mean(&t.to_ascii_uppercase(), &names)
                         .map(|s| format!(" (did you mean '{s}'?)"))
                         .unwrap_or_default();
