@@ -32,6 +32,20 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark needs root");
     }
+    // 10,000 targets on the cgroup backend are 20,000 links, each an fd of kchaos's: more than the
+    // kernel's default hard limit (4,096, what the VM's init has). Root raises it, as a service
+    // manager would (systemd gives services 524,288); kchaos inherits it and raises its soft limit.
+    let lim = libc::rlimit {
+        rlim_cur: 1 << 16,
+        rlim_max: 1 << 16,
+    };
+    // SAFETY: setrlimit reads a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        bail!(
+            "raising RLIMIT_NOFILE to 65,536 for 10,000 targets: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     let support = BackendSupport::probe();
     let backends: Vec<&str> = [
         ("cgroup", &support.cgroup),
