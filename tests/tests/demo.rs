@@ -2,7 +2,7 @@
 //! and show the fault it promises (30% loss for the client in the target cgroup, none outside, the
 //! partition total for its port only), and leave no lab behind.
 
-use integration_tests::{kchaos, root_or_skip};
+use integration_tests::{root_or_skip, run_text};
 
 /// The loss column of the demo's table row that starts with `phase` and names `client`.
 fn loss(out: &str, phase: &str, client: &str) -> f64 {
@@ -22,16 +22,9 @@ fn the_demo_ends_well_and_shows_loss_inside_the_target_only() {
     if !root_or_skip("the_demo_ends_well_and_shows_loss_inside_the_target_only") {
         return;
     }
-    let out = std::process::Command::new(kchaos())
-        .arg("demo")
-        .output()
-        .expect("running kchaos demo");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{}\n{text}", out.status);
+    let (code, out, err) = run_text(&["demo"]);
+    let text = format!("{out}{err}");
+    assert_eq!(code, 0, "{text}");
     let dropped = loss(&text, "drop 30%", "A (target) -> :7000");
     assert!((25.0..=35.0).contains(&dropped), "{dropped}%\n{text}");
     assert_eq!(loss(&text, "drop 30%", "B (outside)"), 0.0, "{text}");
