@@ -914,7 +914,8 @@ fn targets_beyond_the_descriptor_limit_are_refused_with_the_numbers() {
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("2 cgroup hook(s) on 100 target(s) need 200 links")
-            && err.contains("RLIMIT_NOFILE allows 300 (hard limit 300)"),
+            && err.contains("RLIMIT_NOFILE allows 300 (hard limit 300)")
+            && err.contains("raise the hard limit to 456 or more"),
         "{err}"
     );
     assert_eq!(cgroup_hooks(&targets[99]), Vec::<u32>::new(), "attached");

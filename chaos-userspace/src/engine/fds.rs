@@ -50,8 +50,9 @@ pub fn reserve_links(links: u64, what: &str) -> Result<(), BadInput> {
         Ok(now) if now >= wanted => Ok(()),
         _ => Err(BadInput::new(format!(
             "{what} need {links} links, each an open file descriptor while the fault lasts, and \
-             RLIMIT_NOFILE allows {soft} (hard limit {hard}): raise the hard limit (ulimit -Hn, \
-             LimitNOFILE= in a unit) or give fewer targets"
+             {RESERVE} more for the rest of the run; RLIMIT_NOFILE allows {soft} (hard limit {hard}): \
+             raise the hard limit to {wanted} or more (ulimit -Hn, LimitNOFILE= in a unit) or give \
+             fewer targets"
         ))),
     }
 }

@@ -14,8 +14,10 @@
 //!   alone.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::{self, Write as _},
+    ops::Bound,
     os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Component, Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -538,7 +540,12 @@ impl Journal {
         }
         let clashes = clashes(&journal.record, &records);
         if !clashes.is_empty() {
-            let text = clashes.join("\n  ");
+            // Thousands of targets on both sides would be thousands of lines.
+            const SHOWN: usize = 20;
+            let mut text = clashes[..clashes.len().min(SHOWN)].join("\n  ");
+            if clashes.len() > SHOWN {
+                text += &format!("\n  ... and {} more", clashes.len() - SHOWN);
+            }
             if !stack {
                 // Dropping the journal removes the record again.
                 return Err(BadInput::new(format!(
@@ -765,18 +772,19 @@ pub fn read_record(path: &Path) -> Result<Record, String> {
     serde_json::from_slice(&bytes).map_err(|e| format!("it is not a kchaos run record: {e}"))
 }
 
-/// True when one cgroup path is the other or lies below it.
-fn overlaps(a: &Path, b: &Path) -> bool {
-    a.starts_with(b) || b.starts_with(a)
-}
-
 fn resolved(p: &Path) -> PathBuf {
     fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())
 }
 
 /// The lines naming each live run (other than `mine`'s) whose targets overlap `mine`'s.
+///
+/// Each path is resolved once, and another run's targets go into a sorted map: a target of ours
+/// overlaps one of theirs that is it or one of its ancestors (a lookup each), or one below it (they
+/// sort right after it, in one run). Two runs of 10,000 targets each compare in milliseconds, where
+/// comparing every pair (and resolving both paths each time) took minutes.
 fn clashes(mine: &Record, others: &[RecordFile]) -> Vec<String> {
     let mut lines = Vec::new();
+    let mut ours: Option<Vec<(&PathBuf, PathBuf)>> = None;
     for file in others {
         let Ok(other) = &file.record else { continue };
         if other.pid == mine.pid || !matches!(liveness(other), Liveness::Running) {
@@ -789,22 +797,29 @@ fn clashes(mine: &Record, others: &[RecordFile]) -> Vec<String> {
         if !shared_kind {
             continue;
         }
-        for ours in &mine.targets {
-            for theirs in &other.targets {
-                if overlaps(&resolved(ours), &resolved(theirs)) {
-                    lines.push(format!(
-                        "{} overlaps the target {} of kchaos {} (pid {}){}",
-                        ours.display(),
-                        theirs.display(),
-                        other.command,
-                        other.pid,
-                        if other.kinds.contains(&other.command) {
-                            String::new()
-                        } else {
-                            format!(", faults {}", other.kinds.join(", "))
-                        }
-                    ));
-                }
+        let ours =
+            ours.get_or_insert_with(|| mine.targets.iter().map(|p| (p, resolved(p))).collect());
+        let theirs: BTreeMap<PathBuf, &PathBuf> =
+            other.targets.iter().map(|p| (resolved(p), p)).collect();
+        let kinds = if other.kinds.contains(&other.command) {
+            String::new()
+        } else {
+            format!(", faults {}", other.kinds.join(", "))
+        };
+        for (given, ours) in ours.iter() {
+            let containing = ours.ancestors().filter_map(|a| theirs.get(a));
+            let inside = theirs
+                .range::<Path, _>((Bound::Excluded(ours.as_path()), Bound::Unbounded))
+                .take_while(|(t, _)| t.starts_with(ours))
+                .map(|(_, t)| t);
+            for theirs in containing.chain(inside) {
+                lines.push(format!(
+                    "{} overlaps the target {} of kchaos {} (pid {}){kinds}",
+                    given.display(),
+                    theirs.display(),
+                    other.command,
+                    other.pid,
+                ));
             }
         }
     }
@@ -1134,11 +1149,6 @@ mod tests {
 
     #[test]
     fn clashing_targets_are_the_same_cgroup_a_parent_or_a_child() {
-        assert!(overlaps(Path::new("/cg/a"), Path::new("/cg/a")));
-        assert!(overlaps(Path::new("/cg/a"), Path::new("/cg/a/b")));
-        assert!(overlaps(Path::new("/cg/a/b"), Path::new("/cg/a")));
-        assert!(!overlaps(Path::new("/cg/a"), Path::new("/cg/ab")));
-        assert!(!overlaps(Path::new("/cg/a"), Path::new("/cg/b")));
         // A live run (this process) on /cg/a clashes with a record of another pid there.
         let live = Record {
             pid: std::process::id(),
@@ -1177,5 +1187,46 @@ mod tests {
             }),
         };
         assert!(clashes(&mine, &[stale]).is_empty());
+    }
+
+    /// The map walk finds exactly the pairs a comparison of every pair finds: the same cgroup, a
+    /// parent, a child, and not a sibling whose name starts alike ("a-b": '-' sorts before '/').
+    #[test]
+    fn clashes_are_the_overlapping_pairs() {
+        let names = ["a", "a-b", "a/b", "a/b/c", "a-b/c", "b", "ab"];
+        let record = |pid: u32, targets: Vec<PathBuf>| Record {
+            pid,
+            identity: Some(ProcessIdentity::of_self().unwrap()),
+            command: "net".into(),
+            name: None,
+            started_unix: 1,
+            targets,
+            kinds: vec!["net".into()],
+            residue: vec![],
+        };
+        let pick = |mask: u32| -> Vec<PathBuf> {
+            (0..names.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| PathBuf::from(format!("/nonexistent-kchaos/{}", names[i])))
+                .collect()
+        };
+        for m in 0u32..(1 << names.len()) {
+            for t in [1u32, 0b10, 0b100, 0b1001, 0b110000, 0b1111111] {
+                let (ours, theirs) = (pick(m), pick(t));
+                let mut expected = 0;
+                for o in &ours {
+                    for t in &theirs {
+                        expected += usize::from(o.starts_with(t) || t.starts_with(o));
+                    }
+                }
+                let live = RecordFile {
+                    path: "x".into(),
+                    record: Ok(record(std::process::id(), theirs)),
+                };
+                let mine = record(std::process::id() + 1, ours);
+                let lines = clashes(&mine, std::slice::from_ref(&live));
+                assert_eq!(lines.len(), expected, "{m:b} {t:b}: {lines:?}");
+            }
+        }
     }
 }

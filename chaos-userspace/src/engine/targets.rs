@@ -142,11 +142,16 @@ pub fn resolve(args: &TargetArgs) -> Result<Vec<Target>, BadInput> {
 
 /// Keeps each target once, and drops targets that lie inside another: their processes are hit already,
 /// and a second attachment would apply the fault twice.
+///
+/// Paths sort component by component, so a cgroup and everything below it form one run of the sorted
+/// list, starting with the cgroup itself: a target lies inside a kept one exactly when it lies inside
+/// the last one kept. One comparison a target, where comparing with every kept target made 10,000
+/// targets take 16 s before anything was attached.
 fn outermost(mut targets: Vec<Target>) -> Vec<Target> {
     targets.sort_by(|a, b| a.path.cmp(&b.path));
     let mut kept: Vec<Target> = Vec::new();
     for t in targets {
-        if !kept.iter().any(|k| t.path.starts_with(&k.path)) {
+        if kept.last().is_none_or(|k| !t.path.starts_with(&k.path)) {
             kept.push(t);
         }
     }
@@ -229,6 +234,36 @@ mod tests {
         let kept = outermost(vec![t("/cg/a/b"), t("/cg/a"), t("/cg/ab"), t("/cg/a")]);
         let paths: Vec<_> = kept.iter().map(|t| t.path.to_str().unwrap()).collect();
         assert_eq!(paths, ["/cg/a", "/cg/ab"]);
+    }
+
+    /// The one-comparison walk keeps exactly what comparing with every kept target keeps, also where
+    /// a name sorts between a cgroup and its children as a string ("a-b": '-' comes before '/').
+    #[test]
+    fn nested_targets_collapse_as_a_full_comparison_would() {
+        let names = [
+            "a", "a-b", "a.", "b", "a/b", "a/b/c", "a-b/c", "a/c", "b/a", "ab/a",
+        ];
+        // Every subset of the names, in the given order: 1,024 sets.
+        for mask in 0u32..(1 << names.len()) {
+            let given: Vec<Target> = (0..names.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| t(&format!("/cg/{}", names[i])))
+                .collect();
+            let mut expected: Vec<&PathBuf> = given
+                .iter()
+                .map(|t| &t.path)
+                .filter(|p| {
+                    !given
+                        .iter()
+                        .any(|o| o.path != **p && p.starts_with(&o.path))
+                })
+                .collect();
+            expected.sort();
+            expected.dedup();
+            let kept = outermost(given.clone());
+            let kept: Vec<&PathBuf> = kept.iter().map(|t| &t.path).collect();
+            assert_eq!(kept, expected, "{mask:b}");
+        }
     }
 
     /// A fake cgroup2 mount in a temp dir: `<tmp>/unified` with a cgroup `app`, and `<tmp>/memory`

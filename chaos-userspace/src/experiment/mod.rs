@@ -249,11 +249,8 @@ async fn run_scenario(
         return crate::detach::launch(child_args, &mut signals).await;
     }
     for f in &s.faults {
-        let fault_targets: Vec<crate::engine::targets::Target> = targets
-            .iter()
-            .filter(|t| f.targets.contains(&t.name))
-            .map(ResolvedTarget::target)
-            .collect();
+        let fault_targets: Vec<crate::engine::targets::Target> =
+            f.targets_in(&targets).map(ResolvedTarget::target).collect();
         f.kind
             .preflight(&fault_targets)
             .map_err(|e| BadInput::new(format!("fault '{}': {e}", f.name)))?;

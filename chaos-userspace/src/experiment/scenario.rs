@@ -152,6 +152,19 @@ impl FaultDecl {
         self.at + self.duration
     }
 
+    /// The resolved targets this fault hits, in their order. The names go into a set first: a
+    /// command's fault hits every one of thousands of targets, and a search of the list for each
+    /// target made starting 10,000 of them take seconds.
+    pub fn targets_in<'a>(
+        &self,
+        resolved: &'a [super::validate::ResolvedTarget],
+    ) -> impl Iterator<Item = &'a super::validate::ResolvedTarget> {
+        let names: HashSet<&str> = self.targets.iter().map(String::as_str).collect();
+        resolved
+            .iter()
+            .filter(move |t| names.contains(t.name.as_str()))
+    }
+
     /// What it does, ramps included.
     pub fn describe(&self) -> String {
         let mut text = self.kind.describe();

@@ -257,3 +257,35 @@ async fn a_fault_that_cannot_be_prepared_leaves_nothing_prepared() {
     let what: Vec<String> = lines(&log).into_iter().map(|(_, w)| w).collect();
     assert_eq!(what, ["start", "prepare one", "undo one"]);
 }
+
+/// With more targets than one tick looks at, a gone target is still found within a few ticks: the
+/// look goes round the targets in turns.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_gone_target_among_many_ends_the_run_within_a_few_ticks() {
+    let log = SharedLog::default();
+    let mut s = setup(
+        "faults:\n  - {name: f, at: 0s, for: 10s, pause: {}}\n",
+        &log,
+        None,
+    );
+    let here = s.targets[0].clone();
+    for i in 1..300 {
+        let mut t = here.clone();
+        t.name = format!("x{i}");
+        // Target 250's cgroup was replaced: the path is there, with another id.
+        if i == 250 {
+            t.id += 1;
+        }
+        s.targets.push(t);
+    }
+    let report = execute(s).await.unwrap();
+    let why = report.summary.abort_reason.unwrap_or_default();
+    assert!(
+        why.contains("target 'x250'") && why.contains("is gone"),
+        "{why}"
+    );
+    // 300 targets in turns of 128: the third tick looks at it (50 ms a tick).
+    let end = report.summary.end_reason.clone();
+    let ended_ms = report.faults[0].end_ms.unwrap_or(f64::MAX);
+    assert!(ended_ms <= 200.0, "ended at {ended_ms} ms: {end}");
+}

@@ -46,10 +46,8 @@ impl Run<'_> {
     pub(super) fn prepare_all(&mut self) -> Result<()> {
         for i in 0..self.faults.len() {
             let decl = &self.s.faults[self.faults[i].index];
-            let targets: Vec<crate::engine::targets::Target> = self
-                .targets
-                .iter()
-                .filter(|t| decl.targets.contains(&t.name))
+            let targets: Vec<crate::engine::targets::Target> = decl
+                .targets_in(self.targets)
                 .map(ResolvedTarget::target)
                 .collect();
             // (A ramped parameter's programs are in the spec already: the scenario reader saw to it.)
@@ -204,12 +202,14 @@ impl Run<'_> {
         f.record.armed_late_ms = Some(t - f.record.planned_start_ms);
         f.armed_at = Some(armed_at);
         // What arming started (workers, a freeze) joins what preparing attached.
+        // (A set: a fault on 10,000 targets has as many attachments.)
         let before = std::mem::replace(&mut f.record.attached, active.attachments());
+        let before: std::collections::HashSet<&str> = before.iter().map(String::as_str).collect();
         let started: Vec<String> = f
             .record
             .attached
             .iter()
-            .filter(|a| !before.contains(a))
+            .filter(|a| !before.contains(a.as_str()))
             .cloned()
             .collect();
         for (param, value, display) in steps {
