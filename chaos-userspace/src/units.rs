@@ -68,33 +68,38 @@ pub fn parse_percent(text: &str) -> Result<f64, BadInput> {
     }
 }
 
-/// Parses a size in bytes: "512M", "1G", "64KiB", "1000" (K/M/G/T are powers of 1024).
+/// Parses a size in bytes: "512M", "1G", "64KiB", "1.5G", "20 MiB", "1000". K, M, G and T (with or
+/// without "B" or "iB", any case) are powers of 1024, as they have always been here: `parse-size`'s
+/// binary configuration, so "20M" keeps meaning 20 MiB (a decimal parser would make it 20,000,000).
 pub fn parse_size(text: &str) -> Result<u64, BadInput> {
-    if text.trim().starts_with('-') {
+    // parse-size ignores spaces inside the number but not around the whole value.
+    let t = text.trim();
+    if t.starts_with('-') {
         return Err(negative(text, "a size of 0 or more, e.g. 512M"));
     }
-    let (num, unit) = split_number(text);
-    let bad = || {
-        BadInput::new(format!(
-            "'{text}' is not a size: write e.g. 512M, 1G, 64K or a number of bytes"
-        ))
+    // ".5G" has always been read as half a GiB; parse-size wants a digit before the point.
+    let owned;
+    let t = if t.starts_with('.') {
+        owned = format!("0{t}");
+        owned.as_str()
+    } else {
+        t
     };
-    let value: f64 = num.parse().map_err(|_| bad())?;
-    let mult = match unit
-        .trim()
-        .to_ascii_uppercase()
-        .trim_end_matches("IB")
-        .trim_end_matches('B')
-    {
-        "" => 1u64,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => return Err(bad()),
-    };
-    Ok((value * mult as f64).round() as u64)
+    match SIZES.parse_size(t) {
+        Ok(bytes) => Ok(bytes),
+        Err(::parse_size::Error::PosOverflow) => Err(BadInput::new(format!(
+            "'{}' is too large a size: allowed is at most 16 EiB (2^64 - 1 bytes)",
+            text.trim()
+        ))),
+        Err(_) => Err(BadInput::new(format!(
+            "'{}' is not a size: write e.g. 512M, 1G, 64K or a number of bytes",
+            text.trim()
+        ))),
+    }
 }
+
+/// K/M/G/T as powers of 1024 whether or not the user wrote the "i".
+const SIZES: ::parse_size::Config = ::parse_size::Config::new().with_binary();
 
 fn negative(text: &str, allowed: &str) -> BadInput {
     BadInput::new(format!(
@@ -201,15 +206,59 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
-        assert_eq!(parse_size("100").unwrap(), 100);
-        assert!(parse_size("1Q").is_err());
+        // Every form the hand-written parser accepted, with the meaning it gave them.
+        let cases: &[(&str, u64)] = &[
+            ("512M", 512 << 20),
+            ("1G", 1 << 30),
+            ("1GiB", 1 << 30),
+            ("64KiB", 64 << 10),
+            ("64K", 64 << 10),
+            ("64k", 64 << 10),
+            ("64KB", 64 << 10),
+            ("64kb", 64 << 10),
+            ("64kib", 64 << 10),
+            ("20M", 20 << 20),
+            ("20MB", 20 << 20),
+            ("2T", 2 << 40),
+            ("2TiB", 2 << 40),
+            ("100", 100),
+            ("100B", 100),
+            ("100b", 100),
+            ("0", 0),
+            ("1.5G", 3 << 29),
+            ("0.5K", 512),
+            (".5K", 512),
+            ("5.K", 5 << 10),
+            ("20 M", 20 << 20),
+            ("20 MiB", 20 << 20),
+            (" 64M ", 64 << 20),
+            ("256.0 MiB", 256 << 20),
+            ("1.0001K", 1024),
+        ];
+        for (text, bytes) in cases {
+            assert_eq!(parse_size(text).unwrap(), *bytes, "{text}");
+        }
+        // What parse-size adds: digit grouping, exponents, P and E.
+        assert_eq!(parse_size("1_000").unwrap(), 1000);
+        assert_eq!(parse_size("1e3").unwrap(), 1000);
+        assert_eq!(parse_size("1P").unwrap(), 1 << 50);
+        for bad in ["1Q", "", "M", "abc", "1.2.3M", "1 ZiB", "12x"] {
+            let e = parse_size(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("is not a size") && e.contains("512M"),
+                "{bad}: {e}"
+            );
+            assert!(e.contains(&format!("'{}'", bad.trim())), "{bad}: {e}");
+        }
         assert!(
             parse_size("-1G")
                 .unwrap_err()
                 .to_string()
                 .contains("negative")
+        );
+        assert_eq!(
+            parse_size("20E").unwrap_err().to_string(),
+            "'20E' is too large a size: allowed is at most 16 EiB (2^64 - 1 bytes)"
         );
     }
 
