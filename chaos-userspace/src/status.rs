@@ -179,9 +179,12 @@ pub fn lines(status: &Status, now_ms: u64) -> Vec<String> {
                 FaultState::Armed => "armed",
                 FaultState::Done => "done",
             };
-            let counters = kind::live_line_of(&f.kind, &f.counters).unwrap_or_default();
+            // (A fault not yet armed has no counters: no dangling colon then.)
+            let counters = kind::live_line_of(&f.kind, &f.counters)
+                .filter(|c| !c.is_empty())
+                .map_or(String::new(), |c| format!(": {c}"));
             out.push(format!(
-                "  {} [{state}] {}: {counters}",
+                "  {} [{state}] {}{counters}",
                 f.name, f.description
             ));
         }

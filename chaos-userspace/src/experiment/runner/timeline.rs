@@ -201,6 +201,11 @@ impl Run<'_> {
         f.record.start_ms = Some(t);
         f.record.armed_late_ms = Some(t - f.record.planned_start_ms);
         f.armed_at = Some(armed_at);
+        // The counters from the start (zeros, mostly): `kchaos status` right after `--detach` reads
+        // them from the status file the announcement writes, before the first step samples any.
+        if let Ok(c) = active.counters() {
+            f.record.counters = c;
+        }
         // What arming started (workers, a freeze) joins what preparing attached.
         // (A set: a fault on 10,000 targets has as many attachments.)
         let before = std::mem::replace(&mut f.record.attached, active.attachments());
