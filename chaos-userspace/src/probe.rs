@@ -100,7 +100,10 @@ mod tests {
             cgroup_v2: yes("mounted at /sys/fs/cgroup"),
             cgroup_skb: yes("a test program loaded"),
             cgroup_sock_addr: yes("loaded"),
-            sch_fq: Err("Error: Specified qdisc kind is unknown.".into()),
+            sch_fq: Err(
+                "replacing the root qdisc of lo with fq: Specified qdisc kind is unknown (ENOENT)"
+                    .into(),
+            ),
             clsact: yes("ok"),
             tcx: yes("ok"),
             kprobes: yes("the kprobe PMU exists"),

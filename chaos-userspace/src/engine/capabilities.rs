@@ -10,7 +10,10 @@ use aya::{
     sys::{BpfHelper, is_helper_supported, is_program_supported},
 };
 
-use crate::{engine::cgroup, engine::netns};
+use crate::engine::{
+    cgroup, qdisc,
+    rtnl::{Rtnl, RtnlError},
+};
 
 /// How a capability was found (Ok), or why it is missing (Err).
 pub type Verdict = Result<String, String>;
@@ -49,8 +52,8 @@ pub struct Capability {
 }
 
 impl Capabilities {
-    /// Asks the running kernel about everything (loads test programs, runs `tc` in scratch
-    /// namespaces): a second or so.
+    /// Asks the running kernel about everything (loads test programs, adds qdiscs in scratch
+    /// network namespaces): a second or so.
     pub fn detect() -> Self {
         let btf = btf();
         let kprobes = kprobes();
@@ -194,23 +197,24 @@ pub fn cgroup_sock_addr() -> Verdict {
     }
 }
 
-/// `tc ARGS` in a scratch network namespace that vanishes with it: no real device is touched.
-fn tc_in_scratch_netns(args: &[&str]) -> Verdict {
-    match netns::command_in_scratch_netns("tc").args(args).output() {
-        Ok(o) if o.status.success() => {
-            Ok(format!("`tc {}` worked in a scratch netns", args.join(" ")))
-        }
-        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
-        Err(e) => Err(format!("could not run tc: {e}")),
-    }
-}
-
+/// kchaos's own fq (handle and limits) on `lo` of a scratch network namespace, which vanishes
+/// afterwards: no real device is touched.
 pub fn sch_fq() -> Verdict {
-    tc_in_scratch_netns(&["qdisc", "add", "dev", "lo", "root", "fq"])
+    qdisc::try_fq_in_scratch_netns()
+        .map(|()| "kchaos's fq replaced the root qdisc of lo in a scratch netns".into())
+        .map_err(|e| format!("{e} (tried in a scratch netns)"))
 }
 
+/// A clsact qdisc on `lo` of a scratch network namespace.
 pub fn clsact() -> Verdict {
-    tc_in_scratch_netns(&["qdisc", "add", "dev", "lo", "clsact"])
+    let add = || -> Result<(), RtnlError> {
+        let mut rtnl = Rtnl::in_scratch_netns()?;
+        let lo = rtnl.loopback()?;
+        rtnl.add_clsact(&lo)
+    };
+    add()
+        .map(|()| "a clsact qdisc was added to lo in a scratch netns".into())
+        .map_err(|e| format!("{e} (tried in a scratch netns)"))
 }
 
 pub fn tcx() -> Verdict {

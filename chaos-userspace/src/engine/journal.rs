@@ -95,7 +95,7 @@ impl Residue {
     /// itself; `kchaos stop` goes through [`Residue::check`] and [`Residue::apply`].
     pub fn undo(&self) -> io::Result<()> {
         match self {
-            Residue::Fq(fq) => crate::engine::qdisc::restore(fq),
+            Residue::Fq(fq) => qdisc::restore(fq).map_err(io::Error::other),
             Residue::FrozenCgroup { path } => match fs::write(path.join("cgroup.freeze"), "0") {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 other => other,

@@ -13,5 +13,6 @@ pub mod netns;
 pub mod pods;
 pub mod procfs;
 pub mod qdisc;
+pub mod rtnl;
 pub mod run_identity;
 pub mod targets;

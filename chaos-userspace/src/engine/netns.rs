@@ -1,8 +1,9 @@
-//! Network namespaces: naming one that outlives a pid, and running a command inside one.
+//! Network namespaces: naming one that outlives a pid, and finding it again (engine::rtnl talks to
+//! one through the path it is found at).
 
 use std::{
     fs, io,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _, unix::process::CommandExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
@@ -58,38 +59,6 @@ impl NetnsRef {
             .map(|e| e.path().join("ns/net"));
         named.chain(procs).find(|p| matches(p))
     }
-}
-
-/// Makes `cmd` run inside the namespace at `ns_path` (setns in the child before exec).
-pub fn command_in(ns_path: &Path, program: &str) -> io::Result<Command> {
-    let ns = fs::File::open(ns_path)?;
-    let mut cmd = Command::new(program);
-    // SAFETY: setns is async-signal-safe; the fd stays open in the parent until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(cmd)
-}
-
-/// Makes `cmd` run in a brand-new, empty network namespace that vanishes with it: a place to try
-/// things (a qdisc kind, say) without touching any real device.
-pub fn command_in_scratch_netns(program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    // SAFETY: unshare is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
 }
 
 /// Runs a command and returns its output, or an error carrying its stderr.

@@ -2,18 +2,35 @@
 //!
 //! kchaos puts fq only where the device has its kernel default root qdisc (noqueue, pfifo_fast,
 //! fq_codel, mq); deleting the root qdisc afterwards brings that default back. A device with a qdisc
-//! someone configured is refused rather than overwritten.
+//! someone configured is refused rather than overwritten. Devices and qdiscs are read and changed
+//! over route netlink ([`rtnl`]).
 
-use std::{io, path::Path, process::Command};
+use std::{io, path::Path};
 
-use crate::{engine::netns, error::BadInput};
+use crate::{
+    engine::{
+        netns,
+        rtnl::{self, FqLimits, Rtnl, RtnlError},
+    },
+    error::BadInput,
+};
 
 /// Root qdiscs the kernel installs by itself; anything else was configured by someone.
 const DEFAULT_KINDS: &[&str] = &["noqueue", "pfifo_fast", "fq_codel", "mq", "pfifo"];
 
-/// The handle of every fq kchaos installs ("KC" in ASCII): how restoring and `kchaos stop` tell
-/// kchaos's fq from one someone else put on the device.
+/// The handle of every fq kchaos installs ("KC" in ASCII), as records (and `tc`) write it: how
+/// restoring and `kchaos stop` tell kchaos's fq from one someone else put on the device.
 pub const FQ_HANDLE: &str = "4b43:";
+
+/// [`FQ_HANDLE`] as the kernel has it: major 0x4b43, minor 0.
+const FQ_HANDLE_ID: u32 = 0x4b43_0000;
+
+/// Delayed packets wait in fq: the defaults (10000 packets, 100 a flow) would drop a flow of a few
+/// thousand packets a second held for tens of ms. Room for 5 s at 20k pps.
+const FQ_LIMITS: FqLimits = FqLimits {
+    limit: 200_000,
+    flow_limit: 100_000,
+};
 
 /// A device of one namespace whose root qdisc kchaos replaced with fq.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -27,48 +44,45 @@ pub struct FqInstall {
     pub handle: String,
 }
 
-/// True when this kernel has sch_fq; tried in a scratch namespace, so no real device is touched.
+/// Installing fq failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QdiscError {
+    #[error(transparent)]
+    Rtnl(#[from] RtnlError),
+    #[error("the network namespace of {dev} is gone")]
+    NetnsGone { dev: String },
+    #[error("{dev} is gone from its network namespace")]
+    DeviceGone { dev: String },
+}
+
+/// Puts kchaos's fq (its handle and limits, as [`install`] does) on `lo` of a scratch namespace,
+/// which vanishes afterwards: no real device is touched. Err says why this kernel cannot.
+pub fn try_fq_in_scratch_netns() -> Result<(), RtnlError> {
+    let mut rtnl = Rtnl::in_scratch_netns()?;
+    let lo = rtnl.loopback()?;
+    rtnl.replace_root_fq(&lo, FQ_HANDLE_ID, FQ_LIMITS)
+}
+
+/// True when this kernel has sch_fq.
 pub fn kernel_has_fq() -> bool {
-    netns::command_in_scratch_netns("tc")
-        .args(["qdisc", "add", "dev", "lo", "root", "fq"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    try_fq_in_scratch_netns().is_ok()
 }
 
 /// Devices (up, not loopback) of the namespace at `ns_path`, with their root qdisc kind.
-pub fn devices(ns_path: &Path) -> io::Result<Vec<(String, String)>> {
-    let out =
-        netns::run_checked(netns::command_in(ns_path, "ip")?.args(["-o", "link", "show", "up"]))?;
+pub fn devices(ns_path: &Path) -> Result<Vec<(String, String)>, RtnlError> {
+    let mut rtnl = Rtnl::in_netns(ns_path)?;
     let mut devs = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        // "2: eth0@if3: <BROADCAST,...,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP ..."
-        let mut fields = line.split_whitespace();
-        let Some(name) = fields.nth(1) else { continue };
-        let name = name
-            .trim_end_matches(':')
-            .split('@')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        if name == "lo" || name.is_empty() {
+    for link in rtnl.links()? {
+        if !link.up || link.loopback {
             continue;
         }
-        devs.push((name.clone(), root_qdisc(ns_path, &name)?.0));
+        // An up device always has a root qdisc; "noqueue" is what a missing one behaves as.
+        let kind = rtnl
+            .root_qdisc(&link)?
+            .map_or_else(|| "noqueue".to_owned(), |q| q.kind);
+        devs.push((link.name, kind));
     }
     Ok(devs)
-}
-
-/// The kind and handle of the device's root qdisc ("qdisc fq 4b43: root refcnt 2 ...").
-fn root_qdisc(ns_path: &Path, dev: &str) -> io::Result<(String, String)> {
-    let out = netns::run_checked(
-        netns::command_in(ns_path, "tc")?.args(["qdisc", "show", "dev", dev, "root"]),
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut fields = text.split_whitespace().skip(1);
-    let kind = fields.next().unwrap_or("noqueue").to_owned();
-    let handle = fields.next().unwrap_or_default().to_owned();
-    Ok((kind, handle))
 }
 
 /// Decides, before anything changes, which devices of a namespace need fq. Errors name a device with
@@ -98,50 +112,151 @@ pub fn plan(ns: &netns::NetnsRef, ns_path: &Path) -> Result<Vec<FqInstall>, BadI
 }
 
 /// Puts fq at the root of the planned device.
-pub fn install(fq: &FqInstall) -> io::Result<()> {
-    let ns_path = fq
-        .netns
-        .locate()
-        .ok_or_else(|| io::Error::other("the network namespace is gone"))?;
-    tc(
-        &ns_path,
-        &[
-            "qdisc",
-            "replace",
-            "dev",
-            &fq.dev,
-            "root",
-            "handle",
-            FQ_HANDLE,
-            "fq",
-            // Delayed packets wait in fq: the defaults (10000 packets, 100 a flow) would drop a flow
-            // of a few thousand packets a second held for tens of ms. Room for 5 s at 20k pps.
-            "limit",
-            "200000",
-            "flow_limit",
-            "100000",
-        ],
-    )
-    .map(|_| ())
+pub fn install(fq: &FqInstall) -> Result<(), QdiscError> {
+    let ns_path = fq.netns.locate().ok_or_else(|| QdiscError::NetnsGone {
+        dev: fq.dev.clone(),
+    })?;
+    let mut rtnl = Rtnl::in_netns(&ns_path)?;
+    let link = rtnl.link(&fq.dev)?.ok_or_else(|| QdiscError::DeviceGone {
+        dev: fq.dev.clone(),
+    })?;
+    rtnl.replace_root_fq(&link, FQ_HANDLE_ID, FQ_LIMITS)?;
+    Ok(())
 }
 
 /// Deletes kchaos's fq, which brings back the device's default qdisc. A namespace or device that is
 /// gone took the qdisc with it, and a root qdisc other than kchaos's fq is someone else's: nothing to
 /// do.
-pub fn restore(fq: &FqInstall) -> io::Result<()> {
+pub fn restore(fq: &FqInstall) -> Result<(), QdiscError> {
     let Some(ns_path) = fq.netns.locate() else {
         return Ok(());
     };
-    if root_qdisc(&ns_path, &fq.dev)
-        .map(|(kind, handle)| kind != "fq" || handle != FQ_HANDLE)
-        .unwrap_or(true)
-    {
+    let mut rtnl = match Rtnl::in_netns(&ns_path) {
+        Err(RtnlError::OpenNetns { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(()); // the namespace ended since it was located
+        }
+        other => other?,
+    };
+    let Some(link) = rtnl.link(&fq.dev)? else {
+        return Ok(());
+    };
+    let ours = rtnl::Qdisc {
+        kind: "fq".into(),
+        handle: FQ_HANDLE_ID,
+    };
+    if rtnl.root_qdisc(&link)?.as_ref() != Some(&ours) {
         return Ok(());
     }
-    tc(&ns_path, &["qdisc", "del", "dev", &fq.dev, "root"]).map(|_| ())
+    // The kernel deletes only a root with this handle, so one put there since is left alone.
+    match rtnl.delete_root_qdisc(&link, FQ_HANDLE_ID) {
+        // The device went away meanwhile, and its qdisc with it.
+        Err(e) if e.errno() == Some(nix::errno::Errno::ENODEV) => Ok(()),
+        other => Ok(other?),
+    }
 }
 
-fn tc(ns_path: &Path, args: &[&str]) -> io::Result<std::process::Output> {
-    let mut cmd: Command = netns::command_in(ns_path, "tc")?;
-    netns::run_checked(cmd.args(args))
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+    use crate::engine::rtnl::testing::{TestNetns, root};
+
+    fn netns_ref(ns: &TestNetns) -> netns::NetnsRef {
+        netns::NetnsRef {
+            inode: std::fs::metadata(ns.path()).unwrap().ino(),
+            // No process is in it: locate() finds it under /run/netns.
+            pid_hint: 0,
+        }
+    }
+
+    #[test]
+    fn plans_fq_for_default_roots_and_refuses_configured_ones() {
+        if !root("plans_fq_for_default_roots_and_refuses_configured_ones") {
+            return;
+        }
+        let ns = TestNetns::new("plan");
+        ns.veth("kcp0");
+        ns.veth("kcp1");
+        ns.tc(&["qdisc", "replace", "dev", "kcp1", "root", "pfifo_fast"]);
+        let mut devs = devices(&ns.path()).unwrap();
+        devs.sort();
+        // Not lo, not the peers that are down.
+        assert_eq!(
+            devs,
+            [
+                ("kcp0".to_owned(), "noqueue".to_owned()),
+                ("kcp1".to_owned(), "pfifo_fast".to_owned())
+            ]
+        );
+        let netns = netns_ref(&ns);
+        let mut plan = plan(&netns, &ns.path()).unwrap();
+        plan.sort_by(|a, b| a.dev.cmp(&b.dev));
+        assert_eq!(plan.len(), 2);
+        assert_eq!(
+            (
+                plan[1].dev.as_str(),
+                plan[1].previous.as_str(),
+                plan[1].handle.as_str()
+            ),
+            ("kcp1", "pfifo_fast", FQ_HANDLE)
+        );
+        ns.tc(&[
+            "qdisc", "replace", "dev", "kcp1", "root", "handle", "1:", "htb",
+        ]);
+        let refused = super::plan(&netns, &ns.path()).unwrap_err().to_string();
+        assert!(
+            refused.contains("kcp1") && refused.contains("'htb'"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn restore_leaves_what_is_not_kchaos_fq() {
+        if !root("restore_leaves_what_is_not_kchaos_fq") {
+            return;
+        }
+        let ns = TestNetns::new("restore");
+        ns.veth("kcr0");
+        // kchaos's handle, but not fq: someone else's.
+        ns.tc(&[
+            "qdisc",
+            "replace",
+            "dev",
+            "kcr0",
+            "root",
+            "handle",
+            "4b43:",
+            "pfifo_fast",
+        ]);
+        let fq = |dev: &str| FqInstall {
+            netns: netns_ref(&ns),
+            dev: dev.into(),
+            previous: "noqueue".into(),
+            handle: FQ_HANDLE.into(),
+        };
+        restore(&fq("kcr0")).unwrap();
+        let shown = ns.tc(&["qdisc", "show", "dev", "kcr0", "root"]);
+        assert!(shown.contains("qdisc pfifo_fast 4b43: root"), "{shown}");
+        // A device that is gone, and a namespace that is gone, took the qdisc with them.
+        restore(&fq("kcgone0")).unwrap();
+        let gone = FqInstall {
+            netns: netns::NetnsRef {
+                inode: 1,
+                pid_hint: 0,
+            },
+            ..fq("kcr0")
+        };
+        restore(&gone).unwrap();
+        let e = install(&gone).unwrap_err();
+        assert!(matches!(e, QdiscError::NetnsGone { .. }), "{e}");
+        let e = install(&fq("kcgone0")).unwrap_err();
+        assert_eq!(e.to_string(), "kcgone0 is gone from its network namespace");
+    }
+
+    #[test]
+    fn the_handle_records_keep_is_the_one_the_kernel_gets() {
+        assert_eq!(format!("{:x}:", FQ_HANDLE_ID >> 16), FQ_HANDLE);
+        assert_eq!(FQ_HANDLE_ID & 0xffff, 0);
+    }
 }

@@ -482,7 +482,8 @@ impl NetFault {
             journal.add(residue.clone())?;
             if let Err(e) = qdisc::install(&fq) {
                 journal.remove(&residue)?;
-                return Err(e).with_context(|| format!("installing fq on {}", fq.dev));
+                // The error names the device and what was tried.
+                return Err(e.into());
             }
             self.attachments.push(format!(
                 "qdisc fq on {} (was {}; restored at the end)",
