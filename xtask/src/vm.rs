@@ -32,7 +32,7 @@ pub(crate) use console::strip_escapes;
 const WORKSPACE_DATA: &[&str] = &["scenarios", "integrations/grafana"];
 
 /// The whole VM run's limit unless $KCHAOS_VM_TIMEOUT (seconds) says otherwise.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
 #[derive(clap::Args, Default, Clone)]
 pub struct VmTestArgs {
@@ -275,7 +275,7 @@ fn summarize(results: &[PayloadResult]) -> Result<()> {
     Ok(())
 }
 
-/// The overall VM limit: $KCHAOS_VM_TIMEOUT seconds, or 15 minutes.
+/// The overall VM limit: $KCHAOS_VM_TIMEOUT seconds, or 25 minutes.
 fn timeout_from_env() -> Result<Duration> {
     match std::env::var("KCHAOS_VM_TIMEOUT") {
         Ok(s) => {
