@@ -127,6 +127,20 @@ Exit status: 0 completed and the steady state held; 1 aborted or deviated (the r
     ProbeAgent(chaos_userspace::experiment::ProbeAgentArgs),
 }
 
+/// The command line as completions see it: clap_complete offers hidden flags too (the old spellings
+/// such as `--drop`), so their names are taken off in this copy, which only completions use. A flag
+/// without a name is offered by none of the generators.
+fn without_hidden_flags(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| {
+        if a.is_hide_set() && !a.is_positional() {
+            a.long(None).short(None)
+        } else {
+            a
+        }
+    })
+    .mut_subcommands(without_hidden_flags)
+}
+
 /// kchaos.1 and a page per visible subcommand (kchaos-net.1 ...), from the clap definitions.
 fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
@@ -186,7 +200,7 @@ fn main() -> ExitCode {
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
-                &mut <Cli as clap::CommandFactory>::command(),
+                &mut without_hidden_flags(<Cli as clap::CommandFactory>::command()),
                 "kchaos",
                 &mut std::io::stdout(),
             );

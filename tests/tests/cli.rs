@@ -52,6 +52,22 @@ fn bash_completion_is_valid_shell_and_completes_the_subcommands_and_flags() {
     assert!(flags.lines().any(|l| l == "--dry-run"), "{flags}");
     let flags = complete("kchaos net --pe");
     assert!(flags.lines().any(|l| l == "--percent"), "{flags}");
+    // The old spellings still parse (with a deprecation line) but are not offered.
+    let flags = complete("kchaos net --d");
+    assert!(
+        flags.lines().any(|l| l == "--drop-correlation") && !flags.lines().any(|l| l == "--drop"),
+        "{flags}"
+    );
+    let flags = complete("kchaos monkey --p");
+    assert!(
+        flags.lines().any(|l| l == "--percent") && !flags.lines().any(|l| l == "--probability"),
+        "{flags}"
+    );
+    let flags = complete("kchaos run --");
+    assert!(
+        flags.lines().any(|l| l == "--json") && !flags.lines().any(|l| l == "--report"),
+        "{flags}"
+    );
 }
 
 #[test]
