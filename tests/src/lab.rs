@@ -8,17 +8,23 @@ use std::{
 
 pub use chaos_userspace::lab::*;
 
-/// Starts `argv` inside the cgroup: a shell writes its pid to cgroup.procs, then execs the program,
-/// so the program is in the cgroup from its first instruction.
-pub fn spawn_in(cg: &Path, argv: &[&str]) -> Child {
-    Command::new("sh")
-        .arg("-c")
+/// `argv` as a command that runs inside the cgroup: a shell writes its pid to cgroup.procs, then
+/// execs the program, so the program is in the cgroup from its first instruction.
+pub fn command_in(cg: &Path, argv: &[&str]) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(format!(
             "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
             cg.display()
         ))
         .arg("sh")
-        .args(argv)
+        .args(argv);
+    cmd
+}
+
+/// Starts `argv` inside the cgroup (see [`command_in`]).
+pub fn spawn_in(cg: &Path, argv: &[&str]) -> Child {
+    command_in(cg, argv)
         .spawn()
         .expect("spawning in the cgroup")
 }

@@ -669,14 +669,7 @@ impl Drop for Lab {
 
 /// `spawn_in`, with the process's output dropped (a workload's chatter is not the example's).
 fn spawn_quiet(cg: &Path, argv: &[&str]) -> Child {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
-            cg.display()
-        ))
-        .arg("sh")
-        .args(argv)
+    integration_tests::lab::command_in(cg, argv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
