@@ -420,6 +420,24 @@ pub fn lsm_file_permission(ctx: LsmContext) -> i32 {
     lsm_verdict(op, |_| false)
 }
 
+/// Not faults: the floor of a host-wide hook for `cargo xtask bench syscall`, what any BPF LSM program
+/// on these hooks costs every process on the host (the trampoline's entry and exit), the same kinds
+/// (sleepable or not) as the fault's own programs.
+#[lsm(hook = "socket_connect")]
+pub fn noop_sock_conn(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "file_open", sleepable)]
+pub fn noop_file_open(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "file_permission")]
+pub fn noop_file_perm(_ctx: LsmContext) -> i32 {
+    0
+}
+
 #[lsm(hook = "inode_mkdir")]
 pub fn lsm_inode_mkdir(_ctx: LsmContext) -> i32 {
     lsm_verdict(OP_MKDIR, |_| false)

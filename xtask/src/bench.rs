@@ -16,17 +16,24 @@ pub struct BenchArgs {
     /// ratios.
     #[arg(long)]
     pub vm: bool,
+    /// With --vm: the Debian kernel only, even when the kprobe kernel is built.
+    #[arg(long, requires = "vm")]
+    pub skip_kprobe_kernel: bool,
+    /// Passed to the benchmark binary (syscall: `--calls N`, `--passes N`, `--loops-only`), e.g.
+    /// `cargo xtask bench syscall --vm -- --loops-only`.
+    #[arg(last = true)]
+    pub bench_args: Vec<String>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match args.which.as_str() {
         "net" if args.vm => net_in_vm(),
-        "syscall" if args.vm => syscall_in_vm(),
+        "syscall" if args.vm => syscall_in_vm(args.skip_kprobe_kernel, &args.bench_args),
         _ if args.vm => bail!("--vm is for the net and syscall benchmarks"),
-        "net" => run_bin("bench-net"),
-        "syscall" => run_bin("bench-syscall"),
+        "net" => run_bin("bench-net", &args.bench_args),
+        "syscall" => run_bin("bench-syscall", &args.bench_args),
         "stress" => crate::bench_stress::run(),
-        "time" => run_bin("bench-time"),
+        "time" => run_bin("bench-time", &args.bench_args),
         other => bail!("unknown benchmark '{other}': allowed are net, syscall, stress, time"),
     }
 }
@@ -71,7 +78,7 @@ fn net_in_vm() -> Result<()> {
 
 /// The syscall benchmark on the Debian kernel, then on the kprobe kernel if `cargo xtask
 /// build-kernel` has built it (building it here would take a quarter of an hour or more).
-fn syscall_in_vm() -> Result<()> {
+fn syscall_in_vm(skip_kprobe_kernel: bool, bench_args: &[String]) -> Result<()> {
     // strace -e inject is the peer beside kchaos; the VM image takes it from the host.
     setup::ensure_debian_packages(&[("strace", "strace")])?;
     let kchaos = build::build_kchaos()?;
@@ -79,11 +86,19 @@ fn syscall_in_vm() -> Result<()> {
     let payload = crate::vm::Payload {
         name: "bench-syscall".into(),
         binary: bench,
-        args: vec![],
+        // A fifth of the host's calls per loop: under emulation strace's two stops per call make a
+        // 50,000-call loop take minutes, and the run has 40.
+        args: ["--calls", "10000"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(bench_args.iter().cloned())
+            .collect(),
         cwd: None,
     };
     let mut kernels: Vec<Option<std::path::PathBuf>> = vec![None];
-    if crate::vm::build_kernel::cached()?.is_some() {
+    if skip_kprobe_kernel {
+        setup::step("bench: --skip-kprobe-kernel: Debian's kernel only");
+    } else if crate::vm::build_kernel::cached()?.is_some() {
         kernels.push(Some(crate::vm::kernel::KPROBE_KERNEL.into()));
     } else {
         setup::step(
@@ -128,8 +143,11 @@ fn build_bin(name: &str) -> Result<std::path::PathBuf> {
 }
 
 /// Builds kchaos and a benchmark binary of the tests crate, then runs it with KCHAOS_BIN set.
-fn run_bin(name: &str) -> Result<()> {
+fn run_bin(name: &str, args: &[String]) -> Result<()> {
     let kchaos = build::build_kchaos()?;
     let bin = build_bin(name)?;
-    setup::run_step(name, Command::new(bin).env("KCHAOS_BIN", &kchaos))
+    setup::run_step(
+        name,
+        Command::new(bin).args(args).env("KCHAOS_BIN", &kchaos),
+    )
 }
