@@ -128,6 +128,22 @@ fn per_run_costs(backends: &[&str]) -> Result<()> {
         "no-op program (floor)",
         format!("{best:.1} / {median:.1}")
     );
+    if backends.contains(&"lsm") {
+        // The host-wide floor: a no-op LSM program on socket_connect runs for every process, so the
+        // lsm rows' "outside" column minus this is the target check's own cost.
+        let floor = NoopLsm::attach()?;
+        let ids: Vec<u32> = program_ids("noop_sock_conn").into_iter().collect();
+        let (best, median) = per_run(&ids, &floor_cg.path)?;
+        drop(floor);
+        println!(
+            "{:<8} {:>8} {:<22} {:>16} {:>16}",
+            "lsm",
+            "-",
+            "no-op LSM (floor)",
+            "-",
+            format!("{best:.1} / {median:.1}")
+        );
+    }
     for &backend in backends {
         for n in target_counts() {
             let fault: &[&str] = &["--percent", "0"];
