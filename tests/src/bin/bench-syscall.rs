@@ -10,7 +10,8 @@
 //!    backends: cgroup, lsm, kprobe, fmod_ret, those this kernel has): nothing attached, a process
 //!    outside the targets while kchaos is attached, one in the target at 0 %, and under `strace -e
 //!    inject` (the usual userspace way), as ratios of calls per second to nothing attached. Each
-//!    backend's kchaos starts once a pass, for all its operations; `--calls N` and `--passes N` size it.
+//!    backend's kchaos starts once a pass, for all its operations; `--calls N` and `--passes N` size it,
+//!    `--loops-only` leaves out the first half.
 
 use std::{collections::HashSet, os::unix::process::CommandExt as _, path::Path, process::Command};
 
@@ -269,8 +270,8 @@ fn per_run(ids: &[u32], cgroup: &Path) -> Result<(f64, f64)> {
 }
 
 /// The command line: loop sizes `--calls N` (default CALLS), `--passes N` (default PASSES), and
-/// `--loops-only`. The VM passes fewer calls:
-/// under emulation strace's two stops per call make a 50,000-call loop take minutes.
+/// `--loops-only`. xtask asks for fewer calls in the VM, where strace's two stops per call make a
+/// 50,000-call loop take minutes.
 struct LoopSize {
     calls: u64,
     passes: usize,
