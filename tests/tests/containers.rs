@@ -125,7 +125,7 @@ impl Drop for Pod {
 
 /// On a hybrid host (cgroup v1 controllers beside the v2 mount), Podman's cgroupfs manager makes the
 /// containers' `--cgroup-parent` in every v1 hierarchy too, and `rm` leaves those behind. Removes the
-/// ones named like `parent` (ours alone: the name is the test's own), deepest first.
+/// ones named like `parent` (ours alone: the name is the test's own).
 fn remove_v1_twins(parent: &Path) {
     let Ok(mount) = chaos_userspace::engine::cgroup::v2_mount() else {
         return;
@@ -133,34 +133,10 @@ fn remove_v1_twins(parent: &Path) {
     let Ok(rel) = parent.strip_prefix(&mount) else {
         return;
     };
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in mountinfo.lines() {
-        let Some((fields, fs)) = line.split_once(" - ") else {
-            continue;
-        };
-        let (Some(point), Some("cgroup")) = (fields.split(' ').nth(4), fs.split(' ').next()) else {
-            continue;
-        };
-        let twin = Path::new(point).join(rel);
-        let mut dirs = vec![twin.clone()];
-        let mut i = 0;
-        while i < dirs.len() {
-            if let Ok(entries) = std::fs::read_dir(&dirs[i]) {
-                dirs.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-            }
-            i += 1;
-        }
-        for dir in dirs.iter().rev() {
-            if let Err(e) = std::fs::remove_dir(dir)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                eprintln!("containers: could not remove {}: {e}", dir.display());
-            }
+    for hierarchy in chaos_userspace::kinds::stress::hybrid::v1_mount_points() {
+        let twin = hierarchy.join(rel);
+        if let Err(e) = chaos_userspace::engine::journal::remove_cgroup(&twin) {
+            eprintln!("containers: could not remove {}: {e}", twin.display());
         }
     }
 }

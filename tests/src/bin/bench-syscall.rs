@@ -35,7 +35,7 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark needs root");
     }
-    let size = LoopSize::from_args()?;
+    let size = BenchOptions::from_args()?;
     split_cpus();
     // 10,000 targets on the cgroup backend are 20,000 links, each an fd of kchaos's: more than the
     // kernel's default hard limit (4,096, what the VM's init has). Root raises it, as a service
@@ -272,14 +272,14 @@ fn per_run(ids: &[u32], cgroup: &Path) -> Result<(f64, f64)> {
 /// The command line: loop sizes `--calls N` (default CALLS), `--passes N` (default PASSES), and
 /// `--loops-only`. xtask asks for fewer calls in the VM, where strace's two stops per call make a
 /// 50,000-call loop take minutes.
-struct LoopSize {
+struct BenchOptions {
     calls: u64,
     passes: usize,
     /// `--loops-only`: leave out the per-run half.
     loops_only: bool,
 }
 
-impl LoopSize {
+impl BenchOptions {
     fn from_args() -> Result<Self> {
         let mut size = Self {
             calls: CALLS,
@@ -377,7 +377,7 @@ fn loop_ops<'a>(backends: &[&'a str]) -> Vec<(&'static str, Vec<&'a str>)> {
 /// every configuration alike.
 fn loop_costs(
     backends: &[&str],
-    size: &LoopSize,
+    size: &BenchOptions,
     target: &LabCgroup,
     outside: &LabCgroup,
     has_strace: bool,

@@ -51,12 +51,19 @@ fn v1_dirs(mounts: &str, proc_cgroup: &str) -> Vec<PathBuf> {
 
 /// True when v1 hierarchies are mounted beside (or instead of) cgroup v2.
 pub fn has_v1_hierarchies() -> bool {
+    !v1_mount_points().is_empty()
+}
+
+/// Where each mounted v1 hierarchy is (/sys/fs/cgroup/memory, ...); none on a v2-only host.
+pub fn v1_mount_points() -> Vec<PathBuf> {
     fs::read_to_string("/proc/mounts")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split_whitespace().nth(2) == Some("cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup").then(|| PathBuf::from(f[1]))
         })
-        .unwrap_or(false)
+        .collect()
 }
 
 /// The tightest v1 memory limit on the way up from `dir` (a v1 memory cgroup), and where it is set.
