@@ -31,6 +31,15 @@ pub const FEAT_DROP: u64 = 1 << 1;
 pub const FEAT_LOSS_CHAIN: u64 = 1 << 2;
 /// EDT delay (egress): the only feature that reads the precise clock.
 pub const FEAT_DELAY: u64 = 1 << 3;
+/// Bits of `NET_TC_FEATURES`, the TC egress program's (`--duplicate`, `--corrupt`): it shares
+/// `FEAT_FILTER` with the cgroup programs.
+///
+/// Send a copy of the packet out of the same device (`bpf_clone_redirect`).
+pub const FEAT_DUPLICATE: u64 = 1 << 4;
+/// Flip one random bit of the packet's payload (`bpf_skb_store_bytes`).
+pub const FEAT_CORRUPT: u64 = 1 << 5;
+/// No cgroup egress program runs, so the TC program counts `seen` and `matched` itself.
+pub const FEAT_TC_COUNTS_SEEN: u64 = 1 << 6;
 
 /// States a loss model's chain may have.
 pub const LOSS_STATES: usize = 4;
@@ -77,9 +86,31 @@ pub struct PacketFilter {
     pub flags: u8,
     /// Matches when either the local or the peer port equals it (like tcpdump's `port N`); 0 = any.
     pub port: u16,
-    /// Set by the loader when any field above needs the packet's headers, so a bare drop or delay
-    /// never parses them.
-    pub needs_headers: u32,
+    /// Zero: keeps the struct free of implicit padding. (Whether headers are parsed at all is the
+    /// `FEAT_FILTER` bit, a constant to the verifier.)
+    pub reserved: u32,
+}
+
+/// Targets the TC program compares with inline, without a hash lookup (most faults have one).
+pub const INLINE_TARGETS: usize = 4;
+
+/// What the TC egress program does to a target's matching packet, and how it knows a target: a TC
+/// program runs for every packet on its device, so it asks the socket's cgroup ancestry at each level
+/// from `target_min_level` to `target_max_level` whether it is a target: one of `target_ids` when
+/// there are at most `INLINE_TARGETS`, else one of the `NET_TARGETS` hash's keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MangleFault {
+    /// A packet is duplicated when a draw is below it (the scale of `drop_threshold`).
+    pub duplicate_threshold: u64,
+    /// A packet has one payload bit flipped when a draw is below it.
+    pub corrupt_threshold: u64,
+    pub target_min_level: u32,
+    pub target_max_level: u32,
+    /// How many targets there are; with more than `INLINE_TARGETS` the hash decides.
+    pub n_targets: u64,
+    /// The targets' cgroup ids; unused slots are 0, which no cgroup has.
+    pub target_ids: [u64; INLINE_TARGETS],
 }
 
 /// The single entry of the `NET_CONFIG` array map. The loader rewrites it whole to change intensity.
@@ -93,6 +124,7 @@ pub struct NetConfig {
     pub egress: DirectionFault,
     pub ingress: DirectionFault,
     pub filter: PacketFilter,
+    pub mangle: MangleFault,
 }
 
 /// Bits in an LPM key that precede the address: the peer port, big-endian.
@@ -129,6 +161,10 @@ pub struct NetCounters {
     pub delayed: u64,
     /// Sum of the delays given, for the mean.
     pub delay_ns_total: u64,
+    /// Sent twice (the TC program's copy).
+    pub duplicated: u64,
+    /// Given one flipped payload bit.
+    pub corrupted: u64,
 }
 
 impl NetCounters {
@@ -140,6 +176,8 @@ impl NetCounters {
         self.partitioned += other.partitioned;
         self.delayed += other.delayed;
         self.delay_ns_total += other.delay_ns_total;
+        self.duplicated += other.duplicated;
+        self.corrupted += other.corrupted;
     }
 }
 
@@ -173,9 +211,10 @@ mod tests {
         assert_eq!(size_of::<LossChain>(), 8 * (12 + 4));
         assert_eq!(size_of::<DirectionFault>(), 24 + 128);
         assert_eq!(size_of::<PacketFilter>(), 8);
-        assert_eq!(size_of::<NetConfig>(), 8 + 152 + 152 + 8);
+        assert_eq!(size_of::<MangleFault>(), 24 + 8 + 32);
+        assert_eq!(size_of::<NetConfig>(), 8 + 152 + 152 + 8 + 64);
         assert_eq!(size_of::<PeerKey>(), 18);
-        assert_eq!(size_of::<NetCounters>(), 48);
+        assert_eq!(size_of::<NetCounters>(), 64);
     }
 
     #[test]
@@ -199,6 +238,8 @@ mod tests {
             partitioned: 4,
             delayed: 5,
             delay_ns_total: 6,
+            duplicated: 7,
+            corrupted: 8,
         };
         a.accumulate(&a.clone());
         assert_eq!(
@@ -209,7 +250,9 @@ mod tests {
                 dropped: 6,
                 partitioned: 8,
                 delayed: 10,
-                delay_ns_total: 12
+                delay_ns_total: 12,
+                duplicated: 14,
+                corrupted: 16,
             }
         );
     }

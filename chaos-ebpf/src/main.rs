@@ -1,7 +1,8 @@
 //! kchaos eBPF programs.
 //!
-//! Every program is attached to a target cgroup, so the kernel's own per-cgroup program array is the
-//! blast-radius check: a packet of any other cgroup never runs an instruction of ours. What each program
+//! Most programs are attached to a target cgroup, so the kernel's own per-cgroup program array is the
+//! blast-radius check: a packet of any other cgroup never runs an instruction of ours. Those that
+//! can't be (host-wide syscall hooks, the TC program on a device) first look the cgroup up. What each program
 //! asks first is whether the fault is armed (its lease in the config map has not run out).
 #![no_std]
 #![no_main]
@@ -10,6 +11,7 @@
 #![feature(core_intrinsics)]
 
 mod net;
+mod net_tc;
 mod packet;
 mod syscall;
 

@@ -11,6 +11,16 @@ pub mod attach_type {
     pub const INET4_BIND: u32 = 8;
     pub const INET4_CONNECT: u32 = 10;
     pub const UDP4_SENDMSG: u32 = 14;
+    pub const TCX_EGRESS: u32 = 47;
+}
+
+/// The program ids linked by tcx to the egress of device `dev` (of this process's namespace).
+pub fn tcx_egress_programs(dev: &str) -> Vec<u32> {
+    let name = std::ffi::CString::new(dev).expect("a device name");
+    // SAFETY: a NUL-terminated name that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(index, 0, "no device {dev}");
+    prog_query_target(index, attach_type::TCX_EGRESS, 0, dev)
 }
 
 /// The program ids that run for sockets of `cgroup` at `attach_type`, including those inherited
@@ -45,6 +55,18 @@ pub fn skb_programs_in_tree(cg: &Path) -> usize {
 
 /// BPF_PROG_QUERY on `cgroup` at `attach_type` with `query_flags`: the program ids.
 fn prog_query(cgroup: &Path, attach_type: u32, query_flags: u32) -> Vec<u32> {
+    let dir = std::fs::File::open(cgroup)
+        .unwrap_or_else(|e| panic!("opening the cgroup {}: {e}", cgroup.display()));
+    prog_query_target(
+        dir.as_raw_fd() as u32,
+        attach_type,
+        query_flags,
+        &cgroup.display().to_string(),
+    )
+}
+
+/// BPF_PROG_QUERY on a target (a cgroup fd, or an ifindex for tcx), named `what` in a failure.
+fn prog_query_target(target: u32, attach_type: u32, query_flags: u32, what: &str) -> Vec<u32> {
     /// The query part of `union bpf_attr`.
     #[repr(C)]
     #[derive(Default)]
@@ -62,11 +84,9 @@ fn prog_query(cgroup: &Path, attach_type: u32, query_flags: u32) -> Vec<u32> {
         revision: u64,
     }
     const BPF_PROG_QUERY: libc::c_long = 16;
-    let dir = std::fs::File::open(cgroup)
-        .unwrap_or_else(|e| panic!("opening the cgroup {}: {e}", cgroup.display()));
     let mut ids = [0u32; 64];
     let mut attr = QueryAttr {
-        target_fd: dir.as_raw_fd() as u32,
+        target_fd: target,
         attach_type,
         query_flags,
         prog_ids: ids.as_mut_ptr() as u64,
@@ -85,8 +105,7 @@ fn prog_query(cgroup: &Path, attach_type: u32, query_flags: u32) -> Vec<u32> {
     assert_eq!(
         rc,
         0,
-        "BPF_PROG_QUERY on {}: {}",
-        cgroup.display(),
+        "BPF_PROG_QUERY on {what}: {}",
         std::io::Error::last_os_error()
     );
     ids[..attr.prog_cnt as usize].to_vec()

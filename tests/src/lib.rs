@@ -15,12 +15,14 @@ mod services;
 mod temp;
 mod traffic;
 
-pub use bpf::{attach_type, attached_programs, cgroup_programs, skb_programs_in_tree};
+pub use bpf::{
+    attach_type, attached_programs, cgroup_programs, skb_programs_in_tree, tcx_egress_programs,
+};
 pub use host::{in_vm, kernel_label, root_or_skip, skip, udp_rate};
 pub use kchaos::{RunDir, Running, StopAll, kchaos, run, run_text, run_with};
 pub use lab::{no_residue, spawn_in};
 pub use scenario::{
-    probe_count, probe_results, read_report, refused_count, scenario, scenario_vars,
+    net_totals, probe_count, probe_results, read_report, refused_count, scenario, scenario_vars,
 };
 pub use services::Service;
 pub use temp::{TempDir, TempFile, tag};

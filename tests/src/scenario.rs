@@ -60,3 +60,17 @@ pub fn refused_count(results: &[&Value]) -> usize {
         .filter(|r| r["ok"] == false && r["detail"].as_str().unwrap_or("").contains("os error 111"))
         .count()
 }
+
+/// The kernel's counters of a `kchaos net` run's one fault (its `--json` report), by direction:
+/// `{"egress": {"dropped": n, ...}, "ingress": {...}}`; a direction with no program is `{}`.
+pub fn net_totals(path: &Path) -> Value {
+    let v = read_report(path);
+    assert_eq!(v["faults"][0]["kind"], "net", "{v}");
+    let mut totals = serde_json::json!({"egress": {}, "ingress": {}});
+    for (key, n) in v["faults"][0]["counters"].as_object().expect("counters") {
+        if let Some((dir, what)) = key.split_once('.') {
+            totals[dir][what] = n.clone();
+        }
+    }
+    totals
+}

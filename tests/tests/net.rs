@@ -3,14 +3,13 @@
 
 use std::{
     net::SocketAddr,
-    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use integration_tests::{
-    RunDir, TempFile, attach_type, cgroup_programs, kchaos, lab, root_or_skip, run_with, tag,
-    traffic, udp_echo,
+    RunDir, TempFile, attach_type, cgroup_programs, kchaos, lab, net_totals, root_or_skip,
+    run_with, tag, traffic, udp_echo,
 };
 use lab::{EchoServer, Lab};
 
@@ -32,20 +31,6 @@ fn qdiscs(lab: &Lab) -> String {
         .output()
         .expect("tc");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The kernel's counters of the run's one fault, by direction: {"egress": {"dropped": n, ...}, ...}.
-fn report_totals(path: &Path) -> serde_json::Value {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("report")).expect("json");
-    assert_eq!(v["faults"][0]["kind"], "net", "{v}");
-    let mut totals = serde_json::json!({"egress": {}, "ingress": {}});
-    for (key, n) in v["faults"][0]["counters"].as_object().expect("counters") {
-        if let Some((dir, what)) = key.split_once('.') {
-            totals[dir][what] = n.clone();
-        }
-    }
-    totals
 }
 
 #[test]
@@ -87,7 +72,7 @@ fn drop_rate_within_2pp_over_20k_packets_and_nothing_outside() {
         "a process outside the cgroup lost packets"
     );
     // The kernel's own count of drops is exactly what the client missed (egress only: echoes pass).
-    let totals = report_totals(&report.0);
+    let totals = net_totals(&report.0);
     // Under emulation (the VM suite) a datagram or two can be lost with no fault: allow 0.25 % there.
     let dropped = totals["egress"]["dropped"].as_u64().unwrap();
     let allowed = if integration_tests::in_vm() {

@@ -364,7 +364,16 @@ fn effect(sub: &str, output: &str) -> Option<String> {
     };
     match sub {
         // The closing line's counters: "egress seen 2002 matched 2002 dropped 578 (28.9%)".
-        "net" => first(&["dropped", "partitioned", "delayed"], false),
+        "net" => first(
+            &[
+                "dropped",
+                "partitioned",
+                "delayed",
+                "duplicated",
+                "corrupted",
+            ],
+            false,
+        ),
         // "connect calls 40597 failed 8172 (20.1%)".
         "syscall" => first(&["failed"], false),
         // The summary's achieved figures: "cpu: 12.5% of 50%", "memory: 519.0 MiB held", "io: 41.0

@@ -217,6 +217,46 @@ fn cgroup_path(mount: &Path, given: &str) -> Result<PathBuf, BadInput> {
     Ok(path)
 }
 
+/// (cgroup id, level) of each target: its depth below the cgroup2 mount, where the root is level 0.
+/// Programs that run outside the target's own cgroup (host-wide syscall hooks, a TC program on a
+/// device) look a cgroup's ancestor up at each level the targets span.
+pub fn levels(targets: &[Target]) -> anyhow::Result<Vec<(u64, u32)>> {
+    use anyhow::Context as _;
+    let mount = cgroup::v2_mount()?;
+    targets
+        .iter()
+        .map(|t| {
+            let rel = t.path.strip_prefix(&mount).with_context(|| {
+                format!(
+                    "{} is not below the cgroup2 mount {}",
+                    t.path.display(),
+                    mount.display()
+                )
+            })?;
+            Ok((t.id, rel.components().count() as u32))
+        })
+        .collect()
+}
+
+/// Those programs probe one ancestor per level from the shallowest target to the deepest, in a loop
+/// the verifier must see bounded. `faults` names what refuses ("syscall faults").
+pub fn check_level_span(refs: &[(u64, u32)], faults: &str) -> Result<(), BadInput> {
+    use chaos_common::MAX_TARGET_LEVELS;
+    let (Some(min), Some(max)) = (
+        refs.iter().map(|&(_, l)| l).min(),
+        refs.iter().map(|&(_, l)| l).max(),
+    ) else {
+        return Ok(());
+    };
+    if max - min >= MAX_TARGET_LEVELS {
+        return Err(BadInput::new(format!(
+            "the target cgroups span levels {min} to {max} below the cgroup2 root; {faults} \
+             take targets within {MAX_TARGET_LEVELS} levels of each other (run one fault per group)"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

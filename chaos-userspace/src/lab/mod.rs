@@ -7,7 +7,7 @@ pub mod traffic;
 
 use std::{
     fs, io,
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
@@ -251,6 +251,38 @@ impl Lab {
         ])?;
         ip(&["-n", &n, "link", "set", &ns_if, "up"])?;
         Ok(lab)
+    }
+}
+
+impl Lab {
+    /// Adds IPv6 to the veth (no duplicate address detection, so the addresses work at once):
+    /// (this namespace's end, the lab namespace's end) in fd00:254:<subnet>::/64.
+    pub fn add_ipv6(&self) -> io::Result<(Ipv6Addr, Ipv6Addr)> {
+        let subnet = u16::from(self.host_addr.octets()[2]);
+        let host = Ipv6Addr::new(0xfd00, 0x254, subnet, 0, 0, 0, 0, 1);
+        let server = Ipv6Addr::new(0xfd00, 0x254, subnet, 0, 0, 0, 0, 2);
+        // The pair is named kc<tag>h here and kc<tag>n there.
+        let stem = self.host_if.strip_suffix('h').unwrap_or(&self.host_if);
+        let ns_if = format!("{stem}n");
+        ip(&[
+            "addr",
+            "add",
+            &format!("{host}/64"),
+            "dev",
+            &self.host_if,
+            "nodad",
+        ])?;
+        ip(&[
+            "-n",
+            &self.netns.name,
+            "addr",
+            "add",
+            &format!("{server}/64"),
+            "dev",
+            &ns_if,
+            "nodad",
+        ])?;
+        Ok((host, server))
     }
 }
 

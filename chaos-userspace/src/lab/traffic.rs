@@ -27,7 +27,8 @@ pub struct TrafficArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Mode {
-    /// Send numbered UDP datagrams to an echo server; count the distinct echoes.
+    /// Send numbered, self-checking UDP datagrams to an echo server; count the distinct echoes, the
+    /// repeated ones (duplicates) and the ones with a changed bit (corrupted).
     UdpEcho {
         #[arg(long)]
         to: SocketAddr,
@@ -198,34 +199,37 @@ fn udp_echo(
     let total =
         wait + Duration::from_secs_f64(count as f64 / rate.max(1) as f64) + Duration::from_secs(1);
     let receiver = std::thread::spawn(move || {
-        let mut seen = HashSet::new();
-        let mut rtts = Vec::new();
+        let mut got = Echoes::default();
         let mut buf = [0u8; 64];
         let _ = recv_sock.set_read_timeout(Some(Duration::from_millis(20)));
-        while start.elapsed() < total && (seen.len() as u64) < count {
-            if let Ok(n) = recv_sock.recv(&mut buf)
-                && n >= 16
-            {
-                let seq = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
-                let sent_ns = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default());
-                if seen.insert(seq) {
-                    rtts.push((start.elapsed().as_nanos() as u64).saturating_sub(sent_ns) / 1000);
-                }
+        while start.elapsed() < total && (got.seen.len() as u64) < count {
+            if let Ok(n) = recv_sock.recv(&mut buf) {
+                got.take(&buf[..n], start);
             }
         }
-        (seen, rtts)
+        // Every echo is in; copies of the last ones may still be on their way: read on until the
+        // socket is quiet for one read timeout.
+        while start.elapsed() < total
+            && let Ok(n) = recv_sock.recv(&mut buf)
+        {
+            got.take(&buf[..n], start);
+        }
+        got
     });
     let mut send_errors = 0u64;
     for seq in 0..count {
         pace(start, seq, rate);
-        let mut msg = [0u8; 16];
-        msg[..8].copy_from_slice(&seq.to_le_bytes());
-        msg[8..].copy_from_slice(&(start.elapsed().as_nanos() as u64).to_le_bytes());
+        let msg = echo_message(seq, start.elapsed().as_nanos() as u64);
         if sock.send_to(&msg, to).is_err() {
             send_errors += 1;
         }
     }
-    let (seen, rtts) = receiver
+    let Echoes {
+        seen,
+        rtts,
+        duplicates,
+        corrupted,
+    } = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?;
     // Runs of consecutive sequence numbers that never came back: the loss bursts.
@@ -244,11 +248,61 @@ fn udp_echo(
         "received": received,
         "send_errors": send_errors,
         "loss_bursts": bursts,
+        "duplicates": duplicates,
+        "corrupted": corrupted,
     });
     if rtt {
         v["rtt_us"] = serde_json::json!(rtts);
     }
     Ok(v)
+}
+
+/// Marks an echo message as whole: a single flipped bit anywhere in it breaks `seq ^ sent ^ CHECK`.
+const ECHO_CHECK: u64 = 0x6b63_6861_6f73_2121;
+
+/// An echo datagram: sequence number, send time (ns since the start), and their check word.
+fn echo_message(seq: u64, sent_ns: u64) -> [u8; 24] {
+    let mut msg = [0u8; 24];
+    msg[..8].copy_from_slice(&seq.to_le_bytes());
+    msg[8..16].copy_from_slice(&sent_ns.to_le_bytes());
+    msg[16..].copy_from_slice(&(seq ^ sent_ns ^ ECHO_CHECK).to_le_bytes());
+    msg
+}
+
+/// What came back to a udp-echo client.
+#[derive(Default)]
+struct Echoes {
+    /// Distinct sequence numbers echoed whole.
+    seen: HashSet<u64>,
+    /// Round-trip times (µs) of the first echo of each.
+    rtts: Vec<u64>,
+    /// Whole echoes of a sequence number already seen (a duplicated datagram).
+    duplicates: u64,
+    /// Echoes whose bytes are not a message this client sent (a flipped bit).
+    corrupted: u64,
+}
+
+impl Echoes {
+    fn take(&mut self, msg: &[u8], start: Instant) {
+        let word = |i: usize| {
+            msg.get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
+        let (Some(seq), Some(sent_ns), Some(check), 24) = (word(0), word(1), word(2), msg.len())
+        else {
+            self.corrupted += 1;
+            return;
+        };
+        if seq ^ sent_ns ^ ECHO_CHECK != check {
+            self.corrupted += 1;
+        } else if self.seen.insert(seq) {
+            self.rtts
+                .push((start.elapsed().as_nanos() as u64).saturating_sub(sent_ns) / 1000);
+        } else {
+            self.duplicates += 1;
+        }
+    }
 }
 
 fn udp_sink(bind: SocketAddr, duration: Duration) -> Result<serde_json::Value> {

@@ -9,15 +9,15 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use chaos_common::{
-    DIR_EGRESS, DIR_INGRESS, DirectionFault, FEAT_DELAY, FEAT_DROP, FEAT_FILTER, FEAT_LOSS_CHAIN,
-    FILTER_DST, FILTER_PARTITION, LossChain, NetConfig, NetCounters, PROTO_ANY, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP, PacketFilter, PeerKey, percent_to_threshold,
+    DIR_EGRESS, DIR_INGRESS, DirectionFault, FEAT_CORRUPT, FEAT_DELAY, FEAT_DROP, FEAT_DUPLICATE,
+    FEAT_FILTER, FEAT_LOSS_CHAIN, FEAT_TC_COUNTS_SEEN, FILTER_DST, FILTER_PARTITION, LossChain,
+    MangleFault, NetConfig, NetCounters, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter,
+    PeerKey, percent_to_threshold,
 };
 
 use super::{loss::LossModel, peers::Peer};
 use crate::{
     engine::journal::{Journal, Residue},
-    engine::netns::NetnsRef,
     engine::qdisc::{self, FqInstall},
     engine::targets::Target,
     error::BadInput,
@@ -82,6 +82,16 @@ pub struct NetArgs {
     /// Vary the delay uniformly within ±DUR.
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub jitter: Option<Duration>,
+    /// Send a second copy of each matching packet the target sends, with this probability in percent
+    /// (0-100), as netem's `duplicate`. Done by a tcx program on the devices of the target's network
+    /// namespace (kernel 6.6+).
+    #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
+    pub duplicate: Option<f64>,
+    /// Flip one random bit in the payload of each matching packet the target sends, with this
+    /// probability in percent, as netem's `corrupt`; checksums are left as they are. tcx, as
+    /// --duplicate.
+    #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
+    pub corrupt: Option<f64>,
     /// Cut the target off from these peers, both ways: CIDR[:PORT], repeatable
     /// (10.0.0.0/24, 10.0.0.5:80, [2001:db8::1]:443).
     #[arg(long = "partition", value_name = "CIDR[:PORT]")]
@@ -111,6 +121,9 @@ pub struct NetSpec {
     pub loss_model: Option<LossModel>,
     pub delay: Duration,
     pub jitter: Duration,
+    /// None: no TC program for it; Some(0.0) attaches it idle (a ramp from 0).
+    pub duplicate: Option<f64>,
+    pub corrupt: Option<f64>,
     pub partitions: Vec<Peer>,
     pub dsts: Vec<Peer>,
     pub port: Option<u16>,
@@ -149,16 +162,23 @@ impl NetSpec {
                  own rate)"
             )));
         }
-        if drop.is_none() && a.loss_model.is_none() && a.delay.is_none() && partitions.is_empty() {
+        let mangles = a.duplicate.is_some() || a.corrupt.is_some();
+        if drop.is_none()
+            && a.loss_model.is_none()
+            && a.delay.is_none()
+            && partitions.is_empty()
+            && !mangles
+        {
             return Err(BadInput::new(
-                "nothing to inject: give --percent PCT (drop), --loss-model MODEL, --delay DUR or \
-                 --partition CIDR[:PORT]",
+                "nothing to inject: give --percent PCT (drop), --loss-model MODEL, --delay DUR, \
+                 --duplicate PCT, --corrupt PCT or --partition CIDR[:PORT]",
             ));
         }
         // A zero delay alone would attach programs that do nothing and report success.
         if drop.is_none()
             && a.loss_model.is_none()
             && partitions.is_empty()
+            && !mangles
             && a.delay.is_some_and(|d| d.is_zero())
         {
             return Err(BadInput::new(
@@ -169,6 +189,12 @@ impl NetSpec {
             return Err(BadInput::new(
                 "--delay applies to what the target sends (EDT is honoured by the egress qdisc); \
                  drop --direction ingress, or use --percent (drop) for ingress",
+            ));
+        }
+        if mangles && a.direction == Direction::Ingress {
+            return Err(BadInput::new(
+                "--duplicate and --corrupt apply to what the target sends (a TC egress program on its \
+                 devices); drop --direction ingress",
             ));
         }
         let delay = a.delay.unwrap_or_default();
@@ -187,6 +213,8 @@ impl NetSpec {
             loss_model: a.loss_model,
             delay,
             jitter,
+            duplicate: a.duplicate,
+            corrupt: a.corrupt,
             partitions,
             dsts,
             port: a.port,
@@ -239,6 +267,30 @@ impl NetSpec {
         (egress, ingress)
     }
 
+    /// True when the TC egress program is needed (`--duplicate`, `--corrupt`).
+    pub fn needs_tc(&self) -> bool {
+        self.duplicate.is_some() || self.corrupt.is_some()
+    }
+
+    /// The `FEAT_*` bits of the TC egress program.
+    pub fn tc_features(&self) -> u64 {
+        let mut f = 0;
+        if self.duplicate.is_some() {
+            f |= FEAT_DUPLICATE;
+        }
+        if self.corrupt.is_some() {
+            f |= FEAT_CORRUPT;
+        }
+        // Partitions are the cgroup programs' (their packets never reach a device).
+        if !self.dsts.is_empty() || self.port.is_some() || self.proto.is_some() {
+            f |= FEAT_FILTER;
+        }
+        if f != 0 && !self.needs_egress() {
+            f |= FEAT_TC_COUNTS_SEEN;
+        }
+        f
+    }
+
     /// The kernel's view of this spec, not yet armed (deadline 0).
     pub fn config(&self) -> NetConfig {
         let chain = self.loss_chain();
@@ -282,7 +334,13 @@ impl NetSpec {
                 proto,
                 flags,
                 port,
-                needs_headers: u32::from(flags != 0 || proto != 0 || port != 0),
+                reserved: 0,
+            },
+            // The target levels are the loader's to fill, from the resolved targets.
+            mangle: MangleFault {
+                duplicate_threshold: percent_to_threshold(self.duplicate.unwrap_or(0.0)),
+                corrupt_threshold: percent_to_threshold(self.corrupt.unwrap_or(0.0)),
+                ..MangleFault::default()
             },
         }
     }
@@ -327,6 +385,12 @@ impl NetSpec {
                 d += &format!(" ±{}", units::format_duration(self.jitter));
             }
             parts.push(d + " (egress)");
+        }
+        if let Some(p) = self.duplicate {
+            parts.push(format!("duplicate {p}% (egress)"));
+        }
+        if let Some(p) = self.corrupt {
+            parts.push(format!("corrupt {p}% (egress)"));
         }
         if !self.partitions.is_empty() {
             let peers: Vec<String> = self.partitions.iter().map(ToString::to_string).collect();
@@ -383,6 +447,9 @@ impl NetFault {
             (directions * targets) as u64,
             &format!("{directions} cgroup_skb hook(s) on {targets} target(s)"),
         )?;
+        if spec.needs_tc() {
+            super::tc::preflight()?;
+        }
         if !spec.delay.is_zero() && !qdisc::kernel_has_fq() {
             return Err(BadInput::new(
                 "--delay needs the sch_fq qdisc (CONFIG_NET_SCH_FQ), which this kernel lacks: EDT \
@@ -397,11 +464,28 @@ impl NetFault {
     pub fn attach(spec: NetSpec, targets: &[Target], journal: &mut Journal) -> Result<Self> {
         Self::preflight(&spec, targets.len())?;
         let (egress_features, ingress_features) = spec.features();
-        let mut ebpf = crate::engine::ebpf::load_with_globals(&[
-            ("NET_EGRESS_FEATURES", egress_features),
-            ("NET_INGRESS_FEATURES", ingress_features),
-        ])?;
-        let config = spec.config();
+        let levels = if spec.needs_tc() {
+            let levels = crate::engine::targets::levels(targets)?;
+            crate::engine::targets::check_level_span(&levels, "--duplicate and --corrupt")?;
+            levels
+        } else {
+            Vec::new()
+        };
+        let mut ebpf = crate::engine::ebpf::load_sized(
+            &[
+                ("NET_EGRESS_FEATURES", egress_features),
+                ("NET_INGRESS_FEATURES", ingress_features),
+                ("NET_TC_FEATURES", spec.tc_features()),
+            ],
+            &[("NET_TARGETS", levels.len().max(1) as u32)],
+        )?;
+        let mut config = spec.config();
+        config.mangle.target_min_level = levels.iter().map(|&(_, l)| l).min().unwrap_or(0);
+        config.mangle.target_max_level = levels.iter().map(|&(_, l)| l).max().unwrap_or(0);
+        config.mangle.n_targets = levels.len() as u64;
+        for (slot, &(id, _)) in config.mangle.target_ids.iter_mut().zip(&levels) {
+            *slot = id;
+        }
         Array::<_, NetConfig>::try_from(ebpf.map_mut("NET_CONFIG").context("map NET_CONFIG")?)?
             .set(0, config, 0)
             .context("writing the net config")?;
@@ -442,6 +526,10 @@ impl NetFault {
                 ));
             }
         }
+        if spec.needs_tc() {
+            let namespaces = super::tc::target_namespaces(targets)?;
+            attachments.extend(super::tc::attach(&mut ebpf, &levels, &namespaces)?);
+        }
         let mut fault = Self {
             spec,
             config,
@@ -457,19 +545,7 @@ impl NetFault {
 
     /// fq on every device of every namespace a target process lives in (the host's if none).
     fn install_fq(&mut self, targets: &[Target], journal: &mut Journal) -> Result<()> {
-        let mut namespaces: Vec<NetnsRef> = Vec::new();
-        for t in targets {
-            for pid in crate::engine::cgroup::procs_recursive(&t.path).unwrap_or_default() {
-                if let Ok(ns) = NetnsRef::of_pid(pid)
-                    && !namespaces.iter().any(|n| n.inode == ns.inode)
-                {
-                    namespaces.push(ns);
-                }
-            }
-        }
-        if namespaces.is_empty() {
-            namespaces.push(NetnsRef::own()?);
-        }
+        let namespaces = super::tc::target_namespaces(targets)?;
         let mut plan = Vec::new();
         for ns in &namespaces {
             let path = ns
@@ -527,6 +603,20 @@ impl NetFault {
         self.write_config()
     }
 
+    /// Changes the duplicate rate while running (ramps).
+    pub fn set_duplicate_percent(&mut self, percent: f64) -> Result<()> {
+        self.spec.duplicate = Some(percent);
+        self.config.mangle.duplicate_threshold = percent_to_threshold(percent);
+        self.write_config()
+    }
+
+    /// Changes the corrupt rate while running (ramps).
+    pub fn set_corrupt_percent(&mut self, percent: f64) -> Result<()> {
+        self.spec.corrupt = Some(percent);
+        self.config.mangle.corrupt_threshold = percent_to_threshold(percent);
+        self.write_config()
+    }
+
     fn write_config(&mut self) -> Result<()> {
         Array::<_, NetConfig>::try_from(self.ebpf.map_mut("NET_CONFIG").context("map NET_CONFIG")?)?
             .set(0, self.config, 0)
@@ -535,7 +625,10 @@ impl NetFault {
 
     /// Which directions have a program attached: (egress, ingress).
     pub fn directions(&self) -> (bool, bool) {
-        (self.spec.needs_egress(), self.spec.needs_ingress())
+        (
+            self.spec.needs_egress() || self.spec.needs_tc(),
+            self.spec.needs_ingress(),
+        )
     }
 
     /// The kernel's counters, summed over CPUs.
@@ -644,7 +737,11 @@ mod tests {
             (c.egress.drop_threshold, c.ingress.drop_threshold),
             (1 << 31, 1 << 31)
         );
-        assert_eq!(c.filter.needs_headers, 0, "a bare drop parses no headers");
+        assert_eq!(
+            NetSpec::from_args(&a).unwrap().features().0 & FEAT_FILTER,
+            0,
+            "a bare drop parses no headers"
+        );
         assert_eq!(c.deadline_ns, 0, "not armed until the loader arms it");
     }
 
@@ -657,7 +754,8 @@ mod tests {
         let s = NetSpec::from_args(&a).unwrap();
         let c = s.config();
         assert_eq!(c.filter.flags, FILTER_DST | FILTER_PARTITION);
-        assert_eq!((c.filter.proto, c.filter.needs_headers), (PROTO_UDP, 1));
+        assert_eq!(c.filter.proto, PROTO_UDP);
+        assert_ne!(s.features().0 & FEAT_FILTER, 0, "a filter parses headers");
         assert!(s.needs_egress() && s.needs_ingress());
     }
 

@@ -1,9 +1,11 @@
 //! The `net` kind: drop, EDT delay and partitions on the target cgroups' traffic (cgroup_skb programs;
-//! kernel side in chaos-ebpf/src/net.rs).
+//! kernel side in chaos-ebpf/src/net.rs), duplicate and corrupt (a tcx program on the target's
+//! devices: chaos-ebpf/src/net_tc.rs).
 
 pub mod fault;
 pub mod loss;
 pub mod peers;
+pub mod tc;
 mod yaml;
 
 pub use self::fault::{Direction, NetArgs, NetFault, NetSpec, NetTotals, Proto};
@@ -27,13 +29,18 @@ kchaos net --cgroup app --percent 1.5 --proto udp --port 53 --direction both\n  
 kchaos net --cgroup app --percent 5 --drop-correlation 50   (bursty loss, same rate)\n  \
 kchaos net --cgroup app --loss-model gemodel:1,30   (Gilbert-Elliott: bursts of 1/0.3 packets)\n  \
 kchaos net --cgroup app --delay 50ms --jitter 10ms --dst 10.0.0.0/8   (needs sch_fq)\n  \
+kchaos net --cgroup app --duplicate 1 --corrupt 0.1 --proto tcp   (tcx, kernel 6.6+)\n  \
 kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24";
 
 impl Kind for NetSpec {
     const YAML_FIELDS: &'static [&'static str] = yaml::NET_FIELDS;
     const NAME: &'static str = "net";
-    const PARAMS: &'static [(&'static str, Unit)] =
-        &[("percent", Unit::Percent), ("delay", Unit::Duration)];
+    const PARAMS: &'static [(&'static str, Unit)] = &[
+        ("percent", Unit::Percent),
+        ("delay", Unit::Duration),
+        ("duplicate", Unit::Percent),
+        ("corrupt", Unit::Percent),
+    ];
     const RENAMED: &'static [(&'static str, &'static str)] = &[("drop", "percent")];
     const MONKEY_TYPES: &'static [&'static str] = &["net-drop", "net-delay", "net-partition"];
     const METRICS: &'static [MetricMap] = &[
@@ -74,6 +81,18 @@ impl Kind for NetSpec {
             "Delay the fault added over all delayed packets, per direction.",
         )
         .scaled(1e-9),
+        MetricMap::counter(
+            "direction",
+            "duplicated",
+            "net_packets_duplicated",
+            "Packets the fault sent twice (--duplicate), per direction.",
+        ),
+        MetricMap::counter(
+            "direction",
+            "corrupted",
+            "net_packets_corrupted",
+            "Packets the fault flipped a payload bit of (--corrupt), per direction.",
+        ),
     ];
     type Args = NetArgs;
     type Active = NetFault;
@@ -95,8 +114,10 @@ impl Kind for NetSpec {
 
     fn check_param(&self, param: &str, value: f64) -> Result<(), String> {
         match param {
-            "percent" if (0.0..=100.0).contains(&value) => Ok(()),
-            "percent" => Err(format!("{value}% is not allowed: 0 to 100")),
+            "percent" | "duplicate" | "corrupt" if (0.0..=100.0).contains(&value) => Ok(()),
+            "percent" | "duplicate" | "corrupt" => {
+                Err(format!("{value}% is not allowed: 0 to 100"))
+            }
             "delay" if value <= 5.0 && Duration::from_secs_f64(value.max(0.0)) >= self.jitter => {
                 Ok(())
             }
@@ -106,7 +127,8 @@ impl Kind for NetSpec {
                 Unit::Duration.format(value)
             )),
             other => Err(format!(
-                "a net fault cannot ramp '{other}': allowed are percent (drop), delay"
+                "a net fault cannot ramp '{other}': allowed are percent (drop), delay, duplicate, \
+                 corrupt"
             )),
         }
     }
@@ -115,6 +137,8 @@ impl Kind for NetSpec {
         match param {
             "percent" => self.drop_percent = Some(start),
             "delay" => self.delay = Duration::from_secs_f64(start.max(0.0)),
+            "duplicate" => self.duplicate = Some(start),
+            "corrupt" => self.corrupt = Some(start),
             _ => {}
         }
     }
@@ -130,6 +154,12 @@ impl Kind for NetSpec {
         }
         if !self.delay.is_zero() {
             v.push(("delay", (self.delay + self.jitter).as_secs_f64()));
+        }
+        if let Some(p) = self.duplicate {
+            v.push(("duplicate", p));
+        }
+        if let Some(p) = self.corrupt {
+            v.push(("corrupt", p));
         }
         v
     }
@@ -199,7 +229,15 @@ impl Kind for NetSpec {
         counters
             .iter()
             .filter(|(k, _)| {
-                k.ends_with(".dropped") || k.ends_with(".partitioned") || k.ends_with(".delayed")
+                [
+                    ".dropped",
+                    ".partitioned",
+                    ".delayed",
+                    ".duplicated",
+                    ".corrupted",
+                ]
+                .iter()
+                .any(|what| k.ends_with(what))
             })
             .map(|(_, v)| v)
             .sum()
@@ -216,6 +254,11 @@ impl Kind for NetSpec {
             );
             if n("partitioned") > 0 {
                 s += &format!(" partitioned {}", n("partitioned"));
+            }
+            for what in ["duplicated", "corrupted"] {
+                if n(what) > 0 {
+                    s += &format!(" {what} {} ({:.1}%)", n(what), pct(n(what), matched));
+                }
             }
             if n("delayed") > 0 {
                 s += &format!(
@@ -247,6 +290,8 @@ fn direction_counters(m: &mut Counters, dir: &str, c: &NetCounters) {
         ("partitioned", c.partitioned),
         ("delayed", c.delayed),
         ("delay_ns_total", c.delay_ns_total),
+        ("duplicated", c.duplicated),
+        ("corrupted", c.corrupted),
     ] {
         m.insert(format!("{dir}.{name}"), v);
     }
@@ -265,6 +310,8 @@ impl Active for NetFault {
         match param {
             "percent" => self.set_drop_percent(value.clamp(0.0, 100.0)),
             "delay" => self.set_delay(Duration::from_secs_f64(value.max(0.0))),
+            "duplicate" => self.set_duplicate_percent(value.clamp(0.0, 100.0)),
+            "corrupt" => self.set_corrupt_percent(value.clamp(0.0, 100.0)),
             other => anyhow::bail!("a net fault has no parameter '{other}'"),
         }
     }

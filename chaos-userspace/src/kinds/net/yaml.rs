@@ -12,6 +12,8 @@ pub const NET_FIELDS: &[&str] = &[
     "loss_model",
     "delay",
     "jitter",
+    "duplicate",
+    "corrupt",
     "partition",
     "dst",
     "port",
@@ -46,6 +48,12 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     }
     if let Some(n) = f.value("jitter") {
         args.jitter = ctx.duration(n, &f.path_of("jitter"));
+    }
+    if let Some(n) = f.value("duplicate") {
+        args.duplicate = ctx.percent(n, &f.path_of("duplicate"));
+    }
+    if let Some(n) = f.value("corrupt") {
+        args.corrupt = ctx.percent(n, &f.path_of("corrupt"));
     }
     for (key, allow_port) in [("partition", true), ("dst", false)] {
         if let Some(n) = f.value(key) {
@@ -99,6 +107,12 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     // ramp sets the real value before the fault is armed.
     if ramped.iter().any(|p| p == "percent") && args.percent.is_none() {
         args.percent = Some(0.0);
+    }
+    if ramped.iter().any(|p| p == "duplicate") && args.duplicate.is_none() {
+        args.duplicate = Some(0.0);
+    }
+    if ramped.iter().any(|p| p == "corrupt") && args.corrupt.is_none() {
+        args.corrupt = Some(0.0);
     }
     if ramped.iter().any(|p| p == "delay") && args.delay.is_none_or(|d| d.is_zero()) {
         args.delay = Some(Duration::from_millis(1).max(args.jitter.unwrap_or_default()));
@@ -158,5 +172,19 @@ mod tests {
         assert!(e.contains("drop_correlation 25 needs percent"), "{e}");
         let e = net("{percent: 1, loss_model: 'gemodel:1'}").unwrap_err();
         assert!(e.contains("both decide loss"), "{e}");
+    }
+
+    #[test]
+    fn mangle_fields() {
+        let s = net("{duplicate: 1, corrupt: 0.5, proto: udp}").unwrap();
+        assert_eq!((s.duplicate, s.corrupt), (Some(1.0), Some(0.5)));
+        assert!(s.needs_tc());
+        let e = net("{duplicate: 1, direction: ingress}").unwrap_err();
+        assert!(
+            e.contains("duplicate and corrupt apply to what the target sends"),
+            "{e}"
+        );
+        let e = net("{corrupt: 120}").unwrap_err();
+        assert!(e.contains("corrupt"), "{e}");
     }
 }

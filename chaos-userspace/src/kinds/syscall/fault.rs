@@ -13,9 +13,9 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, Lsm},
 };
 use chaos_common::{
-    MAX_TARGET_LEVELS, OP_ACCEPT, OP_BIND, OP_CONNECT, OP_FORK, OP_FSYNC, OP_MKDIR, OP_MMAP,
-    OP_OPEN, OP_READ, OP_RECVMSG, OP_RENAME, OP_SENDMSG, OP_SOCKET, OP_UNLINK, OP_WRITE,
-    PATH_PREFIX_MAX, PeerKey, SyscallConfig, SyscallCounters, percent_to_threshold,
+    OP_ACCEPT, OP_BIND, OP_CONNECT, OP_FORK, OP_FSYNC, OP_MKDIR, OP_MMAP, OP_OPEN, OP_READ,
+    OP_RECVMSG, OP_RENAME, OP_SENDMSG, OP_SOCKET, OP_UNLINK, OP_WRITE, PATH_PREFIX_MAX, PeerKey,
+    SyscallConfig, SyscallCounters, percent_to_threshold,
 };
 
 use crate::kinds::net::peers::Peer;
@@ -629,42 +629,6 @@ pub fn auto_backends(support: &BackendSupport) -> Vec<(&'static str, Result<Back
         .collect()
 }
 
-/// (cgroup id, level) of each target: its depth below the cgroup2 mount, where the root is level 0.
-fn target_refs(targets: &[Target]) -> Result<Vec<(u64, u32)>> {
-    let mount = crate::engine::cgroup::v2_mount()?;
-    targets
-        .iter()
-        .map(|t| {
-            let rel = t.path.strip_prefix(&mount).with_context(|| {
-                format!(
-                    "{} is not below the cgroup2 mount {}",
-                    t.path.display(),
-                    mount.display()
-                )
-            })?;
-            Ok((t.id, rel.components().count() as u32))
-        })
-        .collect()
-}
-
-/// The host-wide programs probe one ancestor per level from the shallowest target to the deepest,
-/// in a loop the verifier must see bounded.
-fn check_levels(refs: &[(u64, u32)]) -> Result<(), BadInput> {
-    let (Some(min), Some(max)) = (
-        refs.iter().map(|&(_, l)| l).min(),
-        refs.iter().map(|&(_, l)| l).max(),
-    ) else {
-        return Ok(());
-    };
-    if max - min >= MAX_TARGET_LEVELS {
-        return Err(BadInput::new(format!(
-            "the target cgroups span levels {min} to {max} below the cgroup2 root; syscall faults \
-             take targets within {MAX_TARGET_LEVELS} levels of each other (run one fault per group)"
-        )));
-    }
-    Ok(())
-}
-
 /// Per-operation totals.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct OpTotals {
@@ -692,8 +656,8 @@ impl SyscallFault {
         spec: &SyscallSpec,
         targets: &[Target],
     ) -> Result<Vec<(u32, Backend)>, BadInput> {
-        if let Ok(refs) = target_refs(targets) {
-            check_levels(&refs)?;
+        if let Ok(refs) = crate::engine::targets::levels(targets) {
+            crate::engine::targets::check_level_span(&refs, "syscall faults")?;
         }
         let plan = plan(spec, &BackendSupport::probe())?;
         // A link per target and cgroup hook, each an fd for the fault's life.
@@ -725,7 +689,7 @@ impl SyscallFault {
         };
         // Read-only globals are constants to the verifier: LSM programs must provably return within
         // [-4095, 0], and bpf_d_path needs a constant offset into struct file.
-        let refs = target_refs(targets)?;
+        let refs = crate::engine::targets::levels(targets)?;
         let mut ebpf = crate::engine::ebpf::load_sized(
             &[
                 ("FILE_F_PATH_OFFSET", f_path),
@@ -1015,8 +979,12 @@ mod tests {
             (c.n_targets, c.target_min_level, c.target_max_level),
             (2, 1, 3)
         );
-        assert!(check_levels(&[(1, 1), (2, 32)]).is_ok());
-        let err = check_levels(&[(1, 1), (2, 33)]).unwrap_err().to_string();
+        assert!(
+            crate::engine::targets::check_level_span(&[(1, 1), (2, 32)], "syscall faults").is_ok()
+        );
+        let err = crate::engine::targets::check_level_span(&[(1, 1), (2, 33)], "syscall faults")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("levels 1 to 33"), "{err}");
         assert_eq!(
             (c.after, c.max, c.threshold, c.errno),
