@@ -31,6 +31,15 @@ pub const FEAT_DROP: u64 = 1 << 1;
 pub const FEAT_LOSS_CHAIN: u64 = 1 << 2;
 /// EDT delay (egress): the only feature that reads the precise clock.
 pub const FEAT_DELAY: u64 = 1 << 3;
+/// A rate limit on what the target sends (EDT pacing, `RateLimit`); reads the precise clock too.
+pub const FEAT_RATE: u64 = 1 << 7;
+/// The delay is drawn from the `NET_DELAY_TABLE` distribution (normal, pareto, paretonormal)
+/// instead of uniformly within ±jitter.
+pub const FEAT_DELAY_TABLE: u64 = 1 << 8;
+/// Each delay's draw leans on the last one (`DelayShape::correlation`), as netem's correlation.
+pub const FEAT_DELAY_CORRELATION: u64 = 1 << 9;
+/// Reorder: some packets skip the delay (`DelayShape::reorder_threshold`, `reorder_gap`).
+pub const FEAT_REORDER: u64 = 1 << 10;
 /// Bits of `NET_TC_FEATURES`, the TC egress program's (`--duplicate`, `--corrupt`): it shares
 /// `FEAT_FILTER` with the cgroup programs.
 ///
@@ -91,6 +100,51 @@ pub struct PacketFilter {
     pub reserved: u32,
 }
 
+/// Entries of the delay distribution table: a draw's top 12 bits pick one.
+pub const DELAY_TABLE_SIZE: u32 = 4096;
+/// Fixed-point shift of the table's values: a value is a standard score (mean 0, standard deviation
+/// 1) times 2^16, so the delay is `delay + (value * jitter) >> 16`.
+pub const DELAY_TABLE_SHIFT: u32 = 16;
+/// Index in `NET_DELAY_STATE` of the last correlated draw.
+pub const DELAY_STATE_LAST_DRAW: u32 = 0;
+/// Index in `NET_DELAY_STATE` of the packets delayed since the last one sent at once (reorder gap).
+pub const DELAY_STATE_SINCE_REORDER: u32 = 1;
+
+/// How the egress delay varies and which packets skip it (netem's delay correlation, distribution
+/// and reorder).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DelayShape {
+    /// Weight of the last draw in the next, on the 2^32 scale (netem's correlation).
+    pub correlation: u64,
+    /// A packet whose turn has come (see `reorder_gap`) goes at once when a draw is below this.
+    pub reorder_threshold: u64,
+    /// With `FEAT_REORDER`: the packets after one sent at once that are always delayed, plus one
+    /// (netem's gap; 1: every packet may go at once).
+    pub reorder_gap: u32,
+    pub reserved: u32,
+}
+
+/// Fixed-point shift of `RateLimit::ns_per_byte`: ns per byte × 2^20, so 100 Gbit/s (0.08 ns a byte)
+/// keeps 5 significant digits and a 64 KiB packet at 1 kbit/s does not overflow.
+pub const RATE_SHIFT: u32 = 20;
+
+/// A bandwidth limit on all the target's egress packets together, by departure times (EDT, as
+/// Cilium's bandwidth manager paces pods): a token bucket whose state is the virtual time the link
+/// finishes what it was given (`NET_RATE_STATE`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Transmission time of one byte at the rate, in ns << `RATE_SHIFT`. 0: no limit.
+    pub ns_per_byte: u64,
+    /// The bucket's depth as time at the rate: how far the link may run ahead of its pace after an
+    /// idle spell (`--burst`).
+    pub burst_ns: u64,
+    /// A packet that would wait longer than this for its turn is dropped (the queue's limit), as
+    /// netem's limit drops what would overflow its queue.
+    pub queue_ns: u64,
+}
+
 /// Targets the TC program compares with inline, without a hash lookup (most faults have one).
 pub const INLINE_TARGETS: usize = 4;
 
@@ -125,6 +179,8 @@ pub struct NetConfig {
     pub ingress: DirectionFault,
     pub filter: PacketFilter,
     pub mangle: MangleFault,
+    pub rate: RateLimit,
+    pub delay_shape: DelayShape,
 }
 
 /// Bits in an LPM key that precede the address: the peer port, big-endian.
@@ -165,6 +221,14 @@ pub struct NetCounters {
     pub duplicated: u64,
     /// Given one flipped payload bit.
     pub corrupted: u64,
+    /// Given a later departure time by the rate limit (the others left at once, on credit).
+    pub paced: u64,
+    /// Dropped by the rate limit: the wait for their turn was longer than its queue.
+    pub rate_dropped: u64,
+    /// Bytes the rate limit counted (each segment's IP header and payload).
+    pub rate_bytes: u64,
+    /// Sent at once instead of delayed (reorder).
+    pub reordered: u64,
 }
 
 impl NetCounters {
@@ -178,6 +242,10 @@ impl NetCounters {
         self.delay_ns_total += other.delay_ns_total;
         self.duplicated += other.duplicated;
         self.corrupted += other.corrupted;
+        self.paced += other.paced;
+        self.rate_dropped += other.rate_dropped;
+        self.rate_bytes += other.rate_bytes;
+        self.reordered += other.reordered;
     }
 }
 
@@ -212,9 +280,11 @@ mod tests {
         assert_eq!(size_of::<DirectionFault>(), 24 + 128);
         assert_eq!(size_of::<PacketFilter>(), 8);
         assert_eq!(size_of::<MangleFault>(), 24 + 8 + 32);
-        assert_eq!(size_of::<NetConfig>(), 8 + 152 + 152 + 8 + 64);
+        assert_eq!(size_of::<RateLimit>(), 24);
+        assert_eq!(size_of::<DelayShape>(), 24);
+        assert_eq!(size_of::<NetConfig>(), 8 + 152 + 152 + 8 + 64 + 24 + 24);
         assert_eq!(size_of::<PeerKey>(), 18);
-        assert_eq!(size_of::<NetCounters>(), 64);
+        assert_eq!(size_of::<NetCounters>(), 96);
     }
 
     #[test]
@@ -240,6 +310,10 @@ mod tests {
             delay_ns_total: 6,
             duplicated: 7,
             corrupted: 8,
+            paced: 9,
+            rate_dropped: 10,
+            rate_bytes: 11,
+            reordered: 12,
         };
         a.accumulate(&a.clone());
         assert_eq!(
@@ -253,6 +327,10 @@ mod tests {
                 delay_ns_total: 12,
                 duplicated: 14,
                 corrupted: 16,
+                paced: 18,
+                rate_dropped: 20,
+                rate_bytes: 22,
+                reordered: 24,
             }
         );
     }

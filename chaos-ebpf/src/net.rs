@@ -10,9 +10,11 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use chaos_common::{
-    DIR_COUNT, DIR_EGRESS, DIR_INGRESS, DirectionFault, FEAT_DELAY, FEAT_DROP, FEAT_FILTER,
-    FEAT_LOSS_CHAIN, FILTER_DST, FILTER_PARTITION, LossChain, NetConfig, NetCounters,
-    PEER_KEY_PORT_BITS, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PeerKey,
+    DELAY_STATE_LAST_DRAW, DELAY_STATE_SINCE_REORDER, DELAY_TABLE_SHIFT, DELAY_TABLE_SIZE,
+    DIR_COUNT, DIR_EGRESS, DIR_INGRESS, DelayShape, DirectionFault, FEAT_DELAY,
+    FEAT_DELAY_CORRELATION, FEAT_DELAY_TABLE, FEAT_DROP, FEAT_FILTER, FEAT_LOSS_CHAIN, FEAT_RATE,
+    FEAT_REORDER, FILTER_DST, FILTER_PARTITION, LossChain, NetConfig, NetCounters,
+    PEER_KEY_PORT_BITS, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PeerKey, RATE_SHIFT, RateLimit,
 };
 
 use crate::packet::{self, Peer};
@@ -43,6 +45,21 @@ pub(crate) static NET_CONFIG: Array<NetConfig> = Array::with_max_entries(1, 0);
 /// it; each step still moves from a state the chain was in.
 #[map]
 static NET_LOSS_STATE: Array<u32> = Array::with_max_entries(DIR_COUNT, 0);
+
+/// The delay distribution as an inverse CDF: entry i is the standard score of quantile
+/// (i + 0.5) / 4096, times 2^16. The loader fills it (and sizes it to 1 when unused).
+#[map]
+static NET_DELAY_TABLE: Array<i32> = Array::with_max_entries(DELAY_TABLE_SIZE, 0);
+
+/// `DELAY_STATE_*`: the last correlated draw, and the packets delayed since one was reordered. Shared
+/// by all CPUs like the loss state: one sequence, as through netem's qdisc.
+#[map]
+static NET_DELAY_STATE: Array<u32> = Array::with_max_entries(2, 0);
+
+/// The rate limit's bucket: the virtual time (CLOCK_MONOTONIC ns) at which the link finishes what it
+/// was given. One value for all the target's packets, as one link would carry them.
+#[map]
+static NET_RATE_STATE: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 pub(crate) static NET_COUNTERS: PerCpuArray<NetCounters> =
@@ -95,11 +112,11 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
     let Some(cfg) = NET_CONFIG.get(0) else {
         return false;
     };
-    // The lease needs only the coarse clock (it lags by at most a tick); a delay needs the precise
-    // one, which is read once for both.
+    // The lease needs only the coarse clock (it lags by at most a tick); a delay or a rate needs the
+    // precise one, which is read once for all.
     // SAFETY: helpers without arguments.
     let now = unsafe {
-        if features & FEAT_DELAY != 0 {
+        if features & (FEAT_DELAY | FEAT_RATE) != 0 {
             bpf_ktime_get_ns()
         } else {
             bpf_ktime_get_coarse_ns()
@@ -139,21 +156,72 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
         return true;
     }
     if features & FEAT_DELAY != 0 && fault.delay_ns != 0 {
-        let delay = delay_ns(fault);
-        // SAFETY: tstamp is writable from cgroup_skb with CAP_BPF; the kernel holds skb for the run.
-        unsafe {
-            let skb = ctx.skb.skb;
-            let base = if (*skb).tstamp > now {
-                (*skb).tstamp
-            } else {
-                now
-            };
-            (*skb).tstamp = base + delay;
+        if features & FEAT_REORDER != 0 && goes_at_once(&cfg.delay_shape) {
+            counters.reordered += 1;
+        } else {
+            let delay = delay_ns(fault, &cfg.delay_shape, features);
+            // SAFETY: tstamp is writable from cgroup_skb with CAP_BPF; the kernel holds skb for the
+            // run.
+            unsafe {
+                let skb = ctx.skb.skb;
+                let base = if (*skb).tstamp > now {
+                    (*skb).tstamp
+                } else {
+                    now
+                };
+                (*skb).tstamp = base + delay;
+            }
+            counters.delayed += 1;
+            counters.delay_ns_total += delay;
         }
-        counters.delayed += 1;
-        counters.delay_ns_total += delay;
     }
-    false
+    features & FEAT_RATE != 0 && !pace(ctx, &cfg.rate, now, counters)
+}
+
+/// Gives the packet its turn at the rate: a departure time after what the link was given before it,
+/// less the bucket's credit. False when that turn is further off than the queue holds (drop it).
+#[inline(always)]
+fn pace(ctx: &SkBuffContext, rate: &RateLimit, now: u64, counters: &mut NetCounters) -> bool {
+    let Some(finish) = NET_RATE_STATE.get_ptr_mut(0) else {
+        return true;
+    };
+    let bytes = wire_bytes(ctx);
+    let tx = (bytes * rate.ns_per_byte) >> RATE_SHIFT;
+    let skb = ctx.skb.skb;
+    // SAFETY: the kernel holds skb for the run; tstamp is readable and (CAP_BPF) writable here.
+    let t = unsafe { (*skb).tstamp }.max(now);
+    // SAFETY: an entry of this program's own map, shared by every CPU. Racing senders may read the
+    // same finish time and share a turn; the later write wins (as in Cilium's EDT), so the rate can
+    // overshoot by a packet per race, never stall.
+    let f = unsafe { *finish };
+    let depart = t.max(f.saturating_sub(rate.burst_ns));
+    if depart - t > rate.queue_ns {
+        counters.rate_dropped += 1;
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { *finish = f.max(t) + tx };
+    if depart > t {
+        // SAFETY: as above.
+        unsafe { (*skb).tstamp = depart };
+        counters.paced += 1;
+    }
+    counters.rate_bytes += bytes;
+    true
+}
+
+/// The bytes the packet puts on the link at the IP layer: a GSO packet becomes `gso_segs` segments,
+/// each with its own copy of the headers.
+#[inline(always)]
+fn wire_bytes(ctx: &SkBuffContext) -> u64 {
+    let len = ctx.skb.len() as u64;
+    // SAFETY: the context pointer is valid for the whole run.
+    let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+    if segs <= 1 {
+        return len;
+    }
+    let headers = packet::parse(&ctx.skb, true, 0, true).map_or(0, |p| p.payload as u64);
+    len + (segs - 1) * headers
 }
 
 /// One step of the loss chain: draws the next state, then whether the packet is lost in it. The next
@@ -179,16 +247,59 @@ fn chain_loses(chain: &LossChain, dir: u32) -> bool {
     crate::chance(chain.lose[n & 3])
 }
 
-/// The configured delay, spread uniformly over ±jitter with a multiply-shift instead of a division.
+/// The configured delay, varied by the jitter: uniformly over ±jitter (a multiply-shift instead of a
+/// division), or by the distribution table, `jitter` being its standard deviation.
 #[inline(always)]
-fn delay_ns(fault: &DirectionFault) -> u64 {
+fn delay_ns(fault: &DirectionFault, shape: &DelayShape, features: u64) -> u64 {
     if fault.jitter_ns == 0 {
         return fault.delay_ns;
     }
-    let span = 2 * fault.jitter_ns + 1;
     // SAFETY: a helper without arguments.
-    let offset = ((unsafe { bpf_get_prandom_u32() } as u64) * span) >> 32;
+    let mut draw = unsafe { bpf_get_prandom_u32() };
+    if features & FEAT_DELAY_CORRELATION != 0 {
+        draw = correlated(draw, shape.correlation);
+    }
+    if features & FEAT_DELAY_TABLE != 0 {
+        let Some(&score) = NET_DELAY_TABLE.get(draw >> 20) else {
+            return fault.delay_ns;
+        };
+        let offset = (score as i64 * fault.jitter_ns as i64) >> DELAY_TABLE_SHIFT;
+        // A long left tail may reach below zero: no packet leaves before it was sent.
+        return (fault.delay_ns as i64 + offset).max(0) as u64;
+    }
+    let span = 2 * fault.jitter_ns + 1;
+    let offset = ((draw as u64) * span) >> 32;
     (fault.delay_ns + offset).saturating_sub(fault.jitter_ns)
+}
+
+/// netem's correlated draw: the new draw weighted by 1 - rho, the last by rho (on the 2^32 scale).
+#[inline(always)]
+fn correlated(draw: u32, rho: u64) -> u32 {
+    let Some(last) = NET_DELAY_STATE.get_ptr_mut(DELAY_STATE_LAST_DRAW) else {
+        return draw;
+    };
+    // SAFETY: an entry of this program's own map; a racing CPU stores a draw too.
+    let value =
+        ((draw as u64 * ((1u64 << 32) - rho) + (unsafe { *last }) as u64 * rho) >> 32) as u32;
+    // SAFETY: as above.
+    unsafe { *last = value };
+    value
+}
+
+/// Reorder as netem has it: once `reorder_gap - 1` packets in a row were delayed, the next goes at
+/// once with the reorder probability (and the count starts again); otherwise it is delayed.
+#[inline(always)]
+fn goes_at_once(shape: &DelayShape) -> bool {
+    let Some(since) = NET_DELAY_STATE.get_ptr_mut(DELAY_STATE_SINCE_REORDER) else {
+        return false;
+    };
+    // SAFETY: an entry of this program's own map; a racing CPU stores a count too.
+    let n = unsafe { *since };
+    let at_once =
+        n >= shape.reorder_gap.saturating_sub(1) && crate::chance(shape.reorder_threshold);
+    // SAFETY: as above.
+    unsafe { *since = if at_once { 0 } else { n.saturating_add(1) } };
+    at_once
 }
 
 #[inline(always)]

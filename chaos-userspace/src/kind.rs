@@ -29,6 +29,8 @@ pub enum Unit {
     Percent,
     /// Held as seconds.
     Duration,
+    /// Bits per second (`10mbit`).
+    Rate,
 }
 
 impl Unit {
@@ -38,6 +40,7 @@ impl Unit {
             Unit::Duration => {
                 crate::units::format_duration(Duration::from_secs_f64(value.max(0.0)))
             }
+            Unit::Rate => crate::units::format_rate(value),
         }
     }
 }

@@ -108,6 +108,55 @@ fn negative(text: &str, allowed: &str) -> BadInput {
     ))
 }
 
+/// Parses a bandwidth in bits per second, with tc's units: bit, kbit, mbit, gbit, tbit (powers of
+/// 1000), or bps, kbps, mbps, gbps, tbps (bytes per second, as tc reads them); any case, a "/s" after
+/// a bit unit is accepted ("10Mbit/s"). A bare number is refused, since "10" could mean anything.
+pub fn parse_rate(text: &str) -> Result<u64, BadInput> {
+    let t = text.trim();
+    if t.starts_with('-') {
+        return Err(negative(text, "a rate above 0, e.g. 10mbit"));
+    }
+    let (num, unit) = split_number(t);
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix("/s").unwrap_or(&unit);
+    let bits = match unit {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "tbit" => 1e12,
+        "bps" => 8.0,
+        "kbps" => 8e3,
+        "mbps" => 8e6,
+        "gbps" => 8e9,
+        "tbps" => 8e12,
+        _ => f64::NAN,
+    };
+    let value = num.parse::<f64>().map(|v| v * bits).unwrap_or(f64::NAN);
+    if !value.is_finite() {
+        return Err(BadInput::new(format!(
+            "'{t}' is not a rate: write a number and a unit (bit, kbit, mbit, gbit, or tc's bytes: \
+             bps, kbps, mbps), e.g. 10mbit"
+        )));
+    }
+    if value < 1.0 {
+        return Err(BadInput::new(format!(
+            "'{t}' is not allowed: a rate of at least 1bit"
+        )));
+    }
+    Ok(value.round() as u64)
+}
+
+/// Formats bits per second the way tc prints them: "10Mbit/s", "1.5Gbit/s", "800Kbit/s".
+pub fn format_rate(bits_per_s: f64) -> String {
+    let (div, unit) = [(1e12, "Tbit"), (1e9, "Gbit"), (1e6, "Mbit"), (1e3, "Kbit")]
+        .into_iter()
+        .find(|&(d, _)| bits_per_s >= d)
+        .unwrap_or((1.0, "bit"));
+    let v = (bits_per_s / div * 1000.0).round() / 1000.0;
+    format!("{v}{unit}/s")
+}
+
 /// Parses a whole number that fits `T` (counts, pids, seeds): "-1", "1.5" and "1e3" are refused.
 pub fn parse_whole<T: TryFrom<u64>>(text: &str) -> Result<T, BadInput> {
     let t = text.trim();
@@ -162,6 +211,22 @@ pub fn pct(part: u64, whole: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("10mbit").unwrap(), 10_000_000);
+        assert_eq!(parse_rate("10Mbit/s").unwrap(), 10_000_000);
+        assert_eq!(parse_rate("1.5gbit").unwrap(), 1_500_000_000);
+        assert_eq!(parse_rate("100kbit").unwrap(), 100_000);
+        // tc's bytes per second.
+        assert_eq!(parse_rate("1mbps").unwrap(), 8_000_000);
+        assert!(parse_rate("10").unwrap_err().0.contains("not a rate"));
+        assert!(parse_rate("-1mbit").unwrap_err().0.contains("negative"));
+        assert!(parse_rate("0mbit").unwrap_err().0.contains("at least 1bit"));
+        assert_eq!(format_rate(10e6), "10Mbit/s");
+        assert_eq!(format_rate(1.5e9), "1.5Gbit/s");
+        assert_eq!(format_rate(800.0), "800bit/s");
+    }
+
     use super::*;
 
     #[test]

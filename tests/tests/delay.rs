@@ -1,7 +1,13 @@
-//! EDT delay for real: round trips a clock measured through sch_fq, beside netem in the same boot.
-//! Needs sch_fq (and sch_netem for the comparison): runs in the VM kernel, says SKIP where it is absent.
+//! EDT delay and rate for real: round trips a clock measured and TCP bulk a receiver counted through
+//! sch_fq, beside netem in the same boot. Needs sch_fq (and sch_netem for the comparison): runs in the
+//! VM kernel, says SKIP where it is absent.
 
-use std::{net::SocketAddr, process::Command};
+use std::{
+    io::Read as _,
+    net::{SocketAddr, TcpListener},
+    process::Command,
+    time::Instant,
+};
 
 use integration_tests::{RunDir, kernel_label, lab, root_or_skip, skip, tag, traffic};
 use lab::{EchoServer, Lab};
@@ -244,5 +250,194 @@ fn stop_restores_the_qdisc_a_sigkilled_loader_left() {
         root_qdisc(&lab.host_if),
         before,
         "kchaos stop did not restore the qdisc"
+    );
+}
+
+/// Receives one TCP connection on `to` in the lab's namespace: (bytes, seconds from its first byte
+/// to its last).
+fn tcp_sink(lab: &Lab, to: SocketAddr) -> std::thread::JoinHandle<std::io::Result<(u64, f64)>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = lab
+        .netns
+        .spawn(move || -> std::io::Result<(u64, f64)> {
+            let listener = TcpListener::bind(to)?;
+            let _ = ready_tx.send(());
+            let (mut conn, _) = listener.accept()?;
+            let mut buf = vec![0u8; 256 << 10];
+            let (mut bytes, mut first, mut last) = (0u64, None, Instant::now());
+            loop {
+                let n = conn.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                last = Instant::now();
+                first.get_or_insert(last);
+                bytes += n as u64;
+            }
+            Ok((
+                bytes,
+                first.map_or(0.0, |f| last.duration_since(f).as_secs_f64()),
+            ))
+        })
+        .unwrap();
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the sink did not start");
+    std::thread::spawn(move || handle.join().expect("sink thread").and_then(|r| r))
+}
+
+/// Mbit/s of TCP payload a receiver got from a 3-second bulk send from `cg` (or outside any target).
+fn goodput(lab: &Lab, cg: Option<&std::path::Path>, port: u16) -> f64 {
+    let to = SocketAddr::from((lab.server_addr, port));
+    let sink = tcp_sink(lab, to);
+    traffic(
+        cg,
+        None,
+        &["tcp-send", "--to", &to.to_string(), "--for", "3s"],
+    );
+    let (bytes, secs) = sink.join().unwrap().expect("the sink");
+    bytes as f64 * 8.0 / secs / 1e6
+}
+
+#[test]
+fn rate_holds_tcp_bulk_to_the_configured_bandwidth_beside_netem() {
+    let Some((lab, _to, _srv)) =
+        fq_lab("rate_holds_tcp_bulk_to_the_configured_bandwidth_beside_netem")
+    else {
+        return;
+    };
+    let runs = RunDir::new();
+    let running = runs.start(&[
+        "net",
+        "--cgroup",
+        &lab.cgroup.path.display().to_string(),
+        "--rate",
+        "20mbit",
+        "--quiet",
+    ]);
+    let hit = goodput(&lab, Some(&lab.cgroup.path), 7101);
+    let outside = goodput(&lab, None, 7102);
+    let (code, out) = running.terminate();
+    assert_eq!(code, 143, "{out:?}");
+
+    // netem on the same device, same boot, same sender outside any cgroup.
+    let tc = |args: &[&str]| Command::new("tc").args(args).status().unwrap().success();
+    let netem = if tc(&[
+        "qdisc",
+        "add",
+        "dev",
+        &lab.host_if,
+        "root",
+        "netem",
+        "rate",
+        "20mbit",
+    ]) {
+        let g = goodput(&lab, None, 7103);
+        assert!(tc(&["qdisc", "del", "dev", &lab.host_if, "root"]));
+        Some(g)
+    } else {
+        None
+    };
+    // Each counts its own bytes: kchaos the IP packet (1500 for 1448 of TCP payload with
+    // timestamps), netem the frame with its Ethernet header (1514).
+    let expected = 20.0 * 1448.0 / 1500.0;
+    let netem_expected = 20.0 * 1448.0 / 1514.0;
+    let err = (hit - expected) / expected;
+    println!(
+        "[{}] --rate 20mbit, 3 s of TCP bulk (Mbit/s of payload): kchaos {hit:.3} (expected \
+         {expected:.3}, error {:+.2}%), netem {} , outside the cgroup {outside:.1}",
+        kernel_label(),
+        err * 100.0,
+        netem.map_or("not available".to_owned(), |n| format!(
+            "{n:.3} (expected {netem_expected:.3}, error {:+.2}%)",
+            (n - netem_expected) / netem_expected * 100.0
+        )),
+    );
+    assert!(
+        err.abs() <= 0.02,
+        "kchaos's rate is {:+.2}% off the configured bandwidth",
+        err * 100.0
+    );
+    assert!(
+        outside > 2.0 * 20.0,
+        "a sender outside the cgroup got only {outside:.1} Mbit/s"
+    );
+}
+
+/// The share (%) of `count` echoes at 1000 a second that came before one sent earlier.
+fn reordered_share(cg: Option<&std::path::Path>, to: SocketAddr, count: u64) -> f64 {
+    let v = traffic(
+        cg,
+        None,
+        &[
+            "udp-echo",
+            "--to",
+            &to.to_string(),
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "1000",
+            "--wait",
+            "1s",
+        ],
+    );
+    assert_eq!(v["received"], v["sent"], "echoes were lost: {v}");
+    100.0 * v["reordered"].as_f64().unwrap() / count as f64
+}
+
+#[test]
+fn reorder_sends_its_share_ahead_beside_netem() {
+    let Some((lab, to, _srv)) = fq_lab("reorder_sends_its_share_ahead_beside_netem") else {
+        return;
+    };
+    // A datagram a millisecond, a 10 ms delay: one sent at once overtakes the ten still waiting
+    // unless all ten went at once too (0.25^10), so the share that overtakes is the share sent at
+    // once.
+    const COUNT: u64 = 4000;
+    let runs = RunDir::new();
+    let running = runs.start(&[
+        "net",
+        "--cgroup",
+        &lab.cgroup.path.display().to_string(),
+        "--delay",
+        "10ms",
+        "--reorder",
+        "25",
+        "--quiet",
+    ]);
+    let hit = reordered_share(Some(&lab.cgroup.path), to, COUNT);
+    let outside = reordered_share(None, to, COUNT);
+    let (code, out) = running.terminate();
+    assert_eq!(code, 143, "{out:?}");
+    let tc = |args: &[&str]| Command::new("tc").args(args).status().unwrap().success();
+    let netem = if tc(&[
+        "qdisc",
+        "add",
+        "dev",
+        &lab.host_if,
+        "root",
+        "netem",
+        "delay",
+        "10ms",
+        "reorder",
+        "25%",
+    ]) {
+        let r = reordered_share(None, to, COUNT);
+        assert!(tc(&["qdisc", "del", "dev", &lab.host_if, "root"]));
+        Some(r)
+    } else {
+        None
+    };
+    println!(
+        "[{}] --delay 10ms --reorder 25, {COUNT} echoes at 1000/s, % that overtook an earlier one: \
+         kchaos {hit:.2}, netem {}, outside the cgroup {outside:.2}",
+        kernel_label(),
+        netem.map_or("not available".to_owned(), |n| format!("{n:.2}"))
+    );
+    // One standard deviation over 4000 is 0.7 points.
+    assert!((hit - 25.0).abs() <= 2.5, "{hit:.2}% overtook, not 25±2.5%");
+    assert!(
+        outside < 0.5,
+        "a process outside the cgroup was reordered: {outside:.2}%"
     );
 }

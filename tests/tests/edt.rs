@@ -1,6 +1,7 @@
 //! The kernel side of the network faults, run through BPF_PROG_TEST_RUN: the departure time (EDT) the
-//! egress program stamps, its jitter, the drop verdict, and the lease. This works on a kernel without
-//! sch_fq; the delay a clock sees through fq is measured in the VM suite.
+//! egress program stamps, its jitter, the rate limit's pacing, burst and queue, the drop verdict, and
+//! the lease. This works on a kernel without sch_fq; the delay and the bandwidth a receiver sees
+//! through fq are measured in the VM suite.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
@@ -10,7 +11,8 @@ use aya::{
     programs::CgroupSkb,
 };
 use chaos_common::{
-    DIR_EGRESS, DirectionFault, FEAT_DELAY, FEAT_DROP, NetConfig, NetCounters, percent_to_threshold,
+    DIR_EGRESS, DirectionFault, FEAT_DELAY, FEAT_DROP, FEAT_RATE, NetConfig, NetCounters,
+    RATE_SHIFT, RateLimit, percent_to_threshold,
 };
 use integration_tests::root_or_skip;
 
@@ -40,6 +42,8 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// sizeof(struct __sk_buff) and the offset of its tstamp field (include/uapi/linux/bpf.h).
 const SK_BUFF_SIZE: usize = 192;
 const TSTAMP_OFFSET: usize = 152;
+const GSO_SEGS_OFFSET: usize = 164;
+const GSO_SIZE_OFFSET: usize = 176;
 
 /// An Ethernet + IPv4 + UDP frame from 10.254.0.1:4000 to 10.254.0.2:5000.
 fn udp_frame() -> Vec<u8> {
@@ -71,11 +75,13 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         // Both the drop and the delay code kept (the loader sets only what a fault uses).
-        let mut ebpf = chaos_userspace::engine::ebpf::load_with_globals(&[(
-            "NET_EGRESS_FEATURES",
-            FEAT_DROP | FEAT_DELAY,
-        )])
-        .expect("load the object");
+        Self::with_features(FEAT_DROP | FEAT_DELAY)
+    }
+
+    fn with_features(features: u64) -> Self {
+        let mut ebpf =
+            chaos_userspace::engine::ebpf::load_with_globals(&[("NET_EGRESS_FEATURES", features)])
+                .expect("load the object");
         let prog: &mut CgroupSkb = ebpf.program_mut("net_egress").unwrap().try_into().unwrap();
         prog.load().expect("load net_egress");
         let fd = prog.fd().unwrap().as_fd().as_raw_fd();
@@ -83,11 +89,14 @@ impl Harness {
     }
 
     fn configure(&mut self, egress: DirectionFault, deadline_ns: u64) {
-        let cfg = NetConfig {
+        self.set(NetConfig {
             deadline_ns,
             egress,
             ..Default::default()
-        };
+        });
+    }
+
+    fn set(&mut self, cfg: NetConfig) {
         Array::<_, NetConfig>::try_from(self.ebpf.map_mut("NET_CONFIG").unwrap())
             .unwrap()
             .set(0, cfg, 0)
@@ -96,8 +105,17 @@ impl Harness {
 
     /// Runs the program once; returns (verdict, tstamp it left on the skb).
     fn run(&self) -> (u32, u64) {
+        self.run_gso(0)
+    }
+
+    /// The same for a packet the kernel would send as `segs` GSO segments (0: not GSO).
+    fn run_gso(&self, segs: u32) -> (u32, u64) {
         let frame = udp_frame();
-        let ctx_in = [0u8; SK_BUFF_SIZE];
+        let mut ctx_in = [0u8; SK_BUFF_SIZE];
+        if segs > 0 {
+            ctx_in[GSO_SEGS_OFFSET..GSO_SEGS_OFFSET + 4].copy_from_slice(&segs.to_ne_bytes());
+            ctx_in[GSO_SIZE_OFFSET..GSO_SIZE_OFFSET + 4].copy_from_slice(&4u32.to_ne_bytes());
+        }
         let mut ctx_out = [0u8; SK_BUFF_SIZE];
         let mut attr = TestRunAttr {
             prog_fd: self.fd as u32,
@@ -260,4 +278,318 @@ fn drop_verdict_and_lease() {
         (1, 1, 0),
         "only the armed run counts"
     );
+}
+
+/// A rate of 80 kbit/s: a byte every 100 µs, so a packet's turn (4.4 ms) is long beside a test run,
+/// even under emulation.
+const NS_PER_BYTE: u64 = 100_000;
+
+fn slow_rate(burst_bytes: u64, queue_ns: u64) -> NetConfig {
+    NetConfig {
+        deadline_ns: u64::MAX,
+        rate: RateLimit {
+            ns_per_byte: NS_PER_BYTE << RATE_SHIFT,
+            burst_ns: burst_bytes * NS_PER_BYTE,
+            queue_ns,
+        },
+        ..Default::default()
+    }
+}
+
+/// IP + UDP + 16 bytes: what `udp_frame` is at the IP layer.
+const FRAME_IP_BYTES: u64 = 44;
+
+#[test]
+fn rate_paces_packets_one_turn_apart() {
+    if !root_or_skip("rate_paces_packets_one_turn_apart") {
+        return;
+    }
+    let mut h = Harness::with_features(FEAT_RATE);
+    h.set(slow_rate(0, 1_000 * MS));
+    // Back to back (a test run takes µs, a turn 4.4 ms): the first leaves at once, each next one a
+    // turn after the one before.
+    let before = monotonic_ns();
+    let stamps: Vec<u64> = (0..20)
+        .map(|_| h.run())
+        .map(|(v, t)| {
+            assert_eq!(v, 1, "a paced packet passes");
+            t
+        })
+        .collect();
+    let after = monotonic_ns();
+    assert_eq!(
+        stamps[0], 0,
+        "the first packet after an idle link waited: {stamps:?}"
+    );
+    assert!(
+        (before + FRAME_IP_BYTES * NS_PER_BYTE..=after + FRAME_IP_BYTES * NS_PER_BYTE)
+            .contains(&stamps[1]),
+        "the second packet's turn {} is not one turn after the first ({before}..{after})",
+        stamps[1]
+    );
+    for w in stamps[1..].windows(2) {
+        assert_eq!(
+            w[1] - w[0],
+            FRAME_IP_BYTES * NS_PER_BYTE,
+            "turns not one packet apart: {stamps:?}"
+        );
+    }
+    let c = h.egress_counters();
+    assert_eq!(
+        (c.paced, c.rate_dropped, c.rate_bytes),
+        (19, 0, 20 * FRAME_IP_BYTES)
+    );
+    // A GSO packet of 4 segments puts its headers (IP 20 + UDP 8) on the link 4 times.
+    let (_, last) = h.run_gso(4);
+    let (_, next) = h.run();
+    assert_eq!(
+        next - last,
+        (FRAME_IP_BYTES + 3 * 28) * NS_PER_BYTE,
+        "GSO segments' headers not counted"
+    );
+    assert_eq!(h.egress_counters().rate_bytes, 22 * FRAME_IP_BYTES + 3 * 28);
+}
+
+#[test]
+fn rate_burst_lets_a_bucket_through_and_the_queue_drops_the_rest() {
+    if !root_or_skip("rate_burst_lets_a_bucket_through_and_the_queue_drops_the_rest") {
+        return;
+    }
+    let mut h = Harness::with_features(FEAT_RATE);
+    // A bucket of 10 packets and a queue of 5 turns.
+    h.set(slow_rate(
+        10 * FRAME_IP_BYTES,
+        5 * FRAME_IP_BYTES * NS_PER_BYTE,
+    ));
+    let queue_ns = 5 * FRAME_IP_BYTES * NS_PER_BYTE;
+    let mut runs = Vec::new();
+    let start = monotonic_ns();
+    for _ in 0..40 {
+        let (verdict, stamp) = h.run();
+        runs.push((verdict, stamp, monotonic_ns()));
+    }
+    let at_once = runs
+        .iter()
+        .take_while(|&&(v, t, _)| v == 1 && t == 0)
+        .count();
+    // Ten packets' worth of credit, plus the one whose turn starts now, plus whatever the time
+    // those runs took earned.
+    let turn = FRAME_IP_BYTES * NS_PER_BYTE;
+    let earned = (runs[at_once.min(39)].2 - start) / turn;
+    assert!(
+        (11..=12 + earned as usize).contains(&at_once),
+        "{at_once} packets left at once with a 10-packet bucket ({earned} turns earned): {runs:?}"
+    );
+    let dropped = runs.iter().filter(|&&(v, _, _)| v == 2).count() as u64;
+    // The rest fit in the queue's 5 turns (and the turns that passed meanwhile), or were dropped.
+    let passed = (runs[39].2 - start) / turn;
+    assert!(
+        dropped > 0 && dropped + at_once as u64 + 6 + passed >= 40,
+        "a 5-turn queue kept {} of 40 ({passed} turns passed): {runs:?}",
+        40 - dropped
+    );
+    // No packet was given a turn further off than the queue holds.
+    for &(_, stamp, after) in &runs {
+        assert!(
+            stamp <= after + queue_ns,
+            "a turn {} ns ahead with a {queue_ns} ns queue: {runs:?}",
+            stamp - after
+        );
+    }
+    let waited = runs.iter().filter(|&&(v, t, _)| v == 1 && t != 0).count();
+    let c = h.egress_counters();
+    assert_eq!(
+        (c.paced, c.rate_dropped),
+        (waited as u64, dropped),
+        "the counters disagree with the verdicts"
+    );
+}
+
+/// Loads the egress program with a delay and the given extra features, the distribution `dist` in
+/// its table, and `shape`; returns the delays (ns, from the stamp) of `n` runs, None for a packet
+/// sent at once.
+fn shaped_delays(
+    features: u64,
+    dist: chaos_userspace::kinds::net::delay::Distribution,
+    delay: u64,
+    jitter: u64,
+    shape: chaos_common::DelayShape,
+    n: usize,
+) -> Vec<Option<f64>> {
+    let mut h = Harness::with_features(FEAT_DELAY | features);
+    if let Some(table) = dist.table() {
+        let mut map =
+            Array::<_, i32>::try_from(h.ebpf.map_mut("NET_DELAY_TABLE").unwrap()).unwrap();
+        for (i, v) in table.into_iter().enumerate() {
+            map.set(i as u32, v, 0).unwrap();
+        }
+    }
+    h.set(NetConfig {
+        deadline_ns: u64::MAX,
+        egress: DirectionFault {
+            delay_ns: delay,
+            jitter_ns: jitter,
+            ..Default::default()
+        },
+        delay_shape: shape,
+        ..Default::default()
+    });
+    (0..n)
+        .map(|_| {
+            let before = monotonic_ns();
+            let (verdict, stamp) = h.run();
+            assert_eq!(verdict, 1);
+            (stamp != 0).then(|| stamp.saturating_sub(before) as f64)
+        })
+        .collect()
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+    (mean, var.sqrt())
+}
+
+#[test]
+fn delay_distributions_have_the_mean_and_deviation_asked() {
+    if !root_or_skip("delay_distributions_have_the_mean_and_deviation_asked") {
+        return;
+    }
+    use chaos_userspace::kinds::net::delay::Distribution;
+    let (d, j) = (50.0 * MS as f64, 10.0 * MS as f64);
+    for dist in [
+        Distribution::Normal,
+        Distribution::Pareto,
+        Distribution::Paretonormal,
+    ] {
+        let v: Vec<f64> = shaped_delays(
+            chaos_common::FEAT_DELAY_TABLE,
+            dist,
+            d as u64,
+            j as u64,
+            Default::default(),
+            8000,
+        )
+        .into_iter()
+        .map(|x| x.expect("every packet delayed"))
+        .collect();
+        let (mean, sd) = mean_sd(&v);
+        let mut sorted = v.clone();
+        sorted.sort_by(f64::total_cmp);
+        let (min, median) = (sorted[0], sorted[sorted.len() / 2]);
+        println!(
+            "{dist:?}: mean {:.3} ms, sd {:.3} ms, min {:.3} ms, median {:.3} ms",
+            mean / 1e6,
+            sd / 1e6,
+            min / 1e6,
+            median / 1e6
+        );
+        // 8000 draws: the mean's standard error is j/89 (1.1 % of j); the deviation's a little
+        // more, and a quantile table clips the far tail (pareto's most).
+        assert!((mean - d).abs() < 0.05 * j, "{dist:?}: mean {mean}");
+        let sd_low = if dist == Distribution::Normal {
+            0.95
+        } else {
+            0.8
+        };
+        assert!((sd_low * j..1.05 * j).contains(&sd), "{dist:?}: sd {sd}");
+        match dist {
+            Distribution::Normal => {
+                let within = v.iter().filter(|&&x| (x - d).abs() <= j).count() as f64;
+                let share = within / v.len() as f64;
+                assert!(
+                    (0.66..0.71).contains(&share),
+                    "{share} within one deviation"
+                );
+            }
+            _ => {
+                // Skewed late: most packets a little early, a long tail behind.
+                assert!(
+                    median < mean,
+                    "{dist:?}: median {median} not below mean {mean}"
+                );
+                // Pareto's left end is 0.58 deviations below the mean; the normal quarter of
+                // paretonormal reaches further.
+                let floor = if dist == Distribution::Pareto {
+                    0.6
+                } else {
+                    2.0
+                };
+                assert!(min > d - floor * j, "{dist:?}: min {min}");
+            }
+        }
+    }
+}
+
+#[test]
+fn delay_correlation_makes_each_delay_lean_on_the_last() {
+    if !root_or_skip("delay_correlation_makes_each_delay_lean_on_the_last") {
+        return;
+    }
+    use chaos_userspace::kinds::net::delay::Distribution;
+    let lag1 = |rho: f64| {
+        let v: Vec<f64> = shaped_delays(
+            if rho > 0.0 {
+                chaos_common::FEAT_DELAY_CORRELATION
+            } else {
+                0
+            },
+            Distribution::Uniform,
+            50 * MS,
+            10 * MS,
+            chaos_common::DelayShape {
+                correlation: percent_to_threshold(rho),
+                ..Default::default()
+            },
+            4000,
+        )
+        .into_iter()
+        .map(|x| x.unwrap())
+        .collect();
+        let (mean, sd) = mean_sd(&v);
+        let cov = v
+            .windows(2)
+            .map(|w| (w[0] - mean) * (w[1] - mean))
+            .sum::<f64>()
+            / (v.len() - 1) as f64;
+        cov / (sd * sd)
+    };
+    let (none, strong) = (lag1(0.0), lag1(90.0));
+    println!("lag-1 autocorrelation of the delays: 0% -> {none:.3}, 90% -> {strong:.3}");
+    assert!(none.abs() < 0.1, "independent delays correlate: {none}");
+    assert!(strong > 0.8, "90% correlation gave {strong}");
+}
+
+#[test]
+fn reorder_sends_its_share_at_once_and_keeps_the_gap() {
+    if !root_or_skip("reorder_sends_its_share_at_once_and_keeps_the_gap") {
+        return;
+    }
+    use chaos_userspace::kinds::net::delay::Distribution;
+    let run = |pct: f64, gap: u32, n: usize| {
+        shaped_delays(
+            chaos_common::FEAT_REORDER,
+            Distribution::Uniform,
+            10 * MS,
+            0,
+            chaos_common::DelayShape {
+                reorder_threshold: percent_to_threshold(pct),
+                reorder_gap: gap,
+                ..Default::default()
+            },
+            n,
+        )
+    };
+    // 25 %, any packet: a quarter go at once (4000 draws: one standard deviation is 0.7 points).
+    let v = run(25.0, 1, 4000);
+    let at_once = v.iter().filter(|x| x.is_none()).count() as f64 / v.len() as f64;
+    assert!((0.22..0.28).contains(&at_once), "{at_once} sent at once");
+    assert!(
+        v.iter().flatten().all(|&x| x >= 10.0 * MS as f64),
+        "a delayed packet left early"
+    );
+    // 100 %, gap 5: exactly every fifth packet goes at once.
+    let v = run(100.0, 5, 50);
+    let positions: Vec<usize> = (0..v.len()).filter(|&i| v[i].is_none()).collect();
+    assert_eq!(positions, (0..10).map(|k| 4 + 5 * k).collect::<Vec<_>>());
 }

@@ -462,3 +462,76 @@ fn dry_run_says_what_it_would_do_and_attaches_nothing() {
         runs.records()
     );
 }
+
+#[test]
+fn drop_and_partition_hold_over_ipv6() {
+    if !root_or_skip("drop_and_partition_hold_over_ipv6") {
+        return;
+    }
+    let lab = Lab::create(&tag("6")).unwrap();
+    let (_, server6) = lab.add_ipv6().unwrap();
+    let s7000 = SocketAddr::from((server6, 7000));
+    let s7001 = SocketAddr::from((server6, 7001));
+    let _a = EchoServer::start(&lab.netns, s7000).unwrap();
+    let _b = EchoServer::start(&lab.netns, s7001).unwrap();
+    let cg = cg_arg(&lab);
+
+    // Drop: the rate a client measured, the kernel's count of it, nothing outside.
+    let report = TempFile::new("net6.json");
+    let runs = RunDir::new();
+    let running = runs.start(&[
+        "net",
+        "--cgroup",
+        &cg,
+        "--percent",
+        "30",
+        "--json",
+        report.s(),
+        "--quiet",
+    ]);
+    let (sent, received) = udp_echo(Some(&lab.cgroup.path), None, s7000, 20_000);
+    let (out_sent, out_received) = udp_echo(None, None, s7000, 5_000);
+    assert_eq!(running.terminate().0, 143);
+    let loss = 100.0 * (sent - received) as f64 / sent as f64;
+    println!("IPv6 drop 30%: loss {loss:.2}%, outside {out_received}/{out_sent}");
+    assert!(
+        (loss - 30.0).abs() <= 2.0,
+        "IPv6 loss {loss:.2}%, not 30±2%"
+    );
+    assert_eq!(
+        out_received, out_sent,
+        "a process outside the cgroup lost IPv6 packets"
+    );
+    let totals = net_totals(&report.0);
+    let dropped = totals["egress"]["dropped"].as_u64().unwrap();
+    let allowed = if integration_tests::in_vm() {
+        sent / 400
+    } else {
+        0
+    };
+    assert!((sent - received).abs_diff(dropped) <= allowed, "{totals}");
+
+    // Partition: one peer's port, then its whole /64, both ways; other ports and processes untouched.
+    for (peer, cut_7001) in [
+        (format!("[{server6}]:7000"), false),
+        (format!("{server6}/64"), true),
+    ] {
+        let running = runs.start(&["net", "--cgroup", &cg, "--partition", &peer, "--quiet"]);
+        assert_eq!(
+            udp_echo(Some(&lab.cgroup.path), None, s7000, 300).1,
+            0,
+            "{peer}: the partitioned IPv6 peer still answered"
+        );
+        assert_eq!(
+            udp_echo(Some(&lab.cgroup.path), None, s7001, 300).1,
+            if cut_7001 { 0 } else { 300 },
+            "{peer}: port 7001"
+        );
+        assert_eq!(
+            udp_echo(None, None, s7000, 300).1,
+            300,
+            "{peer}: a process outside the cgroup was cut off"
+        );
+        assert_eq!(running.terminate().0, 143);
+    }
+}

@@ -727,14 +727,14 @@ impl Kernel {
                 .and_then(|p| words.get(p + 1))
         };
         match subcommand(words) {
-            Some("net") if words.iter().any(|w| w == "--delay") => {
+            Some("net") if words.iter().any(|w| w == "--delay" || w == "--rate") => {
                 let fq = self.0["capabilities"]
                     .as_array()?
                     .iter()
                     .find(|c| c["name"] == "sch_fq")?;
                 (fq["available"] != true).then(|| {
                     format!(
-                        "--delay needs sch_fq, which this kernel lacks ({})",
+                        "--delay and --rate need sch_fq, which this kernel lacks ({})",
                         fq["detail"]
                     )
                 })

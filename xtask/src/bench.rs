@@ -54,11 +54,19 @@ fn net_in_vm() -> Result<()> {
             cwd: None,
         },
         crate::vm::Payload {
-            name: "delay-precision".into(),
+            name: "delay-rate-reorder".into(),
             binary: delay.path,
-            args: ["--test-threads=1", "--nocapture", "edt_delay"]
-                .map(String::from)
-                .to_vec(),
+            // The delay's precision, the rate's bandwidth and the reorder share, each beside netem
+            // on the same veth in this boot.
+            args: [
+                "--test-threads=1",
+                "--nocapture",
+                "edt_delay",
+                "rate_holds",
+                "reorder_sends",
+            ]
+            .map(String::from)
+            .to_vec(),
             cwd: None,
         },
     ];

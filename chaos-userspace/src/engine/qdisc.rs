@@ -88,8 +88,8 @@ pub fn devices(ns_path: &Path) -> Result<Vec<(String, String)>, RtnlError> {
 /// Decides, before anything changes, which devices of a namespace need fq. Errors name a device with
 /// a configured qdisc kchaos must not replace.
 pub fn plan(ns: &netns::NetnsRef, ns_path: &Path) -> Result<Vec<FqInstall>, BadInput> {
-    let devs =
-        devices(ns_path).map_err(|e| BadInput::new(format!("listing devices for --delay: {e}")))?;
+    let devs = devices(ns_path)
+        .map_err(|e| BadInput::new(format!("listing devices for --delay or --rate: {e}")))?;
     let mut plan = Vec::new();
     for (dev, kind) in devs {
         if kind == "fq" {
@@ -97,7 +97,7 @@ pub fn plan(ns: &netns::NetnsRef, ns_path: &Path) -> Result<Vec<FqInstall>, BadI
         }
         if !DEFAULT_KINDS.contains(&kind.as_str()) {
             return Err(BadInput::new(format!(
-                "--delay needs sch_fq on {dev}, which has a configured root qdisc '{kind}'; kchaos won't \
+                "--delay and --rate need sch_fq on {dev}, which has a configured root qdisc '{kind}'; kchaos won't \
                  replace it (remove it, or narrow the target)"
             )));
         }

@@ -440,6 +440,40 @@ impl Ctx<'_> {
         }
     }
 
+    /// A bandwidth ("10mbit"), in bits per second.
+    pub fn rate(&mut self, node: &Node, path: &str) -> Option<u64> {
+        let t = self.text(node, path)?;
+        match units::parse_rate(&t) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.err(node.mark, path, e.0);
+                None
+            }
+        }
+    }
+
+    /// A size in bytes ("64k", "1m").
+    pub fn size(&mut self, node: &Node, path: &str) -> Option<u64> {
+        let t = self.text(node, path)?;
+        match units::parse_size(&t) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.err(node.mark, path, e.0);
+                None
+            }
+        }
+    }
+
+    /// A value written in `unit` (a ramp's from/to, a budget's cap), as the f64 the runner holds.
+    pub fn in_unit(&mut self, unit: crate::kind::Unit, node: &Node, path: &str) -> Option<f64> {
+        use crate::kind::Unit;
+        match unit {
+            Unit::Percent => self.percent(node, path),
+            Unit::Duration => self.duration(node, path).map(|d| d.as_secs_f64()),
+            Unit::Rate => self.rate(node, path).map(|r| r as f64),
+        }
+    }
+
     pub fn percent(&mut self, node: &Node, path: &str) -> Option<f64> {
         let t = self.text(node, path)?;
         match units::parse_percent(&t) {

@@ -1077,10 +1077,7 @@ fn read_ramps(
         };
         let value = |ctx: &mut Ctx, k: &str| -> Option<f64> {
             let n = ctx.required(&r, k, &format!("the {k} value of the ramp"))?;
-            let v = match unit {
-                Unit::Percent => ctx.percent(n, &r.path_of(k))?,
-                Unit::Duration => ctx.duration(n, &r.path_of(k))?.as_secs_f64(),
-            };
+            let v = ctx.in_unit(unit, n, &r.path_of(k))?;
             if let Err(e) = kind.check_param(param, v) {
                 ctx.err(n.mark, &r.path_of(k), e);
                 return None;
@@ -1238,10 +1235,7 @@ fn read_budget(ctx: &mut Ctx, node: &Node) -> Option<Budget> {
                 }
                 if let Some(n) = m.value(key) {
                     let p = m.path_of(key);
-                    let v = match unit {
-                        Unit::Percent => ctx.percent(n, &p),
-                        Unit::Duration => ctx.duration(n, &p).map(|d| d.as_secs_f64()),
-                    };
+                    let v = ctx.in_unit(*unit, n, &p);
                     if let Some(v) = v {
                         b.max_intensity.insert((*param).to_owned(), v);
                     }

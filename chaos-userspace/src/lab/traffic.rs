@@ -229,6 +229,7 @@ fn udp_echo(
         rtts,
         duplicates,
         corrupted,
+        order,
     } = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?;
@@ -250,11 +251,26 @@ fn udp_echo(
         "loss_bursts": bursts,
         "duplicates": duplicates,
         "corrupted": corrupted,
+        "reordered": overtakers(&order),
     });
     if rtt {
         v["rtt_us"] = serde_json::json!(rtts);
     }
     Ok(v)
+}
+
+/// How many echoes came before one of a datagram sent earlier (netem's reorder: a packet that
+/// skipped the delay overtakes those still waiting).
+fn overtakers(order: &[u64]) -> u64 {
+    let mut earliest_after = u64::MAX;
+    let mut n = 0;
+    for &seq in order.iter().rev() {
+        if earliest_after < seq {
+            n += 1;
+        }
+        earliest_after = earliest_after.min(seq);
+    }
+    n
 }
 
 /// Marks an echo message as whole: a single flipped bit anywhere in it breaks `seq ^ sent ^ CHECK`.
@@ -280,6 +296,8 @@ struct Echoes {
     duplicates: u64,
     /// Echoes whose bytes are not a message this client sent (a flipped bit).
     corrupted: u64,
+    /// Sequence numbers in the order their first echo came.
+    order: Vec<u64>,
 }
 
 impl Echoes {
@@ -297,6 +315,7 @@ impl Echoes {
         if seq ^ sent_ns ^ ECHO_CHECK != check {
             self.corrupted += 1;
         } else if self.seen.insert(seq) {
+            self.order.push(seq);
             self.rtts
                 .push((start.elapsed().as_nanos() as u64).saturating_sub(sent_ns) / 1000);
         } else {
@@ -372,5 +391,17 @@ fn tcp_connect(to: SocketAddr, timeout: Duration) -> serde_json::Value {
         Err(e) => {
             serde_json::json!({"connected": false, "errno": e.raw_os_error(), "error": e.to_string(), "ms": start.elapsed().as_secs_f64() * 1e3})
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn overtakers_are_the_echoes_ahead_of_an_earlier_one() {
+        assert_eq!(super::overtakers(&[0, 1, 2, 3]), 0);
+        // 3 skipped the queue: it came before 1 and 2.
+        assert_eq!(super::overtakers(&[0, 3, 1, 2]), 1);
+        assert_eq!(super::overtakers(&[2, 3, 0, 1]), 2);
+        assert_eq!(super::overtakers(&[]), 0);
     }
 }

@@ -9,13 +9,14 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use chaos_common::{
-    DIR_EGRESS, DIR_INGRESS, DirectionFault, FEAT_CORRUPT, FEAT_DELAY, FEAT_DROP, FEAT_DUPLICATE,
-    FEAT_FILTER, FEAT_LOSS_CHAIN, FEAT_TC_COUNTS_SEEN, FILTER_DST, FILTER_PARTITION, LossChain,
-    MangleFault, NetConfig, NetCounters, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter,
-    PeerKey, percent_to_threshold,
+    DIR_EGRESS, DIR_INGRESS, DelayShape, DirectionFault, FEAT_CORRUPT, FEAT_DELAY,
+    FEAT_DELAY_CORRELATION, FEAT_DELAY_TABLE, FEAT_DROP, FEAT_DUPLICATE, FEAT_FILTER,
+    FEAT_LOSS_CHAIN, FEAT_RATE, FEAT_REORDER, FEAT_TC_COUNTS_SEEN, FILTER_DST, FILTER_PARTITION,
+    LossChain, MangleFault, NetConfig, NetCounters, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    PacketFilter, PeerKey, RATE_SHIFT, RateLimit, percent_to_threshold,
 };
 
-use super::{loss::LossModel, peers::Peer};
+use super::{delay::Distribution, loss::LossModel, peers::Peer};
 use crate::{
     engine::journal::{Journal, Residue},
     engine::qdisc::{self, FqInstall},
@@ -79,9 +80,34 @@ pub struct NetArgs {
     /// Delay each matching packet the target sends (EDT; needs sch_fq, which kchaos installs).
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub delay: Option<Duration>,
-    /// Vary the delay uniformly within ±DUR.
+    /// Vary the delay: uniformly within ±DUR, or with --delay-distribution, DUR being its standard
+    /// deviation.
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]
     pub jitter: Option<Duration>,
+    /// How the jitter is distributed: uniform (the default), normal, pareto or paretonormal
+    /// (netem's); --delay is the mean and --jitter the standard deviation of the last three.
+    #[arg(long, value_enum, value_name = "DIST")]
+    pub delay_distribution: Option<Distribution>,
+    /// Make each delay lean on the last one with this weight, 0-100 (netem's delay correlation).
+    #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
+    pub delay_correlation: Option<f64>,
+    /// With --delay: send this share of packets at once instead, so they overtake delayed ones
+    /// (netem's reorder), 0-100.
+    #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
+    pub reorder: Option<f64>,
+    /// With --reorder: only a packet after N-1 delayed ones in a row may go at once (netem's gap;
+    /// default 1: any packet may).
+    #[arg(long, value_name = "N", value_parser = units::parse_whole::<u32>, allow_hyphen_values = true)]
+    pub reorder_gap: Option<u32>,
+    /// Limit what the target sends to this bandwidth, all its packets together (EDT pacing; needs
+    /// sch_fq, which kchaos installs): 10mbit, 1.5gbit, 100kbit (tc's units; mbps means megabytes).
+    /// Counted as IP bytes, each segment with its headers.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, allow_hyphen_values = true)]
+    pub rate: Option<u64>,
+    /// With --rate: how much may leave at once after an idle spell (a token bucket's depth): 64k,
+    /// 1m (default 0: every packet waits for its turn, as netem's rate).
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size, allow_hyphen_values = true)]
+    pub burst: Option<u64>,
     /// Send a second copy of each matching packet the target sends, with this probability in percent
     /// (0-100), as netem's `duplicate`. Done by a tcx program on the devices of the target's network
     /// namespace (kernel 6.6+).
@@ -121,6 +147,14 @@ pub struct NetSpec {
     pub loss_model: Option<LossModel>,
     pub delay: Duration,
     pub jitter: Duration,
+    pub delay_distribution: Distribution,
+    pub delay_correlation: Option<f64>,
+    /// With `reorder_gap` (1 when not given).
+    pub reorder: Option<f64>,
+    pub reorder_gap: u32,
+    /// Bits per second, with the bucket's depth in bytes.
+    pub rate: Option<u64>,
+    pub burst: u64,
     /// None: no TC program for it; Some(0.0) attaches it idle (a ramp from 0).
     pub duplicate: Option<f64>,
     pub corrupt: Option<f64>,
@@ -150,6 +184,41 @@ impl NetSpec {
                 units::format_duration(jitter)
             )));
         }
+        let jittered = a.jitter.is_some_and(|j| !j.is_zero());
+        if let (Some(d), false) = (a.delay_distribution, jittered) {
+            return Err(BadInput::new(format!(
+                "--delay-distribution {} needs --jitter: it shapes how the delay varies, e.g. --delay \
+                 50ms --jitter 10ms --delay-distribution {}",
+                d.name(),
+                d.name()
+            )));
+        }
+        if let (Some(c), false) = (a.delay_correlation, jittered) {
+            return Err(BadInput::new(format!(
+                "--delay-correlation {c} needs --jitter: it makes a varying delay drift, e.g. --delay \
+                 50ms --jitter 10ms --delay-correlation 25"
+            )));
+        }
+        if let (Some(r), None) = (a.reorder, a.delay) {
+            return Err(BadInput::new(format!(
+                "--reorder {r} needs --delay: reordered packets skip the delay the others wait, e.g. \
+                 --delay 10ms --reorder 25"
+            )));
+        }
+        match (a.reorder_gap, a.reorder) {
+            (Some(g), None) => {
+                return Err(BadInput::new(format!(
+                    "--reorder-gap {g} needs --reorder PCT: e.g. --delay 10ms --reorder 50 \
+                     --reorder-gap 5"
+                )));
+            }
+            (Some(0), _) => {
+                return Err(BadInput::new(
+                    "--reorder-gap 0 is not allowed: 1 or more (1: any packet may go at once)",
+                ));
+            }
+            _ => {}
+        }
         if let (Some(c), None) = (a.drop_correlation, drop) {
             return Err(BadInput::new(format!(
                 "--drop-correlation {c} needs --percent: it makes a loss rate bursty, e.g. --percent 5 \
@@ -162,23 +231,51 @@ impl NetSpec {
                  own rate)"
             )));
         }
+        if let (Some(b), None) = (a.burst, a.rate) {
+            return Err(BadInput::new(format!(
+                "--burst {b} needs --rate: it is the rate limit's bucket, e.g. --rate 10mbit --burst 64k"
+            )));
+        }
         let mangles = a.duplicate.is_some() || a.corrupt.is_some();
         if drop.is_none()
             && a.loss_model.is_none()
             && a.delay.is_none()
+            && a.rate.is_none()
             && partitions.is_empty()
             && !mangles
         {
             return Err(BadInput::new(
                 "nothing to inject: give --percent PCT (drop), --loss-model MODEL, --delay DUR, \
-                 --duplicate PCT, --corrupt PCT or --partition CIDR[:PORT]",
+                 --rate RATE, --duplicate PCT, --corrupt PCT or --partition CIDR[:PORT]",
             ));
+        }
+        if let Some(r) = a.rate {
+            if a.direction == Direction::Ingress {
+                return Err(BadInput::new(
+                    "--rate applies to what the target sends (EDT is honoured by the egress qdisc); \
+                     drop --direction ingress",
+                ));
+            }
+            if r > MAX_RATE {
+                return Err(BadInput::new(format!(
+                    "--rate {}: allowed is up to {}",
+                    units::format_rate(r as f64),
+                    units::format_rate(MAX_RATE as f64)
+                )));
+            }
+        }
+        if a.burst.is_some_and(|b| b > MAX_BURST) {
+            return Err(BadInput::new(format!(
+                "--burst {}: allowed is up to 1G (a bucket deeper than that is no limit)",
+                a.burst.unwrap_or_default()
+            )));
         }
         // A zero delay alone would attach programs that do nothing and report success.
         if drop.is_none()
             && a.loss_model.is_none()
             && partitions.is_empty()
             && !mangles
+            && a.rate.is_none()
             && a.delay.is_some_and(|d| d.is_zero())
         {
             return Err(BadInput::new(
@@ -213,6 +310,12 @@ impl NetSpec {
             loss_model: a.loss_model,
             delay,
             jitter,
+            delay_distribution: a.delay_distribution.unwrap_or_default(),
+            delay_correlation: a.delay_correlation,
+            reorder: a.reorder,
+            reorder_gap: a.reorder_gap.unwrap_or(1),
+            rate: a.rate,
+            burst: a.burst.unwrap_or(0),
             duplicate: a.duplicate,
             corrupt: a.corrupt,
             partitions,
@@ -263,8 +366,38 @@ impl NetSpec {
         }
         if !self.delay.is_zero() {
             egress |= FEAT_DELAY;
+            if self.delay_distribution != Distribution::Uniform {
+                egress |= FEAT_DELAY_TABLE;
+            }
+            if self.delay_correlation.is_some() {
+                egress |= FEAT_DELAY_CORRELATION;
+            }
+            if self.reorder.is_some() {
+                egress |= FEAT_REORDER;
+            }
+        }
+        if self.rate.is_some() {
+            egress |= FEAT_RATE;
         }
         (egress, ingress)
+    }
+
+    /// The kernel's form of `--rate`/`--burst` (all zero without a rate).
+    pub fn rate_limit(&self) -> RateLimit {
+        let Some(rate) = self.rate else {
+            return RateLimit::default();
+        };
+        let ns_per_byte = 8e9 / rate as f64;
+        RateLimit {
+            ns_per_byte: (ns_per_byte * (1u64 << RATE_SHIFT) as f64).round() as u64,
+            burst_ns: (self.burst as f64 * ns_per_byte).round() as u64,
+            queue_ns: RATE_QUEUE.as_nanos() as u64,
+        }
+    }
+
+    /// True when egress packets wait in fq (a delay or a rate).
+    pub fn needs_fq(&self) -> bool {
+        !self.delay.is_zero() || self.rate.is_some()
     }
 
     /// True when the TC egress program is needed (`--duplicate`, `--corrupt`).
@@ -336,6 +469,13 @@ impl NetSpec {
                 port,
                 reserved: 0,
             },
+            rate: self.rate_limit(),
+            delay_shape: DelayShape {
+                correlation: percent_to_threshold(self.delay_correlation.unwrap_or(0.0)),
+                reorder_threshold: percent_to_threshold(self.reorder.unwrap_or(0.0)),
+                reorder_gap: self.reorder_gap,
+                reserved: 0,
+            },
             // The target levels are the loader's to fill, from the resolved targets.
             mangle: MangleFault {
                 duplicate_threshold: percent_to_threshold(self.duplicate.unwrap_or(0.0)),
@@ -348,6 +488,7 @@ impl NetSpec {
     fn needs_egress(&self) -> bool {
         !self.partitions.is_empty()
             || !self.delay.is_zero()
+            || self.rate.is_some()
             || ((self.drop_percent.is_some() || self.loss_model.is_some())
                 && self.direction != Direction::Ingress)
     }
@@ -383,6 +524,25 @@ impl NetSpec {
             let mut d = format!("delay {}", units::format_duration(self.delay));
             if !self.jitter.is_zero() {
                 d += &format!(" ±{}", units::format_duration(self.jitter));
+                if self.delay_distribution != Distribution::Uniform {
+                    d += &format!(" {}", self.delay_distribution.name());
+                }
+                if let Some(c) = self.delay_correlation {
+                    d += &format!(" correlation {c}%");
+                }
+            }
+            if let Some(r) = self.reorder {
+                d += &format!(", reorder {r}%");
+                if self.reorder_gap > 1 {
+                    d += &format!(" gap {}", self.reorder_gap);
+                }
+            }
+            parts.push(d + " (egress)");
+        }
+        if let Some(r) = self.rate {
+            let mut d = format!("rate {}", units::format_rate(r as f64));
+            if self.burst > 0 {
+                d += &format!(" burst {}B", self.burst);
             }
             parts.push(d + " (egress)");
         }
@@ -450,9 +610,9 @@ impl NetFault {
         if spec.needs_tc() {
             super::tc::preflight()?;
         }
-        if !spec.delay.is_zero() && !qdisc::kernel_has_fq() {
+        if spec.needs_fq() && !qdisc::kernel_has_fq() {
             return Err(BadInput::new(
-                "--delay needs the sch_fq qdisc (CONFIG_NET_SCH_FQ), which this kernel lacks: EDT \
+                "--delay and --rate need the sch_fq qdisc (CONFIG_NET_SCH_FQ), which this kernel lacks: EDT \
                  departure times are honoured only by fq. `kchaos probe` lists what this kernel offers",
             ));
         }
@@ -471,14 +631,32 @@ impl NetFault {
         } else {
             Vec::new()
         };
+        let table = spec.delay_distribution.table();
         let mut ebpf = crate::engine::ebpf::load_sized(
             &[
                 ("NET_EGRESS_FEATURES", egress_features),
                 ("NET_INGRESS_FEATURES", ingress_features),
                 ("NET_TC_FEATURES", spec.tc_features()),
             ],
-            &[("NET_TARGETS", levels.len().max(1) as u32)],
+            &[
+                ("NET_TARGETS", levels.len().max(1) as u32),
+                // A fault without a distribution keeps one entry, not 16 KiB.
+                (
+                    "NET_DELAY_TABLE",
+                    table.as_ref().map_or(1, |t| t.len() as u32),
+                ),
+            ],
         )?;
+        if let Some(table) = &table {
+            let mut map = Array::<_, i32>::try_from(
+                ebpf.map_mut("NET_DELAY_TABLE")
+                    .context("map NET_DELAY_TABLE")?,
+            )?;
+            for (i, &v) in table.iter().enumerate() {
+                map.set(i as u32, v, 0)
+                    .context("writing the delay distribution")?;
+            }
+        }
         let mut config = spec.config();
         config.mangle.target_min_level = levels.iter().map(|&(_, l)| l).min().unwrap_or(0);
         config.mangle.target_max_level = levels.iter().map(|&(_, l)| l).max().unwrap_or(0);
@@ -537,7 +715,7 @@ impl NetFault {
             fq: Vec::new(),
             attachments,
         };
-        if !fault.spec.delay.is_zero() {
+        if fault.spec.needs_fq() {
             fault.install_fq(targets, journal)?;
         }
         Ok(fault)
@@ -600,6 +778,20 @@ impl NetFault {
             .jitter_ns
             .min(self.config.egress.delay_ns);
         self.spec.delay = delay;
+        self.write_config()
+    }
+
+    /// Changes the reorder share while running (ramps).
+    pub fn set_reorder_percent(&mut self, percent: f64) -> Result<()> {
+        self.spec.reorder = Some(percent);
+        self.config.delay_shape.reorder_threshold = percent_to_threshold(percent);
+        self.write_config()
+    }
+
+    /// Changes the rate limit while running (ramps); the bucket keeps its depth in bytes.
+    pub fn set_rate(&mut self, bits_per_s: u64) -> Result<()> {
+        self.spec.rate = Some(bits_per_s.clamp(1, MAX_RATE));
+        self.config.rate = self.spec.rate_limit();
         self.write_config()
     }
 
@@ -682,6 +874,20 @@ impl Drop for NetFault {
             }
         }
     }
+}
+
+/// The highest `--rate`: 1 Tbit/s (a faster link is no limit).
+pub const MAX_RATE: u64 = 1_000_000_000_000;
+/// The deepest `--burst`: 1 GiB.
+const MAX_BURST: u64 = 1 << 30;
+/// How long a packet may wait for its turn under `--rate` before it is dropped: the limit's queue.
+/// A TCP sender never gets near it (its small-queue limit keeps a few packets in the qdisc); a UDP
+/// sender faster than the rate loses what would wait longer, as from netem's full queue.
+pub const RATE_QUEUE: Duration = Duration::from_secs(1);
+
+/// clap's error line already names the flag and the value: keep only why.
+fn parse_rate(text: &str) -> Result<u64, String> {
+    units::parse_rate(text).map_err(|e| e.0)
 }
 
 /// clap's error line already names the flag and the value: keep only why.
@@ -836,6 +1042,87 @@ mod tests {
         assert_eq!(
             (c.egress.delay_ns, c.egress.jitter_ns, c.ingress.delay_ns),
             (10_000_000, 2_000_000, 0)
+        );
+    }
+
+    #[test]
+    fn shape_rules_and_features() {
+        let mut a = args();
+        a.delay = Some(Duration::from_millis(50));
+        a.delay_distribution = Some(Distribution::Normal);
+        assert!(
+            NetSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .starts_with("--delay-distribution normal needs --jitter")
+        );
+        a.jitter = Some(Duration::from_millis(10));
+        a.delay_correlation = Some(25.0);
+        a.reorder = Some(5.0);
+        a.reorder_gap = Some(3);
+        let s = NetSpec::from_args(&a).unwrap();
+        assert_eq!(
+            s.features().0,
+            FEAT_DELAY | FEAT_DELAY_TABLE | FEAT_DELAY_CORRELATION | FEAT_REORDER
+        );
+        let c = s.config();
+        assert_eq!(c.delay_shape.reorder_gap, 3);
+        assert_eq!(c.delay_shape.correlation, percent_to_threshold(25.0));
+        assert!(
+            s.describe()
+                .contains("±10ms normal correlation 25%, reorder 5% gap 3")
+        );
+        a.reorder_gap = Some(0);
+        assert!(
+            NetSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("--reorder-gap 0")
+        );
+        let mut a = args();
+        a.percent = Some(1.0);
+        a.reorder = Some(5.0);
+        assert!(
+            NetSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .starts_with("--reorder 5 needs --delay")
+        );
+    }
+
+    #[test]
+    fn rate_rules_and_config() {
+        let mut a = args();
+        a.burst = Some(1000);
+        assert!(
+            NetSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .starts_with("--burst 1000 needs --rate")
+        );
+        a.rate = Some(8_000_000);
+        let s = NetSpec::from_args(&a).unwrap();
+        assert_eq!(s.features().0, FEAT_RATE);
+        assert!(s.needs_fq());
+        let r = s.config().rate;
+        // 8 Mbit/s: a microsecond a byte; a 1000-byte bucket is a millisecond.
+        assert_eq!(r.ns_per_byte, 1000 << RATE_SHIFT);
+        assert_eq!(r.burst_ns, 1_000_000);
+        assert_eq!(r.queue_ns, 1_000_000_000);
+        a.direction = Direction::Ingress;
+        assert!(
+            NetSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("--rate applies to what the target sends")
+        );
+        a.direction = Direction::Egress;
+        a.rate = Some(MAX_RATE + 1);
+        assert!(
+            NetSpec::from_args(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("allowed is up to")
         );
     }
 }

@@ -2,6 +2,7 @@
 //! kernel side in chaos-ebpf/src/net.rs), duplicate and corrupt (a tcx program on the target's
 //! devices: chaos-ebpf/src/net_tc.rs).
 
+pub mod delay;
 pub mod fault;
 pub mod loss;
 pub mod peers;
@@ -29,7 +30,9 @@ kchaos net --cgroup app --percent 1.5 --proto udp --port 53 --direction both\n  
 kchaos net --cgroup app --percent 5 --drop-correlation 50   (bursty loss, same rate)\n  \
 kchaos net --cgroup app --loss-model gemodel:1,30   (Gilbert-Elliott: bursts of 1/0.3 packets)\n  \
 kchaos net --cgroup app --delay 50ms --jitter 10ms --dst 10.0.0.0/8   (needs sch_fq)\n  \
+kchaos net --cgroup app --delay 100ms --jitter 20ms --delay-distribution pareto --reorder 5\n  \
 kchaos net --cgroup app --duplicate 1 --corrupt 0.1 --proto tcp   (tcx, kernel 6.6+)\n  \
+kchaos net --cgroup app --rate 10mbit --burst 64k   (a 10 Mbit/s link; needs sch_fq)\n  \
 kchaos net --pid 4242 --partition 10.0.0.7:5432 --partition 10.0.1.0/24";
 
 impl Kind for NetSpec {
@@ -40,6 +43,8 @@ impl Kind for NetSpec {
         ("delay", Unit::Duration),
         ("duplicate", Unit::Percent),
         ("corrupt", Unit::Percent),
+        ("rate", Unit::Rate),
+        ("reorder", Unit::Percent),
     ];
     const RENAMED: &'static [(&'static str, &'static str)] = &[("drop", "percent")];
     const MONKEY_TYPES: &'static [&'static str] = &["net-drop", "net-delay", "net-partition"];
@@ -83,6 +88,30 @@ impl Kind for NetSpec {
         .scaled(1e-9),
         MetricMap::counter(
             "direction",
+            "reordered",
+            "net_packets_reordered",
+            "Packets the fault sent at once instead of delaying them (--reorder), per direction.",
+        ),
+        MetricMap::counter(
+            "direction",
+            "paced",
+            "net_packets_paced",
+            "Packets the rate limit gave a later departure time (--rate), per direction.",
+        ),
+        MetricMap::counter(
+            "direction",
+            "rate_dropped",
+            "net_packets_rate_dropped",
+            "Packets the rate limit dropped: their wait would have exceeded its 1 s queue.",
+        ),
+        MetricMap::counter(
+            "direction",
+            "rate_bytes",
+            "net_rate_bytes",
+            "Bytes the rate limit counted (IP header and payload of each segment), per direction.",
+        ),
+        MetricMap::counter(
+            "direction",
             "duplicated",
             "net_packets_duplicated",
             "Packets the fault sent twice (--duplicate), per direction.",
@@ -114,21 +143,29 @@ impl Kind for NetSpec {
 
     fn check_param(&self, param: &str, value: f64) -> Result<(), String> {
         match param {
-            "percent" | "duplicate" | "corrupt" if (0.0..=100.0).contains(&value) => Ok(()),
-            "percent" | "duplicate" | "corrupt" => {
+            "percent" | "duplicate" | "corrupt" | "reorder" if (0.0..=100.0).contains(&value) => {
+                Ok(())
+            }
+            "percent" | "duplicate" | "corrupt" | "reorder" => {
                 Err(format!("{value}% is not allowed: 0 to 100"))
             }
             "delay" if value <= 5.0 && Duration::from_secs_f64(value.max(0.0)) >= self.jitter => {
                 Ok(())
             }
+            "rate" if (1.0..=fault::MAX_RATE as f64).contains(&value) => Ok(()),
+            "rate" => Err(format!(
+                "{} is not allowed: 1bit/s to {}",
+                Unit::Rate.format(value),
+                Unit::Rate.format(fault::MAX_RATE as f64)
+            )),
             "delay" => Err(format!(
                 "{} is not allowed: up to 5s (sch_fq's horizon drops later packets) and no less \
                  than the jitter",
                 Unit::Duration.format(value)
             )),
             other => Err(format!(
-                "a net fault cannot ramp '{other}': allowed are percent (drop), delay, duplicate, \
-                 corrupt"
+                "a net fault cannot ramp '{other}': allowed are percent (drop), delay, rate, \
+                 duplicate, corrupt, reorder"
             )),
         }
     }
@@ -137,7 +174,9 @@ impl Kind for NetSpec {
         match param {
             "percent" => self.drop_percent = Some(start),
             "delay" => self.delay = Duration::from_secs_f64(start.max(0.0)),
+            "rate" => self.rate = Some(start.round().max(1.0) as u64),
             "duplicate" => self.duplicate = Some(start),
+            "reorder" => self.reorder = Some(start),
             "corrupt" => self.corrupt = Some(start),
             _ => {}
         }
@@ -155,8 +194,14 @@ impl Kind for NetSpec {
         if !self.delay.is_zero() {
             v.push(("delay", (self.delay + self.jitter).as_secs_f64()));
         }
+        if let Some(r) = self.rate {
+            v.push(("rate", r as f64));
+        }
         if let Some(p) = self.duplicate {
             v.push(("duplicate", p));
+        }
+        if let Some(p) = self.reorder {
+            v.push(("reorder", p));
         }
         if let Some(p) = self.corrupt {
             v.push(("corrupt", p));
@@ -255,7 +300,15 @@ impl Kind for NetSpec {
             if n("partitioned") > 0 {
                 s += &format!(" partitioned {}", n("partitioned"));
             }
-            for what in ["duplicated", "corrupted"] {
+            if n("rate_bytes") > 0 {
+                s += &format!(
+                    " paced {} rate-dropped {} ({:.2} MB sent)",
+                    n("paced"),
+                    n("rate_dropped"),
+                    n("rate_bytes") as f64 / 1e6
+                );
+            }
+            for what in ["reordered", "duplicated", "corrupted"] {
                 if n(what) > 0 {
                     s += &format!(" {what} {} ({:.1}%)", n(what), pct(n(what), matched));
                 }
@@ -292,6 +345,10 @@ fn direction_counters(m: &mut Counters, dir: &str, c: &NetCounters) {
         ("delay_ns_total", c.delay_ns_total),
         ("duplicated", c.duplicated),
         ("corrupted", c.corrupted),
+        ("paced", c.paced),
+        ("rate_dropped", c.rate_dropped),
+        ("rate_bytes", c.rate_bytes),
+        ("reordered", c.reordered),
     ] {
         m.insert(format!("{dir}.{name}"), v);
     }
@@ -310,7 +367,9 @@ impl Active for NetFault {
         match param {
             "percent" => self.set_drop_percent(value.clamp(0.0, 100.0)),
             "delay" => self.set_delay(Duration::from_secs_f64(value.max(0.0))),
+            "rate" => self.set_rate(value.round().max(1.0) as u64),
             "duplicate" => self.set_duplicate_percent(value.clamp(0.0, 100.0)),
+            "reorder" => self.set_reorder_percent(value.clamp(0.0, 100.0)),
             "corrupt" => self.set_corrupt_percent(value.clamp(0.0, 100.0)),
             other => anyhow::bail!("a net fault has no parameter '{other}'"),
         }

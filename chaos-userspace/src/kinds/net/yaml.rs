@@ -12,6 +12,12 @@ pub const NET_FIELDS: &[&str] = &[
     "loss_model",
     "delay",
     "jitter",
+    "delay_distribution",
+    "delay_correlation",
+    "reorder",
+    "reorder_gap",
+    "rate",
+    "burst",
     "duplicate",
     "corrupt",
     "partition",
@@ -48,6 +54,32 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     }
     if let Some(n) = f.value("jitter") {
         args.jitter = ctx.duration(n, &f.path_of("jitter"));
+    }
+    if let Some(n) = f.value("delay_distribution") {
+        let p = f.path_of("delay_distribution");
+        if let Some(choice) = ctx.choice(n, &p, super::delay::Distribution::NAMES) {
+            args.delay_distribution = super::delay::Distribution::parse(&choice);
+        }
+    }
+    if let Some(n) = f.value("delay_correlation") {
+        args.delay_correlation = ctx.percent(n, &f.path_of("delay_correlation"));
+    }
+    if let Some(n) = f.value("reorder") {
+        args.reorder = ctx.percent(n, &f.path_of("reorder"));
+    }
+    if let Some(n) = f.value("reorder_gap") {
+        let p = f.path_of("reorder_gap");
+        match ctx.uint(n, &p, u64::from(u32::MAX)) {
+            Some(0) => ctx.err(n.mark, &p, "reorder_gap 0 is not allowed: 1 or more"),
+            Some(v) => args.reorder_gap = Some(v as u32),
+            None => {}
+        }
+    }
+    if let Some(n) = f.value("rate") {
+        args.rate = ctx.rate(n, &f.path_of("rate"));
+    }
+    if let Some(n) = f.value("burst") {
+        args.burst = ctx.size(n, &f.path_of("burst"));
     }
     if let Some(n) = f.value("duplicate") {
         args.duplicate = ctx.percent(n, &f.path_of("duplicate"));
@@ -108,6 +140,13 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     if ramped.iter().any(|p| p == "percent") && args.percent.is_none() {
         args.percent = Some(0.0);
     }
+    if ramped.iter().any(|p| p == "rate") && args.rate.is_none() {
+        // The ramp's first step sets the real rate before the fault is armed.
+        args.rate = Some(super::fault::MAX_RATE);
+    }
+    if ramped.iter().any(|p| p == "reorder") && args.reorder.is_none() {
+        args.reorder = Some(0.0);
+    }
     if ramped.iter().any(|p| p == "duplicate") && args.duplicate.is_none() {
         args.duplicate = Some(0.0);
     }
@@ -124,6 +163,9 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
             let text =
                 e.0.replace("--drop-correlation", "drop_correlation")
                     .replace("--loss-model", "loss_model")
+                    .replace("--delay-distribution", "delay_distribution")
+                    .replace("--delay-correlation", "delay_correlation")
+                    .replace("--reorder-gap", "reorder_gap")
                     .replace("--", "");
             ctx.err(f.mark, path, text);
             None
