@@ -250,7 +250,7 @@ fn chain_loses(chain: &LossChain, dir: u32) -> bool {
 /// The configured delay, varied by the jitter: uniformly over ±jitter (a multiply-shift instead of a
 /// division), or by the distribution table, `jitter` being its standard deviation.
 #[inline(always)]
-fn delay_ns(fault: &DirectionFault, shape: &DelayShape, features: u64) -> u64 {
+pub(crate) fn delay_ns(fault: &DirectionFault, shape: &DelayShape, features: u64) -> u64 {
     if fault.jitter_ns == 0 {
         return fault.delay_ns;
     }

@@ -9,19 +9,20 @@
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::{
-        bpf_get_prandom_u32, bpf_skb_ancestor_cgroup_id, generated::bpf_ktime_get_coarse_ns,
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id,
+        generated::bpf_ktime_get_coarse_ns,
     },
     macros::{classifier, map},
     maps::HashMap,
     programs::TcContext,
 };
 use chaos_common::{
-    DIR_EGRESS, FEAT_CORRUPT, FEAT_DUPLICATE, FEAT_FILTER, FEAT_TC_COUNTS_SEEN, INLINE_TARGETS,
-    MAX_TARGET_LEVELS, MangleFault, NetConfig,
+    DIR_EGRESS, DIR_INGRESS, FEAT_CORRUPT, FEAT_DUPLICATE, FEAT_FILTER, FEAT_TC_COUNTS_SEEN,
+    INLINE_TARGETS, MAX_TARGET_LEVELS, MangleFault, NetConfig,
 };
 
 use crate::{
-    net::{NET_CONFIG, NET_COUNTERS, matches},
+    net::{NET_CONFIG, NET_COUNTERS, delay_ns, matches},
     packet,
 };
 
@@ -127,6 +128,58 @@ fn is_target(m: &MangleFault, id: u64) -> bool {
         // SAFETY: a lookup in our own map; the value is not used.
         unsafe { NET_TARGETS.get(&id) }.is_some()
     }
+}
+
+/// `FEAT_*` bits of the ingress program (`FEAT_DELAY`, `FEAT_FILTER`, `FEAT_TC_COUNTS_SEEN`).
+#[unsafe(no_mangle)]
+static NET_TC_INGRESS_FEATURES: u64 = 0;
+
+/// Delay on the way into a target's own network namespace: linked to the egress of the host-side
+/// end of its veth, which carries nothing but what enters that namespace, whose processes are all
+/// targets (the loader checked). So no target lookup: every packet here is the target's.
+#[classifier]
+pub fn net_tc_ingress(ctx: TcContext) -> i32 {
+    // SAFETY: a read-only global of this object, set before load.
+    let features = unsafe { core::ptr::read_volatile(&NET_TC_INGRESS_FEATURES) };
+    let Some(cfg) = NET_CONFIG.get(0) else {
+        return TCX_NEXT;
+    };
+    // SAFETY: a helper without arguments; the delay needs the precise clock anyway.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now >= cfg.deadline_ns {
+        return TCX_NEXT;
+    }
+    let Some(counters) = NET_COUNTERS.get_ptr_mut(DIR_INGRESS) else {
+        return TCX_NEXT;
+    };
+    // SAFETY: a per-CPU slot of this object's own map; the cgroup ingress program runs for this
+    // packet later, inside the namespace, not during this run.
+    let counters = unsafe { &mut *counters };
+    if features & FEAT_TC_COUNTS_SEEN != 0 {
+        counters.seen += 1;
+    }
+    if features & FEAT_FILTER != 0 {
+        // The peer is the packet's source: it comes from there into the target.
+        let Some(peer) = packet::tc_network_offset(&ctx.skb)
+            .and_then(|l3| packet::parse(&ctx.skb, false, l3, false))
+        else {
+            return TCX_NEXT;
+        };
+        if !matches(cfg, &peer) {
+            return TCX_NEXT;
+        }
+    }
+    if features & FEAT_TC_COUNTS_SEEN != 0 {
+        counters.matched += 1;
+    }
+    // Uniform within ±jitter: the distribution table and correlation are the egress delay's.
+    let delay = delay_ns(&cfg.ingress, &cfg.delay_shape, 0);
+    let skb = ctx.skb.skb;
+    // SAFETY: the kernel holds skb for the run; tstamp is writable from TC.
+    unsafe { (*skb).tstamp = (*skb).tstamp.max(now) + delay };
+    counters.delayed += 1;
+    counters.delay_ns_total += delay;
+    TCX_NEXT
 }
 
 /// Not a fault: the floor `cargo xtask bench net` measures beside `net_tc_egress` (what a run of

@@ -441,3 +441,105 @@ fn reorder_sends_its_share_ahead_beside_netem() {
         "a process outside the cgroup was reordered: {outside:.2}%"
     );
 }
+
+#[test]
+fn ingress_delay_holds_for_a_process_in_its_own_namespace() {
+    let test = "ingress_delay_holds_for_a_process_in_its_own_namespace";
+    if !root_or_skip(test) {
+        return;
+    }
+    if !chaos_userspace::engine::qdisc::kernel_has_fq() {
+        skip(
+            test,
+            "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it",
+        );
+        return;
+    }
+    // The target cgroup from one lab; its process lives in a second lab's namespace (a container)
+    // and talks to a server in this namespace across that lab's veth.
+    let target = Lab::create(&tag("t")).unwrap();
+    let container = Lab::create(&tag("c")).unwrap();
+    let to = SocketAddr::from((container.host_addr, 7300));
+    let _server = EchoServer::start_in(None, to).unwrap();
+    let ns = container.netns.path();
+    // A process of the target in the container's namespace, so kchaos knows where to delay.
+    let mut resident = integration_tests::spawn_in(
+        &target.cgroup.path,
+        &["ip", "netns", "exec", &container.netns.name, "sleep", "120"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let probe = || {
+        let v = traffic(
+            Some(&target.cgroup.path),
+            Some(&ns),
+            &[
+                "udp-echo",
+                "--to",
+                &to.to_string(),
+                "--count",
+                "500",
+                "--rate",
+                "200",
+                "--rtt",
+                "--wait",
+                "1s",
+            ],
+        );
+        assert_eq!(v["received"], v["sent"], "probes were lost: {v}");
+        let mut r: Vec<f64> = v["rtt_us"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        r.sort_by(f64::total_cmp);
+        q(&r, 0.5)
+    };
+    let base = probe();
+    let before_qdisc = root_qdisc(&container.host_if);
+    let mut added = Vec::new();
+    for direction in ["ingress", "both"] {
+        let runs = RunDir::new();
+        let running = runs.start(&[
+            "net",
+            "--cgroup",
+            &target.cgroup.path.display().to_string(),
+            "--delay",
+            "20ms",
+            "--direction",
+            direction,
+            "--quiet",
+        ]);
+        assert_eq!(
+            root_qdisc(&container.host_if),
+            "fq",
+            "kchaos did not put fq on the host side of the container's veth"
+        );
+        added.push((probe() - base) / MS);
+        let (code, out) = running.terminate();
+        assert_eq!(code, 143, "{out:?}");
+        assert_eq!(
+            root_qdisc(&container.host_if),
+            before_qdisc,
+            "the qdisc was not restored"
+        );
+    }
+    let _ = resident.kill();
+    let _ = resident.wait();
+    println!(
+        "[{}] --delay 20ms into a container: median round trip +{:.3} ms on ingress, +{:.3} ms both ways",
+        kernel_label(),
+        added[0],
+        added[1]
+    );
+    assert!(
+        (added[0] - 20.0).abs() <= 1.0,
+        "ingress added {:.3} ms",
+        added[0]
+    );
+    assert!(
+        (added[1] - 40.0).abs() <= 2.0,
+        "both ways added {:.3} ms",
+        added[1]
+    );
+}

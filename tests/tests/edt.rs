@@ -88,6 +88,33 @@ impl Harness {
         Self { ebpf, fd }
     }
 
+    /// The TC program of ingress delay (`net_tc_ingress`) instead, with its features.
+    fn tc_ingress(features: u64) -> Self {
+        let mut ebpf = chaos_userspace::engine::ebpf::load_with_globals(&[(
+            "NET_TC_INGRESS_FEATURES",
+            features,
+        )])
+        .expect("load the object");
+        let prog: &mut aya::programs::SchedClassifier = ebpf
+            .program_mut("net_tc_ingress")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        prog.load().expect("load net_tc_ingress");
+        let fd = prog.fd().unwrap().as_fd().as_raw_fd();
+        Self { ebpf, fd }
+    }
+
+    fn counters(&self, dir: u32) -> NetCounters {
+        let map = PerCpuArray::<_, NetCounters>::try_from(self.ebpf.map("NET_COUNTERS").unwrap())
+            .unwrap();
+        let mut total = NetCounters::default();
+        for c in map.get(&dir, 0).unwrap().iter() {
+            total.accumulate(c);
+        }
+        total
+    }
+
     fn configure(&mut self, egress: DirectionFault, deadline_ns: u64) {
         self.set(NetConfig {
             deadline_ns,
@@ -592,4 +619,77 @@ fn reorder_sends_its_share_at_once_and_keeps_the_gap() {
     let v = run(100.0, 5, 50);
     let positions: Vec<usize> = (0..v.len()).filter(|&i| v[i].is_none()).collect();
     assert_eq!(positions, (0..10).map(|k| 4 + 5 * k).collect::<Vec<_>>());
+}
+
+#[test]
+fn ingress_tc_program_stamps_what_enters_the_namespace() {
+    if !root_or_skip("ingress_tc_program_stamps_what_enters_the_namespace") {
+        return;
+    }
+    use chaos_common::{DIR_INGRESS, FEAT_FILTER, FEAT_TC_COUNTS_SEEN, PROTO_TCP, PacketFilter};
+    let ingress = DirectionFault {
+        delay_ns: 10 * MS,
+        ..Default::default()
+    };
+    let mut h = Harness::tc_ingress(FEAT_DELAY | FEAT_TC_COUNTS_SEEN);
+    h.set(NetConfig {
+        deadline_ns: u64::MAX,
+        ingress,
+        ..Default::default()
+    });
+    let before = monotonic_ns();
+    let (verdict, tstamp) = h.run();
+    let after = monotonic_ns();
+    // TCX_NEXT (-1): the program never ends a chain of others.
+    assert_eq!(verdict, u32::MAX, "the program must pass the packet on");
+    assert!(
+        (before + 10 * MS..=after + 10 * MS).contains(&tstamp),
+        "tstamp {tstamp} not 10 ms after [{before}, {after}]"
+    );
+    let c = h.counters(DIR_INGRESS);
+    assert_eq!(
+        (c.seen, c.matched, c.delayed, c.delay_ns_total),
+        (1, 1, 1, 10 * MS)
+    );
+
+    // With a filter the headers are read from the Ethernet frame: a UDP packet is not TCP.
+    let mut h = Harness::tc_ingress(FEAT_DELAY | FEAT_FILTER | FEAT_TC_COUNTS_SEEN);
+    h.set(NetConfig {
+        deadline_ns: u64::MAX,
+        ingress,
+        filter: PacketFilter {
+            proto: PROTO_TCP,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    assert_eq!(
+        h.run(),
+        (u32::MAX, 0),
+        "a UDP packet was delayed by a TCP-only fault"
+    );
+    let c = h.counters(DIR_INGRESS);
+    assert_eq!((c.seen, c.matched, c.delayed), (1, 0, 0));
+    // ... and a UDP-only fault delays it (so the headers were read, not skipped).
+    h.set(NetConfig {
+        deadline_ns: u64::MAX,
+        ingress,
+        filter: PacketFilter {
+            proto: chaos_common::PROTO_UDP,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    assert_ne!(
+        h.run().1,
+        0,
+        "a UDP packet was not delayed by a UDP-only fault"
+    );
+    // An expired lease: nothing.
+    h.set(NetConfig {
+        deadline_ns: monotonic_ns() - 1,
+        ingress,
+        ..Default::default()
+    });
+    assert_eq!(h.run(), (u32::MAX, 0));
 }

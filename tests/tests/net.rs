@@ -535,3 +535,84 @@ fn drop_and_partition_hold_over_ipv6() {
         assert_eq!(running.terminate().0, 143);
     }
 }
+
+#[test]
+fn ingress_delay_is_refused_where_it_cannot_be_held_to_the_target() {
+    if !root_or_skip("ingress_delay_is_refused_where_it_cannot_be_held_to_the_target") {
+        return;
+    }
+    let lab = Lab::create(&tag("i")).unwrap();
+    let container = Lab::create(&tag("j")).unwrap();
+    let cg = cg_arg(&lab);
+    // spawn_in's shell joins the cgroup a moment after it starts.
+    let joined = |n: usize| {
+        for _ in 0..100 {
+            let procs = std::fs::read_to_string(lab.cgroup.path.join("cgroup.procs")).unwrap();
+            if procs.lines().count() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no process joined the lab cgroup");
+    };
+    let delay_in = |cg: &str| {
+        let out = RunDir::new().run(&[
+            "net",
+            "--cgroup",
+            cg,
+            "--delay",
+            "10ms",
+            "--direction",
+            "ingress",
+        ]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // No process yet: no namespace to delay into.
+    let (code, err) = delay_in(&cg);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("needs a process in the target already"),
+        "{err}"
+    );
+
+    // A process in kchaos's own namespace: its way in is every process's.
+    let mut host_proc = integration_tests::spawn_in(&lab.cgroup.path, &["sleep", "30"]);
+    joined(1);
+    let (code, err) = delay_in(&cg);
+    let _ = host_proc.kill();
+    let _ = host_proc.wait();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("needs the target in a network namespace of its own"),
+        "{err}"
+    );
+
+    // A namespace of its own, but shared with a process of another cgroup.
+    let ns = container.netns.name.clone();
+    let mut inside = integration_tests::spawn_in(
+        &lab.cgroup.path,
+        &["ip", "netns", "exec", &ns, "sleep", "30"],
+    );
+    let mut other = Command::new("ip")
+        .args(["netns", "exec", &ns, "sleep", "30"])
+        .spawn()
+        .unwrap();
+    joined(1);
+    // `ip netns exec` has entered the namespace once it runs sleep.
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, err) = delay_in(&cg);
+    for p in [&mut inside, &mut other] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("process {}", other.id())), "{err}");
+    assert!(err.contains("which is not a target"), "{err}");
+    assert!(
+        attached(&lab).is_empty(),
+        "a refused fault attached a program"
+    );
+}

@@ -85,13 +85,17 @@ pub fn devices(ns_path: &Path) -> Result<Vec<(String, String)>, RtnlError> {
     Ok(devs)
 }
 
-/// Decides, before anything changes, which devices of a namespace need fq. Errors name a device with
-/// a configured qdisc kchaos must not replace.
-pub fn plan(ns: &netns::NetnsRef, ns_path: &Path) -> Result<Vec<FqInstall>, BadInput> {
+/// Decides, before anything changes, which devices of a namespace (those `wanted`) need fq. Errors
+/// name a device with a configured qdisc kchaos must not replace.
+pub fn plan(
+    ns: &netns::NetnsRef,
+    ns_path: &Path,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<FqInstall>, BadInput> {
     let devs = devices(ns_path)
         .map_err(|e| BadInput::new(format!("listing devices for --delay or --rate: {e}")))?;
     let mut plan = Vec::new();
-    for (dev, kind) in devs {
+    for (dev, kind) in devs.into_iter().filter(|(dev, _)| wanted(dev)) {
         if kind == "fq" {
             continue; // already honours EDT; not ours to remove later
         }
@@ -190,7 +194,7 @@ mod tests {
             ]
         );
         let netns = netns_ref(&ns);
-        let mut plan = plan(&netns, &ns.path()).unwrap();
+        let mut plan = plan(&netns, &ns.path(), |_| true).unwrap();
         plan.sort_by(|a, b| a.dev.cmp(&b.dev));
         assert_eq!(plan.len(), 2);
         assert_eq!(
@@ -204,7 +208,9 @@ mod tests {
         ns.tc(&[
             "qdisc", "replace", "dev", "kcp1", "root", "handle", "1:", "htb",
         ]);
-        let refused = super::plan(&netns, &ns.path()).unwrap_err().to_string();
+        let refused = super::plan(&netns, &ns.path(), |_| true)
+            .unwrap_err()
+            .to_string();
         assert!(
             refused.contains("kcp1") && refused.contains("'htb'"),
             "{refused}"

@@ -109,6 +109,9 @@ pub struct Link {
     /// Administratively up (IFF_UP).
     pub up: bool,
     pub loopback: bool,
+    /// The ifindex of the other end of a veth pair (IFLA_LINK) when that end is in another network
+    /// namespace (IFLA_LINK_NETNSID): the device that carries this one's traffic there.
+    pub peer_elsewhere: Option<u32>,
 }
 
 /// A device's qdisc: its kind ("fq", "noqueue", ...) and handle (major << 16 | minor).
@@ -196,6 +199,17 @@ impl Rtnl {
                     .unwrap_or_default(),
                 up: link.header.flags.contains(LinkFlags::Up),
                 loopback: link.header.flags.contains(LinkFlags::Loopback),
+                peer_elsewhere: link
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)))
+                    .then(|| {
+                        link.attributes.iter().find_map(|a| match a {
+                            LinkAttribute::Link(i) => Some(*i),
+                            _ => None,
+                        })
+                    })
+                    .flatten(),
             })
             .collect())
     }
@@ -864,6 +878,7 @@ mod tests {
             name: "ghost0".into(),
             up: true,
             loopback: false,
+            peer_elsewhere: None,
         };
         let e = scratch.add_clsact(&ghost).unwrap_err();
         assert_eq!(e.errno(), Some(Errno::ENODEV), "{e}");
@@ -888,6 +903,7 @@ mod tests {
             name: "eth0".into(),
             up: true,
             loopback: false,
+            peer_elsewhere: None,
         };
         let limits = FqLimits {
             limit: 200_000,

@@ -19,6 +19,7 @@ use chaos_common::{
 use super::{delay::Distribution, loss::LossModel, peers::Peer};
 use crate::{
     engine::journal::{Journal, Residue},
+    engine::netns::NetnsRef,
     engine::qdisc::{self, FqInstall},
     engine::targets::Target,
     error::BadInput,
@@ -45,6 +46,17 @@ pub enum Direction {
     Ingress,
     /// Both.
     Both,
+}
+
+impl Direction {
+    /// How a description says it: "egress", "ingress", "both ways".
+    pub fn words(self) -> &'static str {
+        match self {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress",
+            Direction::Both => "both ways",
+        }
+    }
 }
 
 #[derive(
@@ -131,7 +143,10 @@ pub struct NetArgs {
     /// Only this protocol.
     #[arg(long, value_enum)]
     pub proto: Option<Proto>,
-    /// Which way the drop applies (delay is egress only; a partition is always both ways).
+    /// Which way drop and delay apply: egress (what the target sends; the default, as netem),
+    /// ingress (what it receives; a delay there needs the target in a network namespace of its
+    /// own, a container) or both. A partition is always both ways; rate, duplicate and corrupt are
+    /// egress only.
     #[arg(long, value_enum, default_value_t)]
     pub direction: Direction,
 }
@@ -282,10 +297,16 @@ impl NetSpec {
                 "--delay 0s injects nothing: give e.g. --delay 50ms, or add --percent PCT or --partition",
             ));
         }
-        if a.delay.is_some() && a.direction == Direction::Ingress {
+        let shaped = a
+            .delay_distribution
+            .is_some_and(|d| d != Distribution::Uniform)
+            || a.delay_correlation.is_some()
+            || a.reorder.is_some();
+        if shaped && a.direction != Direction::Egress {
             return Err(BadInput::new(
-                "--delay applies to what the target sends (EDT is honoured by the egress qdisc); \
-                 drop --direction ingress, or use --percent (drop) for ingress",
+                "--delay-distribution, --delay-correlation and --reorder shape the delay of what the \
+                 target sends; on ingress the delay varies uniformly within ±jitter: use \
+                 --direction egress with them",
             ));
         }
         if mangles && a.direction == Direction::Ingress {
@@ -364,7 +385,7 @@ impl NetSpec {
         if self.direction != Direction::Egress {
             ingress |= loss;
         }
-        if !self.delay.is_zero() {
+        if !self.delay.is_zero() && self.direction != Direction::Ingress {
             egress |= FEAT_DELAY;
             if self.delay_distribution != Distribution::Uniform {
                 egress |= FEAT_DELAY_TABLE;
@@ -398,6 +419,31 @@ impl NetSpec {
     /// True when egress packets wait in fq (a delay or a rate).
     pub fn needs_fq(&self) -> bool {
         !self.delay.is_zero() || self.rate.is_some()
+    }
+
+    /// True when what the target sends waits in fq in its own namespaces.
+    fn needs_fq_in_targets(&self) -> bool {
+        (!self.delay.is_zero() && self.direction != Direction::Ingress) || self.rate.is_some()
+    }
+
+    /// True when the delay applies on the way in: the TC program on the host-side veths.
+    pub fn needs_ingress_tc(&self) -> bool {
+        !self.delay.is_zero() && self.direction != Direction::Egress
+    }
+
+    /// The `FEAT_*` bits of the ingress TC program.
+    pub fn ingress_tc_features(&self) -> u64 {
+        if !self.needs_ingress_tc() {
+            return 0;
+        }
+        let mut f = FEAT_DELAY;
+        if !self.dsts.is_empty() || self.port.is_some() || self.proto.is_some() {
+            f |= FEAT_FILTER;
+        }
+        if !self.needs_ingress() {
+            f |= FEAT_TC_COUNTS_SEEN;
+        }
+        f
     }
 
     /// True when the TC egress program is needed (`--duplicate`, `--corrupt`).
@@ -453,14 +499,30 @@ impl NetSpec {
             deadline_ns: 0,
             egress: DirectionFault {
                 drop_threshold: if egress_on { drop } else { 0 },
-                delay_ns: self.delay.as_nanos() as u64,
-                jitter_ns: self.jitter.as_nanos() as u64,
+                delay_ns: if egress_on {
+                    self.delay.as_nanos() as u64
+                } else {
+                    0
+                },
+                jitter_ns: if egress_on {
+                    self.jitter.as_nanos() as u64
+                } else {
+                    0
+                },
                 loss: chain,
             },
             ingress: DirectionFault {
                 drop_threshold: if ingress_on { drop } else { 0 },
-                delay_ns: 0,
-                jitter_ns: 0,
+                delay_ns: if ingress_on {
+                    self.delay.as_nanos() as u64
+                } else {
+                    0
+                },
+                jitter_ns: if ingress_on {
+                    self.jitter.as_nanos() as u64
+                } else {
+                    0
+                },
                 loss: chain,
             },
             filter: PacketFilter {
@@ -487,7 +549,7 @@ impl NetSpec {
 
     fn needs_egress(&self) -> bool {
         !self.partitions.is_empty()
-            || !self.delay.is_zero()
+            || (!self.delay.is_zero() && self.direction != Direction::Ingress)
             || self.rate.is_some()
             || ((self.drop_percent.is_some() || self.loss_model.is_some())
                 && self.direction != Direction::Ingress)
@@ -537,7 +599,7 @@ impl NetSpec {
                     d += &format!(" gap {}", self.reorder_gap);
                 }
             }
-            parts.push(d + " (egress)");
+            parts.push(d + &format!(" ({})", self.direction.words()));
         }
         if let Some(r) = self.rate {
             let mut d = format!("rate {}", units::format_rate(r as f64));
@@ -600,7 +662,12 @@ pub struct NetFault {
 
 impl NetFault {
     /// Checks what the spec needs from the kernel before anything is attached.
-    pub fn preflight(spec: &NetSpec, targets: usize) -> Result<(), BadInput> {
+    pub fn preflight(spec: &NetSpec, target_list: &[Target]) -> Result<(), BadInput> {
+        let targets = target_list.len();
+        // Why ingress delay can't be held to the targets comes before what the kernel lacks.
+        if spec.needs_ingress_tc() {
+            super::ingress::plan(target_list)?;
+        }
         // A link per target and direction, each an fd for the fault's life.
         let directions = usize::from(spec.needs_egress()) + usize::from(spec.needs_ingress());
         crate::engine::fds::reserve_links(
@@ -622,7 +689,7 @@ impl NetFault {
     /// Loads and attaches the programs to every target, unarmed; `arm` starts injecting. On error,
     /// whatever was attached is detached again (dropping `Ebpf` closes the links) and qdiscs restored.
     pub fn attach(spec: NetSpec, targets: &[Target], journal: &mut Journal) -> Result<Self> {
-        Self::preflight(&spec, targets.len())?;
+        Self::preflight(&spec, targets)?;
         let (egress_features, ingress_features) = spec.features();
         let levels = if spec.needs_tc() {
             let levels = crate::engine::targets::levels(targets)?;
@@ -637,6 +704,7 @@ impl NetFault {
                 ("NET_EGRESS_FEATURES", egress_features),
                 ("NET_INGRESS_FEATURES", ingress_features),
                 ("NET_TC_FEATURES", spec.tc_features()),
+                ("NET_TC_INGRESS_FEATURES", spec.ingress_tc_features()),
             ],
             &[
                 ("NET_TARGETS", levels.len().max(1) as u32),
@@ -708,6 +776,17 @@ impl NetFault {
             let namespaces = super::tc::target_namespaces(targets)?;
             attachments.extend(super::tc::attach(&mut ebpf, &levels, &namespaces)?);
         }
+        let ingress_devices = if spec.needs_ingress_tc() {
+            let devices = super::ingress::plan(targets)?;
+            attachments.extend(super::tc::attach_here(
+                &mut ebpf,
+                super::ingress::PROGRAM,
+                &devices,
+            )?);
+            devices
+        } else {
+            Vec::new()
+        };
         let mut fault = Self {
             spec,
             config,
@@ -716,20 +795,36 @@ impl NetFault {
             attachments,
         };
         if fault.spec.needs_fq() {
-            fault.install_fq(targets, journal)?;
+            fault.install_fq(targets, &ingress_devices, journal)?;
         }
         Ok(fault)
     }
 
-    /// fq on every device of every namespace a target process lives in (the host's if none).
-    fn install_fq(&mut self, targets: &[Target], journal: &mut Journal) -> Result<()> {
-        let namespaces = super::tc::target_namespaces(targets)?;
+    /// fq on every device of every namespace a target process lives in (the host's if none), for
+    /// what it sends, and on `ingress_devices` of kchaos's own namespace, for what it receives.
+    fn install_fq(
+        &mut self,
+        targets: &[Target],
+        ingress_devices: &[String],
+        journal: &mut Journal,
+    ) -> Result<()> {
         let mut plan = Vec::new();
-        for ns in &namespaces {
-            let path = ns
-                .locate()
-                .context("a target's network namespace vanished")?;
-            plan.extend(qdisc::plan(ns, &path)?);
+        if self.spec.needs_fq_in_targets() {
+            for ns in &super::tc::target_namespaces(targets)? {
+                let path = ns
+                    .locate()
+                    .context("a target's network namespace vanished")?;
+                plan.extend(qdisc::plan(ns, &path, |_| true)?);
+            }
+        }
+        if !ingress_devices.is_empty() {
+            let own = NetnsRef::own()?;
+            let path = own.locate().context("kchaos's own network namespace")?;
+            for fq in qdisc::plan(&own, &path, |dev| ingress_devices.iter().any(|d| d == dev))? {
+                if !plan.contains(&fq) {
+                    plan.push(fq);
+                }
+            }
         }
         for fq in plan {
             let residue = Residue::Fq(fq.clone());
@@ -771,12 +866,22 @@ impl NetFault {
 
     /// Changes the delay while running (ramps); jitter is kept within the new delay.
     pub fn set_delay(&mut self, delay: Duration) -> Result<()> {
-        self.config.egress.delay_ns = delay.as_nanos() as u64;
-        self.config.egress.jitter_ns = self
-            .config
-            .egress
-            .jitter_ns
-            .min(self.config.egress.delay_ns);
+        let ns = delay.as_nanos() as u64;
+        for (on, fault) in [
+            (
+                self.spec.direction != Direction::Ingress,
+                &mut self.config.egress,
+            ),
+            (
+                self.spec.direction != Direction::Egress,
+                &mut self.config.ingress,
+            ),
+        ] {
+            if on {
+                fault.delay_ns = ns;
+                fault.jitter_ns = fault.jitter_ns.min(ns);
+            }
+        }
         self.spec.delay = delay;
         self.write_config()
     }
@@ -819,7 +924,7 @@ impl NetFault {
     pub fn directions(&self) -> (bool, bool) {
         (
             self.spec.needs_egress() || self.spec.needs_tc(),
-            self.spec.needs_ingress(),
+            self.spec.needs_ingress() || self.spec.needs_ingress_tc(),
         )
     }
 
@@ -1027,13 +1132,28 @@ mod tests {
     fn delay_rules() {
         let mut a = args();
         a.delay = Some(Duration::from_millis(10));
+        // On ingress: the TC program on the host side of the target's veth, no cgroup program.
         a.direction = Direction::Ingress;
+        let s = NetSpec::from_args(&a).unwrap();
+        let c = s.config();
+        assert_eq!((c.egress.delay_ns, c.ingress.delay_ns), (0, 10_000_000));
+        assert!(s.needs_ingress_tc() && !s.needs_egress() && !s.needs_ingress());
+        assert_eq!(s.features(), (0, 0));
+        assert_eq!(s.ingress_tc_features(), FEAT_DELAY | FEAT_TC_COUNTS_SEEN);
+        a.direction = Direction::Both;
+        let c = NetSpec::from_args(&a).unwrap().config();
+        assert_eq!(
+            (c.egress.delay_ns, c.ingress.delay_ns),
+            (10_000_000, 10_000_000)
+        );
+        a.reorder = Some(5.0);
         assert!(
             NetSpec::from_args(&a)
                 .unwrap_err()
                 .to_string()
-                .contains("egress")
+                .contains("use --direction egress with them")
         );
+        a.reorder = None;
         a.direction = Direction::Egress;
         a.jitter = Some(Duration::from_millis(20));
         assert!(NetSpec::from_args(&a).is_err());

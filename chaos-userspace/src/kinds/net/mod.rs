@@ -4,6 +4,7 @@
 
 pub mod delay;
 pub mod fault;
+pub mod ingress;
 pub mod loss;
 pub mod peers;
 pub mod tc;
@@ -263,7 +264,7 @@ impl Kind for NetSpec {
     }
 
     fn preflight(&self, targets: &[Target]) -> Result<(), BadInput> {
-        NetFault::preflight(self, targets.len())
+        NetFault::preflight(self, targets)
     }
 
     fn prepare(&self, targets: &[Target], journal: &mut Journal) -> Result<NetFault> {

@@ -88,7 +88,7 @@ pub fn attach(
             devices.len() as u64,
             &format!("tcx links on {} device(s)", devices.len()),
         )?;
-        attach_in(prog, &path, &devices)?;
+        attach_in(prog, PROGRAM, &path, &devices)?;
         lines.extend(devices.iter().map(|d| {
             format!(
                 "tcx/egress -> {d} (netns {}, first; link, fd-owned)",
@@ -99,9 +99,33 @@ pub fn attach(
     Ok(lines)
 }
 
+/// Loads `name` and links it first on the egress of `devices` of kchaos's own namespace.
+pub fn attach_here(ebpf: &mut Ebpf, name: &str, devices: &[String]) -> Result<Vec<String>> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .context(name.to_owned())?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("loading the {name} program"))?;
+    crate::engine::fds::reserve_links(
+        devices.len() as u64,
+        &format!("tcx links on {} device(s)", devices.len()),
+    )?;
+    attach_in(prog, name, Path::new("/proc/self/ns/net"), devices)?;
+    Ok(devices
+        .iter()
+        .map(|d| format!("tcx/egress -> {d} ({name}, first; link, fd-owned)"))
+        .collect())
+}
+
 /// Links the program to `devices` from a thread that entered the namespace at `ns_path` (a device
 /// name means something only in its namespace; the calling thread's namespace is never changed).
-fn attach_in(prog: &mut SchedClassifier, ns_path: &Path, devices: &[String]) -> Result<()> {
+fn attach_in(
+    prog: &mut SchedClassifier,
+    name: &str,
+    ns_path: &Path,
+    devices: &[String],
+) -> Result<()> {
     let ns = File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
     std::thread::scope(|scope| {
         scope
@@ -116,7 +140,7 @@ fn attach_in(prog: &mut SchedClassifier, ns_path: &Path, devices: &[String]) -> 
                         TcAttachType::Egress,
                         TcAttachOptions::TcxOrder(LinkOrder::first()),
                     )
-                    .with_context(|| format!("attaching {PROGRAM} to the egress of {dev}"))?;
+                    .with_context(|| format!("attaching {name} to the egress of {dev}"))?;
                 }
                 Ok(())
             })
