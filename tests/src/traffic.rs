@@ -60,19 +60,24 @@ pub fn udp_echo(
     to: std::net::SocketAddr,
     count: u64,
 ) -> (u64, u64) {
-    let v = traffic(
-        cgroup,
-        netns,
-        &[
-            "udp-echo",
-            "--to",
-            &to.to_string(),
-            "--count",
-            &count.to_string(),
-            "--rate",
-            crate::udp_rate(),
-        ],
-    );
+    let v = udp_echo_report(cgroup, netns, to, count, crate::udp_rate(), &[]);
     let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no '{k}' in {v}"));
     (n("sent"), n("received"))
+}
+
+/// `kchaos traffic udp-echo` of `count` datagrams at `rate` a second to `to`, from inside `cgroup`
+/// and/or `netns`, with `extra` arguments (`--rtt`, `--wait 1s`): its whole JSON result (sent,
+/// received, duplicates, corrupted, reordered, rtt_us ...).
+pub fn udp_echo_report(
+    cgroup: Option<&Path>,
+    netns: Option<&Path>,
+    to: std::net::SocketAddr,
+    count: u64,
+    rate: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let (to, count) = (to.to_string(), count.to_string());
+    let mut mode = vec!["udp-echo", "--to", &to, "--count", &count, "--rate", rate];
+    mode.extend_from_slice(extra);
+    traffic(cgroup, netns, &mode)
 }

@@ -9,30 +9,28 @@ use std::{
     time::Instant,
 };
 
-use integration_tests::{RunDir, kernel_label, lab, root_or_skip, skip, tag, traffic};
+use integration_tests::{
+    RunDir, kernel_label, lab, root_or_skip, skip, tag, traffic, udp_echo_report,
+};
 use lab::{EchoServer, Lab};
 
-const PROBES: &str = "2000";
+const PROBES: u64 = 2000;
 const MS: f64 = 1000.0; // µs per ms
 
 /// Sorted round-trip times in µs of PROBES UDP echoes.
 fn rtts(cg: Option<&std::path::Path>, to: SocketAddr) -> Vec<f64> {
-    let v = traffic(
-        cg,
-        None,
-        &[
-            "udp-echo",
-            "--to",
-            &to.to_string(),
-            "--count",
-            PROBES,
-            "--rate",
-            "400",
-            "--rtt",
-            "--wait",
-            "1s",
-        ],
-    );
+    rtts_from(cg, None, to, PROBES, "400")
+}
+
+/// Sorted round-trip times in µs of `count` UDP echoes at `rate` a second, from `cg` and/or `netns`.
+fn rtts_from(
+    cg: Option<&std::path::Path>,
+    netns: Option<&std::path::Path>,
+    to: SocketAddr,
+    count: u64,
+    rate: &str,
+) -> Vec<f64> {
+    let v = udp_echo_report(cg, netns, to, count, rate, &["--rtt", "--wait", "1s"]);
     assert_eq!(v["received"], v["sent"], "probes were lost: {v}");
     let mut r: Vec<f64> = v["rtt_us"]
         .as_array()
@@ -366,21 +364,7 @@ fn rate_holds_tcp_bulk_to_the_configured_bandwidth_beside_netem() {
 
 /// The share (%) of `count` echoes at 1000 a second that came before one sent earlier.
 fn reordered_share(cg: Option<&std::path::Path>, to: SocketAddr, count: u64) -> f64 {
-    let v = traffic(
-        cg,
-        None,
-        &[
-            "udp-echo",
-            "--to",
-            &to.to_string(),
-            "--count",
-            &count.to_string(),
-            "--rate",
-            "1000",
-            "--wait",
-            "1s",
-        ],
-    );
+    let v = udp_echo_report(cg, None, to, count, "1000", &["--wait", "1s"]);
     assert_eq!(v["received"], v["sent"], "echoes were lost: {v}");
     100.0 * v["reordered"].as_f64().unwrap() / count as f64
 }
@@ -469,31 +453,10 @@ fn ingress_delay_holds_for_a_process_in_its_own_namespace() {
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
     let probe = || {
-        let v = traffic(
-            Some(&target.cgroup.path),
-            Some(&ns),
-            &[
-                "udp-echo",
-                "--to",
-                &to.to_string(),
-                "--count",
-                "500",
-                "--rate",
-                "200",
-                "--rtt",
-                "--wait",
-                "1s",
-            ],
-        );
-        assert_eq!(v["received"], v["sent"], "probes were lost: {v}");
-        let mut r: Vec<f64> = v["rtt_us"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        r.sort_by(f64::total_cmp);
-        q(&r, 0.5)
+        q(
+            &rtts_from(Some(&target.cgroup.path), Some(&ns), to, 500, "200"),
+            0.5,
+        )
     };
     let base = probe();
     let before_qdisc = root_qdisc(&container.host_if);

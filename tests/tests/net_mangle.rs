@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::Path, sync::atomic::Ordering, time::Duration};
 
 use integration_tests::{
     RunDir, TempFile, in_vm, lab, net_totals, root_or_skip, run_text, run_with, skip, tag,
-    tcx_egress_programs, traffic, udp_rate,
+    tcx_egress_programs, udp_echo_report, udp_rate,
 };
 use lab::{EchoServer, Lab};
 
@@ -37,19 +37,7 @@ fn echo(cgroup: Option<&Path>, to: SocketAddr, count: u64) -> serde_json::Value 
 
 /// The same at `rate` datagrams a second.
 fn echo_at(cgroup: Option<&Path>, to: SocketAddr, count: u64, rate: &str) -> serde_json::Value {
-    traffic(
-        cgroup,
-        None,
-        &[
-            "udp-echo",
-            "--to",
-            &to.to_string(),
-            "--count",
-            &count.to_string(),
-            "--rate",
-            rate,
-        ],
-    )
+    udp_echo_report(cgroup, None, to, count, rate, &[])
 }
 
 fn n(v: &serde_json::Value, key: &str) -> u64 {

@@ -369,6 +369,8 @@ fn effect(sub: &str, output: &str) -> Option<String> {
                 "dropped",
                 "partitioned",
                 "delayed",
+                "paced",
+                "reordered",
                 "duplicated",
                 "corrupted",
             ],

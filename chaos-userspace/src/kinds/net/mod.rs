@@ -279,6 +279,9 @@ impl Kind for NetSpec {
                     ".dropped",
                     ".partitioned",
                     ".delayed",
+                    ".reordered",
+                    ".paced",
+                    ".rate_dropped",
                     ".duplicated",
                     ".corrupted",
                 ]
