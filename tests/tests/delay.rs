@@ -42,6 +42,23 @@ fn rtts_from(
     r
 }
 
+/// `measure` with `tc qdisc add dev DEV root netem ARGS` in place, then the qdisc removed; None
+/// where the kernel has no netem.
+fn beside_netem<T>(dev: &str, args: &[&str], measure: impl FnOnce() -> T) -> Option<T> {
+    let tc = |a: &[&str]| Command::new("tc").args(a).status().unwrap().success();
+    let mut add = vec!["qdisc", "add", "dev", dev, "root", "netem"];
+    add.extend_from_slice(args);
+    if !tc(&add) {
+        return None;
+    }
+    let result = measure();
+    assert!(
+        tc(&["qdisc", "del", "dev", dev, "root"]),
+        "removing netem from {dev}"
+    );
+    Some(result)
+}
+
 fn q(r: &[f64], p: f64) -> f64 {
     r[((r.len() - 1) as f64 * p).round() as usize]
 }
@@ -118,24 +135,7 @@ fn edt_delay_is_as_configured_and_at_least_as_precise_as_netem() {
     );
 
     // netem on the same device, same boot, same probes (netem delays every packet on the device).
-    let netem = |args: &[&str]| Command::new("tc").args(args).status().unwrap().success();
-    let netem_rtts = if netem(&[
-        "qdisc",
-        "add",
-        "dev",
-        &lab.host_if,
-        "root",
-        "netem",
-        "delay",
-        "50ms",
-        "5ms",
-    ]) {
-        let r = rtts(None, to);
-        assert!(netem(&["qdisc", "del", "dev", &lab.host_if, "root"]));
-        Some(r)
-    } else {
-        None
-    };
+    let netem_rtts = beside_netem(&lab.host_if, &["delay", "50ms", "5ms"], || rtts(None, to));
 
     let added = |r: &[f64], p: f64| q(r, p) - q(&base, 0.5);
     println!(
@@ -319,23 +319,9 @@ fn rate_holds_tcp_bulk_to_the_configured_bandwidth_beside_netem() {
     assert_eq!(code, 143, "{out:?}");
 
     // netem on the same device, same boot, same sender outside any cgroup.
-    let tc = |args: &[&str]| Command::new("tc").args(args).status().unwrap().success();
-    let netem = if tc(&[
-        "qdisc",
-        "add",
-        "dev",
-        &lab.host_if,
-        "root",
-        "netem",
-        "rate",
-        "20mbit",
-    ]) {
-        let g = goodput(&lab, None, 7103);
-        assert!(tc(&["qdisc", "del", "dev", &lab.host_if, "root"]));
-        Some(g)
-    } else {
-        None
-    };
+    let netem = beside_netem(&lab.host_if, &["rate", "20mbit"], || {
+        goodput(&lab, None, 7103)
+    });
     // Each counts its own bytes: kchaos the IP packet (1500 for 1448 of TCP payload with
     // timestamps), netem the frame with its Ethernet header (1514).
     let expected = 20.0 * 1448.0 / 1500.0;
@@ -393,25 +379,9 @@ fn reorder_sends_its_share_ahead_beside_netem() {
     let outside = reordered_share(None, to, COUNT);
     let (code, out) = running.terminate();
     assert_eq!(code, 143, "{out:?}");
-    let tc = |args: &[&str]| Command::new("tc").args(args).status().unwrap().success();
-    let netem = if tc(&[
-        "qdisc",
-        "add",
-        "dev",
-        &lab.host_if,
-        "root",
-        "netem",
-        "delay",
-        "10ms",
-        "reorder",
-        "25%",
-    ]) {
-        let r = reordered_share(None, to, COUNT);
-        assert!(tc(&["qdisc", "del", "dev", &lab.host_if, "root"]));
-        Some(r)
-    } else {
-        None
-    };
+    let netem = beside_netem(&lab.host_if, &["delay", "10ms", "reorder", "25%"], || {
+        reordered_share(None, to, COUNT)
+    });
     println!(
         "[{}] --delay 10ms --reorder 25, {COUNT} echoes at 1000/s, % that overtook an earlier one: \
          kchaos {hit:.2}, netem {}, outside the cgroup {outside:.2}",
