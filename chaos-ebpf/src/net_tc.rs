@@ -60,25 +60,27 @@ pub fn net_tc_egress(ctx: TcContext) -> i32 {
     if features & FEAT_TC_COUNTS_SEEN != 0 {
         counters.seen += 1;
     }
-    let mangle = &cfg.mangle;
-    let duplicate = features & FEAT_DUPLICATE != 0 && crate::chance(mangle.duplicate_threshold);
-    let corrupt = features & FEAT_CORRUPT != 0 && crate::chance(mangle.corrupt_threshold);
-    // Headers are read only for a filter, or for a packet about to be corrupted.
+    // Headers are read only for a filter, or for a packet about to be corrupted; the random draws
+    // come after the filter, so a packet it turns away costs none.
     let mut payload = 0u32;
-    if features & FEAT_FILTER != 0 || corrupt {
-        let Some(peer) = packet::tc_network_offset(&ctx.skb)
-            .and_then(|l3| packet::parse(&ctx.skb, true, l3, features & FEAT_CORRUPT != 0))
-        else {
+    if features & FEAT_FILTER != 0 {
+        let Some(peer) = headers(&ctx, features) else {
             return TCX_NEXT;
         };
         // (A partitioned peer's packets never get here: the cgroup egress program dropped them.)
-        if features & FEAT_FILTER != 0 && !matches(cfg, &peer) {
+        if !matches(cfg, &peer) {
             return TCX_NEXT;
         }
         payload = peer.payload;
     }
     if features & FEAT_TC_COUNTS_SEEN != 0 {
         counters.matched += 1;
+    }
+    let mangle = &cfg.mangle;
+    let duplicate = features & FEAT_DUPLICATE != 0 && crate::chance(mangle.duplicate_threshold);
+    let corrupt = features & FEAT_CORRUPT != 0 && crate::chance(mangle.corrupt_threshold);
+    if corrupt && features & FEAT_FILTER == 0 {
+        payload = headers(&ctx, features).map_or(0, |p| p.payload);
     }
     // As netem does: the copy leaves first, unharmed; then the original may be corrupted. The copy
     // comes back through this program without a socket, so it is never copied again.
@@ -91,6 +93,14 @@ pub fn net_tc_egress(ctx: TcContext) -> i32 {
         counters.corrupted += 1;
     }
     TCX_NEXT
+}
+
+/// The packet's headers, read past whatever link header the device has; with `FEAT_CORRUPT`, where
+/// its payload starts too.
+#[inline(always)]
+fn headers(ctx: &TcContext, features: u64) -> Option<packet::Peer> {
+    packet::tc_network_offset(&ctx.skb)
+        .and_then(|l3| packet::parse(&ctx.skb, true, l3, features & FEAT_CORRUPT != 0))
 }
 
 /// True when the socket that sent the packet is in a target cgroup or below one.

@@ -430,33 +430,29 @@ impl Ctx<'_> {
     }
 
     pub fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
-        let t = self.text(node, path)?;
-        match units::parse_duration(&t) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.err(node.mark, path, e.0);
-                None
-            }
-        }
+        self.parsed(node, path, units::parse_duration)
     }
 
     /// A bandwidth ("10mbit"), in bits per second.
     pub fn rate(&mut self, node: &Node, path: &str) -> Option<u64> {
-        let t = self.text(node, path)?;
-        match units::parse_rate(&t) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                self.err(node.mark, path, e.0);
-                None
-            }
-        }
+        self.parsed(node, path, units::parse_rate)
     }
 
     /// A size in bytes ("64k", "1m").
     pub fn size(&mut self, node: &Node, path: &str) -> Option<u64> {
+        self.parsed(node, path, units::parse_size)
+    }
+
+    /// The node's text through `parse`; its error is reported at the node.
+    fn parsed<T>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        parse: impl Fn(&str) -> Result<T, crate::error::BadInput>,
+    ) -> Option<T> {
         let t = self.text(node, path)?;
-        match units::parse_size(&t) {
-            Ok(b) => Some(b),
+        match parse(&t) {
+            Ok(v) => Some(v),
             Err(e) => {
                 self.err(node.mark, path, e.0);
                 None
@@ -475,14 +471,7 @@ impl Ctx<'_> {
     }
 
     pub fn percent(&mut self, node: &Node, path: &str) -> Option<f64> {
-        let t = self.text(node, path)?;
-        match units::parse_percent(&t) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                self.err(node.mark, path, e.0);
-                None
-            }
-        }
+        self.parsed(node, path, units::parse_percent)
     }
 
     pub fn uint(&mut self, node: &Node, path: &str, max: u64) -> Option<u64> {
