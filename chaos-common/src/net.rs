@@ -40,6 +40,9 @@ pub const FEAT_DELAY_TABLE: u64 = 1 << 8;
 pub const FEAT_DELAY_CORRELATION: u64 = 1 << 9;
 /// Reorder: some packets skip the delay (`DelayShape::reorder_threshold`, `reorder_gap`).
 pub const FEAT_REORDER: u64 = 1 << 10;
+/// With `FEAT_RATE`: each peer address has a bucket of its own (`NET_RATE_PEERS`), found from the
+/// parsed headers (the loader sets `FEAT_FILTER` with it).
+pub const FEAT_RATE_PER_PEER: u64 = 1 << 11;
 /// Bits of `NET_TC_FEATURES`, the TC egress program's (`--duplicate`, `--corrupt`): it shares
 /// `FEAT_FILTER` with the cgroup programs.
 ///
@@ -129,9 +132,9 @@ pub struct DelayShape {
 /// keeps 5 significant digits and a 64 KiB packet at 1 kbit/s does not overflow.
 pub const RATE_SHIFT: u32 = 20;
 
-/// A bandwidth limit on all the target's egress packets together, by departure times (EDT, as
+/// A bandwidth limit on all the target's packets of a direction together (or on each peer's), by departure times (EDT, as
 /// Cilium's bandwidth manager paces pods): a token bucket whose state is the virtual time the link
-/// finishes what it was given (`NET_RATE_STATE`).
+/// finishes what it was given (`NET_RATE_STATE`, or `NET_RATE_PEERS` per peer).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateLimit {
@@ -143,6 +146,18 @@ pub struct RateLimit {
     /// A packet that would wait longer than this for its turn is dropped (the queue's limit), as
     /// netem's limit drops what would overflow its queue.
     pub queue_ns: u64,
+}
+
+/// Peers the per-peer rate keeps a bucket for at once: the least recently used is forgotten (its next
+/// packet starts a fresh bucket).
+pub const MAX_RATE_PEERS: u32 = 4096;
+
+/// Key of a per-peer rate bucket: the peer address (IPv4 mapped as in [`PeerKey`]) and the direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RatePeerKey {
+    pub addr: [u8; 16],
+    pub dir: u32,
 }
 
 /// Targets the TC program compares with inline, without a hash lookup (most faults have one).

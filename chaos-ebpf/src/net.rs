@@ -4,17 +4,19 @@
 //! the socket lives: at egress before the packet reaches any device, at ingress after the socket lookup.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
     macros::{cgroup_skb, map},
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
-    programs::SkBuffContext,
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::{SkBuffContext, sk_buff::SkBuff},
 };
 use chaos_common::{
     DELAY_STATE_LAST_DRAW, DELAY_STATE_SINCE_REORDER, DELAY_TABLE_SHIFT, DELAY_TABLE_SIZE,
     DIR_COUNT, DIR_EGRESS, DIR_INGRESS, DelayShape, DirectionFault, FEAT_DELAY,
     FEAT_DELAY_CORRELATION, FEAT_DELAY_TABLE, FEAT_DROP, FEAT_FILTER, FEAT_LOSS_CHAIN, FEAT_RATE,
-    FEAT_REORDER, FILTER_DST, FILTER_PARTITION, LossChain, NetConfig, NetCounters,
-    PEER_KEY_PORT_BITS, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PeerKey, RATE_SHIFT, RateLimit,
+    FEAT_RATE_PER_PEER, FEAT_REORDER, FILTER_DST, FILTER_PARTITION, LossChain, MAX_RATE_PEERS,
+    NetConfig, NetCounters, PEER_KEY_PORT_BITS, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PeerKey,
+    RATE_SHIFT, RateLimit, RatePeerKey,
 };
 
 use crate::packet::{self, Peer};
@@ -56,10 +58,18 @@ static NET_DELAY_TABLE: Array<i32> = Array::with_max_entries(DELAY_TABLE_SIZE, 0
 #[map]
 static NET_DELAY_STATE: Array<u32> = Array::with_max_entries(2, 0);
 
-/// The rate limit's bucket: the virtual time (CLOCK_MONOTONIC ns) at which the link finishes what it
-/// was given. One value for all the target's packets, as one link would carry them.
+/// The rate limit's bucket of each direction: the virtual time (CLOCK_MONOTONIC ns) at which the
+/// link finishes what it was given. One value for all the target's packets, as one link would carry
+/// them.
 #[map]
-static NET_RATE_STATE: Array<u64> = Array::with_max_entries(1, 0);
+static NET_RATE_STATE: Array<u64> = Array::with_max_entries(DIR_COUNT, 0);
+
+/// With `FEAT_RATE_PER_PEER`: each peer's bucket, as `NET_RATE_STATE` holds the aggregate's. LRU: a
+/// peer not heard from for long is forgotten, and starts a fresh bucket. The loader sizes it to 1
+/// when unused.
+#[map]
+static NET_RATE_PEERS: LruHashMap<RatePeerKey, u64> =
+    LruHashMap::with_max_entries(MAX_RATE_PEERS, 0);
 
 #[map]
 pub(crate) static NET_COUNTERS: PerCpuArray<NetCounters> =
@@ -133,6 +143,8 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
     counters.seen += 1;
     let egress = dir == DIR_EGRESS;
 
+    // The peer's address, for a per-peer rate (the loader sets FEAT_FILTER with it).
+    let mut peer_addr = [0u8; 16];
     if features & FEAT_FILTER != 0 {
         let filter = &cfg.filter;
         let Some(peer) = packet::parse(&ctx.skb, egress, 0, false) else {
@@ -145,6 +157,7 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
         if !matches(cfg, &peer) {
             return false;
         }
+        peer_addr = peer.addr;
     }
     counters.matched += 1;
 
@@ -175,19 +188,53 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
             counters.delay_ns_total += delay;
         }
     }
-    features & FEAT_RATE != 0 && !pace(ctx, &cfg.rate, now, counters)
+    features & FEAT_RATE != 0
+        && !pace(
+            &ctx.skb,
+            0,
+            dir,
+            (features & FEAT_RATE_PER_PEER != 0).then_some(&peer_addr),
+            &cfg.rate,
+            now,
+            counters,
+        )
+}
+
+/// The bucket a packet draws on: its direction's, or with `peer` that peer's (made on its first
+/// packet).
+#[inline(always)]
+fn rate_bucket(dir: u32, peer: Option<&[u8; 16]>) -> Option<*mut u64> {
+    let Some(addr) = peer else {
+        return NET_RATE_STATE.get_ptr_mut(dir);
+    };
+    let key = RatePeerKey { addr: *addr, dir };
+    if let Some(finish) = NET_RATE_PEERS.get_ptr_mut(&key) {
+        return Some(finish);
+    }
+    // A racing CPU may have made it first (NOEXIST fails then); either way it is there now.
+    let _ = NET_RATE_PEERS.insert(&key, &0, BPF_NOEXIST as u64);
+    NET_RATE_PEERS.get_ptr_mut(&key)
 }
 
 /// Gives the packet its turn at the rate: a departure time after what the link was given before it,
 /// less the bucket's credit. False when that turn is further off than the queue holds (drop it).
+/// `l3` is where the IP header starts (0 at a cgroup hook, the link header's length at TC).
 #[inline(always)]
-fn pace(ctx: &SkBuffContext, rate: &RateLimit, now: u64, counters: &mut NetCounters) -> bool {
-    let Some(finish) = NET_RATE_STATE.get_ptr_mut(0) else {
+pub(crate) fn pace(
+    skb: &SkBuff,
+    l3: usize,
+    dir: u32,
+    peer: Option<&[u8; 16]>,
+    rate: &RateLimit,
+    now: u64,
+    counters: &mut NetCounters,
+) -> bool {
+    let Some(finish) = rate_bucket(dir, peer) else {
         return true;
     };
-    let bytes = wire_bytes(ctx);
+    let bytes = wire_bytes(skb, l3);
     let tx = (bytes * rate.ns_per_byte) >> RATE_SHIFT;
-    let skb = ctx.skb.skb;
+    let skb = skb.skb;
     // SAFETY: the kernel holds skb for the run; tstamp is readable and (CAP_BPF) writable here.
     let t = unsafe { (*skb).tstamp }.max(now);
     // SAFETY: an entry of this program's own map, shared by every CPU. Racing senders may read the
@@ -213,14 +260,16 @@ fn pace(ctx: &SkBuffContext, rate: &RateLimit, now: u64, counters: &mut NetCount
 /// The bytes the packet puts on the link at the IP layer: a GSO packet becomes `gso_segs` segments,
 /// each with its own copy of the headers.
 #[inline(always)]
-fn wire_bytes(ctx: &SkBuffContext) -> u64 {
-    let len = ctx.skb.len() as u64;
+fn wire_bytes(skb: &SkBuff, l3: usize) -> u64 {
+    let len = (skb.len() as u64).saturating_sub(l3 as u64);
     // SAFETY: the context pointer is valid for the whole run.
-    let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+    let segs = unsafe { (*skb.skb).gso_segs } as u64;
     if segs <= 1 {
         return len;
     }
-    let headers = packet::parse(&ctx.skb, true, 0, true).map_or(0, |p| p.payload as u64);
+    // The headers are the same in either direction: `egress` only picks which address is the peer.
+    let headers = packet::parse(skb, true, l3, true)
+        .map_or(0, |p| (p.payload as u64).saturating_sub(l3 as u64));
     len + (segs - 1) * headers
 }
 

@@ -7,7 +7,7 @@
 //! duplicate) is never a target.
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id,
         generated::bpf_ktime_get_coarse_ns,
@@ -17,12 +17,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    DIR_EGRESS, DIR_INGRESS, FEAT_CORRUPT, FEAT_DUPLICATE, FEAT_FILTER, FEAT_TC_COUNTS_SEEN,
-    INLINE_TARGETS, MAX_TARGET_LEVELS, MangleFault, NetConfig,
+    DIR_EGRESS, DIR_INGRESS, FEAT_CORRUPT, FEAT_DELAY, FEAT_DUPLICATE, FEAT_FILTER, FEAT_RATE,
+    FEAT_RATE_PER_PEER, FEAT_TC_COUNTS_SEEN, INLINE_TARGETS, MAX_TARGET_LEVELS, MangleFault,
+    NetConfig,
 };
 
 use crate::{
-    net::{NET_CONFIG, NET_COUNTERS, delay_ns, matches},
+    net::{NET_CONFIG, NET_COUNTERS, delay_ns, matches, pace},
     packet,
 };
 
@@ -140,13 +141,14 @@ fn is_target(m: &MangleFault, id: u64) -> bool {
     }
 }
 
-/// `FEAT_*` bits of the ingress program (`FEAT_DELAY`, `FEAT_FILTER`, `FEAT_TC_COUNTS_SEEN`).
+/// `FEAT_*` bits of the ingress program (`FEAT_DELAY`, `FEAT_RATE`, `FEAT_RATE_PER_PEER`,
+/// `FEAT_FILTER`, `FEAT_TC_COUNTS_SEEN`).
 #[unsafe(no_mangle)]
 static NET_TC_INGRESS_FEATURES: u64 = 0;
 
-/// Delay on the way into a target's own network namespace: linked to the egress of the host-side
-/// end of its veth, which carries nothing but what enters that namespace, whose processes are all
-/// targets (the loader checked). So no target lookup: every packet here is the target's.
+/// Delay and rate on the way into a target's own network namespace: linked to the egress of the
+/// host-side end of its veth, which carries nothing but what enters that namespace, whose processes
+/// are all targets (the loader checked). So no target lookup: every packet here is the target's.
 #[classifier]
 pub fn net_tc_ingress(ctx: TcContext) -> i32 {
     // SAFETY: a read-only global of this object, set before load.
@@ -154,7 +156,7 @@ pub fn net_tc_ingress(ctx: TcContext) -> i32 {
     let Some(cfg) = NET_CONFIG.get(0) else {
         return TCX_NEXT;
     };
-    // SAFETY: a helper without arguments; the delay needs the precise clock anyway.
+    // SAFETY: a helper without arguments; the delay and the rate need the precise clock anyway.
     let now = unsafe { bpf_ktime_get_ns() };
     if now >= cfg.deadline_ns {
         return TCX_NEXT;
@@ -168,27 +170,51 @@ pub fn net_tc_ingress(ctx: TcContext) -> i32 {
     if features & FEAT_TC_COUNTS_SEEN != 0 {
         counters.seen += 1;
     }
+    // The rate counts IP bytes, so it needs where they start; a filter needs it to read the headers.
+    let mut l3 = 0;
+    if features & (FEAT_FILTER | FEAT_RATE) != 0 {
+        let Some(offset) = packet::tc_network_offset(&ctx.skb) else {
+            return TCX_NEXT;
+        };
+        l3 = offset;
+    }
+    // The peer is the packet's source: it comes from there into the target.
+    let mut peer_addr = [0u8; 16];
     if features & FEAT_FILTER != 0 {
-        // The peer is the packet's source: it comes from there into the target.
-        let Some(peer) = packet::tc_network_offset(&ctx.skb)
-            .and_then(|l3| packet::parse(&ctx.skb, false, l3, false))
-        else {
+        let Some(peer) = packet::parse(&ctx.skb, false, l3, false) else {
             return TCX_NEXT;
         };
         if !matches(cfg, &peer) {
             return TCX_NEXT;
         }
+        peer_addr = peer.addr;
     }
     if features & FEAT_TC_COUNTS_SEEN != 0 {
         counters.matched += 1;
     }
-    // Uniform within ±jitter: the distribution table and correlation are the egress delay's.
-    let delay = delay_ns(&cfg.ingress, &cfg.delay_shape, 0);
-    let skb = ctx.skb.skb;
-    // SAFETY: the kernel holds skb for the run; tstamp is writable from TC.
-    unsafe { (*skb).tstamp = (*skb).tstamp.max(now) + delay };
-    counters.delayed += 1;
-    counters.delay_ns_total += delay;
+    let fault = &cfg.ingress;
+    if features & FEAT_DELAY != 0 && fault.delay_ns != 0 {
+        // Uniform within ±jitter: the distribution table and correlation are the egress delay's.
+        let delay = delay_ns(fault, &cfg.delay_shape, 0);
+        let skb = ctx.skb.skb;
+        // SAFETY: the kernel holds skb for the run; tstamp is writable from TC.
+        unsafe { (*skb).tstamp = (*skb).tstamp.max(now) + delay };
+        counters.delayed += 1;
+        counters.delay_ns_total += delay;
+    }
+    if features & FEAT_RATE != 0
+        && !pace(
+            &ctx.skb,
+            l3,
+            DIR_INGRESS,
+            (features & FEAT_RATE_PER_PEER != 0).then_some(&peer_addr),
+            &cfg.rate,
+            now,
+            counters,
+        )
+    {
+        return TC_ACT_SHOT;
+    }
     TCX_NEXT
 }
 

@@ -284,9 +284,9 @@ fn tcp_sink(lab: &Lab, to: SocketAddr) -> std::thread::JoinHandle<std::io::Resul
     std::thread::spawn(move || handle.join().expect("sink thread").and_then(|r| r))
 }
 
-/// Mbit/s of TCP payload a receiver got from a 3-second bulk send from `cg` (or outside any target).
-fn goodput(lab: &Lab, cg: Option<&std::path::Path>, port: u16) -> f64 {
-    let to = SocketAddr::from((lab.server_addr, port));
+/// Mbit/s of TCP payload a receiver in `lab`'s namespace at `to` got from a 3-second bulk send from
+/// `cg` (or outside any target).
+fn goodput(lab: &Lab, cg: Option<&std::path::Path>, to: SocketAddr) -> f64 {
     let sink = tcp_sink(lab, to);
     traffic(
         cg,
@@ -313,14 +313,14 @@ fn rate_holds_tcp_bulk_to_the_configured_bandwidth_beside_netem() {
         "20mbit",
         "--quiet",
     ]);
-    let hit = goodput(&lab, Some(&lab.cgroup.path), 7101);
-    let outside = goodput(&lab, None, 7102);
+    let hit = goodput(&lab, Some(&lab.cgroup.path), (lab.server_addr, 7101).into());
+    let outside = goodput(&lab, None, (lab.server_addr, 7102).into());
     let (code, out) = running.terminate();
     assert_eq!(code, 143, "{out:?}");
 
     // netem on the same device, same boot, same sender outside any cgroup.
     let netem = beside_netem(&lab.host_if, &["rate", "20mbit"], || {
-        goodput(&lab, None, 7103)
+        goodput(&lab, None, (lab.server_addr, 7103).into())
     });
     // Each counts its own bytes: kchaos the IP packet (1500 for 1448 of TCP payload with
     // timestamps), netem the frame with its Ethernet header (1514).
@@ -474,5 +474,195 @@ fn ingress_delay_holds_for_a_process_in_its_own_namespace() {
         (added[1] - 40.0).abs() <= 2.0,
         "both ways added {:.3} ms",
         added[1]
+    );
+}
+
+/// Mbit/s of TCP payload the rate implies for full-sized segments: each 1500-byte IP packet carries
+/// 1500 less its IP header (20 or 40) and TCP's 32 (with timestamps).
+fn payload_rate(mbit: f64, to: SocketAddr) -> f64 {
+    let ip = if to.is_ipv6() { 40.0 } else { 20.0 };
+    mbit * (1500.0 - ip - 32.0) / 1500.0
+}
+
+#[test]
+fn delay_rate_and_reorder_hold_over_ipv6() {
+    let Some((lab, _to4, _srv4)) = fq_lab("delay_rate_and_reorder_hold_over_ipv6") else {
+        return;
+    };
+    let (_, server6) = lab.add_ipv6().unwrap();
+    let to = SocketAddr::from((server6, 7000));
+    let _srv = EchoServer::start(&lab.netns, to).unwrap();
+    let cg = lab.cgroup.path.display().to_string();
+    let run = |args: &[&str], measure: &mut dyn FnMut()| {
+        let runs = RunDir::new();
+        let mut argv = vec!["net", "--cgroup", &cg, "--quiet"];
+        argv.extend_from_slice(args);
+        let running = runs.start(&argv);
+        measure();
+        let (code, out) = running.terminate();
+        assert_eq!(code, 143, "{out:?}");
+    };
+
+    let base = q(&rtts(Some(&lab.cgroup.path), to), 0.5);
+    let mut delayed = 0.0;
+    run(&["--delay", "20ms"], &mut || {
+        delayed = q(&rtts(Some(&lab.cgroup.path), to), 0.5) - base;
+    });
+    let mut got = 0.0;
+    let bulk = SocketAddr::from((server6, 7104));
+    run(&["--rate", "20mbit"], &mut || {
+        got = goodput(&lab, Some(&lab.cgroup.path), bulk);
+    });
+    let mut reordered = 0.0;
+    run(&["--delay", "10ms", "--reorder", "25"], &mut || {
+        reordered = reordered_share(Some(&lab.cgroup.path), to, 4000);
+    });
+    let expected = payload_rate(20.0, bulk);
+    println!(
+        "[{}] over IPv6: --delay 20ms added {:.3} ms (median of {PROBES}); --rate 20mbit gave \
+         {got:.3} Mbit/s of payload (expected {expected:.3}); --reorder 25: {reordered:.2}% overtook",
+        kernel_label(),
+        delayed / MS
+    );
+    // The same tolerances as over IPv4 (the tests above).
+    assert!(
+        (delayed - 20.0 * MS).abs() <= 1.0 * MS,
+        "IPv6 delay added {:.3} ms, not 20",
+        delayed / MS
+    );
+    assert!(
+        ((got - expected) / expected).abs() <= 0.02,
+        "IPv6 rate {got:.3} Mbit/s, not {expected:.3} ±2%"
+    );
+    assert!(
+        (reordered - 25.0).abs() <= 2.5,
+        "IPv6: {reordered:.2}% overtook, not 25±2.5%"
+    );
+}
+
+#[test]
+fn rate_per_peer_gives_each_peer_the_rate() {
+    let Some((lab, _to, _srv)) = fq_lab("rate_per_peer_gives_each_peer_the_rate") else {
+        return;
+    };
+    // Two peers: the lab's IPv4 and IPv6 server addresses, each with its own bulk stream at once.
+    let (_, server6) = lab.add_ipv6().unwrap();
+    let peers = [
+        SocketAddr::from((lab.server_addr, 7105)),
+        SocketAddr::from((server6, 7106)),
+    ];
+    let both = |lab: &Lab| -> Vec<f64> {
+        std::thread::scope(|s| {
+            let streams: Vec<_> = peers
+                .iter()
+                .map(|&to| s.spawn(move || goodput(lab, Some(&lab.cgroup.path), to)))
+                .collect();
+            streams.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let cg = lab.cgroup.path.display().to_string();
+    let mut measured = Vec::new();
+    for per_peer in [true, false] {
+        let runs = RunDir::new();
+        let mut argv = vec!["net", "--cgroup", &cg, "--rate", "10mbit", "--quiet"];
+        if per_peer {
+            argv.push("--rate-per-peer");
+        }
+        let running = runs.start(&argv);
+        measured.push(both(&lab));
+        let (code, out) = running.terminate();
+        assert_eq!(code, 143, "{out:?}");
+    }
+    let expected: Vec<f64> = peers.iter().map(|&to| payload_rate(10.0, to)).collect();
+    println!(
+        "[{}] --rate 10mbit, two peers at once (Mbit/s of payload, IPv4 and IPv6): per peer {:.3} \
+         and {:.3} (expected {:.3} and {:.3} each); one bucket for all {:.3} + {:.3}",
+        kernel_label(),
+        measured[0][0],
+        measured[0][1],
+        expected[0],
+        expected[1],
+        measured[1][0],
+        measured[1][1]
+    );
+    for (got, want) in measured[0].iter().zip(&expected) {
+        assert!(
+            ((got - want) / want).abs() <= 0.03,
+            "per peer: {got:.3} Mbit/s, not {want:.3} ±3%"
+        );
+    }
+    // One bucket: the two streams share the rate (each payload counted against its own overhead).
+    let shared: f64 = measured[1][0] / expected[0] + measured[1][1] / expected[1];
+    assert!(
+        (shared - 1.0).abs() <= 0.05,
+        "one bucket for two peers gave {:.0}% of the rate",
+        shared * 100.0
+    );
+}
+
+#[test]
+fn ingress_rate_holds_tcp_bulk_into_a_container() {
+    let test = "ingress_rate_holds_tcp_bulk_into_a_container";
+    if !root_or_skip(test) {
+        return;
+    }
+    if !chaos_userspace::engine::qdisc::kernel_has_fq() {
+        skip(
+            test,
+            "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it",
+        );
+        return;
+    }
+    // As for the ingress delay: the target cgroup's process lives in a second lab's namespace (the
+    // container); a sender in this namespace streams into it.
+    let target = Lab::create(&tag("t")).unwrap();
+    let container = Lab::create(&tag("c")).unwrap();
+    let mut resident = integration_tests::spawn_in(
+        &target.cgroup.path,
+        &["ip", "netns", "exec", &container.netns.name, "sleep", "120"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let into = SocketAddr::from((container.server_addr, 7301));
+    let runs = RunDir::new();
+    let running = runs.start(&[
+        "net",
+        "--cgroup",
+        &target.cgroup.path.display().to_string(),
+        "--rate",
+        "20mbit",
+        "--direction",
+        "ingress",
+        "--quiet",
+    ]);
+    assert_eq!(
+        root_qdisc(&container.host_if),
+        "fq",
+        "kchaos did not put fq on the host side of the container's veth"
+    );
+    let got = goodput(&container, None, into);
+    let (code, out) = running.terminate();
+    assert_eq!(code, 143, "{out:?}");
+    // The same stream without the fault: the limit was kchaos's, not the VM's.
+    let free = goodput(
+        &container,
+        None,
+        SocketAddr::from((container.server_addr, 7302)),
+    );
+    let _ = resident.kill();
+    let _ = resident.wait();
+    let expected = payload_rate(20.0, into);
+    println!(
+        "[{}] --rate 20mbit --direction ingress into a container: {got:.3} Mbit/s of payload \
+         (expected {expected:.3}, error {:+.2}%); without the fault {free:.1}",
+        kernel_label(),
+        (got - expected) / expected * 100.0
+    );
+    assert!(
+        ((got - expected) / expected).abs() <= 0.02,
+        "ingress rate {got:.3} Mbit/s, not {expected:.3} ±2%"
+    );
+    assert!(
+        free > 2.0 * 20.0,
+        "unlimited, the stream got only {free:.1} Mbit/s"
     );
 }

@@ -47,6 +47,11 @@ const GSO_SIZE_OFFSET: usize = 176;
 
 /// An Ethernet + IPv4 + UDP frame from 10.254.0.1:4000 to 10.254.0.2:5000.
 fn udp_frame() -> Vec<u8> {
+    udp_frame_between([10, 254, 0, 1], [10, 254, 0, 2])
+}
+
+/// The same frame between other addresses.
+fn udp_frame_between(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     let mut f = vec![0u8; 14 + 20 + 8 + 16];
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let ip = &mut f[14..34];
@@ -54,8 +59,8 @@ fn udp_frame() -> Vec<u8> {
     ip[2..4].copy_from_slice(&(20u16 + 8 + 16).to_be_bytes());
     ip[8] = 64;
     ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 254, 0, 1]);
-    ip[16..20].copy_from_slice(&[10, 254, 0, 2]);
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
     let udp = &mut f[34..42];
     udp[0..2].copy_from_slice(&4000u16.to_be_bytes());
     udp[2..4].copy_from_slice(&5000u16.to_be_bytes());
@@ -137,7 +142,11 @@ impl Harness {
 
     /// The same for a packet the kernel would send as `segs` GSO segments (0: not GSO).
     fn run_gso(&self, segs: u32) -> (u32, u64) {
-        let frame = udp_frame();
+        self.run_frame(&udp_frame(), segs)
+    }
+
+    /// Runs the program once on `frame` (Ethernet first), as `segs` GSO segments (0: not GSO).
+    fn run_frame(&self, frame: &[u8], segs: u32) -> (u32, u64) {
         let mut ctx_in = [0u8; SK_BUFF_SIZE];
         if segs > 0 {
             ctx_in[GSO_SEGS_OFFSET..GSO_SEGS_OFFSET + 4].copy_from_slice(&segs.to_ne_bytes());
@@ -692,4 +701,64 @@ fn ingress_tc_program_stamps_what_enters_the_namespace() {
         ..Default::default()
     });
     assert_eq!(h.run(), (u32::MAX, 0));
+}
+
+#[test]
+fn rate_per_peer_gives_each_peer_its_bucket_and_ingress_paces_too() {
+    if !root_or_skip("rate_per_peer_gives_each_peer_its_bucket_and_ingress_paces_too") {
+        return;
+    }
+    use chaos_common::{DIR_INGRESS, FEAT_FILTER, FEAT_RATE_PER_PEER, FEAT_TC_COUNTS_SEEN};
+    let turn = FRAME_IP_BYTES * NS_PER_BYTE;
+    let to_a = udp_frame_between([10, 254, 0, 1], [10, 254, 0, 2]);
+    let to_b = udp_frame_between([10, 254, 0, 1], [10, 254, 0, 3]);
+    // Per peer: each peer's first packet leaves at once on its own credit, and each next one waits
+    // a turn after its own peer's last, whatever the other peer sent meanwhile.
+    let mut h = Harness::with_features(FEAT_RATE | FEAT_RATE_PER_PEER | FEAT_FILTER);
+    h.set(slow_rate(0, 1_000 * MS));
+    let runs: Vec<(u32, u64)> = [&to_a, &to_b, &to_a, &to_b, &to_a, &to_b]
+        .iter()
+        .map(|f| h.run_frame(f, 0))
+        .collect();
+    assert!(runs.iter().all(|&(v, _)| v == 1), "{runs:?}");
+    assert_eq!(
+        (runs[0].1, runs[1].1),
+        (0, 0),
+        "a peer's first packet waited for another peer's: {runs:?}"
+    );
+    assert_eq!(runs[4].1 - runs[2].1, turn, "peer A's turns: {runs:?}");
+    assert_eq!(runs[5].1 - runs[3].1, turn, "peer B's turns: {runs:?}");
+    assert_eq!(h.egress_counters().paced, 4);
+    // One bucket for all (no FEAT_RATE_PER_PEER): the second peer's first packet waits its turn.
+    let mut h = Harness::with_features(FEAT_RATE);
+    h.set(slow_rate(0, 1_000 * MS));
+    let (_, first) = h.run_frame(&to_a, 0);
+    let (_, second) = h.run_frame(&to_b, 0);
+    assert_eq!(first, 0);
+    assert_ne!(
+        second, 0,
+        "one bucket for all let another peer's packet through at once"
+    );
+
+    // On ingress, the TC program on the host side of a container's veth paces what enters it. It
+    // counts IP bytes, not the Ethernet header (the same turn as at the cgroup hook), and drops what
+    // would wait longer than the queue (TC_ACT_SHOT), passing the rest on (TCX_NEXT).
+    let mut h = Harness::tc_ingress(FEAT_RATE | FEAT_TC_COUNTS_SEEN);
+    h.set(slow_rate(0, 3 * turn));
+    let runs: Vec<(u32, u64)> = (0..8).map(|_| h.run()).collect();
+    assert_eq!(runs[0], (u32::MAX, 0), "an idle link's first packet waited");
+    assert_eq!(runs[1].0, u32::MAX);
+    assert_eq!(runs[2].1 - runs[1].1, turn, "ingress turns: {runs:?}");
+    let dropped = runs.iter().filter(|&&(v, _)| v == 2).count() as u64;
+    assert!(
+        (3..=5).contains(&dropped),
+        "a 3-turn queue kept {} of 8 back-to-back packets: {runs:?}",
+        8 - dropped
+    );
+    let c = h.counters(DIR_INGRESS);
+    assert_eq!(
+        (c.seen, c.rate_dropped, c.rate_bytes),
+        (8, dropped, (8 - dropped) * FRAME_IP_BYTES)
+    );
+    assert_eq!(c.delayed, 0, "a rate alone delayed packets");
 }

@@ -47,9 +47,15 @@ fn measure(lab: &Lab, to: SocketAddr, args: &[&str]) -> (f64, f64, u64, u64, (u6
     let lost = sent - received;
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report.0).expect("report")).expect("json");
-    let dropped = r["faults"][0]["counters"]["egress.dropped"]
+    // On ingress the echoes are what the chain drops, on their way back into the target.
+    let counter = if args.contains(&"ingress") {
+        "ingress.dropped"
+    } else {
+        "egress.dropped"
+    };
+    let dropped = r["faults"][0]["counters"][counter]
         .as_u64()
-        .unwrap_or_else(|| panic!("no egress.dropped in {r}"));
+        .unwrap_or_else(|| panic!("no {counter} in {r}"));
     (
         lost as f64 / sent as f64,
         lost as f64 / bursts.max(1) as f64,
@@ -86,7 +92,7 @@ fn check(label: &str, args: &[&str], model: LossModel) {
         "{label}: mean burst {burst:.3} is not within 12% of {:.3}",
         th.mean_burst
     );
-    // Every loss the client saw is one the kernel made (the echoes come back unfaulted).
+    // Every loss the client saw is one the kernel made (only one direction is faulted).
     let allowed = if integration_tests::in_vm() {
         sent / 400
     } else {
@@ -122,6 +128,19 @@ fn correlated_drop_keeps_the_rate_and_makes_bursts() {
             percent: 10.0,
             correlation: 50.0,
         },
+    );
+}
+
+#[test]
+fn gilbert_elliott_on_ingress_loses_what_the_target_receives() {
+    if !root_or_skip("gilbert_elliott_on_ingress_loses_what_the_target_receives") {
+        return;
+    }
+    let spec = "gemodel:5,40";
+    check(
+        &format!("{spec} on ingress"),
+        &["--loss-model", spec, "--direction", "ingress"],
+        LossModel::parse(spec).unwrap(),
     );
 }
 

@@ -560,12 +560,29 @@ fn ingress_delay_is_refused_where_it_cannot_be_held_to_the_target() {
     let mut host_proc = integration_tests::spawn_in(&lab.cgroup.path, &["sleep", "30"]);
     joined(1);
     let (code, err) = delay_in(&cg);
+    // A rate on ingress is refused the same way, and for the same reason.
+    let rate = RunDir::new().run(&[
+        "net",
+        "--cgroup",
+        &cg,
+        "--rate",
+        "1mbit",
+        "--direction",
+        "both",
+    ]);
     let _ = host_proc.kill();
     let _ = host_proc.wait();
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("needs the target in a network namespace of its own"),
         "{err}"
+    );
+    let rate_err = String::from_utf8_lossy(&rate.stderr);
+    assert_eq!(rate.status.code(), Some(2), "{rate_err}");
+    assert!(
+        rate_err.contains("--rate on ingress")
+            && rate_err.contains("needs the target in a network namespace of its own"),
+        "{rate_err}"
     );
 
     // A namespace of its own, but shared with a process of another cgroup.

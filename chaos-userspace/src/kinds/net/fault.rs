@@ -11,9 +11,10 @@ use aya::{
 use chaos_common::{
     DIR_EGRESS, DIR_INGRESS, DelayShape, DirectionFault, FEAT_CORRUPT, FEAT_DELAY,
     FEAT_DELAY_CORRELATION, FEAT_DELAY_TABLE, FEAT_DROP, FEAT_DUPLICATE, FEAT_FILTER,
-    FEAT_LOSS_CHAIN, FEAT_RATE, FEAT_REORDER, FEAT_TC_COUNTS_SEEN, FILTER_DST, FILTER_PARTITION,
-    LossChain, MangleFault, NetConfig, NetCounters, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    PacketFilter, PeerKey, RATE_SHIFT, RateLimit, percent_to_threshold,
+    FEAT_LOSS_CHAIN, FEAT_RATE, FEAT_RATE_PER_PEER, FEAT_REORDER, FEAT_TC_COUNTS_SEEN, FILTER_DST,
+    FILTER_PARTITION, LossChain, MAX_RATE_PEERS, MangleFault, NetConfig, NetCounters, PROTO_ANY,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter, PeerKey, RATE_SHIFT, RateLimit,
+    percent_to_threshold,
 };
 
 use super::{delay::Distribution, loss::LossModel, peers::Peer};
@@ -111,11 +112,16 @@ pub struct NetArgs {
     /// default 1: any packet may).
     #[arg(long, value_name = "N", value_parser = units::parse_whole::<u32>, allow_hyphen_values = true)]
     pub reorder_gap: Option<u32>,
-    /// Limit what the target sends to this bandwidth, all its packets together (EDT pacing; needs
-    /// sch_fq, which kchaos installs): 10mbit, 1.5gbit, 100kbit (tc's units; mbps means megabytes).
-    /// Counted as IP bytes, each segment with its headers.
+    /// Limit what the target sends (or receives, with --direction) to this bandwidth, all its
+    /// packets together (EDT pacing; needs sch_fq, which kchaos installs): 10mbit, 1.5gbit, 100kbit
+    /// (tc's units; mbps means megabytes). Counted as IP bytes, each segment with its headers. On
+    /// ingress the target needs a network namespace of its own (a container).
     #[arg(long, value_name = "RATE", value_parser = parse_rate, allow_hyphen_values = true)]
     pub rate: Option<u64>,
+    /// With --rate: give each peer address its own bucket of RATE, instead of one for all peers
+    /// together (with --dst: each address in those CIDRs).
+    #[arg(long)]
+    pub rate_per_peer: bool,
     /// With --rate: how much may leave at once after an idle spell (a token bucket's depth): 64k,
     /// 1m (default 0: every packet waits for its turn, as netem's rate).
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size, allow_hyphen_values = true)]
@@ -145,8 +151,8 @@ pub struct NetArgs {
     pub proto: Option<Proto>,
     /// Which way drop and delay apply: egress (what the target sends; the default, as netem),
     /// ingress (what it receives; a delay there needs the target in a network namespace of its
-    /// own, a container) or both. A partition is always both ways; rate, duplicate and corrupt are
-    /// egress only.
+    /// own, a container; so does a rate) or both. A partition is always both ways; duplicate and
+    /// corrupt are egress only.
     #[arg(long, value_enum, default_value_t)]
     pub direction: Direction,
 }
@@ -170,6 +176,8 @@ pub struct NetSpec {
     /// Bits per second, with the bucket's depth in bytes.
     pub rate: Option<u64>,
     pub burst: u64,
+    /// A bucket per peer address rather than one for all.
+    pub rate_per_peer: bool,
     /// None: no TC program for it; Some(0.0) attaches it idle (a ramp from 0).
     pub duplicate: Option<f64>,
     pub corrupt: Option<f64>,
@@ -251,6 +259,12 @@ impl NetSpec {
                 "--burst {b} needs --rate: it is the rate limit's bucket, e.g. --rate 10mbit --burst 64k"
             )));
         }
+        if a.rate_per_peer && a.rate.is_none() {
+            return Err(BadInput::new(
+                "--rate-per-peer needs --rate: it gives each peer a bucket of that rate, e.g. --rate \
+                 1mbit --rate-per-peer",
+            ));
+        }
         let mangles = a.duplicate.is_some() || a.corrupt.is_some();
         if drop.is_none()
             && a.loss_model.is_none()
@@ -264,20 +278,14 @@ impl NetSpec {
                  --rate RATE, --duplicate PCT, --corrupt PCT or --partition CIDR[:PORT]",
             ));
         }
-        if let Some(r) = a.rate {
-            if a.direction == Direction::Ingress {
-                return Err(BadInput::new(
-                    "--rate applies to what the target sends (EDT is honoured by the egress qdisc); \
-                     drop --direction ingress",
-                ));
-            }
-            if r > MAX_RATE {
-                return Err(BadInput::new(format!(
-                    "--rate {}: allowed is up to {}",
-                    units::format_rate(r as f64),
-                    units::format_rate(MAX_RATE as f64)
-                )));
-            }
+        if let Some(r) = a.rate
+            && r > MAX_RATE
+        {
+            return Err(BadInput::new(format!(
+                "--rate {}: allowed is up to {}",
+                units::format_rate(r as f64),
+                units::format_rate(MAX_RATE as f64)
+            )));
         }
         if a.burst.is_some_and(|b| b > MAX_BURST) {
             return Err(BadInput::new(format!(
@@ -337,6 +345,7 @@ impl NetSpec {
             reorder_gap: a.reorder_gap.unwrap_or(1),
             rate: a.rate,
             burst: a.burst.unwrap_or(0),
+            rate_per_peer: a.rate_per_peer,
             duplicate: a.duplicate,
             corrupt: a.corrupt,
             partitions,
@@ -397,8 +406,11 @@ impl NetSpec {
                 egress |= FEAT_REORDER;
             }
         }
-        if self.rate.is_some() {
+        if self.rate.is_some() && self.direction != Direction::Ingress {
             egress |= FEAT_RATE;
+            if self.rate_per_peer {
+                egress |= FEAT_RATE_PER_PEER | FEAT_FILTER;
+            }
         }
         (egress, ingress)
     }
@@ -416,19 +428,26 @@ impl NetSpec {
         }
     }
 
-    /// True when egress packets wait in fq (a delay or a rate).
+    /// True when packets wait in fq (a delay or a rate).
     pub fn needs_fq(&self) -> bool {
         !self.delay.is_zero() || self.rate.is_some()
     }
 
-    /// True when what the target sends waits in fq in its own namespaces.
-    fn needs_fq_in_targets(&self) -> bool {
-        (!self.delay.is_zero() && self.direction != Direction::Ingress) || self.rate.is_some()
+    /// True when packets wait: for a departure time on the way out of the target (egress), or on
+    /// the way in (ingress, the TC program on the host-side veths).
+    fn waits(&self, direction: Direction) -> bool {
+        (!self.delay.is_zero() || self.rate.is_some())
+            && (self.direction == direction || self.direction == Direction::Both)
     }
 
-    /// True when the delay applies on the way in: the TC program on the host-side veths.
+    /// True when what the target sends waits in fq in its own namespaces.
+    fn needs_fq_in_targets(&self) -> bool {
+        self.waits(Direction::Egress)
+    }
+
+    /// True when a delay or a rate applies on the way in: the TC program on the host-side veths.
     pub fn needs_ingress_tc(&self) -> bool {
-        !self.delay.is_zero() && self.direction != Direction::Egress
+        self.waits(Direction::Ingress)
     }
 
     /// The `FEAT_*` bits of the ingress TC program.
@@ -436,9 +455,18 @@ impl NetSpec {
         if !self.needs_ingress_tc() {
             return 0;
         }
-        let mut f = FEAT_DELAY;
+        let mut f = 0;
+        if !self.delay.is_zero() {
+            f |= FEAT_DELAY;
+        }
         if !self.dsts.is_empty() || self.port.is_some() || self.proto.is_some() {
             f |= FEAT_FILTER;
+        }
+        if self.rate.is_some() {
+            f |= FEAT_RATE;
+            if self.rate_per_peer {
+                f |= FEAT_RATE_PER_PEER | FEAT_FILTER;
+            }
         }
         if !self.needs_ingress() {
             f |= FEAT_TC_COUNTS_SEEN;
@@ -549,8 +577,7 @@ impl NetSpec {
 
     fn needs_egress(&self) -> bool {
         !self.partitions.is_empty()
-            || (!self.delay.is_zero() && self.direction != Direction::Ingress)
-            || self.rate.is_some()
+            || self.waits(Direction::Egress)
             || ((self.drop_percent.is_some() || self.loss_model.is_some())
                 && self.direction != Direction::Ingress)
     }
@@ -606,7 +633,10 @@ impl NetSpec {
             if self.burst > 0 {
                 d += &format!(" burst {}B", self.burst);
             }
-            parts.push(d + " (egress)");
+            if self.rate_per_peer {
+                d += " per peer";
+            }
+            parts.push(d + &format!(" ({})", self.direction.words()));
         }
         if let Some(p) = self.duplicate {
             parts.push(format!("duplicate {p}% (egress)"));
@@ -712,6 +742,14 @@ impl NetFault {
                 (
                     "NET_DELAY_TABLE",
                     table.as_ref().map_or(1, |t| t.len() as u32),
+                ),
+                (
+                    "NET_RATE_PEERS",
+                    if spec.rate_per_peer {
+                        MAX_RATE_PEERS
+                    } else {
+                        1
+                    },
                 ),
             ],
         )?;
@@ -1229,14 +1267,35 @@ mod tests {
         assert_eq!(r.ns_per_byte, 1000 << RATE_SHIFT);
         assert_eq!(r.burst_ns, 1_000_000);
         assert_eq!(r.queue_ns, 1_000_000_000);
+        // On ingress the TC program on the host-side veth paces, not the cgroup program.
         a.direction = Direction::Ingress;
+        let s = NetSpec::from_args(&a).unwrap();
+        assert_eq!(s.features(), (0, 0));
+        assert!(s.needs_ingress_tc() && !s.needs_fq_in_targets());
+        assert_eq!(
+            s.ingress_tc_features() & (FEAT_RATE | FEAT_DELAY),
+            FEAT_RATE
+        );
+        // Both ways: each direction its own bucket; per peer parses the headers for the address.
+        a.direction = Direction::Both;
+        a.rate_per_peer = true;
+        let s = NetSpec::from_args(&a).unwrap();
+        assert_eq!(s.features().0, FEAT_RATE | FEAT_RATE_PER_PEER | FEAT_FILTER);
+        assert_eq!(
+            s.ingress_tc_features() & (FEAT_RATE | FEAT_RATE_PER_PEER | FEAT_FILTER),
+            FEAT_RATE | FEAT_RATE_PER_PEER | FEAT_FILTER
+        );
+        assert!(s.describe().contains("per peer (both ways)"));
+        a.direction = Direction::Egress;
+        a.rate = None;
+        a.burst = None;
         assert!(
             NetSpec::from_args(&a)
                 .unwrap_err()
                 .to_string()
-                .contains("--rate applies to what the target sends")
+                .starts_with("--rate-per-peer needs --rate")
         );
-        a.direction = Direction::Egress;
+        a.rate_per_peer = false;
         a.rate = Some(MAX_RATE + 1);
         assert!(
             NetSpec::from_args(&a)

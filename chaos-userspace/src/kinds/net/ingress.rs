@@ -1,5 +1,6 @@
-//! Delay on the way in (`--delay` with `--direction ingress|both`), for a target in a network
-//! namespace of its own (a container): kernel side `net_tc_ingress` in chaos-ebpf/src/net_tc.rs.
+//! Delay and rate on the way in (`--delay`, `--rate` with `--direction ingress|both`), for a target
+//! in a network namespace of its own (a container): kernel side `net_tc_ingress` in
+//! chaos-ebpf/src/net_tc.rs.
 //!
 //! EDT is honoured where a packet leaves a device, and a packet arriving for the target leaves one
 //! device on its way: the host-side end of the container's veth. Its egress is the container's
@@ -19,9 +20,9 @@ use crate::{
 pub const PROGRAM: &str = "net_tc_ingress";
 
 /// The host-side ends (in kchaos's namespace) of the veths of every target's namespace, or why
-/// delay on ingress can't be held to the targets.
+/// a delay or a rate on ingress can't be held to the targets.
 pub fn plan(targets: &[Target]) -> Result<Vec<String>, BadInput> {
-    let why = "--delay on ingress (--direction ingress or both)";
+    let why = "--delay or --rate on ingress (--direction ingress or both)";
     let own = NetnsRef::own().map_err(|e| BadInput::new(format!("{why}: {e}")))?;
     let mut namespaces: Vec<NetnsRef> = Vec::new();
     for t in targets {
@@ -49,7 +50,7 @@ pub fn plan(targets: &[Target]) -> Result<Vec<String>, BadInput> {
             return Err(BadInput::new(format!(
                 "{why} needs the target in a network namespace of its own (a container): process \
                  {} of it lives in kchaos's namespace, where packets arrive on devices every \
-                 process shares. Delay what it sends (--direction egress), or drop on ingress \
+                 process shares. Delay or limit what it sends (--direction egress), or drop on ingress \
                  (--percent with --direction ingress)",
                 ns.pid_hint
             )));

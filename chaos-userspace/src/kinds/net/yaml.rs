@@ -18,6 +18,7 @@ pub const NET_FIELDS: &[&str] = &[
     "reorder_gap",
     "rate",
     "burst",
+    "rate_per_peer",
     "duplicate",
     "corrupt",
     "partition",
@@ -80,6 +81,9 @@ pub fn parse_net(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> O
     }
     if let Some(n) = f.value("burst") {
         args.burst = ctx.size(n, &f.path_of("burst"));
+    }
+    if let Some(n) = f.value("rate_per_peer") {
+        args.rate_per_peer = ctx.boolean(n, &f.path_of("rate_per_peer")).unwrap_or(false);
     }
     if let Some(n) = f.value("duplicate") {
         args.duplicate = ctx.percent(n, &f.path_of("duplicate"));
