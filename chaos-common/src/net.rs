@@ -41,7 +41,7 @@ pub const FEAT_DELAY_CORRELATION: u64 = 1 << 9;
 /// Reorder: some packets skip the delay (`DelayShape::reorder_threshold`, `reorder_gap`).
 pub const FEAT_REORDER: u64 = 1 << 10;
 /// With `FEAT_RATE`: each peer address has a bucket of its own (`NET_RATE_PEERS`), found from the
-/// parsed headers (the loader sets `FEAT_FILTER` with it).
+/// packet's headers.
 pub const FEAT_RATE_PER_PEER: u64 = 1 << 11;
 /// Bits of `NET_TC_FEATURES`, the TC egress program's (`--duplicate`, `--corrupt`): it shares
 /// `FEAT_FILTER` with the cgroup programs.

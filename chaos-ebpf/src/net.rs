@@ -143,8 +143,6 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
     counters.seen += 1;
     let egress = dir == DIR_EGRESS;
 
-    // The peer's address, for a per-peer rate (the loader sets FEAT_FILTER with it).
-    let mut peer_addr = [0u8; 16];
     if features & FEAT_FILTER != 0 {
         let filter = &cfg.filter;
         let Some(peer) = packet::parse(&ctx.skb, egress, 0, false) else {
@@ -157,7 +155,6 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
         if !matches(cfg, &peer) {
             return false;
         }
-        peer_addr = peer.addr;
     }
     counters.matched += 1;
 
@@ -193,21 +190,26 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
             &ctx.skb,
             0,
             dir,
-            (features & FEAT_RATE_PER_PEER != 0).then_some(&peer_addr),
+            features & FEAT_RATE_PER_PEER != 0,
             &cfg.rate,
             now,
             counters,
         )
 }
 
-/// The bucket a packet draws on: its direction's, or with `peer` that peer's (made on its first
-/// packet).
+/// The bucket a packet draws on: its direction's, or `per_peer` its peer's (made on its first
+/// packet). The headers are read here, not kept from the filter: a buffer for the address would
+/// cost every packet of every other fault an initialisation.
 #[inline(always)]
-fn rate_bucket(dir: u32, peer: Option<&[u8; 16]>) -> Option<*mut u64> {
-    let Some(addr) = peer else {
+fn rate_bucket(skb: &SkBuff, l3: usize, dir: u32, per_peer: bool) -> Option<*mut u64> {
+    if !per_peer {
         return NET_RATE_STATE.get_ptr_mut(dir);
+    }
+    let peer = packet::parse(skb, dir == DIR_EGRESS, l3, false)?;
+    let key = RatePeerKey {
+        addr: peer.addr,
+        dir,
     };
-    let key = RatePeerKey { addr: *addr, dir };
     if let Some(finish) = NET_RATE_PEERS.get_ptr_mut(&key) {
         return Some(finish);
     }
@@ -224,12 +226,12 @@ pub(crate) fn pace(
     skb: &SkBuff,
     l3: usize,
     dir: u32,
-    peer: Option<&[u8; 16]>,
+    per_peer: bool,
     rate: &RateLimit,
     now: u64,
     counters: &mut NetCounters,
 ) -> bool {
-    let Some(finish) = rate_bucket(dir, peer) else {
+    let Some(finish) = rate_bucket(skb, l3, dir, per_peer) else {
         return true;
     };
     let bytes = wire_bytes(skb, l3);

@@ -170,7 +170,7 @@ pub fn net_tc_ingress(ctx: TcContext) -> i32 {
     if features & FEAT_TC_COUNTS_SEEN != 0 {
         counters.seen += 1;
     }
-    // The rate counts IP bytes, so it needs where they start; a filter needs it to read the headers.
+    // The rate counts IP bytes, so it needs where they start; the headers are read from there.
     let mut l3 = 0;
     if features & (FEAT_FILTER | FEAT_RATE) != 0 {
         let Some(offset) = packet::tc_network_offset(&ctx.skb) else {
@@ -179,7 +179,6 @@ pub fn net_tc_ingress(ctx: TcContext) -> i32 {
         l3 = offset;
     }
     // The peer is the packet's source: it comes from there into the target.
-    let mut peer_addr = [0u8; 16];
     if features & FEAT_FILTER != 0 {
         let Some(peer) = packet::parse(&ctx.skb, false, l3, false) else {
             return TCX_NEXT;
@@ -187,7 +186,6 @@ pub fn net_tc_ingress(ctx: TcContext) -> i32 {
         if !matches(cfg, &peer) {
             return TCX_NEXT;
         }
-        peer_addr = peer.addr;
     }
     if features & FEAT_TC_COUNTS_SEEN != 0 {
         counters.matched += 1;
@@ -207,7 +205,7 @@ pub fn net_tc_ingress(ctx: TcContext) -> i32 {
             &ctx.skb,
             l3,
             DIR_INGRESS,
-            (features & FEAT_RATE_PER_PEER != 0).then_some(&peer_addr),
+            features & FEAT_RATE_PER_PEER != 0,
             &cfg.rate,
             now,
             counters,

@@ -708,13 +708,13 @@ fn rate_per_peer_gives_each_peer_its_bucket_and_ingress_paces_too() {
     if !root_or_skip("rate_per_peer_gives_each_peer_its_bucket_and_ingress_paces_too") {
         return;
     }
-    use chaos_common::{DIR_INGRESS, FEAT_FILTER, FEAT_RATE_PER_PEER, FEAT_TC_COUNTS_SEEN};
+    use chaos_common::{DIR_INGRESS, FEAT_RATE_PER_PEER, FEAT_TC_COUNTS_SEEN};
     let turn = FRAME_IP_BYTES * NS_PER_BYTE;
     let to_a = udp_frame_between([10, 254, 0, 1], [10, 254, 0, 2]);
     let to_b = udp_frame_between([10, 254, 0, 1], [10, 254, 0, 3]);
     // Per peer: each peer's first packet leaves at once on its own credit, and each next one waits
     // a turn after its own peer's last, whatever the other peer sent meanwhile.
-    let mut h = Harness::with_features(FEAT_RATE | FEAT_RATE_PER_PEER | FEAT_FILTER);
+    let mut h = Harness::with_features(FEAT_RATE | FEAT_RATE_PER_PEER);
     h.set(slow_rate(0, 1_000 * MS));
     let runs: Vec<(u32, u64)> = [&to_a, &to_b, &to_a, &to_b, &to_a, &to_b]
         .iter()

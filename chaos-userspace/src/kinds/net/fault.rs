@@ -409,7 +409,7 @@ impl NetSpec {
         if self.rate.is_some() && self.direction != Direction::Ingress {
             egress |= FEAT_RATE;
             if self.rate_per_peer {
-                egress |= FEAT_RATE_PER_PEER | FEAT_FILTER;
+                egress |= FEAT_RATE_PER_PEER;
             }
         }
         (egress, ingress)
@@ -465,7 +465,7 @@ impl NetSpec {
         if self.rate.is_some() {
             f |= FEAT_RATE;
             if self.rate_per_peer {
-                f |= FEAT_RATE_PER_PEER | FEAT_FILTER;
+                f |= FEAT_RATE_PER_PEER;
             }
         }
         if !self.needs_ingress() {
@@ -1280,10 +1280,10 @@ mod tests {
         a.direction = Direction::Both;
         a.rate_per_peer = true;
         let s = NetSpec::from_args(&a).unwrap();
-        assert_eq!(s.features().0, FEAT_RATE | FEAT_RATE_PER_PEER | FEAT_FILTER);
+        assert_eq!(s.features().0, FEAT_RATE | FEAT_RATE_PER_PEER);
         assert_eq!(
             s.ingress_tc_features() & (FEAT_RATE | FEAT_RATE_PER_PEER | FEAT_FILTER),
-            FEAT_RATE | FEAT_RATE_PER_PEER | FEAT_FILTER
+            FEAT_RATE | FEAT_RATE_PER_PEER
         );
         assert!(s.describe().contains("per peer (both ways)"));
         a.direction = Direction::Egress;
