@@ -10,6 +10,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod lease;
 mod net;
 mod net_tc;
 mod packet;

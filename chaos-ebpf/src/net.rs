@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{cgroup_skb, map},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{SkBuffContext, sk_buff::SkBuff},
@@ -19,7 +19,10 @@ use chaos_common::{
     RATE_SHIFT, RateLimit, RatePeerKey,
 };
 
-use crate::packet::{self, Peer};
+use crate::{
+    lease,
+    packet::{self, Peer},
+};
 
 /// Egress verdicts of an egress-typed cgroup_skb program: bit 0 = let it through, bit 1 = congestion
 /// notification. 2 drops it while sendmsg() reports success, as a lossy link would.
@@ -122,19 +125,26 @@ fn fault_verdict(ctx: &SkBuffContext, dir: u32) -> bool {
     let Some(cfg) = NET_CONFIG.get(0) else {
         return false;
     };
-    // The lease needs only the coarse clock (it lags by at most a tick); a delay or a rate needs the
-    // precise one, which is read once for all.
-    // SAFETY: helpers without arguments.
-    let now = unsafe {
-        if features & (FEAT_DELAY | FEAT_RATE) != 0 {
-            bpf_ktime_get_ns()
-        } else {
-            bpf_ktime_get_coarse_ns()
+    // A delay or a rate needs the precise clock, which then checks the lease too; without them the
+    // lease is checked at a tick's precision, with no clock call on most packets (lease.rs).
+    let now = if features & (FEAT_DELAY | FEAT_RATE) != 0 {
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if now >= cfg.deadline_ns {
+            return false;
         }
+        now
+    } else {
+        let slot = if dir == DIR_EGRESS {
+            lease::SLOT_CGROUP_EGRESS
+        } else {
+            lease::SLOT_CGROUP_INGRESS
+        };
+        if !lease::holds(cfg.deadline_ns, slot) {
+            return false;
+        }
+        0
     };
-    if now >= cfg.deadline_ns {
-        return false;
-    }
     let Some(counters) = NET_COUNTERS.get_ptr_mut(dir) else {
         return false;
     };

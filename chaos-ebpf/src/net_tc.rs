@@ -8,10 +8,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id,
-        generated::bpf_ktime_get_coarse_ns,
-    },
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
     macros::{classifier, map},
     maps::HashMap,
     programs::TcContext,
@@ -23,6 +20,7 @@ use chaos_common::{
 };
 
 use crate::{
+    lease,
     net::{NET_CONFIG, NET_COUNTERS, delay_ns, matches, pace},
     packet,
 };
@@ -48,8 +46,7 @@ pub fn net_tc_egress(ctx: TcContext) -> i32 {
     if !from_target(&ctx, cfg) {
         return TCX_NEXT;
     }
-    // SAFETY: a helper without arguments; the lease needs only the coarse clock.
-    if unsafe { bpf_ktime_get_coarse_ns() } >= cfg.deadline_ns {
+    if !lease::holds(cfg.deadline_ns, lease::SLOT_TC_EGRESS) {
         return TCX_NEXT;
     }
     let Some(counters) = NET_COUNTERS.get_ptr_mut(DIR_EGRESS) else {
