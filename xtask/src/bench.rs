@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::{build, setup};
 
@@ -10,24 +10,25 @@ use crate::{build, setup};
 pub struct BenchArgs {
     /// Which benchmark: net, syscall, stress, time.
     pub which: String,
-    /// Run it inside the Debian 6.12 test VM (net: also EDT delay precision beside netem, which needs
-    /// sch_fq; syscall: the host-wide backends, lsm and fmod_ret, and kprobe too on the kprobe
-    /// kernel when it is built and cached). Under emulation absolute numbers mean little: read the
-    /// ratios.
+    /// Run it inside the Debian 6.12 test VM (net: also kchaos beside netem fault by fault, which
+    /// needs sch_fq and sch_netem; syscall: the host-wide backends, lsm and fmod_ret, and kprobe too
+    /// on the kprobe kernel when it is built and cached). Under emulation absolute numbers mean
+    /// little: read the ratios and the side-by-side comparison.
     #[arg(long)]
     pub vm: bool,
     /// With --vm: the Debian kernel only, even when the kprobe kernel is built.
     #[arg(long, requires = "vm")]
     pub skip_kprobe_kernel: bool,
-    /// Passed to the benchmark binary (syscall: `--calls N`, `--passes N`, `--loops-only`), e.g.
-    /// `cargo xtask bench syscall --vm -- --loops-only`.
+    /// Passed to the benchmark binary (syscall: `--calls N`, `--passes N`, `--loops-only`; net --vm:
+    /// to the netem comparison, `--rounds N`, `--only delay|loss|duplicate|corrupt|reorder|rate`),
+    /// e.g. `cargo xtask bench syscall --vm -- --loops-only`.
     #[arg(last = true)]
     pub bench_args: Vec<String>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match args.which.as_str() {
-        "net" if args.vm => net_in_vm(),
+        "net" if args.vm => net_in_vm(&args.bench_args),
         "syscall" if args.vm => syscall_in_vm(args.skip_kprobe_kernel, &args.bench_args),
         _ if args.vm => bail!("--vm is for the net and syscall benchmarks"),
         "net" => run_bin("bench-net", &args.bench_args),
@@ -38,14 +39,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
 }
 
-/// The net benchmark and the delay-precision test (kchaos beside netem, same boot) in the VM.
-fn net_in_vm() -> Result<()> {
+/// The net benchmark, then kchaos beside `tc netem` fault by fault (bench-netem: delay, loss,
+/// Gilbert-Elliott, duplicate, corrupt, reorder, rate; several rounds interleaved, same boot) in the
+/// VM, whose kernel has sch_fq and sch_netem. `bench_args` go to bench-netem (`--rounds N`,
+/// `--only GROUP`).
+fn net_in_vm(bench_args: &[String]) -> Result<()> {
     let kchaos = build::build_kchaos()?;
     let bench = build_bin("bench-net")?;
-    let delay = crate::vm::cargo_tests::build_integration_tests()?
-        .into_iter()
-        .find(|t| t.name == "delay")
-        .context("no `delay` integration test executable")?;
+    let netem = build_bin("bench-netem")?;
     let payloads = [
         crate::vm::Payload {
             name: "bench-net".into(),
@@ -54,27 +55,25 @@ fn net_in_vm() -> Result<()> {
             cwd: None,
         },
         crate::vm::Payload {
-            name: "delay-rate-reorder".into(),
-            binary: delay.path,
-            // The delay's precision, the rate's bandwidth and the reorder share, each beside netem
-            // on the same veth in this boot.
-            args: [
-                "--test-threads=1",
-                "--nocapture",
-                "edt_delay",
-                "rate_holds",
-                "reorder_sends",
-            ]
-            .map(String::from)
-            .to_vec(),
+            name: "bench-netem".into(),
+            binary: netem,
+            args: bench_args.to_vec(),
             cwd: None,
         },
     ];
+    // Seen under TCG: building and booting a few minutes, bench-net about 9, a bench-netem round
+    // about 2.5 (140 s); the rest is margin for a loaded host.
+    let rounds = bench_args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| bench_args.get(i + 1))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(5);
     let results = crate::vm::run_payloads(
         None,
         Some(&kchaos),
         &payloads,
-        std::time::Duration::from_secs(20 * 60),
+        std::time::Duration::from_secs((20 + 4 * rounds) * 60),
     )?;
     for r in &results {
         if r.exit_code != 0 {
