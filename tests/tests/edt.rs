@@ -201,6 +201,47 @@ impl Harness {
 const MS: u64 = 1_000_000;
 
 #[test]
+fn lease_checked_once_a_tick_still_ends_on_time() {
+    if !root_or_skip("lease_checked_once_a_tick_still_ends_on_time") {
+        return;
+    }
+    // Drop alone: the lease is checked against the tick each CPU last found it valid at, and the
+    // clock read again only when the tick or the deadline changes.
+    let mut h = Harness::with_features(FEAT_DROP);
+    let drop_all = DirectionFault {
+        drop_threshold: percent_to_threshold(100.0),
+        ..Default::default()
+    };
+    h.configure(drop_all, u64::MAX);
+    assert_eq!(h.run().0, 2, "armed: dropped");
+    // A new deadline, already past (by more than the coarse clock's lag of a tick; HZ 100: 10 ms):
+    // refused at once, in the same tick as the armed run.
+    h.configure(drop_all, monotonic_ns() - 20 * MS);
+    assert_eq!(h.run().0, 1, "a past deadline written now still injected");
+    // A deadline 20 ms ahead, valid while it lasts (runs back to back, mostly in one tick) ...
+    let deadline = monotonic_ns() + 20 * MS;
+    h.configure(drop_all, deadline);
+    let early: Vec<u32> = (0..50).map(|_| h.run().0).collect();
+    let in_time = monotonic_ns() < deadline;
+    assert!(
+        !in_time || early.iter().all(|&v| v == 2),
+        "a valid lease let packets through: {early:?}"
+    );
+    // ... and over once it has passed, by two ticks at most (HZ 100: 20 ms): the cache of the last
+    // tick does not outlive it, though nobody wrote the config since.
+    while monotonic_ns() < deadline + 25 * MS {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(h.run().0, 1, "the lease outlived its deadline by 25 ms");
+    let dropped_early = early.iter().filter(|&&v| v == 2).count() as u64;
+    assert_eq!(
+        h.egress_counters().dropped,
+        1 + dropped_early,
+        "the counters disagree with the verdicts"
+    );
+}
+
+#[test]
 fn egress_program_stamps_the_departure_time() {
     if !root_or_skip("egress_program_stamps_the_departure_time") {
         return;
