@@ -128,6 +128,7 @@ fn main() -> Result<()> {
     let needs_rate = faults.iter().any(|f| matches!(f.kind, Kind::Rate { .. }));
     let needs_delay = faults.iter().any(|f| matches!(f.kind, Kind::Delay { .. }));
     let mut csum_errors = Vec::new();
+    let mut flipped = Vec::new();
     println!(
         "bench netem [{}]: {rounds} round(s), {} faults, kchaos and netem alternating first",
         kernel_label(),
@@ -163,7 +164,10 @@ fn main() -> Result<()> {
                     }
                 }
                 if let Some(c) = csum {
-                    csum_errors.push(c);
+                    match tool {
+                        Tool::Netem => csum_errors.push(c),
+                        Tool::Kchaos => flipped.push(c),
+                    }
                 }
             }
             first += figures;
@@ -174,7 +178,7 @@ fn main() -> Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    print_table(&mut rows, &mut unlimited, &mut csum_errors);
+    print_table(&mut rows, &mut unlimited, &mut csum_errors, &mut flipped);
     Ok(())
 }
 
@@ -357,7 +361,8 @@ fn table_rows(faults: &[Fault]) -> Vec<Row> {
 }
 
 /// One measurement of `fault` under `tool`: its figures (in the order of `table_rows`), and for
-/// netem's corrupt the receiver's UDP InCsumErrors per datagram sent (%).
+/// corrupt the share of datagrams sent (%) that netem's receiver dropped for a bad UDP checksum
+/// (InCsumErrors), or that came back to kchaos's sender with a bad check word.
 fn measure(
     lab: &lab::Lab,
     to: SocketAddr,
@@ -401,9 +406,10 @@ fn measure(
             let before = in_csum_errors(lab)?;
             let v = udp_echo_report(cg, None, to, PACKETS, udp_rate(), &["--wait", "1s"]);
             let sent = n(&v, "sent")?.max(1) as f64;
-            if tool == Tool::Netem {
-                csum = Some(100.0 * (in_csum_errors(lab)? - before) as f64 / sent);
-            }
+            csum = Some(match tool {
+                Tool::Netem => 100.0 * (in_csum_errors(lab)? - before) as f64 / sent,
+                Tool::Kchaos => 100.0 * n(&v, "corrupted")? as f64 / sent,
+            });
             // A datagram corrupted on its way to the echo server comes back either with a bad check
             // word (kchaos leaves the checksum, which the veth's offload does not verify) or not at
             // all (netem fixes the checksum up first, so the receiver drops it, or the bit hit a
@@ -608,7 +614,7 @@ fn spread(v: &mut [f64]) -> (f64, f64, f64) {
     (m, v[0], v[v.len() - 1])
 }
 
-fn print_table(rows: &mut [Row], unlimited: &mut [f64], csum: &mut [f64]) {
+fn print_table(rows: &mut [Row], unlimited: &mut [f64], csum: &mut [f64], flipped: &mut [f64]) {
     let rounds = rows.first().map_or(0, |r| r.kchaos.len());
     let unl = (!unlimited.is_empty()).then(|| spread(unlimited));
     for r in rows.iter_mut() {
@@ -682,8 +688,15 @@ fn print_table(rows: &mut [Row], unlimited: &mut [f64], csum: &mut [f64]) {
         let (m, lo, hi) = spread(csum);
         println!(
             "corrupt: netem's datagrams the receiver's UDP dropped for a bad checksum (InCsumErrors): \
-             {m:.3}% [{lo:.3}–{hi:.3}] of those sent (the rest of its flips hit a header); kchaos \
-             leaves the checksum, so its corrupted echoes come back with a bad check word"
+             {m:.3}% [{lo:.3}–{hi:.3}] of those sent (the rest of its flips hit a header)"
+        );
+    }
+    if !flipped.is_empty() {
+        let (m, lo, hi) = spread(flipped);
+        println!(
+            "corrupt: kchaos leaves the checksum, so its corrupted datagrams come back with a bad \
+             check word: {m:.3}% [{lo:.3}–{hi:.3}] of those sent (the rest of \"not intact\" never came \
+             back)"
         );
     }
     println!(
