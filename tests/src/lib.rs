@@ -27,5 +27,6 @@ pub use scenario::{
 pub use services::Service;
 pub use temp::{TempDir, TempFile, tag};
 pub use traffic::{
-    errno_count, loopback_echo_server, tcp_connect_from, traffic, udp_echo, udp_echo_report,
+    Received, errno_count, loopback_echo_server, mbit, tcp_connect_from, tcp_sink, traffic,
+    udp_echo, udp_echo_report,
 };

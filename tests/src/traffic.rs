@@ -1,7 +1,16 @@
 //! `kchaos traffic`: test traffic made by a real process (in a cgroup or namespace), and reading what
 //! it saw.
 
-use std::{path::Path, process::Command};
+use std::{
+    io::{self, Read as _},
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    process::Command,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use chaos_userspace::lab::Netns;
 
 /// Runs `kchaos traffic [--cgroup CG] [--netns NS] MODE...` and parses its last JSON line.
 pub fn traffic(cgroup: Option<&Path>, netns: Option<&Path>, mode: &[&str]) -> serde_json::Value {
@@ -80,4 +89,55 @@ pub fn udp_echo_report(
     let mut mode = vec!["udp-echo", "--to", &to, "--count", &count, "--rate", rate];
     mode.extend_from_slice(extra);
     traffic(cgroup, netns, &mode)
+}
+
+/// What a TCP sink received: bytes, and the instants of its first and last byte.
+pub type Received = (u64, Instant, Instant);
+
+/// Receives one TCP connection on `to` inside `netns`, reading until the sender closes; returns
+/// once it listens.
+pub fn tcp_sink(netns: &Netns, to: SocketAddr) -> io::Result<JoinHandle<io::Result<Received>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = netns.spawn(move || -> io::Result<Received> {
+        let listener = TcpListener::bind(to)?;
+        let _ = ready_tx.send(());
+        let (mut conn, _) = listener.accept()?;
+        let mut buf = vec![0u8; 256 << 10];
+        let (mut bytes, mut first, mut last) = (0u64, None, Instant::now());
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            last = Instant::now();
+            first.get_or_insert(last);
+            bytes += n as u64;
+        }
+        Ok((bytes, first.unwrap_or(last), last))
+    })?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| io::Error::other(format!("the TCP sink on {to} did not start")))?;
+    Ok(std::thread::spawn(move || {
+        handle
+            .join()
+            .map_err(|_| io::Error::other("the TCP sink's thread panicked"))?
+            .and_then(|r| r)
+    }))
+}
+
+/// Mbit/s of payload `sinks` got together, over the span from the first byte any got to the last.
+pub fn mbit(sinks: &[Received]) -> f64 {
+    let bytes: u64 = sinks.iter().map(|r| r.0).sum();
+    let (Some(first), Some(last)) = (
+        sinks.iter().map(|r| r.1).min(),
+        sinks.iter().map(|r| r.2).max(),
+    ) else {
+        return 0.0;
+    };
+    let secs = last.duration_since(first).as_secs_f64();
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    bytes as f64 * 8.0 / secs / 1e6
 }

@@ -2,15 +2,11 @@
 //! sch_fq, beside netem in the same boot. Needs sch_fq (and sch_netem for the comparison): runs in the
 //! VM kernel, says SKIP where it is absent.
 
-use std::{
-    io::Read as _,
-    net::{SocketAddr, TcpListener},
-    process::Command,
-    time::Instant,
-};
+use std::{net::SocketAddr, process::Command};
 
 use integration_tests::{
-    RunDir, kernel_label, lab, root_or_skip, skip, tag, traffic, udp_echo_report,
+    Received, RunDir, kernel_label, lab, mbit, root_or_skip, skip, tag, tcp_sink, traffic,
+    udp_echo_report,
 };
 use lab::{EchoServer, Lab};
 
@@ -251,38 +247,6 @@ fn stop_restores_the_qdisc_a_sigkilled_loader_left() {
     );
 }
 
-/// What a sink received: bytes, and the instants of its first and last byte.
-type Received = (u64, Instant, Instant);
-
-/// Receives one TCP connection on `to` in the lab's namespace.
-fn tcp_sink(lab: &Lab, to: SocketAddr) -> std::thread::JoinHandle<std::io::Result<Received>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = lab
-        .netns
-        .spawn(move || -> std::io::Result<Received> {
-            let listener = TcpListener::bind(to)?;
-            let _ = ready_tx.send(());
-            let (mut conn, _) = listener.accept()?;
-            let mut buf = vec![0u8; 256 << 10];
-            let (mut bytes, mut first, mut last) = (0u64, None, Instant::now());
-            loop {
-                let n = conn.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                last = Instant::now();
-                first.get_or_insert(last);
-                bytes += n as u64;
-            }
-            Ok((bytes, first.unwrap_or(last), last))
-        })
-        .unwrap();
-    ready_rx
-        .recv_timeout(std::time::Duration::from_secs(5))
-        .expect("the sink did not start");
-    std::thread::spawn(move || handle.join().expect("sink thread").and_then(|r| r))
-}
-
 /// Mbit/s of TCP payload a receiver in `lab`'s namespace at `to` got from a 3-second bulk send from
 /// `cg` (or outside any target).
 fn goodput(lab: &Lab, cg: Option<&std::path::Path>, to: SocketAddr) -> f64 {
@@ -291,21 +255,13 @@ fn goodput(lab: &Lab, cg: Option<&std::path::Path>, to: SocketAddr) -> f64 {
 
 /// A 3-second bulk send from `cg` to a sink at `to` in `lab`'s namespace: what the sink received.
 fn received(lab: &Lab, cg: Option<&std::path::Path>, to: SocketAddr) -> Received {
-    let sink = tcp_sink(lab, to);
+    let sink = tcp_sink(&lab.netns, to).expect("the TCP sink");
     traffic(
         cg,
         None,
         &["tcp-send", "--to", &to.to_string(), "--for", "3s"],
     );
     sink.join().unwrap().expect("the sink")
-}
-
-/// Mbit/s of payload the sinks got together, over the span from the first byte any got to the last.
-fn mbit(sinks: &[Received]) -> f64 {
-    let bytes: u64 = sinks.iter().map(|r| r.0).sum();
-    let first = sinks.iter().map(|r| r.1).min().expect("a sink");
-    let last = sinks.iter().map(|r| r.2).max().expect("a sink");
-    bytes as f64 * 8.0 / last.duration_since(first).as_secs_f64() / 1e6
 }
 
 #[test]
@@ -407,32 +363,69 @@ fn reorder_sends_its_share_ahead_beside_netem() {
     );
 }
 
+/// A target whose process lives in a network namespace of its own (a container): the target cgroup
+/// is `target`'s, the namespace `container`'s; the process is killed when this is dropped.
+struct Container {
+    target: Lab,
+    container: Lab,
+    resident: std::process::Child,
+}
+
+impl Container {
+    /// Where this kernel has root and sch_fq; None (after saying SKIP and why) where it hasn't.
+    fn start(test: &str) -> Option<Self> {
+        if !root_or_skip(test) {
+            return None;
+        }
+        if !chaos_userspace::engine::qdisc::kernel_has_fq() {
+            skip(
+                test,
+                "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it",
+            );
+            return None;
+        }
+        let target = Lab::create(&tag("t")).unwrap();
+        let container = Lab::create(&tag("c")).unwrap();
+        let resident = integration_tests::spawn_in(
+            &target.cgroup.path,
+            &["ip", "netns", "exec", &container.netns.name, "sleep", "120"],
+        );
+        // kchaos finds the namespace through the target's processes: wait until this one is in it.
+        let ns = std::fs::read_link(container.netns.path()).ok();
+        let link = format!("/proc/{}/ns/net", resident.id());
+        let since = std::time::Instant::now();
+        while std::fs::read_link(&link).ok() != ns {
+            assert!(
+                since.elapsed() < std::time::Duration::from_secs(5),
+                "the target's process did not enter the container's namespace"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Some(Self {
+            target,
+            container,
+            resident,
+        })
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.resident.kill();
+        let _ = self.resident.wait();
+    }
+}
+
 #[test]
 fn ingress_delay_holds_for_a_process_in_its_own_namespace() {
-    let test = "ingress_delay_holds_for_a_process_in_its_own_namespace";
-    if !root_or_skip(test) {
+    let Some(c) = Container::start("ingress_delay_holds_for_a_process_in_its_own_namespace") else {
         return;
-    }
-    if !chaos_userspace::engine::qdisc::kernel_has_fq() {
-        skip(
-            test,
-            "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it",
-        );
-        return;
-    }
-    // The target cgroup from one lab; its process lives in a second lab's namespace (a container)
-    // and talks to a server in this namespace across that lab's veth.
-    let target = Lab::create(&tag("t")).unwrap();
-    let container = Lab::create(&tag("c")).unwrap();
+    };
+    let (target, container) = (&c.target, &c.container);
+    // The target's process talks to a server in this namespace across the container's veth.
     let to = SocketAddr::from((container.host_addr, 7300));
     let _server = EchoServer::start_in(None, to).unwrap();
     let ns = container.netns.path();
-    // A process of the target in the container's namespace, so kchaos knows where to delay.
-    let mut resident = integration_tests::spawn_in(
-        &target.cgroup.path,
-        &["ip", "netns", "exec", &container.netns.name, "sleep", "120"],
-    );
-    std::thread::sleep(std::time::Duration::from_millis(500));
     let probe = || {
         q(
             &rtts_from(Some(&target.cgroup.path), Some(&ns), to, 500, "200"),
@@ -468,8 +461,6 @@ fn ingress_delay_holds_for_a_process_in_its_own_namespace() {
             "the qdisc was not restored"
         );
     }
-    let _ = resident.kill();
-    let _ = resident.wait();
     println!(
         "[{}] --delay 20ms into a container: median round trip +{:.3} ms on ingress, +{:.3} ms both ways",
         kernel_label(),
@@ -621,26 +612,11 @@ fn rate_per_peer_gives_each_peer_the_rate() {
 
 #[test]
 fn ingress_rate_holds_tcp_bulk_into_a_container() {
-    let test = "ingress_rate_holds_tcp_bulk_into_a_container";
-    if !root_or_skip(test) {
+    let Some(c) = Container::start("ingress_rate_holds_tcp_bulk_into_a_container") else {
         return;
-    }
-    if !chaos_userspace::engine::qdisc::kernel_has_fq() {
-        skip(
-            test,
-            "this kernel has no sch_fq (CONFIG_NET_SCH_FQ); the VM suite runs it",
-        );
-        return;
-    }
-    // As for the ingress delay: the target cgroup's process lives in a second lab's namespace (the
-    // container); a sender in this namespace streams into it.
-    let target = Lab::create(&tag("t")).unwrap();
-    let container = Lab::create(&tag("c")).unwrap();
-    let mut resident = integration_tests::spawn_in(
-        &target.cgroup.path,
-        &["ip", "netns", "exec", &container.netns.name, "sleep", "120"],
-    );
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let (target, container) = (&c.target, &c.container);
+    // A sender in this namespace streams into the container.
     let into = SocketAddr::from((container.server_addr, 7301));
     let runs = RunDir::new();
     let running = runs.start(&[
@@ -658,17 +634,15 @@ fn ingress_rate_holds_tcp_bulk_into_a_container() {
         "fq",
         "kchaos did not put fq on the host side of the container's veth"
     );
-    let got = goodput(&container, None, into);
+    let got = goodput(container, None, into);
     let (code, out) = running.terminate();
     assert_eq!(code, 143, "{out:?}");
     // The same stream without the fault: the limit was kchaos's, not the VM's.
     let free = goodput(
-        &container,
+        container,
         None,
         SocketAddr::from((container.server_addr, 7302)),
     );
-    let _ = resident.kill();
-    let _ = resident.wait();
     let expected = payload_rate(20.0, into);
     println!(
         "[{}] --rate 20mbit --direction ingress into a container: {got:.3} Mbit/s of payload \

@@ -8,8 +8,7 @@
 //! exits 0 where either is absent.
 
 use std::{
-    io::Read as _,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::Path,
     process::Command,
     sync::atomic::{AtomicU16, Ordering},
@@ -18,7 +17,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use chaos_userspace::kinds::net::loss::{LossModel, theory};
-use integration_tests::{Running, kernel_label, lab, tag, traffic, udp_echo_report, udp_rate};
+use integration_tests::{
+    Running, kernel_label, lab, mbit, tag, tcp_sink, traffic, udp_echo_report, udp_rate,
+};
 
 /// UDP round trips per delay measurement (per tool, per round).
 const PROBES: u64 = 2000;
@@ -564,43 +565,21 @@ static PORT: AtomicU16 = AtomicU16::new(7100);
 /// (or outside any target), counted from its first byte to its last.
 fn goodput(lab: &lab::Lab, cg: Option<&Path>, secs: Duration) -> Result<f64> {
     let to = SocketAddr::from((lab.server_addr, PORT.fetch_add(1, Ordering::Relaxed)));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let sink = lab.netns.spawn(move || -> std::io::Result<(u64, f64)> {
-        let listener = TcpListener::bind(to)?;
-        let _ = ready_tx.send(());
-        let (mut conn, _) = listener.accept()?;
-        let mut buf = vec![0u8; 256 << 10];
-        let (mut bytes, mut first, mut last) = (0u64, None, Instant::now());
-        loop {
-            let n = conn.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            last = Instant::now();
-            first.get_or_insert(last);
-            bytes += n as u64;
-        }
-        Ok((
-            bytes,
-            first.map_or(0.0, |f| last.duration_since(f).as_secs_f64()),
-        ))
-    })?;
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .context("the TCP sink did not start")?;
+    let sink = tcp_sink(&lab.netns, to)?;
     let secs = format!("{}s", secs.as_secs());
     traffic(
         cg,
         None,
         &["tcp-send", "--to", &to.to_string(), "--for", &secs],
     );
-    let (bytes, secs) = sink
+    let got = sink
         .join()
-        .map_err(|_| anyhow::anyhow!("sink thread"))???;
-    if secs <= 0.0 {
-        bail!("the TCP sink got {bytes} bytes in no time");
+        .map_err(|_| anyhow::anyhow!("the TCP sink's thread panicked"))??;
+    let rate = mbit(&[got]);
+    if rate <= 0.0 {
+        bail!("the TCP sink got {} bytes in no time", got.0);
     }
-    Ok(bytes as f64 * 8.0 / secs / 1e6)
+    Ok(rate)
 }
 
 /// Median, min and max.
