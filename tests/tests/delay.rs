@@ -391,10 +391,14 @@ impl Container {
             &["ip", "netns", "exec", &container.netns.name, "sleep", "120"],
         );
         // kchaos finds the namespace through the target's processes: wait until this one is in it.
-        let ns = std::fs::read_link(container.netns.path()).ok();
-        let link = format!("/proc/{}/ns/net", resident.id());
+        // (A namespace is known by its nsfs inode: the bind mount's and the process's link agree.)
+        let inode = |path: &std::path::Path| {
+            std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        };
+        let ns = inode(&container.netns.path()).expect("the container's namespace");
+        let link = std::path::PathBuf::from(format!("/proc/{}/ns/net", resident.id()));
         let since = std::time::Instant::now();
-        while std::fs::read_link(&link).ok() != ns {
+        while inode(&link).ok() != Some(ns) {
             assert!(
                 since.elapsed() < std::time::Duration::from_secs(5),
                 "the target's process did not enter the container's namespace"
