@@ -663,3 +663,126 @@ fn ingress_rate_holds_tcp_bulk_into_a_container() {
         "unlimited, the stream got only {free:.1} Mbit/s"
     );
 }
+
+#[test]
+fn a_scenario_ramps_reorder_from_0_to_100_percent() {
+    let Some((lab, to, _srv)) = fq_lab("a_scenario_ramps_reorder_from_0_to_100_percent") else {
+        return;
+    };
+    let file = integration_tests::TempFile::new("reorder-ramp.yaml");
+    std::fs::write(
+        &file.0,
+        format!(
+            "title: reorder ramp\ntargets:\n  - name: app\n    cgroup: {}\nfaults:\n  - name: \
+             reorder\n    at: 0s\n    for: 4s\n    net: {{delay: 10ms, proto: udp}}\n    ramp:\n      \
+             reorder: {{from: 0%, to: 100%, over: 2s, step: 2s}}\n",
+            lab.cgroup.path.display()
+        ),
+    )
+    .unwrap();
+    let report = integration_tests::TempFile::new("reorder-ramp.json");
+    let runs = RunDir::new();
+    let run = runs.spawn(&["run", file.s(), "--json", report.s(), "--accept-risk"]);
+    // Echoes from the target for the whole run, and a little before and after.
+    let v = udp_echo_report(
+        Some(&lab.cgroup.path),
+        None,
+        to,
+        6 * 300,
+        "300",
+        &["--rtt", "--wait", "1s"],
+    );
+    let (code, out, err) = run.finish();
+    assert_eq!(code, 0, "stdout {out:?}\nstderr {err}");
+    let r = integration_tests::read_report(&report.0);
+    let fault = &r["faults"][0];
+    let steps: Vec<f64> = fault["ramp_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(steps, [0.0, 100.0], "{fault}");
+    let c = &fault["counters"];
+    let (delayed, reordered) = (
+        c["egress.delayed"].as_u64().unwrap(),
+        c["egress.reordered"].as_u64().unwrap(),
+    );
+    // The client: an echo that waited the 10 ms was delayed (fq never sends one early); the others
+    // (sent at once, or outside the fault's four seconds) came back in well under 8 ms.
+    let waited = v["rtt_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x.as_f64().unwrap() >= 8.0 * MS)
+        .count() as u64;
+    println!(
+        "[{}] reorder ramped 0 -> 100% after 2 s of a 4 s fault: kernel delayed {delayed}, sent \
+         {reordered} at once; the client saw {waited} echoes wait",
+        kernel_label()
+    );
+    // Two seconds at 0 % (every packet delayed), two at 100 % (every packet at once).
+    let share = reordered as f64 / (delayed + reordered).max(1) as f64;
+    assert!(
+        (0.3..=0.7).contains(&share),
+        "sent {reordered} at once and delayed {delayed}"
+    );
+    assert!(
+        waited.abs_diff(delayed) <= 1 + delayed / 50,
+        "the client saw {waited} echoes wait, the kernel delayed {delayed}"
+    );
+}
+
+#[test]
+fn a_scenario_ramps_the_rate_from_1_to_10_mbit() {
+    let Some((lab, _to, _srv)) = fq_lab("a_scenario_ramps_the_rate_from_1_to_10_mbit") else {
+        return;
+    };
+    let file = integration_tests::TempFile::new("rate-ramp.yaml");
+    std::fs::write(
+        &file.0,
+        format!(
+            "title: rate ramp\ntargets:\n  - name: app\n    cgroup: {}\nfaults:\n  - name: \
+             link\n    at: 0s\n    for: 4s\n    net: {{proto: tcp}}\n    ramp:\n      \
+             rate: {{from: 1mbit, to: 10mbit, over: 2s, step: 2s}}\n",
+            lab.cgroup.path.display()
+        ),
+    )
+    .unwrap();
+    let report = integration_tests::TempFile::new("rate-ramp.json");
+    let runs = RunDir::new();
+    let bulk = SocketAddr::from((lab.server_addr, 7107));
+    let sink = tcp_sink(&lab.netns, bulk).expect("the TCP sink");
+    let run = runs.spawn(&["run", file.s(), "--json", report.s(), "--accept-risk"]);
+    // TCP bulk from the target for longer than the fault: the link is never idle while it is armed.
+    traffic(
+        Some(&lab.cgroup.path),
+        None,
+        &["tcp-send", "--to", &bulk.to_string(), "--for", "6s"],
+    );
+    sink.join().unwrap().expect("the sink");
+    let (code, out, err) = run.finish();
+    assert_eq!(code, 0, "stdout {out:?}\nstderr {err}");
+    let r = integration_tests::read_report(&report.0);
+    let fault = &r["faults"][0];
+    let steps: Vec<f64> = fault["ramp_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(steps, [1e6, 1e7], "{fault}");
+    // Two seconds at 1 Mbit/s and two at 10: the IP bytes the kernel let through while armed.
+    let bytes = fault["counters"]["egress.rate_bytes"].as_u64().unwrap() as f64;
+    let expected = (2.0 * 1e6 + 2.0 * 1e7) / 8.0;
+    println!(
+        "[{}] rate ramped 1 -> 10 Mbit/s after 2 s of a 4 s fault: {bytes:.0} IP bytes through \
+         (expected {expected:.0}, error {:+.2}%)",
+        kernel_label(),
+        (bytes - expected) / expected * 100.0
+    );
+    assert!(
+        ((bytes - expected) / expected).abs() <= 0.05,
+        "{bytes:.0} bytes through a ramped rate, not {expected:.0} ±5%"
+    );
+}

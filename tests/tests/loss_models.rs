@@ -66,8 +66,17 @@ fn measure(lab: &Lab, to: SocketAddr, args: &[&str]) -> (f64, f64, u64, u64, (u6
 }
 
 fn check(label: &str, args: &[&str], model: LossModel) {
+    check_over(label, args, model, false)
+}
+
+/// As `check`, to the lab server's IPv6 address when `ipv6`.
+fn check_over(label: &str, args: &[&str], model: LossModel, ipv6: bool) {
     let lab = Lab::create(&tag("l")).unwrap();
-    let to = SocketAddr::from((lab.server_addr, 7000));
+    let to = if ipv6 {
+        SocketAddr::from((lab.add_ipv6().unwrap().1, 7000))
+    } else {
+        SocketAddr::from((lab.server_addr, 7000))
+    };
     let _srv = EchoServer::start(&lab.netns, to).unwrap();
     let th = theory(&model.chain());
     let (loss, burst, dropped, sent, (out_sent, out_received)) = measure(&lab, to, args);
@@ -141,6 +150,20 @@ fn gilbert_elliott_on_ingress_loses_what_the_target_receives() {
         &format!("{spec} on ingress"),
         &["--loss-model", spec, "--direction", "ingress"],
         LossModel::parse(spec).unwrap(),
+    );
+}
+
+#[test]
+fn gilbert_elliott_over_ipv6() {
+    if !root_or_skip("gilbert_elliott_over_ipv6") {
+        return;
+    }
+    let spec = "gemodel:5,40";
+    check_over(
+        &format!("{spec} over IPv6"),
+        &["--loss-model", spec],
+        LossModel::parse(spec).unwrap(),
+        true,
     );
 }
 

@@ -274,56 +274,62 @@ fn more_targets_than_fit_inline_are_all_hit_and_no_other() {
 }
 
 #[test]
-fn a_scenario_ramps_duplicate_from_0_to_100_percent() {
-    let test = "a_scenario_ramps_duplicate_from_0_to_100_percent";
+fn a_scenario_ramps_duplicate_and_corrupt_from_0_to_100_percent() {
+    let test = "a_scenario_ramps_duplicate_and_corrupt_from_0_to_100_percent";
     if !root_or_skip(test) || !tcx_or_skip(test) {
         return;
     }
     let lab = Lab::create(&tag("r")).unwrap();
     let to = SocketAddr::from((lab.server_addr, 7000));
     let _server = EchoServer::start(&lab.netns, to).unwrap();
-    let file = TempFile::new("dup-ramp.yaml");
-    std::fs::write(
-        &file.0,
-        format!(
-            "title: duplicate ramp\ntargets:\n  - name: app\n    cgroup: {}\nfaults:\n  - name: dup\n    \
-             at: 0s\n    for: 4s\n    net: {{proto: udp}}\n    ramp:\n      duplicate: {{from: 0%, \
-             to: 100%, over: 2s, step: 2s}}\n",
-            lab.cgroup.path.display()
-        ),
-    )
-    .unwrap();
-    let report = TempFile::new("dup-ramp.json");
-    let runs = RunDir::new();
-    let run = runs.spawn(&["run", file.s(), "--json", report.s(), "--accept-risk"]);
-    // Echo traffic from the target for the whole run, and a little before and after.
-    let traffic = echo_at(Some(&lab.cgroup.path), to, 6 * 300, "300");
-    let (code, out, err) = run.finish();
-    assert_eq!(code, 0, "stdout {out:?}\nstderr {err}");
-    let r = integration_tests::read_report(&report.0);
-    let fault = &r["faults"][0];
-    let steps: Vec<f64> = fault["ramp_steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["value"].as_f64().unwrap())
-        .collect();
-    assert_eq!(steps, [0.0, 100.0], "{fault}");
-    let c = &fault["counters"];
-    let (seen, duplicated) = (
-        c["egress.seen"].as_u64().unwrap(),
-        c["egress.duplicated"].as_u64().unwrap(),
-    );
-    println!("seen {seen}, duplicated {duplicated}; client {traffic}");
-    // Two seconds at 0 %, two at 100 %: about half, and every copy reached the client.
-    let share = duplicated as f64 / seen.max(1) as f64;
-    assert!(
-        (0.3..=0.7).contains(&share),
-        "duplicated {duplicated} of {seen}"
-    );
-    let allowed = if in_vm() { 2 } else { 0 };
-    assert!(
-        n(&traffic, "duplicates").abs_diff(duplicated) <= allowed,
-        "the client saw other copies than the kernel made: {traffic}"
-    );
+    // (ramp parameter, the kernel's counter, what the client counts)
+    for (param, counter, seen_by_client) in [
+        ("duplicate", "duplicated", "duplicates"),
+        ("corrupt", "corrupted", "corrupted"),
+    ] {
+        let file = TempFile::new(&format!("{param}-ramp.yaml"));
+        std::fs::write(
+            &file.0,
+            format!(
+                "title: {param} ramp\ntargets:\n  - name: app\n    cgroup: {}\nfaults:\n  - name: \
+                 mangle\n    at: 0s\n    for: 4s\n    net: {{proto: udp}}\n    ramp:\n      {param}: \
+                 {{from: 0%, to: 100%, over: 2s, step: 2s}}\n",
+                lab.cgroup.path.display()
+            ),
+        )
+        .unwrap();
+        let report = TempFile::new(&format!("{param}-ramp.json"));
+        let runs = RunDir::new();
+        let run = runs.spawn(&["run", file.s(), "--json", report.s(), "--accept-risk"]);
+        // Echo traffic from the target for the whole run, and a little before and after.
+        let traffic = echo_at(Some(&lab.cgroup.path), to, 6 * 300, "300");
+        let (code, out, err) = run.finish();
+        assert_eq!(code, 0, "{param}: stdout {out:?}\nstderr {err}");
+        let r = integration_tests::read_report(&report.0);
+        let fault = &r["faults"][0];
+        let steps: Vec<f64> = fault["ramp_steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["value"].as_f64().unwrap())
+            .collect();
+        assert_eq!(steps, [0.0, 100.0], "{param}: {fault}");
+        let c = &fault["counters"];
+        let (seen, hit) = (
+            c["egress.seen"].as_u64().unwrap(),
+            c[format!("egress.{counter}")].as_u64().unwrap(),
+        );
+        println!("{param}: seen {seen}, {counter} {hit}; client {traffic}");
+        // Two seconds at 0 %, two at 100 %: about half, and the client saw each one.
+        let share = hit as f64 / seen.max(1) as f64;
+        assert!(
+            (0.3..=0.7).contains(&share),
+            "{param}: {counter} {hit} of {seen}"
+        );
+        let allowed = if in_vm() { 2 } else { 0 };
+        assert!(
+            n(&traffic, seen_by_client).abs_diff(hit) <= allowed,
+            "{param}: the client saw other than the kernel made: {traffic}"
+        );
+    }
 }

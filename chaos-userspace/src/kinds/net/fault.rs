@@ -149,10 +149,10 @@ pub struct NetArgs {
     /// Only this protocol.
     #[arg(long, value_enum)]
     pub proto: Option<Proto>,
-    /// Which way drop and delay apply: egress (what the target sends; the default, as netem),
-    /// ingress (what it receives; a delay there needs the target in a network namespace of its
-    /// own, a container; so does a rate) or both. A partition is always both ways; duplicate and
-    /// corrupt are egress only.
+    /// Which way drop, loss models, delay and rate apply: egress (what the target sends; the
+    /// default, as netem), ingress (what it receives; a delay or a rate there needs the target in a
+    /// network namespace of its own, a container) or both. A partition is always both ways;
+    /// duplicate and corrupt are egress only.
     #[arg(long, value_enum, default_value_t)]
     pub direction: Direction,
 }
