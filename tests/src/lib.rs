@@ -22,7 +22,8 @@ pub use host::{in_vm, kernel_label, root_or_skip, skip, udp_rate};
 pub use kchaos::{RunDir, Running, StopAll, kchaos, run, run_text, run_with};
 pub use lab::{no_residue, spawn_in};
 pub use scenario::{
-    net_totals, probe_count, probe_results, read_report, refused_count, scenario, scenario_vars,
+    net_totals, probe_count, probe_results, ramp_steps, read_report, refused_count, scenario,
+    scenario_vars,
 };
 pub use services::Service;
 pub use temp::{TempDir, TempFile, tag};

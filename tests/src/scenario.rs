@@ -74,3 +74,17 @@ pub fn net_totals(path: &Path) -> Value {
     }
     totals
 }
+
+/// The values a ramp of a report's `fault` went through, in order.
+pub fn ramp_steps(fault: &serde_json::Value) -> Vec<f64> {
+    fault["ramp_steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ramp_steps in {fault}"))
+        .iter()
+        .map(|x| {
+            x["value"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("a ramp step without a value: {x}"))
+        })
+        .collect()
+}

@@ -307,12 +307,7 @@ fn a_scenario_ramps_duplicate_and_corrupt_from_0_to_100_percent() {
         assert_eq!(code, 0, "{param}: stdout {out:?}\nstderr {err}");
         let r = integration_tests::read_report(&report.0);
         let fault = &r["faults"][0];
-        let steps: Vec<f64> = fault["ramp_steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["value"].as_f64().unwrap())
-            .collect();
+        let steps = integration_tests::ramp_steps(fault);
         assert_eq!(steps, [0.0, 100.0], "{param}: {fault}");
         let c = &fault["counters"];
         let (seen, hit) = (
