@@ -291,7 +291,7 @@ fn rate_holds_tcp_bulk_to_the_configured_bandwidth_beside_netem() {
     });
     // Each counts its own bytes: kchaos the IP packet (1500 for 1448 of TCP payload with
     // timestamps), netem the frame with its Ethernet header (1514).
-    let expected = 20.0 * 1448.0 / 1500.0;
+    let expected = payload_rate(20.0, SocketAddr::from((lab.server_addr, 7101)));
     let netem_expected = 20.0 * 1448.0 / 1514.0;
     let err = (hit - expected) / expected;
     println!(
