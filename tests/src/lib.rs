@@ -10,6 +10,7 @@ pub mod chaostoolkit;
 mod host;
 mod kchaos;
 pub mod lab;
+mod netem;
 mod scenario;
 mod services;
 mod temp;
@@ -21,6 +22,7 @@ pub use bpf::{
 pub use host::{in_vm, kernel_label, root_or_skip, skip, udp_rate};
 pub use kchaos::{RunDir, Running, StopAll, kchaos, run, run_text, run_with};
 pub use lab::{no_residue, spawn_in};
+pub use netem::Netem;
 pub use scenario::{
     net_totals, probe_count, probe_results, ramp_steps, read_report, refused_count, scenario,
     scenario_vars,
@@ -28,6 +30,6 @@ pub use scenario::{
 pub use services::Service;
 pub use temp::{TempDir, TempFile, tag};
 pub use traffic::{
-    Received, errno_count, loopback_echo_server, mbit, tcp_connect_from, tcp_sink, traffic,
-    udp_echo, udp_echo_report,
+    Arrivals, Received, echo_rtts, errno_count, loopback_echo_server, mbit, quantile, rate_between,
+    tcp_connect_from, tcp_sink, tcp_sink_log, traffic, udp_echo, udp_echo_report,
 };

@@ -40,7 +40,8 @@ pub enum Mode {
         /// How long to wait for late echoes after the last send.
         #[arg(long, default_value = "500ms", value_parser = units::parse_duration)]
         wait: Duration,
-        /// Also report round-trip times (µs) of each echo.
+        /// Also report round-trip times (µs) of each echo (`rtt_us`, in the order the echoes came)
+        /// and the sequence number of each (`rtt_seq`, same order).
         #[arg(long)]
         rtt: bool,
     },
@@ -255,6 +256,7 @@ fn udp_echo(
     });
     if rtt {
         v["rtt_us"] = serde_json::json!(rtts);
+        v["rtt_seq"] = serde_json::json!(order);
     }
     Ok(v)
 }

@@ -10,7 +10,6 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    process::Command,
     sync::atomic::{AtomicU16, Ordering},
     time::{Duration, Instant},
 };
@@ -18,7 +17,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use chaos_userspace::kinds::net::loss::{LossModel, theory};
 use integration_tests::{
-    Running, kernel_label, lab, mbit, tag, tcp_sink, traffic, udp_echo_report, udp_rate,
+    Netem, Running, echo_rtts, kernel_label, lab, mbit, quantile, tag, tcp_sink, traffic,
+    udp_echo_report, udp_rate,
 };
 
 /// UDP round trips per delay measurement (per tool, per round).
@@ -144,8 +144,8 @@ fn main() -> Result<()> {
         };
         // The round trip with no fault, from the target cgroup: what a delay adds is measured from it.
         let base = if needs_delay {
-            let b = rtts(Some(&lab.cgroup.path), to, PROBES, "400")?;
-            q(&b, 0.5)
+            let b = echo_rtts(Some(&lab.cgroup.path), None, to, PROBES, "400")?;
+            quantile(&b, 0.5)
         } else {
             0.0
         };
@@ -381,8 +381,8 @@ fn measure(
         Kind::Delay { d, j } => {
             // 200 ms at 400/s would keep 80 datagrams of the one flow waiting; 300/s keeps 60.
             let rate = if d >= 100.0 { "300" } else { "400" };
-            let r = rtts(cg, to, PROBES, rate)?;
-            let added = |p: f64| q(&r, p) - base_us;
+            let r = echo_rtts(cg, None, to, PROBES, rate)?;
+            let added = |p: f64| quantile(&r, p) - base_us;
             vec![
                 (added(0.5) - d * MS).abs() / MS,
                 (added(0.99) - (d + 0.98 * j) * MS) / MS,
@@ -480,63 +480,6 @@ impl Armed {
         }
         Ok(())
     }
-}
-
-/// `tc qdisc add dev DEV root netem ARGS`, removed on drop (also when the bench fails midway).
-struct Netem(String);
-
-impl Netem {
-    fn add(dev: &str, args: &[&str]) -> Result<Self> {
-        let out = Command::new("tc")
-            .args(["qdisc", "add", "dev", dev, "root", "netem"])
-            .args(args)
-            .output()
-            .context("running tc")?;
-        if !out.status.success() {
-            bail!(
-                "tc qdisc add dev {dev} root netem {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(Netem(dev.to_owned()))
-    }
-}
-
-impl Drop for Netem {
-    fn drop(&mut self) {
-        let ok = Command::new("tc")
-            .args(["qdisc", "del", "dev", &self.0, "root"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("bench-netem: could not remove netem from {}", self.0);
-        }
-    }
-}
-
-/// Sorted round-trip times in µs of `count` UDP echoes at `rate` a second from `cg` (or outside any
-/// target); an error if one was lost (the quantiles would not be those of the delay).
-fn rtts(cg: Option<&Path>, to: SocketAddr, count: u64, rate: &str) -> Result<Vec<f64>> {
-    let v = udp_echo_report(cg, None, to, count, rate, &["--rtt", "--wait", "1s"]);
-    if v["received"] != v["sent"] {
-        bail!("delay probes were lost: {v}");
-    }
-    let mut r = v["rtt_us"]
-        .as_array()
-        .context("no rtt_us")?
-        .iter()
-        .map(|x| x.as_f64().context("an rtt that is not a number"))
-        .collect::<Result<Vec<f64>>>()?;
-    if r.is_empty() {
-        bail!("no round trips");
-    }
-    r.sort_by(f64::total_cmp);
-    Ok(r)
-}
-
-fn q(r: &[f64], p: f64) -> f64 {
-    r[((r.len() - 1) as f64 * p).round() as usize]
 }
 
 /// The Udp InCsumErrors counter of the lab's namespace (the echo server's side).
