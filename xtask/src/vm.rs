@@ -7,6 +7,7 @@
 pub mod build_kernel;
 pub mod cargo_tests;
 mod console;
+mod host_load;
 mod initramfs;
 pub mod kernel;
 mod modules;

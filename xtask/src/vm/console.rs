@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::Payload;
+use super::{Payload, host_load::HostCpu};
 use crate::setup::step;
 
 /// Printed by /init after the mounts and modules, with `uname -r`.
@@ -217,6 +217,7 @@ fn run_qemu(boot: &Boot) -> Result<Console> {
     ));
     let started = Instant::now();
     let deadline = started + boot.timeout;
+    let host_before = HostCpu::read();
     let mut qemu = Qemu(
         cmd.spawn()
             .with_context(|| format!("could not start {cmd:?}"))?,
@@ -251,6 +252,11 @@ fn run_qemu(boot: &Boot) -> Result<Console> {
     let _ = log.flush();
     timed_out |= !qemu.wait_until(deadline);
     step(&format!("VM: qemu ran {:.1?}", started.elapsed()));
+    if let (Some(before), Some(after)) = (host_before, HostCpu::read())
+        && let Some(line) = after.warning(&before)
+    {
+        step(&line);
+    }
     Ok(Console { lines, timed_out })
 }
 
