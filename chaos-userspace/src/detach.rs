@@ -236,5 +236,6 @@ pub fn finish(result: &Result<()>) {
         .is_err_and(|e| crate::error::signal_exit_code(e).is_none());
     if !failed && let Some(log) = c.log.take() {
         let _ = fs::remove_file(log);
+        crate::engine::journal::remove_default_run_dir_if_empty();
     }
 }

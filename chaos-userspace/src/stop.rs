@@ -111,6 +111,8 @@ fn stop_one(name: &str) -> anyhow::Result<()> {
     if !tally.acted {
         return Err(not_found(running).into());
     }
+    // The records it cleared may have been the last: leave no empty /run/kchaos behind.
+    journal::remove_default_run_dir_if_empty();
     tally.result()
 }
 
@@ -143,6 +145,8 @@ fn stop_all() -> anyhow::Result<()> {
     if !tally.acted {
         println!("kchaos stop: nothing running, nothing left behind");
     }
+    // The records it cleared may have been the last: leave no empty /run/kchaos behind.
+    journal::remove_default_run_dir_if_empty();
     tally.result()
 }
 

@@ -337,3 +337,69 @@ fn a_killed_run_is_listed_as_dead_not_running_and_frees_its_name() {
     assert_eq!(runs.records(), Vec::<std::path::PathBuf>::new());
     assert_eq!(egress_programs(&cg.path), 0);
 }
+
+/// The one test here that uses the default record directory, /run/kchaos: a run, a detached run
+/// and a `kchaos stop` each leave it as they found it, absent. Where it exists already (another
+/// kchaos, or one before this test) it is not ours to judge: SKIP.
+#[test]
+fn runs_in_the_default_record_directory_leave_no_directory_behind() {
+    const TEST: &str = "runs_in_the_default_record_directory_leave_no_directory_behind";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let dir = Path::new("/run/kchaos");
+    if dir.exists() {
+        integration_tests::skip(
+            TEST,
+            "/run/kchaos exists already (another kchaos, or a run before this test)",
+        );
+        return;
+    }
+    let cg = LabCgroup::create(&format!("kchaos-test-{}", tag("d"))).expect("a test cgroup");
+    let cg_path = cg.path.display().to_string();
+    let net = |extra: &[&str]| {
+        let mut args = vec!["net", "--cgroup", &cg_path, "--percent", "10", "--quiet"];
+        args.extend_from_slice(extra);
+        let out = integration_tests::run(&args);
+        assert!(out.status.success(), "kchaos {args:?}: {out:?}");
+    };
+    let gone_within = |within: Duration| {
+        let start = Instant::now();
+        while dir.exists() && start.elapsed() < within {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !dir.exists()
+    };
+    net(&["--duration", "300ms"]);
+    assert!(!dir.exists(), "a run to its end left {}", dir.display());
+    // A detached run keeps its record and log there until it ends.
+    let name = tag("dd");
+    // Ends a detached run of this test also when an assertion fails.
+    struct StopNamed(String);
+    impl Drop for StopNamed {
+        fn drop(&mut self) {
+            let _ = integration_tests::run(&["stop", "--name", &self.0]);
+        }
+    }
+    let _stop = StopNamed(name.clone());
+    net(&["--duration", "1s", "--detach", "--name", &name]);
+    assert!(
+        dir.exists(),
+        "a live detached run has no record in {}",
+        dir.display()
+    );
+    assert!(
+        gone_within(Duration::from_secs(10)),
+        "a detached run to its end left {}",
+        dir.display()
+    );
+    // And one ended by `kchaos stop`.
+    net(&["--duration", "30s", "--detach", "--name", &name]);
+    let out = integration_tests::run(&["stop", "--name", &name]);
+    assert!(out.status.success(), "kchaos stop: {out:?}");
+    assert!(
+        gone_within(Duration::from_secs(10)),
+        "a stopped run left {}",
+        dir.display()
+    );
+}

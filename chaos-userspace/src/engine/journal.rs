@@ -468,6 +468,16 @@ pub fn check_run_dir(dir: &Path) -> Result<PathBuf, BadInput> {
     Ok(real)
 }
 
+/// Removes /run/kchaos when it holds nothing (no record of another run, no log of a failed detached
+/// one), so that a machine kchaos ran on is left as it was. A directory set by $KCHAOS_RUN_DIR is the
+/// user's and stays.
+pub fn remove_default_run_dir_if_empty() {
+    if std::env::var_os("KCHAOS_RUN_DIR").is_none() {
+        // Fails, and so keeps it, when anything is in it.
+        let _ = fs::remove_dir(run_dir());
+    }
+}
+
 /// Makes the record directory (0700) if it is missing, then checks it.
 pub fn prepare_run_dir() -> Result<PathBuf, BadInput> {
     let dir = run_dir();
@@ -524,9 +534,17 @@ impl Journal {
                 residue: Vec::new(),
             },
         };
-        journal
-            .save()
-            .with_context(|| format!("writing the run record {}", journal.path.display()))?;
+        let mut saved = journal.save();
+        // A run ending at this moment removes the default directory if it found it empty (see
+        // `remove_default_run_dir_if_empty`): make it again and write once more.
+        for _ in 0..3 {
+            if !matches!(&saved, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+                break;
+            }
+            prepare_run_dir()?;
+            saved = journal.save();
+        }
+        saved.with_context(|| format!("writing the run record {}", journal.path.display()))?;
         // Checked after our own record is written: of two runs starting together, the later one to
         // look always sees the other.
         let records = records_in(&dir);
@@ -681,6 +699,7 @@ impl Drop for Journal {
             let _ = fs::remove_file(status_path(&self.path));
             if self.record.residue.is_empty() {
                 let _ = fs::remove_file(&self.path);
+                remove_default_run_dir_if_empty();
             }
         }
     }
