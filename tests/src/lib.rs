@@ -24,8 +24,8 @@ pub use kchaos::{RunDir, Running, StopAll, kchaos, run, run_text, run_with};
 pub use lab::{no_residue, spawn_in};
 pub use netem::Netem;
 pub use scenario::{
-    net_totals, probe_count, probe_results, ramp_steps, read_report, refused_count, scenario,
-    scenario_vars,
+    net_ramp_scenario, net_totals, probe_count, probe_results, ramp_steps, read_report,
+    refused_count, scenario, scenario_vars,
 };
 pub use services::Service;
 pub use temp::{TempDir, TempFile, tag};

@@ -88,3 +88,25 @@ pub fn ramp_steps(fault: &serde_json::Value) -> Vec<f64> {
         })
         .collect()
 }
+
+/// A scenario file of one `net` fault on `cgroup` (target `app`), armed at 0 s for `secs` seconds,
+/// with `net` as its fields and `ramp` as its one ramp (`param: {from: .., to: .., ..}`).
+pub fn net_ramp_scenario(
+    cgroup: &Path,
+    fault: &str,
+    secs: u32,
+    net: &str,
+    ramp: &str,
+) -> crate::TempFile {
+    let file = crate::TempFile::new(&format!("{fault}-ramp.yaml"));
+    std::fs::write(
+        &file.0,
+        format!(
+            "title: {fault} ramp\ntargets:\n  - name: app\n    cgroup: {}\nfaults:\n  - name: \
+             {fault}\n    at: 0s\n    for: {secs}s\n    net: {{{net}}}\n    ramp:\n      {ramp}\n",
+            cgroup.display()
+        ),
+    )
+    .expect("writing the scenario file");
+    file
+}

@@ -637,17 +637,13 @@ fn a_scenario_ramps_reorder_from_0_to_100_percent() {
     let Some((lab, to, _srv)) = fq_lab("a_scenario_ramps_reorder_from_0_to_100_percent") else {
         return;
     };
-    let file = integration_tests::TempFile::new("reorder-ramp.yaml");
-    std::fs::write(
-        &file.0,
-        format!(
-            "title: reorder ramp\ntargets:\n  - name: app\n    cgroup: {}\nfaults:\n  - name: \
-             reorder\n    at: 0s\n    for: 4s\n    net: {{delay: 10ms, proto: udp}}\n    ramp:\n      \
-             reorder: {{from: 0%, to: 100%, over: 2s, step: 2s}}\n",
-            lab.cgroup.path.display()
-        ),
-    )
-    .unwrap();
+    let file = integration_tests::net_ramp_scenario(
+        &lab.cgroup.path,
+        "reorder",
+        4,
+        "delay: 10ms, proto: udp",
+        "reorder: {from: 0%, to: 100%, over: 2s, step: 2s}",
+    );
     let report = integration_tests::TempFile::new("reorder-ramp.json");
     let runs = RunDir::new();
     let mut run = runs.spawn(&["run", file.s(), "--json", report.s(), "--accept-risk"]);
@@ -737,17 +733,13 @@ fn a_scenario_ramps_the_rate_from_1_to_10_mbit() {
     let Some((lab, _to, _srv)) = fq_lab("a_scenario_ramps_the_rate_from_1_to_10_mbit") else {
         return;
     };
-    let file = integration_tests::TempFile::new("rate-ramp.yaml");
-    std::fs::write(
-        &file.0,
-        format!(
-            "title: rate ramp\ntargets:\n  - name: app\n    cgroup: {}\nfaults:\n  - name: \
-             link\n    at: 0s\n    for: 7s\n    net: {{proto: tcp}}\n    ramp:\n      \
-             rate: {{from: 1mbit, to: 10mbit, over: 3s, step: 3s}}\n",
-            lab.cgroup.path.display()
-        ),
-    )
-    .unwrap();
+    let file = integration_tests::net_ramp_scenario(
+        &lab.cgroup.path,
+        "rate",
+        7,
+        "proto: tcp",
+        "rate: {from: 1mbit, to: 10mbit, over: 3s, step: 3s}",
+    );
     let report = integration_tests::TempFile::new("rate-ramp.json");
     let runs = RunDir::new();
     let bulk = SocketAddr::from((lab.server_addr, 7107));

@@ -287,17 +287,13 @@ fn a_scenario_ramps_duplicate_and_corrupt_from_0_to_100_percent() {
         ("duplicate", "duplicated", "duplicates"),
         ("corrupt", "corrupted", "corrupted"),
     ] {
-        let file = TempFile::new(&format!("{param}-ramp.yaml"));
-        std::fs::write(
-            &file.0,
-            format!(
-                "title: {param} ramp\ntargets:\n  - name: app\n    cgroup: {}\nfaults:\n  - name: \
-                 mangle\n    at: 0s\n    for: 4s\n    net: {{proto: udp}}\n    ramp:\n      {param}: \
-                 {{from: 0%, to: 100%, over: 2s, step: 2s}}\n",
-                lab.cgroup.path.display()
-            ),
-        )
-        .unwrap();
+        let file = integration_tests::net_ramp_scenario(
+            &lab.cgroup.path,
+            param,
+            4,
+            "proto: udp",
+            &format!("{param}: {{from: 0%, to: 100%, over: 2s, step: 2s}}"),
+        );
         let report = TempFile::new(&format!("{param}-ramp.json"));
         let runs = RunDir::new();
         let run = runs.spawn(&["run", file.s(), "--json", report.s(), "--accept-risk"]);
