@@ -26,6 +26,9 @@ fn the_demo_ends_well_and_shows_loss_inside_the_target_only() {
     let text = format!("{out}{err}");
     assert_eq!(code, 0, "{text}");
     let dropped = loss(&text, "drop 30%", "A (target) -> :7000");
+    // 5000 datagrams each dropped with p = 0.3: the count is Binomial(5000, 0.3), sd = sqrt(5000 ×
+    // 0.3 × 0.7) = 32.4 datagrams = 0.65 points; at alpha = 1e-6 (two-sided z = 4.89) the loss lies
+    // within 30 ± 3.2 %, inside the 25..=35 asserted (exactly 1e-6 or less, so never a false red).
     assert!((25.0..=35.0).contains(&dropped), "{dropped}%\n{text}");
     assert_eq!(loss(&text, "drop 30%", "B (outside)"), 0.0, "{text}");
     assert_eq!(

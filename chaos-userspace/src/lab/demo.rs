@@ -3,7 +3,7 @@
 //! counters. Everything is removed at the end, also on Ctrl-C.
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{self, BufRead as _, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -152,6 +152,7 @@ pub fn run() -> Result<()> {
 struct Injector {
     child: Child,
     report: PathBuf,
+    cgroup: PathBuf,
 }
 
 impl Injector {
@@ -171,6 +172,7 @@ impl Injector {
         let mut injector = Self {
             child,
             report: report.to_path_buf(),
+            cgroup: cgroup.to_path_buf(),
         };
         // Wait until it says it is armed; echo what it attached.
         loop {
@@ -204,6 +206,22 @@ impl Injector {
         if !status.success() && status.code() != Some(128 + libc::SIGTERM) {
             bail!("kchaos net failed ({status})");
         }
+        // The next phase's figures are only the next fault's if this one's programs are gone: the
+        // table's claim ("detached itself after each phase") is checked, not assumed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = attached_skb_programs(&self.cgroup)?;
+            if left == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{left} cgroup_skb program(s) still attached to {} 5 s after kchaos net ended",
+                    self.cgroup.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let report = report?;
         let counters = report
             .faults
@@ -233,6 +251,44 @@ impl Drop for Injector {
             let _ = self.child.wait();
         }
     }
+}
+
+/// How many cgroup_skb programs (ingress and egress) are attached to `cgroup` itself: the kernel's
+/// own answer (BPF_PROG_QUERY), which aya 0.14 has no public call for.
+fn attached_skb_programs(cgroup: &Path) -> Result<u32> {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_CGROUP_INET_INGRESS: u32 = 0;
+    const BPF_CGROUP_INET_EGRESS: u32 = 1;
+    let dir = std::fs::File::open(cgroup)
+        .with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
+    let mut total = 0;
+    for attach_type in [BPF_CGROUP_INET_INGRESS, BPF_CGROUP_INET_EGRESS] {
+        // `union bpf_attr`'s query part: target_fd, attach_type, query_flags, attach_flags (u32
+        // each), prog_ids (u64: null, so the kernel only counts), prog_cnt (u32); the rest zero.
+        let mut attr = [0u32; 16];
+        attr[0] = std::os::fd::AsRawFd::as_raw_fd(&dir) as u32;
+        attr[1] = attach_type;
+        // SAFETY: `attr` is a zeroed, large enough `union bpf_attr` that outlives the call; with
+        // a null prog_ids the kernel writes only prog_cnt (and attach_flags) inside it.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| {
+                format!(
+                    "asking the kernel which programs run for {}",
+                    cgroup.display()
+                )
+            });
+        }
+        total += attr[6];
+    }
+    Ok(total)
 }
 
 /// Runs the clients at the same time; returns (sent, received) of each.

@@ -6,6 +6,10 @@ use std::{
     io,
     net::{SocketAddr, TcpStream, UdpSocket},
     path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -197,20 +201,28 @@ fn udp_echo(
     let sock = bind_any(to)?;
     let recv_sock = sock.try_clone()?;
     let start = Instant::now();
-    let total =
-        wait + Duration::from_secs_f64(count as f64 / rate.max(1) as f64) + Duration::from_secs(1);
+    // The receiver reads until `wait` (plus a second of grace) after the last send, measured from
+    // when the sending really ended: on a starved host (a VM under TCG, a busy core) sending falls
+    // behind its pace, and a deadline fixed from the start would count the late tail as lost.
+    let sent_all_at_ns = Arc::new(AtomicU64::new(0));
+    let sending_done = Arc::clone(&sent_all_at_ns);
+    let grace = wait + Duration::from_secs(1);
     let receiver = std::thread::spawn(move || {
         let mut got = Echoes::default();
         let mut buf = [0u8; 64];
         let _ = recv_sock.set_read_timeout(Some(Duration::from_millis(20)));
-        while start.elapsed() < total && (got.seen.len() as u64) < count {
+        let open = || match sending_done.load(Ordering::Acquire) {
+            0 => true,
+            ended => start.elapsed() < Duration::from_nanos(ended) + grace,
+        };
+        while open() && (got.seen.len() as u64) < count {
             if let Ok(n) = recv_sock.recv(&mut buf) {
                 got.take(&buf[..n], start);
             }
         }
         // Every echo is in; copies of the last ones may still be on their way: read on until the
         // socket is quiet for one read timeout.
-        while start.elapsed() < total
+        while open()
             && let Ok(n) = recv_sock.recv(&mut buf)
         {
             got.take(&buf[..n], start);
@@ -225,6 +237,11 @@ fn udp_echo(
             send_errors += 1;
         }
     }
+    // At least 1 ns: 0 means "still sending".
+    sent_all_at_ns.store(
+        (start.elapsed().as_nanos() as u64).max(1),
+        Ordering::Release,
+    );
     let Echoes {
         seen,
         rtts,
