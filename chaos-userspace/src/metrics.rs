@@ -7,8 +7,11 @@
 //! injected events against the budget; per probe its results and a latency histogram. Every name has
 //! the `kchaos_` prefix, counters end in `_total`, durations are seconds and sizes bytes.
 //!
-//! The server is a thread on a std `TcpListener`, one connection at a time: Prometheus scrapes
-//! rarely and reads little.
+//! The server is a thread on a std `TcpListener` that hands each connection to a thread of its own
+//! (at most [`MAX_CONNECTIONS`] at once; more are closed at once), and every connection has one
+//! deadline for the whole request and answer ([`REQUEST_DEADLINE`]): a client that sends a byte
+//! now and then can neither hold a scrape up nor keep a thread. The endpoint has no authentication
+//! and serves only counters: bind it to loopback or to the address your Prometheus scrapes from.
 
 use std::{
     collections::BTreeMap,
@@ -34,8 +37,11 @@ use crate::{
     live::{FaultState, LATENCY_BUCKETS, Live, Phase, Snapshot},
 };
 
-/// How long one connection may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may take, from accept to its answer written: Prometheus's default
+/// scrape timeout is 10 s, so a scrape never waits on another client's connection.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections served at once; a scrape needs one.
+const MAX_CONNECTIONS: u64 = 32;
 /// The most of a request that is read (a scrape's is a few hundred bytes).
 const REQUEST_LIMIT: usize = 16 * 1024;
 
@@ -286,9 +292,26 @@ impl Server {
         std::thread::Builder::new()
             .name("kchaos-metrics".into())
             .spawn(move || {
+                let open = Arc::new(AtomicU64::new(0));
                 for stream in listener.incoming().flatten() {
-                    if let Err(e) = serve(stream, &live, &counted) {
-                        tracing::debug!("metrics connection: {e}");
+                    // Past the cap the connection is dropped unanswered: closing it costs nothing,
+                    // and the connections already served end by their deadline.
+                    if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    let (live, counted, open) =
+                        (live.clone(), Arc::clone(&counted), Arc::clone(&open));
+                    let spawned = std::thread::Builder::new()
+                        .name("kchaos-metrics-conn".into())
+                        .spawn(move || {
+                            if let Err(e) = serve(stream, &live, &counted) {
+                                tracing::debug!("metrics connection: {e}");
+                            }
+                            open.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    if let Err(e) = spawned {
+                        tracing::debug!("metrics connection: no thread for it: {e}");
                     }
                 }
             })
@@ -321,17 +344,25 @@ impl Server {
 /// Answers one connection. A scrape of /metrics is counted before its figures are read, so a count
 /// past [`Server::linger`]'s `since` means figures read after it.
 fn serve(mut stream: TcpStream, live: &Live, scrapes: &AtomicU64) -> io::Result<()> {
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    // What is left of the deadline, as a socket timeout (which may not be zero).
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "request deadline passed"))
+    };
     let mut request = Vec::new();
     let mut buf = [0u8; 2048];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < REQUEST_LIMIT {
+        stream.set_read_timeout(Some(left()?))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
         }
         request.extend_from_slice(&buf[..n]);
     }
+    stream.set_write_timeout(Some(left()?))?;
     let text = String::from_utf8_lossy(&request);
     let mut words = text.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
@@ -464,5 +495,54 @@ mod tests {
         // Taken: bad input naming the flag.
         let err = Server::start(server.addr(), live).err().unwrap().0;
         assert!(err.contains("--metrics"), "{err}");
+    }
+
+    /// Slow clients (a byte every second, as in a slowloris) neither delay a scrape nor keep their
+    /// connection past the deadline. Before: one connection at a time with a per-read timeout, so
+    /// each trickling client held every scrape up indefinitely.
+    #[test]
+    fn slow_clients_stall_neither_scrapes_nor_threads() {
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), Live::new(snapshot())).unwrap();
+        let addr = server.addr();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tricklers: Vec<_> = (0..4)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    let opened = Instant::now();
+                    // Until the server closes it (a write fails) or the test ends.
+                    while !stop.load(Ordering::SeqCst) && s.write_all(b"G").is_ok() {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    opened.elapsed()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(REQUEST_DEADLINE)).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut page = String::new();
+        s.read_to_string(&mut page).unwrap();
+        let took = started.elapsed();
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+        // Served at once, not after the tricklers' deadlines: well under one deadline (the answer
+        // is a few kB on loopback; a deadline is 5 s).
+        assert!(
+            took < REQUEST_DEADLINE,
+            "the scrape took {took:?} beside slow clients"
+        );
+        // Each trickler is cut off by its deadline: the server closes it, and a write after that
+        // fails (the first write after the close may still succeed: a second one is refused).
+        for t in tricklers {
+            let held = t.join().unwrap();
+            assert!(
+                held < REQUEST_DEADLINE + Duration::from_secs(3),
+                "a trickling client kept its connection {held:?}"
+            );
+        }
+        stop.store(true, Ordering::SeqCst);
     }
 }

@@ -84,7 +84,13 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     let (ok, text) = validate(&tool, &refs);
     println!("{text}");
     assert!(ok, "{text}");
-    for kind in ["namespace/kchaos", "daemonset/kchaos", "job/", "configmap/"] {
+    for kind in [
+        "namespace/kchaos",
+        "daemonset/kchaos",
+        "job/",
+        "configmap/",
+        "networkpolicy/kchaos-metrics",
+    ] {
         assert!(
             text.contains(&format!("passed for resource {kind}")),
             "{kind}: {text}"
@@ -97,4 +103,45 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     std::fs::write(&bad, job.replace("hostPID: true", "hostPDI: true")).unwrap();
     let (ok, text) = validate(&tool, &[&bad]);
     assert!(!ok && text.contains("hostPDI"), "{text}");
+}
+
+/// The pods kchaos runs in hold no more power than it uses (issue 28.9): no `privileged`, every
+/// capability dropped but a named few, no service-account token, resource limits, and the metrics
+/// endpoint (which has no authentication) bound to the pod's own address, reachable through the
+/// NetworkPolicy from Prometheus only. No cluster runs here, so the manifests are what is checked.
+#[test]
+fn manifests_grant_no_more_than_kchaos_uses() {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes"));
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    for name in ["daemonset.yaml", "job.yaml"] {
+        let m = read(name);
+        // Comment lines may name what is left out; only the YAML itself counts.
+        let yaml: String = m
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!yaml.contains("privileged: true"), "{name} is privileged");
+        assert!(yaml.contains("privileged: false"), "{name}");
+        assert!(
+            yaml.contains("drop: [\"ALL\"]"),
+            "{name} keeps the default capabilities"
+        );
+        assert!(
+            yaml.contains("automountServiceAccountToken: false"),
+            "{name} mounts a service-account token"
+        );
+        assert!(yaml.contains("limits:"), "{name} has no resource limits");
+        assert!(
+            !yaml.contains("hostNetwork: true"),
+            "{name}: the NetworkPolicy cannot hold"
+        );
+        assert!(!yaml.contains("0.0.0.0"), "{name} listens on every address");
+        assert!(yaml.contains("fieldPath: status.podIP"), "{name}");
+    }
+    assert!(read("job.yaml").contains("$(POD_IP):9464"));
+    let policy = read("networkpolicy.yaml");
+    assert!(policy.contains("kind: NetworkPolicy") && policy.contains("port: 9464"));
 }
