@@ -118,6 +118,24 @@ impl ChaosToolkit {
         cmd
     }
 
+    /// Runs `python -c CODE` in the virtualenv, with the environment `command` gives `chaos`:
+    /// exit code and output.
+    pub fn python(&self, code: &str, run_dir: &RunDir) -> (i32, String) {
+        let out = Command::new(self.venv.join("bin/python"))
+            .args(["-c", code])
+            .current_dir(std::env::temp_dir())
+            .env("KCHAOS_BIN", crate::kchaos())
+            .env("KCHAOS_RUN_DIR", &run_dir.0)
+            .output()
+            .expect("running python");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
     /// Runs `chaos ARGS` (as `command` sets it up) to its end: exit code, stdout and stderr.
     pub fn chaos(&self, args: &[&str], run_dir: &RunDir, env: &[(&str, &str)]) -> (i32, String) {
         let out = self

@@ -251,7 +251,7 @@ fn deviating_experiment(lab: &Lab, svc: &Service, pause_s: u32, rollback: bool) 
             "provider": {
                 "type": "python", "module": "chaoskchaos.actions", "func": "start_fault",
                 "arguments": {"kind": "net", "cgroup": lab.cgroup.path.to_str().unwrap(),
-                              "arguments": {"drop": 100}, "duration": "60s", "name": "ctk-deviate"}
+                              "arguments": {"percent": 100}, "duration": "60s", "name": "ctk-deviate"}
             },
             "pauses": {"after": pause_s}
         }],
@@ -390,4 +390,53 @@ fn ctrl_c_while_the_fault_is_starting_still_stops_it() {
     ctrl_c_stops_the_fault("ctrl_c_while_the_fault_is_starting_still_stops_it", |_| {
         kchaos_named("ctk-deviate")
     });
+}
+
+/// An experiment's `arguments` reach kchaos only as flags its command has, less those the extension
+/// sets or that write files or lift checks as root (issue 28.9): `json` pointing at a victim file is
+/// refused before kchaos runs (the file is untouched), as is an unknown key; `kchaos_bin` must be an
+/// absolute path to an executable.
+#[test]
+fn activity_arguments_are_limited_to_the_commands_own_safe_flags() {
+    const NAME: &str = "activity_arguments_are_limited_to_the_commands_own_safe_flags";
+    if !root_or_skip(NAME) {
+        return;
+    }
+    let Some(ctk) = ctk(NAME) else { return };
+    let runs = RunDir::new();
+    let victim = TempFile::with("ctk-victim", "precious\n");
+    let attempt = |arguments: &str, configuration: &str| {
+        let code = format!(
+            "from chaoskchaos.actions import start_fault\n\
+             from chaoskchaos.runner import KchaosError\n\
+             try:\n    start_fault(kind='net', duration='5s', cgroup='/sys/fs/cgroup/kchaos-ctk-none', \
+             arguments={arguments}, configuration={configuration})\n    print('STARTED')\n\
+             except KchaosError as e:\n    print('REFUSED', e)\n"
+        );
+        ctk.python(&code, &runs)
+    };
+    let (code, out) = attempt(
+        &format!("{{'percent': 5, 'json': '{}'}}", victim.0.display()),
+        "None",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("REFUSED") && out.contains("'json'") && out.contains("allowed: "),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim.0).unwrap(), "precious\n");
+    let (_, out) = attempt("{'percnt': 5}", "None");
+    assert!(
+        out.contains("REFUSED") && out.contains("'percnt'") && out.contains("not a flag"),
+        "{out}"
+    );
+    let (_, out) = attempt("{'percent': 5}", "{'kchaos_bin': 'kchaos'}");
+    assert!(
+        out.contains("REFUSED") && out.contains("absolute path"),
+        "{out}"
+    );
+    assert!(
+        running(&runs).is_empty(),
+        "a refused activity started a run"
+    );
 }

@@ -8,12 +8,13 @@ from chaoslib.types import Configuration, Secrets
 
 from chaoskchaos import started
 from chaoskchaos.probes import run_status
-from chaoskchaos.runner import KchaosError, flags, run
+from chaoskchaos.runner import KchaosError, flags, known_flags, run
 
 __all__ = ["start_fault", "run_scenario", "stop_run"]
 
-FAULT_KINDS = ("net", "syscall", "stress", "pause", "kill")
+FAULT_KINDS = ("net", "syscall", "stress", "pause", "kill", "time")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _name(name: Optional[str], prefix: str) -> str:
@@ -64,7 +65,7 @@ def start_fault(
 ) -> Dict[str, Any]:
     """Starts one kchaos fault in the background and returns once it is armed.
 
-    ``kind`` is a kchaos fault command (net, syscall, stress, pause, kill); ``arguments`` its flags
+    ``kind`` is a kchaos fault command (net, syscall, stress, pause, kill, time); ``arguments`` its flags
     by name, e.g. ``{"percent": 5}`` for ``--percent 5`` or ``{"syscall": "connect", "errno":
     "ECONNREFUSED", "percent": 30}``. ``duration`` (e.g. ``"30s"``) bounds the fault: it ends then
     even if nothing stops it. Returns the run's status (name, pid, counters so far). The control
@@ -72,7 +73,7 @@ def start_fault(
     if kind not in FAULT_KINDS:
         raise KchaosError(f"kind {kind!r}: one of {', '.join(FAULT_KINDS)}")
     run_name = _name(name, kind)
-    args = [kind, *_targets(cgroup, pid), *flags(arguments)]
+    args = [kind, *_targets(cgroup, pid), *flags(arguments, known_flags(kind, configuration))]
     args += ["--duration", str(duration), "--name", run_name, "--detach"]
     _start(args, run_name, configuration)
     return run_status(run_name, configuration)
@@ -91,6 +92,8 @@ def run_scenario(
     run_name = _name(name, "scenario")
     args = ["run", str(path), "--name", run_name, "--detach"]
     for key, value in (variables or {}).items():
+        if not _VAR.match(str(key)):
+            raise KchaosError(f"variables: name {key!r}: letters, digits and '_', not starting with a digit")
         args += ["--var", f"{key}={value}"]
     if accept_risk:
         args.append("--accept-risk")

@@ -2,14 +2,28 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
 
-__all__ = ["KchaosError", "kchaos_bin", "run", "run_json", "flags"]
+__all__ = ["KchaosError", "kchaos_bin", "run", "run_json", "flags", "known_flags", "RESERVED_FLAGS"]
+
+# Flags an activity's ``arguments`` may not set: the action sets them itself (duration, name,
+# detach, the targets), they write a file as root wherever they point (json, report, junit, html),
+# open a listening port (metrics), or lift a safety check (allow-host).
+RESERVED_FLAGS: FrozenSet[str] = frozenset(
+    {
+        "duration", "name", "detach", "cgroup", "pid", "container", "pod",
+        "json", "report", "junit", "html", "metrics", "metrics-linger",
+        "allow-host", "help", "version",
+    }
+)
+_FLAG_LINE = re.compile(r"^\s+(?:-[A-Za-z], )?--([a-z0-9][a-z0-9-]*)")
+_KNOWN: Dict[str, FrozenSet[str]] = {}
 
 # How long one kchaos command may take before the activity fails: `--detach` returns once every
 # fault is armed, which takes seconds (eBPF programs are loaded and verified first).
@@ -26,11 +40,17 @@ class KchaosError(ActivityFailed):
 
 
 def kchaos_bin(configuration: Optional[Configuration] = None) -> str:
-    """The binary to run: the experiment's ``kchaos_bin`` configuration, else ``KCHAOS_BIN``, else
-    ``kchaos`` on PATH."""
+    """The binary to run: the experiment's ``kchaos_bin`` configuration, else ``KCHAOS_BIN`` (both the
+    operator's, never an activity's arguments), else ``kchaos`` on PATH. A configured one must be an
+    absolute path to an executable file: a bare name would be looked up on PATH."""
     configured = (configuration or {}).get("kchaos_bin") or os.environ.get("KCHAOS_BIN")
     if configured:
-        return str(configured)
+        path = str(configured)
+        if not os.path.isabs(path) or not os.path.isfile(path) or not os.access(path, os.X_OK):
+            raise KchaosError(
+                f"kchaos_bin {path!r}: give the absolute path of the kchaos executable"
+            )
+        return path
     found = shutil.which("kchaos")
     if not found:
         raise KchaosError(
@@ -82,13 +102,39 @@ def run_json(
         ) from e
 
 
-def flags(arguments: Optional[Dict[str, Any]]) -> List[str]:
+def known_flags(kind: str, configuration: Optional[Configuration] = None) -> FrozenSet[str]:
+    """The flags ``kchaos KIND --help`` lists (read once per binary and kind), less the reserved
+    ones: what an activity's ``arguments`` may set."""
+    key = f"{kchaos_bin(configuration)}\0{kind}"
+    if key not in _KNOWN:
+        text = run([kind, "--help"], configuration).stdout
+        listed = {m.group(1) for m in map(_FLAG_LINE.match, text.splitlines()) if m}
+        _KNOWN[key] = frozenset(listed - RESERVED_FLAGS)
+    return _KNOWN[key]
+
+
+def flags(
+    arguments: Optional[Dict[str, Any]], allowed: Optional[FrozenSet[str]] = None
+) -> List[str]:
     """``{"percent": 5, "dst": ["10.0.0.7", "10.0.0.8"], "egress_only": True}`` as
     ``--percent 5 --dst 10.0.0.7 --dst 10.0.0.8 --egress-only``: the command line's own flags, so
-    every option kchaos has is reachable with the names its ``--help`` shows."""
+    every option kchaos has is reachable with the names its ``--help`` shows. With ``allowed``, a
+    key that is not one of them is refused (naming it and what is allowed), before kchaos runs."""
     out: List[str] = []
     for key, value in (arguments or {}).items():
-        flag = "--" + str(key).replace("_", "-")
+        name = str(key).replace("_", "-")
+        flag = "--" + name
+        if allowed is not None and name not in allowed:
+            why = (
+                "is set by the extension or not allowed from an experiment"
+                if name in RESERVED_FLAGS
+                else "is not a flag of this command"
+            )
+            raise KchaosError(
+                f"arguments: key {key!r} {why}; allowed: {', '.join(sorted(allowed))}"
+            )
+        if isinstance(value, (dict, set)):
+            raise KchaosError(f"arguments: key {key!r}: a value, a list or true/false")
         if value is None or value is False:
             continue
         if value is True:
