@@ -273,6 +273,19 @@ fn io_writes_with_fsync_and_removes_its_directory() {
         .map(|e| e.path())
         .collect();
     assert_eq!(made.len(), 1, "{made:?}");
+    // Made by mkdtemp: a name with six unguessable characters (not only the run's pid, which anyone
+    // could make first or point a symlink at), readable by root alone.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let name = made[0].file_name().unwrap().to_string_lossy().into_owned();
+        let random = name.rsplit_once("-io-").map(|(_, r)| r).unwrap_or("");
+        assert_eq!(random.len(), 6, "{name}: not a mkdtemp name");
+        let mode = std::fs::symlink_metadata(&made[0])
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{name}: mode {mode:o}");
+    }
     // The worker's file, besides the marker that tells `kchaos stop` the directory is kchaos's.
     let files: Vec<_> = std::fs::read_dir(&made[0])
         .unwrap()

@@ -298,14 +298,27 @@ fn unique_name() -> String {
     )
 }
 
-/// The directory the io worker writes in: journaled before it is made, so `kchaos stop` removes it
-/// after a SIGKILL.
+/// The directory the io worker writes in, made by mkdtemp(3): a name no one can guess and so make
+/// (or point a symlink at) first, mode 0700, then journaled once it exists (a SIGKILL in between
+/// leaves an empty directory, never a record that could name someone else's path), then marked.
 fn make_io_dir(parent: &Path, journal: &mut Journal) -> Result<PathBuf> {
-    let dir = parent.join(unique_name());
-    journal
-        .add(Residue::Path { path: dir.clone() })
-        .context("journaling the io directory")?;
-    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    use std::os::unix::ffi::OsStrExt as _;
+    let template = parent.join(format!("{}-io-XXXXXX", unique_name()));
+    let mut bytes = template.as_os_str().as_bytes().to_vec();
+    bytes.push(0);
+    // SAFETY: `bytes` is a NUL-terminated, writable buffer ending in XXXXXX that outlives the call;
+    // mkdtemp only rewrites those six bytes in place.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("creating a directory in {}", parent.display()));
+    }
+    bytes.pop();
+    let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
+    if let Err(e) = journal.add(Residue::Path { path: dir.clone() }) {
+        let _ = std::fs::remove_dir(&dir);
+        return Err(e).context("journaling the io directory");
+    }
     // The marker is what lets `kchaos stop` remove this directory: a record alone may name no path.
     crate::engine::run_identity::write_marker(&dir)
         .with_context(|| format!("marking {} as kchaos's", dir.display()))?;
