@@ -45,8 +45,22 @@ static SYS_DST: LpmTrie<PeerKey, u8> = LpmTrie::with_max_entries(crate::net::MAX
 
 /// Scratch space for the path of an opened file (too big for the 512-byte stack with the rest).
 const PATH_BUF: usize = 256;
+
+/// A CPU's path scratch. The file_open program is sleepable: a run can be preempted between writing
+/// the path and comparing it, and another run on the same CPU may write its own path meanwhile. Each
+/// run bumps `writers` before it writes and checks it after it compared: if it moved, the bytes may
+/// be mixed, and the run takes the safe side (no fault for that call).
+#[repr(C)]
+pub struct PathScratch {
+    writers: u64,
+    path: [u8; PATH_BUF],
+}
+
+// The prefix compare reads one byte past the prefix: it must stay inside the scratch.
+const _: () = assert!(PATH_PREFIX_MAX < PATH_BUF);
+
 #[map]
-static SYS_PATH_BUF: PerCpuArray<[u8; PATH_BUF]> = PerCpuArray::with_max_entries(1, 0);
+static SYS_PATH_BUF: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Offset of `f_path` in `struct file`, read by the loader from the running kernel's BTF (Rust eBPF
 /// has no CO-RE relocations). A read-only global, so the verifier sees a constant.
@@ -376,28 +390,52 @@ fn path_filtered_out(cfg: &SyscallConfig, file: *const u8) -> bool {
     if cfg.prefix_len == 0 {
         return false;
     }
-    let Some(buf) = SYS_PATH_BUF.get_ptr_mut(0) else {
+    let Some(scratch) = SYS_PATH_BUF.get_ptr_mut(0) else {
         return true;
     };
-    // SAFETY: FILE_F_PATH_OFFSET is the BTF offset of file->f_path; the verifier checks the pointer.
+    // SAFETY: this CPU's slot of our own map, only ever reached through raw pointers with volatile
+    // accesses (never a reference): another run on this CPU may write it while this one is
+    // preempted, which `writers` detects below.
+    let (writers, path) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*scratch).writers),
+            core::ptr::addr_of_mut!((*scratch).path).cast::<u8>(),
+        )
+    };
+    // SAFETY: see above.
+    let mine = unsafe { core::ptr::read_volatile(writers) }.wrapping_add(1);
+    // SAFETY: see above.
+    unsafe { core::ptr::write_volatile(writers, mine) };
+    // SAFETY: FILE_F_PATH_OFFSET is the BTF offset of file->f_path; the verifier checks the pointer,
+    // and `path` has PATH_BUF bytes.
     let len = unsafe {
         let offset = core::ptr::read_volatile(&FILE_F_PATH_OFFSET);
         let p = file.add(offset as usize) as *mut path;
-        bpf_d_path(p, buf.cast(), PATH_BUF as u32)
+        bpf_d_path(p, path.cast(), PATH_BUF as u32)
     };
     if len <= 0 {
         return true;
     }
-    // SAFETY: our own per-CPU scratch buffer.
-    let buf = unsafe { &*buf };
+    let outside = outside_prefix(cfg, path);
+    // SAFETY: see above. Another run wrote the scratch meanwhile: the bytes compared may be mixed.
+    outside || unsafe { core::ptr::read_volatile(writers) } != mine
+}
+
+/// True unless the NUL-terminated path at `path` (PATH_BUF bytes) starts with the configured
+/// prefix, ending at a path component ("/a/b" is not under "/a/bc").
+#[inline(always)]
+fn outside_prefix(cfg: &SyscallConfig, path: *const u8) -> bool {
+    // SAFETY: every index is below PATH_PREFIX_MAX < PATH_BUF (checked by the loop bound), inside
+    // the scratch `path_filtered_out` passes; volatile, as another run may write it (see there).
+    let at = |i: usize| unsafe { core::ptr::read_volatile(path.add(i)) };
     let n = cfg.prefix_len as usize;
     let mut i = 0;
     while i < PATH_PREFIX_MAX {
         if i >= n {
-            // The prefix matched; it must end at a path component ("/a/b" is not under "/a/bc").
-            return !(buf[i] == 0 || buf[i] == b'/' || buf[i - 1] == b'/');
+            // i >= n >= 1 here, so i - 1 is an index too.
+            return !(at(i) == 0 || at(i) == b'/' || at(i - 1) == b'/');
         }
-        if buf[i] != cfg.prefix[i] {
+        if at(i) != cfg.prefix[i] {
             return true;
         }
         i += 1;

@@ -144,7 +144,10 @@ fn partition_blocks_exactly_the_peer_and_port_both_ways() {
 
     // Peer -> target: datagrams sent from the partitioned port never arrive; from another port they do.
     drop(servers); // frees port 7000 to send from
-    let sink = |port: u16| {
+    // The open sink ends once its 300 datagrams are in; the blocked one when its stdin is closed,
+    // after that: the blocked datagrams were sent first, on the same path, so by then they would
+    // have arrived. No window fixed in advance, which a starved host's late senders overrun.
+    let sink = |port: u16, until: &[&str]| {
         let mut child = Command::new(kchaos())
             .args([
                 "traffic",
@@ -154,8 +157,10 @@ fn partition_blocks_exactly_the_peer_and_port_both_ways() {
                 "--bind",
                 &format!("{}:{port}", lab.host_addr),
                 "--for",
-                "3s",
+                "60s",
             ])
+            .args(until)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -166,8 +171,8 @@ fn partition_blocks_exactly_the_peer_and_port_both_ways() {
         (child, out)
     };
     let ns_path = lab.netns.path();
-    let (blocked, mut blocked_out) = sink(9000);
-    let (open, mut open_out) = sink(9001);
+    let (blocked, mut blocked_out) = sink(9000, &["--until-eof"]);
+    let (open, mut open_out) = sink(9001, &["--count", "300"]);
     for (to_port, from) in [
         (9000, s7000),
         (9001, SocketAddr::from((lab.server_addr, 7005))),
@@ -187,8 +192,9 @@ fn partition_blocks_exactly_the_peer_and_port_both_ways() {
         );
         assert_eq!(v["send_errors"], 0);
     }
-    let read = |child: std::process::Child,
+    let read = |mut child: std::process::Child,
                 out: &mut std::io::BufReader<std::process::ChildStdout>| {
+        drop(child.stdin.take());
         let mut line = String::new();
         std::io::BufRead::read_line(out, &mut line).unwrap();
         let _ = child.wait_with_output();
@@ -197,14 +203,14 @@ fn partition_blocks_exactly_the_peer_and_port_both_ways() {
             .unwrap()
     };
     assert_eq!(
-        read(blocked, &mut blocked_out),
-        0,
-        "datagrams from the partitioned peer:port arrived"
-    );
-    assert_eq!(
         read(open, &mut open_out),
         300,
         "datagrams from another port of the peer were lost"
+    );
+    assert_eq!(
+        read(blocked, &mut blocked_out),
+        0,
+        "datagrams from the partitioned peer:port arrived"
     );
     let (code, lines) = running.terminate();
     assert_eq!(code, 143, "{lines:?}");

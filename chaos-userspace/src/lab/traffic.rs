@@ -53,8 +53,17 @@ pub enum Mode {
     UdpSink {
         #[arg(long)]
         bind: SocketAddr,
+        /// The longest it listens.
         #[arg(long = "for", value_parser = units::parse_duration)]
         duration: Duration,
+        /// Stop once this many datagrams arrived.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop when standard input ends (then read what is still queued): the caller says when
+        /// everything it waited for was sent, instead of a window fixed from the start, which a
+        /// starved host's late sender overruns.
+        #[arg(long)]
+        until_eof: bool,
     },
     /// Send UDP datagrams one way (no echo).
     UdpSend {
@@ -124,7 +133,12 @@ pub fn run(args: &TrafficArgs) -> Result<()> {
             wait,
             rtt,
         } => udp_echo(to, count, rate, wait, rtt)?,
-        Mode::UdpSink { bind, duration } => udp_sink(bind, duration)?,
+        Mode::UdpSink {
+            bind,
+            duration,
+            count,
+            until_eof,
+        } => udp_sink(bind, duration, count, until_eof)?,
         Mode::UdpSend {
             to,
             from,
@@ -343,21 +357,41 @@ impl Echoes {
     }
 }
 
-fn udp_sink(bind: SocketAddr, duration: Duration) -> Result<serde_json::Value> {
+fn udp_sink(
+    bind: SocketAddr,
+    duration: Duration,
+    count: Option<u64>,
+    until_eof: bool,
+) -> Result<serde_json::Value> {
     let sock = bind_any(bind).and_then(|s| {
         drop(s);
         UdpSocket::bind(bind)
     })?;
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if until_eof {
+        let eof = Arc::clone(&eof);
+        std::thread::spawn(move || {
+            let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+            eof.store(true, Ordering::Release);
+        });
+    }
     // Tell the caller the port is open (it waits for this line before sending).
     println!("{{\"ready\":true}}");
     let start = Instant::now();
     let mut received = 0u64;
     let mut buf = [0u8; 2048];
-    while start.elapsed() < duration {
+    while start.elapsed() < duration
+        && count.is_none_or(|n| received < n)
+        && !eof.load(Ordering::Acquire)
+    {
         if sock.recv(&mut buf).is_ok() {
             received += 1;
         }
+    }
+    // What the kernel already queued counts too: read until the socket is quiet for a read timeout.
+    while start.elapsed() < duration && sock.recv(&mut buf).is_ok() {
+        received += 1;
     }
     Ok(serde_json::json!({"received": received}))
 }
