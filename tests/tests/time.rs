@@ -176,8 +176,7 @@ fn assert_shift(r: Reading, offset: i64, mono: i64, what: &str) {
 /// Whether `pid`'s vDSO is byte for byte kchaos's own (no hook left).
 fn vdso_is_original(pid: u32) -> bool {
     let own = vdso::own().unwrap();
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let (start, end) = vdso::vdso_range(&maps).unwrap();
+    let (start, end) = vdso::vdso_of(pid).unwrap();
     let mut image = vec![0u8; (end - start) as usize];
     chaos_userspace::kinds::time::ptrace::read_mem(pid, start, &mut image).unwrap();
     image == own.image

@@ -56,6 +56,87 @@ fn last_err() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// Why the threads of a process could not be stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    /// Every thread exited (or is a zombie: it runs no code any more).
+    #[error("it exited")]
+    Gone,
+    /// Another tracer (a debugger, strace) holds a thread: ptrace allows one tracer.
+    #[error("it is traced by {0} (one tracer at a time: kchaos cannot attach)")]
+    Traced(String),
+    /// A thread did not stop in time (a killable wait such as a vfork, a freezing cgroup); it is
+    /// detached as soon as it stops (see [`release_lingering`]).
+    #[error("thread {tid} did not stop within {ms} ms (in a vfork or an uninterruptible wait?)")]
+    TimedOut { tid: i32, ms: u128 },
+    /// A thread whose earlier stop timed out is still seized by this kchaos (it is let go when it
+    /// stops).
+    #[error("thread {0} is still held by this kchaos (an earlier stop of it timed out)")]
+    Held(i32),
+    /// Refused for another reason (a security module).
+    #[error("ptrace(SEIZE) of thread {tid}: {err} (not traced, not exiting: a security module?)")]
+    Refused { tid: i32, err: io::Error },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Threads seized but not stopped when their stop timed out: a ptrace request (PTRACE_DETACH too)
+/// needs a stopped tracee, so each is detached when its pending interrupt stops it. Only the thread
+/// that seized them may wait for and detach them: kchaos's ptrace work runs on one thread.
+static LINGERING: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Detaches every lingering thread that has stopped since (or is gone); waits up to `wait` for the
+/// others. Returns how many are still attached.
+pub fn release_lingering(wait: Duration) -> usize {
+    let Ok(mut lingering) = LINGERING.lock() else {
+        return 0;
+    };
+    let start = Instant::now();
+    loop {
+        lingering.retain(|&tid| match wait_stop(tid, Duration::ZERO) {
+            Ok(sig) => {
+                // SAFETY: PTRACE_DETACH takes a tid and a signal number to deliver.
+                unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0usize, sig as usize) };
+                false
+            }
+            Err(e) => e.kind() == io::ErrorKind::TimedOut,
+        });
+        if lingering.is_empty() || start.elapsed() >= wait {
+            return lingering.len();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The tracer of thread `tid` of `pid` (TracerPid in its status), if any.
+pub fn tracer_of(pid: u32, tid: i32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&t| t != 0)
+}
+
+/// "pid 123 (strace)", or "this kchaos".
+pub fn describe_pid(pid: u32) -> String {
+    if pid == std::process::id() {
+        return "this kchaos".into();
+    }
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    format!("pid {pid} ({})", comm.trim())
+}
+
+/// Whether thread `tid` of `pid` runs no code any more (gone, a zombie or dead).
+fn thread_dead(pid: u32, tid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).map_or(true, |s| {
+        matches!(
+            crate::engine::run_identity::state_in(&s),
+            Some('Z' | 'X' | 'x') | None
+        )
+    })
+}
+
 /// Every thread of one process, stopped under ptrace. Dropping it lets them go (with the registers
 /// of the thread that ran syscalls put back).
 pub struct Stopped {
@@ -66,17 +147,21 @@ pub struct Stopped {
 }
 
 impl Stopped {
-    /// Seizes and stops every thread (threads started meanwhile too).
-    pub fn stop(pid: u32) -> io::Result<Self> {
+    /// Seizes and stops every live thread (threads started meanwhile too). A zombie thread (a main
+    /// thread that called pthread_exit, a process exiting) runs no code and is left alone.
+    pub fn stop(pid: u32) -> Result<Self, StopError> {
+        release_lingering(Duration::ZERO);
         let mut s = Self {
             pid,
             threads: BTreeMap::new(),
             saved: None,
         };
+        let mut dead = std::collections::BTreeSet::new();
         loop {
-            let new: Vec<i32> = tids(pid)?
+            let new: Vec<i32> = tids(pid)
+                .map_err(|_| StopError::Gone)?
                 .into_iter()
-                .filter(|t| !s.threads.contains_key(t))
+                .filter(|t| !s.threads.contains_key(t) && !dead.contains(t))
                 .collect();
             if new.is_empty() {
                 break;
@@ -86,15 +171,24 @@ impl Stopped {
                 let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, 0usize) } == 0;
                 if !seized {
                     let e = last_err();
-                    if e.raw_os_error() == Some(libc::ESRCH) {
-                        continue; // the thread ended
+                    // ESRCH: the thread ended. EPERM for a thread with an exit state: it is a
+                    // zombie (ptrace attaches to no exiting task).
+                    if e.raw_os_error() == Some(libc::ESRCH) || thread_dead(pid, tid) {
+                        dead.insert(tid);
+                        continue;
                     }
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!(
-                            "ptrace(SEIZE) of thread {tid}: {e} (already traced by a debugger?)"
-                        ),
-                    ));
+                    if let Some(tracer) = tracer_of(pid, tid) {
+                        if tracer == std::process::id() {
+                            return Err(StopError::Held(tid));
+                        }
+                        return Err(StopError::Traced(describe_pid(tracer)));
+                    }
+                    // Seized and exited between the two looks.
+                    if thread_dead(pid, tid) {
+                        dead.insert(tid);
+                        continue;
+                    }
+                    return Err(StopError::Refused { tid, err: e });
                 }
                 s.threads.insert(tid, 0);
                 // SAFETY: as above.
@@ -105,16 +199,26 @@ impl Stopped {
                     }
                     Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
                         s.threads.remove(&tid);
+                        dead.insert(tid);
                     }
-                    Err(e) => return Err(e),
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        // Still running: it cannot be detached now; it is once its interrupt
+                        // stops it (the others are let go by the drop).
+                        s.threads.remove(&tid);
+                        if let Ok(mut l) = LINGERING.lock() {
+                            l.push(tid);
+                        }
+                        return Err(StopError::TimedOut {
+                            tid,
+                            ms: STOP_TIMEOUT.as_millis(),
+                        });
+                    }
+                    Err(e) => return Err(StopError::Io(e)),
                 }
             }
         }
         if s.threads.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("process {pid} has no thread left"),
-            ));
+            return Err(StopError::Gone);
         }
         Ok(s)
     }
