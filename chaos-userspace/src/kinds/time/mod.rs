@@ -498,6 +498,8 @@ impl TimeFault {
     /// Hooks the targets' processes not hooked yet, and again those that exec'd.
     fn scan(&mut self) {
         let own = self.own;
+        // A thread whose stop timed out on an earlier tick is let go as soon as it has stopped.
+        ptrace::release_lingering(std::time::Duration::ZERO);
         // An exec replaced the vDSO (or the process is gone): look again.
         self.procs.retain(|_, p| process::still_hooked(p, own));
         let control = self.control();

@@ -87,12 +87,12 @@ enum Found {
 }
 
 fn maps(pid: u32) -> Result<String, PatchError> {
-    fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| PatchError::Gone)
+    fs::read_to_string(ptrace::proc_dir(pid).join("maps")).map_err(|_| PatchError::Gone)
 }
 
 /// Looks at `pid`'s vDSO through `mem`.
 fn inspect(pid: u32, own: &OwnVdso, mem: &File) -> Result<Found, PatchError> {
-    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    if ptrace::live_dir(pid).is_none() {
         return Err(PatchError::Gone);
     }
     let (start, end) = vdso::vdso_of(pid).ok_or(PatchError::NoVdso)?;
@@ -156,6 +156,26 @@ fn not_running(pid: u32) -> bool {
     stopped || frozen
 }
 
+/// Whether `pid` shares its memory with its parent (a vfork child, or posix_spawn's before its exec).
+/// ptrace work through it would stop it alone while its parent's other threads run in the same
+/// memory (a jump written under one of them, a page unmapped under it): such a process is left to
+/// its parent, which holds the same hooks and is hooked and restored whole.
+fn shares_parent_memory(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let ppid: Option<i32> = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+    let Some(ppid) = ppid.filter(|&p| p > 1) else {
+        return false;
+    };
+    const KCMP_VM: usize = 1;
+    // SAFETY: kcmp takes two pids, a comparison type and two indexes; it reads no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid as i32, ppid, KCMP_VM, 0usize, 0usize) };
+    r == 0
+}
+
 /// A free, page-aligned address for the hook pages within reach (±2 GiB, with room for a jump) of
 /// the vDSO at `vdso`.
 fn free_near(maps: &str, vdso: u64) -> Option<u64> {
@@ -201,6 +221,10 @@ pub fn patch(
         return Err(PatchError::Foreign);
     }
     let start_time = run_identity::start_time(pid).ok_or(PatchError::Gone)?;
+    if shares_parent_memory(pid) {
+        // Its exec (or exit) comes soon; the parent carries the hooks meanwhile.
+        return Err(PatchError::NotRunning);
+    }
     let mem = ptrace::open_mem(pid).map_err(|_| PatchError::Gone)?;
     let (vdso, page, fresh, relocated) = match inspect(pid, own, &mem)? {
         Found::Hooked { vdso, page, .. } => (vdso, page, false, (true, true)),
@@ -378,16 +402,14 @@ pub enum Restored {
 
 /// Whether `pid` is still the process that started at `start_time` and runs code.
 fn alive(pid: u32, start_time: Option<u64>) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !matches!(run_identity::state_in(&s), Some('Z' | 'X' | 'x') | None)
-            && start_time.is_none_or(|st| run_identity::start_time(pid) == Some(st))
-    })
+    ptrace::live_dir(pid).is_some()
+        && start_time.is_none_or(|st| run_identity::start_time(pid) == Some(st))
 }
 
 /// Restores `pid`'s vDSO if it leads to a hook page carrying `tag`; None when it does not (any more:
 /// it exited, or exec'd and has a fresh vDSO).
 pub fn restore(pid: u32, own: &OwnVdso, tag: u64) -> Option<Restored> {
-    if pid == std::process::id() {
+    if pid == std::process::id() || shares_parent_memory(pid) {
         return None;
     }
     let start_time = run_identity::start_time(pid);

@@ -17,9 +17,37 @@ use std::{
 /// not stop until thawed).
 const STOP_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// The /proc directory of a live thread of `pid`: /proc/PID, or, when its main thread has exited (a
+/// zombie leader: its own mem, maps and auxv read empty while the other threads run on),
+/// /proc/PID/task/TID of one that runs. None when no thread of it runs code any more.
+pub fn live_dir(pid: u32) -> Option<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let runs = |d: &std::path::Path| {
+        fs::read_to_string(d.join("stat")).is_ok_and(|s| {
+            !matches!(
+                crate::engine::run_identity::state_in(&s),
+                Some('Z' | 'X' | 'x') | None
+            )
+        })
+    };
+    if runs(&dir) {
+        return Some(dir);
+    }
+    tids(pid)
+        .ok()?
+        .into_iter()
+        .map(|t| dir.join("task").join(t.to_string()))
+        .find(|d| runs(d))
+}
+
+/// [`live_dir`], or /proc/PID when none (what is read there then fails or reads empty).
+pub fn proc_dir(pid: u32) -> std::path::PathBuf {
+    live_dir(pid).unwrap_or_else(|| format!("/proc/{pid}").into())
+}
+
 /// Reads `buf.len()` bytes at `addr` of `pid`.
 pub fn read_mem(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-    let f = File::open(format!("/proc/{pid}/mem"))?;
+    let f = File::open(proc_dir(pid).join("mem"))?;
     read_at(&f, addr, buf)
 }
 
@@ -33,7 +61,7 @@ pub fn open_mem(pid: u32) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
-        .open(format!("/proc/{pid}/mem"))
+        .open(proc_dir(pid).join("mem"))
 }
 
 /// Writes `bytes` at `addr` (also into read-only or code pages: the kernel copies the page for this

@@ -73,9 +73,10 @@ pub fn sysinfo_ehdr(auxv: &[u8]) -> Option<u64> {
 /// be forged by the target (a file named `x [vdso]` mapped anywhere); the auxv cannot (it takes
 /// CAP_SYS_RESOURCE to change it, and then the address must still hold the kernel's mapping).
 pub fn vdso_of(pid: u32) -> Option<(u64, u64)> {
-    let auxv = fs::read(format!("/proc/{pid}/auxv")).ok()?;
+    let dir = crate::kinds::time::ptrace::proc_dir(pid);
+    let auxv = fs::read(dir.join("auxv")).ok()?;
     let base = sysinfo_ehdr(&auxv)?;
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let maps = fs::read_to_string(dir.join("maps")).ok()?;
     vdso_in_maps(&maps, base)
 }
 
