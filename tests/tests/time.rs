@@ -415,7 +415,10 @@ fn a_scenario_with_a_time_fault_and_a_probe_inside() {
 fn thread_state(pid: u32, tid: u32) -> char {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next()))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next())
+        })
         .flatten()
         .unwrap_or('?')
 }
@@ -526,7 +529,11 @@ fn a_process_whose_main_thread_exits_before_the_restore_is_restored() {
     ]);
     assert_shift(c.read(), HOUR, 0, "armed");
     std::thread::sleep(Duration::from_millis(1600));
-    assert_eq!(thread_state(c.pid(), c.pid()), 'Z', "the main thread did not exit");
+    assert_eq!(
+        thread_state(c.pid(), c.pid()),
+        'Z',
+        "the main thread did not exit"
+    );
     assert_shift(c.read(), HOUR, 0, "armed, the main thread gone");
     let (code, lines, err) = live.finish();
     println!("{}\n{err}", lines.join("\n"));
@@ -643,4 +650,119 @@ fn a_thread_kchaos_could_not_stop_is_never_left_stopped() {
     );
     assert_shift(c.read(), 0, 0, "after the run");
     assert_ne!(thread_state(pid, pid), 't');
+}
+
+/// Issue 28.9: a run that hooked no process over its whole run shifted nothing: it exits 1 and says
+/// so (as `kill` does for no process to signal), also when the only process was refused.
+#[test]
+fn a_run_that_hooked_no_process_exits_1() {
+    const NAME: &str = "a_run_that_hooked_no_process_exits_1";
+    if !root_or_skip(NAME) {
+        return;
+    }
+    let Some(h) = helper(NAME) else { return };
+    let cg = cgroup("t0");
+    let runs = RunDir::new();
+    let _stop = StopAll(&runs);
+    let cg_arg = cg.path.display().to_string();
+    let args = [
+        "time",
+        "--cgroup",
+        &cg_arg,
+        "--offset",
+        "+1h",
+        "--duration",
+        "1s",
+    ];
+    let text = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let out = runs.run(&args);
+    println!("{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("could be hooked over the whole run: no clock was shifted"),
+        "{}",
+        text(&out)
+    );
+    // The only process is traced by another tracer: refused, named, and the run still fails.
+    let c = Clock::inside(&cg.path, &h.dynamic);
+    assert_shift(c.read(), 0, 0, "before");
+    let _tracer = Tracer::seize(c.pid());
+    let out = runs.run(&args);
+    println!("{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("1 refused: pid {}: it is traced by", c.pid())),
+        "{}",
+        text(&out)
+    );
+    assert_shift(c.read(), 0, 0, "refused");
+    assert!(runs.record_files().is_empty(), "{:?}", runs.record_files());
+}
+
+/// Issue 28.5: shifts the clocks (or the hook's arithmetic) cannot take are refused before anything
+/// is hooked, with the flag, the value and the allowed range: monotonic below 0 or years ahead, a
+/// drift past ±10^6 ppm (i64::MIN made the hooked process die of a divide error).
+#[test]
+fn shifts_the_clocks_cannot_take_are_refused() {
+    const NAME: &str = "shifts_the_clocks_cannot_take_are_refused";
+    if !root_or_skip(NAME) {
+        return;
+    }
+    let cg = cgroup("tb");
+    let runs = RunDir::new();
+    let cg_arg = cg.path.display().to_string();
+    for (extra, want) in [
+        (
+            &["--offset", "-36500d", "--clock", "monotonic"][..],
+            "so allowed with --clock monotonic is -",
+        ),
+        (
+            &["--offset", "+36500d", "--clock", "realtime,boottime"][..],
+            "to +3650d",
+        ),
+        (
+            &["--drift=-9223372036854775808"][..],
+            "--drift -9223372036854775808: allowed is -1000000 to 1000000 ppm",
+        ),
+        (&["--offset", "+36501d"][..], "allowed is -100y to +100y"),
+    ] {
+        let mut args = vec!["time", "--cgroup", &cg_arg, "--duration", "1s"];
+        args.extend_from_slice(extra);
+        let out = runs.run(&args);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        println!("{extra:?}: {text}");
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {text}");
+        assert!(text.contains(want), "{extra:?}: {text}");
+    }
+    // At the edge: the monotonic clock may go back to (almost) its boot.
+    let up: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let back = format!("-{}s", (up as u64).saturating_sub(5));
+    let out = runs.run(&[
+        "time",
+        "--cgroup",
+        &cg_arg,
+        "--duration",
+        "1s",
+        "--offset",
+        &back,
+        "--clock",
+        "monotonic",
+        "--dry-run",
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{back}: {text}");
+    assert!(
+        text.contains("this kernel offers what it needs"),
+        "{back}: {text}"
+    );
 }
