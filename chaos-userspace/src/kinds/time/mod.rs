@@ -39,7 +39,7 @@ use crate::{
 };
 
 pub const EXAMPLES: &str = "Examples:\n  kchaos time --cgroup app --offset +1h --duration 30s\n  \
-kchaos time --cgroup app --offset -90d --clock realtime,monotonic\n  \
+kchaos time --cgroup app --offset +90d --clock realtime,monotonic\n  \
 kchaos time --cgroup app --drift 500 --duration 10m   (the clock gains 0.5 ms a second)\n\
 Processes that read the clock with a raw syscall instead of the vDSO (rare; not glibc, musl or Go's \
 time.Now) are not shifted.";
