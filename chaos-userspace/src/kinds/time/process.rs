@@ -101,6 +101,9 @@ fn inspect(pid: u32, own: &OwnVdso, mem: &File) -> Result<Found, PatchError> {
     }
     let mut image = vec![0u8; own.image.len()];
     ptrace::read_at(mem, start, &mut image).map_err(|_| PatchError::Gone)?;
+    // A stub a killed kchaos left in the scratch area (no thread runs it any more) does not count.
+    let at = own.scratch as usize;
+    image[at..at + ptrace::STUB_LEN].copy_from_slice(own.scratch_bytes());
     if image == own.image {
         return Ok(Found::Original { vdso: start });
     }
@@ -277,7 +280,9 @@ fn hook(
     // Chosen while every thread is stopped, so nothing maps there before the mmap.
     let addr = free_near(&maps(pid)?, vdso).ok_or(PatchError::NoRoom)?;
     let r = stopped.syscall(
-        vdso + own.syscall_insn,
+        mem,
+        vdso + own.scratch,
+        own.scratch_bytes(),
         libc::SYS_mmap as u64,
         [
             addr,
@@ -297,7 +302,9 @@ fn hook(
     let page = r as u64;
     let unmap = |stopped: &mut Stopped| {
         let _ = stopped.syscall(
-            vdso + own.syscall_insn,
+            mem,
+            vdso + own.scratch,
+            own.scratch_bytes(),
             libc::SYS_munmap as u64,
             [page, MAP_LEN, 0, 0, 0, 0],
         );
@@ -494,7 +501,9 @@ pub fn restore(pid: u32, own: &OwnVdso, tag: u64) -> Option<Restored> {
         return Some(Restored::PageLeft);
     }
     match stopped.syscall(
-        vdso + own.syscall_insn,
+        &mem,
+        vdso + own.scratch,
+        own.scratch_bytes(),
         libc::SYS_munmap as u64,
         [page, MAP_LEN, 0, 0, 0, 0],
     ) {

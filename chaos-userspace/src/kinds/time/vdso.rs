@@ -11,8 +11,20 @@ pub struct OwnVdso {
     pub clock_gettime: u64,
     pub gettimeofday: u64,
     pub time: u64,
-    /// A `syscall` instruction outside the patched bytes: where a stopped tracee runs injected calls.
+    /// A `syscall` instruction outside the patched bytes.
     pub syscall_insn: u64,
+    /// Where a stopped tracee's injected-syscall stub is written: the section header table, which the
+    /// image carries but nothing reads once it is loaded (programs find the vDSO's symbols through
+    /// its program headers and dynamic section); [`crate::kinds::time::ptrace::STUB_LEN`] bytes.
+    pub scratch: u64,
+}
+
+impl OwnVdso {
+    /// The original bytes of the scratch area.
+    pub fn scratch_bytes(&self) -> &[u8] {
+        let at = self.scratch as usize;
+        &self.image[at..at + crate::kinds::time::ptrace::STUB_LEN]
+    }
 }
 
 impl OwnVdso {
@@ -194,12 +206,24 @@ pub fn parse(image: Vec<u8>) -> Result<OwnVdso, VdsoError> {
         })
         .map(|(i, _)| i as u64)
         .ok_or(fmt("no syscall instruction"))?;
+    // The stub must fit the section header table, inside the image and away from the patched code.
+    let stub = crate::kinds::time::ptrace::STUB_LEN as u64;
+    if shoff == 0
+        || (shnum * shentsize) < stub as usize
+        || shoff as u64 + stub > image.len() as u64
+        || patched
+            .iter()
+            .any(|p| *p < shoff as u64 + stub && (shoff as u64) < p + 16)
+    {
+        return Err(fmt("no section header table to hold the syscall stub"));
+    }
     Ok(OwnVdso {
         image,
         clock_gettime,
         gettimeofday,
         time,
         syscall_insn,
+        scratch: shoff as u64,
     })
 }
 
