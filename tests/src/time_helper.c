@@ -1,14 +1,34 @@
 /* The clock helper of the time tests and `cargo xtask bench time`: vDSO readings beside the same
-   clocks read with a raw syscall (which a time fault does not shift). */
+   clocks read with a raw syscall (which a time fault does not shift).
+   Modes: (none) a line every 10 ms; `check MS`; `bench N MS`; `leader-exits MS` (the lines from a
+   second thread, the main thread exits after MS: a zombie leader); `exec-every N` (N lines, then it
+   execs itself: a fresh vDSO); `vfork-loop MS` (the lines from a second thread, the main thread in a
+   loop of vforks whose child sleeps MS before it exits: a thread ptrace cannot stop meanwhile). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 static long long ns(struct timespec t) { return t.tv_sec * 1000000000LL + t.tv_nsec; }
 static long long sys_ns(int c) { struct timespec t; syscall(SYS_clock_gettime, c, &t); return ns(t); }
+static void line(void) {
+  struct timespec r, m; struct timeval tv;
+  clock_gettime(CLOCK_REALTIME, &r); long long sr = sys_ns(CLOCK_REALTIME);
+  clock_gettime(CLOCK_MONOTONIC, &m); long long sm = sys_ns(CLOCK_MONOTONIC);
+  gettimeofday(&tv, NULL); time_t t = time(NULL);
+  printf("%lld %lld %lld %lld %lld %lld\n", ns(r), sr, ns(m), sm,
+         (long long)tv.tv_sec * 1000000LL + tv.tv_usec, (long long)t);
+  fflush(stdout);
+}
+static void *lines(void *unused) {
+  (void)unused;
+  for (;;) { line(); usleep(10000); }
+  return NULL;
+}
 int main(int argc, char **argv) {
   if (argc > 2 && !strcmp(argv[1], "check")) {
     usleep(atoi(argv[2]) * 1000);
@@ -25,14 +45,25 @@ int main(int argc, char **argv) {
     printf("%.3f %lld\n", (double)(e - s) / n, ns(r) - sys_ns(CLOCK_REALTIME));
     return 0;
   }
-  for (;;) {
-    struct timespec r, m; struct timeval tv;
-    clock_gettime(CLOCK_REALTIME, &r); long long sr = sys_ns(CLOCK_REALTIME);
-    clock_gettime(CLOCK_MONOTONIC, &m); long long sm = sys_ns(CLOCK_MONOTONIC);
-    gettimeofday(&tv, NULL); time_t t = time(NULL);
-    printf("%lld %lld %lld %lld %lld %lld\n", ns(r), sr, ns(m), sm,
-           (long long)tv.tv_sec * 1000000LL + tv.tv_usec, (long long)t);
-    fflush(stdout);
-    usleep(10000);
+  if (argc > 2 && !strcmp(argv[1], "leader-exits")) {
+    pthread_t t; pthread_create(&t, NULL, lines, NULL);
+    usleep(atoi(argv[2]) * 1000);
+    pthread_exit(NULL);
   }
+  if (argc > 2 && !strcmp(argv[1], "exec-every")) {
+    for (int i = 0; i < atoi(argv[2]); i++) { line(); usleep(10000); }
+    execv("/proc/self/exe", argv);
+    return 1;
+  }
+  if (argc > 2 && !strcmp(argv[1], "vfork-loop")) {
+    pthread_t t; pthread_create(&t, NULL, lines, NULL);
+    int ms = atoi(argv[2]);
+    for (;;) {
+      pid_t p = vfork();
+      if (p == 0) { usleep(ms * 1000); _exit(0); }
+      waitpid(p, NULL, 0);
+      usleep(ms * 500);
+    }
+  }
+  lines(NULL);
 }

@@ -204,6 +204,7 @@ pub fn boot_payloads(
     let initrd = work.path.join("initramfs.gz");
     let root = setup::workspace_root();
     let data_dirs: Vec<PathBuf> = WORKSPACE_DATA.iter().map(|d| root.join(d)).collect();
+    let tools = test_tools(&root, &work.path)?;
     initramfs::build(
         &initramfs::Contents {
             kernel: &kernel,
@@ -211,6 +212,7 @@ pub fn boot_payloads(
             kchaos,
             payloads,
             data_dirs: &data_dirs,
+            tools: &tools,
         },
         &initrd,
     )?;
@@ -237,6 +239,45 @@ pub fn boot_payloads(
             .failure
             .map(|e| e.context(format!("on kernel {} ({})", kernel.release, kernel.source))),
     })
+}
+
+/// The time tests' clock helper (`tests/src/time_helper.c`), built here on the host, statically and
+/// dynamically (the image has no C compiler): the tests find them through
+/// `KCHAOS_TIME_HELPER_STATIC` and `KCHAOS_TIME_HELPER`.
+fn test_tools(root: &Path, work: &Path) -> Result<Vec<initramfs::Tool>> {
+    let src = root.join("tests/src/time_helper.c");
+    let mut out = Vec::new();
+    for (name, env, extra) in [
+        (
+            "time-helper-static",
+            "KCHAOS_TIME_HELPER_STATIC",
+            &["-static"][..],
+        ),
+        ("time-helper", "KCHAOS_TIME_HELPER", &[][..]),
+    ] {
+        let host = work.join(name);
+        let status = Command::new("cc")
+            .args(["-O2", "-pthread", "-o"])
+            .arg(&host)
+            .arg(&src)
+            .args(extra)
+            .status()
+            .context("running cc to build the time tests' clock helper")?;
+        if !status.success() {
+            bail!(
+                "cc {} -o {} failed ({status}): the time tests need it (a static build needs the \
+                 C library's static archive: libc6-dev)",
+                src.display(),
+                host.display()
+            );
+        }
+        out.push(initramfs::Tool {
+            image_path: format!("usr/libexec/kchaos/{name}"),
+            host,
+            env: env.to_owned(),
+        });
+    }
+    Ok(out)
 }
 
 /// `cargo xtask build-kernel`: the kprobe kernel, built unless cached.

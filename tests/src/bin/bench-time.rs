@@ -23,7 +23,7 @@ fn main() -> Result<()> {
     std::fs::write(&src, include_str!("../time_helper.c"))?;
     let bin = dir.0.join("clk");
     let built = Command::new("cc")
-        .args(["-O2", "-o"])
+        .args(["-O2", "-pthread", "-o"])
         .arg(&bin)
         .arg(&src)
         .status()

@@ -34,6 +34,17 @@ pub struct Contents<'a> {
     pub payloads: &'a [Payload],
     /// Host directories copied in at the same paths (those that don't exist are skipped).
     pub data_dirs: &'a [PathBuf],
+    /// Programs built on the host for the tests, each announced to them in an environment variable.
+    pub tools: &'a [Tool],
+}
+
+/// A program built on the host for the tests (the image has no compiler).
+pub struct Tool {
+    /// Where it goes in the image (relative to /).
+    pub image_path: String,
+    pub host: PathBuf,
+    /// The variable /init exports with its absolute path in the image.
+    pub env: String,
 }
 
 /// Writes the initramfs to `out`.
@@ -97,6 +108,9 @@ fn assemble(c: &Contents) -> Result<Image> {
     }
     for dir in c.data_dirs {
         add_tree(&mut image, dir)?;
+    }
+    for t in c.tools {
+        image.add_binary(&t.image_path, &t.host)?;
     }
     let init = init_script(c)?;
     image.add(
@@ -224,6 +238,13 @@ fn init_script(c: &Contents) -> Result<String> {
         "export KCHAOS_KERNEL_LABEL={}\n",
         quote(&c.kernel.label)
     ));
+    for t in c.tools {
+        s.push_str(&format!(
+            "export {}={}\n",
+            t.env,
+            quote(&format!("/{}", t.image_path))
+        ));
+    }
     for m in c.modules {
         let path = format!("/lib/modules/kchaos/{}.ko", m.name);
         s.push_str(&format!(

@@ -425,6 +425,100 @@ pub fn data_page(tag: u64, control: &Control) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The hook's arithmetic (`emit_adjust`), instruction by instruction, on a clock reading (sec,
+    /// nsec) of clock `id`; None where an instruction would overflow 64 bits or `idiv` would fault
+    /// (a divide error kills the target). Window checks as the hook makes them.
+    fn adjust(sec: i64, nsec: i64, c: &Control, id: usize) -> Option<(i64, i64)> {
+        let e = c.clocks[id];
+        let ns = i64::from(NS);
+        // imul rax, rax, NS; add rax, [rsi+8]
+        let value = sec.checked_mul(ns)?.checked_add(nsec)?;
+        if !e.enabled || value < e.floor || value >= e.deadline {
+            return Some((sec, nsec));
+        }
+        if c.drift_ppm == 0 {
+            let (off_sec, off_nsec) = (c.offset_ns.div_euclid(ns), c.offset_ns.rem_euclid(ns));
+            let (mut s, mut n) = (sec.checked_add(off_sec)?, nsec.checked_add(off_nsec)?);
+            if n >= ns {
+                n -= ns;
+                s = s.checked_add(1)?;
+            }
+            return Some((s, n));
+        }
+        // sub rax, start; imul [drift] (128-bit rdx:rax); idiv 1e6: the quotient must fit 64 bits.
+        let elapsed = value.checked_sub(e.start)?;
+        let product = i128::from(elapsed) * i128::from(c.drift_ppm);
+        let q = i64::try_from(product / 1_000_000).ok()?;
+        // add rax, [offset_ns]; cqo; idiv 1e9 (cannot fault: a 64-bit dividend over 1e9).
+        let delta = q.checked_add(c.offset_ns)?;
+        let (mut s, mut r) = (delta / ns, delta % ns);
+        if r < 0 {
+            r += ns;
+            s -= 1;
+        }
+        let (mut s, mut n) = (s.checked_add(sec)?, r.checked_add(nsec)?);
+        if n >= ns {
+            n -= ns;
+            s = s.checked_add(1)?;
+        }
+        Some((s, n))
+    }
+
+    #[test]
+    fn the_hook_arithmetic_holds_at_every_bound() {
+        const S: i64 = 1_000_000_000;
+        const Y: i64 = 365 * 86_400 * S;
+        // The bounds the loader accepts (mod.rs: MAX_OFFSET_NS, MAX_DRIFT_PPM), and what a clock
+        // can read: from 0 (boot) to the wall clock in the year 2200; a run of up to 100 years;
+        // readings up to 1 s before the arm (the floor's slack).
+        let now_2200 = 7_258_118_400 * S;
+        for offset in [-100 * Y, -1, 0, 1, 100 * Y] {
+            for ppm in [-1_000_000, -1, 0, 1, 1_000_000] {
+                for start in [0, 1_800_000_000 * S, now_2200 - 100 * Y] {
+                    for elapsed in [-S, 0, 1, 100 * Y] {
+                        let value = start + elapsed;
+                        if value < 0 {
+                            continue;
+                        }
+                        let mut c = Control {
+                            offset_ns: offset,
+                            drift_ppm: ppm,
+                            ..Control::default()
+                        };
+                        c.clocks[0] = ClockEntry {
+                            floor: i64::MIN,
+                            deadline: i64::MAX,
+                            start,
+                            enabled: true,
+                        };
+                        let (sec, nsec) = (value.div_euclid(S), value.rem_euclid(S));
+                        let (s, n) = adjust(sec, nsec, &c, 0).unwrap_or_else(|| {
+                            panic!("overflow: offset {offset} ppm {ppm} start {start} elapsed {elapsed}")
+                        });
+                        // And it is the exact shift: value + offset + elapsed × ppm / 10^6.
+                        let want = i128::from(value)
+                            + i128::from(offset)
+                            + i128::from(elapsed) * i128::from(ppm) / 1_000_000;
+                        assert_eq!(i128::from(s) * i128::from(S) + i128::from(n), want);
+                        assert!((0..S).contains(&n));
+                    }
+                }
+            }
+        }
+        // Outside the bounds it does fault: the drift the issue found.
+        let mut c = Control {
+            drift_ppm: i64::MIN,
+            ..Control::default()
+        };
+        c.clocks[0] = ClockEntry {
+            floor: i64::MIN,
+            deadline: i64::MAX,
+            start: 0,
+            enabled: true,
+        };
+        assert_eq!(adjust(1_800_000_000, 0, &c, 0), None);
+    }
+
     #[test]
     fn jumps_round_trip() {
         let j = jump(0x7fff_0000_1000, 0x7fff_0000_0000).unwrap();

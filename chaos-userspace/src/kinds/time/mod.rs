@@ -39,7 +39,7 @@ use crate::{
 };
 
 pub const EXAMPLES: &str = "Examples:\n  kchaos time --cgroup app --offset +1h --duration 30s\n  \
-kchaos time --cgroup app --offset -90d --clock realtime,monotonic\n  \
+kchaos time --cgroup app --offset +90d --clock realtime,monotonic\n  \
 kchaos time --cgroup app --drift 500 --duration 10m   (the clock gains 0.5 ms a second)\n\
 Processes that read the clock with a raw syscall instead of the vDSO (rare; not glibc, musl or Go's \
 time.Now) are not shifted.";
@@ -65,9 +65,20 @@ fn clock_ids(name: &str) -> &'static [usize] {
     }
 }
 
-/// The largest offset: ±100 years.
-const MAX_OFFSET_NS: i128 = 100 * 365 * 86_400 * 1_000_000_000;
-/// The largest drift: a clock at twice (or zero) speed.
+const YEAR_NS: i128 = 365 * 86_400 * 1_000_000_000;
+/// The largest offset: ±100 years. With |drift| ≤ [`MAX_DRIFT_PPM`] the hook's arithmetic is exact
+/// for runs up to 100 years (see `code::tests::the_hook_arithmetic_holds_at_every_bound`).
+const MAX_OFFSET_NS: i128 = 100 * YEAR_NS;
+/// The largest forward shift of monotonic and boottime: 10 years. A program computes deadlines from
+/// these clocks (`deadline = now + timeout`) and sleeps until them with the kernel's absolute timers,
+/// which take the real clock: a shift of +N years makes every such sleep N years long, and shifted
+/// values past 2^31 s (68 years) overflow the 32-bit second counts some programs keep. 10 years
+/// stays below that on any machine up for less than 58 years, and far below the kernel's own limit
+/// (ktime_t, 2^63 ns: 292 years).
+const MAX_FORWARD_MONO_NS: i128 = 10 * YEAR_NS;
+/// The largest drift: a clock at twice (or zero) speed. Then |elapsed × ppm / 10^6| ≤ |elapsed|: the
+/// hook's 128-bit product divided by 10^6 always fits 64 bits (no divide error), and a negative drift
+/// never runs a clock backwards.
 const MAX_DRIFT_PPM: i64 = 1_000_000;
 /// How far a clock may read before its lease window opened before it counts as stepped back.
 const FLOOR_SLACK_NS: i64 = 1_000_000_000;
@@ -104,25 +115,66 @@ pub struct TimeSpec {
     pub clocks: Vec<String>,
 }
 
-/// "+1h", "-90d", "30s" as signed ns.
+/// "+1h", "-90d", "30s" as signed ns, within ±100 years.
 pub fn parse_offset(text: &str) -> Result<i64, BadInput> {
     let t = text.trim();
     let (sign, rest) = match t.strip_prefix('-') {
         Some(r) => (-1i128, r),
         None => (1, t.strip_prefix('+').unwrap_or(t)),
     };
-    let d = crate::units::parse_duration(rest.trim()).map_err(|_| {
+    let range = || {
+        BadInput::new(format!(
+            "--offset '{text}': allowed is -100y to +100y (-36500d to +36500d)"
+        ))
+    };
+    let d = crate::units::parse_duration(rest.trim()).map_err(|e| {
+        if e.0.contains("too long") {
+            return range();
+        }
         BadInput::new(format!(
             "--offset '{text}': expected a duration with an optional sign, e.g. +1h, -90d, 30s, -1m30s"
         ))
     })?;
-    let ns = sign * d.as_nanos() as i128;
-    if ns.abs() > MAX_OFFSET_NS {
-        return Err(BadInput::new(format!(
-            "--offset '{text}': at most 100 years either way"
-        )));
+    i128::try_from(d.as_nanos())
+        .ok()
+        .and_then(|n| n.checked_mul(sign))
+        .filter(|n| n.abs() <= MAX_OFFSET_NS)
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(range)
+}
+
+/// Checks the shift against the clocks it moves, as they read now on this host: no selected clock
+/// may read below 0 (the kernel's absolute timers refuse a negative time with EINVAL, so a program
+/// that sleeps until "now + 1 s" fails), and monotonic and boottime move forward at most 10 years.
+/// `now` gives a clock's value (ns) by name. The drift (|ppm| ≤ 10^6) never makes a clock run
+/// backwards, so the offset alone decides how low it reads.
+pub fn check_shift(spec: &TimeSpec, now: impl Fn(&str) -> i64) -> Result<(), BadInput> {
+    let offset = i128::from(spec.offset_ns);
+    for clock in &spec.clocks {
+        let value = i128::from(now(clock));
+        let low = -value;
+        let high = if clock == "realtime" {
+            MAX_OFFSET_NS
+        } else {
+            MAX_FORWARD_MONO_NS
+        };
+        if offset < low || offset > high {
+            return Err(BadInput::new(format!(
+                "--offset {}: the {clock} clock reads {} now, so allowed with --clock {clock} is {} to \
+                 {} (below that it would read less than 0, which the kernel's timers refuse{})",
+                format_offset(spec.offset_ns),
+                format_offset(value as i64).trim_start_matches('+'),
+                format_offset(low as i64),
+                format_offset(high as i64),
+                if clock == "realtime" {
+                    String::new()
+                } else {
+                    "; above it every sleep until a deadline on it lasts years".into()
+                }
+            )));
+        }
     }
-    Ok(ns as i64)
+    Ok(())
 }
 
 /// The checked clock names, in their canonical order.
@@ -154,7 +206,8 @@ pub fn parse_clocks(names: &[String]) -> Result<Vec<String>, BadInput> {
 }
 
 pub fn check_drift(ppm: i64) -> Result<i64, BadInput> {
-    if ppm.abs() > MAX_DRIFT_PPM {
+    // unsigned_abs: i64::MIN has no i64 absolute value.
+    if ppm.unsigned_abs() > MAX_DRIFT_PPM.unsigned_abs() {
         return Err(BadInput::new(format!(
             "--drift {ppm}: allowed is -{MAX_DRIFT_PPM} to {MAX_DRIFT_PPM} ppm"
         )));
@@ -185,6 +238,11 @@ fn format_offset(ns: i64) -> String {
 }
 
 impl TimeSpec {
+    /// Whether it shifts monotonic or boottime.
+    fn spec_moves_mono(&self) -> bool {
+        self.clocks.iter().any(|c| c != "realtime")
+    }
+
     pub fn describe(&self) -> String {
         let mut what = Vec::new();
         if self.offset_ns != 0 || self.drift_ppm == 0 {
@@ -263,9 +321,17 @@ impl Kind for TimeSpec {
                 "a time fault cannot ramp '{param}': allowed is offset"
             ));
         }
-        if !(0.0..=(MAX_OFFSET_NS / 1_000_000_000) as f64).contains(&value) {
+        let mono = self.spec_moves_mono();
+        let max = if mono {
+            MAX_FORWARD_MONO_NS
+        } else {
+            MAX_OFFSET_NS
+        };
+        if !(0.0..=(max / 1_000_000_000) as f64).contains(&value) {
             return Err(format!(
-                "offset {value}s: a ramp moves the offset forward, from 0 to at most 100 years"
+                "offset {value}s: a ramp moves the offset forward, from 0 to at most {} years{}",
+                max / YEAR_NS,
+                if mono { " (monotonic, boottime)" } else { "" }
             ));
         }
         Ok(())
@@ -307,6 +373,9 @@ impl Kind for TimeSpec {
     }
 
     fn preflight(&self, _targets: &[Target]) -> Result<(), BadInput> {
+        check_shift(self, |name| {
+            lifecycle::clock_ns(clock_ids(name).first().copied().unwrap_or(0) as libc::clockid_t)
+        })?;
         if !cfg!(target_arch = "x86_64") {
             return Err(BadInput::new(
                 "time faults hook x86_64 vDSO code: this build is for another architecture",
@@ -429,6 +498,8 @@ impl TimeFault {
     /// Hooks the targets' processes not hooked yet, and again those that exec'd.
     fn scan(&mut self) {
         let own = self.own;
+        // A thread whose stop timed out on an earlier tick is let go as soon as it has stopped.
+        ptrace::release_lingering(std::time::Duration::ZERO);
         // An exec replaced the vDSO (or the process is gone): look again.
         self.procs.retain(|_, p| process::still_hooked(p, own));
         let control = self.control();
@@ -454,8 +525,11 @@ impl TimeFault {
                     Err(PatchError::Gone | PatchError::NoVdso) => {}
                     // Tried again on a later tick.
                     Err(PatchError::NotRunning | PatchError::Busy) => {}
+                    // Refused when found (counted in `failed`, named in the attachments), never
+                    // discovered at the restore.
                     Err(e) => {
-                        tracing::warn!("time: pid {pid} not hooked: {e}");
+                        let who = ptrace::describe_pid(pid);
+                        tracing::warn!("time: {who} refused, its clock is not shifted: {e}");
                         self.refused.insert((pid, st), e.to_string());
                     }
                 }
@@ -564,25 +638,67 @@ impl Active for TimeFault {
     }
 
     /// Restores the vDSO of every process carrying this run's tag (also those that left the
-    /// targets) and unmaps the hook pages.
+    /// targets) and unmaps the hook pages. A process that could only be disarmed (another tracer
+    /// holds it at this moment) reads the real time: a warning, not a failure. A run that hooked no
+    /// process at all fails: it shifted nothing.
     fn undo(mut self: Box<Self>, journal: &mut Journal) -> Result<()> {
         self.set_all_armed(false);
         self.procs.clear();
-        let (clean, left, failed) = process::restore_all(self.tag).map_err(anyhow::Error::msg)?;
+        let out = process::restore_all(self.tag).map_err(anyhow::Error::msg)?;
         tracing::debug!(
-            "time: restored the vDSO of {} process(es); {left} kept a disarmed hook page",
-            clean + left
+            "time: restored the vDSO of {} process(es); {} kept a disarmed hook page",
+            out.clean + out.page_left,
+            out.page_left
         );
-        if !failed.is_empty() {
+        for why in &out.disarmed_only {
+            tracing::warn!(
+                "time: {why}: its clock is real (hooks disarmed) but its vDSO still leads to the \
+                 disarmed hook page (a later time run on it takes the page over and removes it)"
+            );
+        }
+        if !out.failed.is_empty() {
             anyhow::bail!(
-                "could not restore the vDSO of {} (they are disarmed: real time); `kchaos stop` \
-                 retries: {}",
-                failed.len(),
-                failed.join(", ")
+                "could not disarm the hooks of {} process(es) (their clocks are real again when the \
+                 lease lapses, within {} s); `kchaos stop` retries: {}",
+                out.failed.len(),
+                lifecycle::LEASE.as_secs(),
+                out.failed.join(", ")
             );
         }
         journal.remove(&self.residue)?;
+        if self.patched == 0 {
+            anyhow::bail!("{}", self.nothing_hooked());
+        }
         Ok(())
+    }
+}
+
+impl TimeFault {
+    /// Why a run that hooked nothing failed.
+    fn nothing_hooked(&self) -> String {
+        let places = self
+            .cgroups
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut text = format!(
+            "no process in {places} could be hooked over the whole run: no clock was shifted"
+        );
+        if !self.refused.is_empty() {
+            let names: Vec<String> = self
+                .refused
+                .iter()
+                .take(5)
+                .map(|((pid, _), why)| format!("pid {pid}: {why}"))
+                .collect();
+            text.push_str(&format!(
+                " ({} refused: {})",
+                self.refused.len(),
+                names.join("; ")
+            ));
+        }
+        text
     }
 }
 
@@ -632,6 +748,63 @@ mod tests {
                 .contains("allowed are")
         );
         assert!(check_drift(2_000_000).is_err());
+    }
+
+    #[test]
+    fn offsets_and_drifts_are_bounded_at_both_ends() {
+        const Y: i64 = 365 * 86_400 * 1_000_000_000;
+        assert_eq!(parse_offset("+36500d").unwrap(), 100 * Y);
+        assert_eq!(parse_offset("-36500d").unwrap(), -100 * Y);
+        assert!(parse_offset("+18446744073709551615s").is_err());
+        for t in ["+36501d", "-36501d", "-9999999999999d", "+4000000000s"] {
+            let e = parse_offset(t).unwrap_err().to_string();
+            assert!(e.contains("allowed is -100y to +100y"), "{t}: {e}");
+        }
+        assert_eq!(check_drift(1_000_000).unwrap(), 1_000_000);
+        assert_eq!(check_drift(-1_000_000).unwrap(), -1_000_000);
+        for ppm in [1_000_001, -1_000_001, i64::MIN, i64::MAX] {
+            let e = check_drift(ppm).unwrap_err().to_string();
+            assert!(
+                e.contains("allowed is -1000000 to 1000000 ppm"),
+                "{ppm}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_clock_is_shifted_below_zero_or_monotonic_years_ahead() {
+        const S: i64 = 1_000_000_000;
+        let spec = |offset_ns: i64, clocks: &[&str]| TimeSpec {
+            offset_ns,
+            drift_ppm: 0,
+            clocks: clocks.iter().map(|c| c.to_string()).collect(),
+        };
+        // Up 1000 s; the wall clock at 1.7e9 s.
+        let now = |c: &str| {
+            if c == "realtime" {
+                1_700_000_000 * S
+            } else {
+                1000 * S
+            }
+        };
+        assert!(check_shift(&spec(-1000 * S, &["monotonic"]), now).is_ok());
+        let e = check_shift(&spec(-1001 * S, &["realtime", "monotonic"]), now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "--offset -16m41s: the monotonic clock reads 16m40s now, so allowed with \
+                        --clock monotonic is -16m40s to +3650d"
+            ),
+            "{e}"
+        );
+        assert!(check_shift(&spec(-36500 * 86_400 * S, &["boottime"]), now).is_err());
+        assert!(check_shift(&spec(3650 * 86_400 * S, &["boottime"]), now).is_ok());
+        assert!(check_shift(&spec(3651 * 86_400 * S, &["monotonic"]), now).is_err());
+        // Realtime: 100 years ahead, and back to 1970 at most.
+        assert!(check_shift(&spec(36500 * 86_400 * S, &["realtime"]), now).is_ok());
+        assert!(check_shift(&spec(-1_700_000_000 * S, &["realtime"]), now).is_ok());
+        assert!(check_shift(&spec(-1_700_000_001 * S, &["realtime"]), now).is_err());
     }
 
     fn scenario(fault: &str) -> Result<crate::experiment::scenario::Scenario, String> {

@@ -35,6 +35,25 @@ pub enum PatchError {
     Injected { what: &'static str, errno: i64 },
     #[error("a thread kept running inside the bytes to patch")]
     Busy,
+    #[error("{0}")]
+    Traced(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<ptrace::StopError> for PatchError {
+    fn from(e: ptrace::StopError) -> Self {
+        match e {
+            ptrace::StopError::Gone => PatchError::Gone,
+            // Tried again on a later tick (a vfork ends, a cgroup thaws).
+            ptrace::StopError::TimedOut { .. } | ptrace::StopError::Held(_) => {
+                PatchError::NotRunning
+            }
+            ptrace::StopError::Traced(_) => PatchError::Traced(e.to_string()),
+            ptrace::StopError::Refused { .. } => PatchError::Refused(e.to_string()),
+            ptrace::StopError::Io(e) => PatchError::Io(e),
+        }
+    }
 }
 
 /// A process whose vDSO leads to a hook page.
@@ -68,17 +87,23 @@ enum Found {
 }
 
 fn maps(pid: u32) -> Result<String, PatchError> {
-    fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| PatchError::Gone)
+    fs::read_to_string(ptrace::proc_dir(pid).join("maps")).map_err(|_| PatchError::Gone)
 }
 
 /// Looks at `pid`'s vDSO through `mem`.
 fn inspect(pid: u32, own: &OwnVdso, mem: &File) -> Result<Found, PatchError> {
-    let (start, end) = vdso::vdso_range(&maps(pid)?).ok_or(PatchError::NoVdso)?;
+    if ptrace::live_dir(pid).is_none() {
+        return Err(PatchError::Gone);
+    }
+    let (start, end) = vdso::vdso_of(pid).ok_or(PatchError::NoVdso)?;
     if (end - start) as usize != own.image.len() {
         return Err(PatchError::Foreign);
     }
     let mut image = vec![0u8; own.image.len()];
     ptrace::read_at(mem, start, &mut image).map_err(|_| PatchError::Gone)?;
+    // A stub a killed kchaos left in the scratch area (no thread runs it any more) does not count.
+    let at = own.scratch as usize;
+    image[at..at + ptrace::STUB_LEN].copy_from_slice(own.scratch_bytes());
     if image == own.image {
         return Ok(Found::Original { vdso: start });
     }
@@ -134,6 +159,26 @@ fn not_running(pid: u32) -> bool {
     stopped || frozen
 }
 
+/// Whether `pid` shares its memory with its parent (a vfork child, or posix_spawn's before its exec).
+/// ptrace work through it would stop it alone while its parent's other threads run in the same
+/// memory (a jump written under one of them, a page unmapped under it): such a process is left to
+/// its parent, which holds the same hooks and is hooked and restored whole.
+fn shares_parent_memory(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let ppid: Option<i32> = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+    let Some(ppid) = ppid.filter(|&p| p > 1) else {
+        return false;
+    };
+    const KCMP_VM: usize = 1;
+    // SAFETY: kcmp takes two pids, a comparison type and two indexes; it reads no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid as i32, ppid, KCMP_VM, 0usize, 0usize) };
+    r == 0
+}
+
 /// A free, page-aligned address for the hook pages within reach (±2 GiB, with room for a jump) of
 /// the vDSO at `vdso`.
 fn free_near(maps: &str, vdso: u64) -> Option<u64> {
@@ -179,6 +224,10 @@ pub fn patch(
         return Err(PatchError::Foreign);
     }
     let start_time = run_identity::start_time(pid).ok_or(PatchError::Gone)?;
+    if shares_parent_memory(pid) {
+        // Its exec (or exit) comes soon; the parent carries the hooks meanwhile.
+        return Err(PatchError::NotRunning);
+    }
     let mem = ptrace::open_mem(pid).map_err(|_| PatchError::Gone)?;
     let (vdso, page, fresh, relocated) = match inspect(pid, own, &mem)? {
         Found::Hooked { vdso, page, .. } => (vdso, page, false, (true, true)),
@@ -186,7 +235,7 @@ pub fn patch(
             if not_running(pid) {
                 return Err(PatchError::NotRunning);
             }
-            let (page, relocated) = hook(pid, own, vdso, &mem, tag, control, armed)?;
+            let (page, relocated) = hook(pid, own, vdso, tag, control, armed)?;
             (vdso, page, true, relocated)
         }
     };
@@ -214,16 +263,26 @@ fn hook(
     pid: u32,
     own: &OwnVdso,
     vdso: u64,
-    mem: &File,
     tag: u64,
     control: &Control,
     armed: bool,
 ) -> Result<(u64, (bool, bool)), PatchError> {
+    let start_time = run_identity::start_time(pid);
     let mut stopped = Stopped::stop(pid)?;
+    // Stopped: still the image looked at? (An exec in between gave it another vDSO.)
+    let fresh = ptrace::open_mem(pid).map_err(|_| PatchError::Gone)?;
+    if !matches!(inspect(pid, own, &fresh)?, Found::Original { vdso: v } if v == vdso)
+        || run_identity::start_time(pid) != start_time
+    {
+        return Err(PatchError::NotRunning);
+    }
+    let mem = &fresh;
     // Chosen while every thread is stopped, so nothing maps there before the mmap.
     let addr = free_near(&maps(pid)?, vdso).ok_or(PatchError::NoRoom)?;
     let r = stopped.syscall(
-        vdso + own.syscall_insn,
+        mem,
+        vdso + own.scratch,
+        own.scratch_bytes(),
         libc::SYS_mmap as u64,
         [
             addr,
@@ -243,7 +302,9 @@ fn hook(
     let page = r as u64;
     let unmap = |stopped: &mut Stopped| {
         let _ = stopped.syscall(
-            vdso + own.syscall_insn,
+            mem,
+            vdso + own.scratch,
+            own.scratch_bytes(),
             libc::SYS_munmap as u64,
             [page, MAP_LEN, 0, 0, 0, 0],
         );
@@ -337,15 +398,28 @@ pub enum Restored {
     Clean,
     /// The vDSO bytes are back; the page stays mapped, disarmed (a thread may still return into it).
     PageLeft,
-    /// Only disarmed: the process could not be stopped (it stays on the real clock: armed is 0).
+    /// Only disarmed, through /proc/PID/mem: it reads the real time, but its vDSO still leads to the
+    /// (disarmed) hook page, because it could not be stopped (another tracer holds it, it is stopped
+    /// or frozen). A later run that targets it takes the page over and removes it.
     DisarmedOnly(String),
+    /// Not even disarmed: its control block could not be written (it runs shifted until the lease
+    /// lapses).
+    Failed(String),
 }
 
-/// Restores `pid`'s vDSO if it leads to a hook page carrying `tag`; None when it does not.
+/// Whether `pid` is still the process that started at `start_time` and runs code.
+fn alive(pid: u32, start_time: Option<u64>) -> bool {
+    ptrace::live_dir(pid).is_some()
+        && start_time.is_none_or(|st| run_identity::start_time(pid) == Some(st))
+}
+
+/// Restores `pid`'s vDSO if it leads to a hook page carrying `tag`; None when it does not (any more:
+/// it exited, or exec'd and has a fresh vDSO).
 pub fn restore(pid: u32, own: &OwnVdso, tag: u64) -> Option<Restored> {
-    if pid == std::process::id() {
+    if pid == std::process::id() || shares_parent_memory(pid) {
         return None;
     }
+    let start_time = run_identity::start_time(pid);
     let mem = ptrace::open_mem(pid).ok()?;
     let Ok(Found::Hooked { vdso, page, tag: t }) = inspect(pid, own, &mem) else {
         return None;
@@ -353,15 +427,37 @@ pub fn restore(pid: u32, own: &OwnVdso, tag: u64) -> Option<Restored> {
     if t != tag {
         return None;
     }
-    // Disarmed first: from here on it reads real time whatever else happens.
-    let _ = ptrace::write_at(&mem, page + PAGE + code::OFF_ARMED, &[0]);
-    if not_running(pid) {
-        return Some(Restored::DisarmedOnly("stopped or frozen".into()));
+    // Disarmed first, without ptrace: from here on it reads real time whatever else happens.
+    if let Err(e) = ptrace::write_at(&mem, page + PAGE + code::OFF_ARMED, &[0]) {
+        // A write to an exited (or exec'd) process's old memory fails: nothing left to restore.
+        return alive(pid, start_time)
+            .then(|| Restored::Failed(format!("writing its control block: {e}")));
     }
-    let mut stopped = match Stopped::stop(pid) {
-        Ok(s) => s,
-        Err(e) => return Some(Restored::DisarmedOnly(e.to_string())),
+    if not_running(pid) {
+        return Some(Restored::DisarmedOnly("it is stopped or frozen".into()));
+    }
+    let stop = |pid| match Stopped::stop(pid) {
+        Ok(s) => Ok(s),
+        Err(ptrace::StopError::Gone) => Err(None),
+        Err(e) if !alive(pid, start_time) => {
+            tracing::debug!("time: pid {pid} exited while restored ({e})");
+            Err(None)
+        }
+        Err(e) => Err(Some(Restored::DisarmedOnly(e.to_string()))),
     };
+    let mut stopped = match stop(pid) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    // Stopped: still the image that was hooked? (An exec in between gave it a fresh vDSO, and the
+    // page's address may now be something else's.)
+    let still_ours = ptrace::open_mem(pid).ok().is_some_and(|m| {
+        matches!(inspect(pid, own, &m), Ok(Found::Hooked { vdso: v, page: p, tag: t })
+            if v == vdso && p == page && t == tag)
+    });
+    if !still_ours || run_identity::start_time(pid) != start_time {
+        return None;
+    }
     let sites = own.sites().map(|s| vdso + s);
     for _ in 0..20 {
         match stopped_inside(&stopped, &sites) {
@@ -369,9 +465,9 @@ pub fn restore(pid: u32, own: &OwnVdso, tag: u64) -> Option<Restored> {
             Ok(true) => {
                 drop(stopped);
                 std::thread::sleep(std::time::Duration::from_millis(1));
-                stopped = match Stopped::stop(pid) {
+                stopped = match stop(pid) {
                     Ok(s) => s,
-                    Err(e) => return Some(Restored::DisarmedOnly(e.to_string())),
+                    Err(r) => return r,
                 };
             }
             Err(e) => return Some(Restored::DisarmedOnly(e.to_string())),
@@ -380,7 +476,7 @@ pub fn restore(pid: u32, own: &OwnVdso, tag: u64) -> Option<Restored> {
     for off in own.sites() {
         let original = &own.image[off as usize..off as usize + 5];
         if let Err(e) = ptrace::write_at(&mem, vdso + off, original) {
-            return Some(Restored::DisarmedOnly(e.to_string()));
+            return alive(pid, start_time).then(|| Restored::DisarmedOnly(e.to_string()));
         }
     }
     // The page goes only when no thread is in it or will return into it (a return address on the
@@ -405,7 +501,9 @@ pub fn restore(pid: u32, own: &OwnVdso, tag: u64) -> Option<Restored> {
         return Some(Restored::PageLeft);
     }
     match stopped.syscall(
-        vdso + own.syscall_insn,
+        &mem,
+        vdso + own.scratch,
+        own.scratch_bytes(),
         libc::SYS_munmap as u64,
         [page, MAP_LEN, 0, 0, 0, 0],
     ) {
@@ -414,25 +512,69 @@ pub fn restore(pid: u32, own: &OwnVdso, tag: u64) -> Option<Restored> {
     }
 }
 
-/// Restores every process on the host that carries `tag`; returns (restored cleanly, page left
-/// disarmed, only disarmed with why).
-pub fn restore_all(tag: u64) -> Result<(usize, usize, Vec<String>), String> {
+/// What restoring every process of a run did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Restored, the page unmapped.
+    pub clean: usize,
+    /// Restored, the page left mapped (disarmed).
+    pub page_left: usize,
+    /// Disarmed (real time) but their vDSO not restored, with why: "pid N (comm): why".
+    pub disarmed_only: Vec<String>,
+    /// Not even disarmed, with why.
+    pub failed: Vec<String>,
+}
+
+/// How long a restore tries again for a process it could only disarm (a tracer that lets go, an
+/// exit or exec that completes).
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Restores every process on the host that carries `tag`.
+pub fn restore_all(tag: u64) -> Result<Outcome, String> {
     let own = vdso::own()?;
-    let mut out = (0, 0, Vec::new());
+    // Threads a timed-out stop left seized are let go first (they hold their process otherwise).
+    ptrace::release_lingering(std::time::Duration::from_millis(500));
+    let mut out = Outcome::default();
     let Ok(dir) = fs::read_dir("/proc") else {
         return Ok(out);
     };
+    let mut again = Vec::new();
     for e in dir.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         match restore(pid, own, tag) {
-            Some(Restored::Clean) => out.0 += 1,
-            Some(Restored::PageLeft) => out.1 += 1,
-            Some(Restored::DisarmedOnly(why)) => out.2.push(format!("pid {pid}: {why}")),
+            Some(Restored::Clean) => out.clean += 1,
+            Some(Restored::PageLeft) => out.page_left += 1,
+            Some(Restored::DisarmedOnly(_) | Restored::Failed(_)) => again.push(pid),
             None => {}
         }
     }
+    let start = std::time::Instant::now();
+    while !again.is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let last = start.elapsed() >= RETRY_FOR;
+        again.retain(|&pid| {
+            let name = || ptrace::describe_pid(pid);
+            match restore(pid, own, tag) {
+                Some(Restored::Clean) => out.clean += 1,
+                Some(Restored::PageLeft) => out.page_left += 1,
+                Some(Restored::DisarmedOnly(why)) if last => {
+                    out.disarmed_only.push(format!("{}: {why}", name()))
+                }
+                Some(Restored::Failed(why)) if last => {
+                    out.failed.push(format!("{}: {why}", name()))
+                }
+                Some(_) => return true,
+                None => {}
+            }
+            false
+        });
+        if last {
+            break;
+        }
+    }
+    ptrace::release_lingering(std::time::Duration::ZERO);
     Ok(out)
 }
 

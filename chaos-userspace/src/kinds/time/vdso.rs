@@ -11,8 +11,20 @@ pub struct OwnVdso {
     pub clock_gettime: u64,
     pub gettimeofday: u64,
     pub time: u64,
-    /// A `syscall` instruction outside the patched bytes: where a stopped tracee runs injected calls.
+    /// A `syscall` instruction outside the patched bytes.
     pub syscall_insn: u64,
+    /// Where a stopped tracee's injected-syscall stub is written: the section header table, which the
+    /// image carries but nothing reads once it is loaded (programs find the vDSO's symbols through
+    /// its program headers and dynamic section); [`crate::kinds::time::ptrace::STUB_LEN`] bytes.
+    pub scratch: u64,
+}
+
+impl OwnVdso {
+    /// The original bytes of the scratch area.
+    pub fn scratch_bytes(&self) -> &[u8] {
+        let at = self.scratch as usize;
+        &self.image[at..at + crate::kinds::time::ptrace::STUB_LEN]
+    }
 }
 
 impl OwnVdso {
@@ -25,7 +37,7 @@ impl OwnVdso {
 /// Why the vDSO cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum VdsoError {
-    #[error("this process has no [vdso] mapping")]
+    #[error("this process has no vDSO (no AT_SYSINFO_EHDR, or no [vdso] mapping there)")]
     Missing,
     #[error("reading the vDSO: {0}")]
     Io(#[from] io::Error),
@@ -45,18 +57,54 @@ pub fn own() -> Result<&'static OwnVdso, String> {
 }
 
 fn read_own() -> Result<OwnVdso, VdsoError> {
-    let (start, end) =
-        vdso_range(&fs::read_to_string("/proc/self/maps")?).ok_or(VdsoError::Missing)?;
+    let (start, end) = vdso_of(std::process::id()).ok_or(VdsoError::Missing)?;
     let mut image = vec![0u8; (end - start) as usize];
     crate::kinds::time::ptrace::read_mem(std::process::id(), start, &mut image)?;
     parse(image)
 }
 
-/// The `[vdso]` range in a maps text.
-pub fn vdso_range(maps: &str) -> Option<(u64, u64)> {
-    maps.lines()
-        .find(|l| l.ends_with("[vdso]"))
-        .and_then(|l| parse_range(l.split_whitespace().next()?))
+/// The auxv entry type holding the vDSO's address.
+const AT_SYSINFO_EHDR: u64 = 33;
+
+/// The vDSO's address in an auxv (`/proc/PID/auxv`: pairs of native words, ended by AT_NULL).
+pub fn sysinfo_ehdr(auxv: &[u8]) -> Option<u64> {
+    auxv.chunks_exact(16)
+        .map(|p| {
+            let w = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+            (w(&p[..8]), w(&p[8..]))
+        })
+        .take_while(|&(k, _)| k != 0)
+        .find(|&(k, _)| k == AT_SYSINFO_EHDR)
+        .map(|(_, v)| v)
+        .filter(|&v| v != 0)
+}
+
+/// The vDSO's range in process `pid`: its start from `AT_SYSINFO_EHDR` in `/proc/PID/auxv` (the
+/// kernel's copy of what it gave the program at exec), and its end from the maps line that starts
+/// there, which must be the kernel's own `[vdso]` mapping (no file, no inode). A maps line alone can
+/// be forged by the target (a file named `x [vdso]` mapped anywhere); the auxv cannot (it takes
+/// CAP_SYS_RESOURCE to change it, and then the address must still hold the kernel's mapping).
+pub fn vdso_of(pid: u32) -> Option<(u64, u64)> {
+    let dir = crate::kinds::time::ptrace::proc_dir(pid);
+    let auxv = fs::read(dir.join("auxv")).ok()?;
+    let base = sysinfo_ehdr(&auxv)?;
+    let maps = fs::read_to_string(dir.join("maps")).ok()?;
+    vdso_in_maps(&maps, base)
+}
+
+/// The `[vdso]` mapping starting at `base` in a maps text: (start, end).
+pub fn vdso_in_maps(maps: &str, base: u64) -> Option<(u64, u64)> {
+    maps.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (start, end) = parse_range(f.next()?)?;
+        if start != base {
+            return None;
+        }
+        let inode = f.nth(3)?;
+        // The name is the rest of the line: exactly "[vdso]" (a file's name starts with '/').
+        let name = f.collect::<Vec<_>>().join(" ");
+        (inode == "0" && name == "[vdso]").then_some((start, end))
+    })
 }
 
 /// "start-end" in hex.
@@ -158,12 +206,24 @@ pub fn parse(image: Vec<u8>) -> Result<OwnVdso, VdsoError> {
         })
         .map(|(i, _)| i as u64)
         .ok_or(fmt("no syscall instruction"))?;
+    // The stub must fit the section header table, inside the image and away from the patched code.
+    let stub = crate::kinds::time::ptrace::STUB_LEN as u64;
+    if shoff == 0
+        || (shnum * shentsize) < stub as usize
+        || shoff as u64 + stub > image.len() as u64
+        || patched
+            .iter()
+            .any(|p| *p < shoff as u64 + stub && (shoff as u64) < p + 16)
+    {
+        return Err(fmt("no section header table to hold the syscall stub"));
+    }
     Ok(OwnVdso {
         image,
         clock_gettime,
         gettimeofday,
         time,
         syscall_insn,
+        scratch: shoff as u64,
     })
 }
 
@@ -176,5 +236,27 @@ mod tests {
         };
         assert!(v.clock_gettime != v.gettimeofday && v.time != v.clock_gettime);
         assert_eq!(&v.image[v.syscall_insn as usize..][..2], &[0x0f, 0x05]);
+    }
+
+    #[test]
+    fn the_vdso_comes_from_the_auxv_not_from_a_maps_name() {
+        let mut auxv = Vec::new();
+        for (k, v) in [(6u64, 4096u64), (33, 0x7fff_f7fc_4000), (0, 0)] {
+            auxv.extend_from_slice(&k.to_le_bytes());
+            auxv.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(super::sysinfo_ehdr(&auxv), Some(0x7fff_f7fc_4000));
+        assert_eq!(super::sysinfo_ehdr(&auxv[..16]), None);
+        // A file whose name ends in "[vdso]", mapped first, is not taken for it.
+        let maps = "555555554000-555555556000 r-xp 00000000 08:01 1234 /tmp/x [vdso]\n\
+                    7ffff7fc4000-7ffff7fc6000 r-xp 00000000 00:00 0                  [vdso]\n";
+        assert_eq!(
+            super::vdso_in_maps(maps, 0x7fff_f7fc_4000),
+            Some((0x7fff_f7fc_4000, 0x7fff_f7fc_6000))
+        );
+        assert_eq!(super::vdso_in_maps(maps, 0x5555_5555_4000), None);
+        // And this process's own.
+        let (s, e) = super::vdso_of(std::process::id()).unwrap();
+        assert!(e > s);
     }
 }
