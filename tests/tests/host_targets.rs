@@ -154,10 +154,31 @@ fn a_cgroup_holding_a_protected_process_is_refused_unless_allow_host() {
     )
     .unwrap();
     let (code, stdout, stderr) = text(&runs.run(&["validate", file.to_str().unwrap()]));
+    assert_eq!(code, 2, "{stdout}{stderr}");
     assert!(
-        stdout.contains(&format!("holds pid {sshd_pid} (sshd)"))
-            || stderr.contains(&format!("holds pid {sshd_pid} (sshd)")),
-        "exit {code}: {stdout}{stderr}"
+        stdout.contains("[  HIGH] host-critical-target: target 'svc': ")
+            && stdout.contains(&format!("holds pid {sshd_pid} (sshd)")),
+        "{stdout}{stderr}"
+    );
+    let (code, stdout, stderr) = text(&runs.run(&["run", file.to_str().unwrap()]));
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert_eq!(frozen(&cg), "0", "run: the cgroup was frozen");
+    // allow_host: true resolves it, and the review still rates it high.
+    let allowed = dir.0.join("allowed.yaml");
+    std::fs::write(
+        &allowed,
+        format!(
+            "title: t\nallow_host: true\ntargets: [{{name: svc, cgroup: \"{cg_arg}\"}}]\nfaults: [{{for: 1s, pause: {{}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = text(&runs.run(&["validate", allowed.to_str().unwrap()]));
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "[  HIGH] host-critical-target: target 'svc' ({cg_arg}) holds pid {sshd_pid} (sshd)"
+        )),
+        "{stdout}{stderr}"
     );
 
     // A plain sleep is fine; named in KCHAOS_PROTECT it is protected too.

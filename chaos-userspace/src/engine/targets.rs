@@ -121,7 +121,7 @@ pub fn resolve(args: &TargetArgs) -> Result<Vec<Target>, BadInput> {
         if !args.allow_host {
             if path == mount {
                 return Err(BadInput::new(format!(
-                    "{origin}: that is the root cgroup ({}), i.e. the whole host; add --allow-host if you mean it",
+                    "{origin}: that is the root cgroup ({}), i.e. the whole host; {ALLOW_HOST_HINT}",
                     path.display()
                 )));
             }
@@ -129,7 +129,7 @@ pub fn resolve(args: &TargetArgs) -> Result<Vec<Target>, BadInput> {
                 && own.starts_with(&path)
             {
                 return Err(BadInput::new(format!(
-                    "{origin}: {} holds kchaos itself ({}); add --allow-host if you mean it",
+                    "{origin}: {} holds kchaos itself ({}); {ALLOW_HOST_HINT}",
                     path.display(),
                     own.display()
                 )));
@@ -145,8 +145,7 @@ pub fn resolve(args: &TargetArgs) -> Result<Vec<Target>, BadInput> {
         for t in &targets {
             if let Some(held) = host_critical(&t.path, &mount) {
                 return Err(BadInput::new(format!(
-                    "{}: {} holds {held}; add --allow-host (allow_host: true in a scenario) if you \
-                     mean it",
+                    "{}: {} holds {held}; {ALLOW_HOST_HINT}",
                     t.origin,
                     t.path.display()
                 )));
@@ -155,6 +154,10 @@ pub fn resolve(args: &TargetArgs) -> Result<Vec<Target>, BadInput> {
     }
     Ok(targets)
 }
+
+/// How every refusal of a host-critical target ends (the safety review knows such a refusal by it).
+pub const ALLOW_HOST_HINT: &str =
+    "add --allow-host (allow_host: true in a scenario) if you mean it";
 
 /// The processes an operator needs to recover the host, by name: init, the journal, logins and ssh,
 /// the message bus, device events, and the container runtimes and kubelet (with what they run
