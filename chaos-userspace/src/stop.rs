@@ -469,7 +469,7 @@ fn kchaos_runs(dir: &Path) -> Vec<Starting> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let mut runs = Vec::new();
+    let mut named = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -481,26 +481,54 @@ fn kchaos_runs(dir: &Path) -> Vec<Starting> {
         if pid == own {
             continue;
         }
-        let Ok(name) = crate::engine::procfs::stat_comm(pid) else {
-            continue;
-        };
-        if !named_like_kchaos(&name, own_name.as_deref()) {
-            continue;
-        }
-        let ours = ours.clone();
-        let looked = crate::engine::procfs::within(run_identity::LOOKUP_LIMIT, move || {
-            kchaos_run(pid, &ours)
-        });
-        match looked {
-            Some(Some(run)) => runs.push(run),
-            Some(None) => {}
-            None => eprintln!(
-                "kchaos stop: pid {pid} ({name}) did not answer within {}s (its files on a stalled \
-                 mount?); passed over",
-                run_identity::LOOKUP_LIMIT.as_secs()
-            ),
+        if let Ok(name) = crate::engine::procfs::stat_comm(pid)
+            && named_like_kchaos(&name, own_name.as_deref())
+        {
+            named.push((pid, name));
         }
     }
+    look_within(&named, &ours, run_identity::LOOKUP_LIMIT, kchaos_run)
+}
+
+/// `lookup` of each of `named` on a worker of its own, all within one deadline: however many do not
+/// answer, this takes `limit` at most. Those that did not answer are said and passed over.
+fn look_within(
+    named: &[(u32, String)],
+    ours: &Path,
+    limit: Duration,
+    lookup: fn(u32, &Path) -> Option<Starting>,
+) -> Vec<Starting> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut asked = 0;
+    for &(pid, _) in named {
+        let (tx, ours) = (tx.clone(), ours.to_owned());
+        let spawned = std::thread::Builder::new()
+            .name("kchaos-lookup".into())
+            .spawn(move || {
+                let _ = tx.send((pid, lookup(pid, &ours)));
+            });
+        asked += usize::from(spawned.is_ok());
+    }
+    drop(tx);
+    let deadline = Instant::now() + limit;
+    let mut runs = Vec::new();
+    let mut answered = BTreeSet::new();
+    while answered.len() < asked {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok((pid, run)) = rx.recv_timeout(left) else {
+            break;
+        };
+        answered.insert(pid);
+        runs.extend(run);
+    }
+    for (pid, name) in named.iter().filter(|(p, _)| !answered.contains(p)) {
+        eprintln!(
+            "kchaos stop: pid {pid} ({name}) did not answer within {}s (its files on a stalled \
+             mount?); passed over",
+            limit.as_secs_f64()
+        );
+    }
+    runs.sort_by_key(|r| r.pid);
     runs
 }
 
@@ -687,6 +715,49 @@ mod tests {
             "status",
         ] {
             assert!(!writes_a_record(helper), "{helper}");
+        }
+    }
+
+    /// Lookups that never answer (a stalled mount) cost the scan its one deadline, not one each,
+    /// and the runs that did answer are kept.
+    #[test]
+    fn the_scan_ends_at_its_deadline_however_many_lookups_hang() {
+        fn lookup(pid: u32, _: &Path) -> Option<Starting> {
+            if pid % 2 == 0 {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            Some(Starting {
+                pid,
+                identity: ProcessIdentity {
+                    start_time: 1,
+                    exe: "/usr/bin/kchaos".into(),
+                    exe_dev: 0,
+                    exe_ino: 0,
+                },
+                command: "net".into(),
+                name: None,
+            })
+        }
+        let named: Vec<(u32, String)> = (1..=20).map(|p| (p, "kchaos".into())).collect();
+        let start = Instant::now();
+        let runs = look_within(
+            &named,
+            Path::new("/run/kchaos"),
+            Duration::from_millis(300),
+            lookup,
+        );
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        let pids: Vec<u32> = runs.iter().map(|r| r.pid).collect();
+        assert_eq!(pids, (1..=20).filter(|p| p % 2 == 1).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn only_kchaos_names_are_looked_at_further() {
+        assert!(named_like_kchaos("kchaos", None));
+        assert!(named_like_kchaos("chaos", Some("chaos")));
+        for other in ["sleep", "kchaos-cpu", "exe", "sshd", ""] {
+            assert!(!named_like_kchaos(other, Some("kchaos")), "{other}");
         }
     }
 
