@@ -723,7 +723,7 @@ mod tests {
     #[test]
     fn the_scan_ends_at_its_deadline_however_many_lookups_hang() {
         fn lookup(pid: u32, _: &Path) -> Option<Starting> {
-            if pid % 2 == 0 {
+            if pid.is_multiple_of(2) {
                 std::thread::sleep(Duration::from_secs(60));
             }
             Some(Starting {
@@ -749,7 +749,12 @@ mod tests {
         let took = start.elapsed();
         assert!(took < Duration::from_secs(2), "{took:?}");
         let pids: Vec<u32> = runs.iter().map(|r| r.pid).collect();
-        assert_eq!(pids, (1..=20).filter(|p| p % 2 == 1).collect::<Vec<_>>());
+        assert_eq!(
+            pids,
+            (1..=20u32)
+                .filter(|p| !p.is_multiple_of(2))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]
