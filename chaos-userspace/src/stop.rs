@@ -8,7 +8,7 @@
 //! then exits non-zero.
 //!
 //! A run between exec and its record is found too. Stop scans /proc for kchaos processes running a
-//! command that writes a record (net, syscall, stress, pause, run, monkey) with the same record
+//! command that writes a record (every fault kind of the registry, run, monkey) with the same record
 //! directory, waits for their records, and ends any still without one. This was chosen over a "stop
 //! requested" marker the starting run would check: a marker needs every run to look at it at the
 //! right moment and stop to know when to remove it, and a run that checked just before the marker
@@ -25,7 +25,8 @@ use std::{
 use crate::{
     bounded_read,
     engine::journal::{self, Liveness, Record, RecordOwner, Residue, Verdict},
-    engine::run_identity::ProcessIdentity,
+    engine::pidfd::{self, Pidfd, Signalled},
+    engine::run_identity::{self, ProcessIdentity},
     error::BadInput,
 };
 
@@ -33,8 +34,9 @@ use crate::{
 const TERM_GRACE: Duration = Duration::from_secs(5);
 /// How long stop waits for a starting run to write its record.
 const START_WAIT: Duration = Duration::from_secs(2);
-/// The commands that write a record (the hidden helpers, `kill`, `probe` ... write none).
-const RECORDED_COMMANDS: &[&str] = &["net", "syscall", "stress", "pause", "run", "monkey"];
+/// The commands besides the fault kinds that write a record (the hidden helpers, `probe`, `status`
+/// ... write none).
+const RECORDED_SCENARIO_COMMANDS: &[&str] = &["run", "monkey"];
 /// /proc/PID/cmdline and environ: bounded, as anything kchaos reads.
 const PROC_TEXT_LIMIT: u64 = 4 << 20;
 
@@ -294,27 +296,73 @@ fn undo_residue(path: &Path, mut record: Record, name: &str, tally: &mut Tally) 
     }
 }
 
-/// SIGTERM, a grace period, then SIGKILL; each signal only while the pid is still `identity`. True
-/// when the process has ended.
+/// SIGTERM, a grace period, then SIGKILL, through a pidfd opened before the pid is checked to still be
+/// `identity`: the signals reach that process or no one, never one that got its pid since. True when
+/// the process has ended.
 fn end_process(pid: u32, identity: &ProcessIdentity, command: &str) -> bool {
-    let is_it = || ProcessIdentity::of(pid).is_ok_and(|live| live.same_process(identity));
+    let ended = || {
+        println!("kchaos stop: kchaos {command} (pid {pid}) ended");
+        true
+    };
+    let fd = match Pidfd::open(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return ended(),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            return end_process_without_pidfd(pid, identity, command);
+        }
+        Err(e) => {
+            eprintln!("kchaos stop: opening a pidfd of pid {pid}: {e}");
+            return false;
+        }
+    };
+    // Checked once, after the pidfd pins the process: what it names stays this process.
+    match ProcessIdentity::of_within(pid, run_identity::LOOKUP_LIMIT) {
+        Ok(live) if live.same_process(identity) => {}
+        Ok(_) => return ended(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return ended(),
+        Err(e) => {
+            eprintln!("kchaos stop: cannot tell whether pid {pid} is kchaos {command}: {e}");
+            return false;
+        }
+    }
     for (signal, wait) in [
         (libc::SIGTERM, TERM_GRACE),
         (libc::SIGKILL, Duration::from_secs(2)),
     ] {
-        if !is_it() {
-            break;
-        }
         if signal == libc::SIGKILL {
             println!(
                 "kchaos stop: kchaos {command} (pid {pid}) did not end in {}s; SIGKILL",
                 TERM_GRACE.as_secs()
             );
         }
-        // SAFETY: plain kill(2), on a pid checked just above to be that kchaos process.
-        if unsafe { libc::kill(pid as i32, signal) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ESRCH) {
+        match fd.send_signal(signal) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return ended(),
+            Err(e) => {
+                eprintln!("kchaos stop: signalling pid {pid}: {e}");
+                return false;
+            }
+        }
+        if fd.wait_exit(wait) {
+            return ended();
+        }
+    }
+    eprintln!("kchaos stop: kchaos {command} (pid {pid}) is still running");
+    false
+}
+
+/// [`end_process`] on a kernel without pidfds (before 5.3): each kill(2) right after the pid is
+/// checked again.
+fn end_process_without_pidfd(pid: u32, identity: &ProcessIdentity, command: &str) -> bool {
+    let is_it = || still_that_process(pid, identity);
+    for (signal, wait) in [
+        (libc::SIGTERM, TERM_GRACE),
+        (libc::SIGKILL, Duration::from_secs(2)),
+    ] {
+        match pidfd::signal_if(pid, signal, is_it) {
+            Ok(Signalled::Sent) => {}
+            Ok(Signalled::Gone | Signalled::NotIt) => break,
+            Err(e) => {
                 eprintln!("kchaos stop: signalling pid {pid}: {e}");
                 return false;
             }
@@ -330,6 +378,13 @@ fn end_process(pid: u32, identity: &ProcessIdentity, command: &str) -> bool {
     }
     println!("kchaos stop: kchaos {command} (pid {pid}) ended");
     true
+}
+
+/// True while `pid` is the process `identity` names, alive: its start time (from /proc/PID/stat, which
+/// never blocks) is the one recorded. Only for a process whose identity was checked in full before.
+fn still_that_process(pid: u32, identity: &ProcessIdentity) -> bool {
+    run_identity::started_and_live(pid)
+        .is_ok_and(|(start, live)| live && start == identity.start_time)
 }
 
 /// A kchaos process running a recorded command with this record directory.
@@ -362,7 +417,7 @@ struct Starting {
 
 impl Starting {
     fn still_running(&self) -> bool {
-        ProcessIdentity::of(self.pid).is_ok_and(|live| live.same_process(&self.identity))
+        still_that_process(self.pid, &self.identity)
     }
 
     fn has_record(&self, dir: &Path) -> bool {
@@ -402,13 +457,19 @@ fn wait_for_starting(dir: &Path) -> Vec<Starting> {
 /// Every other process that is a kchaos binary running a recorded command and keeping its records
 /// in `dir`. Its helpers (pause-guard, stress-worker, probe-agent, traffic) run other commands and are
 /// left out by their argv.
+///
+/// Only the name in /proc/PID/stat is read of every process (it never blocks); a process is looked at
+/// further (its executable, command line, environment and working directory, which can block on a
+/// stalled mount or a held memory map) only when it is named like kchaos, and each such look is given
+/// up after [`run_identity::LOOKUP_LIMIT`], so the scan ends whatever else runs.
 fn kchaos_runs(dir: &Path) -> Vec<Starting> {
     let own = std::process::id();
     let ours = same_dir_key(dir, None);
+    let own_name = crate::engine::procfs::stat_comm(own).ok();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let mut runs = Vec::new();
+    let mut named = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -420,30 +481,86 @@ fn kchaos_runs(dir: &Path) -> Vec<Starting> {
         if pid == own {
             continue;
         }
-        let Ok(identity) = ProcessIdentity::of(pid) else {
-            continue;
-        };
-        if !identity.is_kchaos_binary() {
-            continue;
+        if let Ok(name) = crate::engine::procfs::stat_comm(pid)
+            && named_like_kchaos(&name, own_name.as_deref())
+        {
+            named.push((pid, name));
         }
-        let argv = proc_strings(pid, "cmdline");
-        let Some(command) = argv
-            .get(1)
-            .filter(|c| RECORDED_COMMANDS.contains(&c.as_str()))
-        else {
-            continue;
-        };
-        if same_dir_key(&run_dir_of(pid), Some(pid)) != ours {
-            continue;
-        }
-        runs.push(Starting {
-            pid,
-            identity,
-            command: command.clone(),
-            name: name_in(&argv),
-        });
     }
+    look_within(&named, &ours, run_identity::LOOKUP_LIMIT, kchaos_run)
+}
+
+/// `lookup` of each of `named` on a worker of its own, all within one deadline: however many do not
+/// answer, this takes `limit` at most. Those that did not answer are said and passed over.
+fn look_within(
+    named: &[(u32, String)],
+    ours: &Path,
+    limit: Duration,
+    lookup: fn(u32, &Path) -> Option<Starting>,
+) -> Vec<Starting> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut asked = 0;
+    for &(pid, _) in named {
+        let (tx, ours) = (tx.clone(), ours.to_owned());
+        let spawned = std::thread::Builder::new()
+            .name("kchaos-lookup".into())
+            .spawn(move || {
+                let _ = tx.send((pid, lookup(pid, &ours)));
+            });
+        asked += usize::from(spawned.is_ok());
+    }
+    drop(tx);
+    let deadline = Instant::now() + limit;
+    let mut runs = Vec::new();
+    let mut answered = BTreeSet::new();
+    while answered.len() < asked {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok((pid, run)) = rx.recv_timeout(left) else {
+            break;
+        };
+        answered.insert(pid);
+        runs.extend(run);
+    }
+    for (pid, name) in named.iter().filter(|(p, _)| !answered.contains(p)) {
+        eprintln!(
+            "kchaos stop: pid {pid} ({name}) did not answer within {}s (its files on a stalled \
+             mount?); passed over",
+            limit.as_secs_f64()
+        );
+    }
+    runs.sort_by_key(|r| r.pid);
     runs
+}
+
+/// True when a process's name (/proc/PID/stat) may be a kchaos run: `kchaos`, or the name this stop
+/// runs under (a kchaos installed under another name runs its runs under it too).
+fn named_like_kchaos(name: &str, own_name: Option<&str>) -> bool {
+    name == "kchaos" || own_name == Some(name)
+}
+
+/// `pid` as a kchaos run of the record directory `ours`, if it is one (the looks that can block).
+fn kchaos_run(pid: u32, ours: &Path) -> Option<Starting> {
+    let identity = ProcessIdentity::of(pid).ok()?;
+    if !identity.is_kchaos_binary() {
+        return None;
+    }
+    let argv = proc_strings(pid, "cmdline");
+    let command = argv.get(1).filter(|c| writes_a_record(c))?.clone();
+    if same_dir_key(&run_dir_of(pid), Some(pid)) != ours {
+        return None;
+    }
+    Some(Starting {
+        pid,
+        identity,
+        command,
+        name: name_in(&argv),
+    })
+}
+
+/// True when `command` (argv[1]) writes a record: every fault kind of the registry (so a new kind
+/// cannot be missed), `run` and `monkey`.
+fn writes_a_record(command: &str) -> bool {
+    crate::kind::KINDS.contains(&command) || RECORDED_SCENARIO_COMMANDS.contains(&command)
 }
 
 /// The value of `--name` in a command line.
@@ -527,9 +644,10 @@ fn remove_leftover_tmps(dir: &Path, tally: &mut Tally) {
         };
         if ext == journal::STATUS_EXT || ext == journal::STATUS_TMP_EXT {
             let record = entry.path().with_extension("json");
-            let running = ProcessIdentity::of(pid).is_ok_and(|live| {
-                live.is_kchaos_binary() && start.is_none_or(|s| s == live.start_time)
-            });
+            let running =
+                ProcessIdentity::of_within(pid, run_identity::LOOKUP_LIMIT).is_ok_and(|live| {
+                    live.is_kchaos_binary() && start.is_none_or(|s| s == live.start_time)
+                });
             if !running && !record.exists() {
                 remove_plain_file(&entry.path());
             }
@@ -538,9 +656,10 @@ fn remove_leftover_tmps(dir: &Path, tally: &mut Tally) {
         if ext != "tmp" {
             continue;
         }
-        let writing = ProcessIdentity::of(pid).is_ok_and(|live| {
-            live.is_kchaos_binary() && start.is_none_or(|s| s == live.start_time)
-        });
+        let writing =
+            ProcessIdentity::of_within(pid, run_identity::LOOKUP_LIMIT).is_ok_and(|live| {
+                live.is_kchaos_binary() && start.is_none_or(|s| s == live.start_time)
+            });
         if writing {
             continue;
         }
@@ -578,6 +697,74 @@ fn describe(r: &Residue) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_and_run_and_monkey_write_a_record_and_helpers_do_not() {
+        for kind in crate::kind::KINDS {
+            assert!(writes_a_record(kind), "{kind}");
+        }
+        for command in ["time", "kill", "run", "monkey", "net"] {
+            assert!(writes_a_record(command), "{command}");
+        }
+        for helper in [
+            "pause-guard",
+            "stress-worker",
+            "probe-agent",
+            "traffic",
+            "stop",
+            "status",
+        ] {
+            assert!(!writes_a_record(helper), "{helper}");
+        }
+    }
+
+    /// Lookups that never answer (a stalled mount) cost the scan its one deadline, not one each,
+    /// and the runs that did answer are kept.
+    #[test]
+    fn the_scan_ends_at_its_deadline_however_many_lookups_hang() {
+        fn lookup(pid: u32, _: &Path) -> Option<Starting> {
+            if pid.is_multiple_of(2) {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            Some(Starting {
+                pid,
+                identity: ProcessIdentity {
+                    start_time: 1,
+                    exe: "/usr/bin/kchaos".into(),
+                    exe_dev: 0,
+                    exe_ino: 0,
+                },
+                command: "net".into(),
+                name: None,
+            })
+        }
+        let named: Vec<(u32, String)> = (1..=20).map(|p| (p, "kchaos".into())).collect();
+        let start = Instant::now();
+        let runs = look_within(
+            &named,
+            Path::new("/run/kchaos"),
+            Duration::from_millis(300),
+            lookup,
+        );
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        let pids: Vec<u32> = runs.iter().map(|r| r.pid).collect();
+        assert_eq!(
+            pids,
+            (1..=20u32)
+                .filter(|p| !p.is_multiple_of(2))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn only_kchaos_names_are_looked_at_further() {
+        assert!(named_like_kchaos("kchaos", None));
+        assert!(named_like_kchaos("chaos", Some("chaos")));
+        for other in ["sleep", "kchaos-cpu", "exe", "sshd", ""] {
+            assert!(!named_like_kchaos(other, Some("kchaos")), "{other}");
+        }
+    }
 
     #[test]
     fn a_name_is_read_from_either_form_of_the_flag() {

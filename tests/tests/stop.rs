@@ -472,6 +472,140 @@ fn stop_finds_a_run_that_is_still_starting() {
     );
 }
 
+/// `time` and `kill` write records too (stop's list of recorded commands comes from the kind
+/// registry): a run of either held (SIGSTOP) before its record is met by stop as "starting" and ended,
+/// and the kill's victim is never signalled.
+#[test]
+fn stop_finds_a_starting_time_or_kill_run() {
+    if !root_or_skip("stop_finds_a_starting_time_or_kill_run") {
+        return;
+    }
+    let cg = lab_cgroup();
+    let runs = RunDir::new();
+    let cg_arg = cg.path.display().to_string();
+    let mut victim = integration_tests::spawn_in(&cg.path, &["sleep", "300"]);
+    let commands: [&[&str]; 2] = [
+        &["time", "--offset", "1h", "--duration", "8s"],
+        &["kill", "--signal", "TERM", "--all"],
+    ];
+    let mut met = 0;
+    for args in commands {
+        let mut run = Command::new(kchaos())
+            .args(args)
+            .args(["--cgroup", &cg_arg, "--quiet"])
+            .env("KCHAOS_RUN_DIR", &runs.0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = run.id();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        let before_record = runs.records().is_empty();
+        let stop = Command::new(kchaos())
+            .arg("stop")
+            .env("KCHAOS_RUN_DIR", &runs.0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Past stop's wait for a record: it ends the run still without one.
+        std::thread::sleep(Duration::from_millis(2500));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        let out = stop.wait_with_output().unwrap();
+        let (stdout, stderr) = text(&out);
+        print!("{args:?}: {stdout}{stderr}");
+        let ended = exits_within(&mut run, Duration::from_secs(3));
+        if !ended {
+            let _ = run.kill();
+        }
+        let _ = run.wait();
+        if before_record {
+            met += 1;
+            assert!(
+                stdout.contains(&format!("kchaos {} (pid {pid}) is starting", args[0])),
+                "{args:?}: stop did not see the run that had no record yet: {stdout}{stderr}"
+            );
+        }
+        assert!(
+            ended,
+            "{args:?}: the run went on after stop: {stdout}{stderr}"
+        );
+        assert!(out.status.success(), "{args:?}: {stdout}{stderr}");
+        assert!(
+            matches!(victim.try_wait(), Ok(None)),
+            "{args:?}: the target was signalled though stop ended the run first"
+        );
+        assert!(runs.records().is_empty(), "{:?}", runs.records());
+    }
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(met > 0, "no run was held before its record");
+}
+
+/// With 200 processes that are not kchaos, stop reads only their /proc/PID/stat (never their
+/// executable, command line, environment or working directory, which can block on a stalled mount),
+/// and ends within 5 s.
+#[test]
+fn stop_reads_only_the_stat_of_processes_that_are_not_kchaos() {
+    if !root_or_skip("stop_reads_only_the_stat_of_processes_that_are_not_kchaos") {
+        return;
+    }
+    let runs = RunDir::new();
+    let mut kids = Kids(Vec::new());
+    let pids: Vec<u32> = (0..200).map(|_| kids.sleep()).collect();
+    let started = Instant::now();
+    let out = runs.run(&["stop"]);
+    let took = started.elapsed();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(took < Duration::from_secs(5), "stop took {took:?}");
+    if Command::new("strace").arg("-V").output().is_err() {
+        skip(
+            "stop_reads_only_the_stat_of_processes_that_are_not_kchaos",
+            "no strace: the files stop reads are not counted",
+        );
+        return;
+    }
+    let log = runs.0.join("..").join(format!("strace-{}", tag("s")));
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=%file", "-o"])
+        .arg(&log)
+        .arg(kchaos())
+        .arg("stop")
+        .env("KCHAOS_RUN_DIR", &runs.0)
+        .output()
+        .unwrap();
+    let trace = fs::read_to_string(&log).unwrap_or_default();
+    let _ = fs::remove_file(&log);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let mut stats = 0;
+    let mut other = Vec::new();
+    for line in trace.lines() {
+        for pid in &pids {
+            let dir = format!("\"/proc/{pid}/");
+            let Some(at) = line.find(&dir) else { continue };
+            let file = &line[at + dir.len()..];
+            if file.starts_with("stat\"") {
+                stats += 1;
+            } else {
+                other.push(line.to_owned());
+            }
+        }
+    }
+    assert!(
+        stats >= pids.len(),
+        "stop read the stat of {stats} of the {} processes: the trace missed them?",
+        pids.len()
+    );
+    assert!(
+        other.is_empty(),
+        "stop looked further at processes that are not kchaos: {:#?}",
+        &other[..other.len().min(10)]
+    );
+}
+
 #[test]
 fn stop_by_a_user_without_root_exits_2_and_the_run_goes_on() {
     if !root_or_skip("stop_by_a_user_without_root_exits_2_and_the_run_goes_on") {

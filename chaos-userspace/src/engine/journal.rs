@@ -299,9 +299,17 @@ pub fn remove_cgroup(path: &Path) -> io::Result<()> {
     // cgroup.kill (5.14+) kills the whole subtree at once; thaw first so a frozen tree can die.
     let _ = fs::write(path.join("cgroup.freeze"), "0");
     if fs::write(path.join("cgroup.kill"), "1").is_err() {
+        // Before 5.14: each process listed, through a pidfd opened before the check that it is still
+        // in this tree, so a pid reused since the listing is never hit.
+        let mount = crate::engine::cgroup::v2_mount().ok();
         for pid in crate::engine::cgroup::procs_recursive(path).unwrap_or_default() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let in_tree = || {
+                mount.as_ref().is_some_and(|mount| {
+                    crate::engine::cgroup::of_pid(pid)
+                        .is_ok_and(|rel| mount.join(rel.trim_start_matches('/')).starts_with(path))
+                })
+            };
+            let _ = crate::engine::pidfd::signal_if(pid, libc::SIGKILL, in_tree);
         }
     }
     let mut last = Ok(());
@@ -367,18 +375,42 @@ pub enum Liveness {
 }
 
 /// Judges the record's process now.
+///
+/// /proc/PID/stat comes first (it never blocks): a pid that is gone, or started at another time than
+/// the record says, is judged without looking at its executable, which lives on whatever file system
+/// holds it (a stalled mount would hang the look). Only the recorded process itself is looked at
+/// further, and that look is given up after [`run_identity::LOOKUP_LIMIT`].
 pub fn liveness(record: &Record) -> Liveness {
-    let live = match ProcessIdentity::of(record.pid) {
-        Ok(live) => live,
+    let pid = record.pid;
+    let (start_time, live) = match run_identity::started_and_live(pid) {
+        Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Liveness::Gone,
         Err(e) => return Liveness::Unknown(e),
     };
+    if !live {
+        return Liveness::Gone;
+    }
+    let comm = || crate::engine::procfs::stat_comm(pid).unwrap_or_else(|_| "?".into());
     let Some(recorded) = &record.identity else {
         return Liveness::NotThatRun(format!(
-            "the record carries no process identity (an older kchaos wrote it) and pid {} now runs {}",
-            record.pid,
-            live.exe.display()
+            "the record carries no process identity (an older kchaos wrote it) and pid {pid} now \
+             runs {}",
+            comm()
         ));
+    };
+    if start_time != recorded.start_time {
+        return Liveness::NotThatRun(format!(
+            "pid {pid} is now another process ({}, started at tick {start_time}; the record says \
+             tick {}, {})",
+            comm(),
+            recorded.start_time,
+            recorded.exe.display()
+        ));
+    }
+    let live = match ProcessIdentity::of_within(pid, run_identity::LOOKUP_LIMIT) {
+        Ok(live) => live,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Liveness::Gone,
+        Err(e) => return Liveness::Unknown(e),
     };
     if !recorded.same_process(&live) {
         return Liveness::NotThatRun(format!(

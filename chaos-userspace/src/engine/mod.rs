@@ -10,6 +10,7 @@ pub mod fds;
 pub mod journal;
 pub mod lifecycle;
 pub mod netns;
+pub mod pidfd;
 pub mod pods;
 pub mod procfs;
 pub mod qdisc;

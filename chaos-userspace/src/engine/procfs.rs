@@ -75,6 +75,44 @@ pub fn comm(pid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// The process's name as /proc/PID/stat has it (field 2, between the first '(' and the last ')';
+/// the kernel cuts it to 15 bytes). Reading stat touches neither the process's memory nor its
+/// executable, so it returns at once even for a process whose binary is on a stalled mount.
+pub fn stat_comm(pid: u32) -> io::Result<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    comm_in_stat(&text).map(str::to_owned).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected /proc/{pid}/stat"),
+        )
+    })
+}
+
+/// The name field of a /proc/PID/stat text.
+fn comm_in_stat(stat: &str) -> Option<&str> {
+    let (_, rest) = stat.split_once('(')?;
+    let (name, _) = rest.rsplit_once(')')?;
+    Some(name)
+}
+
+/// Runs `lookup` on a worker thread and waits at most `limit` for its answer: None when it did not
+/// come in time. For a look at another process that can block (its executable's attributes, a path
+/// it names: both reach whatever file system holds them, and a stalled FUSE or NFS mount never
+/// answers); the worker is left behind, blocked, and goes with the process.
+pub fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    lookup: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("kchaos-lookup".into())
+        .spawn(move || {
+            let _ = tx.send(lookup());
+        })
+        .ok()?;
+    rx.recv_timeout(limit).ok()
+}
+
 /// The process's command line, arguments joined by spaces (empty for kernel threads and zombies).
 pub fn cmdline(pid: u32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
@@ -111,6 +149,33 @@ mod tests {
             "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 17 0 0 20 0 1 0 99 1000 200";
         assert_eq!(stat_cpu_ticks(stat), Some(267));
         assert_eq!(stat_cpu_ticks("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn reads_the_name_past_parentheses_and_spaces() {
+        assert_eq!(comm_in_stat("42 (a) b (c) S 1 2 3"), Some("a) b (c"));
+        assert_eq!(comm_in_stat("42 (kchaos) S 1"), Some("kchaos"));
+        assert_eq!(comm_in_stat("42 kchaos S 1"), None);
+        assert_eq!(
+            stat_comm(std::process::id()).unwrap(),
+            comm(std::process::id())
+        );
+    }
+
+    #[test]
+    fn a_lookup_that_blocks_is_given_up_at_its_limit() {
+        let start = std::time::Instant::now();
+        let slow = within(Duration::from_millis(200), || {
+            std::thread::sleep(Duration::from_secs(30));
+            1
+        });
+        assert_eq!(slow, None);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(within(Duration::from_secs(5), || 7), Some(7));
     }
 
     #[test]

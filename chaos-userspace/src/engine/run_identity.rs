@@ -12,9 +12,13 @@ use std::{
     io::Write as _,
     os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use crate::bounded_read;
+
+/// How long `kchaos stop` and `status` wait for one look at another process's executable.
+pub const LOOKUP_LIMIT: Duration = Duration::from_secs(1);
 
 /// /proc/PID/stat is one line of a few hundred bytes.
 const STAT_LIMIT: u64 = 64 << 10;
@@ -51,6 +55,21 @@ impl ProcessIdentity {
             exe,
             exe_dev: meta.dev(),
             exe_ino: meta.ino(),
+        })
+    }
+
+    /// [`ProcessIdentity::of`] given up after `limit` (an error of kind TimedOut): its executable's
+    /// attributes come from the file system that holds it, which may never answer (a stalled FUSE
+    /// mount).
+    pub fn of_within(pid: u32, limit: Duration) -> io::Result<Self> {
+        crate::engine::procfs::within(limit, move || Self::of(pid)).unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "reading /proc/{pid}/exe took longer than {}s (its file system does not answer?)",
+                    limit.as_secs_f64()
+                ),
+            ))
         })
     }
 
@@ -101,6 +120,14 @@ fn read_stat(pid: u32) -> io::Result<Stat> {
             format!("unexpected /proc/{pid}/stat: {text:?}"),
         )
     })
+}
+
+/// When `pid` started (field 22 of /proc/PID/stat), and whether it still runs (not a zombie); only
+/// /proc/PID/stat is read, which never blocks on the process's executable or memory. NotFound when
+/// there is no such process.
+pub fn started_and_live(pid: u32) -> io::Result<(u64, bool)> {
+    let stat = read_stat(pid)?;
+    Ok((stat.start_time, !matches!(stat.state, 'Z' | 'X' | 'x')))
 }
 
 /// When `pid` started (field 22 of /proc/PID/stat, clock ticks since boot); None when it is gone.

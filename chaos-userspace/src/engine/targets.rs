@@ -43,7 +43,9 @@ pub struct TargetArgs {
     #[arg(long, value_name = "NAMESPACE/NAME")]
     #[serde(default)]
     pub pod: Option<String>,
-    /// Allow targeting the root cgroup or a cgroup that holds kchaos itself.
+    /// Allow host-critical targets: the root cgroup, or a cgroup that holds PID 1 (init.scope),
+    /// kchaos itself, or a process the host needs (sshd, systemd-journald, containerd, dockerd,
+    /// crio, kubelet ...; KCHAOS_PROTECT adds names).
     #[arg(long)]
     #[serde(default)]
     pub allow_host: bool,
@@ -119,7 +121,7 @@ pub fn resolve(args: &TargetArgs) -> Result<Vec<Target>, BadInput> {
         if !args.allow_host {
             if path == mount {
                 return Err(BadInput::new(format!(
-                    "{origin}: that is the root cgroup ({}), i.e. the whole host; add --allow-host if you mean it",
+                    "{origin}: that is the root cgroup ({}), i.e. the whole host; {ALLOW_HOST_HINT}",
                     path.display()
                 )));
             }
@@ -127,7 +129,7 @@ pub fn resolve(args: &TargetArgs) -> Result<Vec<Target>, BadInput> {
                 && own.starts_with(&path)
             {
                 return Err(BadInput::new(format!(
-                    "{origin}: {} holds kchaos itself ({}); add --allow-host if you mean it",
+                    "{origin}: {} holds kchaos itself ({}); {ALLOW_HOST_HINT}",
                     path.display(),
                     own.display()
                 )));
@@ -137,7 +139,135 @@ pub fn resolve(args: &TargetArgs) -> Result<Vec<Target>, BadInput> {
             .map_err(|e| BadInput::new(format!("{origin}: {}: {e}", path.display())))?;
         targets.push(Target { path, id, origin });
     }
-    Ok(outermost(targets))
+    let targets = outermost(targets);
+    if !args.allow_host {
+        // After the nesting collapsed: a target inside another is checked with it.
+        for t in &targets {
+            if let Some(held) = host_critical(&t.path, &mount) {
+                return Err(BadInput::new(format!(
+                    "{}: {} holds {held}; {ALLOW_HOST_HINT}",
+                    t.origin,
+                    t.path.display()
+                )));
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// How every refusal of a host-critical target ends (the safety review knows such a refusal by it).
+pub const ALLOW_HOST_HINT: &str =
+    "add --allow-host (allow_host: true in a scenario) if you mean it";
+
+/// The processes an operator needs to recover the host, by name: init, the journal, logins and ssh,
+/// the message bus, device events, and the container runtimes and kubelet (with what they run
+/// containers through). Matched against the name the kernel keeps (/proc/PID/stat, cut to 15 bytes)
+/// of processes in the host's pid namespace (kchaos's own); the same names in a container's own namespace are that
+/// container's business. [`PROTECT_ENV`] adds names.
+pub const PROTECTED_NAMES: &[&str] = &[
+    "systemd",
+    "init",
+    "systemd-journald",
+    "systemd-logind",
+    "systemd-udevd",
+    "dbus-daemon",
+    "dbus-broker",
+    "sshd",
+    "sshd-session",
+    "containerd",
+    "containerd-shim",
+    "containerd-shim-runc-v2",
+    "dockerd",
+    "crio",
+    "conmon",
+    "runc",
+    "crun",
+    "kubelet",
+];
+
+/// More protected names, comma-separated (`KCHAOS_PROTECT=etcd,haproxy`): the list only grows.
+pub const PROTECT_ENV: &str = "KCHAOS_PROTECT";
+
+/// How many bytes of a name the kernel keeps (TASK_COMM_LEN less its NUL).
+const COMM_LEN: usize = 15;
+
+/// True when `comm` (a name as /proc/PID/stat has it) is one of `names`, as the kernel cuts them.
+fn is_protected_name(comm: &str, names: &[String]) -> bool {
+    names.iter().any(|n| {
+        let cut = n.as_bytes().get(..COMM_LEN).unwrap_or(n.as_bytes());
+        comm.as_bytes() == cut
+    })
+}
+
+/// [`PROTECTED_NAMES`] and those [`PROTECT_ENV`] adds.
+pub fn protected_names() -> Vec<String> {
+    let mut names: Vec<String> = PROTECTED_NAMES.iter().map(|&n| n.to_owned()).collect();
+    if let Some(more) = std::env::var_os(PROTECT_ENV) {
+        names.extend(
+            more.to_string_lossy()
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    names
+}
+
+/// What makes the cgroup tree `path` host-critical, if anything: it is or holds `init.scope`, or
+/// holds PID 1, kchaos itself, or a protected process of the host's pid namespace. Said as "PID 1
+/// (systemd), the host's init".
+///
+/// Only /proc/PID/stat (the name) and the pid namespace link are read: neither touches the process's
+/// executable or memory, so a process on a stalled mount cannot hang the check.
+pub fn host_critical(path: &Path, mount: &Path) -> Option<String> {
+    let init_scope = mount.join("init.scope");
+    if path != mount && (init_scope.starts_with(path) || path.starts_with(&init_scope)) {
+        return Some(format!(
+            "init.scope ({}), the cgroup of the host's init",
+            init_scope.display()
+        ));
+    }
+    let mut pids = cgroup::procs_recursive(path).ok()?;
+    pids.sort_unstable();
+    pids.dedup();
+    held_critical(&pids, &protected_names())
+}
+
+/// The first of `pids` that is host-critical, said as [`host_critical`] says it.
+fn held_critical(pids: &[u32], names: &[String]) -> Option<String> {
+    let me = std::process::id();
+    // kchaos's own pid namespace stands for the host's: it sees the host's processes only from there
+    // (a DaemonSet with hostPID), and /proc/1 may be closed to it.
+    let host_ns = std::fs::read_link("/proc/self/ns/pid").ok();
+    for &pid in pids {
+        if pid == 1 {
+            return Some(format!(
+                "PID 1 ({}), the host's init",
+                crate::engine::procfs::stat_comm(pid).unwrap_or_else(|_| "?".into())
+            ));
+        }
+        if pid == me {
+            return Some(format!("kchaos itself (pid {pid})"));
+        }
+        let Ok(comm) = crate::engine::procfs::stat_comm(pid) else {
+            continue;
+        };
+        if !is_protected_name(&comm, names) {
+            continue;
+        }
+        // In a namespace of its own (a container's sshd), it is not the host's; when that cannot be
+        // told, it counts as the host's.
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+        if host_ns.is_some() && ns.is_some() && ns != host_ns {
+            continue;
+        }
+        return Some(format!(
+            "pid {pid} ({comm}), a process an operator needs to recover the host (the protected \
+             names are in the README; {PROTECT_ENV} adds more)"
+        ));
+    }
+    None
 }
 
 /// Keeps each target once, and drops targets that lie inside another: their processes are hit already,
@@ -365,6 +495,65 @@ mod tests {
         for given in ["app", "/app", "/sys/fs/cgroup"] {
             assert!(!names_root(given, Some(mount)), "{given:?}");
         }
+    }
+
+    #[test]
+    fn protected_names_match_as_the_kernel_cuts_them() {
+        let names = protected_names();
+        for comm in [
+            "systemd-journal",
+            "containerd-shim",
+            "sshd",
+            "kubelet",
+            "dockerd",
+        ] {
+            assert!(is_protected_name(comm, &names), "{comm}");
+        }
+        for comm in ["systemd-journ", "ssh", "sshd2", "sleep", "kchaos", ""] {
+            assert!(!is_protected_name(comm, &names), "{comm}");
+        }
+    }
+
+    #[test]
+    fn pid_1_kchaos_and_a_protected_name_are_host_critical() {
+        let names = protected_names();
+        let held = held_critical(&[1], &names).unwrap();
+        assert!(held.starts_with("PID 1 ("), "{held}");
+        assert!(held.ends_with("the host's init"), "{held}");
+        let me = std::process::id();
+        assert_eq!(
+            held_critical(&[me], &names).unwrap(),
+            format!("kchaos itself (pid {me})")
+        );
+        // A process named sshd (a copy of sleep), in this pid namespace: protected; sleep is not,
+        // unless named.
+        let dir = std::env::temp_dir().join(format!("kchaos-protected-{me}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sshd = dir.join("sshd");
+        std::fs::copy("/bin/sleep", &sshd).unwrap();
+        let mut fake = std::process::Command::new(&sshd).arg("30").spawn().unwrap();
+        let mut sleep = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let held = held_critical(&[sleep.id(), fake.id()], &names);
+        let plain = held_critical(&[sleep.id()], &names);
+        let named = held_critical(&[sleep.id()], &["sleep".to_owned()]);
+        for c in [&mut fake, &mut sleep] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        let held = held.unwrap();
+        assert!(
+            held.starts_with(&format!(
+                "pid {} (sshd), a process an operator needs to recover the host",
+                fake.id()
+            )),
+            "{held}"
+        );
+        assert_eq!(plain, None);
+        assert!(named.is_some_and(|n| n.contains("(sleep)")));
     }
 
     #[test]

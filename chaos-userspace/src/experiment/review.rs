@@ -147,6 +147,17 @@ pub fn review(
         .iter()
         .filter(|(n, _)| !roots.contains(&n.as_str()))
     {
+        if why.ends_with(crate::engine::targets::ALLOW_HOST_HINT) {
+            out.push(finding(
+                Risk::High,
+                "host-critical-target",
+                format!(
+                    "{why} (target '{name}' is host-critical: running it takes allow_host: true and \
+                     --accept-risk)"
+                ),
+            ));
+            continue;
+        }
         out.push(finding(
             Risk::Medium,
             "target-not-found",
@@ -167,6 +178,24 @@ pub fn review(
                 Risk::High,
                 "wide-target",
                 format!("target '{}' ({}) {width}", t.name, t.path.display()),
+            ));
+        }
+        // Allowed (allow_host), a host-critical target is still one; without it, resolving refused
+        // such a target already.
+        if s.allow_host
+            && let Some(root) = cgroup_root
+            && t.path != root
+            && let Some(held) = crate::engine::targets::host_critical(&t.path, root)
+        {
+            out.push(finding(
+                Risk::High,
+                "host-critical-target",
+                format!(
+                    "target '{}' ({}) holds {held}; running it takes allow_host: true and \
+                     --accept-risk",
+                    t.name,
+                    t.path.display()
+                ),
             ));
         }
     }

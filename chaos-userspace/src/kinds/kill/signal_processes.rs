@@ -8,12 +8,21 @@ use std::{
 };
 
 use super::signal::Signal;
-use crate::{engine::cgroup::holds_this_process, engine::procfs, engine::targets::Target};
+use crate::{
+    engine::cgroup::holds_this_process,
+    engine::pidfd::{self, Signalled},
+    engine::procfs,
+    engine::run_identity,
+    engine::targets::Target,
+};
 
 /// A process that may be signalled, with what to print about it.
 #[derive(Clone, Debug)]
 pub struct Candidate {
     pub pid: u32,
+    /// When it started (/proc/PID/stat), as listed: the signal goes to it only while the pid is still
+    /// this process.
+    pub start_time: u64,
     pub cgroup: PathBuf,
     pub comm: String,
     pub cmdline: String,
@@ -208,14 +217,16 @@ pub fn signal_prepared(
         Victims::Count(n) => pick(candidates, n),
     };
     for v in chosen {
-        // SAFETY: plain kill(2).
-        let sent = if unsafe { libc::kill(v.pid as i32, signal.number) } == 0 {
-            Sent::Signalled
-        } else {
-            match io::Error::last_os_error() {
-                e if e.raw_os_error() == Some(libc::ESRCH) => Sent::AlreadyGone,
-                e => Sent::Failed(e),
-            }
+        // Through a pidfd opened before the check that the pid is still the process listed: a victim
+        // that ended meanwhile is gone, never another process that got its pid.
+        let is_it = || {
+            run_identity::started_and_live(v.pid)
+                .is_ok_and(|(start, live)| live && start == v.start_time)
+        };
+        let sent = match pidfd::signal_if(v.pid, signal.number, is_it) {
+            Ok(Signalled::Sent) => Sent::Signalled,
+            Ok(Signalled::Gone | Signalled::NotIt) => Sent::AlreadyGone,
+            Err(e) => Sent::Failed(e),
         };
         report.victims.push((v, sent));
     }
@@ -269,8 +280,13 @@ fn list(
             skipped += 1;
             continue;
         }
+        // Gone already (or a zombie): nothing to signal.
+        let Ok((start_time, true)) = run_identity::started_and_live(pid) else {
+            continue;
+        };
         kept.push(Candidate {
             pid,
+            start_time,
             cgroup,
             comm: String::new(),
             cmdline: String::new(),
@@ -337,6 +353,7 @@ mod tests {
     fn c(pid: u32) -> Candidate {
         Candidate {
             pid,
+            start_time: 0,
             cgroup: "/cg".into(),
             comm: "sleep".into(),
             cmdline: String::new(),
