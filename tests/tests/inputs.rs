@@ -79,12 +79,12 @@ steady_state:
   after: 300ms
   probes:
     - name: thread
-      command: "printf '%s' ${x} > ${out}/probe"
+      command: "printf '%s' ${x} > \"$KCHAOS_VAR_out/probe\""
       interval: 200ms
       timeout: 2s
     - name: agent
       from_target: app
-      command: "printf '%s' \"${x}\" > '${out}/agent'"
+      command: "printf '%s' \"${x}\" > \"$KCHAOS_VAR_out/agent\""
       interval: 200ms
       timeout: 2s
 faults:
@@ -101,9 +101,9 @@ budget:
   max_injected_events: 100000
 rollbacks:
   - name: string
-    command: "printf '%s' '${x}' > ${out}/rollback"
+    command: "printf '%s' ${x} > \"$KCHAOS_VAR_out/rollback\""
   - name: argv
-    command: ["/bin/sh", "-c", "printf '%s' ${y} > \"${out}/argv\"; printf '%s' \"$1\" > ${out}/arg", "sh", "${y}"]
+    command: ["/bin/sh", "-c", "printf '%s' \"$KCHAOS_VAR_y\" > \"$KCHAOS_VAR_out/argv\"; printf '%s' \"$1\" > \"$KCHAOS_VAR_out/arg\"", "sh", "${y}"]
 "#;
 
 #[test]
@@ -182,7 +182,7 @@ fn an_unwritable_output_file_is_refused_before_anything_is_attached() {
         "s.yaml",
         &VARS_SCENARIO
             .replace("${cgroup}", &cgs)
-            .replace("${out}", &dir.0.display().to_string()),
+            .replace("$KCHAOS_VAR_out", &dir.0.display().to_string()),
     );
     let bad = "/proc/nonexistent/x.json";
     let run_dir = RunDir::new();
@@ -578,4 +578,152 @@ fn the_root_cgroup_in_a_scenario_is_high_risk_however_spelled() {
         );
         assert!(!stdout.contains("medium] target-not-found"), "{stdout}");
     }
+}
+
+/// The value a hostile `--var u` carries in the wrapper tests: it runs `touch F` if a shell parses it.
+fn hostile_u(dir: &TempDir) -> (String, PathBuf) {
+    let pwned = dir.join("F");
+    (format!("x; touch {}", pwned.display()), pwned)
+}
+
+/// A scenario with a target, an idle fault and the given rollbacks (YAML list items, indented 2).
+fn scenario_with_rollbacks(cgroup: &Path, rollbacks: &str) -> String {
+    format!(
+        r#"
+title: wrappers
+targets:
+  - name: app
+    cgroup: "{}"
+steady_state:
+  before: 200ms
+  probes:
+    - name: ok
+      command: [/bin/true]
+      interval: 100ms
+      timeout: 2s
+faults:
+  - name: idle-drop
+    at: 0s
+    for: 300ms
+    net:
+      percent: 1
+abort:
+  - probe: ok
+    for: 5s
+budget:
+  max_duration: 20s
+  max_injected_events: 100000
+rollbacks:
+{rollbacks}"#,
+        cgroup.display()
+    )
+}
+
+/// `${u}` inside a larger argument, or as the script of an interpreter, is refused whatever program
+/// comes first (a shell behind timeout, env, nice, setsid, sudo, nsenter, kubectl exec; ssh; python3 -c)
+/// by validate and run (exit 2), and nothing runs it; written as the scenario should (the value in its
+/// own element, or read from KCHAOS_VAR_u, which kchaos sets for every command), each wrapper's shell
+/// gets the value byte for byte and runs none of it. Before the fix, the first half ran `touch F`.
+#[test]
+fn variables_reach_shells_behind_wrappers_only_as_data() {
+    if !root_or_skip("variables_reach_shells_behind_wrappers_only_as_data") {
+        return;
+    }
+    let dir = TempDir::new();
+    let cg = LabCgroup::create(&tag("wr")).unwrap();
+    let run_dir = RunDir::new();
+    let (u, pwned) = hostile_u(&dir);
+    // Stand-ins for kubectl (runs what follows `--`) and sudo (runs its arguments), neither of which
+    // this host can use for real; kchaos cannot tell them from the real programs.
+    let kubectl = dir.write(
+        "kubectl",
+        "#!/bin/sh\nwhile [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"\n",
+    );
+    let sudo = dir.write("sudo", "#!/bin/sh\nexec \"$@\"\n");
+    for f in [&kubectl, &sudo] {
+        let mut perm = std::fs::metadata(f).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(f, perm).unwrap();
+    }
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let o = out.display();
+    let wrappers: Vec<(&str, String)> = vec![
+        ("timeout", "timeout, \"5\", sh, -c".into()),
+        ("env", "env, bash, -c".into()),
+        ("nice", "nice, sh, -c".into()),
+        ("setsid", "setsid, -w, sh, -c".into()),
+        ("sudo", format!("\"{sudo}\", sh, -c")),
+        (
+            "nsenter",
+            format!("nsenter, -t, \"{}\", -u, sh, -c", std::process::id()),
+        ),
+        ("kubectl", format!("\"{kubectl}\", exec, pod, --, sh, -c")),
+    ];
+    let var = format!("u={u}");
+    let cgs = cg.path.display().to_string();
+    // Refused: the variable spliced into a script, or given as the script, or to ssh or python3 -c.
+    let mut refused: Vec<String> = wrappers
+        .iter()
+        .flat_map(|(_, w)| {
+            [
+                format!("[{w}, \"echo ${{u}} > {o}/spliced\"]"),
+                format!("[{w}, \"${{u}}\"]"),
+            ]
+        })
+        .collect();
+    refused.extend([
+        "[ssh, localhost, \"echo ${u}\"]".to_owned(),
+        "[ssh, localhost, cat, \"${u}\"]".to_owned(),
+        "[python3, -c, \"import os; os.system('echo ${u}')\"]".to_owned(),
+        "\"timeout 5 sh -c 'echo ${u}'\"".to_owned(),
+        "\"nice sh -c \\\"echo ${u}\\\"\"".to_owned(),
+    ]);
+    for command in &refused {
+        let scenario = dir.write(
+            "refused.yaml",
+            &scenario_with_rollbacks(&cg.path, &format!("  - name: r\n    command: {command}\n")),
+        );
+        for verb in ["validate", "run"] {
+            let (code, stdout, stderr) = text(&run_dir.run(&[verb, &scenario, "--var", &var]));
+            assert_eq!(
+                code, 2,
+                "{verb} {command}: stdout {stdout}\nstderr {stderr}"
+            );
+            assert!(
+                stderr.contains("rollbacks[0].command") && stderr.contains("KCHAOS_VAR_u"),
+                "{verb} {command}: the error names the field and what to write: {stderr}"
+            );
+            assert!(!pwned.exists(), "{verb} {command} ran the value");
+            assert!(!out.join("spliced").exists(), "{verb} {command} ran");
+        }
+    }
+    // Written as it should be: each shell reads the value from the environment, or as "$1".
+    let mut rollbacks = String::new();
+    for (name, w) in &wrappers {
+        rollbacks.push_str(&format!(
+            "  - name: {name}\n    command: [{w}, 'printf %s \"$KCHAOS_VAR_u\" > {o}/{name}']\n"
+        ));
+        rollbacks.push_str(&format!(
+            "  - name: {name}-arg\n    command: [{w}, 'printf %s \"$1\" > {o}/{name}-arg', sh, \"${{u}}\"]\n"
+        ));
+    }
+    rollbacks.push_str(&format!(
+        "  - name: python3\n    command: [python3, -c, \"import os; open('{o}/python3', 'w').write(os.environ['KCHAOS_VAR_u'])\"]\n"
+    ));
+    let scenario = dir.write("ok.yaml", &scenario_with_rollbacks(&cg.path, &rollbacks));
+    let (code, stdout, stderr) = text(&run_dir.run(&["run", &scenario, "--quiet", "--var", &var]));
+    assert_eq!(code, 0, "stdout {stdout}\nstderr {stderr}");
+    assert!(!pwned.exists(), "a wrapped shell ran the value: {stdout}");
+    let mut names: Vec<String> = wrappers
+        .iter()
+        .flat_map(|(n, _)| [n.to_string(), format!("{n}-arg")])
+        .collect();
+    names.push("python3".into());
+    for name in names {
+        let got = std::fs::read_to_string(out.join(&name))
+            .unwrap_or_else(|e| panic!("{name} wrote nothing ({e}): {stdout} {stderr}"));
+        assert_eq!(got, u, "{name}: the value as given");
+    }
+    assert!(programs(&cg.path).is_empty(), "still attached: {cgs}");
 }

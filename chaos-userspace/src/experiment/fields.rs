@@ -120,7 +120,7 @@ pub fn env_name(name: &str) -> String {
     format!("{ENV_PREFIX}{}", name.replace('-', "_"))
 }
 
-/// Where the shell scanner is: what `${name}` must turn into to stay one word with the value as is.
+/// Where the shell scanner is.
 #[derive(Clone, Copy, PartialEq)]
 enum Quoting {
     Plain,
@@ -129,27 +129,125 @@ enum Quoting {
     Comment,
 }
 
+/// What to write instead of a `${name}` that is refused inside a command.
+fn how_instead(name: &str) -> String {
+    let env = env_name(name);
+    format!(
+        "pass it as an argument of its own (\"${{{name}}}\": the value becomes that one argument, \
+         never text a program parses), or read it from the environment, where kchaos sets {env} \
+         for every command (e.g. [sh, -c, 'echo \"${env}\"'])"
+    )
+}
+
+/// Why a whole argument at `i` of `words` would run its value as code, if it would: the script of an
+/// interpreter's `-c`/`-e` (`sh -c`, `timeout 5 bash -ec`, `python3 -c`, `su -c`, `perl -e`), or a word
+/// after `ssh` or `watch`, which join their arguments into a line for a shell. A scenario that means to
+/// run a value as code writes that itself with the environment variable.
+fn code_argument(words: &[&str], i: usize) -> Option<&'static str> {
+    fn base(w: &str) -> &str {
+        let w = w.trim_matches(|c| c == '"' || c == '\'');
+        w.rsplit('/').next().unwrap_or(w)
+    }
+    const SHELLS: &[&str] = &[
+        "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "su", "runuser", "fish",
+        "csh", "tcsh",
+    ];
+    const SCRIPTED: &[&str] = &[
+        "perl", "ruby", "node", "nodejs", "php", "lua", "Rscript", "tclsh",
+    ];
+    let before = &words[..i.min(words.len())];
+    if before
+        .iter()
+        .any(|w| matches!(base(w), "ssh" | "watch" | "sshpass"))
+    {
+        return Some("ssh and watch join their arguments into a line that a shell runs");
+    }
+    let flags = before.last()?.strip_prefix('-')?;
+    if flags.is_empty() || !flags.chars().all(|c| c.is_ascii_alphabetic()) {
+        return None;
+    }
+    let interpreter = |names: &[&str], flag: char| {
+        flags.contains(flag)
+            && before[..before.len() - 1].iter().any(|w| {
+                let b = base(w);
+                names.contains(&b) || (flag == 'c' && b.starts_with("python"))
+            })
+    };
+    (interpreter(SHELLS, 'c') || interpreter(SCRIPTED, 'e'))
+        .then_some("it is the script of an interpreter's -c or -e, so the value would run as code")
+}
+
+/// The parts of a `${..}` text: literal text (`$$` already made `$`) and variable names.
+enum Part {
+    Text(String),
+    Var(String),
+}
+
+fn parts(text: &str) -> Result<Vec<Part>, String> {
+    let mut out = Vec::new();
+    let mut lit = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        lit.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(more) = after.strip_prefix('$') {
+            lit.push('$');
+            rest = more;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                return Err(format!(
+                    "'{text}': '${{' without a closing '}}' (write $$ for a literal $)"
+                ));
+            };
+            let name = &body[..end];
+            if !valid_name(name) {
+                return Err(format!(
+                    "'${{{name}}}': a variable name is letters, digits, '_' and '-'"
+                ));
+            }
+            if !lit.is_empty() {
+                out.push(Part::Text(std::mem::take(&mut lit)));
+            }
+            out.push(Part::Var(name.to_owned()));
+            rest = &body[end + 1..];
+        } else {
+            lit.push('$');
+            rest = after;
+        }
+    }
+    lit.push_str(rest);
+    if !lit.is_empty() {
+        out.push(Part::Text(lit));
+    }
+    Ok(out)
+}
+
 /// Replaces `${name}` in shell text with a quoted reference to an environment variable that holds the
-/// value, and records that variable in `env`: the value itself never becomes shell text, so `$(..)`,
-/// `;`, backticks, quotes or newlines in it are data, not commands. Quotes are tracked so the reference
-/// stays one word wherever it is written: `"${KCHAOS_VAR_x}"` outside quotes, `${KCHAOS_VAR_x}` inside
-/// double quotes, `'"${KCHAOS_VAR_x}"'` inside single quotes. `$$` is a literal `$`, as in `substitute`.
+/// value, and records that variable in `env`: the value itself never becomes shell text. A `${name}` is
+/// accepted only as a whole word (`${x}` or `"${x}"`), which the shell hands to the program as one
+/// argument, and not where that argument is a script (`sh -c ${x}`, `ssh host ${x}`): inside quotes or
+/// a larger word the value would be spliced into a string that a program after the shell may parse
+/// again (`timeout 5 sh -c "echo ${x}"`, `python3 -c "os.system('${x}')"`), so it is refused with how to
+/// write it instead. `$$` is a literal `$`, as in `substitute`.
 pub fn substitute_shell(
     text: &str,
     vars: &Vars,
     env: &mut BTreeMap<String, String>,
 ) -> Result<String, String> {
+    let boundary = |c: char| c.is_whitespace() || ";&|()<>".contains(c);
     let mut out = String::with_capacity(text.len() + 16);
     let mut quoting = Quoting::Plain;
-    // A '#' starts a comment only at the start of a word.
-    let mut word_start = true;
+    // The words of the current simple command so far, and the one being read (raw, with quotes).
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
     let mut chars = text.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
-        if c == '$' {
+        if c == '$' && quoting != Quoting::Comment {
             match text[i + 1..].chars().next() {
                 Some('$') => {
                     chars.next();
                     out.push('$');
+                    word.push_str("$$");
                 }
                 Some('{') => {
                     let body = &text[i + 2..];
@@ -159,39 +257,93 @@ pub fn substitute_shell(
                         ));
                     };
                     let name = &body[..end];
+                    let after = &text[i + 2 + end + 1..];
+                    // A whole word: `${x}` alone, or `"${x}"` alone.
+                    let whole = match quoting {
+                        Quoting::Plain => {
+                            word.is_empty() && after.chars().next().is_none_or(boundary)
+                        }
+                        Quoting::Double => {
+                            word == "\""
+                                && after.starts_with('"')
+                                && after[1..].chars().next().is_none_or(boundary)
+                        }
+                        _ => false,
+                    };
+                    if !whole {
+                        let mut end_of_word = after
+                            .find(|c: char| quoting == Quoting::Plain && boundary(c))
+                            .unwrap_or(after.len());
+                        if quoting != Quoting::Plain {
+                            end_of_word = after.find('\n').unwrap_or(after.len());
+                        }
+                        return Err(format!(
+                            "'{word}${{{name}}}{}': ${{{name}}} is part of a larger word or quoted text, \
+                             where its value would be spliced into a string that a program may run as \
+                             code (a shell after timeout, env, sudo, nsenter or ssh; python3 -c); {}",
+                            &after[..end_of_word],
+                            how_instead(name)
+                        ));
+                    }
+                    let mut so_far: Vec<&str> = words.iter().map(String::as_str).collect();
+                    so_far.push("");
+                    if let Some(why) = code_argument(&so_far, so_far.len() - 1) {
+                        return Err(format!(
+                            "${{{name}}} after '{}': {why}; {}",
+                            words.join(" "),
+                            how_instead(name)
+                        ));
+                    }
                     let reference = env_reference(name, vars, env)?;
                     out.push_str(&match quoting {
                         Quoting::Plain => format!("\"{reference}\""),
-                        Quoting::Double | Quoting::Comment => reference,
-                        Quoting::Single => format!("'\"{reference}\"'"),
+                        _ => reference,
                     });
+                    word.push_str("${}");
                     // Skip "{name}".
                     while chars.next_if(|&(j, _)| j <= i + 2 + end).is_some() {}
                 }
-                _ => out.push('$'),
+                _ => {
+                    out.push('$');
+                    word.push('$');
+                }
             }
-            word_start = false;
             continue;
         }
         out.push(c);
         match (quoting, c) {
             (Quoting::Plain | Quoting::Double, '\\') => {
+                word.push(c);
                 // An escaped quote or backslash does not change the quoting; a '$' is still ours.
                 if let Some(&(_, next)) = chars.peek()
                     && next != '$'
                 {
                     out.push(next);
+                    word.push(next);
                     chars.next();
                 }
+                continue;
             }
             (Quoting::Plain, '\'') => quoting = Quoting::Single,
             (Quoting::Plain, '"') => quoting = Quoting::Double,
-            (Quoting::Plain, '#') if word_start => quoting = Quoting::Comment,
+            (Quoting::Plain, '#') if word.is_empty() => quoting = Quoting::Comment,
             (Quoting::Single, '\'') | (Quoting::Double, '"') => quoting = Quoting::Plain,
             (Quoting::Comment, '\n') => quoting = Quoting::Plain,
             _ => {}
         }
-        word_start = quoting == Quoting::Plain && (c.is_whitespace() || ";&|()<>".contains(c));
+        match quoting {
+            Quoting::Comment => {}
+            Quoting::Plain if boundary(c) => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                if c != ' ' && c != '\t' && c != '<' && c != '>' {
+                    // A new simple command.
+                    words.clear();
+                }
+            }
+            _ => word.push(c),
+        }
     }
     Ok(out)
 }
@@ -225,28 +377,53 @@ fn env_reference(
     Ok(format!("${{{key}}}"))
 }
 
-/// True for argv that runs its `-c` argument as shell text (`sh -c TEXT`, `bash -ec TEXT`, ...): the
-/// index of that argument.
-fn shell_script_index(argv: &[String]) -> Option<usize> {
-    const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox"];
-    let program = std::path::Path::new(argv.first()?).file_name()?.to_str()?;
-    if !SHELLS.contains(&program) {
-        return None;
+/// One element of an argv command: `${name}` alone becomes the value, one argument that no shell
+/// parses; a `${name}` inside a larger element is refused (whatever program comes first, it may hand
+/// that text to a shell: `timeout 5 sh -c "echo ${x}"`, `ssh host "..."`), as is a whole `${name}`
+/// where it is an interpreter's script.
+fn argv_element(text: &str, raw: &[String], i: usize, vars: &Vars) -> Result<String, String> {
+    let parts = parts(text)?;
+    let value = |name: &str| {
+        vars.get(name).map(str::to_owned).ok_or_else(|| {
+            format!(
+                "variable '{name}' has no value: give --var {name}=VALUE, set {ENV_PREFIX}{name}, \
+                 or a default under variables:"
+            )
+        })
+    };
+    match parts.as_slice() {
+        [] => Ok(String::new()),
+        [Part::Var(name)] => {
+            let words: Vec<&str> = raw.iter().map(String::as_str).collect();
+            if let Some(why) = code_argument(&words, i) {
+                return Err(format!(
+                    "${{{name}}} after '{}': {why}; {}",
+                    words[..i].join(" "),
+                    how_instead(name)
+                ));
+            }
+            value(name)
+        }
+        parts => {
+            if let Some(name) = parts.iter().find_map(|p| match p {
+                Part::Var(n) => Some(n),
+                Part::Text(_) => None,
+            }) {
+                return Err(format!(
+                    "'{text}': ${{{name}}} is part of a larger argument, where its value would be \
+                     spliced into text that a program may run as code (a shell after timeout, env, \
+                     sudo, nsenter or ssh; python3 -c); {}",
+                    how_instead(name)
+                ));
+            }
+            Ok(parts
+                .iter()
+                .map(|p| match p {
+                    Part::Text(t) | Part::Var(t) => t.as_str(),
+                })
+                .collect())
+        }
     }
-    // busybox runs its first argument as the applet: `busybox sh -c TEXT`.
-    let start = if program == "busybox" { 2 } else { 1 };
-    if program == "busybox" && argv.get(1).is_none_or(|a| !SHELLS.contains(&a.as_str())) {
-        return None;
-    }
-    argv.iter().enumerate().skip(start).find_map(|(i, a)| {
-        let flags = a.strip_prefix('-')?;
-        (!flags.is_empty()
-            && !flags.starts_with('-')
-            && flags.chars().all(|c| c.is_ascii_alphabetic())
-            && flags.contains('c'))
-        .then_some(i + 1)
-        .filter(|&j| j < argv.len())
-    })
 }
 
 /// A command to run: argv, and the environment that carries the values of the variables it uses.
@@ -537,21 +714,19 @@ impl Ctx<'_> {
         }
     }
 
-    /// A `command:` field: one string runs through `/bin/sh -c`, a list is argv. `${var}` in shell text
-    /// becomes a reference to an environment variable that carries the value (never the value itself);
-    /// in argv it is the value, one argument (only a `sh -c` script argument is shell text again).
+    /// A `command:` field: one string runs through `/bin/sh -c`, a list is argv. A `${var}` must be a
+    /// whole argument: in argv the value is that element, in shell text a quoted reference to an
+    /// environment variable that carries it (never the value itself); inside a larger argument it is
+    /// refused. Every variable's value is in the command's environment as `KCHAOS_VAR_<name>`.
     pub fn command(&mut self, node: &Node, path: &str) -> Option<CommandLine> {
         let mut env = BTreeMap::new();
-        let shell = |ctx: &mut Self, text: &str, env: &mut BTreeMap<String, String>| {
-            substitute_shell(text, ctx.vars, env)
-                .map_err(|e| ctx.err(node.mark, path, e))
-                .ok()
-        };
         let argv = match &node.value {
             Value::Scalar(text) => vec![
                 "/bin/sh".to_owned(),
                 "-c".to_owned(),
-                shell(self, text, &mut env)?,
+                substitute_shell(text, self.vars, &mut env)
+                    .map_err(|e| self.err(node.mark, path, e))
+                    .ok()?,
             ],
             _ => {
                 let items = self.list(node, path, true);
@@ -562,13 +737,12 @@ impl Ctx<'_> {
                         _ => String::new(),
                     })
                     .collect();
-                let script = shell_script_index(&raw);
                 let mut argv = Vec::new();
                 let mut failed = false;
                 for (i, item) in items.into_iter().enumerate() {
                     let p = format!("{path}[{i}]");
-                    let arg = match (&item.value, script == Some(i)) {
-                        (Value::Scalar(s), true) => substitute_shell(s, self.vars, &mut env)
+                    let arg = match &item.value {
+                        Value::Scalar(s) => argv_element(s, &raw, i, self.vars)
                             .map_err(|e| self.err(item.mark, &p, e))
                             .ok(),
                         _ => self.text(item, &p),
@@ -587,6 +761,11 @@ impl Ctx<'_> {
         if argv.first().is_none_or(|p| p.is_empty()) {
             self.err(node.mark, path, "a command needs a program to run");
             return None;
+        }
+        // Every variable, so a script reads any of them as "$KCHAOS_VAR_name" (a reference made
+        // above keeps its own name if two variables share one).
+        for (name, value) in self.vars.resolved() {
+            env.entry(env_name(&name)).or_insert(value);
         }
         Some(CommandLine { argv, env })
     }
@@ -658,13 +837,12 @@ mod tests {
             format!("\" ; touch {p}; echo \""),
             format!("$$ ${{HOME}} * && touch {p} #"),
         ];
-        // The same variable written outside quotes, in double quotes, in single quotes, in a word.
+        // The variable as a whole word, bare or in double quotes, in every place a word can be.
         let scripts = [
             "printf '%s' ${x}",
             "printf '%s' \"${x}\"",
-            "printf '%s' '${x}'",
-            "printf '%s' pre${x}post",
-            "printf '%s' \"a b ${x}\" # it's ${x}",
+            "printf '%s' ${x}; # it's ${x}",
+            "true && printf '%s' \"${x}\">/dev/stdout",
         ];
         for value in &hostile {
             let mut v = Vars::default();
@@ -677,12 +855,7 @@ mod tests {
                     "{script}: the value is in the text: {text}"
                 );
                 assert_eq!(env.get("KCHAOS_VAR_x"), Some(value), "{script}");
-                let expected = match script {
-                    "printf '%s' pre${x}post" => format!("pre{value}post"),
-                    "printf '%s' \"a b ${x}\" # it's ${x}" => format!("a b {value}"),
-                    _ => value.clone(),
-                };
-                assert_eq!(sh(&text, &env), expected, "{script} with {value:?}: {text}");
+                assert_eq!(sh(&text, &env), *value, "{script} with {value:?}: {text}");
                 assert!(
                     !pwned.exists(),
                     "{script} with {value:?} ran the value: {text}"
@@ -690,6 +863,37 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A `${x}` that a program after the shell could parse again: inside quotes, part of a word, the
+    /// script of a nested shell or interpreter, an argument of ssh. Each is refused with how to write it.
+    #[test]
+    fn variables_inside_words_or_scripts_are_refused_in_shell_text() {
+        let mut v = Vars::default();
+        v.cli.insert("x".into(), "; id".into());
+        for script in [
+            "printf '%s' '${x}'",
+            "printf '%s' pre${x}post",
+            "printf '%s' \"a b ${x}\"",
+            "timeout 5 sh -c \"echo ${x}\"",
+            "timeout 5 sh -c 'echo ${x}'",
+            "env bash -ec ${x}",
+            "nice sh -c \"${x}\"",
+            "ssh host ${x}",
+            "python3 -c \"import os; os.system('${x}')\"",
+            "true; sudo sh -c ${x}",
+            "perl -e ${x}",
+        ] {
+            let mut env = BTreeMap::new();
+            let e = substitute_shell(script, &v, &mut env).unwrap_err();
+            assert!(
+                e.contains("KCHAOS_VAR_x") && e.contains("${x}"),
+                "{script}: {e}"
+            );
+        }
+        // A new command after ';' starts its words afresh; a file name after > is a plain word.
+        let mut env = BTreeMap::new();
+        assert!(substitute_shell("sh -c true; cat ${x} > ${x}", &v, &mut env).is_ok());
     }
 
     #[test]
@@ -722,12 +926,13 @@ mod tests {
         let c = ctx.command(&node("\"echo ${x}\""), "command").unwrap();
         assert_eq!(c.argv, ["/bin/sh", "-c", "echo \"${KCHAOS_VAR_x}\""]);
         assert_eq!(c.env["KCHAOS_VAR_x"], "; touch /tmp/kchaos-never");
-        // argv: the value is one argument as is, except in a shell's -c script.
+        // argv: the value is one argument as is.
         let c = ctx.command(&node("[ls, \"${x}\"]"), "command").unwrap();
         assert_eq!(c.argv, ["ls", "; touch /tmp/kchaos-never"]);
+        assert_eq!(c.env["KCHAOS_VAR_x"], "; touch /tmp/kchaos-never");
         let c = ctx
             .command(
-                &node("[/bin/bash, -ec, \"echo ${x}\", \"${x}\"]"),
+                &node("[/bin/bash, -ec, 'echo \"$KCHAOS_VAR_x\" \"$1\"', sh, \"${x}\"]"),
                 "command",
             )
             .unwrap();
@@ -736,7 +941,8 @@ mod tests {
             [
                 "/bin/bash",
                 "-ec",
-                "echo \"${KCHAOS_VAR_x}\"",
+                "echo \"$KCHAOS_VAR_x\" \"$1\"",
+                "sh",
                 "; touch /tmp/kchaos-never"
             ]
         );
@@ -744,6 +950,22 @@ mod tests {
         assert!(ctx.command(&node("[]"), "command").is_none());
         assert!(ctx.command(&node("[ls, \"${nope}\"]"), "command").is_none());
         assert_eq!(ctx.errors.len(), 2, "{:?}", ctx.errors);
+        // Inside a larger element, whatever program comes first; or an interpreter's script.
+        for bad in [
+            "[timeout, \"5\", sh, -c, \"echo ${x}\"]",
+            "[curl, \"http://${x}/\"]",
+            "[sh, -c, \"echo ${x}\"]",
+            "[sh, -c, \"${x}\"]",
+            "[env, bash, -ec, \"${x}\"]",
+            "[ssh, host, \"${x}\"]",
+            "[python3, -c, \"${x}\"]",
+            "[kubectl, exec, p, --, sh, -c, \"${x}\"]",
+        ] {
+            ctx.errors.clear();
+            assert!(ctx.command(&node(bad), "command").is_none(), "{bad}");
+            let e = &ctx.errors[0].message;
+            assert!(e.contains("KCHAOS_VAR_x"), "{bad}: {e}");
+        }
     }
 
     #[test]

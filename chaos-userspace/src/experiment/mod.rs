@@ -4,6 +4,7 @@
 //! `kchaos validate FILE`, `kchaos run FILE`, `kchaos report FILE.json`, `kchaos monkey`. Fault kinds
 //! plug in through `crate::kind` only.
 
+pub mod child;
 pub mod diagnostic;
 pub mod fields;
 pub mod monkey;

@@ -105,7 +105,7 @@ fn agent_for(ca: Option<&Path>) -> Result<ureq::Agent, String> {
 }
 
 /// Runs one attempt: (ok, what happened). Latency is measured by the caller.
-fn attempt(check: &Check, timeout: Duration) -> (bool, String) {
+fn attempt(check: &Check, timeout: Duration, stop: &AtomicBool) -> (bool, String) {
     match check {
         Check::Tcp { address } => match TcpStream::connect_timeout(address, timeout) {
             Ok(_) => (true, "connected".into()),
@@ -126,7 +126,7 @@ fn attempt(check: &Check, timeout: Duration) -> (bool, String) {
             argv,
             exit_code,
             env,
-        } => match run_command(argv, env, timeout) {
+        } => match run_command(argv, env, timeout, stop) {
             Ok(code) => (code == *exit_code, format!("exit {code}")),
             Err(e) => (false, e),
         },
@@ -145,40 +145,25 @@ fn http_get(url: &str, ca: Option<&Path>, timeout: Duration) -> Result<u16, Stri
     Ok(response.status().as_u16())
 }
 
-/// Runs argv with `env` added to the environment (the values of the variables it refers to).
+/// The detail of a command attempt stopped because the probe was: not a result, never reported.
+const CANCELLED: &str = "stopped: the probe ended";
+
+/// Runs argv with `env` added to the environment (the values of the variables it refers to), in a
+/// process group of its own that is killed at the timeout, at `stop`, and when the command ends.
 fn run_command(
     argv: &[String],
     env: &BTreeMap<String, String>,
     timeout: Duration,
+    stop: &AtomicBool,
 ) -> Result<i32, String> {
-    let (program, args) = argv.split_first().ok_or("empty command")?;
-    let mut child = Command::new(program)
-        .args(args)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting {program}: {e}"))?;
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                return Ok(status.code().unwrap_or_else(|| {
-                    128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
-                }));
-            }
-            Ok(None) if start.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "timed out after {}",
-                    crate::units::format_duration(timeout)
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(e.to_string()),
-        }
+    let o = super::child::run(argv, env, timeout, false, Some(stop))?;
+    match o.code {
+        Some(code) => Ok(code),
+        None if o.cancelled => Err(CANCELLED.into()),
+        None => Err(format!(
+            "timed out after {}",
+            crate::units::format_duration(timeout)
+        )),
     }
 }
 
@@ -188,7 +173,10 @@ pub fn probe_loop(spec: &ProbeSpec, stop: &AtomicBool, mut sink: impl FnMut(Prob
     while !stop.load(Ordering::Relaxed) {
         let t_ns = monotonic_ns();
         let started = Instant::now();
-        let (ok, detail) = attempt(&spec.check, spec.timeout);
+        let (ok, detail) = attempt(&spec.check, spec.timeout, stop);
+        if !ok && detail == CANCELLED {
+            return;
+        }
         let result = ProbeResult {
             probe: spec.name.clone(),
             t_ns,
@@ -251,7 +239,8 @@ impl Worker {
                     .arg(cg)
                     .arg("--spec")
                     .arg(serde_json::to_string(spec)?)
-                    .stdin(Stdio::null())
+                    // Its stdin is how it learns the run ended: EOF (we close it, or we died).
+                    .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .spawn()
                     .with_context(|| format!("starting the probe agent for '{}'", spec.name))?;
@@ -289,6 +278,13 @@ impl Worker {
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(mut child) = self.agent.take() {
+            // EOF on its stdin stops it: it kills its command's process group and exits. One that
+            // does not within the grace (an attempt in a network timeout) is killed.
+            drop(child.stdin.take());
+            let deadline = Instant::now() + super::child::GRACE + Duration::from_secs(1);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -304,21 +300,29 @@ impl Drop for Worker {
     }
 }
 
-/// `kchaos probe-agent`: joins the cgroup, then probes and prints one JSON result a line until killed
-/// (or until its parent dies: it must not outlive the run).
+/// `kchaos probe-agent`: joins the cgroup, then probes and prints one JSON result a line until its
+/// stdin ends (the run closed it, or kchaos died: it must not outlive the run). A command attempt
+/// running then is stopped with its whole process group, so nothing it started is left behind.
 pub fn agent(cgroup: &Path, spec_json: &str) -> Result<()> {
     let spec: ProbeSpec = serde_json::from_str(spec_json).context("reading the probe spec")?;
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    // SAFETY: getppid has no preconditions. A parent that died before the prctl leaves us orphaned.
+    // SAFETY: getppid has no preconditions. A parent that died already leaves us orphaned.
     if unsafe { libc::getppid() } == 1 {
         return Ok(());
     }
     crate::engine::cgroup::add_process(cgroup, std::process::id())
         .with_context(|| format!("joining {}", cgroup.display()))?;
-    let stop = AtomicBool::new(false);
+    let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    std::thread::Builder::new()
+        .name("agent stdin".into())
+        .spawn(move || {
+            let mut sink = [0u8; 64];
+            let mut stdin = std::io::stdin().lock();
+            while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+            stop.store(true, Ordering::Relaxed);
+        })
+        .context("starting the agent's stdin watch")?;
     let mut out = std::io::stdout().lock();
-    probe_loop(&spec, &stop, |r| {
+    probe_loop(&spec, stop, |r| {
         serde_json::to_string(&r)
             .ok()
             .and_then(|line| writeln!(out, "{line}").and_then(|_| out.flush()).ok())
@@ -541,6 +545,7 @@ mod tests {
                 ca: Some(ca),
             },
             Duration::from_secs(5),
+            &AtomicBool::new(false),
         );
         let unknown = attempt(
             &Check::Http {
@@ -549,6 +554,7 @@ mod tests {
                 ca: None,
             },
             Duration::from_secs(5),
+            &AtomicBool::new(false),
         );
         let _ = server.kill();
         let _ = server.wait();
@@ -594,17 +600,29 @@ mod tests {
             ca: None,
         };
         assert_eq!(
-            attempt(&http("/ok"), Duration::from_secs(2)),
+            attempt(
+                &http("/ok"),
+                Duration::from_secs(2),
+                &AtomicBool::new(false)
+            ),
             (true, "HTTP 200".into())
         );
         assert_eq!(
-            attempt(&http("/no"), Duration::from_secs(2)),
+            attempt(
+                &http("/no"),
+                Duration::from_secs(2),
+                &AtomicBool::new(false)
+            ),
             (false, "HTTP 503".into())
         );
         server.join().unwrap();
         // A port bound but not listening (held, so no other process can take it meanwhile): refused.
         let (fd, closed) = bound_not_listening();
-        let (ok, _) = attempt(&Check::Tcp { address: closed }, Duration::from_millis(500));
+        let (ok, _) = attempt(
+            &Check::Tcp { address: closed },
+            Duration::from_millis(500),
+            &AtomicBool::new(false),
+        );
         // SAFETY: fd is the socket bound_not_listening opened, closed once here.
         unsafe { libc::close(fd) };
         assert!(!ok);
@@ -614,11 +632,19 @@ mod tests {
             env: BTreeMap::new(),
         };
         assert_eq!(
-            attempt(&cmd("exit 3"), Duration::from_secs(2)),
+            attempt(
+                &cmd("exit 3"),
+                Duration::from_secs(2),
+                &AtomicBool::new(false)
+            ),
             (true, "exit 3".into())
         );
         let start = Instant::now();
-        let (ok, detail) = attempt(&cmd("sleep 5"), Duration::from_millis(200));
+        let (ok, detail) = attempt(
+            &cmd("sleep 5"),
+            Duration::from_millis(200),
+            &AtomicBool::new(false),
+        );
         assert!(!ok && detail.contains("timed out"), "{detail}");
         assert!(start.elapsed() < Duration::from_secs(2));
     }

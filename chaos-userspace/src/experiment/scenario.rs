@@ -113,8 +113,8 @@ pub enum Check {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ca: Option<PathBuf>,
     },
-    /// A command (argv); healthy when it exits with `exit_code`. `env` holds the values of the variables
-    /// it refers to (KCHAOS_VAR_<name>), set in its environment.
+    /// A command (argv); healthy when it exits with `exit_code`. `env` holds the values of the
+    /// scenario's variables (KCHAOS_VAR_<name>), set in its environment.
     Command {
         argv: Vec<String>,
         exit_code: i32,
@@ -236,7 +236,7 @@ pub struct Budget {
 pub struct Rollback {
     pub name: String,
     pub argv: Vec<String>,
-    /// The values of the variables `argv` refers to (KCHAOS_VAR_<name>), set in its environment.
+    /// The values of the scenario's variables (KCHAOS_VAR_<name>), set in its environment.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     pub timeout: Duration,

@@ -14,6 +14,10 @@ mod timeline;
 
 use std::{
     collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -354,12 +358,34 @@ pub async fn execute(setup: Setup) -> Result<Report> {
 
     let mut rollbacks = Vec::new();
     if method_ran {
+        // A signal while a rollback runs kills its process group and skips the ones after it.
+        let mut cut: Option<String> = None;
         for r in &s.rollbacks {
+            if let Some(why) = &cut {
+                rollbacks.push(rollbacks::skipped(r, why));
+                continue;
+            }
             run.event(
                 "rollback.start",
                 format!("'{}': {}", r.name, plan::shell_words(&r.argv)),
             );
-            let rec = rollbacks::rollback(r);
+            let cancel = Arc::new(AtomicBool::new(false));
+            let mut job = tokio::task::spawn_blocking({
+                let (r, cancel) = (r.clone(), cancel.clone());
+                move || rollbacks::rollback(&r, &cancel)
+            });
+            let rec = tokio::select! {
+                rec = &mut job => rec.context("a rollback's thread")?,
+                reason = run.signals.recv() => {
+                    cancel.store(true, Ordering::Relaxed);
+                    cut = Some(reason.to_string());
+                    let sig = run.signalled(reason);
+                    if !matches!(stop, Some(Stop::Abort(_))) {
+                        stop = Some(sig);
+                    }
+                    job.await.context("a rollback's thread")?
+                }
+            };
             run.event(
                 "rollback.end",
                 format!(
