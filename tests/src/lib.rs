@@ -13,6 +13,7 @@ pub mod lab;
 mod netem;
 mod scenario;
 mod services;
+pub mod stats;
 mod temp;
 mod traffic;
 
