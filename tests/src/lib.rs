@@ -15,6 +15,7 @@ mod scenario;
 mod services;
 pub mod stats;
 mod temp;
+pub mod timing;
 mod traffic;
 
 pub use bpf::{
