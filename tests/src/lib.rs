@@ -13,7 +13,9 @@ pub mod lab;
 mod netem;
 mod scenario;
 mod services;
+pub mod stats;
 mod temp;
+pub mod timing;
 mod traffic;
 
 pub use bpf::{

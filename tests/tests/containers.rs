@@ -328,10 +328,13 @@ fn drop_30_hits_one_container(
         a.name, b.name
     );
     assert_eq!(code, 143, "kchaos net output: {lines:?}");
-    assert!(
-        (loss_a - 30.0).abs() <= 2.0,
-        "{}: loss {loss_a:.2}% is not within 30±2%",
-        a.name
+    // Each datagram is dropped on its own draw (the echoes are not faulted, and a container on
+    // the host loses nothing else): the loss is binomial.
+    integration_tests::stats::assert_binomial(
+        &format!("{}: datagrams lost", a.name),
+        sent_a - got_a,
+        sent_a,
+        0.3,
     );
     assert_eq!(got_b, sent_b, "{} (not targeted) lost packets", b.name);
     let v: serde_json::Value =
@@ -489,10 +492,8 @@ fn pod_container_drop_spares_its_sidecar_in_the_same_netns() {
         "app: sent {sent_a} received {got_a} loss {loss:.2}%; sidecar: sent {sent_s} received {got_s}"
     );
     assert_eq!(code, 143, "{lines:?}");
-    assert!(
-        (loss - 30.0).abs() <= 2.0,
-        "app loss {loss:.2}% is not within 30±2%"
-    );
+    // Binomial, as in `drop_30_hits_one_container` above.
+    integration_tests::stats::assert_binomial("app: datagrams lost", sent_a - got_a, sent_a, 0.3);
     assert_eq!(got_s, sent_s, "the sidecar lost packets");
     assert_eq!(skb_programs_in_tree(&lab.cgroup.path), 0);
 

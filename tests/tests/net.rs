@@ -74,16 +74,20 @@ fn drop_30_percent(lab: &Lab, to: SocketAddr) {
     println!(
         "{to}: target sent {sent} received {received} loss {loss:.2}%; outside: {out_sent}/{out_received}"
     );
-    assert!(
-        (loss - 30.0).abs() <= 2.0,
-        "{to}: loss {loss:.2}% is not within 30±2%"
-    );
     assert_eq!(
         out_received, out_sent,
         "{to}: a process outside the cgroup lost packets"
     );
     // The kernel's own count of drops is exactly what the client missed (egress only: echoes pass).
     let totals = net_totals(&report.0);
+    // Each datagram is dropped on its own draw: the count is binomial (the client's loss is the
+    // same count, give or take what emulation loses, below).
+    integration_tests::stats::assert_binomial(
+        &format!("{to}: datagrams dropped"),
+        totals["egress"]["dropped"].as_u64().unwrap(),
+        sent,
+        0.3,
+    );
     // Under emulation (the VM suite) a datagram or two can be lost with no fault: allow 0.25 % there.
     let dropped = totals["egress"]["dropped"].as_u64().unwrap();
     let allowed = if integration_tests::in_vm() {

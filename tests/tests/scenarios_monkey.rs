@@ -71,6 +71,7 @@ fn monkey_injects_bounded_random_faults_with_probes() {
             .unwrap()
             .parse()
             .unwrap();
+        // Deterministic: monkey draws the drop between 1 % and --max-drop.
         assert!((1.0..=20.0).contains(&drop), "{f}");
         assert!(f["start_ms"].as_f64().is_some() && f["end_ms"].as_f64().is_some());
         let attached = f["attached"].to_string();

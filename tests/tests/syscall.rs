@@ -114,10 +114,8 @@ fn connect_fails_at_the_configured_rate_only_inside_the_cgroup() {
         failed,
         "an errno other than ECONNREFUSED: {inside}"
     );
-    assert!(
-        (rate - 30.0).abs() <= 2.0,
-        "rate {rate:.2}% not within 30±2"
-    );
+    // Each call fails on its own draw: the count is binomial.
+    integration_tests::stats::assert_binomial("connect calls refused", failed, 20_000, 0.3);
     assert_eq!(
         total_errors(&outside),
         0,
@@ -724,10 +722,7 @@ fn kprobe_backend_fails_every_operation() {
             total_errors(&outside)
         );
         assert_eq!(total_errors(&inside), n, "{op}: another errno: {inside}");
-        assert!(
-            (rate - 30.0).abs() <= 2.0,
-            "{op}: {rate:.2}% not within 30±2"
-        );
+        integration_tests::stats::assert_binomial(&format!("{op}: calls failed"), n, count, 0.3);
         assert_eq!(total_errors(&outside), 0, "{op}: outside the cgroup");
         assert_eq!(
             programs_left(&before),

@@ -7,6 +7,8 @@
 //! so a SKIP line comes while its test runs (tests run one at a time), between `test NAME ... ` and
 //! the verdict, which may then stand alone on the next line.
 
+use std::{collections::BTreeMap, time::Duration};
+
 use crate::vm::strip_escapes;
 
 /// How one test ended, as counted.
@@ -77,11 +79,80 @@ impl Part {
 #[derive(Default)]
 pub struct Report {
     pub parts: Vec<Part>,
+    /// How long each step took (building, each suite, each VM kernel), in order.
+    pub durations: Vec<(String, Duration)>,
+    /// How many times each test file was run (`--repeat`; 0 and 1 both mean once).
+    pub repeat: u32,
+}
+
+/// `1h 2m 3s`, `4m 5s`, `6.7s`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (secs / 3600, secs / 60 % 60) {
+        (0, 0) => format!("{:.1}s", d.as_secs_f64()),
+        (0, m) => format!("{m}m {}s", secs % 60),
+        (h, m) => format!("{h}h {m}m {}s", secs % 60),
+    }
+}
+
+/// A repeated payload's name less its `-runK` suffix (vm-test names the runs so).
+fn without_run_suffix(binary: &str) -> &str {
+    match binary.rsplit_once("-run") {
+        Some((base, k)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => binary,
+    }
 }
 
 impl Report {
     pub fn add(&mut self, part: Part) {
         self.parts.push(part);
+    }
+
+    /// Runs `step`, recording how long it took as `label`.
+    pub fn timed<T>(&mut self, label: &str, step: impl FnOnce(&mut Self) -> T) -> T {
+        let started = std::time::Instant::now();
+        let out = step(self);
+        self.durations.push((label.to_owned(), started.elapsed()));
+        out
+    }
+
+    /// Each test's passes over the repeated runs: (part, test file, test) -> (passed, ran,
+    /// skipped), a test file's runs counted together whatever their `-runK` names.
+    fn pass_counts(&self) -> BTreeMap<(String, String, String), (u32, u32, u32)> {
+        let mut counts = BTreeMap::new();
+        for p in &self.parts {
+            for t in &p.tests {
+                let key = (
+                    p.label.clone(),
+                    without_run_suffix(&t.binary).to_owned(),
+                    t.name.clone(),
+                );
+                let c = counts.entry(key).or_insert((0, 0, 0));
+                c.1 += 1;
+                match t.outcome {
+                    Outcome::Passed => c.0 += 1,
+                    Outcome::Skipped(_) => c.2 += 1,
+                    Outcome::Failed => {}
+                }
+            }
+        }
+        counts
+    }
+
+    /// With `repeat` above 1: the tests that did not pass (or skip) in every one of the runs,
+    /// as `part: file test: k of N`.
+    pub fn short_of_repeat(&self) -> Vec<String> {
+        if self.repeat <= 1 {
+            return Vec::new();
+        }
+        let n = self.repeat;
+        self.pass_counts()
+            .into_iter()
+            .filter(|(_, (passed, ran, skipped))| *ran != n || passed + skipped != n)
+            .map(|((part, file, test), (passed, _, _))| {
+                format!("{part}: {file} {test}: {passed} of {n}")
+            })
+            .collect()
     }
 
     /// The skipped tests with their reasons, the failed ones, one line per part, and last the
@@ -123,6 +194,26 @@ impl Report {
             out.push(format!("failed tests ({}):", failed.len()));
             for (p, t) in failed {
                 out.push(format!("  {}: {} {}", p.label, t.binary, t.name));
+            }
+        }
+        if self.repeat > 1 {
+            let n = self.repeat;
+            out.push(format!("passes per test over {n} runs:"));
+            for ((part, file, test), (passed, _, skipped)) in self.pass_counts() {
+                let what = if skipped == n {
+                    "skipped".to_owned()
+                } else if skipped > 0 {
+                    format!("{passed} of {n} ({skipped} skipped)")
+                } else {
+                    format!("{passed} of {n}")
+                };
+                out.push(format!("  {part}: {file} {test}: {what}"));
+            }
+        }
+        if !self.durations.is_empty() {
+            out.push("durations:".to_owned());
+            for (label, d) in &self.durations {
+                out.push(format!("  {label}: {}", format_duration(*d)));
             }
         }
         let (mut passed, mut failed, mut skipped) = (0, 0, 0);
@@ -402,6 +493,64 @@ mod tests {
             .iter()
             .map(|t| (t.binary.as_str(), t.name.as_str(), t.outcome.clone()))
             .collect()
+    }
+
+    #[test]
+    fn repeated_runs_are_counted_per_test_and_a_miss_fails() {
+        let run = |k: u32, second: &str| {
+            let mut p = Part::new("VM 6.12");
+            let text = format!(
+                "running 3 tests\ntest a ... ok\ntest b ... {second}\n\
+                 test c ... SKIP c [VM 6.12]: no sch_fq\nok\n"
+            );
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            p.read_output(&format!("edt-run{k}"), &lines);
+            p
+        };
+        let mut report = Report {
+            repeat: 3,
+            ..Default::default()
+        };
+        report.add(run(1, "ok"));
+        report.add(run(2, "FAILED"));
+        report.add(run(3, "ok"));
+        assert_eq!(report.short_of_repeat(), ["VM 6.12: edt b: 2 of 3"]);
+        let lines = report.lines();
+        assert!(
+            lines.contains(&"  VM 6.12: edt a: 3 of 3".to_owned()),
+            "{lines:#?}"
+        );
+        assert!(
+            lines.contains(&"  VM 6.12: edt c: skipped".to_owned()),
+            "{lines:#?}"
+        );
+        // A test missing from a run (its file crashed) is short too.
+        report.parts.pop();
+        report.add(Part::new("VM 6.12"));
+        assert_eq!(
+            report.short_of_repeat().len(),
+            3,
+            "{:?}",
+            report.short_of_repeat()
+        );
+        // Once is once: no counts, nothing short.
+        report.repeat = 1;
+        assert!(report.short_of_repeat().is_empty());
+        assert!(!report.lines().iter().any(|l| l.contains(" of ")));
+    }
+
+    #[test]
+    fn durations_print_in_minutes_and_seconds() {
+        assert_eq!(format_duration(Duration::from_millis(6_700)), "6.7s");
+        assert_eq!(format_duration(Duration::from_secs(245)), "4m 5s");
+        assert_eq!(format_duration(Duration::from_secs(3723)), "1h 2m 3s");
+        let report = Report {
+            durations: vec![("unit tests".to_owned(), Duration::from_secs(61))],
+            ..Default::default()
+        };
+        let lines = report.lines();
+        assert_eq!(lines[..2], ["durations:", "  unit tests: 1m 1s"]);
+        assert!(lines.last().unwrap().starts_with("totals: "));
     }
 
     #[test]

@@ -30,10 +30,17 @@ pub struct TestArgs {
     /// contains it. The unit tests always run whole.
     #[arg(last = true)]
     pub filter: Vec<String>,
+    /// Run every selected test file this many times, on the host and in one boot per VM kernel,
+    /// and print each test's passes ("k of N"): a test that did not pass all N times fails the run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
 }
 
 pub fn run(args: &TestArgs) -> Result<()> {
-    let mut report = Report::default();
+    let mut report = Report {
+        repeat: args.repeat,
+        ..Default::default()
+    };
     let result = run_parts(args, &mut report);
     report.print();
     result
@@ -43,7 +50,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
 /// fails at the end naming the parts that failed. A step that is not a test run (building kchaos,
 /// installing tools) stops it at once.
 fn run_parts(args: &TestArgs, report: &mut Report) -> Result<()> {
-    let kchaos = build::build_kchaos()?;
+    let kchaos = report.timed("building kchaos", |_| build::build_kchaos())?;
     let linker_dir = setup::ensure_bpf_linker()?;
     let root = setup::workspace_root();
     let mut failed = Vec::new();
@@ -54,7 +61,9 @@ fn run_parts(args: &TestArgs, report: &mut Report) -> Result<()> {
         .args(["-p", "chaos-common", "-p", "chaos-userspace", "-p", "xtask"])
         .current_dir(&root)
         .env("PATH", build::path_with(&linker_dir));
-    if let Err(e) = run_counted(report, "unit tests", "unit tests", &mut unit) {
+    if let Err(e) = report.timed("unit tests", |r| {
+        run_counted(r, "unit tests", "unit tests", &mut unit)
+    }) {
         failed.push(e);
     }
 
@@ -88,20 +97,40 @@ fn run_parts(args: &TestArgs, report: &mut Report) -> Result<()> {
             .unwrap_or_default()
             .trim()
     );
-    if let Err(e) = run_counted(report, "integration tests", &host_label, &mut host) {
-        failed.push(e);
-    }
+    let host_step = format!("integration tests on the {host_label}");
+    report.timed(&host_step, |r| {
+        for k in 1..=args.repeat {
+            if args.repeat > 1 {
+                setup::step(&format!(
+                    "integration tests on this kernel, run {k} of {}",
+                    args.repeat
+                ));
+            }
+            if let Err(e) = run_counted(r, "integration tests", &host_label, &mut host) {
+                failed.push(e);
+            }
+        }
+    });
 
     if !args.host_only {
         let vm_args = vm::VmTestArgs {
             kernel: None,
             filter: args.filter.clone(),
-            repeat: 1,
+            repeat: args.repeat,
             skip_kprobe_kernel: args.skip_kprobe_kernel,
         };
         if let Err(e) = vm::run_suite(&vm_args, report) {
             failed.push(e.context("the VM suite"));
         }
+    }
+    let short = report.short_of_repeat();
+    if !short.is_empty() {
+        failed.push(anyhow::anyhow!(
+            "{} tests did not pass in all {} runs:\n    {}",
+            short.len(),
+            args.repeat,
+            short.join("\n    ")
+        ));
     }
     match failed.len() {
         0 => Ok(()),

@@ -70,8 +70,20 @@ pub struct Payload {
 
 /// `cargo xtask vm-test`: the integration tests inside the VM kernel, then their totals.
 pub fn run(args: &VmTestArgs) -> Result<()> {
-    let mut report = Report::default();
-    let result = run_suite(args, &mut report);
+    let mut report = Report {
+        repeat: args.repeat,
+        ..Default::default()
+    };
+    let mut result = run_suite(args, &mut report);
+    let short = report.short_of_repeat();
+    if result.is_ok() && !short.is_empty() {
+        result = Err(anyhow::anyhow!(
+            "{} tests did not pass in all {} runs:\n    {}",
+            short.len(),
+            args.repeat,
+            short.join("\n    ")
+        ));
+    }
     report.print();
     result
 }
@@ -79,8 +91,10 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
 /// Runs the integration tests (those `args.filter` selects) inside the VM kernel and adds their
 /// counts to `report`, also when the run fails partway.
 pub fn run_suite(args: &VmTestArgs, report: &mut Report) -> Result<()> {
-    let kchaos = build::build_kchaos()?;
-    let mut tests = cargo_tests::build_integration_tests()?;
+    let kchaos = report.timed("building kchaos for the VM", |_| build::build_kchaos())?;
+    let mut tests = report.timed("building the integration tests for the VM", |_| {
+        cargo_tests::build_integration_tests()
+    })?;
     if tests.is_empty() {
         bail!("the integration-tests crate produced no test executables (no tests/tests/*.rs?)");
     }
@@ -133,7 +147,14 @@ pub fn run_suite(args: &VmTestArgs, report: &mut Report) -> Result<()> {
         report.add(part);
         return first;
     }
-    // The first run builds the kernel (kernel::obtain), later runs and clones take it from the cache.
+    // The first run builds the kernel (kernel::obtain), later runs and clones take it from the cache:
+    // obtained here first, so that its build is timed apart from the suite.
+    let obtained = report.timed("kprobe kernel (built, or from the cache)", |_| {
+        kernel::obtain(Some(Path::new(kernel::KPROBE_KERNEL)), &vm_dir()?)
+    });
+    if let Err(e) = obtained {
+        return first.and(Err(e));
+    }
     let second = run_on(
         Some(Path::new(kernel::KPROBE_KERNEL)),
         &kchaos,
@@ -150,7 +171,12 @@ fn run_on(
     payloads: &[Payload],
     report: &mut Report,
 ) -> Result<()> {
+    let started = Instant::now();
     let run = boot_payloads(kernel, Some(kchaos), payloads, timeout_from_env()?)?;
+    report.durations.push((
+        format!("VM {} (boot and suite)", run.kernel_release),
+        started.elapsed(),
+    ));
     let mut part = Part::new(&format!("VM {}", run.kernel_release));
     for r in &run.results {
         part.read_output(&r.name, &r.output);

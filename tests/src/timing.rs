@@ -1,0 +1,57 @@
+//! The environment's own lateness, measured beside kchaos in the same rounds.
+//!
+//! Under emulation (the VM suite, TCG) the guest's timers fire when qemu gets a host CPU: a busy
+//! host makes every timer late, fq's and netem's alike, by an amount no fixed number of
+//! milliseconds covers. A timing test therefore runs a plain timer next to its measurement and
+//! judges kchaos's error against that timer's lateness in the same interval (plus a margin derived
+//! in the test), not against a constant.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// A thread that sleeps `period` again and again until finished, recording by how much each
+/// wake-up came after the time it asked for (µs): the lateness of a plain timer (an hrtimer, as
+/// fq's watchdog and netem's are, plus the wake-up of a thread, as every echo's is).
+pub struct TimerLateness {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<f64>>,
+}
+
+impl TimerLateness {
+    pub fn start(period: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut late = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                std::thread::sleep(period);
+                late.push(t.elapsed().saturating_sub(period).as_secs_f64() * 1e6);
+            }
+            late
+        });
+        Self { stop, thread }
+    }
+
+    /// The latenesses (µs), sorted.
+    pub fn finish(self) -> Vec<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut late = self.thread.join().unwrap_or_default();
+        late.sort_by(f64::total_cmp);
+        late
+    }
+}
+
+/// Runs `measure` with a [`TimerLateness`] of period 2 ms beside it: its result and the sorted
+/// latenesses (µs) of the timer over the same interval.
+pub fn with_timer_lateness<T>(measure: impl FnOnce() -> T) -> (T, Vec<f64>) {
+    let timer = TimerLateness::start(Duration::from_millis(2));
+    let out = measure();
+    (out, timer.finish())
+}
