@@ -3,7 +3,9 @@
    Modes: (none) a line every 10 ms; `check MS`; `bench N MS`; `leader-exits MS` (the lines from a
    second thread, the main thread exits after MS: a zombie leader); `exec-every N` (N lines, then it
    execs itself: a fresh vDSO); `vfork-loop MS` (the lines from a second thread, the main thread in a
-   loop of vforks whose child sleeps MS before it exits: a thread ptrace cannot stop meanwhile). */
+   loop of vforks whose child sleeps MS before it exits: a thread ptrace cannot stop meanwhile);
+   `threads N` (the lines, and N-1 threads reading the clock every 100 us); `fork-loop` (the lines, and
+   a thread that forks children reading the clock, one every 2 ms). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +29,21 @@ static void line(void) {
 static void *lines(void *unused) {
   (void)unused;
   for (;;) { line(); usleep(10000); }
+  return NULL;
+}
+static void *reader(void *unused) {
+  (void)unused;
+  for (;;) { struct timespec r; clock_gettime(CLOCK_REALTIME, &r); usleep(100); }
+  return NULL;
+}
+static void *forker(void *unused) {
+  (void)unused;
+  for (;;) {
+    pid_t p = fork();
+    if (p == 0) { struct timespec r; clock_gettime(CLOCK_REALTIME, &r); usleep(1000); _exit(0); }
+    waitpid(p, NULL, 0);
+    usleep(2000);
+  }
   return NULL;
 }
 int main(int argc, char **argv) {
@@ -64,6 +81,12 @@ int main(int argc, char **argv) {
       waitpid(p, NULL, 0);
       usleep(ms * 500);
     }
+  }
+  if (argc > 2 && !strcmp(argv[1], "threads")) {
+    for (int i = 1; i < atoi(argv[2]); i++) { pthread_t t; pthread_create(&t, NULL, reader, NULL); }
+  }
+  if (argc > 1 && !strcmp(argv[1], "fork-loop")) {
+    pthread_t t; pthread_create(&t, NULL, forker, NULL);
   }
   lines(NULL);
 }

@@ -773,3 +773,119 @@ fn shifts_the_clocks_cannot_take_are_refused() {
         "{back}: {text}"
     );
 }
+
+/// Whether thread `tid` of `pid` is traced now (TracerPid in its status).
+fn traced(pid: u32, tid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .map(|v| v.trim() != "0")
+        })
+        .unwrap_or(false)
+}
+
+/// The threads of `pid`, with their state letters.
+fn thread_states(pid: u32) -> Vec<(u32, char)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .map(|t| (t, thread_state(pid, t)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 28.4: kchaos SIGKILLed at random instants while it hooks a 16-thread process and a process
+/// that forks in a loop (each kill aimed at the moment a target is under ptrace, plus a random
+/// 0-1.5 ms): every process stays alive, never stays stopped, and reads the real time after. Between
+/// kills `kchaos stop` restores the vDSOs, so each run hooks the processes again.
+#[test]
+fn sigkills_while_hooking_leave_every_process_running_on_real_time() {
+    const NAME: &str = "sigkills_while_hooking_leave_every_process_running_on_real_time";
+    if !root_or_skip(NAME) {
+        return;
+    }
+    let Some(h) = helper(NAME) else { return };
+    let cg = cgroup("tr");
+    let runs = RunDir::new();
+    let _stop = StopAll(&runs);
+    let many = Clock::inside_with(&cg.path, &h.dynamic, &["threads", "16"]);
+    let forks = Clock::inside_with(&cg.path, &h.static_, &["fork-loop"]);
+    assert_shift(many.read(), 0, 0, "16 threads, before");
+    assert_shift(forks.read(), 0, 0, "forking, before");
+    let pids = [many.pid(), forks.pid()];
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("seed {seed}");
+    let mut random = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let cg_arg = cg.path.display().to_string();
+    const KILLS: usize = 30;
+    let mut aimed = 0;
+    for i in 0..KILLS {
+        let mut live = runs.spawn(&["time", "--cgroup", &cg_arg, "--offset", "+1h"]);
+        // Until a thread of a target is under ptrace (kchaos hooking it), or 3 s.
+        let end = Instant::now() + Duration::from_secs(3);
+        let mut seen = false;
+        while Instant::now() < end && !seen {
+            seen = pids
+                .iter()
+                .any(|&p| thread_states(p).iter().any(|&(t, _)| traced(p, t)));
+        }
+        aimed += usize::from(seen);
+        std::thread::sleep(Duration::from_micros(random(1500)));
+        let _ = live.child.kill();
+        let _ = live.child.wait();
+        for &p in &pids {
+            let states = thread_states(p);
+            assert!(
+                !states.is_empty() && states.iter().all(|&(_, s)| s != 'Z' && s != 'X'),
+                "kill {i}: process {p} died: {states:?}"
+            );
+        }
+        let out = runs.run(&["stop"]);
+        assert!(
+            out.status.success(),
+            "kill {i}: stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Nothing left stopped: a thread may be seen in 't' only while the stop restores it.
+        std::thread::sleep(Duration::from_millis(20));
+        for &p in &pids {
+            let states = thread_states(p);
+            assert!(
+                states.iter().all(|&(_, s)| s != 't' && s != 'T'),
+                "kill {i}: process {p} left with a stopped thread: {states:?}"
+            );
+        }
+    }
+    println!("{aimed} of {KILLS} kills aimed at a target under ptrace");
+    assert!(aimed >= KILLS / 2, "only {aimed} kills came while hooking");
+    // Alive, running, and on the real clock (the lease has lapsed or the stop restored it).
+    std::thread::sleep(Duration::from_secs(3));
+    for (c, what) in [(&many, "16 threads"), (&forks, "forking")] {
+        assert_shift(c.read(), 0, 0, &format!("{what}, after {KILLS} kills"));
+        let states = thread_states(c.pid());
+        assert!(
+            states
+                .iter()
+                .all(|&(_, s)| !matches!(s, 't' | 'T' | 'Z' | 'X')),
+            "{what}: {states:?}"
+        );
+    }
+    assert_eq!(
+        thread_states(many.pid()).len(),
+        16,
+        "a thread of 16 is gone"
+    );
+}
