@@ -1,7 +1,9 @@
 //! `kchaos stop` trusts no record: it signals only a live kchaos run that still is the recorded process,
 //! undoes only what kchaos made, refuses a record directory others could write, finds a run that is
 //! still starting, refuses to run unprivileged, and clears half-written records. And a second run on a
-//! cgroup another run injects into is refused unless `--stack`.
+//! cgroup another run injects into is refused unless `--stack`. Stop ends within 5 s whatever else
+//! runs: it reads only /proc/PID/stat of processes not named kchaos, and gives up a look that a
+//! stalled FUSE mount never answers.
 //!
 //! Every test keeps its records in its own KCHAOS_RUN_DIR (RunDir), so no `kchaos stop` here touches
 //! another kchaos on the machine.
@@ -603,6 +605,130 @@ fn stop_reads_only_the_stat_of_processes_that_are_not_kchaos() {
         other.is_empty(),
         "stop looked further at processes that are not kchaos: {:#?}",
         &other[..other.len().min(10)]
+    );
+}
+
+/// Runs its closure when dropped (also when an assertion fails).
+struct Guard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+/// A FUSE mount whose server never answers (not even its INIT): every lookup below it blocks until
+/// the connection is aborted, as on a stalled mount. Aborted (its /dev/fuse closed) and detached on
+/// drop.
+struct StalledFuse {
+    dir: Scratch,
+    fuse: Option<fs::File>,
+}
+
+impl StalledFuse {
+    fn mount() -> Result<Self, String> {
+        use std::os::fd::AsRawFd as _;
+        let dir = Scratch::dir("fuse");
+        let fuse = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map_err(|e| format!("/dev/fuse: {e}"))?;
+        let target = std::ffi::CString::new(dir.0.as_os_str().as_encoded_bytes()).unwrap();
+        let opts = std::ffi::CString::new(format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0",
+            fuse.as_raw_fd()
+        ))
+        .unwrap();
+        // SAFETY: mount(2) with NUL-terminated strings that live across the call.
+        let r = unsafe {
+            libc::mount(
+                c"kchaos-stalled".as_ptr(),
+                target.as_ptr(),
+                c"fuse".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            return Err(format!("mount fuse: {}", std::io::Error::last_os_error()));
+        }
+        Ok(Self {
+            dir,
+            fuse: Some(fuse),
+        })
+    }
+}
+
+impl Drop for StalledFuse {
+    fn drop(&mut self) {
+        // Closing the server's end aborts the connection: what waits on it fails (ENOTCONN).
+        drop(self.fuse.take());
+        let target = std::ffi::CString::new(self.dir.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: umount2 on a NUL-terminated path.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A process named kchaos, running "kchaos net" (a copy of bash, reading a script `net` that sleeps),
+/// whose KCHAOS_RUN_DIR lies on a stalled FUSE mount: comparing its record directory with stop's
+/// never answers. stop gives that look up and ends within 5 s.
+#[test]
+fn stop_ends_within_5s_though_a_kchaos_named_process_hangs_its_looks() {
+    let test = "stop_ends_within_5s_though_a_kchaos_named_process_hangs_its_looks";
+    if !root_or_skip(test) {
+        return;
+    }
+    let fuse = match StalledFuse::mount() {
+        Ok(f) => f,
+        Err(e) => {
+            skip(test, &e);
+            return;
+        }
+    };
+    let work = Scratch::dir("fake-kchaos");
+    let fake = work.0.join("kchaos");
+    fs::copy("/bin/bash", &fake).unwrap();
+    fs::write(work.0.join("net"), "sleep 300\n").unwrap();
+    let mut kids = Kids(Vec::new());
+    // A process group of its own, so its sleep goes with it.
+    kids.0.push(
+        Command::new(&fake)
+            .arg("net")
+            .current_dir(&work.0)
+            .env("KCHAOS_RUN_DIR", fuse.dir.0.join("runs"))
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let group = kids.0[0].id() as i32;
+    let _ends_the_group = Guard(move || {
+        // SAFETY: kill(2) of the process group this test made.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    });
+    let runs = RunDir::new();
+    let started = Instant::now();
+    let mut stop = Command::new(kchaos())
+        .arg("stop")
+        .env("KCHAOS_RUN_DIR", &runs.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = exits_within(&mut stop, Duration::from_secs(5));
+    let took = started.elapsed();
+    if !ended {
+        let _ = stop.kill();
+    }
+    let out = stop.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    print!("{stdout}{stderr}");
+    assert!(ended, "stop still ran after {took:?}: {stdout}{stderr}");
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let pid = kids.0[0].id();
+    assert!(
+        stderr.contains(&format!("pid {pid} (kchaos) did not answer within 1s")),
+        "{stderr}"
     );
 }
 
