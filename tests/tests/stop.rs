@@ -888,10 +888,13 @@ fn a_second_run_on_the_same_cgroup_is_refused_unless_stack() {
         print!("{stdout}{stderr}");
         assert_eq!(out.status.code(), Some(2), "{target}: {stdout}{stderr}");
         assert!(
-            stderr.contains(&format!("kchaos net (pid {first_pid})"))
-                && stderr.contains(&cg_arg)
+            stderr.contains(&format!(
+                "the run 'net-{first_pid}' (kchaos net, pid {first_pid})"
+            )) && stderr.contains(&cg_arg)
+                && stderr.contains(&format!("`kchaos stop --name net-{first_pid}`"))
                 && stderr.contains("--stack"),
-            "{target}: the refusal does not name the first run and --stack: {stderr}"
+            "{target}: the refusal does not name the first run, how to stop it alone, and --stack: \
+             {stderr}"
         );
         assert_eq!(
             egress_programs(&cg.path),

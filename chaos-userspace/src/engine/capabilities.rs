@@ -108,7 +108,11 @@ impl Capabilities {
                 &self.cgroup_sock_addr,
                 "syscall: connect, bind, sendmsg (UDP), socket errors (cgroup backend)",
             ),
-            row("sch_fq", &self.sch_fq, "net: --delay (EDT departure times)"),
+            row(
+                "sch_fq",
+                &self.sch_fq,
+                "net: --delay, --jitter and --rate (EDT departure times)",
+            ),
             row(
                 "clsact",
                 &self.clsact,
@@ -117,7 +121,8 @@ impl Capabilities {
             row(
                 "tcx",
                 &self.tcx,
-                "fd-owned TC links (not needed by the cgroup-based net faults)",
+                "net: --duplicate and --corrupt (their tcx egress program; drop, delay and \
+                 partition are cgroup-based)",
             ),
             row(
                 "kprobes",
@@ -148,11 +153,36 @@ fn program(kind: ProgramType) -> Verdict {
     match is_program_supported(kind) {
         Ok(true) => Ok("a test program loaded".into()),
         Ok(false) => Err("the kernel does not know this program type".into()),
-        Err(e) => Err(format!(
+        Err(e) => Err(with_refusal_hint(format!(
             "loading a test program was refused: {:#}",
             anyhow::Error::from(e)
-        )),
+        ))),
     }
+}
+
+/// `why` with what usually causes an EPERM for root, when it is one: a bare "Operation not
+/// permitted" tells a user nothing to do.
+fn with_refusal_hint(why: String) -> String {
+    if !why.contains("os error 1)") {
+        return why;
+    }
+    let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown").ok();
+    let mode = lockdown.as_deref().and_then(|l| {
+        let start = l.find('[')? + 1;
+        let end = start + l[start..].find(']')?;
+        Some(l[start..end].to_owned())
+    });
+    let cause = match mode.as_deref() {
+        Some(m) if m != "none" => format!(
+            "kernel lockdown is on ({m}, /sys/kernel/security/lockdown), which refuses these \
+             programs"
+        ),
+        _ => "usually: kernel lockdown (/sys/kernel/security/lockdown), a container or user \
+              namespace without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN, a seccomp or SELinux/AppArmor \
+              policy denying bpf(2), or a kernel or hypervisor that blocks this program type"
+            .to_owned(),
+    };
+    format!("{why}; {cause}")
 }
 
 /// The kernel's type information, which LSM and tracing programs are attached through.
@@ -264,10 +294,10 @@ pub fn bpf_lsm(btf: &Verdict) -> Verdict {
         Ok(true) => "a test BPF LSM program loaded and attached",
         Ok(false) => return Err("the kernel has no BPF LSM (CONFIG_BPF_LSM)".into()),
         Err(e) => {
-            return Err(format!(
+            return Err(with_refusal_hint(format!(
                 "loading a test BPF LSM program was refused: {:#}",
                 anyhow::Error::from(e)
-            ));
+            )));
         }
     };
     bpf_among_active_lsms(active_lsm_list()).map(|listed| format!("{loaded}; {listed}"))
@@ -417,6 +447,18 @@ mod tests {
             before,
             "the securityfs mount leaked into kchaos's namespace"
         );
+    }
+
+    #[test]
+    fn a_refusal_says_what_usually_causes_it() {
+        let why = with_refusal_hint(
+            "loading a test program was refused: `bpf_prog_load` failed: Operation not permitted \
+             (os error 1)"
+                .into(),
+        );
+        assert!(why.contains("lockdown"), "{why}");
+        let other = "loading a test program was refused: Invalid argument (os error 22)";
+        assert_eq!(with_refusal_hint(other.into()), other);
     }
 
     #[test]

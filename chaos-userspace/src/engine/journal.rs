@@ -599,7 +599,18 @@ impl Journal {
         if !clashes.is_empty() {
             // Thousands of targets on both sides would be thousands of lines.
             const SHOWN: usize = 20;
-            let mut text = clashes[..clashes.len().min(SHOWN)].join("\n  ");
+            let mut text = clashes[..clashes.len().min(SHOWN)]
+                .iter()
+                .map(|(line, _)| line.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  ");
+            let names: std::collections::BTreeSet<&str> =
+                clashes.iter().map(|(_, name)| name.as_str()).collect();
+            let stops = names
+                .iter()
+                .map(|n| format!("`kchaos stop --name {n}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
             if clashes.len() > SHOWN {
                 text += &format!("\n  ... and {} more", clashes.len() - SHOWN);
             }
@@ -609,7 +620,7 @@ impl Journal {
                     "another kchaos run already injects a fault of the same kind into these \
                      cgroups:\n  {text}\n\
                      Two runs there stack: each draws its own packets or calls, so the effective rate \
-                     compounds and neither report tells it. End the other run first (`kchaos stop`), \
+                     compounds and neither report tells it. End the other run first ({stops}), \
                      or pass --stack to run both anyway"
                 ))
                 .into());
@@ -840,7 +851,9 @@ fn resolved(p: &Path) -> PathBuf {
 /// overlaps one of theirs that is it or one of its ancestors (a lookup each), or one below it (they
 /// sort right after it, in one run). Two runs of 10,000 targets each compare in milliseconds, where
 /// comparing every pair (and resolving both paths each time) took minutes.
-fn clashes(mine: &Record, others: &[RecordFile]) -> Vec<String> {
+/// Each overlap of `mine`'s targets with another live run's of a shared kind: a line saying so, and
+/// that run's name.
+fn clashes(mine: &Record, others: &[RecordFile]) -> Vec<(String, String)> {
     let mut lines = Vec::new();
     let mut ours: Option<Vec<(&PathBuf, PathBuf)>> = None;
     for file in others {
@@ -870,13 +883,20 @@ fn clashes(mine: &Record, others: &[RecordFile]) -> Vec<String> {
                 .range::<Path, _>((Bound::Excluded(ours.as_path()), Bound::Unbounded))
                 .take_while(|(t, _)| t.starts_with(ours))
                 .map(|(_, t)| t);
+            let name = other
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", other.command, other.pid));
             for theirs in containing.chain(inside) {
-                lines.push(format!(
-                    "{} overlaps the target {} of kchaos {} (pid {}){kinds}",
-                    given.display(),
-                    theirs.display(),
-                    other.command,
-                    other.pid,
+                lines.push((
+                    format!(
+                        "{} overlaps the target {} of the run '{name}' (kchaos {}, pid {}){kinds}",
+                        given.display(),
+                        theirs.display(),
+                        other.command,
+                        other.pid,
+                    ),
+                    name.clone(),
                 ));
             }
         }
@@ -1229,7 +1249,14 @@ mod tests {
         };
         let lines = clashes(&mine, std::slice::from_ref(&file));
         assert_eq!(lines.len(), 1, "{lines:?}");
-        assert!(lines[0].contains(&format!("pid {}", live.pid)), "{lines:?}");
+        assert!(
+            lines[0].0.contains(&format!("pid {}", live.pid)),
+            "{lines:?}"
+        );
+        // The run is named, so the advice can be `kchaos stop --name n`, not a bare `kchaos stop`
+        // that would end every run on the host.
+        assert!(lines[0].0.contains("the run 'n'"), "{lines:?}");
+        assert_eq!(lines[0].1, "n");
         // Faults of another kind do not compound: a kill during a net fault is no stack.
         let kill = Record {
             kinds: vec!["kill".into()],
