@@ -151,7 +151,7 @@ fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
         let path = dir.join(format!("{name}.1"));
         let mut buf = Vec::new();
         clap_mangen::Man::new(page).render(&mut buf)?;
-        std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
+        chaos_userspace::output::write_file(&path, "kchaos man", &buf)?;
         written += 1;
         Ok(())
     };
