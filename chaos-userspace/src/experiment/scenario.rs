@@ -264,19 +264,22 @@ pub const MAX_FAULT_TARGETS: usize = 1 << 20;
 /// Reads a scenario file (at most [`crate::bounded_read::SCENARIO_LIMIT`] bytes).
 pub fn load(path: &Path, vars: &Vars) -> Result<Scenario, ScenarioErrors> {
     let file = path.display().to_string();
-    let text = crate::bounded_read::read_to_string(
-        path,
-        crate::bounded_read::SCENARIO_LIMIT,
-        "scenario file",
-    )
-    .map_err(|e| {
-        ScenarioErrors(vec![Diagnostic::new(
-            &file,
-            Mark { line: 0, col: 0 },
-            "",
-            e.to_string(),
-        )])
-    })?;
+    let what = "scenario file";
+    let text = crate::bounded_read::read_regular(path, crate::bounded_read::SCENARIO_LIMIT, what)
+        .and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|_| crate::bounded_read::ReadError::NotText {
+                what,
+                path: path.to_owned(),
+            })
+        })
+        .map_err(|e| {
+            ScenarioErrors(vec![Diagnostic::new(
+                &file,
+                Mark { line: 0, col: 0 },
+                "",
+                e.to_string(),
+            )])
+        })?;
     parse(&file, &text, vars)
 }
 
