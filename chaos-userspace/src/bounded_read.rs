@@ -33,6 +33,12 @@ pub enum ReadError {
         path: PathBuf,
         limit: u64,
     },
+    #[error("{what} {} is {is}: give a regular file", path.display())]
+    NotRegular {
+        what: &'static str,
+        path: PathBuf,
+        is: &'static str,
+    },
     #[error("{what} {} is not UTF-8 text", path.display())]
     NotText { what: &'static str, path: PathBuf },
 }
@@ -54,6 +60,62 @@ pub fn read(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>, Read
         source,
     };
     let file = std::fs::File::open(path).map_err(io_err)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge {
+            what,
+            path: path.to_owned(),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// [`read`] of a regular file only: opened with O_NONBLOCK (a FIFO with no writer does not block the
+/// open), checked with fstat, and refused naming what it is if it is not a regular file.
+pub fn read_regular(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>, ReadError> {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let io_err = |source| ReadError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err)?;
+    let kind = file.metadata().map_err(io_err)?.file_type();
+    if !kind.is_file() {
+        let is = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(ReadError::NotRegular {
+            what,
+            path: path.to_owned(),
+            is,
+        });
+    }
+    // A regular file: blocking reads again (O_NONBLOCK has no effect on one, but say so plainly).
+    // SAFETY: fcntl on the descriptor `file` owns; F_GETFL/F_SETFL change only its flags.
+    unsafe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)

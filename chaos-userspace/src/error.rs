@@ -29,12 +29,18 @@ pub fn flag_value_line(err: &clap::Error) -> Option<String> {
     // "--drop <PCT>" -> "--drop".
     let flag = arg.split_whitespace().next().unwrap_or(&arg).to_owned();
     let value = text(ContextKind::InvalidValue).unwrap_or_default();
+    let valid = match err.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(valid)) => valid.clone(),
+        _ => Vec::new(),
+    };
+    // No value at all (`--junit` last on the line): say what to write, not "allowed are" nothing.
+    if value.is_empty() && valid.is_empty() && std::error::Error::source(err).is_none() {
+        return Some(format!("{flag} needs a value: write {arg}"));
+    }
     let why = match std::error::Error::source(err) {
         Some(source) => source.to_string(),
-        None => match err.get(ContextKind::ValidValue) {
-            Some(ContextValue::Strings(valid)) => format!("allowed are {}", valid.join(", ")),
-            _ => "not allowed".to_owned(),
-        },
+        None if !valid.is_empty() => format!("allowed are {}", valid.join(", ")),
+        None => "not allowed".to_owned(),
     };
     // "'-5ms' is negative: ..." -> "negative: ...": the line names the value already.
     let why = [format!("'{value}' is "), format!("{value} is ")]

@@ -141,17 +141,29 @@ fn without_hidden_flags(cmd: clap::Command) -> clap::Command {
     .mut_subcommands(without_hidden_flags)
 }
 
+/// The command line: the clap definitions, with `--duration` hidden from the help of instant kinds
+/// (`kill`), which refuse it with a clear error if it is given anyway.
+fn cli_command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command().mut_subcommands(|sub| {
+        if chaos_userspace::kind::is_instant_kind(sub.get_name()) {
+            sub.mut_arg("duration", |a| a.hide(true))
+        } else {
+            sub
+        }
+    })
+}
+
 /// kchaos.1 and a page per visible subcommand (kchaos-net.1 ...), from the clap definitions.
 fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cmd = <Cli as clap::CommandFactory>::command();
+    let cmd = cli_command();
     let mut written = 0;
     let mut write = |name: &str, page: clap::Command| -> anyhow::Result<()> {
         let path = dir.join(format!("{name}.1"));
         let mut buf = Vec::new();
         clap_mangen::Man::new(page).render(&mut buf)?;
-        std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
+        chaos_userspace::output::write_file(&path, "kchaos man", &buf)?;
         written += 1;
         Ok(())
     };
@@ -177,7 +189,10 @@ fn main() -> ExitCode {
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .init();
-    let cli = match Cli::try_parse() {
+    let cli = match cli_command()
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => {
             if let Some(line) = error::flag_value_line(&e) {
@@ -200,7 +215,7 @@ fn main() -> ExitCode {
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
-                &mut without_hidden_flags(<Cli as clap::CommandFactory>::command()),
+                &mut without_hidden_flags(cli_command()),
                 "kchaos",
                 &mut std::io::stdout(),
             );

@@ -402,3 +402,26 @@ fn report_html_renders_in_headless_chromium_self_contained() {
     );
     integration_tests::no_residue(&lab);
 }
+
+/// A flag that needs a file given none (`report r.json --junit`): one line naming the flag and how to
+/// write it (before: "--junit : allowed are " and nothing more).
+#[test]
+fn a_flag_without_its_value_says_what_to_write() {
+    for args in [
+        &["report", "r.json", "--junit"][..],
+        &["run", "s.yaml", "--json"][..],
+    ] {
+        let out = std::process::Command::new(integration_tests::kchaos())
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let flag = args[2];
+        assert!(
+            err.contains(&format!("{flag} needs a value: write {flag} <")),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("allowed are"), "{args:?}: {err}");
+    }
+}

@@ -727,3 +727,69 @@ fn variables_reach_shells_behind_wrappers_only_as_data() {
     }
     assert!(programs(&cg.path).is_empty(), "still attached: {cgs}");
 }
+
+/// A FIFO given as a scenario (no writer: opening it blocked before) is refused at once by validate
+/// and run, naming what it is; `run --dry-run` exits as `validate` does for the same file (2 for a
+/// scenario whose safety review is high-risk, 0 with --accept-risk); `kill --help` does not offer
+/// `--duration`, which kill refuses.
+#[test]
+fn a_fifo_scenario_is_refused_and_dry_run_exits_as_validate() {
+    let dir = TempDir::new();
+    let fifo = dir.join("s.yaml");
+    let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path this test owns.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let f = fifo.display().to_string();
+    for args in [
+        vec!["validate", &f],
+        vec!["run", &f, "--dry-run"],
+        vec!["run", &f],
+    ] {
+        let start = Instant::now();
+        let mut child = Command::new(kchaos())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{args:?} blocked on a FIFO");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (code, _, stderr) = text(&child.wait_with_output().unwrap());
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("FIFO") && stderr.contains(&f), "{stderr}");
+    }
+    // No probe, no abort rule, no budget: high-risk findings.
+    let risky = dir.write(
+        "risky.yaml",
+        "title: risky\ntargets: [{name: app, cgroup: /sys/fs/cgroup/kchaos-none-such}]\n\
+         faults: [{name: f, at: 0s, for: 1s, net: {percent: 1}}]\n",
+    );
+    for extra in [None, Some("--accept-risk")] {
+        let code = |args: &[&str]| {
+            let mut a: Vec<&str> = args.to_vec();
+            a.extend(extra);
+            Command::new(kchaos())
+                .args(&a)
+                .output()
+                .unwrap()
+                .status
+                .code()
+        };
+        let validate = code(&["validate", &risky]);
+        let dry = code(&["run", &risky, "--dry-run"]);
+        assert_eq!(validate, dry, "validate and run --dry-run with {extra:?}");
+        assert_eq!(validate, Some(if extra.is_some() { 0 } else { 2 }));
+    }
+    let help = Command::new(kchaos())
+        .args(["kill", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(!help.contains("--duration <"), "{help}");
+}

@@ -264,19 +264,22 @@ pub const MAX_FAULT_TARGETS: usize = 1 << 20;
 /// Reads a scenario file (at most [`crate::bounded_read::SCENARIO_LIMIT`] bytes).
 pub fn load(path: &Path, vars: &Vars) -> Result<Scenario, ScenarioErrors> {
     let file = path.display().to_string();
-    let text = crate::bounded_read::read_to_string(
-        path,
-        crate::bounded_read::SCENARIO_LIMIT,
-        "scenario file",
-    )
-    .map_err(|e| {
-        ScenarioErrors(vec![Diagnostic::new(
-            &file,
-            Mark { line: 0, col: 0 },
-            "",
-            e.to_string(),
-        )])
-    })?;
+    let what = "scenario file";
+    let text = crate::bounded_read::read_regular(path, crate::bounded_read::SCENARIO_LIMIT, what)
+        .and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|_| crate::bounded_read::ReadError::NotText {
+                what,
+                path: path.to_owned(),
+            })
+        })
+        .map_err(|e| {
+            ScenarioErrors(vec![Diagnostic::new(
+                &file,
+                Mark { line: 0, col: 0 },
+                "",
+                e.to_string(),
+            )])
+        })?;
     parse(&file, &text, vars)
 }
 
@@ -734,74 +737,79 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
         }
     }
     let node = p.value(kind)?;
-    let check = match kind {
-        "tcp" => {
-            let text = ctx.text(node, &p.path_of("tcp"))?;
-            match text.parse::<SocketAddr>() {
-                Ok(address) => Check::Tcp { address },
-                Err(_) => {
-                    ctx.err(
+    // Every field is read even when one before it was wrong, so one validate lists every error.
+    let check = (|| {
+        Some(match kind {
+            "tcp" => {
+                let text = ctx.text(node, &p.path_of("tcp"))?;
+                match text.parse::<SocketAddr>() {
+                    Ok(address) => Check::Tcp { address },
+                    Err(_) => {
+                        ctx.err(
                         node.mark,
                         &p.path_of("tcp"),
                         format!("'{text}' is not an address: write IP:PORT, e.g. 10.0.0.7:5432 or [::1]:80"),
                     );
+                        return None;
+                    }
+                }
+            }
+            "http" => {
+                let url = ctx.text(node, &p.path_of("http"))?;
+                if let Err(e) = super::probes::check_http_url(&url) {
+                    ctx.err(node.mark, &p.path_of("http"), e);
                     return None;
                 }
-            }
-        }
-        "http" => {
-            let url = ctx.text(node, &p.path_of("http"))?;
-            if let Err(e) = super::probes::check_http_url(&url) {
-                ctx.err(node.mark, &p.path_of("http"), e);
-                return None;
-            }
-            // Read now: a CA file that is missing or holds no certificate is bad input before
-            // anything runs, not a probe that fails every attempt.
-            let ca = match p.value("ca") {
-                Some(n) => {
-                    let path = p.path_of("ca");
-                    let file = PathBuf::from(ctx.text(n, &path)?);
-                    if !url.starts_with("https://") {
-                        ctx.err(n.mark, &path, "ca applies to https:// URLs only");
-                    } else if let Err(e) = super::probes::read_ca(&file) {
-                        ctx.err(n.mark, &path, e);
+                // Read now: a CA file that is missing or holds no certificate is bad input before
+                // anything runs, not a probe that fails every attempt.
+                let ca = match p.value("ca") {
+                    Some(n) => {
+                        let path = p.path_of("ca");
+                        let file = PathBuf::from(ctx.text(n, &path)?);
+                        if !url.starts_with("https://") {
+                            ctx.err(n.mark, &path, "ca applies to https:// URLs only");
+                        } else if let Err(e) = super::probes::read_ca(&file) {
+                            ctx.err(n.mark, &path, e);
+                        }
+                        Some(file)
                     }
-                    Some(file)
-                }
-                None => None,
-            };
-            let mut statuses = Vec::new();
-            if let Some(n) = p.value("expect_status") {
-                let path = p.path_of("expect_status");
-                for item in ctx.list(n, &path, true) {
-                    match ctx.uint(item, &path, 599) {
-                        Some(s) if s >= 100 => statuses.push(s as u16),
-                        Some(_) => ctx.err(item.mark, &path, "an HTTP status is 100 to 599"),
-                        None => {}
+                    None => None,
+                };
+                let mut statuses = Vec::new();
+                if let Some(n) = p.value("expect_status") {
+                    let path = p.path_of("expect_status");
+                    for item in ctx.list(n, &path, true) {
+                        match ctx.uint(item, &path, 599) {
+                            Some(s) if s >= 100 => statuses.push(s as u16),
+                            Some(_) => ctx.err(item.mark, &path, "an HTTP status is 100 to 599"),
+                            None => {}
+                        }
                     }
                 }
+                Check::Http { url, statuses, ca }
             }
-            Check::Http { url, statuses, ca }
-        }
-        _ => {
-            // A single string runs through the shell, as a user would type it; variables reach it
-            // through the environment, never as shell text.
-            let CommandLine { argv, env } = ctx.command(node, &p.path_of("command"))?;
-            let exit_code = match p.value("expect_exit") {
-                Some(n) => ctx.int(n, &p.path_of("expect_exit"))? as i32,
-                None => 0,
-            };
-            Check::Command {
-                argv,
-                exit_code,
-                env,
+            _ => {
+                // A single string runs through the shell, as a user would type it; variables reach it
+                // through the environment, never as shell text.
+                let CommandLine { argv, env } = ctx.command(node, &p.path_of("command"))?;
+                let exit_code = match p.value("expect_exit") {
+                    Some(n) => ctx.int(n, &p.path_of("expect_exit"))? as i32,
+                    None => 0,
+                };
+                Check::Command {
+                    argv,
+                    exit_code,
+                    env,
+                }
             }
-        }
-    };
+        })
+    })();
     let interval = match p.value("interval") {
-        Some(n) => ctx.duration(n, &p.path_of("interval"))?,
-        None => Duration::from_secs(1),
+        Some(n) => ctx.duration(n, &p.path_of("interval")),
+        None => Some(Duration::from_secs(1)),
     };
+    let mut failed = interval.is_none();
+    let interval = interval.unwrap_or(Duration::from_secs(1));
     if interval < Duration::from_millis(10) {
         ctx.err(
             p.get("interval").map_or(p.mark, |n| n.mark),
@@ -810,9 +818,11 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
         );
     }
     let timeout = match p.value("timeout") {
-        Some(n) => ctx.duration(n, &p.path_of("timeout"))?,
-        None => Duration::from_secs(1),
+        Some(n) => ctx.duration(n, &p.path_of("timeout")),
+        None => Some(Duration::from_secs(1)),
     };
+    failed |= timeout.is_none();
+    let timeout = timeout.unwrap_or(Duration::from_secs(1));
     if timeout.is_zero() || timeout > Duration::from_secs(60) {
         ctx.err(
             p.get("timeout").map_or(p.mark, |n| n.mark),
@@ -820,33 +830,35 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
             "a timeout from 1ms to 60s is allowed",
         );
     }
-    let from_target = match p.get("from_target") {
-        None => None,
-        Some(n) => match &n.value {
-            Value::Null => None,
-            Value::Scalar(s) if matches!(s.as_str(), "true" | "false") => {
-                if s == "true" {
-                    targets.list.first().cloned()
-                } else {
-                    None
+    let from_target = (|| {
+        Some(match p.get("from_target") {
+            None => None,
+            Some(n) => match &n.value {
+                Value::Null => None,
+                Value::Scalar(s) if matches!(s.as_str(), "true" | "false") => {
+                    if s == "true" {
+                        targets.list.first().cloned()
+                    } else {
+                        None
+                    }
                 }
-            }
-            _ => {
-                let t = ctx.text(n, &p.path_of("from_target"))?;
-                if !targets.contains(&t) {
-                    ctx.err(
-                        n.mark,
-                        &p.path_of("from_target"),
-                        format!(
-                            "no target named '{t}': write true (the first target) or one of {}",
-                            targets.allowed()
-                        ),
-                    );
+                _ => {
+                    let t = ctx.text(n, &p.path_of("from_target"))?;
+                    if !targets.contains(&t) {
+                        ctx.err(
+                            n.mark,
+                            &p.path_of("from_target"),
+                            format!(
+                                "no target named '{t}': write true (the first target) or one of {}",
+                                targets.allowed()
+                            ),
+                        );
+                    }
+                    Some(t)
                 }
-                Some(t)
-            }
-        },
-    };
+            },
+        })
+    })();
     let mut tolerance = Tolerance {
         success_rate: 100.0,
         p95_latency: None,
@@ -856,13 +868,20 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
         let path = p.path_of("tolerance");
         if let Some(t) = ctx.map(n, &path, TOLERANCE_FIELDS) {
             if let Some(n) = t.value("success_rate") {
-                tolerance.success_rate = ctx.percent(n, &t.path_of("success_rate"))?;
+                match ctx.percent(n, &t.path_of("success_rate")) {
+                    Some(v) => tolerance.success_rate = v,
+                    None => failed = true,
+                }
             }
             if let Some(n) = t.value("p95_latency") {
-                tolerance.p95_latency = Some(ctx.duration(n, &t.path_of("p95_latency"))?);
+                tolerance.p95_latency = ctx.duration(n, &t.path_of("p95_latency"));
+                failed |= tolerance.p95_latency.is_none();
             }
             if let Some(n) = t.value("window") {
-                tolerance.window = ctx.duration(n, &t.path_of("window"))?;
+                match ctx.duration(n, &t.path_of("window")) {
+                    Some(w) => tolerance.window = w,
+                    None => failed = true,
+                }
                 if tolerance.window < interval {
                     ctx.err(
                         n.mark,
@@ -872,6 +891,12 @@ fn read_probe(ctx: &mut Ctx, p: &Fields, name: String, targets: &Names) -> Optio
                 }
             }
         }
+    }
+    let (Some(check), Some(from_target)) = (check, from_target) else {
+        return None;
+    };
+    if failed {
+        return None;
     }
     Some(ProbeSpec {
         name,
@@ -1413,6 +1438,29 @@ rollbacks:
         match parse("s.yaml", text, &vars(&[("cgroup", "x")])) {
             Ok(_) => Vec::new(),
             Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Four mistakes in one probe, each after one that used to end its reading (a bad check, a bad
+    /// interval, a timeout without a unit): all four are reported at once.
+    #[test]
+    fn every_error_of_one_probe_is_reported() {
+        let e = errors(
+            "title: t\ntargets: [{name: app, cgroup: x}]\nsteady_state:\n  probes:\n    - name: p\n      \
+             tcp: not-an-address\n      interval: 5parsecs\n      timeout: 300\n      \
+             tolerance: {sucess_rate: 99}\nfaults: [{name: f, at: 0s, for: 1s, net: {percent: 1}}]\n",
+        );
+        assert_eq!(e.len(), 4, "{e:#?}");
+        for field in [
+            "].tcp:",
+            "].interval:",
+            "].timeout:",
+            "tolerance.sucess_rate:",
+        ] {
+            assert!(
+                e.iter().any(|l| l.contains(field)),
+                "{field} missing: {e:#?}"
+            );
         }
     }
 
