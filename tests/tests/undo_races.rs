@@ -179,3 +179,136 @@ fn stop_after_a_paused_target_vanished_or_was_replaced() {
         }
     }
 }
+
+/// While the target is frozen its processes are SIGKILLed (a frozen process still dies of it) and a
+/// child cgroup appears with a process in it (it is born frozen): the run ends 0 at its end, and
+/// thaws the child with its parent.
+#[test]
+fn pause_ends_0_when_its_processes_were_killed_and_a_child_cgroup_appeared() {
+    if !root_or_skip("pause_ends_0_when_its_processes_were_killed_and_a_child_cgroup_appeared") {
+        return;
+    }
+    let lab = lab_cgroup();
+    let app = lab.child("app").unwrap();
+    let sleeper = Sleeper::start(&app);
+    let runs = RunDir::new();
+    let app_arg = app.display().to_string();
+    let running = runs.start(&["pause", "--cgroup", &app_arg, "--duration", "2s"]);
+    assert!(eventually(Duration::from_secs(2), || frozen(&app)));
+    drop(sleeper);
+    let child = app.join("late");
+    fs::create_dir(&child).unwrap();
+    let late = Sleeper::start(&child);
+    assert!(
+        eventually(Duration::from_secs(2), || frozen(&child)),
+        "a child cgroup of a frozen one is born frozen"
+    );
+    let (code, lines, stderr) = running.finish();
+    let all = format!("{}\n{stderr}", lines.join("\n"));
+    println!("exit {code}: {all}");
+    assert_eq!(code, 0, "{all}");
+    assert!(!frozen(&app) && !frozen(&child), "still frozen: {all}");
+    assert_eq!(freeze_bit(&child), "0");
+    assert!(procfs::cmdline(late.0.id()).contains("sleep"));
+    assert!(runs.records().is_empty(), "{:?}", runs.records());
+}
+
+/// A stress worker killed by someone else (or the OOM killer) mid-run: the run says so, ends 0 at its
+/// end, and leaves no worker, cgroup or record behind.
+#[test]
+fn stress_ends_0_when_a_worker_was_killed_meanwhile() {
+    if !root_or_skip("stress_ends_0_when_a_worker_was_killed_meanwhile") {
+        return;
+    }
+    let lab = lab_cgroup();
+    let app = lab.child("app").unwrap();
+    let runs = RunDir::new();
+    let app_arg = app.display().to_string();
+    let running = runs.start(&[
+        "stress",
+        "--cgroup",
+        &app_arg,
+        "--cpu",
+        "2",
+        "--memory",
+        "16M",
+        "--duration",
+        "2s",
+    ]);
+    let workers = cgroup::procs_recursive(&app).unwrap_or_default();
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    for &w in &workers[..2] {
+        signal(w, libc::SIGKILL);
+    }
+    let (code, lines, stderr) = running.finish();
+    let all = format!("{}\n{stderr}", lines.join("\n"));
+    println!("exit {code}: {all}");
+    assert_eq!(code, 0, "{all}");
+    assert!(
+        all.contains("SIGKILL"),
+        "the run did not say a worker was killed: {all}"
+    );
+    assert!(
+        cgroup::procs_recursive(&app).unwrap_or_default().is_empty(),
+        "a worker outlived the run"
+    );
+    let made: Vec<_> = fs::read_dir(&app)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(made.is_empty(), "cgroups left under the target: {made:?}");
+    assert!(runs.records().is_empty(), "{:?}", runs.records());
+}
+
+/// The directory a stress io worker writes in is removed mid-run (a /tmp cleaner), and another
+/// directory of someone else's put at its path: the run ends 0 and leaves that directory alone.
+#[test]
+fn stress_io_leaves_a_directory_that_replaced_its_own() {
+    if !root_or_skip("stress_io_leaves_a_directory_that_replaced_its_own") {
+        return;
+    }
+    let lab = lab_cgroup();
+    let app = lab.child("app").unwrap();
+    let runs = RunDir::new();
+    let io = integration_tests::TempDir::new("io");
+    let running = runs.start(&[
+        "stress",
+        "--cgroup",
+        &app.display().to_string(),
+        "--io-write",
+        "1M",
+        "--io-dir",
+        io.0.to_str().unwrap(),
+        "--duration",
+        "2s",
+    ]);
+    let made: Vec<_> = fs::read_dir(&io.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    fs::remove_dir_all(&made[0]).unwrap();
+    fs::create_dir(&made[0]).unwrap();
+    fs::write(made[0].join("theirs"), "keep me").unwrap();
+    let (code, lines, stderr) = running.finish();
+    let all = format!("{}\n{stderr}", lines.join("\n"));
+    println!("exit {code}: {all}");
+    assert_eq!(
+        fs::read_to_string(made[0].join("theirs")).ok().as_deref(),
+        Some("keep me"),
+        "the run removed a directory that was not its own: {all}"
+    );
+    assert_eq!(code, 0, "{all}");
+    assert!(
+        all.contains("left alone") && all.contains("NOT removed"),
+        "the run did not say it left the directory: {all}"
+    );
+    assert!(runs.records().is_empty(), "{:?}", runs.records());
+    assert!(
+        cgroup::procs_recursive(&app).unwrap_or_default().is_empty(),
+        "a worker outlived the run"
+    );
+}

@@ -106,13 +106,27 @@ impl Residue {
             Residue::Fq(fq) => qdisc::restore(fq).map_err(io::Error::other),
             Residue::FrozenCgroup { path, id } => thaw_cgroup(path, *id),
             Residue::Cgroup { path } => remove_cgroup(path),
-            // symlink_metadata: a link is removed itself, never what it points to (remove_dir_all
-            // does not follow links either).
-            Residue::Path { path } => match fs::symlink_metadata(path) {
-                Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-                Ok(_) => fs::remove_file(path),
-                Err(_) => Ok(()),
-            },
+            // Only what still carries this process's marker (or the empty directory it made before
+            // marking it): a directory that replaced it at its path (after a /tmp cleaner removed
+            // it) is someone else's, and left alone with a warning.
+            Residue::Path { path } => {
+                let me = RecordOwner {
+                    pid: std::process::id(),
+                    start_time: run_identity::start_time(std::process::id()),
+                    uid: owner_uid(),
+                    cgroup_mount: None,
+                };
+                match check_path(path, &me) {
+                    Ok(v) => self.apply(v),
+                    Err(why) => {
+                        tracing::warn!(
+                            "{} is no longer what kchaos made ({why}): left alone",
+                            path.display()
+                        );
+                        Ok(())
+                    }
+                }
+            }
             Residue::TimeHooks { tag } => {
                 let out =
                     crate::kinds::time::process::restore_all(*tag).map_err(io::Error::other)?;
@@ -160,6 +174,14 @@ impl Residue {
     pub fn apply(&self, verdict: Verdict) -> io::Result<()> {
         match (verdict, self) {
             (Verdict::Gone, _) => Ok(()),
+            // Checked already (against the record's run, or this process): removed as it is.
+            // symlink_metadata: a link is removed itself, never what it points to (remove_dir_all
+            // does not follow links either).
+            (Verdict::Undo, Residue::Path { path }) => match fs::symlink_metadata(path) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+                Ok(_) => fs::remove_file(path),
+                Err(_) => Ok(()),
+            },
             (Verdict::Undo, _) => self.undo(),
             (Verdict::RemoveEmptyDir, Residue::Path { path }) => match fs::remove_dir(path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -1012,6 +1034,15 @@ mod tests {
         entry(&made).apply(Verdict::Undo).unwrap();
         assert!(!made.exists());
         assert!(plain.exists());
+        // This process's own undo checks the same: a directory put in place of its own (after a /tmp
+        // cleaner removed that) is left alone; its own, marked, is removed.
+        fs::create_dir(&made).unwrap();
+        fs::write(made.join("theirs"), "x").unwrap();
+        entry(&made).undo().unwrap();
+        assert!(made.join("theirs").exists());
+        run_identity::write_marker(&made).unwrap();
+        entry(&made).undo().unwrap();
+        assert!(!made.exists());
     }
 
     #[test]
