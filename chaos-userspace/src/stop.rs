@@ -261,6 +261,10 @@ fn undo_residue(path: &Path, mut record: Record, name: &str, tally: &mut Tally) 
                 tally.refused += 1;
                 left.push(r);
             }
+            Ok(Verdict::Gone) => println!(
+                "kchaos stop: {} is gone already (or another took its place): nothing to undo",
+                describe(&r)
+            ),
             Ok(v) => match r.apply(v) {
                 Ok(()) => {
                     undone += 1;
@@ -700,7 +704,7 @@ fn describe(r: &Residue) -> String {
             "fq qdisc {} on {} (netns inode {})",
             fq.handle, fq.dev, fq.netns.inode
         ),
-        Residue::FrozenCgroup { path } => format!("frozen cgroup {}", path.display()),
+        Residue::FrozenCgroup { path, .. } => format!("frozen cgroup {}", path.display()),
         Residue::Cgroup { path } => format!("cgroup {}", path.display()),
         Residue::Path { path } => format!("{}", path.display()),
         Residue::TimeHooks { tag } => format!("vDSO time hooks (tag {tag:016x})"),
