@@ -223,13 +223,7 @@ impl Active for KillFault {
             return vec![format!("{} (at its instant)", self.spec.describe())];
         };
         if r.candidates == 0 {
-            let mut out = Vec::new();
-            if r.skipped > 0 {
-                out.push(format!(
-                    "leaving out {} kchaos process(es) in {}",
-                    r.skipped, r.where_
-                ));
-            }
+            let mut out = r.left_out();
             out.push(format!(
                 "no process to signal in {}: nothing was signalled",
                 r.where_
