@@ -53,9 +53,11 @@ pub fn syscall() -> Listed<clap::builder::StringValueParser> {
     )
 }
 
+/// How `--signal` is parsed.
+type ParseSignal = fn(&str) -> Result<crate::kinds::kill::signal::Signal, crate::error::BadInput>;
+
 /// `--signal`: the standard signal names without SIG (numbers and SIGNAME accepted too).
-pub fn signal()
--> Listed<fn(&str) -> Result<crate::kinds::kill::signal::Signal, crate::error::BadInput>> {
+pub fn signal() -> Listed<ParseSignal> {
     Listed::new(
         crate::kinds::kill::signal::parse_signal,
         crate::kinds::kill::signal::names,
