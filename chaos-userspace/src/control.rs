@@ -14,7 +14,7 @@ pub struct Control {
     /// Name the run: `kchaos status` lists it, `kchaos stop --name NAME` ends it. Letters, digits,
     /// '.', '_' and '-' (not first), at most 63; no two running kchaos runs share one. Default:
     /// <command>-<pid>.
-    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    #[arg(long, value_name = "NAME", value_parser = parse_name, value_hint = clap::ValueHint::Other)]
     pub name: Option<String>,
     /// Run in the background: return once the faults are armed (exit 0, printing the run's name
     /// and pid) or failed (exit 2, with why). Needs --duration (a scenario's timeline ends by

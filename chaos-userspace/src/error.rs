@@ -33,9 +33,17 @@ pub fn flag_value_line(err: &clap::Error) -> Option<String> {
         Some(ContextValue::Strings(valid)) => valid.clone(),
         _ => Vec::new(),
     };
-    // No value at all (`--junit` last on the line): say what to write, not "allowed are" nothing.
-    if value.is_empty() && valid.is_empty() && std::error::Error::source(err).is_none() {
-        return Some(format!("{flag} needs a value: write {arg}"));
+    // No value at all (`--junit` last on the line): say what to write, not "allowed are" nothing,
+    // and the values only when they are few (`--errno` lists for completion over a hundred).
+    if value.is_empty() && std::error::Error::source(err).is_none() {
+        return Some(if valid.is_empty() || valid.len() > 12 {
+            format!("{flag} needs a value: write {arg}")
+        } else {
+            format!(
+                "{flag} needs a value: write {arg}; allowed are {}",
+                valid.join(", ")
+            )
+        });
     }
     let why = match std::error::Error::source(err) {
         Some(source) => source.to_string(),

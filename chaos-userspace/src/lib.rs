@@ -11,6 +11,7 @@ pub mod experiment;
 pub mod kind;
 pub mod kinds;
 pub mod lab;
+pub mod listed;
 pub mod live;
 pub mod metrics;
 pub mod output;

@@ -60,7 +60,7 @@ untrusted record directory, or no run of that name."
     )]
     Stop {
         /// End only the run of this name (its `--name`, or <command>-<pid>), then undo its residue.
-        #[arg(long, value_name = "NAME", value_parser = chaos_userspace::control::parse_name)]
+        #[arg(long, value_name = "NAME", value_parser = chaos_userspace::control::parse_name, value_hint = clap::ValueHint::Other)]
         name: Option<String>,
     },
     /// List the running kchaos runs: name, pid, faults, targets, armed since, time left, counters.

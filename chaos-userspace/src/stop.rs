@@ -497,7 +497,7 @@ fn kchaos_runs(dir: &Path) -> Vec<Starting> {
                 continue;
             }
             if let Ok(name) = crate::engine::procfs::stat_comm(pid)
-                && named_like_kchaos(&name, own_name.as_deref())
+                && run_identity::named_like_kchaos_run(&name, own_name.as_deref())
             {
                 named.insert(pid, name);
             }
@@ -515,44 +515,20 @@ fn look_within(
     limit: Duration,
     lookup: fn(u32, &Path) -> Option<Starting>,
 ) -> Vec<Starting> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut asked = 0;
-    for &(pid, _) in named {
-        let (tx, ours) = (tx.clone(), ours.to_owned());
-        let spawned = std::thread::Builder::new()
-            .name("kchaos-lookup".into())
-            .spawn(move || {
-                let _ = tx.send((pid, lookup(pid, &ours)));
-            });
-        asked += usize::from(spawned.is_ok());
-    }
-    drop(tx);
-    let deadline = Instant::now() + limit;
-    let mut runs = Vec::new();
-    let mut answered = BTreeSet::new();
-    while answered.len() < asked {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok((pid, run)) = rx.recv_timeout(left) else {
-            break;
-        };
-        answered.insert(pid);
-        runs.extend(run);
-    }
-    for (pid, name) in named.iter().filter(|(p, _)| !answered.contains(p)) {
+    let pids: Vec<u32> = named.iter().map(|(pid, _)| *pid).collect();
+    let ours = ours.to_owned();
+    let (answers, silent) =
+        crate::engine::procfs::within_each(&pids, limit, move |pid| lookup(pid, &ours));
+    for (pid, name) in named.iter().filter(|(p, _)| silent.contains(p)) {
         eprintln!(
             "kchaos stop: pid {pid} ({name}) did not answer within {}s (its files on a stalled \
              mount?); passed over",
             limit.as_secs_f64()
         );
     }
+    let mut runs: Vec<Starting> = answers.into_iter().filter_map(|(_, run)| run).collect();
     runs.sort_by_key(|r| r.pid);
     runs
-}
-
-/// True when a process's name (/proc/PID/stat) may be a kchaos run: `kchaos`, or the name this stop
-/// runs under (a kchaos installed under another name runs its runs under it too).
-fn named_like_kchaos(name: &str, own_name: Option<&str>) -> bool {
-    name == "kchaos" || own_name == Some(name)
 }
 
 /// `pid` as a kchaos run of the record directory `ours`, if it is one (the looks that can block).
@@ -776,6 +752,7 @@ mod tests {
 
     #[test]
     fn only_kchaos_names_are_looked_at_further() {
+        use run_identity::named_like_kchaos_run as named_like_kchaos;
         assert!(named_like_kchaos("kchaos", None));
         assert!(named_like_kchaos("chaos", Some("chaos")));
         for other in ["sleep", "kchaos-cpu", "exe", "sshd", ""] {

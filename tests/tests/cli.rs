@@ -24,28 +24,7 @@ fn bash_completion_is_valid_shell_and_completes_the_subcommands_and_flags() {
     let file = dir.0.join("kchaos.bash");
     std::fs::write(&file, &script).unwrap();
     // bash itself completes `kchaos ne` and `kchaos net --dr` with the generated function.
-    let complete = |line: &str| {
-        let words: Vec<&str> = line.split(' ').collect();
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "source '{}'; COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}; \
-                 _kchaos kchaos '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
-                file.display(),
-                words.join(" "),
-                words.len() - 1,
-                words[words.len() - 1],
-                words[words.len() - 2],
-            ))
-            .output()
-            .expect("running bash");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let complete = |line: &str| bash_complete(&file, &dir.0, line);
     let subcommands = complete("kchaos ne");
     assert!(subcommands.lines().any(|l| l == "net"), "{subcommands}");
     let flags = complete("kchaos net --dr");
@@ -68,6 +47,129 @@ fn bash_completion_is_valid_shell_and_completes_the_subcommands_and_flags() {
         flags.lines().any(|l| l == "--json") && !flags.lines().any(|l| l == "--report"),
         "{flags}"
     );
+}
+
+/// What bash's generated completion function offers for `line` (its last word being completed), run
+/// in `cwd`: one candidate a line.
+fn bash_complete(script: &Path, cwd: &Path, line: &str) -> String {
+    let words: Vec<&str> = line.split(' ').collect();
+    let out = Command::new("bash")
+        .current_dir(cwd)
+        .arg("-c")
+        .arg(format!(
+            "source '{}'; COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}; \
+             _kchaos kchaos '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            words.join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        ))
+        .output()
+        .expect("running bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `--errno`, `--syscall` and `--signal` complete their names, `--container` and `--name` (a run's,
+/// or `stop --name`'s) nothing: none of them offers file names (before, all five ran `compgen -f`).
+#[test]
+fn bash_completion_offers_values_not_file_names() {
+    if Command::new("bash").arg("--version").output().is_err() {
+        skip(
+            "bash_completion_offers_values_not_file_names",
+            "no bash here (the VM image has busybox and dash)",
+        );
+        return;
+    }
+    let (code, script, err) = run_text(&["completions", "bash"]);
+    assert_eq!(code, 0, "{err}");
+    // The generated script: every arm of the five options, in every subcommand that has them.
+    let arms = |flag: &str| -> Vec<String> {
+        let head = format!("{flag})");
+        let lines: Vec<&str> = script.lines().collect();
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.trim() == head)
+            .map(|(i, _)| {
+                lines[i + 1..]
+                    .iter()
+                    .take_while(|l| l.trim() != ";;")
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .collect()
+    };
+    for (flag, listed, min_arms) in [
+        (
+            "--errno",
+            Some(["EPERM", "ECONNREFUSED", "EIO", "ENOSPC"]),
+            1,
+        ),
+        ("--syscall", Some(["connect", "open", "openat", "fork"]), 1),
+        ("--signal", Some(["KILL", "TERM", "STOP", "USR1"]), 1),
+        // Every fault command, run, monkey and stop.
+        ("--name", None, 8),
+        ("--container", None, 6),
+    ] {
+        let arms = arms(flag);
+        assert!(
+            arms.len() >= min_arms,
+            "{flag}: {} arms\n{script}",
+            arms.len()
+        );
+        for arm in &arms {
+            assert!(
+                !arm.contains("compgen -f"),
+                "{flag} completes file names:\n{arm}"
+            );
+            if let Some(values) = listed {
+                let words = arm
+                    .split("compgen -W \"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_else(|| panic!("{flag} lists no values:\n{arm}"));
+                for v in values {
+                    assert!(
+                        words.split(' ').any(|w| w == v),
+                        "{flag} does not offer {v}: {words}"
+                    );
+                }
+            }
+        }
+    }
+    // And bash, in a directory of files named like the values, offers the values and no file.
+    let dir = TempDir::new("completions-values");
+    let file = dir.0.join("kchaos.bash");
+    std::fs::write(&file, &script).unwrap();
+    for trap in ["ECONNtrap", "contrap", "TEtrap", "webtrap"] {
+        std::fs::write(dir.0.join(trap), "").unwrap();
+    }
+    for (line, want) in [
+        (
+            "kchaos syscall --errno ECONN",
+            &["ECONNREFUSED", "ECONNRESET"][..],
+        ),
+        ("kchaos syscall --syscall con", &["connect"][..]),
+        ("kchaos kill --signal TE", &["TERM"][..]),
+        ("kchaos net --container web", &[][..]),
+        ("kchaos stop --name web", &[][..]),
+    ] {
+        let offered = bash_complete(&file, &dir.0, line);
+        assert!(!offered.contains("trap"), "{line}: offers files: {offered}");
+        for w in want {
+            assert!(
+                offered.lines().any(|l| l == *w),
+                "{line}: {w} not offered: {offered}"
+            );
+        }
+    }
 }
 
 #[test]

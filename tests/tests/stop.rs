@@ -927,3 +927,63 @@ fn a_second_run_on_the_same_cgroup_is_refused_unless_stack() {
     assert_eq!(egress_programs(&cg.path), 0);
     assert!(runs.records().is_empty(), "{:?}", runs.records());
 }
+
+/// The kill kind, like stop, reads only /proc/PID/stat of the target's processes not named like
+/// kchaos: their executables (which can block on a stalled mount) are never looked at. One named
+/// kchaos that is not this kchaos (a copy of sleep) is looked at, found not to be it, and signalled.
+#[test]
+fn kill_reads_only_the_stat_of_processes_not_named_like_kchaos() {
+    let test = "kill_reads_only_the_stat_of_processes_not_named_like_kchaos";
+    if !root_or_skip(test) {
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        skip(test, "no strace: the files kill reads are not counted");
+        return;
+    }
+    let cg = lab_cgroup();
+    let work = Scratch::dir("kill-names");
+    let fake = work.0.join("kchaos");
+    fs::copy("/bin/sleep", &fake).unwrap();
+    let mut kids = Kids(Vec::new());
+    for _ in 0..20 {
+        kids.0.push(spawn_in(&cg.path, &["sleep", "300"]));
+    }
+    kids.0
+        .push(spawn_in(&cg.path, &[fake.to_str().unwrap(), "300"]));
+    let pids: Vec<u32> = kids.0.iter().map(Child::id).collect();
+    let fake_pid = pids[20];
+    let runs = RunDir::new();
+    let log = runs.0.join("..").join(format!("strace-{}", tag("k")));
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=%file", "-o"])
+        .arg(&log)
+        .arg(kchaos())
+        .args(["kill", "--all", "--signal", "CONT", "--quiet", "--cgroup"])
+        .arg(&cg.path)
+        .env("KCHAOS_RUN_DIR", &runs.0)
+        .output()
+        .unwrap();
+    let trace = fs::read_to_string(&log).unwrap_or_default();
+    let _ = fs::remove_file(&log);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let exe_of = |pid: u32| trace.contains(&format!("\"/proc/{pid}/exe\""));
+    let looked: Vec<u32> = pids[..20].iter().copied().filter(|&p| exe_of(p)).collect();
+    assert!(
+        looked.is_empty(),
+        "kill looked at the executable of {} process(es) named sleep: {looked:?}",
+        looked.len()
+    );
+    assert!(
+        exe_of(fake_pid),
+        "the process named kchaos was not looked at: the trace missed it?"
+    );
+    assert!(
+        stdout.contains(&format!("signalled {fake_pid} kchaos")),
+        "{stdout}{stderr}"
+    );
+    for pid in &pids {
+        assert!(kids.alive(*pid), "{pid} ended on SIGCONT?");
+    }
+}

@@ -113,6 +113,46 @@ pub fn within<T: Send + 'static>(
     rx.recv_timeout(limit).ok()
 }
 
+/// `lookup` of each of `pids` on a worker of its own, all within one deadline: however many do not
+/// answer, this takes `limit` at most. Returns the answers (in the order they came) and the pids
+/// whose lookup did not answer in time (their workers are left behind, as [`within`]'s).
+pub fn within_each<T: Send + 'static>(
+    pids: &[u32],
+    limit: std::time::Duration,
+    lookup: impl Fn(u32) -> T + Send + Sync + 'static,
+) -> (Vec<(u32, T)>, Vec<u32>) {
+    let lookup = std::sync::Arc::new(lookup);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut asked = Vec::new();
+    for &pid in pids {
+        let (tx, lookup) = (tx.clone(), lookup.clone());
+        let spawned = std::thread::Builder::new()
+            .name("kchaos-lookup".into())
+            .spawn(move || {
+                let _ = tx.send((pid, lookup(pid)));
+            });
+        if spawned.is_ok() {
+            asked.push(pid);
+        }
+    }
+    drop(tx);
+    let deadline = std::time::Instant::now() + limit;
+    let mut answers = Vec::new();
+    while answers.len() < asked.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(answer) = rx.recv_timeout(left) else {
+            break;
+        };
+        answers.push(answer);
+    }
+    let silent = pids
+        .iter()
+        .filter(|p| !answers.iter().any(|(a, _)| a == *p))
+        .copied()
+        .collect();
+    (answers, silent)
+}
+
 /// The process's command line, arguments joined by spaces (empty for kernel threads and zombies).
 pub fn cmdline(pid: u32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
@@ -176,6 +216,34 @@ mod tests {
             start.elapsed()
         );
         assert_eq!(within(Duration::from_secs(5), || 7), Some(7));
+    }
+
+    /// However many lookups hang, all of them together take their one limit; the others answer.
+    #[test]
+    fn lookups_that_block_cost_one_limit_together() {
+        let pids: Vec<u32> = (1..=20).collect();
+        let start = std::time::Instant::now();
+        let (answers, silent) = within_each(&pids, Duration::from_millis(300), |pid| {
+            if pid.is_multiple_of(2) {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            pid * 10
+        });
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        let mut answered: Vec<(u32, u32)> = answers;
+        answered.sort();
+        assert_eq!(
+            answered,
+            (1..=20u32)
+                .filter(|p| !p.is_multiple_of(2))
+                .map(|p| (p, p * 10))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(silent, (1..=10u32).map(|p| p * 2).collect::<Vec<_>>());
     }
 
     #[test]

@@ -101,6 +101,20 @@ impl ProcessIdentity {
     }
 }
 
+/// True when a process's name (/proc/PID/stat) may be a kchaos run: `kchaos`, or the name this
+/// process runs under (a kchaos installed under another name runs its runs under it too).
+pub fn named_like_kchaos_run(name: &str, own_name: Option<&str>) -> bool {
+    name == "kchaos" || own_name == Some(name)
+}
+
+/// True when a process's name (/proc/PID/stat) may be any kchaos process: a run
+/// ([`named_like_kchaos_run`]), a stress worker (`kchaos-cpu`, `kchaos-memory` ...) or a helper
+/// started through /proc/self/exe (`exe`, until it names itself). Only these are worth the look at
+/// the executable, which can block; any other name is not kchaos's.
+pub fn named_like_kchaos(name: &str, own_name: Option<&str>) -> bool {
+    named_like_kchaos_run(name, own_name) || name.starts_with("kchaos-") || name == "exe"
+}
+
 /// The fields of /proc/PID/stat kchaos reads.
 struct Stat {
     state: char,
@@ -188,6 +202,21 @@ pub fn has_marker(dir: &Path, pid: u32, start_time: u64, owner: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kill kind looks at the executable of processes named like kchaos only: runs, stress
+    /// workers and helpers not yet named; stop only at runs.
+    #[test]
+    fn kchaos_names_and_others() {
+        for ours in ["kchaos", "kchaos-cpu", "kchaos-memory", "exe", "chaos"] {
+            assert!(named_like_kchaos(ours, Some("chaos")), "{ours}");
+        }
+        for other in ["sleep", "sshd", "kchao", "xkchaos", ""] {
+            assert!(!named_like_kchaos(other, Some("chaos")), "{other}");
+            assert!(!named_like_kchaos_run(other, Some("chaos")), "{other}");
+        }
+        assert!(!named_like_kchaos_run("kchaos-cpu", Some("kchaos")));
+        assert!(!named_like_kchaos_run("exe", None));
+    }
 
     #[test]
     fn reads_state_and_start_time_past_an_odd_name() {

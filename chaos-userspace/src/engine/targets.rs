@@ -30,7 +30,7 @@ pub struct TargetArgs {
     /// Target a container by its name or id (a unique prefix), as docker ps, podman ps, nerdctl ps
     /// or crictl ps show it; read from the runtime's state on this host. With --pod: the container of
     /// that name in the pod. May be repeated.
-    #[arg(long = "container", value_name = "NAME|ID")]
+    #[arg(long = "container", value_name = "NAME|ID", value_hint = clap::ValueHint::Other)]
     #[serde(default)]
     pub containers: Vec<String>,
     /// Look --container up in this runtime's state only (when a name is in several).

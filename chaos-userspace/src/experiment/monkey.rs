@@ -25,7 +25,7 @@ pub struct MonkeyArgs {
     #[arg(long = "pid", value_name = "PID", value_parser = units::parse_whole::<u32>, allow_hyphen_values = true)]
     pub pids: Vec<u32>,
     /// Target a container by its runtime's name or id (as `kchaos net --container`). May be repeated.
-    #[arg(long = "container", value_name = "NAME|ID")]
+    #[arg(long = "container", value_name = "NAME|ID", value_hint = clap::ValueHint::Other)]
     pub containers: Vec<String>,
     /// How long the monkey plays (faults start only within it).
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration, allow_hyphen_values = true)]

@@ -36,7 +36,7 @@ pub struct KillArgs {
     #[arg(long, value_name = "N", value_parser = crate::units::parse_whole::<usize>, allow_hyphen_values = true)]
     pub count: Option<usize>,
     /// The signal: a name (KILL, TERM, INT, STOP, USR1, ...) or a number.
-    #[arg(long, value_name = "SIG", default_value = "KILL", value_parser = signal::parse_signal, allow_hyphen_values = true)]
+    #[arg(long, value_name = "SIG", default_value = "KILL", value_parser = crate::listed::signal(), hide_possible_values = true, allow_hyphen_values = true)]
     pub signal: Signal,
 }
 
@@ -223,13 +223,7 @@ impl Active for KillFault {
             return vec![format!("{} (at its instant)", self.spec.describe())];
         };
         if r.candidates == 0 {
-            let mut out = Vec::new();
-            if r.skipped > 0 {
-                out.push(format!(
-                    "leaving out {} kchaos process(es) in {}",
-                    r.skipped, r.where_
-                ));
-            }
+            let mut out = r.left_out();
             out.push(format!(
                 "no process to signal in {}: nothing was signalled",
                 r.where_

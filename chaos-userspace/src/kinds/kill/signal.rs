@@ -36,6 +36,11 @@ fn named() -> impl Iterator<Item = (&'static str, i32)> {
     })
 }
 
+/// The standard signal names without SIG, for completions and lists.
+pub fn names() -> Vec<&'static str> {
+    named().map(|(name, _)| name).collect()
+}
+
 /// Parses a signal: a name with or without SIG (any case) or a number from 1 to SIGRTMAX.
 pub fn parse_signal(text: &str) -> Result<Signal, BadInput> {
     let t = text.trim();
@@ -56,7 +61,7 @@ pub fn parse_signal(text: &str) -> Result<Signal, BadInput> {
             name: Some(name),
         })
         .ok_or_else(|| {
-            let names: Vec<&str> = named().map(|(n, _)| n).collect();
+            let names = names();
             BadInput::new(format!(
                 "'{t}' is not a signal{}: use a name such as KILL, TERM, INT, STOP, USR1, or a number",
                 crate::error::hint(bare, &names)

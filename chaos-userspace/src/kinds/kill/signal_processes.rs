@@ -65,6 +65,8 @@ pub struct KillReport {
     pub where_: String,
     /// kchaos processes left out.
     pub skipped: usize,
+    /// Processes named like kchaos left out because their executable did not answer in time.
+    pub unanswered: usize,
     /// Processes that could have been picked.
     pub candidates: usize,
     /// Whether SIGKILL went through cgroup.kill (every process of the trees, at once).
@@ -91,8 +93,8 @@ impl KillReport {
         self.victims.iter().filter(|(_, s)| what(s)).count()
     }
 
-    /// What was done, then one line per victim.
-    pub fn lines(&self) -> Vec<String> {
+    /// Who was left out, and why.
+    pub fn left_out(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.skipped > 0 {
             out.push(format!(
@@ -100,6 +102,21 @@ impl KillReport {
                 self.skipped, self.where_
             ));
         }
+        if self.unanswered > 0 {
+            out.push(format!(
+                "leaving out {} process(es) named like kchaos in {} whose executable did not answer \
+                 within {}s (on a stalled mount?): they may be kchaos",
+                self.unanswered,
+                self.where_,
+                run_identity::LOOKUP_LIMIT.as_secs_f64()
+            ));
+        }
+        out
+    }
+
+    /// What was done, then one line per victim.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = self.left_out();
         if let Some(asked) = self.asked
             && asked > self.candidates
         {
@@ -175,7 +192,11 @@ pub fn signal_prepared(
     signal: Signal,
 ) -> Result<KillReport, ListError> {
     let targets = &prepared.targets;
-    let (mut candidates, skipped) = list(targets, prepared.own_exe)?;
+    let Listed {
+        mut candidates,
+        skipped,
+        unanswered,
+    } = list(targets, prepared.own_exe)?;
     let where_ = targets
         .iter()
         .map(|t| t.path.display().to_string())
@@ -186,6 +207,7 @@ pub fn signal_prepared(
         signal,
         where_,
         skipped,
+        unanswered,
         candidates: total,
         whole_tree: false,
         asked: match victims {
@@ -199,9 +221,12 @@ pub fn signal_prepared(
     }
 
     // cgroup.kill ends the whole tree at once, including processes forked while we look; it is only
-    // right when everything there is a victim (and kchaos is not).
-    let whole_tree =
-        victims == Victims::All && signal == Signal::KILL && skipped == 0 && !prepared.holds_kchaos;
+    // right when everything there is a victim (and kchaos, or what may be kchaos, is not).
+    let whole_tree = victims == Victims::All
+        && signal == Signal::KILL
+        && skipped == 0
+        && unanswered == 0
+        && !prepared.holds_kchaos;
     if whole_tree && kill_trees(targets).is_ok() {
         report.whole_tree = true;
         name(&mut candidates);
@@ -250,17 +275,32 @@ pub fn candidates(targets: &[Target]) -> Result<(Vec<Candidate>, usize), ListErr
     let own_exe = fs::metadata("/proc/self/exe")
         .ok()
         .map(|m| (m.dev(), m.ino()));
-    let (mut found, skipped) = list(targets, own_exe)?;
+    let Listed {
+        candidates: mut found,
+        skipped,
+        ..
+    } = list(targets, own_exe)?;
     name(&mut found);
     Ok((found, skipped))
 }
 
-/// The processes of the targets' trees without kchaos's own (unnamed yet), and how many were left out.
-fn list(
-    targets: &[Target],
-    own_exe: Option<(u64, u64)>,
-) -> Result<(Vec<Candidate>, usize), ListError> {
+/// What [`list`] found: the candidates (unnamed yet), how many kchaos processes were left out, and
+/// how many processes named like kchaos were left out because their executable did not answer.
+struct Listed {
+    candidates: Vec<Candidate>,
+    skipped: usize,
+    unanswered: usize,
+}
+
+/// The processes of the targets' trees without kchaos's own.
+///
+/// Only /proc/PID/stat is read of a process not named like kchaos (it never blocks); the executable
+/// of one named like kchaos is looked at on a worker within [`run_identity::LOOKUP_LIMIT`] (all of
+/// them within one deadline), since its file system may never answer (a stalled FUSE mount). One
+/// that does not answer is left out: it may be kchaos.
+fn list(targets: &[Target], own_exe: Option<(u64, u64)>) -> Result<Listed, ListError> {
     let me = std::process::id();
+    let own_name = procfs::stat_comm(me).ok();
     let mut found = Vec::new();
     for t in targets {
         walk(&t.path, &mut found).map_err(|source| ListError {
@@ -272,11 +312,9 @@ fn list(
     found.dedup_by_key(|(pid, _)| *pid);
     let mut skipped = 0;
     let mut kept = Vec::new();
+    let mut named_like_kchaos = Vec::new();
     for (pid, cgroup) in found {
-        let exe = fs::metadata(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
-        if pid == me || (own_exe.is_some() && exe == own_exe) {
+        if pid == me {
             skipped += 1;
             continue;
         }
@@ -284,6 +322,11 @@ fn list(
         let Ok((start_time, true)) = run_identity::started_and_live(pid) else {
             continue;
         };
+        if procfs::stat_comm(pid)
+            .is_ok_and(|name| run_identity::named_like_kchaos(&name, own_name.as_deref()))
+        {
+            named_like_kchaos.push(pid);
+        }
         kept.push(Candidate {
             pid,
             start_time,
@@ -292,7 +335,38 @@ fn list(
             cmdline: String::new(),
         });
     }
-    Ok((kept, skipped))
+    let mut unanswered = 0;
+    if let Some(own_exe) = own_exe
+        && !named_like_kchaos.is_empty()
+    {
+        let (answers, silent) =
+            procfs::within_each(&named_like_kchaos, run_identity::LOOKUP_LIMIT, |pid| {
+                fs::metadata(format!("/proc/{pid}/exe"))
+                    .ok()
+                    .map(|m| (m.dev(), m.ino()))
+            });
+        let ours: Vec<u32> = answers
+            .into_iter()
+            .filter(|(_, exe)| *exe == Some(own_exe))
+            .map(|(pid, _)| pid)
+            .collect();
+        kept.retain(|c| {
+            if ours.contains(&c.pid) {
+                skipped += 1;
+                false
+            } else if silent.contains(&c.pid) {
+                unanswered += 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+    Ok(Listed {
+        candidates: kept,
+        skipped,
+        unanswered,
+    })
 }
 
 /// Every (pid, cgroup) in `dir` and below.

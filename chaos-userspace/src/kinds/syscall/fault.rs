@@ -311,11 +311,13 @@ pub struct SyscallArgs {
         long = "syscall",
         value_name = "NAME[,NAME...]",
         value_delimiter = ',',
-        required = true
+        required = true,
+        value_parser = crate::listed::syscall(),
+        hide_possible_values = true
     )]
     pub syscalls: Vec<String>,
     /// The error to return: a name (ECONNREFUSED, EIO, ENOSPC, ...) or a number.
-    #[arg(long, value_name = "ERRNO", allow_hyphen_values = true)]
+    #[arg(long, value_name = "ERRNO", allow_hyphen_values = true, value_parser = crate::listed::errno(), hide_possible_values = true)]
     pub errno: String,
     /// Fail each matching call with this probability, in percent (default 100).
     #[arg(long, value_name = "PCT", value_parser = units::parse_percent, allow_hyphen_values = true)]
@@ -354,6 +356,11 @@ pub struct SyscallSpec {
     pub notes: Vec<String>,
 }
 
+/// Every operation name --syscall takes (aliases included), for completions and lists.
+pub fn op_names() -> Vec<&'static str> {
+    OPS.iter().flat_map(|o| o.names.iter()).copied().collect()
+}
+
 fn op_by_name(name: &str) -> Option<&'static OpInfo> {
     OPS.iter().find(|o| o.names.contains(&name))
 }
@@ -366,7 +373,7 @@ impl SyscallSpec {
         for name in &a.syscalls {
             let name = name.trim().to_ascii_lowercase();
             let op = op_by_name(&name).ok_or_else(|| {
-                let names: Vec<&str> = OPS.iter().flat_map(|o| o.names.iter()).copied().collect();
+                let names = self::op_names();
                 BadInput::new(format!(
                     "--syscall {name}: unknown{}; allowed are {}",
                     crate::error::hint(&name, &names),

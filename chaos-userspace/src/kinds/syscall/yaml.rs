@@ -1,7 +1,7 @@
 //! The `syscall:` block of a scenario fault: the fields of `kchaos syscall`, each checked where it is
 //! written.
 
-use super::{Backend, OPS, SyscallArgs, SyscallSpec, errno};
+use super::{Backend, SyscallArgs, SyscallSpec, errno, fault::op_names};
 use crate::{
     experiment::{diagnostic::did_you_mean, fields::Ctx, yaml::Node},
     kinds::net::peers::Peer,
@@ -19,10 +19,6 @@ pub const FIELDS: &[&str] = &[
 ];
 
 const BACKENDS: &[&str] = &["auto", "cgroup", "lsm", "kprobe"];
-
-fn op_names() -> Vec<&'static str> {
-    OPS.iter().flat_map(|o| o.names.iter()).copied().collect()
-}
 
 /// Reads `syscall: {...}`; each error at the field it is about.
 pub fn parse(ctx: &mut Ctx, node: &Node, path: &str, ramped: &[String]) -> Option<SyscallSpec> {
