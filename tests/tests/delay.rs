@@ -319,23 +319,22 @@ fn together<A: Send, B: Send>(
 }
 
 /// netem's `rate` on a second lab's veth, carrying a bulk stream of its own in the same seconds as
-/// kchaos's: the environment's own pacing, measured at the same moment (issue 27). netem sits on the
-/// namespace's end of the pair and the stream runs from that namespace to a sink here, so no fq
-/// kchaos puts on this namespace's devices touches it; the qdisc goes with the namespace.
+/// kchaos's: the environment's own pacing, measured at the same moment (issue 27). The stream runs as
+/// kchaos's do, from this namespace (outside any target cgroup) to a sink in the lab's namespace,
+/// through netem at the root of the host's end of the pair. Made after kchaos started, so that its
+/// device is not one kchaos put fq on (kchaos plans its devices when it starts); it goes with the lab.
 struct NetemTwin {
+    // Field order is drop order: the qdisc goes before the lab's veth.
+    _netem: Netem,
     lab: Lab,
-    ns_if: String,
 }
 
 impl NetemTwin {
     /// None (after saying so) where this kernel has no sch_netem.
     fn start(mbit: f64) -> Option<Self> {
         let lab = Lab::create(&tag("n")).unwrap();
-        let stem = lab.host_if.strip_suffix('h').unwrap_or(&lab.host_if);
-        let ns_if = format!("{stem}n");
-        let twin = Self { lab, ns_if };
-        match twin.tc("add", mbit) {
-            Ok(()) => Some(twin),
+        match Netem::add(&lab.host_if, &["rate", &Self::rate(mbit)]) {
+            Ok(netem) => Some(Self { _netem: netem, lab }),
             Err(e) => {
                 println!("  no netem twin to measure this boot's pacing beside kchaos: {e}");
                 None
@@ -343,47 +342,31 @@ impl NetemTwin {
         }
     }
 
-    fn tc(&self, verb: &str, mbit: f64) -> Result<(), String> {
-        let rate = format!("{}kbit", (mbit * 1000.0).round() as u64);
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.lab.netns.name, "tc", "qdisc", verb])
-            .args(["dev", &self.ns_if, "root", "netem", "rate", &rate])
-            .output()
-            .map_err(|e| format!("running tc: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
+    fn rate(mbit: f64) -> String {
+        format!("{}kbit", (mbit * 1000.0).round() as u64)
     }
 
     /// Sets the rate (at the moment a ramp steps).
     fn set(&self, mbit: f64) {
-        self.tc("change", mbit)
-            .expect("changing the netem twin's rate");
+        let out = Command::new("tc")
+            .args(["qdisc", "change", "dev", &self.lab.host_if, "root", "netem"])
+            .args(["rate", &Self::rate(mbit)])
+            .output()
+            .expect("running tc");
+        assert!(
+            out.status.success(),
+            "changing the netem twin's rate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
-    /// A bulk stream of `secs` from the twin's namespace to a sink here on `port`: the sink's reads.
+    /// A bulk stream of `secs` from here to a sink in the twin's namespace on `port`: its reads.
     fn stream(&self, port: u16, secs: &str) -> Arrivals {
-        use std::io::Read;
-        let to = SocketAddr::from((self.lab.host_addr, port));
-        let listener = std::net::TcpListener::bind(to).expect("the twin's sink");
-        let sink = std::thread::spawn(move || -> std::io::Result<Arrivals> {
-            let (mut conn, _) = listener.accept()?;
-            let mut buf = vec![0u8; 256 << 10];
-            let (mut bytes, mut log) = (0u64, Vec::new());
-            loop {
-                let n = conn.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(log);
-                }
-                bytes += n as u64;
-                log.push((std::time::Instant::now(), bytes));
-            }
-        });
+        let to = SocketAddr::from((self.lab.server_addr, port));
+        let sink = tcp_sink_log(&self.lab.netns, to).expect("the twin's sink");
         traffic(
             None,
-            Some(&self.lab.netns.path()),
+            None,
             &["tcp-send", "--to", &to.to_string(), "--for", secs],
         );
         sink.join().unwrap().expect("the twin's sink")
@@ -1025,33 +1008,38 @@ fn a_scenario_ramps_the_rate_from_1_to_10_mbit() {
             clock - d
         }
     };
-    // A netem twin at 1 Mbit/s carrying its own stream beside kchaos's, stepped to 10 Mbit/s by this
-    // test 3 s after it saw the fault armed: the environment's pacing in the same seconds.
-    let twin = NetemTwin::start(1.0);
     let mut run = runs.spawn(&["run", file.s(), "--json", report.s(), "--accept-risk"]);
     // TCP bulk from the target from the moment the fault is armed until after its end.
     run.wait_for("fault.armed", std::time::Duration::from_secs(30));
     let seen_armed = std::time::Instant::now();
-    let (twin_step, twin_log) = std::thread::scope(|s| {
-        // The twin's step, on the test's own clock: the instants before and after tc changed it.
-        let step = s.spawn(|| {
-            twin.as_ref().map(|t| {
-                std::thread::sleep(
-                    (seen_armed + std::time::Duration::from_secs(3))
-                        .saturating_duration_since(std::time::Instant::now()),
-                );
-                let before = std::time::Instant::now();
-                t.set(10.0);
-                (before, std::time::Instant::now())
+    // Beside kchaos's stream, a netem twin at 1 Mbit/s carrying its own, stepped to 10 Mbit/s 3 s
+    // after its stream began: the environment's pacing in the same seconds (give or take the
+    // twin's making, which begins with kchaos's stream). Its step's instants: before tc changed
+    // the rate and after tc returned.
+    let twin = std::thread::scope(|s| {
+        let twin = s.spawn(|| {
+            let twin = NetemTwin::start(1.0)?;
+            let begun = std::time::Instant::now();
+            std::thread::scope(|s| {
+                let step = s.spawn(|| {
+                    std::thread::sleep(
+                        (begun + std::time::Duration::from_secs(3))
+                            .saturating_duration_since(std::time::Instant::now()),
+                    );
+                    let before = std::time::Instant::now();
+                    twin.set(10.0);
+                    (before, std::time::Instant::now())
+                });
+                let log = twin.stream(7117, "7500ms");
+                Some((step.join().unwrap(), log))
             })
         });
-        let twin_log = s.spawn(|| twin.as_ref().map(|t| t.stream(7117, "7500ms")));
         traffic(
             Some(&lab.cgroup.path),
             None,
             &["tcp-send", "--to", &bulk.to_string(), "--for", "7500ms"],
         );
-        (step.join().unwrap(), twin_log.join().unwrap())
+        twin.join().unwrap()
     });
     let log = sink.join().unwrap().expect("the sink");
     let (code, out, err) = run.finish();
@@ -1095,15 +1083,12 @@ fn a_scenario_ramps_the_rate_from_1_to_10_mbit() {
     // The twin's windows: the same spans around its own step (before tc ran for the slow one,
     // after it returned for the fast one).
     let span = (stepped - armed).as_secs_f64();
-    let reference = twin_log
-        .as_ref()
-        .zip(twin_step)
-        .map(|(log, (before, after))| {
-            (
-                window(log, before - secs(span - 0.5), before),
-                window(log, after + secs(1.0), after + secs(6.5 - span)),
-            )
-        });
+    let reference = twin.as_ref().map(|((before, after), log)| {
+        (
+            window(log, *before - secs(span - 0.5), *before),
+            window(log, *after + secs(1.0), *after + secs(6.5 - span)),
+        )
+    });
     assert_rate(
         "at 1 Mbit/s",
         slow,
