@@ -23,7 +23,10 @@ fn cpu_memory_pressure_scenario_loads_the_cgroup_as_the_kernel_counts_it() {
     let mut args = vec!["run", path.to_str().unwrap(), "--json", report.s()];
     args.extend(v.iter().map(String::as_str));
     let cpu_before = cgroup_cpu_ms(&lab.cgroup.path);
-    let (waited_before, stolen_before) = (cgroup_cpu_waited_ms(&lab.cgroup.path), stolen_ms());
+    let (waited_before, stolen_before) = (
+        integration_tests::timing::pressure_ms(&lab.cgroup.path, "cpu"),
+        integration_tests::timing::stolen_ms(),
+    );
     let mut live = runs.spawn(&args);
     live.wait_for("fault.armed", Duration::from_secs(6));
     // A plain timer's lateness in the same seconds (see below).
@@ -36,10 +39,10 @@ fn cpu_memory_pressure_scenario_loads_the_cgroup_as_the_kernel_counts_it() {
     let (code, lines, err) = live.finish();
     let late = timer.finish();
     let cpu_after = cgroup_cpu_ms(&lab.cgroup.path);
-    let waited = cgroup_cpu_waited_ms(&lab.cgroup.path)
+    let waited = integration_tests::timing::pressure_ms(&lab.cgroup.path, "cpu")
         .zip(waited_before)
         .map(|(a, b)| a - b);
-    let stolen = stolen_ms() - stolen_before;
+    let stolen = integration_tests::timing::stolen_ms() - stolen_before;
     println!("{}", lines.join("\n"));
     assert_eq!(code, 0, "stdout {lines:#?}\nstderr {err}");
     assert_eq!(cpu_workers.len(), 2, "CPU workers in the cgroup");
@@ -139,32 +142,6 @@ fn cgroup_cpu_ms(cg: &Path) -> f64 {
         .parse::<f64>()
         .unwrap()
         / 1e3
-}
-
-/// The time (ms) at least one task in `cg` waited for a CPU (cpu.pressure, "some" total); None where
-/// the kernel keeps no pressure (CONFIG_PSI off, or psi=0).
-fn cgroup_cpu_waited_ms(cg: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(cg.join("cpu.pressure")).ok()?;
-    let some = text.lines().find(|l| l.starts_with("some "))?;
-    let total = some
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("total="))?;
-    Some(total.parse::<f64>().ok()? / 1e3)
-}
-
-/// Time (ms) the hypervisor ran something else on this machine's vCPUs (/proc/stat, steal, all
-/// CPUs).
-fn stolen_ms() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let steal = stat
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(8))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    steal / hz * 1e3
 }
 
 /// How long the fault was armed, in seconds.
