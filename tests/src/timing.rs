@@ -83,3 +83,12 @@ pub fn stolen_ms() -> f64 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     steal / hz * 1e3
 }
+
+/// The bound for a span of kchaos's own short work (a detach, a step's turn), judged on a machine
+/// that may be busy: `goal_ms`, what it takes on an idle machine, plus the longest a plain timer's
+/// wake-up beside it waited in the same seconds (`late`, sorted, µs, from [`TimerLateness`]).
+/// Not statistical: the work is one wake-up followed by less than a scheduler's slice of system
+/// calls, so it waits for a CPU once, and no longer than a wake-up on this machine then waited.
+pub fn goal_plus_lateness(goal_ms: f64, late: &[f64]) -> f64 {
+    goal_ms + late.last().copied().unwrap_or(0.0) / 1e3
+}
