@@ -92,6 +92,8 @@ fn game_day_overlapping_faults_on_two_services() {
         .iter()
         .filter(|x| x["ok"] == true)
         .map(|x| x["t_ms"].as_f64().unwrap())
+        // (5 ms after arming: the partition's first connect may have left before it; 200 ms
+        // before the end: the probe's timeout, an attempt that ends after the window)
         .filter(|t| *t > a + 5.0 && *t + 200.0 < b)
         .count();
     assert_eq!(
@@ -117,7 +119,16 @@ fn game_day_overlapping_faults_on_two_services() {
         0
     );
     assert!(api_res.iter().any(|x| x["detail"] == "HTTP 200"));
-    assert!(web.accepted() >= 40);
+    // The api's health probe every 100 ms over the 1 s before, the faults' 5 s and the 2 s after:
+    // about 80 on an idle machine, 40 the test's floor (some lost to the api's loss), or as many
+    // as fit in the 3 s without a fault on the api where each came late by a plain timer's longest
+    // lateness in the same seconds.
+    let fit = (3000.0 / (100.0 + late.last().copied().unwrap_or(0.0) / 1e3)).floor() as usize;
+    assert!(
+        web.accepted() as usize >= 40.min(fit),
+        "{} accepted",
+        web.accepted()
+    );
     let xml = std::fs::read_to_string(&junit.0).unwrap();
     // 9 for the hypotheses, the probes and the experiment, one for each of the 2 faults.
     assert_eq!(xml.matches("<testcase ").count(), 11, "{xml}");
