@@ -310,7 +310,7 @@ fn offset_shifts_inside_only_follows_new_processes_and_ends_clean() {
     println!("{}", lines.join("\n"));
     assert_eq!(code, 0, "{lines:#?} {err}");
     for (c, what) in [(&inside, "inside"), (&late, "late")] {
-        assert_shift(&c, 0, 0, &format!("{what}, after the run"));
+        assert_shift(c, 0, 0, &format!("{what}, after the run"));
         assert!(
             vdso_is_original(c.pid()),
             "{what}: the vDSO was not restored"
@@ -917,7 +917,7 @@ fn sigkills_while_hooking_leave_every_process_running_on_real_time() {
     // Alive, running, and on the real clock (the lease has lapsed or the stop restored it).
     std::thread::sleep(Duration::from_secs(3));
     for (c, what) in [(&many, "16 threads"), (&forks, "forking")] {
-        assert_shift(&c, 0, 0, &format!("{what}, after {KILLS} kills"));
+        assert_shift(c, 0, 0, &format!("{what}, after {KILLS} kills"));
         let states = thread_states(c.pid());
         assert!(
             states
