@@ -16,7 +16,7 @@
 //! when stop looks.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -261,6 +261,10 @@ fn undo_residue(path: &Path, mut record: Record, name: &str, tally: &mut Tally) 
                 tally.refused += 1;
                 left.push(r);
             }
+            Ok(Verdict::Gone) => println!(
+                "kchaos stop: {} is gone already (or another took its place): nothing to undo",
+                describe(&r)
+            ),
             Ok(v) => match r.apply(v) {
                 Ok(()) => {
                     undone += 1;
@@ -454,6 +458,10 @@ fn wait_for_starting(dir: &Path) -> Vec<Starting> {
     runs
 }
 
+/// How long after a first look at /proc the second one is made (see [`kchaos_runs`]): an execve
+/// takes well under this from releasing its parent to naming the new image.
+const EXEC_NAME_WINDOW: Duration = Duration::from_millis(50);
+
 /// Every other process that is a kchaos binary running a recorded command and keeping its records
 /// in `dir`. Its helpers (pause-guard, stress-worker, probe-agent, traffic) run other commands and are
 /// left out by their argv.
@@ -466,27 +474,36 @@ fn kchaos_runs(dir: &Path) -> Vec<Starting> {
     let own = std::process::id();
     let ours = same_dir_key(dir, None);
     let own_name = crate::engine::procfs::stat_comm(own).ok();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut named = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == own {
-            continue;
+    let mut named = BTreeMap::new();
+    // Twice, a moment apart: a process in the middle of its execve has let its parent go on (the
+    // shell or program that started it) before the kernel gives it its new name, so a run started
+    // just before `kchaos stop` can still carry its parent's name in the first pass.
+    for pass in 0..2 {
+        if pass > 0 {
+            std::thread::sleep(EXEC_NAME_WINDOW);
         }
-        if let Ok(name) = crate::engine::procfs::stat_comm(pid)
-            && named_like_kchaos(&name, own_name.as_deref())
-        {
-            named.push((pid, name));
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == own || named.contains_key(&pid) {
+                continue;
+            }
+            if let Ok(name) = crate::engine::procfs::stat_comm(pid)
+                && named_like_kchaos(&name, own_name.as_deref())
+            {
+                named.insert(pid, name);
+            }
         }
     }
+    let named: Vec<(u32, String)> = named.into_iter().collect();
     look_within(&named, &ours, run_identity::LOOKUP_LIMIT, kchaos_run)
 }
 
@@ -687,7 +704,7 @@ fn describe(r: &Residue) -> String {
             "fq qdisc {} on {} (netns inode {})",
             fq.handle, fq.dev, fq.netns.inode
         ),
-        Residue::FrozenCgroup { path } => format!("frozen cgroup {}", path.display()),
+        Residue::FrozenCgroup { path, .. } => format!("frozen cgroup {}", path.display()),
         Residue::Cgroup { path } => format!("cgroup {}", path.display()),
         Residue::Path { path } => format!("{}", path.display()),
         Residue::TimeHooks { tag } => format!("vDSO time hooks (tag {tag:016x})"),

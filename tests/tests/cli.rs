@@ -238,6 +238,9 @@ fn monkey_and_stress_percent_plan_what_their_old_spellings_planned() {
             "--seed",
             "7",
             "--dry-run",
+            // A monkey has no probes, which the review calls high risk; a dry run refuses it as
+            // a real run would, unless accepted.
+            "--accept-risk",
         ];
         a.extend_from_slice(chance);
         plan(&a)

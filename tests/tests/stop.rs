@@ -239,6 +239,7 @@ fn stop_refuses_paths_and_cgroups_kchaos_did_not_make() {
         },
         Residue::FrozenCgroup {
             path: victim.clone(),
+            id: None,
         },
     ];
     let mut residue = refused.to_vec();

@@ -27,6 +27,7 @@ use anyhow::Context as _;
 
 use crate::{
     bounded_read,
+    engine::cgroup,
     engine::qdisc::{self, FqInstall},
     engine::run_identity::{self, ProcessIdentity},
     engine::targets::Target,
@@ -57,8 +58,15 @@ pub fn is_made_name(name: &str, pid: u32) -> bool {
 pub enum Residue {
     /// A root fq qdisc put on a device for `--delay`.
     Fq(FqInstall),
-    /// A cgroup kchaos froze (cgroup.freeze = 1): thaw it.
-    FrozenCgroup { path: PathBuf },
+    /// A cgroup kchaos froze (cgroup.freeze = 1): thaw it, if it is still that cgroup.
+    FrozenCgroup {
+        path: PathBuf,
+        /// The cgroup's id (its directory's inode) when it was frozen: a cgroup at the same path with
+        /// another id replaced it (a restarted container) and is not kchaos's to thaw. None in records
+        /// of an older kchaos.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
     /// A cgroup kchaos created: kill what is in it, then remove it.
     Cgroup { path: PathBuf },
     /// A directory kchaos created (with its [`run_identity::MARKER`]), or something inside one: remove it.
@@ -96,18 +104,29 @@ impl Residue {
     pub fn undo(&self) -> io::Result<()> {
         match self {
             Residue::Fq(fq) => qdisc::restore(fq).map_err(io::Error::other),
-            Residue::FrozenCgroup { path } => match fs::write(path.join("cgroup.freeze"), "0") {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            },
+            Residue::FrozenCgroup { path, id } => thaw_cgroup(path, *id),
             Residue::Cgroup { path } => remove_cgroup(path),
-            // symlink_metadata: a link is removed itself, never what it points to (remove_dir_all
-            // does not follow links either).
-            Residue::Path { path } => match fs::symlink_metadata(path) {
-                Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-                Ok(_) => fs::remove_file(path),
-                Err(_) => Ok(()),
-            },
+            // Only what still carries this process's marker (or the empty directory it made before
+            // marking it): a directory that replaced it at its path (after a /tmp cleaner removed
+            // it) is someone else's, and left alone with a warning.
+            Residue::Path { path } => {
+                let me = RecordOwner {
+                    pid: std::process::id(),
+                    start_time: run_identity::start_time(std::process::id()),
+                    uid: owner_uid(),
+                    cgroup_mount: None,
+                };
+                match check_path(path, &me) {
+                    Ok(v) => self.apply(v),
+                    Err(why) => {
+                        tracing::warn!(
+                            "{} is no longer what kchaos made ({why}): left alone",
+                            path.display()
+                        );
+                        Ok(())
+                    }
+                }
+            }
             Residue::TimeHooks { tag } => {
                 let out =
                     crate::kinds::time::process::restore_all(*tag).map_err(io::Error::other)?;
@@ -135,7 +154,15 @@ impl Residue {
     pub fn check(&self, owner: &RecordOwner) -> Result<Verdict, String> {
         match self {
             Residue::Fq(fq) => check_fq(fq),
-            Residue::FrozenCgroup { path } => check_cgroup(path, owner, CgroupUse::Thaw),
+            Residue::FrozenCgroup { path, id } => {
+                match check_cgroup(path, owner, CgroupUse::Thaw)? {
+                    // Another cgroup at its path: the one frozen is gone, this one is not kchaos's.
+                    Verdict::Undo if id.is_some() && cgroup::id(path).ok() != *id => {
+                        Ok(Verdict::Gone)
+                    }
+                    v => Ok(v),
+                }
+            }
             Residue::Cgroup { path } => check_cgroup(path, owner, CgroupUse::Remove),
             Residue::Path { path } => check_path(path, owner),
             // Only processes whose hook page carries the tag are touched.
@@ -147,6 +174,14 @@ impl Residue {
     pub fn apply(&self, verdict: Verdict) -> io::Result<()> {
         match (verdict, self) {
             (Verdict::Gone, _) => Ok(()),
+            // Checked already (against the record's run, or this process): removed as it is.
+            // symlink_metadata: a link is removed itself, never what it points to (remove_dir_all
+            // does not follow links either).
+            (Verdict::Undo, Residue::Path { path }) => match fs::symlink_metadata(path) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+                Ok(_) => fs::remove_file(path),
+                Err(_) => Ok(()),
+            },
             (Verdict::Undo, _) => self.undo(),
             (Verdict::RemoveEmptyDir, Residue::Path { path }) => match fs::remove_dir(path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -289,6 +324,37 @@ fn check_path(path: &Path, owner: &RecordOwner) -> Result<Verdict, String> {
             ""
         }
     ))
+}
+
+/// Thaws the cgroup at `path` if it is still the one with `id` (any, when None). One that is gone, or
+/// that another cgroup replaced at its path, is left alone: Ok. The directory is opened once and the
+/// write goes through it, so a cgroup that replaces it between the check and the write is never
+/// touched.
+pub fn thaw_cgroup(path: &Path, id: Option<u64>) -> io::Result<()> {
+    let dir = match fs::File::open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    if id.is_some_and(|id| dir.metadata().is_ok_and(|m| m.ino() != id)) {
+        return Ok(());
+    }
+    match write_at(&dir, "cgroup.freeze", "0") {
+        // Removed since it was opened.
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Writes `text` to the file `name` of the open directory `dir` (through /proc/self/fd: the
+/// directory itself, wherever its path now leads).
+pub fn write_at(dir: &fs::File, name: &str, text: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))?;
+    io::Write::write_all(&mut f, text.as_bytes())
 }
 
 /// Kills every process of a cgroup tree kchaos made, then removes it bottom-up.
@@ -988,6 +1054,15 @@ mod tests {
         entry(&made).apply(Verdict::Undo).unwrap();
         assert!(!made.exists());
         assert!(plain.exists());
+        // This process's own undo checks the same: a directory put in place of its own (after a /tmp
+        // cleaner removed that) is left alone; its own, marked, is removed.
+        fs::create_dir(&made).unwrap();
+        fs::write(made.join("theirs"), "x").unwrap();
+        entry(&made).undo().unwrap();
+        assert!(made.join("theirs").exists());
+        run_identity::write_marker(&made).unwrap();
+        entry(&made).undo().unwrap();
+        assert!(!made.exists());
     }
 
     #[test]
@@ -1029,7 +1104,10 @@ mod tests {
         let lab = cg("kchaos-lab-x");
         let another_run = cg(&format!("kchaos-stress-{}", o.pid + 1));
         let remove = |p: &Path| Residue::Cgroup { path: p.into() };
-        let thaw = |p: &Path| Residue::FrozenCgroup { path: p.into() };
+        let thaw = |p: &Path| Residue::FrozenCgroup {
+            path: p.into(),
+            id: None,
+        };
         assert_eq!(remove(&ours).check(&o), Ok(Verdict::Undo));
         for p in [&app, &lab, &another_run] {
             let err = remove(p).check(&o).unwrap_err();
@@ -1038,6 +1116,14 @@ mod tests {
         assert!(remove(&mount).check(&o).is_err(), "the mount itself");
         // Thawing needs no kchaos name, but a cgroup below the mount.
         assert_eq!(thaw(&app).check(&o), Ok(Verdict::Undo));
+        // With the id it had when frozen: another cgroup at its path is not kchaos's to thaw.
+        let id = cgroup::id(&app).unwrap();
+        let thaw_id = |id| Residue::FrozenCgroup {
+            path: app.clone(),
+            id: Some(id),
+        };
+        assert_eq!(thaw_id(id).check(&o), Ok(Verdict::Undo));
+        assert_eq!(thaw_id(id + 1).check(&o), Ok(Verdict::Gone));
         assert!(thaw(&mount).check(&o).is_err());
         let outside = Scratch::new("cg-outside");
         let stray = outside.0.join(format!("kchaos-stress-{}", o.pid));

@@ -1,7 +1,11 @@
 //! How a run ends (its duration, Ctrl-C, SIGTERM, SIGHUP, or an abort), the signals that end it, and
 //! the kernel deadline (the lease) that ends every fault even when the loader cannot.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -46,6 +50,16 @@ impl fmt::Display for EndReason {
     }
 }
 
+/// Set by the signal handler itself when Ctrl-C, SIGTERM or SIGHUP arrives (see [`Signals`]).
+static END_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// True once Ctrl-C, SIGTERM or SIGHUP arrived, even before the runtime has polled [`Signals`]: a
+/// run held (SIGSTOP) and told to end by `kchaos stop` resumes with the signal pending and would
+/// otherwise arm its next fault (a `kill` would signal its victims) before its loop saw the end.
+pub fn end_requested() -> bool {
+    END_REQUESTED.load(Ordering::SeqCst)
+}
+
 /// Ctrl-C, SIGTERM and SIGHUP, caught from the moment this exists. A command installs it first thing,
 /// before it attaches anything, so a signal during setup (a `kchaos stop` right after "armed") ends
 /// the run through its cleanup instead of killing the loader with the default action.
@@ -58,6 +72,13 @@ pub struct Signals {
 impl Signals {
     /// Call inside the runtime.
     pub fn install() -> std::io::Result<Self> {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: the action only stores to an atomic, which is async-signal-safe; the
+            // registry chains it with tokio's own handler for the same signal.
+            unsafe {
+                signal_hook_registry::register(sig, || END_REQUESTED.store(true, Ordering::SeqCst))
+            }?;
+        }
         Ok(Self {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,

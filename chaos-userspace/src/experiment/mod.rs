@@ -236,7 +236,8 @@ async fn run_scenario(
         // The same verdict as `validate` (and the exit code): high-risk findings refuse the run.
         if review::highest(&findings) == Some(Risk::High) && !out.accept_risk {
             return Err(BadInput::new(
-                "a real run would refuse: the safety review found high-risk issues (above); fix                  them, or pass --accept-risk if you mean it",
+                "a real run would refuse: the safety review found high-risk issues (above); fix \
+                 them, or pass --accept-risk if you mean it",
             )
             .into());
         }

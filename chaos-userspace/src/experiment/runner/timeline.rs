@@ -111,7 +111,8 @@ impl Run<'_> {
         for i in 0..self.faults.len() {
             let decl = &self.s.faults[self.faults[i].index];
             let result = match self.faults[i].state {
-                State::Prepared if elapsed >= decl.at => {
+                // Once an end was asked for, nothing more is armed: the loop sees the signal next.
+                State::Prepared if elapsed >= decl.at && !lifecycle::end_requested() => {
                     let armed = self.arm(i, elapsed - decl.at, budget_end_ns);
                     // An instant event happens, is counted and is over in one step.
                     if decl.kind.is_instant() {

@@ -8,7 +8,7 @@
 use std::{
     fs,
     io::{self, BufRead as _, BufReader, Write as _},
-    os::unix::process::CommandExt as _,
+    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -19,7 +19,7 @@ use anyhow::Result;
 
 use crate::{
     engine::cgroup::{self, holds_this_process},
-    engine::journal::{Journal, Residue},
+    engine::journal::{Journal, Residue, write_at},
     error::BadInput,
 };
 
@@ -32,6 +32,10 @@ pub struct GuardArgs {
     /// The cgroups to thaw if the loader dies.
     #[arg(long = "cgroup", required = true)]
     pub cgroups: Vec<PathBuf>,
+    /// Their ids (directory inodes), in the same order: a cgroup at one of the paths with another id
+    /// replaced the target and is left alone.
+    #[arg(long = "cgroup-id")]
+    pub ids: Vec<u64>,
 }
 
 /// How long freezing or thawing may take before the run says so.
@@ -61,8 +65,13 @@ pub enum FreezeError {
 /// own drop or `kchaos stop` retries).
 pub struct Freeze {
     paths: Vec<PathBuf>,
-    /// The paths whose cgroup.freeze was (or may have been) set to 1.
-    asked: Vec<PathBuf>,
+    /// The target directories, opened once: every write and read goes through them, so a cgroup that
+    /// replaced a target at its path (a restarted container) is never thawed nor waited for.
+    dirs: Vec<fs::File>,
+    /// Their ids (the directories' inodes), journaled with the paths.
+    ids: Vec<u64>,
+    /// The indices of the targets whose cgroup.freeze was (or may have been) set to 1.
+    asked: Vec<usize>,
     guard: Guard,
     /// When cgroup.freeze was set.
     pub asked_at: Instant,
@@ -79,13 +88,23 @@ impl Freeze {
     /// early). Call it on the main thread (the guard's PR_SET_PDEATHSIG fires when the forking thread
     /// ends).
     pub fn prepare(paths: &[PathBuf], journal: &mut Journal) -> Result<Self, FreezeError> {
+        let mut dirs = Vec::new();
+        let mut ids = Vec::new();
         for p in paths {
             check_freezable(p)?;
+            let opened = fs::File::open(p).and_then(|d| Ok((d.metadata()?.ino(), d)));
+            let (id, dir) = opened
+                .map_err(|e| BadInput::new(format!("{} cannot be opened: {e}", p.display())))?;
+            dirs.push(dir);
+            ids.push(id);
         }
-        let guard = Guard::start(paths).map_err(FreezeError::Guard)?;
-        for p in paths {
+        let guard = Guard::start(paths, &ids).map_err(FreezeError::Guard)?;
+        for (p, id) in paths.iter().zip(&ids) {
             journal
-                .add(Residue::FrozenCgroup { path: p.clone() })
+                .add(Residue::FrozenCgroup {
+                    path: p.clone(),
+                    id: Some(*id),
+                })
                 .map_err(|source| FreezeError::Journal {
                     path: p.clone(),
                     source,
@@ -93,6 +112,8 @@ impl Freeze {
         }
         Ok(Self {
             paths: paths.to_vec(),
+            dirs,
+            ids,
             asked: Vec::new(),
             guard,
             asked_at: Instant::now(),
@@ -105,9 +126,9 @@ impl Freeze {
     /// Asks the kernel to freeze every path: one write each, at the planned instant.
     pub fn freeze(&mut self) -> Result<(), FreezeError> {
         self.asked_at = Instant::now();
-        for p in &self.paths {
-            self.asked.push(p.clone());
-            fs::write(p.join("cgroup.freeze"), "1").map_err(|source| FreezeError::Freeze {
+        for (i, (p, dir)) in self.paths.iter().zip(&self.dirs).enumerate() {
+            self.asked.push(i);
+            write_at(dir, "cgroup.freeze", "1").map_err(|source| FreezeError::Freeze {
                 path: p.clone(),
                 source,
             })?;
@@ -128,7 +149,8 @@ impl Freeze {
     /// Waits until the kernel reports every path frozen; returns how long that took from the request,
     /// or the first path not frozen after `timeout`.
     pub fn wait_frozen(&mut self, timeout: Duration) -> Result<Duration, PathBuf> {
-        let waited = wait_frozen(&self.paths, true, timeout);
+        let all: Vec<usize> = (0..self.paths.len()).collect();
+        let waited = self.wait(&all, true, timeout);
         if waited.is_ok() {
             self.poll();
         }
@@ -139,7 +161,7 @@ impl Freeze {
     pub fn poll(&mut self) -> bool {
         if self.frozen_at.is_none()
             && self.thawed_at.is_none()
-            && self.paths.iter().all(|p| is_frozen(p))
+            && self.dirs.iter().all(is_frozen_dir)
         {
             self.frozen_at = Some(Instant::now());
             self.processes = process_count(&self.paths);
@@ -183,8 +205,11 @@ impl Freeze {
         }
         if self.asked.is_empty() {
             // Prepared but never frozen: nothing to thaw, only the notes to forget.
-            for p in &self.paths {
-                let _ = journal.remove(&Residue::FrozenCgroup { path: p.clone() });
+            for (p, id) in self.paths.iter().zip(&self.ids) {
+                let _ = journal.remove(&Residue::FrozenCgroup {
+                    path: p.clone(),
+                    id: Some(*id),
+                });
             }
             self.guard.dismiss();
             self.thawed_at = Some(Instant::now());
@@ -193,8 +218,12 @@ impl Freeze {
         self.poll();
         self.thawed_at = Some(Instant::now());
         let mut failed = Vec::new();
-        for p in &self.paths {
-            let residue = Residue::FrozenCgroup { path: p.clone() };
+        for (p, id) in self.paths.iter().zip(&self.ids) {
+            // Thaws that cgroup only: one that replaced it at its path is someone else's.
+            let residue = Residue::FrozenCgroup {
+                path: p.clone(),
+                id: Some(*id),
+            };
             match residue.undo() {
                 Ok(()) => {
                     let _ = journal.remove(&residue);
@@ -202,7 +231,8 @@ impl Freeze {
                 Err(e) => failed.push(format!("{}: {e}", p.display())),
             }
         }
-        let thawed = wait_frozen(&self.asked, false, timeout);
+        let asked = self.asked.clone();
+        let thawed = self.wait(&asked, false, timeout);
         // The guard is dismissed only once nothing is left for it to do.
         if failed.is_empty() {
             self.guard.dismiss();
@@ -218,10 +248,28 @@ impl Freeze {
     }
 }
 
+impl Freeze {
+    /// Waits until the targets `which` report frozen (or thawed); returns how long it took, or the
+    /// path of the first that did not get there in time. A target that is gone counts as thawed.
+    fn wait(&self, which: &[usize], frozen: bool, timeout: Duration) -> Result<Duration, PathBuf> {
+        let start = Instant::now();
+        loop {
+            match which
+                .iter()
+                .find(|&&i| is_frozen_dir(&self.dirs[i]) != frozen)
+            {
+                None => return Ok(start.elapsed()),
+                Some(&i) if start.elapsed() > timeout => return Err(self.paths[i].clone()),
+                Some(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+}
+
 impl Drop for Freeze {
     fn drop(&mut self) {
-        for p in &self.asked {
-            let _ = fs::write(p.join("cgroup.freeze"), "0");
+        for &i in &self.asked {
+            let _ = write_at(&self.dirs[i], "cgroup.freeze", "0");
         }
     }
 }
@@ -257,17 +305,10 @@ pub fn is_frozen(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Waits until every path reports frozen (or thawed); returns how long it took, or the first that did
-/// not get there in time.
-fn wait_frozen(paths: &[PathBuf], frozen: bool, timeout: Duration) -> Result<Duration, PathBuf> {
-    let start = Instant::now();
-    loop {
-        match paths.iter().find(|p| is_frozen(p) != frozen) {
-            None => return Ok(start.elapsed()),
-            Some(p) if start.elapsed() > timeout => return Err(p.clone()),
-            Some(_) => std::thread::sleep(Duration::from_millis(1)),
-        }
-    }
+/// The same, of an open cgroup directory; false once it is removed.
+fn is_frozen_dir(dir: &fs::File) -> bool {
+    use std::os::fd::AsRawFd as _;
+    is_frozen(Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())))
 }
 
 fn process_count(paths: &[PathBuf]) -> usize {
@@ -285,12 +326,13 @@ struct Guard {
 impl Guard {
     /// Starts it and waits until it is ready to act. Call it on the main thread: PR_SET_PDEATHSIG fires
     /// when the thread that forked the child ends.
-    fn start(paths: &[PathBuf]) -> io::Result<Self> {
+    fn start(paths: &[PathBuf], ids: &[u64]) -> io::Result<Self> {
         let mut cmd = Command::new("/proc/self/exe");
         cmd.arg0("kchaos")
             .args(["pause-guard", "--parent", &std::process::id().to_string()]);
-        for p in paths {
+        for (p, id) in paths.iter().zip(ids) {
             cmd.arg("--cgroup").arg(p);
+            cmd.arg("--cgroup-id").arg(id.to_string());
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -362,6 +404,21 @@ pub fn guard(args: &GuardArgs) -> Result<()> {
     };
     // SAFETY: PR_SET_PDEATHSIG takes a signal number, no memory.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+    // Opened now, while they are the loader's targets: a cgroup that replaces one at its path later
+    // (a restarted container) is someone else's, and the thaw below goes to the opened one only.
+    let dirs: Vec<Option<fs::File>> = args
+        .cgroups
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let dir = fs::File::open(p).ok()?;
+            let id = dir.metadata().ok()?.ino();
+            args.ids
+                .get(i)
+                .is_none_or(|&want| want == id)
+                .then_some(dir)
+        })
+        .collect();
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } as u32 == args.parent {
         let mut out = io::stdout().lock();
@@ -372,10 +429,14 @@ pub fn guard(args: &GuardArgs) -> Result<()> {
         unsafe { libc::sigwait(&set, &mut sig) };
     }
     // The loader is gone (or it asked): thaw. Its stderr may be gone too, so writes are best effort.
-    for p in &args.cgroups {
-        let outcome = match fs::write(p.join("cgroup.freeze"), "0") {
-            Ok(()) => "thawed".to_owned(),
-            Err(e) => format!("could not thaw ({e}); `kchaos stop` retries:"),
+    for (p, dir) in args.cgroups.iter().zip(&dirs) {
+        let outcome = match dir.as_ref().map(|d| write_at(d, "cgroup.freeze", "0")) {
+            Some(Ok(())) => "thawed".to_owned(),
+            None => "gone already (or replaced by another cgroup), left alone:".to_owned(),
+            Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => {
+                "gone already, nothing to thaw:".to_owned()
+            }
+            Some(Err(e)) => format!("could not thaw ({e}); `kchaos stop` retries:"),
         };
         let _ = writeln!(
             io::stderr(),

@@ -211,7 +211,7 @@ impl TargetResult {
                 if io.dir_removed {
                     "removed"
                 } else {
-                    "NOT removed (`kchaos stop` retries)"
+                    "NOT removed (see the warning: `kchaos stop` retries what is still kchaos's)"
                 }
             ));
         }

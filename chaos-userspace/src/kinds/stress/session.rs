@@ -157,7 +157,9 @@ impl Stress {
         let mut errors = Vec::new();
         let dir_removed = match &self.io_dir {
             Some(dir) => match undo(journal, Residue::Path { path: dir.clone() }) {
-                Ok(()) => true,
+                // Still there: it is not kchaos's any more (someone's directory took its path; the
+                // undo warned and left it).
+                Ok(()) => std::fs::symlink_metadata(dir).is_err(),
                 Err(e) => {
                     errors.push(format!("could not remove {}: {e}", dir.display()));
                     false
