@@ -5,8 +5,8 @@
 use std::{net::SocketAddr, process::Command};
 
 use integration_tests::{
-    Netem, Received, RunDir, echo_rtts, kernel_label, lab, mbit, quantile, root_or_skip, skip, tag,
-    tcp_sink, traffic, udp_echo_report,
+    Arrivals, Netem, Received, RunDir, echo_rtts, kernel_label, lab, mbit, quantile, root_or_skip,
+    skip, tag, tcp_sink_log, traffic, udp_echo_report,
 };
 use lab::{EchoServer, Lab};
 
@@ -272,18 +272,167 @@ fn stop_restores_the_qdisc_a_sigkilled_loader_left() {
 /// Mbit/s of TCP payload a receiver in `lab`'s namespace at `to` got from a 3-second bulk send from
 /// `cg` (or outside any target).
 fn goodput(lab: &Lab, cg: Option<&std::path::Path>, to: SocketAddr) -> f64 {
-    mbit(&[received(lab, cg, to)])
+    slope(&arrivals(lab, cg, to))
 }
 
-/// A 3-second bulk send from `cg` to a sink at `to` in `lab`'s namespace: what the sink received.
-fn received(lab: &Lab, cg: Option<&std::path::Path>, to: SocketAddr) -> Received {
-    let sink = tcp_sink(&lab.netns, to).expect("the TCP sink");
+/// A 3-second bulk send from `cg` to a sink at `to` in `lab`'s namespace: the sink's reads.
+fn arrivals(lab: &Lab, cg: Option<&std::path::Path>, to: SocketAddr) -> Arrivals {
+    let sink = tcp_sink_log(&lab.netns, to).expect("the TCP sink");
     traffic(
         cg,
         None,
         &["tcp-send", "--to", &to.to_string(), "--for", "3s"],
     );
     sink.join().unwrap().expect("the sink")
+}
+
+/// What a sink received in all, from its first read to its last.
+fn received(log: &Arrivals) -> Received {
+    match (log.first(), log.last()) {
+        (Some(first), Some(last)) => (last.1, first.0, last.0),
+        _ => {
+            let now = std::time::Instant::now();
+            (0, now, now)
+        }
+    }
+}
+
+/// Mbit/s of payload over a whole transfer: the slope through all its reads (`rate_between`: robust
+/// to the GSO bursts a paced stream lands in, and to a read that came late at either end).
+fn slope(log: &Arrivals) -> f64 {
+    match (log.first(), log.last()) {
+        (Some(first), Some(last)) => integration_tests::rate_between(log, first.0, last.0),
+        _ => 0.0,
+    }
+}
+
+/// Runs `a` and `b` at once: the same seconds for both.
+fn together<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    std::thread::scope(|s| {
+        let a = s.spawn(a);
+        let b = b();
+        (a.join().unwrap(), b)
+    })
+}
+
+/// netem's `rate` on a second lab's veth, carrying a bulk stream of its own in the same seconds as
+/// kchaos's: the environment's own pacing, measured at the same moment (issue 27). The stream runs as
+/// kchaos's do, from this namespace (outside any target cgroup) to a sink in the lab's namespace,
+/// through netem at the root of the host's end of the pair. Made after kchaos started, so that its
+/// device is not one kchaos put fq on (kchaos plans its devices when it starts); it goes with the lab.
+struct NetemTwin {
+    // Field order is drop order: the qdisc goes before the lab's veth.
+    _netem: Netem,
+    lab: Lab,
+}
+
+impl NetemTwin {
+    /// None (after saying so) where this kernel has no sch_netem.
+    fn start(mbit: f64) -> Option<Self> {
+        let lab = Lab::create(&tag("n")).unwrap();
+        match Netem::add(&lab.host_if, &["rate", &Self::rate(mbit)]) {
+            Ok(netem) => Some(Self { _netem: netem, lab }),
+            Err(e) => {
+                println!("  no netem twin to measure this boot's pacing beside kchaos: {e}");
+                None
+            }
+        }
+    }
+
+    fn rate(mbit: f64) -> String {
+        format!("{}kbit", (mbit * 1000.0).round() as u64)
+    }
+
+    /// Sets the rate (at the moment a ramp steps).
+    fn set(&self, mbit: f64) {
+        let out = Command::new("tc")
+            .args(["qdisc", "change", "dev", &self.lab.host_if, "root", "netem"])
+            .args(["rate", &Self::rate(mbit)])
+            .output()
+            .expect("running tc");
+        assert!(
+            out.status.success(),
+            "changing the netem twin's rate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A bulk stream of `secs` from here to a sink in the twin's namespace on `port`: its reads.
+    fn stream(&self, port: u16, secs: &str) -> Arrivals {
+        let to = SocketAddr::from((self.lab.server_addr, port));
+        let sink = tcp_sink_log(&self.lab.netns, to).expect("the twin's sink");
+        traffic(
+            None,
+            None,
+            &["tcp-send", "--to", &to.to_string(), "--for", secs],
+        );
+        sink.join().unwrap().expect("the twin's sink")
+    }
+
+    /// Mbit/s of IPv4 TCP payload netem's rate implies: it counts the frame, 1514 bytes for 1448.
+    fn payload_rate(mbit: f64) -> f64 {
+        mbit * 1448.0 / 1514.0
+    }
+}
+
+/// How close to its rate kchaos holds a stream on an idle machine, as a fraction of the rate: the
+/// product's goal (README, the comparison with netem: "±2% for bandwidth"), not a statistical bound. A rate is a clock's doing, not a
+/// sample's: nothing in it is drawn at random.
+const RATE_GOAL: f64 = 0.02;
+
+/// Asserts a rate kchaos shaped: `got` Mbit/s of payload where the rate implies `want`, judged beside
+/// `reference`, netem's (got, want) on a twin veth in the same seconds.
+///
+/// Under emulation on a busy host a paced stream falls short where its sender, its receiver or the
+/// qdisc's watchdog waits for a CPU (issue 27 saw 17.9 for 19.0 Mbit/s), and a receiver's late reads
+/// bend the measured slope either way; netem's stream meets the same stalls at the same moment
+/// (the same vCPUs, the same kind of sender and sink, a paced qdisc as fq is). So kchaos's ratio
+/// got/want must lie within RATE_GOAL of the range between 1 and netem's ratio: the goal where the
+/// twin kept its rate, the environment's own error added where it did not. Without a twin (a kernel
+/// without sch_netem) the goal alone.
+fn assert_rate(what: &str, got: f64, want: f64, reference: Option<(f64, f64)>) {
+    let ratio = got / want;
+    let env = reference.map_or(1.0, |(g, w)| g / w);
+    let (low, high) = (env.min(1.0) - RATE_GOAL, env.max(1.0) + RATE_GOAL);
+    println!(
+        "  {what}: {got:.3} Mbit/s of payload for {want:.3} ({:+.2}%); netem beside it {}; allowed \
+         {:.2}%..{:+.2}%",
+        (ratio - 1.0) * 100.0,
+        reference.map_or("not available".to_owned(), |(g, w)| format!(
+            "{g:.3} for {w:.3} ({:+.2}%)",
+            (g / w - 1.0) * 100.0
+        )),
+        (low - 1.0) * 100.0,
+        (high - 1.0) * 100.0,
+    );
+    assert!(
+        (low..=high).contains(&ratio),
+        "{what}: {got:.3} Mbit/s of payload for {want:.3} ({:+.2}%), outside {:+.2}%..{:+.2}%: \
+         {:.0}% of the rate beyond what netem on a twin veth got in the same seconds",
+        (ratio - 1.0) * 100.0,
+        (low - 1.0) * 100.0,
+        (high - 1.0) * 100.0,
+        RATE_GOAL * 100.0
+    );
+}
+
+/// kchaos's 3-second stream `measure` beside a netem twin at `mbit` carrying its own stream on
+/// `port` in the same seconds: kchaos's result and netem's (got, want), None without a twin.
+fn beside_twin<T: Send>(
+    mbit: f64,
+    port: u16,
+    measure: impl FnOnce() -> T + Send,
+) -> (T, Option<(f64, f64)>) {
+    match NetemTwin::start(mbit) {
+        Some(twin) => {
+            let (got, log) = together(measure, || twin.stream(port, "3s"));
+            (got, Some((slope(&log), NetemTwin::payload_rate(mbit))))
+        }
+        None => (measure(), None),
+    }
 }
 
 #[test]
@@ -302,35 +451,25 @@ fn rate_holds_tcp_bulk_to_the_configured_bandwidth_beside_netem() {
         "20mbit",
         "--quiet",
     ]);
-    let hit = goodput(&lab, Some(&lab.cgroup.path), (lab.server_addr, 7101).into());
+    // kchaos's stream and a netem twin's at the same rate in the same seconds.
+    let (hit, netem) = beside_twin(20.0, 7111, || {
+        goodput(&lab, Some(&lab.cgroup.path), (lab.server_addr, 7101).into())
+    });
     let outside = goodput(&lab, None, (lab.server_addr, 7102).into());
     let (code, out) = running.terminate();
     assert_eq!(code, 143, "{out:?}");
 
-    // netem on the same device, same boot, same sender outside any cgroup.
-    let netem = beside_netem(&lab.host_if, &["rate", "20mbit"], || {
-        goodput(&lab, None, (lab.server_addr, 7103).into())
-    });
     // Each counts its own bytes: kchaos the IP packet (1500 for 1448 of TCP payload with
     // timestamps), netem the frame with its Ethernet header (1514).
     let expected = payload_rate(20.0, SocketAddr::from((lab.server_addr, 7101)));
-    let netem_expected = 20.0 * 1448.0 / 1514.0;
-    let err = (hit - expected) / expected;
     println!(
-        "[{}] --rate 20mbit, 3 s of TCP bulk (Mbit/s of payload): kchaos {hit:.3} (expected \
-         {expected:.3}, error {:+.2}%), netem {} , outside the cgroup {outside:.1}",
+        "[{}] --rate 20mbit, 3 s of TCP bulk beside netem's rate on a twin veth; outside the \
+         cgroup {outside:.1} Mbit/s",
         kernel_label(),
-        err * 100.0,
-        netem.map_or("not available".to_owned(), |n| format!(
-            "{n:.3} (expected {netem_expected:.3}, error {:+.2}%)",
-            (n - netem_expected) / netem_expected * 100.0
-        )),
     );
-    assert!(
-        err.abs() <= 0.02,
-        "kchaos's rate is {:+.2}% off the configured bandwidth",
-        err * 100.0
-    );
+    assert_rate("--rate 20mbit", hit, expected, netem);
+    // An unlimited sender outside the cgroup: twice the rate is far below what any machine's veth
+    // carries (600 Mbit/s under TCG, README), so this only fails where kchaos limited it.
     assert!(
         outside > 2.0 * 20.0,
         "a sender outside the cgroup got only {outside:.1} Mbit/s"
@@ -593,10 +732,10 @@ fn delay_rate_and_reorder_hold_over_ipv6() {
             integration_tests::timing::with_timer_lateness(|| rtts(Some(&lab.cgroup.path), to));
     });
     let delayed = quantile(&delayed_rtts.0, 0.5) - base;
-    let mut got = 0.0;
+    let (mut got, mut netem) = (0.0, None);
     let bulk = SocketAddr::from((server6, 7104));
     run(&["--rate", "20mbit"], &mut || {
-        got = goodput(&lab, Some(&lab.cgroup.path), bulk);
+        (got, netem) = beside_twin(20.0, 7114, || goodput(&lab, Some(&lab.cgroup.path), bulk));
     });
     let mut reordered_n = 0;
     run(&["--delay", "10ms", "--reorder", "25"], &mut || {
@@ -619,10 +758,7 @@ fn delay_rate_and_reorder_hold_over_ipv6() {
         &delayed_rtts.1,
         &base_rtts,
     );
-    assert!(
-        ((got - expected) / expected).abs() <= 0.02,
-        "IPv6 rate {got:.3} Mbit/s, not {expected:.3} ±2%"
-    );
+    assert_rate("IPv6 --rate 20mbit", got, expected, netem);
     assert_reorder_share("IPv6", reordered_n);
 }
 
@@ -637,37 +773,42 @@ fn rate_per_peer_gives_each_peer_the_rate() {
         SocketAddr::from((lab.server_addr, 7105)),
         SocketAddr::from((server6, 7106)),
     ];
-    let both = |lab: &Lab| -> Vec<Received> {
+    let both = |lab: &Lab| -> Vec<Arrivals> {
         std::thread::scope(|s| {
             let streams: Vec<_> = peers
                 .iter()
-                .map(|&to| s.spawn(move || received(lab, Some(&lab.cgroup.path), to)))
+                .map(|&to| s.spawn(move || arrivals(lab, Some(&lab.cgroup.path), to)))
                 .collect();
             streams.into_iter().map(|h| h.join().unwrap()).collect()
         })
     };
     let cg = lab.cgroup.path.display().to_string();
     let mut measured = Vec::new();
-    for per_peer in [true, false] {
+    for (per_peer, port) in [(true, 7115), (false, 7116)] {
         let runs = RunDir::new();
         let mut argv = vec!["net", "--cgroup", &cg, "--rate", "10mbit", "--quiet"];
         if per_peer {
             argv.push("--rate-per-peer");
         }
         let running = runs.start(&argv);
-        measured.push(both(&lab));
+        // A netem twin at the same 10 Mbit/s in the same seconds, beside either.
+        measured.push(beside_twin(10.0, port, || both(&lab)));
         let (code, out) = running.terminate();
         assert_eq!(code, 143, "{out:?}");
     }
     let expected: Vec<f64> = peers.iter().map(|&to| payload_rate(10.0, to)).collect();
-    let per_peer: Vec<f64> = measured[0].iter().map(|r| mbit(&[*r])).collect();
+    let per_peer: Vec<f64> = measured[0].0.iter().map(slope).collect();
     // One bucket: the two streams share the link, so what both carried together (as IP bytes, each
     // payload grossed up by its own headers) over the span from the first byte to the last is the
     // rate; a stream alone at either end has the link to itself meanwhile.
     let ip_bytes: Vec<Received> = measured[1]
+        .0
         .iter()
         .zip(&expected)
-        .map(|(&(bytes, first, last), want)| ((bytes as f64 * 10.0 / want) as u64, first, last))
+        .map(|(log, want)| {
+            let (bytes, first, last) = received(log);
+            ((bytes as f64 * 10.0 / want) as u64, first, last)
+        })
         .collect();
     let shared = mbit(&ip_bytes);
     println!(
@@ -679,19 +820,13 @@ fn rate_per_peer_gives_each_peer_the_rate() {
         per_peer[1],
         expected[0],
         expected[1],
-        mbit(&[measured[1][0]]),
-        mbit(&[measured[1][1]]),
+        slope(&measured[1].0[0]),
+        slope(&measured[1].0[1]),
     );
     for (got, want) in per_peer.iter().zip(&expected) {
-        assert!(
-            ((got - want) / want).abs() <= 0.02,
-            "per peer: {got:.3} Mbit/s, not {want:.3} ±2%"
-        );
+        assert_rate("per peer", *got, *want, measured[0].1);
     }
-    assert!(
-        (shared - 10.0).abs() <= 0.2,
-        "one bucket for two peers carried {shared:.3} Mbit/s, not 10 ±2%"
-    );
+    assert_rate("one bucket for two peers", shared, 10.0, measured[1].1);
 }
 
 #[test]
@@ -718,7 +853,7 @@ fn ingress_rate_holds_tcp_bulk_into_a_container() {
         "fq",
         "kchaos did not put fq on the host side of the container's veth"
     );
-    let got = goodput(container, None, into);
+    let (got, netem) = beside_twin(20.0, 7311, || goodput(container, None, into));
     let (code, out) = running.terminate();
     assert_eq!(code, 143, "{out:?}");
     // The same stream without the fault: the limit was kchaos's, not the VM's.
@@ -729,15 +864,12 @@ fn ingress_rate_holds_tcp_bulk_into_a_container() {
     );
     let expected = payload_rate(20.0, into);
     println!(
-        "[{}] --rate 20mbit --direction ingress into a container: {got:.3} Mbit/s of payload \
-         (expected {expected:.3}, error {:+.2}%); without the fault {free:.1}",
+        "[{}] --rate 20mbit --direction ingress into a container; without the fault {free:.1} \
+         Mbit/s",
         kernel_label(),
-        (got - expected) / expected * 100.0
     );
-    assert!(
-        ((got - expected) / expected).abs() <= 0.02,
-        "ingress rate {got:.3} Mbit/s, not {expected:.3} ±2%"
-    );
+    assert_rate("ingress --rate 20mbit", got, expected, netem);
+    // Twice the rate: far below what a veth carries (600 Mbit/s under TCG, README).
     assert!(
         free > 2.0 * 20.0,
         "unlimited, the stream got only {free:.1} Mbit/s"
@@ -856,15 +988,59 @@ fn a_scenario_ramps_the_rate_from_1_to_10_mbit() {
     let runs = RunDir::new();
     let bulk = SocketAddr::from((lab.server_addr, 7107));
     let sink = integration_tests::tcp_sink_log(&lab.netns, bulk).expect("the TCP sink");
+    // The test's clock against the wall clock kchaos's report is in: an Instant and the unix ms
+    // read beside it (within a millisecond: read again where the two reads straddled more).
+    let (clock, clock_unix_ms) = loop {
+        let before = std::time::Instant::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let after = std::time::Instant::now();
+        if after - before < std::time::Duration::from_millis(1) {
+            break (before, unix.as_secs_f64() * 1e3);
+        }
+    };
+    let at_unix_ms = |ms: f64| {
+        let d = std::time::Duration::from_secs_f64((ms - clock_unix_ms).abs() / 1e3);
+        if ms >= clock_unix_ms {
+            clock + d
+        } else {
+            clock - d
+        }
+    };
     let mut run = runs.spawn(&["run", file.s(), "--json", report.s(), "--accept-risk"]);
     // TCP bulk from the target from the moment the fault is armed until after its end.
     run.wait_for("fault.armed", std::time::Duration::from_secs(30));
-    let armed = std::time::Instant::now();
-    traffic(
-        Some(&lab.cgroup.path),
-        None,
-        &["tcp-send", "--to", &bulk.to_string(), "--for", "7500ms"],
-    );
+    let seen_armed = std::time::Instant::now();
+    // Beside kchaos's stream, a netem twin at 1 Mbit/s carrying its own, stepped to 10 Mbit/s 3 s
+    // after its stream began: the environment's pacing in the same seconds (give or take the
+    // twin's making, which begins with kchaos's stream). Its step's instants: before tc changed
+    // the rate and after tc returned.
+    let twin = std::thread::scope(|s| {
+        let twin = s.spawn(|| {
+            let twin = NetemTwin::start(1.0)?;
+            let begun = std::time::Instant::now();
+            std::thread::scope(|s| {
+                let step = s.spawn(|| {
+                    std::thread::sleep(
+                        (begun + std::time::Duration::from_secs(3))
+                            .saturating_duration_since(std::time::Instant::now()),
+                    );
+                    let before = std::time::Instant::now();
+                    twin.set(10.0);
+                    (before, std::time::Instant::now())
+                });
+                let log = twin.stream(7117, "7500ms");
+                Some((step.join().unwrap(), log))
+            })
+        });
+        traffic(
+            Some(&lab.cgroup.path),
+            None,
+            &["tcp-send", "--to", &bulk.to_string(), "--for", "7500ms"],
+        );
+        twin.join().unwrap()
+    });
     let log = sink.join().unwrap().expect("the sink");
     let (code, out, err) = run.finish();
     assert_eq!(code, 0, "stdout {out:?}\nstderr {err}");
@@ -872,27 +1048,57 @@ fn a_scenario_ramps_the_rate_from_1_to_10_mbit() {
     let fault = &r["faults"][0];
     let steps = integration_tests::ramp_steps(fault);
     assert_eq!(steps, [1e6, 1e7], "{fault}");
-    // The receiver's rate inside each step: from 0.5 s in (TCP's start) to the step at 3 s, and from
-    // a second after it (TCP grows into the faster link; its pacing rate follows the round trips
-    // the slower one lengthened) to half a second before the end.
-    let at = |s: f64| armed + std::time::Duration::from_secs_f64(s);
-    let window = |from: f64, to: f64| integration_tests::rate_between(&log, at(from), at(to));
-    let (slow, fast) = (window(0.5, 3.0), window(4.0, 6.5));
+    // When kchaos armed the fault and when it stepped the rate, from its report (ms since the run's
+    // start, whose wall clock it gives), on the test's clock. Not when the test saw the fault armed:
+    // under load that line is read late, and a window measured from it reaches past the step (issue
+    // 27: 1.000 Mbit/s where 1 was set). The report's wall clock is whole ms, and the run reads its
+    // start's wall clock just after its Instant: 10 ms off each edge covers both.
+    let t0 = r["started_unix_ms"].as_f64().expect("started_unix_ms");
+    let ms = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("no time in {fault}"));
+    let armed = at_unix_ms(t0 + ms(&fault["start_ms"]));
+    let stepped = at_unix_ms(t0 + ms(&fault["ramp_steps"][1]["t_ms"]));
+    let secs = std::time::Duration::from_secs_f64;
+    // The receiver's rate inside each step: from 0.5 s in (TCP's start) to the step, and from a
+    // second after it (TCP grows into the faster link; its pacing rate follows the round trips the
+    // slower one lengthened) to half a second before the end.
+    let window = |log: &Arrivals, from, to| integration_tests::rate_between(log, from, to);
+    let edge = secs(0.01);
+    let slow = window(&log, armed + secs(0.5), stepped - edge);
+    let fast = window(&log, stepped + secs(1.0), armed + secs(6.5) - edge);
     let (want_slow, want_fast) = (payload_rate(1.0, bulk), payload_rate(10.0, bulk));
     let per_second: Vec<String> = (0..7)
-        .map(|s| format!("{:.2}", window(s as f64, s as f64 + 1.0)))
+        .map(|s| {
+            let from = armed + secs(s as f64);
+            format!("{:.2}", window(&log, from, from + secs(1.0)))
+        })
         .collect();
     println!(
-        "[{}] rate ramped 1 -> 10 Mbit/s 3 s into a 7 s fault: the receiver got {slow:.3} Mbit/s \
-         of payload at 1 (want {want_slow:.3}), {fast:.3} at 10 (want {want_fast:.3}); second by \
-         second {}",
+        "[{}] rate ramped 1 -> 10 Mbit/s {:.3} s into a 7 s fault (seen armed {:.0} ms late): \
+         second by second {}",
         kernel_label(),
+        (stepped - armed).as_secs_f64(),
+        (seen_armed.saturating_duration_since(armed)).as_secs_f64() * 1e3,
         per_second.join(" ")
     );
-    for (got, want) in [(slow, want_slow), (fast, want_fast)] {
-        assert!(
-            ((got - want) / want).abs() <= 0.02,
-            "{got:.3} Mbit/s of payload where the ramp set {want:.3}"
-        );
-    }
+    // The twin's windows: the same spans around its own step (before tc ran for the slow one,
+    // after it returned for the fast one).
+    let span = (stepped - armed).as_secs_f64();
+    let reference = twin.as_ref().map(|((before, after), log)| {
+        (
+            window(log, *before - secs(span - 0.5), *before),
+            window(log, *after + secs(1.0), *after + secs(6.5 - span)),
+        )
+    });
+    assert_rate(
+        "at 1 Mbit/s",
+        slow,
+        want_slow,
+        reference.map(|r| (r.0, NetemTwin::payload_rate(1.0))),
+    );
+    assert_rate(
+        "at 10 Mbit/s",
+        fast,
+        want_fast,
+        reference.map(|r| (r.1, NetemTwin::payload_rate(10.0))),
+    );
 }

@@ -96,7 +96,8 @@ const SHORT: &str = "3s";
 /// (`status`, `curl`), also under emulation; the block's own `kchaos stop` ends it sooner.
 const DETACHED: &str = "60s";
 
-/// Longest any one command may take (the longest, a scenario run, takes about 5 s).
+/// Longest any one command may take (the longest, a scenario run, takes about 5 s): a deadline, not
+/// an assertion of speed; it only bounds how long a hung command holds the test.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------------
@@ -632,7 +633,8 @@ impl Lab {
             self.workload.push(child);
         }
         let pid = self.workload[0].id();
-        // Each must be in the cgroup before a command looks for processes there.
+        // Each must be in the cgroup before a command looks for processes there (5 s: a deadline,
+        // not an assertion of speed; a command that then finds none fails on its own).
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
@@ -656,6 +658,7 @@ impl Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // 5 s: a deadline, not an assertion of speed (what outlives it, the lab's drop kills).
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline
             && [&self.inner.cgroup.path, &self.worker].iter().any(|cg| {

@@ -93,12 +93,15 @@ fn detached_runs_are_listed_with_counters_and_stopped_one_by_one() {
 
     // The fault is on: the client in A loses about half; the kernel's count is what it missed.
     let (sent, received) = udp_echo(Some(&cg_a.path), None, to, 400);
+    // At 50% of 400 datagrams, none lost or all lost each has probability 2^-400, far below the
+    // suite's alpha of 1e-6 (stats::ALPHA).
     assert!(
         received < sent && received > 0,
         "A: sent {sent} received {received}"
     );
     let missed = sent - received;
-    // The status file is refreshed each second: within a few the count is there.
+    // The status file is refreshed each second: within a few the count is there (5 s: a deadline,
+    // not an assertion of speed; it only bounds how long a failing test waits).
     let start = Instant::now();
     let mut st = status(&runs);
     while dropped_in_status(&st, &a) != Some(missed) && start.elapsed() < Duration::from_secs(5) {
@@ -114,6 +117,9 @@ fn detached_runs_are_listed_with_counters_and_stopped_one_by_one() {
         assert_eq!(r["faults"][0]["state"], "armed", "{r:#}");
         assert!(r["armed_since_unix_ms"].as_u64().is_some(), "{r:#}");
         let left = r["time_left_s"].as_f64().expect("time left");
+        // Run for 2 minutes and read within the few seconds of the waits above (deadlines of 5 s):
+        // at most 120 s left, exactly; more than 60 shows it counts down from what was asked, with a
+        // minute to spare for a busy machine.
         assert!(left > 60.0 && left <= 120.0, "{r:#}");
         assert_eq!(
             r["targets"][0].as_str(),

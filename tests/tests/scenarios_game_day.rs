@@ -38,7 +38,8 @@ fn game_day_overlapping_faults_on_two_services() {
     for v in &vars {
         args.extend(["--var", v.as_str()]);
     }
-    let (code, out, err) = runs.run_text(&args);
+    let ((code, out, err), late) =
+        integration_tests::timing::with_timer_lateness(|| runs.run_text(&args));
     println!("{out}");
     assert_eq!(code, 0, "stdout {out}\nstderr {err}");
     // Two sibling cgroups are two trees: a medium finding, not a refusal.
@@ -50,7 +51,14 @@ fn game_day_overlapping_faults_on_two_services() {
     let ms = |f: &Value, k: &str| f[k].as_f64().unwrap();
     // They overlapped in time, each on its own cgroup.
     assert!(ms(part, "start_ms") < ms(loss, "end_ms"), "{loss} {part}");
-    assert!((ms(part, "start_ms") - ms(loss, "start_ms") - 2000.0).abs() < 200.0);
+    // Planned 2 s apart on the run's clock; each armed late by its attaching (the goal: within
+    // 200 ms of each other) and a wait for a CPU no longer than a plain timer's beside the run.
+    let apart = ms(part, "start_ms") - ms(loss, "start_ms");
+    let bound = integration_tests::timing::goal_plus_lateness(200.0, &late);
+    assert!(
+        (apart - 2000.0).abs() < bound,
+        "armed {apart:.0} ms apart, not 2000 ± {bound:.1}"
+    );
     assert!(
         loss["attached"][0]
             .as_str()
@@ -84,6 +92,8 @@ fn game_day_overlapping_faults_on_two_services() {
         .iter()
         .filter(|x| x["ok"] == true)
         .map(|x| x["t_ms"].as_f64().unwrap())
+        // (5 ms after arming: the partition's first connect may have left before it; 200 ms
+        // before the end: the probe's timeout, an attempt that ends after the window)
         .filter(|t| *t > a + 5.0 && *t + 200.0 < b)
         .count();
     assert_eq!(
@@ -98,7 +108,10 @@ fn game_day_overlapping_faults_on_two_services() {
         .unwrap()["mttr_ms"]
         .as_f64()
         .unwrap();
-    assert!(mttr < 1000.0, "{mttr}");
+    // The probe tries every 100 ms; its first connect after the partition ends succeeds: 1 s is the
+    // goal, plus a wait for a CPU no longer than a plain timer's beside the run.
+    let bound = integration_tests::timing::goal_plus_lateness(1000.0, &late);
+    assert!(mttr < bound, "{mttr} ms to recover, allowed {bound:.1}");
     // The api's health checks were hit by the loss, never by the worker's partition.
     let api_res = probe_results(&r, "api-health");
     assert_eq!(
@@ -106,7 +119,16 @@ fn game_day_overlapping_faults_on_two_services() {
         0
     );
     assert!(api_res.iter().any(|x| x["detail"] == "HTTP 200"));
-    assert!(web.accepted() >= 40);
+    // The api's health probe every 100 ms over the 1 s before, the faults' 5 s and the 2 s after:
+    // about 80 on an idle machine, 40 the test's floor (some lost to the api's loss), or as many
+    // as fit in the 3 s without a fault on the api where each came late by a plain timer's longest
+    // lateness in the same seconds.
+    let fit = (3000.0 / (100.0 + late.last().copied().unwrap_or(0.0) / 1e3)).floor() as usize;
+    assert!(
+        web.accepted() as usize >= 40.min(fit),
+        "{} accepted",
+        web.accepted()
+    );
     let xml = std::fs::read_to_string(&junit.0).unwrap();
     // 9 for the hypotheses, the probes and the experiment, one for each of the 2 faults.
     assert_eq!(xml.matches("<testcase ").count(), 11, "{xml}");
@@ -137,7 +159,10 @@ fn mixed_game_day_net_syscall_and_stress_on_two_services() {
     for v in &vars {
         args.extend(["--var", v.as_str()]);
     }
-    let (code, out, err) = runs.run_text(&args);
+    let stolen_before = integration_tests::timing::stolen_ms();
+    let ((code, out, err), late) =
+        integration_tests::timing::with_timer_lateness(|| runs.run_text(&args));
+    let stolen = integration_tests::timing::stolen_ms() - stolen_before;
     println!("{out}");
     assert_eq!(code, 0, "stdout {out}\nstderr {err}");
     let r = read_report(&report.0);
@@ -177,12 +202,26 @@ fn mixed_game_day_net_syscall_and_stress_on_two_services() {
             .all(|x| (a - 1.0..b).contains(&x["t_ms"].as_f64().unwrap())),
         "failures outside {a}..{b}"
     );
-    // The api's CPU worker ran at its 50% of a CPU over the fault's 4 s, within 15%.
+    // The api's CPU worker ran at its 50% of a CPU over the fault's 4 s, within 15% (the test's
+    // allowance on an idle machine, as in scenarios_stress.rs: first and last periods, the carry).
+    // Above, the machine can only take CPU away. Below, less what the machine did not have free in
+    // the same seconds, as the kernel counts it: the time the api's cgroup (made for this test)
+    // waited for a CPU (cpu.pressure "some", which holds the worker's own waiting), the host's
+    // steal, and half of each 50 ms period's late wake-up (a plain timer's mean lateness beside it;
+    // see scenarios_stress.rs for why each bounds the worker's shortfall).
     let cpu_ms = cpu["counters"]["cpu.cpu_ms"].as_f64().unwrap();
     let life = cpu["end_ms"].as_f64().unwrap() - cpu["start_ms"].as_f64().unwrap();
+    let waited = integration_tests::timing::pressure_ms(&api, "cpu").unwrap_or(0.0);
+    let mean_late_ms = late.iter().sum::<f64>() / late.len().max(1) as f64 / 1e3;
+    let unavailable = waited + stolen + 0.5 * (life / 50.0) * mean_late_ms;
+    println!(
+        "api's CPU worker: {cpu_ms:.0} ms in {life:.0} ms at 50%; the machine did not have \
+         {unavailable:.0} ms free (its cgroup waited {waited:.0}, steal {stolen:.0}, a wake-up late \
+         by {mean_late_ms:.3} ms on average)"
+    );
     assert!(
-        (cpu_ms - 0.5 * life).abs() <= 0.15 * 0.5 * life,
-        "{cpu_ms} ms of CPU in {life} ms at 50%"
+        cpu_ms <= 1.15 * 0.5 * life && cpu_ms >= 0.85 * 0.5 * life - unavailable,
+        "{cpu_ms} ms of CPU in {life} ms at 50% ±15%, less {unavailable:.0} ms not free"
     );
     assert_eq!(
         r["summary"]["injected_events"].as_u64().unwrap(),

@@ -95,6 +95,7 @@ fn pause_and_kill_scenario_freezes_a_counter_then_kills_inside_only() {
     let v = scenario_vars(&lab, svc.addr);
     let mut args = vec!["run", path.to_str().unwrap(), "--json", report.s()];
     args.extend(v.iter().map(String::as_str));
+    let timer = integration_tests::timing::TimerLateness::start(Duration::from_millis(2));
     let mut live = runs.spawn(&args);
     live.wait_for("'freeze' pause:", Duration::from_secs(6));
     // During the pause: the counter does not move, and the kernel says the cgroup is frozen.
@@ -147,6 +148,7 @@ fn pause_and_kill_scenario_freezes_a_counter_then_kills_inside_only() {
         "the sleep outside the cgroup was killed"
     );
     let (code, lines, err) = live.finish();
+    let lateness = timer.finish();
     println!("{}", lines.join("\n"));
     assert_eq!(code, 0, "stdout {lines:#?}\nstderr {err}");
     assert!(kill_line.contains(&inside.id().to_string()), "{kill_line}");
@@ -165,46 +167,55 @@ fn pause_and_kill_scenario_freezes_a_counter_then_kills_inside_only() {
         "pause counters {c}; kill counters {}",
         r["faults"][1]["counters"]
     );
-    // The window is the configured one within 1%: armed to disarmed, and frozen (the kernel's
-    // "frozen 1") to the thaw.
+    // The window is the configured one within 1% (20 ms, the goal): armed to disarmed, and frozen
+    // (the kernel's "frozen 1") to the thaw; each end is the run's turn, late by no more than a
+    // plain timer beside the run waited for a CPU (goal_plus_lateness), which the freezing (its
+    // tasks must run to freeze) and the thaw's timer meet alike.
+    use integration_tests::timing::goal_plus_lateness;
+    let bound = goal_plus_lateness(20.0, &lateness);
     let frozen_ms = c["frozen_ms"].as_u64().unwrap();
     assert!(
-        frozen_ms.abs_diff(2000) <= 20,
-        "frozen for {frozen_ms} ms of a 2s pause"
+        (frozen_ms as f64 - 2000.0).abs() <= bound,
+        "frozen for {frozen_ms} ms of a 2s pause (allowed ±{bound:.1})"
     );
     let window = pause["window_ms"].as_f64().unwrap();
     assert!(
-        (window - 2000.0).abs() <= 20.0,
-        "armed for {window:.1} ms of a 2s pause"
+        (window - 2000.0).abs() <= bound,
+        "armed for {window:.1} ms of a 2s pause (allowed ±{bound:.1})"
     );
     assert_eq!(c["processes"], 2, "the counter and the sleep");
     assert_eq!(c["frozen"], 0, "thawed at the end");
-    assert!(c["freeze_us"].as_u64().unwrap() < 200_000, "{c}");
+    // Freezing two idle processes: 200 ms is the goal, plus a wait for a CPU no longer than a plain
+    // timer's.
+    let freeze_ms = c["freeze_us"].as_u64().unwrap() as f64 / 1e3;
+    assert!(freeze_ms < goal_plus_lateness(200.0, &lateness), "{c}");
     assert_eq!(pause["injected_events"], 2);
     let kill = &r["faults"][1];
     assert_eq!(kill["kind"], "kill");
     assert_eq!(kill["counters"]["signalled"], 2, "{}", kill["counters"]);
     assert_eq!(kill["counters"]["failed"], 0);
     assert_eq!(kill["injected_events"], 2);
-    // Each armed at its planned instant: 3s into the timeline for the kill, within 2 ms on the host
-    // and 20 ms under emulation.
+    // The kill planned 3 s into the timeline: exact, the plan's own arithmetic (1 ms: the report's
+    // float ms).
     let during = r["phases"]["during"][0].as_f64().unwrap();
     let planned = kill["planned_start_ms"].as_f64().unwrap();
     assert!(
         (planned - during - 3000.0).abs() < 1.0,
         "kill planned at {planned} ms"
     );
-    let late_max = if integration_tests::in_vm() {
-        20.0
-    } else {
-        2.0
-    };
+    // Each armed at its planned instant: within 2 ms (the goal: a sleep until it, then a few
+    // system calls), plus a wait for a CPU no longer than a plain timer's beside the run (under
+    // emulation the timers are late; the old fixed 20 ms for the VM is this, measured).
+    let late_max = goal_plus_lateness(2.0, &lateness);
     for f in [pause, kill] {
         let late = f["armed_late_ms"].as_f64().unwrap();
-        println!("'{}' armed {late:.3} ms after its plan", f["name"]);
+        println!(
+            "'{}' armed {late:.3} ms after its plan (allowed {late_max:.3})",
+            f["name"]
+        );
         assert!(
             (0.0..=late_max).contains(&late),
-            "'{}' armed {late:.2} ms after its plan",
+            "'{}' armed {late:.2} ms after its plan (allowed {late_max:.3})",
             f["name"]
         );
     }

@@ -93,9 +93,13 @@ struct CpuRun {
     reported_pct: f64,
     /// CPUs the rest of the host used meanwhile.
     others_cpus: f64,
+    /// Percentage points of a CPU per worker the machine did not have free for the workers over
+    /// the middle of the run (see `cpu_load_within_5pct`).
+    unavailable_pct: f64,
 }
 
 fn cpu_run(workers: u32) -> CpuRun {
+    use integration_tests::timing::{TimerLateness, pressure_ms, stolen_ms};
     let cg = lab_cgroup();
     let run_dir = RunDir::new();
     let report = report_path();
@@ -121,66 +125,69 @@ fn cpu_run(workers: u32) -> CpuRun {
         workers as usize,
         "workers in the cgroup: {pids:?}"
     );
+    let timer = TimerLateness::start(Duration::from_millis(2));
     let (t0, c0, h0) = (Instant::now(), cpu_of(&pids), host_busy_s());
+    let (w0, s0) = (pressure_ms(&cg.path, "cpu"), stolen_ms());
     std::thread::sleep(Duration::from_secs(3));
     let (t1, c1, h1) = (Instant::now(), cpu_of(&pids), host_busy_s());
+    let (w1, s1) = (pressure_ms(&cg.path, "cpu"), stolen_ms());
+    let late = timer.finish();
     assert!(running.child.wait().unwrap().success());
     let wall = t1.duration_since(t0).as_secs_f64();
     let r = read_report(&report);
     assert!(procs(&cg.path).is_empty(), "workers outlived the run");
     assert!(run_dir.records().is_empty(), "{:?}", run_dir.records());
+    let waited_ms = w1.zip(w0).map_or(0.0, |(a, b)| a - b);
+    let mean_late_ms = late.iter().sum::<f64>() / late.len().max(1) as f64 / 1e3;
+    // Per worker: its own waiting (at most the cgroup's "some"), its share of the steal (at most
+    // all of it), and half of each 50 ms period's late wake-up.
+    let unavailable_ms = waited_ms + (s1 - s0) + 0.5 * (wall / 0.05) * mean_late_ms;
     CpuRun {
         measured_pct: 100.0 * (c1 - c0) / wall / f64::from(workers),
         reported_pct: r["cpu"]["achieved_pct"].as_f64().unwrap(),
         others_cpus: ((h1 - h0) - (c1 - c0)) / wall,
+        unavailable_pct: 100.0 * unavailable_ms / 1e3 / wall,
     }
 }
 
-/// Measures, and retries while the rest of the host leaves too little CPU for the target (others run
-/// builds on this machine): the load a worker reaches is then the scheduler's call, not kchaos's.
-fn cpu_load_within_5pct(test: &str, workers: u32) {
-    let needed = f64::from(workers) * 0.5;
-    for attempt in 1..=4 {
-        let run = cpu_run(workers);
-        let (measured, reported) = (run.measured_pct, run.reported_pct);
-        println!(
-            "{workers} worker(s) at 50%: /proc says {measured:.1}% per worker, the report \
-             {reported:.1}%; the rest of the host used {:.2} of {} CPUs",
-            run.others_cpus,
-            online_cpus()
-        );
-        let contended = run.others_cpus + needed > 0.85 * online_cpus();
-        let ok = (measured - 50.0).abs() <= 5.0
-            && (reported - 50.0).abs() <= 5.0
-            && (reported - measured).abs() <= 5.0;
-        if !ok && contended {
-            if attempt < 4 {
-                println!("  the host is busy; measuring again");
-                continue;
-            }
-            integration_tests::skip(
-                test,
-                &format!(
-                    "the host stayed too busy to give {needed} CPUs to the workers ({:.2} CPUs used by others)",
-                    run.others_cpus
-                ),
-            );
-            return;
-        }
-        assert!(
-            (measured - 50.0).abs() <= 5.0,
-            "measured {measured:.1}% per worker, not within 50±5%"
-        );
-        assert!(
-            (reported - 50.0).abs() <= 5.0,
-            "reported {reported:.1}%, not within 50±5%"
-        );
-        assert!(
-            (reported - measured).abs() <= 5.0,
-            "the report ({reported:.1}%) and /proc ({measured:.1}%) disagree"
-        );
-        return;
-    }
+/// A worker at 50% within 5 points of it, judged against what the machine had free (others run
+/// builds on this machine; under emulation the host does): the load a worker reaches is then the
+/// scheduler's call, not kchaos's.
+///
+/// Not statistical: a duty cycle is a clock's doing. The 5 points are the test's goal on an idle
+/// machine, not widened (the README's bench saw 50.0% for 50): the /proc tick (10 ms over 3 s: 0.3
+/// points) and the carry a worker owes at either end of the window (one 50 ms period's 25 ms: 0.8
+/// points) are inside it. Above, the machine can only take CPU
+/// away: 55% stands. Below, a worker short of its budget in a period spun, runnable, to the period's
+/// end, so its shortfall is at most the time it waited for a CPU (each worker's waiting lies within
+/// the cgroup's cpu.pressure "some"), plus time the hypervisor took from its vCPU (steal), plus, for
+/// each period, its load times how late its sleep ended (under emulation the guest does not count
+/// that as waiting; a plain timer beside it measures a wake-up's lateness in the same seconds). The
+/// report covers the whole run and /proc its middle 3 s: they may differ by what the machine took
+/// in the part one covers and the other does not, at most the same allowance.
+fn cpu_load_within_5pct(workers: u32) {
+    let run = cpu_run(workers);
+    let (measured, reported, gone) = (run.measured_pct, run.reported_pct, run.unavailable_pct);
+    println!(
+        "{workers} worker(s) at 50%: /proc says {measured:.1}% per worker, the report \
+         {reported:.1}%; the rest of the host used {:.2} of {} CPUs; the machine did not have \
+         {gone:.1} points per worker free (CPU wait, steal, late wake-ups)",
+        run.others_cpus,
+        online_cpus()
+    );
+    assert!(
+        measured <= 55.0 && measured >= 45.0 - gone,
+        "measured {measured:.1}% per worker, not within 50±5% (less {gone:.1} the machine did not \
+         have free)"
+    );
+    assert!(
+        reported <= 55.0 && reported >= 45.0 - gone,
+        "reported {reported:.1}%, not within 50±5% (less {gone:.1} the machine did not have free)"
+    );
+    assert!(
+        (reported - measured).abs() <= 5.0 + gone,
+        "the report ({reported:.1}%) and /proc ({measured:.1}%) disagree by more than 5 + {gone:.1}"
+    );
 }
 
 #[test]
@@ -188,7 +195,7 @@ fn cpu_load_one_worker_within_5pct() {
     if !root_or_skip("cpu_load_one_worker_within_5pct") {
         return;
     }
-    cpu_load_within_5pct("cpu_load_one_worker_within_5pct", 1);
+    cpu_load_within_5pct(1);
 }
 
 #[test]
@@ -196,7 +203,7 @@ fn cpu_load_two_workers_within_5pct() {
     if !root_or_skip("cpu_load_two_workers_within_5pct") {
         return;
     }
-    cpu_load_within_5pct("cpu_load_two_workers_within_5pct", 2);
+    cpu_load_within_5pct(2);
 }
 
 #[test]
@@ -236,6 +243,9 @@ fn memory_held_within_5pct() {
         held as f64 / 1048576.0,
         reported as f64 / 1048576.0
     );
+    // Not timing: the worker touches every page of its 256 MiB before it reports them held, and the
+    // test waits for that (5 s: a deadline, not an assertion of speed). VmRSS adds the worker's own
+    // binary, stack and heap, a few MiB: 5% is 12.8 MiB; below, a page not touched.
     let off = |v: u64| (v as f64 - target as f64).abs() / target as f64;
     assert!(off(held) <= 0.05, "VmRSS {held} not within 5% of {target}");
     assert!(off(reported) <= 0.05, "reported {reported} not within 5%");
@@ -305,6 +315,10 @@ fn io_writes_with_fsync_and_removes_its_directory() {
     assert!(size > 0 && wchar >= size, "file {size} B, wchar {wchar}");
 
     let status = running.child.wait().unwrap();
+    let (cpu_waited, io_waited) = (
+        integration_tests::timing::pressure_ms(&cg.path, "cpu"),
+        integration_tests::timing::pressure_ms(&cg.path, "io"),
+    );
     assert!(status.success());
     let r = read_report(&report);
     let written = r["io"]["bytes_written"].as_u64().unwrap();
@@ -316,9 +330,23 @@ fn io_writes_with_fsync_and_removes_its_directory() {
          ({:.1}% of {expected:.0}); mid-run file {size} B, wchar {wchar}",
         100.0 * written as f64 / expected
     );
+    // Not statistical: the pace is a clock's doing. 15% is the test's allowance on an idle machine,
+    // not widened: writes are whole 128 KiB chunks (one is 1.6% of 8 MiB), the first comes a chunk's
+    // time in, the report's duration includes the worker's start and stop. Above, nothing makes a
+    // paced writer faster (it banks at most a second). Below, a writer falls behind only while it
+    // waits for the disk (an fsync) or a CPU: at most the rate times the time the cgroup's tasks
+    // waited for either (its cgroup was made for this test: io.pressure and cpu.pressure "some",
+    // from its making to the worker's exit).
+    let waited_s = (cpu_waited.unwrap_or(0.0) + io_waited.unwrap_or(0.0)) / 1e3;
+    let lost = 4.0 * 1048576.0 * waited_s;
+    println!(
+        "  the cgroup waited {waited_s:.3} s for a CPU or the disk: up to {lost:.0} B the machine did \
+         not let it write"
+    );
     assert!(
-        (written as f64 - expected).abs() / expected <= 0.15,
-        "{written} B is not within 15% of {expected:.0}"
+        written as f64 <= 1.15 * expected && written as f64 >= 0.85 * expected - lost,
+        "{written} B is not within 15% of {expected:.0} (less {lost:.0} B for the {waited_s:.3} s \
+         the cgroup waited for a CPU or the disk)"
     );
     assert!(fsyncs >= written / (128 << 10), "{fsyncs} fsyncs");
     assert_eq!(r["io"]["dir_removed"], true);
