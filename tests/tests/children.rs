@@ -40,14 +40,19 @@ impl Marker {
         Self(tag("kchaos-orphan-marker"))
     }
 
+    /// The processes whose command line holds the marker (what `pgrep -f` finds; the VM image has
+    /// no pgrep). Zombies are left out: they hold no command line.
     fn pids(&self) -> Vec<i32> {
-        let out = std::process::Command::new("pgrep")
-            .args(["-f", &self.0])
-            .output()
-            .expect("pgrep");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
+        let own = std::process::id() as i32;
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid != own)
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.windows(self.0.len()).any(|w| w == self.0.as_bytes()))
+            })
             .collect()
     }
 

@@ -2,7 +2,7 @@
 //! process an operator needs to recover the host (sshd, containerd, kubelet ...), named by the target,
 //! the process and its pid; the refusal comes before anything is done to the target.
 //!
-//! The protected process here is a copy of `sleep` named `sshd`, in a cgroup the test makes: the host's
+//! The protected process here is a copy of kchaos (idling) named `sshd`, in a cgroup the test makes: the host's
 //! own sshd and init are never touched.
 
 use std::{
@@ -92,7 +92,7 @@ fn pid_1_is_refused_before_anything_is_sent() {
     assert!(runs.records().is_empty(), "{:?}", runs.records());
 }
 
-/// A copy of `sleep` named `sshd` in a test cgroup: `pause --cgroup` on that cgroup (and on its
+/// A copy of kchaos (idling) named `sshd` in a test cgroup: `pause --cgroup` on that cgroup (and on its
 /// parent, and by `--pid`) is refused naming the process, nothing is frozen; with `--allow-host` the
 /// same pause runs. A plain `sleep` there is no reason to refuse, unless `KCHAOS_PROTECT` names it; a
 /// process named `sshd` in a pid namespace of its own is a container's, not the host's.
@@ -103,12 +103,14 @@ fn a_cgroup_holding_a_protected_process_is_refused_unless_allow_host() {
     }
     let dir = TempDir::new("protected");
     let sshd = dir.0.join("sshd");
-    std::fs::copy("/bin/sleep", &sshd).unwrap();
+    // A copy of kchaos idling (`/bin/sleep` is a busybox link in the VM, which a new name breaks).
+    std::fs::copy(integration_tests::kchaos(), &sshd).unwrap();
     let parent = LabCgroup::create(&format!("kchaos-test-{}", tag("h"))).unwrap();
     let cg = parent.child("svc").unwrap();
     let plain = parent.child("plain").unwrap();
     let mut kids = Kids(Vec::new());
-    kids.0.push(spawn_in(&cg, &[sshd.to_str().unwrap(), "300"]));
+    kids.0
+        .push(spawn_in(&cg, &[sshd.to_str().unwrap(), "idle"]));
     kids.0.push(spawn_in(&plain, &["sleep", "300"]));
     let sshd_pid = kids.0[0].id();
     let sleep_pid = kids.0[1].id();
@@ -231,7 +233,7 @@ fn a_cgroup_holding_a_protected_process_is_refused_unless_allow_host() {
     let ns = parent.child("ns").unwrap();
     kids.0.push(spawn_in(
         &ns,
-        &["unshare", "--pid", "--fork", sshd.to_str().unwrap(), "300"],
+        &["unshare", "--pid", "--fork", sshd.to_str().unwrap(), "idle"],
     ));
     let ns_arg = ns.display().to_string();
     let mut named = false;
