@@ -550,7 +550,11 @@ fn tables(h: &mut String, r: &Report) {
             f.start_ms
                 .map_or("never".into(), |v| format!("{:.2}s", v / 1e3)),
             f.end_ms.map_or("-".into(), |v| format!("{:.2}s", v / 1e3)),
-            f.injected_events,
+            if crate::kind::counts_events_of(&f.kind) {
+                f.injected_events.to_string()
+            } else {
+                "- (not a count of events)".to_owned()
+            },
             escape(&counters),
             escape(&f.attached.join("; "))
         );

@@ -339,9 +339,14 @@ impl Report {
                 (Some(a), Some(b)) => format!("{:.1}s..{:.1}s", a / 1e3, b / 1e3),
                 _ => "never armed".into(),
             };
+            let what = if crate::kind::counts_events_of(&f.kind) {
+                format!("injected {}", f.injected_events)
+            } else {
+                crate::kind::live_line_of(&f.kind, &f.counters).unwrap_or_default()
+            };
             out.push(format!(
-                "    {:<16} {:<10} {} injected {}",
-                f.name, when, f.description, f.injected_events
+                "    {:<16} {:<10} {} {what}",
+                f.name, when, f.description
             ));
         }
         let attempts: u64 = s.probe_figures.iter().map(|p| p.samples).sum();

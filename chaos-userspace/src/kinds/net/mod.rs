@@ -296,13 +296,17 @@ impl Kind for NetSpec {
         let line = |dir: &str| {
             let n = |what: &str| counters.get(&format!("{dir}.{what}")).copied().unwrap_or(0);
             let (matched, dropped) = (n("matched"), n("dropped"));
-            let mut s = format!(
-                "{dir} seen {} matched {matched} dropped {dropped} ({:.1}%)",
-                n("seen"),
-                pct(dropped, matched)
-            );
+            let mut s = format!("{dir} seen {}", n("seen"));
+            // A partitioned packet is dropped before the other faults' filter: it is not among the
+            // matched, and the drop percentage is not about it.
             if n("partitioned") > 0 {
-                s += &format!(" partitioned {}", n("partitioned"));
+                s += &format!(" partitioned {} (every packet to a cut peer;", n("partitioned"));
+                s += &format!(" of the rest: matched {matched} dropped {dropped} ({:.1}%))", pct(dropped, matched));
+            } else {
+                s += &format!(
+                    " matched {matched} dropped {dropped} ({:.1}%)",
+                    pct(dropped, matched)
+                );
             }
             if n("rate_bytes") > 0 {
                 s += &format!(
