@@ -351,7 +351,7 @@ impl Report {
         }
         let attempts: u64 = s.probe_figures.iter().map(|p| p.samples).sum();
         out.push(format!(
-            "  during faults: {attempts} probe attempts started while a fault was armed{}",
+            "  probe attempts while a fault was armed: {attempts}{}",
             if attempts == 0 {
                 " (the figures below are n/a)"
             } else {
