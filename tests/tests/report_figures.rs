@@ -29,7 +29,10 @@ fn html_figure(page: &str, label: &str) -> String {
 
 /// The value of the JUnit property `label`.
 fn junit_figure(xml: &str, label: &str) -> String {
-    let key = format!("<property name=\"{}\" value=\"", label.replace('\'', "&apos;"));
+    let key = format!(
+        "<property name=\"{}\" value=\"",
+        label.replace('\'', "&apos;")
+    );
     let at = xml
         .find(&key)
         .or_else(|| xml.find(&key.replace("&apos;", "'")))
@@ -110,10 +113,17 @@ fn every_surface_shows_the_same_figures() {
     let outside = |a: &Value| a["ok"] == false || a["latency_ms"].as_f64().unwrap() > 100.0;
     let ok = during.iter().filter(|a| a["ok"] == true).count() as f64;
     let bad = during.iter().filter(|a| outside(a)).count() as f64;
-    println!("{n} attempts during the fault: {} failed, {} outside tolerance", n - ok, bad);
+    println!(
+        "{n} attempts during the fault: {} failed, {} outside tolerance",
+        n - ok,
+        bad
+    );
     assert!(n - ok >= 3.0 && ok >= 3.0, "{s}");
     let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-9;
-    assert!(close(&s["availability_during_faults_pct"], 100.0 * ok / n), "{s}");
+    assert!(
+        close(&s["availability_during_faults_pct"], 100.0 * ok / n),
+        "{s}"
+    );
     assert!(close(&s["error_rate_pct"], 100.0 * (n - ok) / n), "{s}");
     assert!(close(&s["degradation_pct"], 100.0 * bad / n), "{s}");
     // Recovery: per probe, the first attempt after the last one outside tolerance among those that
@@ -192,7 +202,10 @@ fn every_surface_shows_the_same_figures() {
     assert!(!case("other during").contains("<failure"), "{xml}");
     assert!(text.contains("during faults: DEGRADED (cut: "), "{text}");
     assert!(!text.contains("other: success"), "{text}");
-    assert!(page.contains("<b class=\"bad\" title=\"cut: "), "no red tile");
+    assert!(
+        page.contains("<b class=\"bad\" title=\"cut: "),
+        "no red tile"
+    );
     // The exit code judges the experiment (completed, steady state before and after), not the
     // during phase.
     let held = s["steady_state_held"] == true && s["completed"] == true;

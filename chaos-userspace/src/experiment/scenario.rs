@@ -216,7 +216,10 @@ fn splice_range(text: &str, from: &str, to: &str) -> Option<String> {
     // Forward to the end of the word.
     let end_from = from.len() - common_suffix;
     let word_end = |s: &str, at: usize| s[at..].find(' ').map_or(s.len(), |i| at + i);
-    let (ef, et) = (word_end(from, end_from), word_end(to, to.len() - common_suffix));
+    let (ef, et) = (
+        word_end(from, end_from),
+        word_end(to, to.len() - common_suffix),
+    );
     Some(format!(
         "{}{} -> {}{}",
         &from[..start],

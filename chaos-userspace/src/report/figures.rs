@@ -160,9 +160,7 @@ fn probe_recovery(p: &ProbeRecord, end: f64, until: f64) -> Option<f64> {
     else {
         return Some(0.0);
     };
-    after
-        .get(last_bad + 1)
-        .map(|s| (s.t_ms - end).max(0.0))
+    after.get(last_bad + 1).map(|s| (s.t_ms - end).max(0.0))
 }
 
 /// Time to recover after each fault that ended: from its end to the first attempt after the last
@@ -383,13 +381,7 @@ mod tests {
         // Fails at 2000, ok at 2100, fails again at 2200: recovered at 2300, not 2100.
         let ok = [0, 1, 2, 3, 4, 6, 8, 9];
         let results = (0..10)
-            .map(|i| {
-                sample(
-                    1500.0 + 100.0 * i as f64,
-                    ok.contains(&i) || i < 5,
-                    1.0,
-                )
-            })
+            .map(|i| sample(1500.0 + 100.0 * i as f64, ok.contains(&i) || i < 5, 1.0))
             .collect::<Vec<_>>();
         let p = probe(results, None);
         let f = [fault(1000.0, 2000.0)];
@@ -398,14 +390,27 @@ mod tests {
         assert_eq!(r[0].mttr_ms, Some(300.0));
         // The success line is 100 % from the recovery on.
         let line = success_line(&p, &f, &r);
-        assert!(line.iter().filter(|(t, _)| *t >= 2300.0).all(|(_, v)| *v == 100.0));
+        assert!(
+            line.iter()
+                .filter(|(t, _)| *t >= 2300.0)
+                .all(|(_, v)| *v == 100.0)
+        );
         assert!(line.iter().any(|(t, v)| *t == 2200.0 && *v < 100.0));
         // Healthy at the end and after: 0, and the line is 100 % right after the end.
-        let p = probe((0..10).map(|i| sample(1500.0 + 100.0 * i as f64, i != 2, 1.0)).collect(), None);
+        let p = probe(
+            (0..10)
+                .map(|i| sample(1500.0 + 100.0 * i as f64, i != 2, 1.0))
+                .collect(),
+            None,
+        );
         let r = recovery(&f, std::slice::from_ref(&p));
         assert_eq!(r[0].mttr_ms, Some(0.0));
         let line = success_line(&p, &f, &r);
-        assert!(line.iter().filter(|(t, _)| *t >= 2000.0).all(|(_, v)| *v == 100.0));
+        assert!(
+            line.iter()
+                .filter(|(t, _)| *t >= 2000.0)
+                .all(|(_, v)| *v == 100.0)
+        );
         // Never recovered.
         let p = probe(vec![sample(2100.0, false, 1.0)], None);
         assert_eq!(recovery(&f, &[p])[0].mttr_ms, None);

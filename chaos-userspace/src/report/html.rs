@@ -296,13 +296,7 @@ fn timeline_svg(r: &Report) -> String {
         let color = COLORS[i % COLORS.len()];
         let pts: Vec<String> = super::figures::success_line(p, &r.faults, &r.summary.recovery)
             .into_iter()
-            .map(|(t, rate)| {
-                format!(
-                    "{:.1},{:.1}",
-                    x(t),
-                    ok_top + ok_h - ok_h * rate / 100.0
-                )
-            })
+            .map(|(t, rate)| format!("{:.1},{:.1}", x(t), ok_top + ok_h - ok_h * rate / 100.0))
             .collect();
         if !pts.is_empty() {
             let _ = writeln!(

@@ -300,8 +300,14 @@ impl Kind for NetSpec {
             // A partitioned packet is dropped before the other faults' filter: it is not among the
             // matched, and the drop percentage is not about it.
             if n("partitioned") > 0 {
-                s += &format!(" partitioned {} (every packet to a cut peer;", n("partitioned"));
-                s += &format!(" of the rest: matched {matched} dropped {dropped} ({:.1}%))", pct(dropped, matched));
+                s += &format!(
+                    " partitioned {} (every packet to a cut peer;",
+                    n("partitioned")
+                );
+                s += &format!(
+                    " of the rest: matched {matched} dropped {dropped} ({:.1}%))",
+                    pct(dropped, matched)
+                );
             } else {
                 s += &format!(
                     " matched {matched} dropped {dropped} ({:.1}%)",
