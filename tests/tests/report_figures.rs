@@ -186,6 +186,12 @@ fn every_surface_shows_the_same_figures() {
         println!("{label}: {want} on every surface");
     }
 
+    // The success line's recovery mark is where the summary says.
+    if mttr.is_some() {
+        let mark = format!("<title>recovered {mttr_text} after &apos;lossy&apos;</title>");
+        assert!(page.contains(&mark), "no {mark}");
+    }
+
     // The degradation is visible to CI: the during case of the probe that broke fails, the other's
     // passes.
     let case = |name: &str| {

@@ -180,6 +180,16 @@ fn packet_loss_ramp_scenario_against_the_lab() {
         page.contains("class=\"rate\"") && page.contains("class=\"intensity\""),
         "no per-second chart"
     );
+    // The intensity (percent) on a scale of its own, not on the events/s axis: up to 33% (30% and a
+    // tenth of headroom) at the right.
+    let ticks: Vec<&str> = page
+        .split("class=\"intensity-axis\"")
+        .skip(1)
+        .filter_map(|t| t.split('>').nth(1)?.split('<').next())
+        .collect();
+    assert_eq!(ticks.len(), 5, "{ticks:?}");
+    assert!(ticks.iter().all(|t| t.ends_with('%')), "{ticks:?}");
+    assert_eq!(ticks[4], "33%", "{ticks:?}");
     if r["findings"].as_array().unwrap().is_empty() {
         assert!(
             page.contains("no findings"),
