@@ -216,10 +216,19 @@ fn splice_range(text: &str, from: &str, to: &str) -> Option<String> {
     // Forward to the end of the word.
     let end_from = from.len() - common_suffix;
     let word_end = |s: &str, at: usize| s[at..].find(' ').map_or(s.len(), |i| at + i);
-    let (ef, et) = (
+    let (mut ef, mut et) = (
         word_end(from, end_from),
         word_end(to, to.len() - common_suffix),
     );
+    // Punctuation after the value stays after the arrow's end ("20%, -> 60%," reads "20% -> 60%,").
+    while ef > end_from
+        && et > start
+        && from[..ef].ends_with([',', ';', ':', ')'])
+        && from[..ef].chars().last() == to[..et].chars().last()
+    {
+        ef -= 1;
+        et -= 1;
+    }
     Some(format!(
         "{}{} -> {}{}",
         &from[..start],
@@ -1407,6 +1416,10 @@ mod tests {
         assert_eq!(
             splice_range("x: delay 10ms", "x: delay 10ms", "x: delay 15ms").as_deref(),
             Some("x: delay 10ms -> 15ms")
+        );
+        assert_eq!(
+            splice_range("2 at 20%, 64M", "2 at 20%, 64M", "2 at 60%, 64M").as_deref(),
+            Some("2 at 20% -> 60%, 64M")
         );
         assert_eq!(splice_range("a 1", "a 1", "a 1"), None);
     }
