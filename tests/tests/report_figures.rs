@@ -56,7 +56,9 @@ fn every_surface_shows_the_same_figures() {
     let cut = Service::start(&lab, 7300, false);
     let other = Service::start(&lab, 7301, false);
     // The fault cuts the app off from one service and not the other: every attempt of the probe
-    // `cut` while it is armed fails, every attempt of `other` succeeds, whatever the timing.
+    // `cut` while it is armed fails, every attempt of `other` succeeds, whatever the timing. It is
+    // armed half a second into the during phase: availability and error rate count the same
+    // attempts (those in the armed window), not the phase's.
     let probe = |name: &str, addr: std::net::SocketAddr| {
         format!(
             "    - name: {name}\n      tcp: {addr}\n      from_target: app\n      interval: 100ms\n      \
@@ -68,7 +70,7 @@ fn every_surface_shows_the_same_figures() {
         "figures.yaml",
         &format!(
             "title: figures\ntargets:\n  - name: app\n    cgroup: {}\nsteady_state:\n  before: 1s\n  \
-             after: 1s\n  probes:\n{}{}faults:\n  - name: lossy\n    at: 0s\n    for: 2s\n    \
+             after: 1s\n  probes:\n{}{}faults:\n  - name: lossy\n    at: 500ms\n    for: 2s\n    \
              net: {{partition: \"{}\"}}\nbudget:\n  max_duration: 20s\n",
             lab.cgroup.path.display(),
             probe("cut", cut.addr),
