@@ -145,6 +145,11 @@ pub trait Kind: Clone + fmt::Debug + PartialEq + serde::Serialize + Sized {
     /// the block takes no keys (`pause: {}`). No default, so a new kind cannot leave its schema empty
     /// by omission.
     const YAML_FIELDS: &'static [&'static str];
+    /// Whether its injected events count things a rate per second describes (packets dropped, calls
+    /// failed, signals sent). False for a load (stress), a freeze (pause) or a clock (time): their
+    /// "injected" count is not an event count, so the live line, the summary and the HTML show what
+    /// the kind's own counters say instead of "N injected".
+    const COUNTS_EVENTS: bool = true;
     /// The `kchaos monkey --types` this kind draws.
     const MONKEY_TYPES: &'static [&'static str] = &[];
 
@@ -326,6 +331,13 @@ macro_rules! registry {
         pub fn live_line_of(name: &str, counters: &Counters) -> Option<String> {
             $( if name == <$spec as Kind>::NAME { return Some(<$spec as Kind>::live_line(counters)); } )+
             None
+        }
+
+        /// Whether the kind named `name` counts events ([`Kind::COUNTS_EVENTS`]); true for a name
+        /// no kind has (an older report's).
+        pub fn counts_events_of(name: &str) -> bool {
+            $( if name == <$spec as Kind>::NAME { return <$spec as Kind>::COUNTS_EVENTS; } )+
+            true
         }
 
         /// How the counters of the kind named `name` appear in `/metrics`.

@@ -111,7 +111,9 @@ pub fn line(prev: Option<(&Snapshot, Duration)>, snap: &Snapshot, now_unix_ms: u
             FaultState::Done => "done",
         };
         let mut part = format!("{}: {state}", f.name);
-        if f.state == FaultState::Armed || f.injected_events > 0 {
+        if crate::kind::counts_events_of(&f.kind)
+            && (f.state == FaultState::Armed || f.injected_events > 0)
+        {
             let before = prev
                 .and_then(|(p, _)| p.faults.get(i))
                 .map_or(0, |p| p.injected_events);

@@ -165,7 +165,7 @@ fn packet_loss_ramp_scenario_against_the_lab() {
         .collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
 
-    // JUnit: each hypothesis, each probe phase and the fault is a test case, all passing, each with
+    // JUnit: each hypothesis, each probe phase and the fault is a test case, each with
     // the wall-clock time it began and how long it took.
     let xml = std::fs::read_to_string(&junit.0).unwrap();
     assert_eq!(xml.matches("<testcase ").count(), 7, "{xml}");
@@ -182,10 +182,26 @@ fn packet_loss_ramp_scenario_against_the_lab() {
         })
         .count();
     assert_eq!(case_timestamps, 7, "{xml}");
+    // Failed cases: the probe's during case exactly when its tolerance broke while the loss ran (a
+    // degradation CI must see); nothing else.
+    let degraded = r["hypothesis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["phase"] == "during" && h["held"] == false)
+        .count();
     assert!(
-        xml.contains("failures=\"0\"") && !xml.contains("<failure"),
+        xml.contains(&format!("failures=\"{degraded}\""))
+            && xml.matches("<failure").count() == degraded,
         "{xml}"
     );
+    if degraded > 0 {
+        let case = &xml[xml.find("name=\"dependency-connect during\"").unwrap()..];
+        assert!(
+            case[..case.find("</testcase>").unwrap()].contains("degraded during faults"),
+            "{xml}"
+        );
+    }
 
     // `kchaos report` prints the summary again, and writes the HTML page.
     let (code, again, _) = runs.run_text(&["report", report.s()]);
@@ -225,6 +241,16 @@ fn packet_loss_ramp_scenario_against_the_lab() {
         page.contains("class=\"rate\"") && page.contains("class=\"intensity\""),
         "no per-second chart"
     );
+    // The intensity (percent) on a scale of its own, not on the events/s axis: up to 33% (30% and a
+    // tenth of headroom) at the right.
+    let ticks: Vec<&str> = page
+        .split("class=\"intensity-axis\"")
+        .skip(1)
+        .filter_map(|t| t.split('>').nth(1)?.split('<').next())
+        .collect();
+    assert_eq!(ticks.len(), 5, "{ticks:?}");
+    assert!(ticks.iter().all(|t| t.ends_with('%')), "{ticks:?}");
+    assert_eq!(ticks[4], "33%", "{ticks:?}");
     if r["findings"].as_array().unwrap().is_empty() {
         assert!(
             page.contains("no findings"),

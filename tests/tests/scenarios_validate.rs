@@ -155,7 +155,7 @@ fn refuses_high_risk_and_dry_run_attaches_nothing() {
     let cg_path = lab.cgroup.path.display().to_string();
     for expected in [
         "plan (dry run: nothing is attached):",
-        "1.0s  attach + arm 'loss-ramp' [net: drop 0% (egress) [only tcp]; ramp percent 0% -> 30% over 3s] on app (",
+        "1.0s  attach + arm 'loss-ramp' [net: drop 0% -> 30% (egress) [only tcp]; ramp percent 0% -> 30% over 3s, a step every 1s] on app (",
         "3.0s  'loss-ramp' percent = 20%",
         "5.0s  detach 'loss-ramp'",
         cg_path.as_str(),

@@ -165,20 +165,77 @@ impl FaultDecl {
             .filter(move |t| names.contains(t.name.as_str()))
     }
 
-    /// What it does, ramps included.
+    /// What it does, ramps included: a ramped parameter reads `from -> to` where the kind names it
+    /// ("net: drop 0% -> 30% (egress); ramp percent over 3s, a step every 1s"), never its starting
+    /// value alone.
     pub fn describe(&self) -> String {
         let mut text = self.kind.describe();
         for r in &self.ramps {
+            let (mut a, mut b) = (self.kind.clone(), self.kind.clone());
+            a.prepare_ramp(&r.param, r.from);
+            b.prepare_ramp(&r.param, r.to);
+            let (from, to) = (a.describe(), b.describe());
+            if let Some(both) = splice_range(&text, &from, &to) {
+                text = both;
+            }
             text += &format!(
-                "; ramp {} {} -> {} over {}",
+                "; ramp {} {} -> {} over {}, a step every {}",
                 r.param,
                 r.unit.format(r.from),
                 r.unit.format(r.to),
-                crate::units::format_duration(r.over)
+                crate::units::format_duration(r.over),
+                crate::units::format_duration(r.step)
             );
         }
         text
     }
+}
+
+/// `text` (a description with the ramp's start, as `from` is) with the word(s) where `from` and `to`
+/// differ written as `from -> to`. None when they do not differ or `text` is not `from`.
+fn splice_range(text: &str, from: &str, to: &str) -> Option<String> {
+    if text != from || from == to {
+        return None;
+    }
+    let prefix = from
+        .char_indices()
+        .zip(to.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(from.len().min(to.len()), |((i, _), _)| i);
+    // Back to the start of the word, so "10%" against "15%" is not cut inside the number.
+    let start = from[..prefix].rfind(' ').map_or(0, |i| i + 1);
+    let common_suffix = from
+        .chars()
+        .rev()
+        .zip(to.chars().rev())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x.len_utf8())
+        .sum::<usize>()
+        .min(from.len() - start)
+        .min(to.len() - start);
+    // Forward to the end of the word.
+    let end_from = from.len() - common_suffix;
+    let word_end = |s: &str, at: usize| s[at..].find(' ').map_or(s.len(), |i| at + i);
+    let (mut ef, mut et) = (
+        word_end(from, end_from),
+        word_end(to, to.len() - common_suffix),
+    );
+    // Punctuation after the value stays after the arrow's end ("20%, -> 60%," reads "20% -> 60%,").
+    while ef > end_from
+        && et > start
+        && from[..ef].ends_with([',', ';', ':', ')'])
+        && from[..ef].chars().last() == to[..et].chars().last()
+    {
+        ef -= 1;
+        et -= 1;
+    }
+    Some(format!(
+        "{}{} -> {}{}",
+        &from[..start],
+        &from[start..ef],
+        &to[start..et],
+        &from[ef..]
+    ))
 }
 
 /// A parameter moved from `from` to `to` over `over`, a step every `step`.
@@ -1343,6 +1400,29 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ramp_reads_from_start_to_end_where_the_kind_names_it() {
+        assert_eq!(
+            splice_range(
+                "net: drop 0% (egress)",
+                "net: drop 0% (egress)",
+                "net: drop 30% (egress)"
+            )
+            .as_deref(),
+            Some("net: drop 0% -> 30% (egress)")
+        );
+        // Not cut inside a number that starts alike.
+        assert_eq!(
+            splice_range("x: delay 10ms", "x: delay 10ms", "x: delay 15ms").as_deref(),
+            Some("x: delay 10ms -> 15ms")
+        );
+        assert_eq!(
+            splice_range("2 at 20%, 64M", "2 at 20%, 64M", "2 at 60%, 64M").as_deref(),
+            Some("2 at 20% -> 60%, 64M")
+        );
+        assert_eq!(splice_range("a 1", "a 1", "a 1"), None);
+    }
 
     pub const GOOD: &str = r#"
 title: loss ramp

@@ -70,15 +70,26 @@ fn cards(h: &mut String, r: &Report) {
         Some(false) => "<b class=\"bad\">did not hold</b>".to_owned(),
         None => "<b>not checked</b>".to_owned(),
     };
-    let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1}%"));
-    let mttr = s
-        .recovery
-        .iter()
-        .map(|m| m.mttr_ms.map_or("none".into(), |v| format!("{v:.0} ms")))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let items = [
-        (held, "steady state".to_owned()),
+    let degraded = super::figures::degraded(&r.hypothesis);
+    let during = if !r.hypothesis.iter().any(|h| h.phase == "during") {
+        "<b>not checked</b>".to_owned()
+    } else if degraded.is_empty() {
+        "<b class=\"ok\">within tolerance</b>".to_owned()
+    } else {
+        format!(
+            "<b class=\"bad\" title=\"{}\">degraded</b>",
+            escape(
+                &degraded
+                    .iter()
+                    .map(|h| format!("{}: {}", h.probe, h.why.as_deref().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        )
+    };
+    let mut items = vec![
+        (held, "steady state (before and after)".to_owned()),
+        (during, "during faults".to_owned()),
         (
             format!(
                 "<b class=\"{}\">{}</b>",
@@ -91,34 +102,21 @@ fn cards(h: &mut String, r: &Report) {
             format!("<b>{}</b>", s.injected_events),
             "injected events (kernel)".into(),
         ),
-        (
-            format!("<b>{}</b>", pct(s.availability_during_faults_pct)),
-            "availability during faults".into(),
-        ),
-        (
-            format!("<b>{}</b>", pct(s.error_rate_pct)),
-            "error rate while faults ran".into(),
-        ),
-        (
-            format!(
-                "<b>{}</b>",
-                if mttr.is_empty() {
-                    "n/a".into()
-                } else {
-                    escape(&mttr)
-                }
-            ),
-            "time to recover per fault".into(),
-        ),
-        (
-            format!(
-                "<b>{}</b>",
-                s.abort_to_detached_ms
-                    .map_or("n/a".into(), |v| format!("{v:.1} ms"))
-            ),
-            "abort to detached".into(),
-        ),
     ];
+    for (label, value) in super::figures::rendered(s) {
+        items.push((
+            format!("<b class=\"figure\">{}</b>", escape(&value)),
+            escape(&label),
+        ));
+    }
+    items.push((
+        format!(
+            "<b>{}</b>",
+            s.abort_to_detached_ms
+                .map_or("n/a".into(), |v| format!("{v:.1} ms"))
+        ),
+        "abort to detached".into(),
+    ));
     *h += "<div class=\"cards\">";
     for (value, label) in items {
         let _ = write!(h, "<div class=\"card\">{value}<span>{label}</span></div>");
@@ -273,26 +271,32 @@ fn timeline_svg(r: &Report) -> String {
     }
     // Success rate (rolling over each probe's window).
     axis(&mut s, ok_top, ok_h, 100.0, "success %");
+    // Each fault's recovery, as the summary gives it: the success line is back at 100 % from there.
+    for rec in &r.summary.recovery {
+        let Some(f) = r.faults.iter().find(|f| f.name == rec.fault) else {
+            continue;
+        };
+        let (Some(end), Some(mttr)) = (f.end_ms, rec.mttr_ms) else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "<line class=\"recovered\" x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"#2a7d2a\" stroke-dasharray=\"3 2\"><title>{3}</title></line>",
+            x(end + mttr),
+            ok_top,
+            ok_top + ok_h,
+            escape(&format!(
+                "recovered {} after '{}'",
+                super::figures::format_mttr(Some(mttr)),
+                rec.fault
+            ))
+        );
+    }
     for (i, p) in r.probes.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let window = p.tolerance.window.as_secs_f64() * 1e3;
-        let pts: Vec<String> = p
-            .results
-            .iter()
-            .map(|q| {
-                let in_window: Vec<_> = p
-                    .results
-                    .iter()
-                    .filter(|o| o.t_ms <= q.t_ms && o.t_ms > q.t_ms - window)
-                    .collect();
-                let rate = 100.0 * in_window.iter().filter(|o| o.ok).count() as f64
-                    / in_window.len().max(1) as f64;
-                format!(
-                    "{:.1},{:.1}",
-                    x(q.t_ms),
-                    ok_top + ok_h - ok_h * rate / 100.0
-                )
-            })
+        let pts: Vec<String> = super::figures::success_line(p, &r.faults, &r.summary.recovery)
+            .into_iter()
+            .map(|(t, rate)| format!("{:.1},{:.1}", x(t), ok_top + ok_h - ok_h * rate / 100.0))
             .collect();
         if !pts.is_empty() {
             let _ = writeln!(
@@ -309,13 +313,14 @@ fn timeline_svg(r: &Report) -> String {
             LEFT + 18.0,
             ok_top + ok_h + 34.0 + 16.0 * i as f64,
             escape(&format!(
-                "{} - {}{} (dots: each successful attempt; red crosses above the plot: failed attempts)",
+                "{} - {}{} (dots: each successful attempt; red crosses above the plot: failed attempts; success %: over the last {} restarting at each fault's start, end and recovery, the green dashes)",
                 p.name,
                 p.check,
                 p.from_target
                     .as_ref()
                     .map(|t| format!(", from inside {t}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                crate::units::format_duration(p.tolerance.window)
             ))
         );
     }
@@ -453,12 +458,28 @@ fn per_second(h: &mut String, r: &Report) {
                 pts.push(format!("{:.1},{:.1}", x(next), y(st.value, max)));
             }
             let last = &f.ramp_steps[f.ramp_steps.len() - 1];
+            // Its own scale, on the right: the left axis is events/s.
+            let percent = last.display.ends_with('%');
+            for k in 0..=4 {
+                let v = max * k as f64 / 4.0;
+                let _ = writeln!(
+                    s,
+                    "<text class=\"intensity-axis\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+                    LEFT + PLOT_W - 4.0,
+                    y(v, max) + 4.0,
+                    if percent {
+                        format!("{v:.0}%")
+                    } else {
+                        format!("{:.0} ms", v * 1e3)
+                    }
+                );
+            }
             let _ = writeln!(
                 s,
-                "<polyline class=\"intensity\" points=\"{}\" fill=\"none\" stroke=\"#333\" stroke-dasharray=\"4 2\" stroke-width=\"1.5\"><title>{}</title></polyline><text x=\"{:.1}\" y=\"22\">dashed: {} (up to {})</text>",
+                "<polyline class=\"intensity\" points=\"{}\" fill=\"none\" stroke=\"#333\" stroke-dasharray=\"4 2\" stroke-width=\"1.5\"><title>{}</title></polyline><text x=\"{:.1}\" y=\"22\">dashed: {} (up to {}), on the scale at the right</text>",
                 pts.join(" "),
                 escape(&last.param),
-                LEFT + PLOT_W - 220.0,
+                LEFT + PLOT_W - 330.0,
                 escape(&last.param),
                 escape(&last.display)
             );
@@ -523,7 +544,11 @@ fn tables(h: &mut String, r: &Report) {
             f.start_ms
                 .map_or("never".into(), |v| format!("{:.2}s", v / 1e3)),
             f.end_ms.map_or("-".into(), |v| format!("{:.2}s", v / 1e3)),
-            f.injected_events,
+            if crate::kind::counts_events_of(&f.kind) {
+                f.injected_events.to_string()
+            } else {
+                "- (not a count of events)".to_owned()
+            },
             escape(&counters),
             escape(&f.attached.join("; "))
         );

@@ -70,14 +70,36 @@ pub fn render(r: &Report) -> String {
                 .map(|p| format!("{p:.1} ms"))
                 .unwrap_or_else(|| "n/a".into())
         );
-        // During the faults a probe is expected to suffer: it fails only when it aborted the run.
+        // During the faults: failed when the run aborted on it, and when its tolerance did not
+        // hold (the service degraded under the faults; see figures::degraded). The exit code does not
+        // judge this phase (it is the steady state before and after, and the abort rules): a CI that
+        // reads the JUnit file shows the degradation as a failed case.
         let failure = if h.phase == "during" {
-            aborted_on(&h.probe).then(|| {
-                format!(
+            if aborted_on(&h.probe) {
+                Some(format!(
                     "aborted the experiment: {}",
                     r.summary.abort_reason.clone().unwrap_or_default()
-                )
-            })
+                ))
+            } else {
+                (!h.held).then(|| {
+                    let share = r
+                        .summary
+                        .probe_figures
+                        .iter()
+                        .find(|p| p.probe == h.probe)
+                        .map(|p| {
+                            format!(
+                                "; {} of the attempts while a fault was armed outside tolerance",
+                                super::figures::format_pct(p.degradation_pct)
+                            )
+                        })
+                        .unwrap_or_default();
+                    format!(
+                        "degraded during faults: {}{share}",
+                        h.why.clone().unwrap_or_default()
+                    )
+                })
+            }
         } else {
             (!h.held).then(|| h.why.clone().unwrap_or_default())
         };
@@ -116,6 +138,10 @@ pub fn render(r: &Report) -> String {
         suite.set_timestamp(t);
     }
     suite.set_time(secs(r.duration_ms));
+    // The run's figures, in the words and values of the text summary and the HTML page.
+    for (label, value) in super::figures::rendered(&r.summary) {
+        suite.add_property((label, value));
+    }
     for c in cases {
         let status = match &c.failure {
             None => TestCaseStatus::success(),

@@ -3,6 +3,7 @@
 //! hypothesis per phase, and the numbers a person asks for first (injected events, availability during
 //! faults, error rate, time to recover after each fault, why it ended). `html` and `junit` render it.
 
+pub mod figures;
 pub mod html;
 pub mod junit;
 
@@ -178,10 +179,18 @@ pub struct RollbackRecord {
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub injected_events: u64,
-    /// Probe successes among attempts that started while a fault was armed, percent.
+    /// [`figures::availability_pct`]: ok attempts among those that started while a fault was armed.
     pub availability_during_faults_pct: Option<f64>,
-    /// Failed attempts among all attempts while faults ran (the method), percent.
+    /// [`figures::error_rate_pct`]: failed attempts among the same attempts (100 - availability).
     pub error_rate_pct: Option<f64>,
+    /// [`figures::degradation_pct`]: attempts outside tolerance (failed, or slower than the probe's
+    /// p95_latency bound) among the same attempts.
+    #[serde(default)]
+    pub degradation_pct: Option<f64>,
+    /// [`figures::per_probe`]: the same per probe.
+    #[serde(default)]
+    pub probe_figures: Vec<figures::ProbeFigures>,
+    /// [`figures::recovery`], per fault.
     pub recovery: Vec<Recovery>,
     /// The steady state held before and after (None: there are no probes).
     pub steady_state_held: Option<bool>,
@@ -195,8 +204,8 @@ pub struct Summary {
     pub abort_to_detached_ms: Option<f64>,
 }
 
-/// Time to recover after a fault ended: until every probe watching it succeeded again (the probes run
-/// from inside its targets, or every probe when none is).
+/// Time to recover after a fault ended ([`figures::recovery`]): until every probe watching it is back
+/// within its tolerance for good (the probes run from inside its targets, or every probe when none is).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Recovery {
     pub fault: String,
@@ -236,67 +245,26 @@ pub fn hypotheses(probes: &[ProbeRecord], phases: &Phases) -> Vec<Hypothesis> {
     out
 }
 
-/// Availability during faults, error rate during the method, and recovery after each fault.
-pub fn outcome(
-    faults: &[FaultRecord],
-    probes: &[ProbeRecord],
-) -> (Option<f64>, Option<f64>, Vec<Recovery>) {
-    let windows: Vec<(f64, f64)> = faults
-        .iter()
-        .filter_map(|f| Some((f.start_ms?, f.end_ms?)))
-        .collect();
-    let all: Vec<&ProbeSample> = probes.iter().flat_map(|p| &p.results).collect();
-    let in_fault: Vec<&&ProbeSample> = all
-        .iter()
-        .filter(|r| windows.iter().any(|(a, b)| r.t_ms >= *a && r.t_ms < *b))
-        .collect();
-    let availability = (!in_fault.is_empty())
-        .then(|| 100.0 * in_fault.iter().filter(|r| r.ok).count() as f64 / in_fault.len() as f64);
-    let during: Vec<&&ProbeSample> = all.iter().filter(|r| r.phase == "during").collect();
-    let error_rate = (!during.is_empty())
-        .then(|| 100.0 * during.iter().filter(|r| !r.ok).count() as f64 / during.len() as f64);
-    // Without probes nothing says whether the target recovered.
-    let recovery = faults
-        .iter()
-        .filter(|_| !probes.is_empty())
-        .filter_map(|f| {
-            let end = f.end_ms?;
-            let mut worst: Option<f64> = Some(0.0);
-            // The probes that watch this fault's targets from inside; all probes when none does.
-            let own: Vec<&ProbeRecord> = probes
-                .iter()
-                .filter(|p| {
-                    p.from_target
-                        .as_ref()
-                        .is_some_and(|t| f.targets.contains(t))
-                })
-                .collect();
-            let watching: Vec<&ProbeRecord> = if own.is_empty() {
-                probes.iter().collect()
-            } else {
-                own
-            };
-            for p in watching {
-                // Healthy when the fault ended: nothing to recover from.
-                let last_before = p.results.iter().rfind(|r| r.t_ms + r.latency_ms <= end);
-                if last_before.is_none_or(|r| r.ok)
-                    && !p.results.iter().any(|r| r.t_ms >= end && !r.ok)
-                {
-                    continue;
-                }
-                let first_ok = p.results.iter().find(|r| r.t_ms >= end && r.ok);
-                worst = match (worst, first_ok) {
-                    (Some(w), Some(r)) => Some(w.max(r.t_ms - end)),
-                    _ => None,
-                };
-            }
-            Some(Recovery {
-                fault: f.name.clone(),
-                mttr_ms: worst,
-            })
-        })
-        .collect();
-    (availability, error_rate, recovery)
+/// The figures of [`figures`], for the summary: (availability, error rate, degradation, per probe,
+/// recovery).
+pub fn outcome(faults: &[FaultRecord], probes: &[ProbeRecord]) -> Outcome {
+    Outcome {
+        availability_during_faults_pct: figures::availability_pct(faults, probes),
+        error_rate_pct: figures::error_rate_pct(faults, probes),
+        degradation_pct: figures::degradation_pct(faults, probes),
+        probe_figures: figures::per_probe(faults, probes),
+        recovery: figures::recovery(faults, probes),
+    }
+}
+
+/// The resilience figures of a run, each computed in [`figures`].
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub availability_during_faults_pct: Option<f64>,
+    pub error_rate_pct: Option<f64>,
+    pub degradation_pct: Option<f64>,
+    pub probe_figures: Vec<figures::ProbeFigures>,
+    pub recovery: Vec<Recovery>,
 }
 
 impl Report {
@@ -342,6 +310,9 @@ impl Report {
                 None => "not checked (no probes)".to_owned(),
             }
         ));
+        if let Some(line) = figures::degraded_line(&self.hypothesis) {
+            out.push(format!("  during faults: {line}"));
+        }
         for h in &self.hypothesis {
             out.push(format!(
                 "    {:<6} {:<16} {:>4} ok {}/{} ({:.1}%){}{}",
@@ -368,26 +339,36 @@ impl Report {
                 (Some(a), Some(b)) => format!("{:.1}s..{:.1}s", a / 1e3, b / 1e3),
                 _ => "never armed".into(),
             };
+            let what = if crate::kind::counts_events_of(&f.kind) {
+                format!("injected {}", f.injected_events)
+            } else {
+                crate::kind::live_line_of(&f.kind, &f.counters).unwrap_or_default()
+            };
             out.push(format!(
-                "    {:<16} {:<10} {} injected {}",
-                f.name, when, f.description, f.injected_events
+                "    {:<16} {:<10} {} {what}",
+                f.name, when, f.description
             ));
         }
+        let attempts: u64 = s.probe_figures.iter().map(|p| p.samples).sum();
         out.push(format!(
-            "  availability during faults: {}",
-            pct(s.availability_during_faults_pct)
+            "  probe attempts while a fault was armed: {attempts}{}",
+            if attempts == 0 {
+                " (the figures below are n/a)"
+            } else {
+                ""
+            }
         ));
-        out.push(format!(
-            "  error rate while faults ran: {}",
-            pct(s.error_rate_pct)
-        ));
-        for r in &s.recovery {
+        for (label, value) in figures::rendered(s) {
+            out.push(format!("  {label}: {value}"));
+        }
+        for p in &s.probe_figures {
             out.push(format!(
-                "  time to recover after '{}': {}",
-                r.fault,
-                r.mttr_ms
-                    .map(|m| format!("{m:.0} ms"))
-                    .unwrap_or_else(|| "did not recover before the run ended".into())
+                "    {:<16} {} outside tolerance ({} failed, {} slower than the p95 bound, of {})",
+                p.probe,
+                figures::format_pct(p.degradation_pct),
+                p.failed,
+                p.slow,
+                p.samples
             ));
         }
         for r in &self.rollbacks {
@@ -405,11 +386,6 @@ impl Report {
         }
         out.join("\n")
     }
-}
-
-fn pct(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.1}%"))
-        .unwrap_or_else(|| "n/a (no probe ran then)".into())
 }
 
 #[cfg(test)]
@@ -460,11 +436,12 @@ mod tests {
             },
             results,
         };
-        let (avail, err, rec) = outcome(&[fault], std::slice::from_ref(&probe));
-        assert_eq!(avail, Some(50.0));
-        // During (1000..3000): 5 ok in the fault, 4 ok once recovered, of 20.
-        assert_eq!(err, Some(55.0));
-        assert_eq!(rec[0].mttr_ms, Some(600.0));
+        let o = outcome(&[fault], std::slice::from_ref(&probe));
+        assert_eq!(o.availability_during_faults_pct, Some(50.0));
+        // The same attempts: those that started in the fault's window (1000..2000).
+        assert_eq!(o.error_rate_pct, Some(50.0));
+        assert_eq!(o.degradation_pct, Some(50.0));
+        assert_eq!(o.recovery[0].mttr_ms, Some(600.0));
         let phases = Phases {
             before: Some((0.0, 1000.0)),
             during: Some((1000.0, 3000.0)),

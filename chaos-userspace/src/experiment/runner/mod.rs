@@ -691,7 +691,7 @@ impl Run<'_> {
             .collect();
         let faults: Vec<FaultRecord> = self.faults.into_iter().map(|f| f.record).collect();
         let hypothesis = report::hypotheses(&probes, &self.phases);
-        let (availability, error_rate, recovery) = report::outcome(&faults, &probes);
+        let outcome = report::outcome(&faults, &probes);
         let steady_state_held = (!probes.is_empty()).then(|| {
             before_held
                 && self.phases.after.is_some()
@@ -721,9 +721,11 @@ impl Run<'_> {
             events: self.events,
             summary: Summary {
                 injected_events: faults.iter().map(|f| f.injected_events).sum(),
-                availability_during_faults_pct: availability,
-                error_rate_pct: error_rate,
-                recovery,
+                availability_during_faults_pct: outcome.availability_during_faults_pct,
+                error_rate_pct: outcome.error_rate_pct,
+                degradation_pct: outcome.degradation_pct,
+                probe_figures: outcome.probe_figures,
+                recovery: outcome.recovery,
                 steady_state_held,
                 completed: end.completed,
                 end_reason: end.end_reason,

@@ -313,8 +313,15 @@ impl Run<'_> {
                     .record
                     .injected_events
                     .saturating_sub(f.record.samples.last().map_or(0, |s| s.injected_events));
+                // A load, a freeze or a clock is not a count of events: its own counters say
+                // what it does.
+                let rate = if crate::kind::counts_events_of(&f.record.kind) {
+                    format!("{last_second} injected in the last second | ")
+                } else {
+                    String::new()
+                };
                 println!(
-                    "[{:>5.1}s{left}] {last_second} injected in the last second | {}",
+                    "[{:>5.1}s{left}] {rate}{}",
                     armed_for.unwrap_or_default().as_secs_f64(),
                     decl.kind.live_line(&counters)
                 );

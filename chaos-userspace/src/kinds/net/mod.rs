@@ -296,13 +296,25 @@ impl Kind for NetSpec {
         let line = |dir: &str| {
             let n = |what: &str| counters.get(&format!("{dir}.{what}")).copied().unwrap_or(0);
             let (matched, dropped) = (n("matched"), n("dropped"));
-            let mut s = format!(
-                "{dir} seen {} matched {matched} dropped {dropped} ({:.1}%)",
-                n("seen"),
-                pct(dropped, matched)
-            );
+            let mut s = format!("{dir} seen {}", n("seen"));
+            // A partitioned packet is dropped before the other faults' filter: it is not among the
+            // matched, and the drop percentage is not about it.
             if n("partitioned") > 0 {
-                s += &format!(" partitioned {}", n("partitioned"));
+                s += &format!(
+                    " partitioned {} (every packet to or from a cut peer)",
+                    n("partitioned")
+                );
+                if dropped > 0 {
+                    s += &format!(
+                        ", of the others matched {matched} dropped {dropped} ({:.1}%)",
+                        pct(dropped, matched)
+                    );
+                }
+            } else {
+                s += &format!(
+                    " matched {matched} dropped {dropped} ({:.1}%)",
+                    pct(dropped, matched)
+                );
             }
             if n("rate_bytes") > 0 {
                 s += &format!(
@@ -403,5 +415,26 @@ impl Active for NetFault {
 
     fn undo(self: Box<Self>, journal: &mut Journal) -> Result<()> {
         NetFault::detach(*self, journal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_live_line_does_not_read_as_no_loss() {
+        let counters: Counters = [
+            ("egress.seen".to_owned(), 308),
+            ("egress.matched".to_owned(), 300),
+            ("egress.partitioned".to_owned(), 8),
+        ]
+        .into();
+        let line = NetSpec::live_line(&counters);
+        assert!(!line.contains("0.0%"), "{line}");
+        assert_eq!(
+            line,
+            "egress seen 308 partitioned 8 (every packet to or from a cut peer)"
+        );
     }
 }

@@ -39,6 +39,7 @@ const ARM_SETTLE: Duration = Duration::from_millis(200);
 
 impl Kind for PauseSpec {
     const NAME: &'static str = "pause";
+    const COUNTS_EVENTS: bool = false;
     const YAML_FIELDS: &'static [&'static str] = &[];
     const REQUIRES_DURATION: bool = true;
     const METRICS: &'static [MetricMap] = &[

@@ -47,6 +47,7 @@ kchaos stress --pid 4242 --memory 512M --ramp 10s --duration 30s --json report.j
 kchaos stress --cgroup app --io-write 20M --io-dir /var/lib/app --fds 5000";
 
 impl Kind for StressSpec {
+    const COUNTS_EVENTS: bool = false;
     const YAML_FIELDS: &'static [&'static str] = yaml::FIELDS;
     const NAME: &'static str = "stress";
     const PARAMS: &'static [(&'static str, Unit)] = &[("percent", Unit::Percent)];
@@ -452,7 +453,7 @@ impl Active for StressFault {
     }
 
     /// The load achieved, as the kernel counted it: the CPU workers' CPU time (/proc/PID/stat) since
-    /// they were ready, and what that is per worker; memory held (VmRSS); bytes written; fds open.
+    /// they were ready, and what that is per worker; memory held (RssAnon); bytes written; fds open.
     fn counters(&self) -> Result<Counters> {
         let mut loads = self.loads.borrow_mut();
         if loads.is_empty()

@@ -62,10 +62,10 @@ pub struct CpuResult {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MemoryResult {
     pub target_bytes: u64,
-    /// VmRSS of the worker: what top and ps show.
+    /// What the worker holds for the fault: its RssAnon, the memory it allocated and touched.
     pub held_bytes: u64,
-    /// RssAnon of the worker: VmRSS without the pages of its own executable.
-    pub anon_bytes: u64,
+    /// Its VmRSS (what top and ps show): `held_bytes` plus the pages of its executable and libraries.
+    pub rss_bytes: u64,
     pub peak_held_bytes: u64,
     pub measured_from: String,
 }
@@ -126,7 +126,7 @@ impl TargetResult {
             memory: spec.memory_bytes.map(|bytes| MemoryResult {
                 target_bytes: bytes,
                 held_bytes: at_stop.memory_held_bytes,
-                anon_bytes: at_stop.memory_anon_bytes,
+                rss_bytes: at_stop.memory_rss_bytes,
                 peak_held_bytes: readings.peak_held_bytes.max(at_stop.memory_held_bytes),
                 measured_from: "VmRSS of the memory worker in /proc/PID/status".into(),
             }),
@@ -193,11 +193,12 @@ impl TargetResult {
         }
         if let Some(m) = &self.memory {
             lines.push(format!(
-                "memory: {} held of {} (VmRSS, {} of it anonymous; peak {})",
+                "memory: {} held of {} (RssAnon, what the worker allocated; peak {}; VmRSS {} with \
+                 its executable's pages)",
                 format_size(m.held_bytes),
                 format_size(m.target_bytes),
-                format_size(m.anon_bytes),
-                format_size(m.peak_held_bytes)
+                format_size(m.peak_held_bytes),
+                format_size(m.rss_bytes)
             ));
         }
         if let Some(io) = &self.io {

@@ -89,10 +89,11 @@ pub struct Measurement {
     pub cpu_s: f64,
     /// The workers' cgroup's usage_usec (cpu.stat), all of its processes: the target's own too.
     pub cgroup_cpu_s: Option<f64>,
-    /// VmRSS of the memory worker.
+    /// What the memory worker holds for the fault: its RssAnon, the memory it allocated and touched
+    /// (VmRSS also counts the pages of its executable and libraries).
     pub memory_held_bytes: u64,
-    /// Its RssAnon: the part it allocated, without its executable's pages.
-    pub memory_anon_bytes: u64,
+    /// Its VmRSS: what top and ps show.
+    pub memory_rss_bytes: u64,
     /// VmRSS of every worker together.
     pub workers_rss_bytes: u64,
     /// CPU time of every worker together since it started (its exec included): what the target
@@ -273,9 +274,9 @@ impl Workers {
             match w.kind {
                 WorkerKind::Cpu { .. } => m.cpu_s += w.last_cpu.as_secs_f64(),
                 WorkerKind::Memory { .. } => {
-                    m.memory_held_bytes += rss;
+                    m.memory_rss_bytes += rss;
                     if alive {
-                        m.memory_anon_bytes += procfs::rss_anon_bytes(w.pid).unwrap_or(0);
+                        m.memory_held_bytes += procfs::rss_anon_bytes(w.pid).unwrap_or(0);
                     }
                 }
                 WorkerKind::Io { .. } => {

@@ -262,6 +262,7 @@ impl TimeSpec {
 
 impl Kind for TimeSpec {
     const NAME: &'static str = "time";
+    const COUNTS_EVENTS: bool = false;
     const YAML_FIELDS: &'static [&'static str] = yaml::FIELDS;
     const PARAMS: &'static [(&'static str, Unit)] = &[("offset", Unit::Duration)];
     const METRICS: &'static [MetricMap] = &[
