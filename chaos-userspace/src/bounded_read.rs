@@ -60,10 +60,24 @@ pub fn read(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>, Read
         source,
     };
     let file = std::fs::File::open(path).map_err(io_err)?;
+    read_capped(file, path, limit, what)
+}
+
+/// At most `limit` bytes of `file` (one more is read to tell a file that is larger).
+fn read_capped(
+    file: std::fs::File,
+    path: &Path,
+    limit: u64,
+    what: &'static str,
+) -> Result<Vec<u8>, ReadError> {
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)
-        .map_err(io_err)?;
+        .map_err(|source| ReadError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        })?;
     if bytes.len() as u64 > limit {
         return Err(ReadError::TooLarge {
             what,
@@ -116,18 +130,7 @@ pub fn read_regular(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u
             libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
         }
     }
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_err)?;
-    if bytes.len() as u64 > limit {
-        return Err(ReadError::TooLarge {
-            what,
-            path: path.to_owned(),
-            limit,
-        });
-    }
-    Ok(bytes)
+    read_capped(file, path, limit, what)
 }
 
 /// [`read`], as UTF-8 text.

@@ -128,12 +128,7 @@ impl ChaosToolkit {
             .env("KCHAOS_RUN_DIR", &run_dir.0)
             .output()
             .expect("running python");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        code_and_text(&out)
     }
 
     /// Runs `chaos ARGS` (as `command` sets it up) to its end: exit code, stdout and stderr.
@@ -142,12 +137,7 @@ impl ChaosToolkit {
             .command(args, run_dir, env)
             .output()
             .expect("running chaos");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        code_and_text(&out)
     }
 
     /// `chaos run --rollback-strategy always EXPERIMENT`: exit code, output, and the journal.
@@ -229,6 +219,16 @@ fn step(cmd: &mut Command, what: &str) -> Result<(), String> {
         )),
         Err(e) => Err(format!("{what}: {e}")),
     }
+}
+
+/// A finished command's exit code (-1 for a signal) and its stdout then stderr.
+fn code_and_text(out: &std::process::Output) -> (i32, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
 }
 
 /// The journal's entry for the activity called `name` (from the method, the hypothesis or the

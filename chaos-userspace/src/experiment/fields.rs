@@ -76,41 +76,20 @@ pub fn valid_name(name: &str) -> bool {
 /// Replaces `${name}` with its value; `$$` is a literal `$`.
 pub fn substitute(text: &str, vars: &Vars) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(more) = after.strip_prefix('$') {
-            out.push('$');
-            rest = more;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let Some(end) = body.find('}') else {
-                return Err(format!(
-                    "'{text}': '${{' without a closing '}}' (write $$ for a literal $)"
-                ));
-            };
-            let name = &body[..end];
-            if !valid_name(name) {
-                return Err(format!(
-                    "'${{{name}}}': a variable name is letters, digits, '_' and '-'"
-                ));
-            }
-            match vars.get(name) {
+    for part in parts(text)? {
+        match part {
+            Part::Text(t) => out.push_str(&t),
+            Part::Var(name) => match vars.get(&name) {
                 Some(v) => out.push_str(v),
                 None => {
                     return Err(format!(
-                        "variable '{name}' has no value: give --var {name}=VALUE, set {ENV_PREFIX}{name}, \
-                         or a default under variables:"
+                        "variable '{name}' has no value: give --var {name}=VALUE, set \
+                         {ENV_PREFIX}{name}, or a default under variables:"
                     ));
                 }
-            }
-            rest = &body[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
+            },
         }
     }
-    out.push_str(rest);
     Ok(out)
 }
 
