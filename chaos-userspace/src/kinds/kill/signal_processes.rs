@@ -346,13 +346,23 @@ fn list(targets: &[Target], own_exe: Option<(u64, u64)>) -> Result<Listed, ListE
                     .map(|m| (m.dev(), m.ino()))
             });
         let ours: Vec<u32> = answers
-            .into_iter()
+            .iter()
             .filter(|(_, exe)| *exe == Some(own_exe))
-            .map(|(pid, _)| pid)
+            .map(|(pid, _)| *pid)
+            .collect();
+        // Named like kchaos with no executable to read: exited since it was listed (a stress
+        // worker ending), or not provably anyone else's: never a victim (picking it would signal
+        // nothing, or kchaos).
+        let unreadable: Vec<u32> = answers
+            .iter()
+            .filter(|(_, exe)| exe.is_none())
+            .map(|(pid, _)| *pid)
             .collect();
         kept.retain(|c| {
             if ours.contains(&c.pid) {
                 skipped += 1;
+                false
+            } else if unreadable.contains(&c.pid) {
                 false
             } else if silent.contains(&c.pid) {
                 unanswered += 1;
