@@ -29,10 +29,18 @@ use integration_tests::{
 struct Kids(Vec<Child>);
 
 impl Kids {
+    /// A `sleep`, returned once it runs sleep's image: spawn returns when the child's execve has let
+    /// the parent go, a moment before the kernel switches its executable and name, and an identity
+    /// taken in that moment would be this test binary's.
     fn sleep(&mut self) -> u32 {
         let child = Command::new("sleep").arg("300").spawn().expect("sleep");
         let pid = child.id();
         self.0.push(child);
+        let own = fs::read_link("/proc/self/exe").ok();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::read_link(format!("/proc/{pid}/exe")).ok() == own && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         pid
     }
 
