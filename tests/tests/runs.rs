@@ -41,10 +41,13 @@ fn egress_programs(cg: &Path) -> usize {
 }
 
 fn alive(pid: u32) -> bool {
+    // Zombie (Z) or being released (X: a parent that ignores SIGCHLD, as the VM's init does, reaps
+    // at once): exited either way, as kchaos's own identity check counts them.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
+        && !stat.contains(") Z ")
+        && !stat.contains(") X ")
+        && !stat.contains(") x ")
 }
 
 /// Starts a detached drop fault; returns its pid from what `--detach` printed.
